@@ -1,0 +1,381 @@
+"""The typed config tree: frozen dataclasses with defaults; a run is a TOML file of differences.
+
+    cfg = load("config/shakespeare-char.toml", ["train.max_iters=100"])
+
+Every stage takes `--config FILE` and `section.key=value` overrides (see `add_arguments`).
+Unknown keys, wrong types and impossible values raise ConfigError before any work is done.
+This module is imported by the Snakefile, so it must stay light: standard library only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import difflib
+import hashlib
+import json
+import tomllib
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+class ConfigError(ValueError):
+    """A config value that is unknown, of the wrong type, or impossible."""
+
+
+def _f(default: Any, help: str, choices: tuple | None = None) -> Any:
+    meta = {"help": help, "choices": choices}
+    if isinstance(default, (list, tuple)):
+        return field(default=tuple(default), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    dataset: str = _f("tinyshakespeare", "dataset name in the registry (nanogptx.datasets)")
+    cleaning: tuple[str, ...] = _f(
+        ("normalize_newlines",),
+        "cleaning functions applied to each document, in order "
+        "(normalize_newlines, strip, drop_short)",
+    )
+    min_chars: int = _f(0, "drop_short removes documents with fewer characters than this")
+    decode_errors: str = _f(
+        "strict",
+        "what to do with bytes that are not UTF-8: strict (error naming file and offset) "
+        "or replace (U+FFFD)",
+        ("strict", "replace"),
+    )
+    split: str = _f(
+        "fraction",
+        "fraction: the last val_fraction of the text is val (nanoGPT); first_docs: the "
+        "first val_docs documents are val; files: files named *val* are val",
+        ("fraction", "first_docs", "files"),
+    )
+    val_fraction: float = _f(0.1, "share of the text that forms val when split = fraction")
+    val_docs: int = _f(0, "number of leading documents that form val when split = first_docs")
+    max_docs: int = _f(0, "read at most this many documents (0: all); for quick looks")
+    shard_tokens: int = _f(100_000_000, "tokens per shard")
+    shard_format: str = _f("npy", "shard file format", ("npy", "parquet"))
+    allow_unverified: bool = _f(
+        False, "accept a download whose sha256 is neither pinned nor announced by the server"
+    )
+
+
+@dataclass(frozen=True)
+class TokenizerConfig:
+    name: str = _f(
+        "char", "char (vocabulary built from the data) or gpt2 (tiktoken)", ("char", "gpt2")
+    )
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    n_layer: int = _f(12, "transformer blocks")
+    n_head: int = _f(12, "attention heads per block")
+    n_embd: int = _f(768, "residual stream width")
+    block_size: int = _f(1024, "context length in tokens")
+    vocab_size: int = _f(0, "vocabulary rows in the embedding (0: the tokenizer's size)")
+    dropout: float = _f(0.0, "dropout rate in training (0 to 1)")
+    bias: bool = _f(True, "biases in Linear and LayerNorm layers, as GPT-2")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    seed: int = _f(1337, "seed of parameters, batches and dropout")
+    batch_size: int = _f(12, "sequences per micro-batch, over all devices")
+    total_batch_tokens: int = _f(
+        0,
+        "tokens per optimizer step; a multiple of batch_size * block_size, accumulated "
+        "over micro-batches (0: one micro-batch)",
+    )
+    max_iters: int = _f(600_000, "optimizer steps")
+    learning_rate: float = _f(6e-4, "peak learning rate")
+    min_lr: float = _f(6e-5, "learning rate at the end of the cosine decay")
+    warmup_iters: int = _f(2000, "steps of linear warmup")
+    lr_decay_iters: int = _f(600_000, "step where the cosine decay reaches min_lr")
+    decay_lr: bool = _f(True, "warmup + cosine decay; false: constant learning_rate")
+    weight_decay: float = _f(0.1, "AdamW decay, on matrices only")
+    beta1: float = _f(0.9, "AdamW beta1")
+    beta2: float = _f(0.95, "AdamW beta2")
+    grad_clip: float = _f(1.0, "clip gradients to this global norm (0: no clipping)")
+    eval_interval: int = _f(2000, "evaluate every this many steps")
+    eval_iters: int = _f(200, "validation (and train-estimate) batches per evaluation")
+    eval_only: bool = _f(False, "evaluate once and stop")
+    batch_order: str = _f(
+        "random", "random windows (nanoGPT) or sequential windows", ("random", "sequential")
+    )
+    compute_dtype: str = _f(
+        "float32", "dtype of activations and matmuls", ("float32", "bfloat16", "float16")
+    )
+    sharding: str = _f(
+        "dp", "dp: batch sharded, parameters replicated; fsdp: parameters sharded too",
+        ("dp", "fsdp"),
+    )
+    checkpoint_interval: int = _f(1000, "save a checkpoint every this many steps (0: only final)")
+    keep_checkpoints: int = _f(2, "checkpoints kept on disk")
+    peak_flops: float = _f(0.0, "peak FLOP/s of one device for MFU (0: a table, else none)")
+    profile_start: int = _f(0, "first step of a jax.profiler trace (0: no trace)")
+    profile_steps: int = _f(5, "steps in the profiler trace")
+
+
+@dataclass(frozen=True)
+class SampleConfig:
+    start: str = _f("\n", "prompt text, or FILE:path to read it from a file")
+    num_samples: int = _f(10, "samples generated together as one batch")
+    max_new_tokens: int = _f(500, "tokens generated per sample")
+    temperature: float = _f(0.8, "softmax temperature (> 0)")
+    top_k: int = _f(200, "keep only the k most likely tokens (0: all)")
+    top_p: float = _f(1.0, "keep the smallest set of tokens with this total probability")
+    seed: int = _f(1337, "sampling seed")
+
+
+@dataclass(frozen=True)
+class LoggingConfig:
+    log_interval: int = _f(10, "print and record metrics every this many steps")
+    wandb_mode: str = _f("disabled", "wandb logging", ("disabled", "offline", "online"))
+    wandb_project: str = _f("nanogptx", "wandb project")
+    wandb_run_name: str = _f("", "wandb run name (empty: the run's name)")
+
+
+@dataclass(frozen=True)
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    sample: SampleConfig = field(default_factory=SampleConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+
+
+SECTIONS: dict[str, type] = {f.name: typing.get_type_hints(Config)[f.name] for f in dataclasses.fields(Config)}
+
+# Which sections each stage depends on: Snakemake reruns a stage when one of them changes.
+STAGE_SECTIONS: dict[str, tuple[str, ...]] = {
+    "download": ("data",),
+    "prepare": ("data", "tokenizer"),
+    "train": ("data", "tokenizer", "model", "train", "logging"),
+    "sample": ("data", "tokenizer", "model", "train", "sample"),
+}
+
+
+def _check_type(value: Any, tp: Any, where: str) -> Any:
+    """Return value coerced to tp (int -> float, list -> tuple) or raise ConfigError."""
+    origin = typing.get_origin(tp)
+    if origin is tuple:
+        (item_tp, _) = typing.get_args(tp)
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{where}: expected a list of {item_tp.__name__}, got {value!r}")
+        return tuple(_check_type(v, item_tp, where) for v in value)
+    if tp is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if (tp is int and isinstance(value, bool)) or not isinstance(value, tp):
+        raise ConfigError(
+            f"{where}: expected {tp.__name__}, got {type(value).__name__} {value!r}"
+        )
+    return value
+
+
+def _suggest(name: str, known: typing.Iterable[str]) -> str:
+    close = difflib.get_close_matches(name, list(known), n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def _check_values(cfg: Config, source: str) -> None:
+    """Impossible values and combinations, each named with its key and the file."""
+    m, t, d, s = cfg.model, cfg.train, cfg.data, cfg.sample
+
+    def need(ok: bool, key: str, value: Any, expected: str) -> None:
+        if not ok:
+            raise ConfigError(f"{source}: {key} = {value!r}: expected {expected}")
+
+    for section in (d, m, t, s, cfg.logging):
+        name = next(k for k, v in SECTIONS.items() if isinstance(section, v))
+        for f in dataclasses.fields(section):
+            value = getattr(section, f.name)
+            choices = f.metadata.get("choices")
+            if choices:
+                need(value in choices, f"{name}.{f.name}", value, f"one of {list(choices)}")
+    from nanogptx import datasets  # light: the registry is plain data
+
+    try:
+        datasets.get(d.dataset)
+    except datasets.UnknownDataset as e:
+        raise ConfigError(f"{source}: data.dataset: {e}") from None
+    from_cleaning = {"normalize_newlines", "strip", "drop_short"}
+    for c in d.cleaning:
+        need(c in from_cleaning, "data.cleaning", c, f"one of {sorted(from_cleaning)}"
+             + _suggest(c, from_cleaning))
+    need(0.0 < d.val_fraction < 1.0, "data.val_fraction", d.val_fraction, "between 0 and 1")
+    need(d.val_docs >= 0, "data.val_docs", d.val_docs, ">= 0")
+    need(d.split != "first_docs" or d.val_docs > 0, "data.val_docs", d.val_docs,
+         "> 0 when data.split = first_docs")
+    need(d.max_docs >= 0, "data.max_docs", d.max_docs, ">= 0")
+    need(d.min_chars >= 0, "data.min_chars", d.min_chars, ">= 0")
+    need(d.shard_tokens > 0, "data.shard_tokens", d.shard_tokens, "> 0")
+    for key in ("n_layer", "n_head", "n_embd", "block_size"):
+        need(getattr(m, key) > 0, f"model.{key}", getattr(m, key), "> 0")
+    need(m.vocab_size >= 0, "model.vocab_size", m.vocab_size, ">= 0 (0: the tokenizer's)")
+    need(m.n_embd % m.n_head == 0, "model.n_embd", m.n_embd,
+         f"a multiple of model.n_head = {m.n_head}")
+    need(0.0 <= m.dropout < 1.0, "model.dropout", m.dropout, "in [0, 1)")
+    need(t.batch_size > 0, "train.batch_size", t.batch_size, "> 0")
+    micro = t.batch_size * m.block_size
+    need(t.total_batch_tokens >= 0 and t.total_batch_tokens % micro == 0,
+         "train.total_batch_tokens", t.total_batch_tokens,
+         f"0 or a multiple of train.batch_size * model.block_size = {micro}")
+    for key in ("max_iters", "eval_iters", "eval_interval", "keep_checkpoints"):
+        need(getattr(t, key) > 0, f"train.{key}", getattr(t, key), "> 0")
+    for key in ("warmup_iters", "lr_decay_iters", "checkpoint_interval", "profile_start"):
+        need(getattr(t, key) >= 0, f"train.{key}", getattr(t, key), ">= 0")
+    need(t.profile_steps > 0, "train.profile_steps", t.profile_steps, "> 0")
+    need(t.learning_rate > 0, "train.learning_rate", t.learning_rate, "> 0")
+    need(0 <= t.min_lr <= t.learning_rate, "train.min_lr", t.min_lr,
+         f"between 0 and train.learning_rate = {t.learning_rate}")
+    need(not t.decay_lr or t.lr_decay_iters > t.warmup_iters, "train.lr_decay_iters",
+         t.lr_decay_iters, f"> train.warmup_iters = {t.warmup_iters}")
+    need(0 <= t.beta1 < 1, "train.beta1", t.beta1, "in [0, 1)")
+    need(0 <= t.beta2 < 1, "train.beta2", t.beta2, "in [0, 1)")
+    need(t.weight_decay >= 0, "train.weight_decay", t.weight_decay, ">= 0")
+    need(t.grad_clip >= 0, "train.grad_clip", t.grad_clip, ">= 0")
+    need(t.peak_flops >= 0, "train.peak_flops", t.peak_flops, ">= 0")
+    need(s.num_samples > 0, "sample.num_samples", s.num_samples, "> 0")
+    need(s.max_new_tokens > 0, "sample.max_new_tokens", s.max_new_tokens, "> 0")
+    need(s.temperature > 0, "sample.temperature", s.temperature, "> 0")
+    need(s.top_k >= 0, "sample.top_k", s.top_k, ">= 0")
+    need(0 < s.top_p <= 1, "sample.top_p", s.top_p, "in (0, 1]")
+    need(cfg.logging.log_interval > 0, "logging.log_interval", cfg.logging.log_interval, "> 0")
+
+
+def from_dict(tree: dict[str, Any], source: str = "<dict>") -> Config:
+    """Build a Config from a {section: {key: value}} tree of differences from the defaults."""
+    sections = {}
+    for name, values in tree.items():
+        if name not in SECTIONS:
+            raise ConfigError(
+                f"{source}: unknown section [{name}]{_suggest(name, SECTIONS)}; "
+                f"known sections: {', '.join(SECTIONS)}"
+            )
+        if not isinstance(values, dict):
+            raise ConfigError(f"{source}: [{name}] must be a table of key = value")
+        cls = SECTIONS[name]
+        hints = typing.get_type_hints(cls)
+        for key, value in values.items():
+            if key not in hints:
+                raise ConfigError(
+                    f"{source}: unknown key {name}.{key}{_suggest(key, hints)}; "
+                    f"known keys of [{name}]: {', '.join(hints)}"
+                )
+            values[key] = _check_type(value, hints[key], f"{source}: {name}.{key}")
+        sections[name] = cls(**values)
+    cfg = Config(**sections)
+    _check_values(cfg, source)
+    return cfg
+
+
+def _parse_override(item: str) -> tuple[str, str, Any]:
+    if "=" not in item or "." not in item.split("=", 1)[0]:
+        raise ConfigError(f"override {item!r}: expected section.key=value")
+    lhs, raw = item.split("=", 1)
+    section, key = lhs.strip().split(".", 1)
+    try:
+        value = tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = raw  # a bare string: data.dataset=fineweb
+    return section, key, value
+
+
+def load(path: str | Path | None = None, overrides: typing.Sequence[str] = ()) -> Config:
+    """Defaults, then the TOML file at path, then `section.key=value` overrides."""
+    tree: dict[str, dict[str, Any]] = {}
+    source = "defaults"
+    if path is not None:
+        source = str(path)
+        try:
+            with open(path, "rb") as f:
+                tree = tomllib.load(f)
+        except FileNotFoundError:
+            raise ConfigError(f"config file {path} does not exist") from None
+        except tomllib.TOMLDecodeError as e:
+            raise ConfigError(f"{path}: not valid TOML: {e}") from None
+    for item in overrides:
+        section, key, value = _parse_override(item)
+        if not isinstance(tree.setdefault(section, {}), dict):
+            raise ConfigError(f"{source}: [{section}] must be a table")
+        tree[section][key] = value
+    if overrides:
+        source += " + overrides " + " ".join(overrides)
+    return from_dict(tree, source)
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    """A JSON-ready dict of a Config or of one section (tuples become lists)."""
+    return json.loads(json.dumps(dataclasses.asdict(cfg)))
+
+
+def sections(cfg: Config, names: typing.Iterable[str]) -> dict[str, Any]:
+    return {name: to_dict(getattr(cfg, name)) for name in names}
+
+
+def section_hash(cfg: Config, names: typing.Iterable[str]) -> str:
+    """sha256 of the resolved sections, stable across key order and runs."""
+    blob = json.dumps(sections(cfg, names), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def data_id(cfg: Config) -> str:
+    """Directory name of the prepared data: runs with equal data settings share it."""
+    return f"{cfg.data.dataset}-{cfg.tokenizer.name}-{section_hash(cfg, ('data', 'tokenizer'))[:10]}"
+
+
+def _toml_value(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, (list, tuple)):
+        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
+    if isinstance(v, str):
+        return json.dumps(v)
+    return repr(v)
+
+
+def dump(cfg: Config) -> str:
+    """The whole resolved config as TOML, loadable by `load`."""
+    lines = []
+    for name, values in sections(cfg, SECTIONS).items():
+        lines.append(f"[{name}]")
+        lines += [f"{k} = {_toml_value(v)}" for k, v in values.items()]
+        lines.append("")
+    return "\n".join(lines)
+
+
+def describe(names: typing.Iterable[str] = SECTIONS) -> str:
+    """Every key of the named sections with its type, default and meaning (for --help)."""
+    lines = ["config keys (set in the TOML file or as section.key=value):"]
+    for name in names:
+        cls = SECTIONS[name]
+        hints = typing.get_type_hints(cls)
+        for f in dataclasses.fields(cls):
+            tp = hints[f.name]
+            tname = "list[str]" if typing.get_origin(tp) is tuple else tp.__name__
+            lines.append(f"  {name}.{f.name} ({tname}, default {_toml_value(f.default)})")
+            lines.append(f"      {f.metadata['help']}")
+    return "\n".join(lines)
+
+
+def add_arguments(parser: argparse.ArgumentParser, names: typing.Iterable[str]) -> None:
+    """--config FILE and section.key=value overrides; the key list goes into --help."""
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    parser.epilog = describe(names)
+    parser.add_argument("--config", type=Path, help="TOML file of a run (config/NAME.toml)")
+    parser.add_argument("overrides", nargs="*", metavar="section.key=value",
+                        help="overrides, applied after the file")
+
+
+def from_args(args: argparse.Namespace, parser: argparse.ArgumentParser) -> Config:
+    """Load the config named by parsed args; a bad config exits with the message (code 2)."""
+    try:
+        return load(args.config, args.overrides)
+    except ConfigError as e:
+        parser.exit(2, f"{parser.prog}: config error: {e}\n")
+
