@@ -26,7 +26,13 @@ def init_params(cfg: ModelConfig, vocab_size: int, key: jax.Array) -> Params:
     N, D, L, V = cfg.n_layer, cfg.n_embd, cfg.block_size, vocab_size
     F = 4 * D
     std, proj_std = 0.02, 0.02 / math.sqrt(2 * N)
-    k = dict(zip(["wte", "wpe", "attn", "attn_proj", "fc", "fc_proj"], jax.random.split(key, 6)))
+    k = dict(
+        zip(
+            ["wte", "wpe", "attn", "attn_proj", "fc", "fc_proj"],
+            jax.random.split(key, 6),
+            strict=True,
+        )
+    )
 
     def normal(key: jax.Array, shape: tuple[int, ...], s: float) -> jax.Array:
         return s * jax.random.normal(key, shape, jnp.float32)
