@@ -1,0 +1,43 @@
+# nanogptx: download -> prepare -> train -> sample, for every run in config/config.yaml.
+#   snakemake --cores all                  the configured runs, end to end
+#   snakemake --cores all prepare          up to a stage: download, prepare, train or sample
+#   snakemake --cores all --config runs=tiny
+
+
+from snakemake.utils import min_version
+
+min_version("9.19")
+
+
+configfile: "config/config.yaml"
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/data.smk"
+include: "workflow/rules/model.smk"
+
+
+rule all:
+    default_target: True
+    input:
+        samples=expand(rules.sample_run.output.samples, run=RUNS),
+
+
+rule download:
+    input:
+        raw=[raw_provenance(run) for run in RUNS],
+
+
+rule prepare:
+    input:
+        prepared=[prepared_dir(run) for run in RUNS],
+
+
+rule train:
+    input:
+        params=expand(rules.train_run.output.params, run=RUNS),
+
+
+rule sample:
+    input:
+        samples=expand(rules.sample_run.output.samples, run=RUNS),

@@ -1,0 +1,154 @@
+"""The Snakemake workflow, run for real on a copy of the repository's workflow files.
+
+Data comes through the mirror setting from ../shared/assets, as an offline user would do it.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def make_workdir(tmp: Path) -> Path:
+    """A copy of what a clone holds for the workflow: Snakefile, workflow/, profiles/, config/."""
+    for name in ("Snakefile", "workflow", "profiles", "config"):
+        src = ROOT / name
+        (shutil.copytree if src.is_dir() else shutil.copy)(src, tmp / name)
+    lock = tmp / "config" / "download.lock.json"
+    lock.unlink(missing_ok=True)
+    return tmp
+
+
+def snakemake(workdir: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "snakemake", "--cores", "2", *args]
+    r = subprocess.run(cmd, cwd=workdir, capture_output=True, text=True, timeout=600)
+    if check and r.returncode != 0:
+        logs = "\n".join(
+            f"--- {p}\n{p.read_text()[-3000:]}"
+            for p in sorted(workdir.glob("results/logs/*/*.log"))
+        )
+        raise AssertionError(
+            f"{' '.join(cmd)} failed:\n{r.stdout[-4000:]}\n{r.stderr[-4000:]}{logs}"
+        )
+    return r
+
+
+def planned_jobs(workdir: Path, *args: str) -> dict[str, int]:
+    """{rule: count} of the jobs a dry run would start."""
+    out = snakemake(workdir, "-n", *args).stdout
+    if "Nothing to be done" in out:
+        return {}
+    table = out.split("Job stats:")[1]
+    jobs = dict(re.findall(r"^(\w+)\s+(\d+)$", table, re.M))
+    return {rule: int(n) for rule, n in jobs.items() if rule != "total"}
+
+
+def edit(path: Path, old: str, new: str) -> None:
+    text = path.read_text()
+    assert old in text, f"{old!r} not in {path}"
+    path.write_text(text.replace(old, new, 1))
+
+
+def split_tokens(prepared: Path) -> dict[str, int]:
+    manifest = json.loads((prepared / "manifest.json").read_text())
+    counts = {"train": 0, "val": 0}
+    for shard in manifest["shards"]:
+        arr = np.load(prepared / shard["file"], mmap_mode="r")
+        assert len(arr) == shard["tokens"]
+        counts[shard["split"]] += len(arr)
+    return counts
+
+
+@pytest.fixture(scope="module")
+def prepared_workdir(tmp_path_factory: pytest.TempPathFactory, assets: Path, gpt2_offline):
+    """download + prepare of Tiny Shakespeare, char and GPT-2, through the mirror."""
+    workdir = make_workdir(tmp_path_factory.mktemp("workflow"))
+    runs = "runs=[shakespeare-char,shakespeare-gpt2]"
+    snakemake(workdir, "prepare", "--config", runs, f"mirror={assets}")
+    return workdir, runs
+
+
+def test_prepare_through_mirror_gives_nanogpt_token_counts(prepared_workdir) -> None:
+    workdir, _ = prepared_workdir
+    raw = json.loads((workdir / "data/raw/tinyshakespeare/provenance.json").read_text())
+    assert raw["outputs"][0]["sha256"] == (
+        "86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed"
+    )
+    prepared = {p.name.split("-")[1]: p for p in (workdir / "data/prepared").iterdir()}
+    assert sorted(prepared) == ["char", "gpt2"]
+    char = json.loads((prepared["char"] / "manifest.json").read_text())
+    assert char["tokenizer"]["vocab_size"] == 65
+    assert split_tokens(prepared["char"]) == {"train": 1_003_854, "val": 111_540}
+    # nanoGPT's 301,966 / 36,059 GPT-2 tokens, plus one end-of-text token before each half.
+    assert split_tokens(prepared["gpt2"]) == {"train": 301_967, "val": 36_060}
+    for p in prepared.values():
+        assert json.loads((p / "provenance.json").read_text())["stage"] == "prepare"
+
+
+def test_nothing_reruns_when_nothing_changed(prepared_workdir) -> None:
+    workdir, runs = prepared_workdir
+    assert planned_jobs(workdir, "prepare", "--config", runs) == {}
+
+
+def test_training_edit_reruns_no_data_stage(prepared_workdir) -> None:
+    workdir, runs = prepared_workdir
+    toml = workdir / "config/shakespeare-char.toml"
+    original = toml.read_text()
+    try:
+        edit(toml, "learning_rate = 1e-3", "learning_rate = 2e-3")
+        edit(toml, "n_layer = 4", "n_layer = 3")
+        assert planned_jobs(workdir, "prepare", "--config", runs) == {}
+    finally:
+        toml.write_text(original)
+
+
+def test_tokenizer_or_cleaning_edit_reruns_prepare_not_download(prepared_workdir) -> None:
+    workdir, _ = prepared_workdir
+    run = workdir / "config/edited.toml"
+    try:
+        run.write_text('[data]\ncleaning = ["strip"]\n')
+        snakemake(workdir, "prepare", "--config", "runs=edited")
+        assert planned_jobs(workdir, "prepare", "--config", "runs=edited") == {}
+        run.write_text('[data]\ncleaning = ["strip"]\n[tokenizer]\nname = "gpt2"\n')
+        assert planned_jobs(workdir, "prepare", "--config", "runs=edited") == {
+            "prepare_dataset": 1,
+            "prepare": 1,
+        }
+        run.write_text('[data]\ncleaning = ["strip", "normalize_newlines"]\n')
+        assert planned_jobs(workdir, "prepare", "--config", "runs=edited") == {
+            "prepare_dataset": 1,
+            "prepare": 1,
+        }
+    finally:
+        run.unlink()
+
+
+def test_runs_sharing_data_settings_prepare_once(prepared_workdir) -> None:
+    workdir, _ = prepared_workdir
+    cfg = workdir / "config"
+    shutil.copy(cfg / "shakespeare-char.toml", cfg / "lr-sweep-a.toml")
+    edit(cfg / "lr-sweep-a.toml", "learning_rate = 1e-3", "learning_rate = 3e-3")
+    try:
+        runs = "runs=[shakespeare-char,shakespeare-gpt2,lr-sweep-a]"
+        assert planned_jobs(workdir, "prepare", "--config", runs) == {}
+    finally:
+        (cfg / "lr-sweep-a.toml").unlink()
+
+
+def test_bad_run_config_is_refused_before_any_job(tmp_path: Path) -> None:
+    workdir = make_workdir(tmp_path)
+    (workdir / "config/broken.toml").write_text("[model]\nn_layr = 3\n")
+    r = snakemake(workdir, "-n", "--config", "runs=broken", check=False)
+    assert r.returncode != 0
+    assert "n_layr" in r.stderr + r.stdout and "n_layer" in r.stderr + r.stdout
+    r = snakemake(workdir, "-n", "--config", "runs=nonexistent", check=False)
+    assert r.returncode != 0 and "config/nonexistent.toml" in r.stderr + r.stdout

@@ -1,0 +1,71 @@
+# Helpers of the workflow: the runs, their resolved configs, and the paths they map to.
+# Only nanogptx.config (standard library) is imported here: parsing stays fast.
+
+import re
+from pathlib import Path
+
+from snakemake.exceptions import WorkflowError
+from snakemake.utils import validate
+
+from nanogptx import config as nconfig
+
+
+validate(config, "../schemas/config.schema.yaml")
+
+
+def _runs(value):
+    """config runs: a list, or a string of comma-separated names (--config runs=a,b)."""
+    names = value if isinstance(value, list) else str(value).split(",")
+    return [n.strip() for n in names if n.strip()]
+
+
+RUNS = _runs(config["runs"])
+DATA = config["paths"]["data"]
+RESULTS = config["paths"]["results"]
+LOCK = config["paths"]["lock"]
+LOGS = f"{RESULTS}/logs"
+BENCH = f"{RESULTS}/benchmarks"
+
+
+def _load_run(run):
+    path = Path("config") / f"{run}.toml"
+    if not path.is_file():
+        known = sorted(p.stem for p in Path("config").glob("*.toml"))
+        raise WorkflowError(f"run {run!r}: no file {path}; runs in config/: {', '.join(known)}")
+    try:
+        return nconfig.load(path)
+    except nconfig.ConfigError as e:
+        raise WorkflowError(f"run {run!r}: {e}")
+
+
+CFG = {run: _load_run(run) for run in RUNS}
+# Runs with equal data and tokenizer settings share one prepared dataset.
+DATA_RUN = {nconfig.data_id(cfg): run for run, cfg in reversed(CFG.items())}
+
+
+wildcard_constraints:
+    run="|".join(map(re.escape, RUNS)) or "NO_RUN",
+    dataset="[A-Za-z0-9._-]+",
+    data_id="[A-Za-z0-9._-]+",
+
+
+def run_config(run):
+    return f"config/{run}.toml"
+
+
+def raw_provenance(run):
+    return f"{DATA}/raw/{CFG[run].data.dataset}/provenance.json"
+
+
+def prepared_dir(run):
+    return f"{DATA}/prepared/{nconfig.data_id(CFG[run])}"
+
+
+def stage_hash(run, stage):
+    """sha256 of the config sections a stage reads: a change reruns the stage (params)."""
+    return nconfig.section_hash(CFG[run], nconfig.STAGE_SECTIONS[stage])
+
+
+def allow_unverified_arg(dataset):
+    allow = any(c.data.allow_unverified for c in CFG.values() if c.data.dataset == dataset)
+    return "data.allow_unverified=true" if allow else ""
