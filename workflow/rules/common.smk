@@ -1,6 +1,7 @@
 # Helpers of the workflow: the runs, their resolved configs, and the paths they map to.
 # Only nanogptx.config (standard library) is imported here: parsing stays fast.
 
+import hashlib
 import re
 from pathlib import Path
 
@@ -59,6 +60,26 @@ def raw_provenance(run):
 
 def prepared_dir(run):
     return f"{DATA}/prepared/{nconfig.data_id(CFG[run])}"
+
+
+# The modules each stage runs: editing one reruns that stage (and, through its outputs, the
+# stages after it). Editing only sample.py reruns only sampling.
+STAGE_CODE = {
+    "download": ["download.py", "datasets.py", "provenance.py"],
+    "prepare": ["prepare.py", "readers.py", "tokenizer.py", "provenance.py"],
+    "train": ["train.py", "model.py", "loader.py", "checkpoint.py", "provenance.py"],
+    "sample": ["sample.py", "model.py", "tokenizer.py", "checkpoint.py", "provenance.py"],
+}
+SRC = Path(workflow.basedir) / "src" / "nanogptx"
+
+
+def code_hash(stage):
+    """sha256 of the source of the modules a stage runs (params: a change reruns it)."""
+    h = hashlib.sha256()
+    for name in STAGE_CODE[stage]:
+        path = SRC / name
+        h.update(name.encode() + b"\0" + (path.read_bytes() if path.exists() else b""))
+    return h.hexdigest()
 
 
 def stage_hash(run, stage):

@@ -8,6 +8,7 @@ rule download_dataset:
         out=lambda w: f"{DATA}/raw/{w.dataset}",
         allow=lambda w: allow_unverified_arg(w.dataset),
         lock=LOCK,
+        code=code_hash("download"),
     log:
         f"{LOGS}/download/{{dataset}}.log",
     benchmark:
@@ -29,6 +30,7 @@ rule prepare_dataset:
     params:
         config=lambda w: run_config(DATA_RUN[w.data_id]),
         raw=lambda w: Path(raw_provenance(DATA_RUN[w.data_id])).parent,
+        code=code_hash("prepare"),
     log:
         f"{LOGS}/prepare/{{data_id}}.log",
     benchmark:

@@ -13,6 +13,7 @@ rule train_run:
     params:
         config=lambda w: run_config(w.run),
         sections=lambda w: stage_hash(w.run, "train"),
+        code=code_hash("train"),
         out=lambda w: f"{RESULTS}/{w.run}/model",
         # Checkpoints are not outputs, so a failed or killed job leaves them for the rerun to
         # resume from; the settings' hash in the path makes an edited run start afresh.
@@ -39,6 +40,7 @@ rule sample_run:
     params:
         config=lambda w: run_config(w.run),
         sections=lambda w: stage_hash(w.run, "sample"),
+        code=code_hash("sample"),
         model=lambda w: f"{RESULTS}/{w.run}/model",
         out=lambda w: f"{RESULTS}/{w.run}/samples",
     log:
