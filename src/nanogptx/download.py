@@ -1,0 +1,726 @@
+"""Download every file of a registry dataset, hash-verified, resumable, in parallel.
+
+    python -m nanogptx.download --config config/shakespeare-char.toml \
+        --out data/raw/tinyshakespeare [--mirror DIR_OR_URL] [--lock config/download.lock.json] \
+        [--threads N]
+
+Writes <out>/<file name> for every file and <out>/provenance.json saying which check applied.
+"""
+
+from __future__ import annotations
+
+import argparse
+import fcntl
+import hashlib
+import http.client
+import json
+import os
+import re
+import socket
+import ssl
+import sys
+import threading
+import time
+import urllib.parse
+import urllib.request
+from collections.abc import Callable, Iterator
+from concurrent.futures import CancelledError, ThreadPoolExecutor, as_completed
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from nanogptx import config, datasets, provenance
+
+DEFAULT_LOCK = Path("config/download.lock.json")
+CHUNK = 1 << 20
+MAX_REDIRECTS = 10
+USER_AGENT = "nanogptx-download/0.1 (python http.client)"
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+_LOCK_MUTEX = threading.Lock()  # flock serializes processes; this serializes our own threads
+
+
+class DownloadError(Exception):
+    """An expected failure, reported as one line: 404, refused connection, bad hash, ..."""
+
+
+class HashMismatch(DownloadError, provenance.HashMismatch):
+    """Downloaded bytes whose sha256 (or size) is not the expected one."""
+
+
+class _Transient(Exception):
+    """A failure worth retrying: connection reset or refused, timeout, 5xx, short read."""
+
+    def __init__(
+        self,
+        msg: str,
+        retry_after: float | None = None,
+        discard_part: bool = False,
+    ) -> None:
+        super().__init__(msg)
+        self.retry_after = retry_after  # seconds the server asked us to wait
+        self.discard_part = discard_part  # the .part cannot be resumed
+
+
+class _Cancelled(Exception):
+    """Another file failed; stop this one and keep its .part for a later resume."""
+
+
+@dataclass(frozen=True)
+class Policy:
+    """Timeouts (seconds) and retries; tests shrink the backoff."""
+
+    connect_timeout: float = 15.0
+    read_timeout: float = 60.0
+    retries: int = 5  # further attempts after a failure that made no progress
+    backoff: float = 1.0  # first wait; doubles per failed attempt
+    backoff_max: float = 60.0
+
+
+@dataclass
+class _Stream:
+    """An open source of bytes from offset: an HTTP response or a local file."""
+
+    url: str
+    offset: int  # where the bytes start (0 when a server ignored our Range)
+    total: int | None  # the whole file's size, where the source says it
+    announced: str | None  # sha256 announced by the server (Git LFS X-Linked-ETag)
+    read: Callable[[int], bytes]
+    close: Callable[[], None]
+
+
+@dataclass(frozen=True)
+class Fetched:
+    name: str
+    path: Path
+    bytes: int
+    sha256: str
+    check: str  # pinned | lock | announced | unverified
+    source: str
+    downloaded: bool  # False when a present file already had the right hash
+
+
+# ---------------------------------------------------------------------------------------------
+# Sources: https (registry), or a mirror directory, file:// or http(s):// base URL
+
+
+def source_for(dataset: str, f: datasets.RemoteFile, mirror: str | None) -> str:
+    """The URL (or local path) to fetch f from: the registry URL, or <mirror>/<dataset>/<name>."""
+    if mirror is None:
+        if urllib.parse.urlsplit(f.url).scheme != "https":
+            raise DownloadError(
+                f"{dataset}/{f.name}: registry URL {f.url} is not https; only a mirror you "
+                "configure may use http or file"
+            )
+        return f.url
+    scheme = urllib.parse.urlsplit(mirror).scheme
+    tail = f"{urllib.parse.quote(dataset)}/{urllib.parse.quote(f.name)}"
+    if scheme in ("http", "https", "file"):
+        return f"{mirror.rstrip('/')}/{tail}"
+    if len(scheme) > 1:
+        raise DownloadError(
+            f"mirror {mirror!r}: expected a directory, file://, http:// or https://"
+        )
+    return str(Path(mirror).expanduser() / dataset / f.name)
+
+
+def _proxy(scheme: str, host: str) -> urllib.parse.SplitResult | None:
+    """The proxy from https_proxy / http_proxy / no_proxy; never for loopback addresses."""
+    if host in ("127.0.0.1", "localhost", "::1") or urllib.request.proxy_bypass(host):
+        return None
+    url = urllib.request.getproxies().get(scheme)
+    return urllib.parse.urlsplit(url if "://" in url else f"http://{url}") if url else None
+
+
+def _connect(parts: urllib.parse.SplitResult, policy: Policy) -> http.client.HTTPConnection:
+    host, port = parts.hostname or "", parts.port
+    proxy = _proxy(parts.scheme, host)
+    timeout = policy.connect_timeout
+    if parts.scheme == "https":
+        ctx = ssl.create_default_context()
+        if proxy:
+            conn = http.client.HTTPSConnection(
+                proxy.hostname, proxy.port, timeout=timeout, context=ctx
+            )
+            conn.set_tunnel(host, port)
+        else:
+            conn = http.client.HTTPSConnection(host, port, timeout=timeout, context=ctx)
+    else:
+        conn = http.client.HTTPConnection(
+            proxy.hostname if proxy else host, proxy.port if proxy else port, timeout=timeout
+        )
+    conn.connect()
+    conn.sock.settimeout(policy.read_timeout)  # the connect timeout covered connect + TLS
+    return conn
+
+
+def _network_error(e: BaseException, url: str) -> Exception:
+    """A certificate problem is final; every other socket or protocol error is transient."""
+    if isinstance(e, ssl.SSLCertVerificationError):
+        return DownloadError(f"{url}: TLS certificate not trusted: {e.verify_message}")
+    netloc = urllib.parse.urlsplit(url).netloc
+    if isinstance(e, ConnectionRefusedError):
+        return _Transient(f"connection refused by {netloc}")
+    if isinstance(e, socket.gaierror):
+        return _Transient(f"cannot resolve the host of {netloc}: {e.strerror}")
+    if isinstance(e, TimeoutError):
+        return _Transient("timed out")
+    return _Transient(f"{type(e).__name__}: {e}" if str(e) else type(e).__name__)
+
+
+def announced_sha256(value: str | None) -> str | None:
+    """The sha256 in an X-Linked-ETag header ('"<hex>"' or 'W/"<hex>"'), else None."""
+    if not value:
+        return None
+    value = value.strip().removeprefix("W/").strip('"').lower()
+    return value if _SHA256.fullmatch(value) else None
+
+
+def _retry_after(resp: http.client.HTTPResponse) -> float | None:
+    value = (resp.getheader("Retry-After") or "").strip()
+    return float(value) if value.isdigit() else None  # an HTTP date: our own backoff
+
+
+def _open_http(url: str, offset: int, policy: Policy, schemes: tuple[str, ...]) -> _Stream:
+    """GET url from offset, following redirects; an announced hash may sit on any hop (HF)."""
+    announced = None
+    for _ in range(MAX_REDIRECTS + 1):
+        parts = urllib.parse.urlsplit(url)
+        if parts.scheme not in schemes:
+            raise DownloadError(f"{url}: refusing scheme {parts.scheme!r} (allowed: {schemes})")
+        headers = {"User-Agent": USER_AGENT, "Accept-Encoding": "identity"}
+        if offset:
+            headers["Range"] = f"bytes={offset}-"
+        target = urllib.parse.urlunsplit(("", "", parts.path or "/", parts.query, ""))
+        conn = None
+        try:
+            conn = _connect(parts, policy)
+            if _proxy(parts.scheme, parts.hostname or "") and parts.scheme == "http":
+                target = url  # a plain-http proxy takes the absolute URL
+            conn.request("GET", target, headers=headers)
+            resp = conn.getresponse()
+        except (OSError, http.client.HTTPException) as e:
+            if conn is not None:
+                conn.close()
+            raise _network_error(e, url) from None
+        announced = announced or announced_sha256(resp.getheader("X-Linked-ETag"))
+        status = resp.status
+        if status in (301, 302, 303, 307, 308) and resp.getheader("Location"):
+            conn.close()
+            url = urllib.parse.urljoin(url, resp.getheader("Location"))
+            continue
+        if status in (200, 206):
+            return _http_stream(url, conn, resp, offset, announced)
+        conn.close()
+        reason = f"HTTP {status} {resp.reason}".strip()
+        if status == 416:  # our Range is past the end: the .part is not of this file
+            raise _Transient(f"{reason}: discarding the partial file", discard_part=True)
+        if status >= 500 or status in (408, 429):  # 408/429 ask the client to come back later
+            raise _Transient(f"{reason} from {url}", retry_after=_retry_after(resp))
+        raise DownloadError(f"{reason} for {url}")
+    raise DownloadError(f"{url}: more than {MAX_REDIRECTS} redirects")
+
+
+def _http_stream(
+    url: str,
+    conn: http.client.HTTPConnection,
+    resp: http.client.HTTPResponse,
+    offset: int,
+    announced: str | None,
+) -> _Stream:
+    length = resp.getheader("Content-Length")
+    total = int(length) if length and length.isdigit() else None
+    start = 0
+    if resp.status == 206:
+        m = re.fullmatch(r"bytes (\d+)-(\d+)/(\d+|\*)", resp.getheader("Content-Range") or "")
+        if not m or int(m[1]) != offset:
+            conn.close()
+            raise _Transient(
+                f"{url}: answered Range bytes={offset}- with Content-Range "
+                f"{resp.getheader('Content-Range')!r}",
+                discard_part=True,
+            )
+        start = offset
+        if total is not None and total != int(m[2]) - int(m[1]) + 1:
+            conn.close()
+            raise _Transient(
+                f"{url}: Content-Length {total} disagrees with Content-Range", discard_part=True
+            )
+        total = int(m[3]) if m[3] != "*" else None
+
+    def read(n: int) -> bytes:
+        try:
+            return resp.read1(n)  # what has arrived: a stall loses nothing already received
+        except (OSError, http.client.HTTPException) as e:
+            raise _network_error(e, url) from None
+
+    return _Stream(url, start, total, announced, read, conn.close)
+
+
+def _open_file(path: Path, offset: int) -> _Stream:
+    try:
+        f = open(path, "rb")
+    except FileNotFoundError:
+        raise DownloadError(f"mirror file {path} does not exist") from None
+    except OSError as e:
+        raise DownloadError(f"cannot read mirror file {path}: {e.strerror}") from None
+    total = os.fstat(f.fileno()).st_size
+    f.seek(min(offset, total))
+    return _Stream(str(path), min(offset, total), total, None, f.read, f.close)
+
+
+def _open(source: str, offset: int, policy: Policy, mirrored: bool) -> _Stream:
+    scheme = urllib.parse.urlsplit(source).scheme
+    if scheme == "file":
+        return _open_file(
+            Path(urllib.request.url2pathname(urllib.parse.urlsplit(source).path)), offset
+        )
+    if scheme not in ("http", "https"):
+        return _open_file(Path(source), offset)
+    schemes = ("http", "https") if mirrored and scheme == "http" else ("https",)
+    return _open_http(source, offset, policy, schemes)
+
+
+# ---------------------------------------------------------------------------------------------
+# The lock file: sha256 announced by servers, recorded once, checked on every later download
+
+
+def read_lock(path: Path) -> dict[str, dict[str, dict[str, Any]]]:
+    """{dataset: {file name: {"sha256": hex, "bytes": int}}}; a missing file is empty."""
+    try:
+        lock = json.loads(path.read_text())
+    except FileNotFoundError:
+        return {}
+    except (OSError, ValueError) as e:
+        raise DownloadError(f"lock file {path}: cannot read it as JSON: {e}") from None
+    shape = '{"<dataset>": {"<file>": {"sha256": "<64 hex>", "bytes": <int>}}}'
+    if not isinstance(lock, dict) or not all(isinstance(v, dict) for v in lock.values()):
+        raise DownloadError(f"lock file {path}: expected {shape}")
+    for dataset, entries in lock.items():
+        for name, e in entries.items():
+            ok = isinstance(e, dict) and type(e.get("bytes")) is int
+            if not (ok and _SHA256.fullmatch(str(e.get("sha256")))):
+                raise DownloadError(
+                    f"lock file {path}: {dataset}/{name}: expected {shape}, got {json.dumps(e)}"
+                )
+    return lock
+
+
+@contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    """Hold an exclusive lock on path's directory: other processes and threads wait."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with _LOCK_MUTEX:
+        fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)  # closing releases the flock
+
+
+def record_lock(path: Path, dataset: str, name: str, sha256: str, size: int) -> None:
+    """Add dataset/name to the lock file (read, update, atomic rename, all under the lock)."""
+    with _locked(path):
+        lock = read_lock(path)
+        entry = lock.setdefault(dataset, {}).get(name)
+        if entry and entry.get("sha256") != sha256:
+            raise HashMismatch(
+                f"{dataset}/{name}: downloaded sha256 {sha256}, but {path} "
+                f"meanwhile records {entry.get('sha256')}"
+            )
+        lock[dataset][name] = {"sha256": sha256, "bytes": size}
+        lock[dataset] = dict(sorted(lock[dataset].items()))
+        provenance.write_json_atomic(path, dict(sorted(lock.items())))
+
+
+# ---------------------------------------------------------------------------------------------
+# Progress: a live line on a terminal, periodic plain lines in a log
+
+
+class Progress:
+    """Bytes, rate and ETA of a dataset's files, shown every `every` seconds."""
+
+    def __init__(self, dataset: str, sizes: dict[str, int | None], tty: bool | None = None) -> None:
+        self.dataset = dataset
+        self.tty = sys.stderr.isatty() if tty is None else tty
+        self.every = 0.25 if self.tty else 15.0
+        self.totals = dict(sizes)
+        self.done = dict.fromkeys(sizes, 0)
+        self.finished = 0
+        self.moved = 0  # bytes received by this process, for the rate
+        self.t0 = self.last = time.monotonic()
+        self.lock = threading.Lock()
+
+    def start(self, name: str, done: int, total: int | None) -> None:
+        with self.lock:
+            self.done[name] = done
+            self.totals[name] = total if total is not None else self.totals[name]
+
+    def add(self, name: str, n: int) -> None:
+        with self.lock:
+            self.done[name] += n
+            self.moved += n
+            now = time.monotonic()
+            if now - self.last >= self.every:
+                self.last = now
+                self._show(self._line(now))
+
+    def finish(self, name: str, nbytes: int, msg: str) -> None:
+        with self.lock:
+            self.done[name] = self.totals[name] = nbytes
+            self.finished += 1
+            self._show(msg, final=True)
+
+    def log(self, msg: str) -> None:
+        with self.lock:
+            self._show(msg, final=True)
+
+    def _line(self, now: float) -> str:
+        done = sum(self.done.values())
+        rate = self.moved / max(now - self.t0, 1e-9)
+        line = f"{self.dataset}: {self.finished}/{len(self.done)} files, {_mb(done)}"
+        if all(t is not None for t in self.totals.values()):
+            total = sum(t or 0 for t in self.totals.values())
+            eta = _duration((total - done) / rate) if rate > 0 else "?"
+            return line + f" of {_mb(total)}, {_mb(rate)}/s, ETA {eta}"
+        return line + f", {_mb(rate)}/s"
+
+    def _show(self, msg: str, final: bool = False) -> None:
+        if self.tty:  # redraw one line in place; a final message keeps its own line
+            print(f"\r\x1b[2K{msg}", end="\n" if final else "", file=sys.stderr, flush=True)
+        else:
+            print(msg, file=sys.stderr, flush=True)
+
+
+def _mb(n: float) -> str:
+    return f"{n / 1e6:.1f} MB"
+
+
+def _duration(s: float) -> str:
+    s = int(s)
+    return f"{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}"
+
+
+# ---------------------------------------------------------------------------------------------
+# One file
+
+
+@dataclass(frozen=True)
+class _Job:
+    dataset: str
+    file: datasets.RemoteFile
+    source: str
+    mirrored: bool
+    out: Path
+    lock_path: Path
+    lock_entry: dict[str, Any] | None
+    allow_unverified: bool
+    policy: Policy
+
+
+def _rehash(part: Path) -> tuple[Any, int]:
+    """sha256 state and size of a partial file, to continue hashing where it ends."""
+    h = hashlib.sha256()
+    n = 0
+    with open(part, "rb") as f:
+        while chunk := f.read(CHUNK):
+            h.update(chunk)
+            n += len(chunk)
+    return h, n
+
+
+@dataclass
+class _Expect:
+    sha256: str | None
+    check: str  # pinned | lock | announced | unverified ("" until the server has answered)
+    size: int | None
+
+
+def _expect(job: _Job) -> _Expect:
+    """The hash policy: pinned in the registry, else recorded in the lock, else the server's."""
+    f = job.file
+    if f.sha256:
+        return _Expect(f.sha256.lower(), "pinned", f.size)
+    if job.lock_entry:
+        return _Expect(job.lock_entry["sha256"], "lock", job.lock_entry["bytes"])
+    return _Expect(None, "", f.size)
+
+
+def _fetch(job: _Job, progress: Progress, cancel: threading.Event) -> Fetched:
+    """Bring one file to job.out/<name>, verified, or raise DownloadError; see the module doc."""
+    f, policy = job.file, job.policy
+    what = f"{job.dataset}/{f.name}"
+    dest, part = job.out / f.name, job.out / f".{f.name}.part"
+    want = _expect(job)
+
+    def done(sha: str, downloaded: bool) -> Fetched:
+        nbytes = dest.stat().st_size
+        if want.check == "announced":
+            record_lock(job.lock_path, job.dataset, f.name, sha, nbytes)
+        how = f"done, {_mb(nbytes)}" if downloaded else "present, not downloaded again"
+        progress.finish(f.name, nbytes, f"{what}: {how}, sha256 {sha} ({want.check})")
+        return Fetched(f.name, dest, nbytes, sha, want.check, job.source, downloaded)
+
+    if cancel.is_set():
+        raise _Cancelled
+    if dest.exists() and want.sha256:
+        if _matches(dest, want):
+            return done(want.sha256, False)
+        progress.log(f"{what}: present but not sha256 {want.sha256} ({want.check}); replacing it")
+        dest.unlink()
+
+    failures, restarted = 0, False
+    while True:
+        had = _size(part)
+        try:
+            result = _attempt(job, want, dest, part, progress, cancel)
+        except _Transient as e:
+            # A failure after new bytes is not counted: a flaky link still gets there. Bytes
+            # a server sends again from zero (ignoring Range) are not new.
+            failures = 0 if _size(part) > had else failures + 1
+            if e.discard_part:
+                part.unlink(missing_ok=True)
+            if failures > policy.retries:
+                hint = "" if job.mirrored else "; offline? use a mirror (--mirror DIR_OR_URL)"
+                raise DownloadError(
+                    f"{what}: giving up after {failures} failed attempts: {e} ({job.source}){hint}"
+                ) from None
+            wait = min(policy.backoff * 2 ** max(failures - 1, 0), policy.backoff_max)
+            if e.retry_after is not None:
+                wait = min(max(wait, e.retry_after), policy.backoff_max)
+            again = f"retry {failures} of {policy.retries}" if failures else "resuming"
+            progress.log(f"{what}: {e}; {again} in {wait:.1f} s")
+            if cancel.wait(wait):
+                raise _Cancelled from None
+            continue
+        if result is None:
+            return done(want.sha256 or "", False)
+        actual, nbytes, resumed = result
+        bad_size = want.size is not None and nbytes != want.size
+        if bad_size or (want.sha256 and actual != want.sha256):
+            part.unlink()  # resuming from bytes that do not verify is pointless
+            if resumed and not restarted:
+                restarted = True
+                progress.log(f"{what}: resumed bytes do not verify; downloading from zero")
+                continue
+            expected = [f"{want.size} bytes"] if want.size is not None else []
+            expected += [f"sha256 {want.sha256}"] if want.sha256 else []
+            raise HashMismatch(
+                f"{what}: downloaded {nbytes} bytes with sha256 {actual}, expected "
+                f"{' with '.join(expected)} ({want.check}) from {job.source}; nothing was kept"
+            )
+        os.replace(part, dest)
+        return done(actual, True)
+
+
+def _size(path: Path) -> int:
+    return path.stat().st_size if path.exists() else 0
+
+
+def _matches(path: Path, want: _Expect) -> bool:
+    if want.size is not None and path.stat().st_size != want.size:
+        return False
+    return provenance.sha256_file(path) == want.sha256
+
+
+def _attempt(
+    job: _Job, want: _Expect, dest: Path, part: Path, progress: Progress, cancel: threading.Event
+) -> tuple[str, int, bool] | None:
+    """One request, appended to part: (sha256, bytes, resumed), or None if dest is the file."""
+    what = f"{job.dataset}/{job.file.name}"
+    h, offset = _rehash(part) if part.exists() else (hashlib.sha256(), 0)
+    if want.size is not None and offset > want.size:
+        part.unlink()
+        h, offset = hashlib.sha256(), 0
+    if want.sha256 and offset > 0 and offset == want.size:
+        return h.hexdigest(), offset, True  # a complete .part from an earlier run: verify it
+    stream = _open(job.source, offset, job.policy, job.mirrored)
+    try:
+        if not want.sha256:
+            if stream.announced:
+                want.sha256, want.check = stream.announced, "announced"
+            elif job.allow_unverified:
+                want.check = "unverified"
+            else:
+                raise DownloadError(
+                    f"{what}: no sha256 pinned in the registry, none in {job.lock_path} and "
+                    f"none announced by {stream.url}; refusing it (set "
+                    "data.allow_unverified=true to accept it unchecked)"
+                )
+            if want.sha256 and dest.exists() and _matches(dest, want):
+                return None
+        elif stream.announced and stream.announced != want.sha256:
+            part.unlink(missing_ok=True)
+            where = "the registry" if want.check == "pinned" else str(job.lock_path)
+            raise HashMismatch(
+                f"{what}: {stream.url} announces sha256 {stream.announced}, but {where} "
+                f"expects {want.sha256}; the file changed upstream"
+            )
+        if want.size is not None and stream.total is not None and stream.total != want.size:
+            part.unlink(missing_ok=True)
+            raise HashMismatch(
+                f"{what}: {stream.url} has {stream.total} bytes, expected "
+                f"{want.size} ({want.check})"
+            )
+        if stream.offset != offset:  # the server ignored Range: start again from zero
+            h, offset = hashlib.sha256(), 0
+        resumed = offset > 0
+        offset = _stream_to(stream, part, h, offset, job.file.name, progress, cancel)
+    finally:
+        stream.close()
+    if stream.total is not None and offset != stream.total:
+        raise _Transient(f"connection closed after {offset} of {stream.total} bytes")
+    return h.hexdigest(), offset, resumed
+
+
+def _stream_to(
+    stream: _Stream,
+    part: Path,
+    h: Any,
+    offset: int,
+    name: str,
+    progress: Progress,
+    cancel: threading.Event,
+) -> int:
+    """Write the stream into part from offset, hashing as it goes; returns the part's size."""
+    progress.start(name, offset, stream.total)
+    with open(part, "r+b" if offset else "wb") as out:
+        out.seek(offset)
+        out.truncate()
+        try:
+            while chunk := stream.read(CHUNK):
+                out.write(chunk)
+                h.update(chunk)
+                offset += len(chunk)
+                progress.add(name, len(chunk))
+                if cancel.is_set():
+                    raise _Cancelled
+        finally:  # what arrived stays on disk for the next attempt
+            out.flush()
+            os.fsync(out.fileno())
+    return offset
+
+
+# ---------------------------------------------------------------------------------------------
+# The stage
+
+
+def download(
+    cfg: config.Config | config.DataConfig,
+    out: str | Path,
+    mirror: str | None = None,
+    lock: str | Path = DEFAULT_LOCK,
+    threads: int = 4,
+    policy: Policy = Policy(),
+) -> list[Fetched]:
+    """Fetch every file of cfg.data.dataset into out, verified, and write out/provenance.json."""
+    data = cfg.data if isinstance(cfg, config.Config) else cfg
+    mirror = mirror or None  # config.yaml's `mirror: ""` means the registry URLs
+    rec = provenance.Record.start("download", {"data": config.to_dict(data)})
+    try:
+        ds = datasets.get(data.dataset)
+    except datasets.UnknownDataset as e:
+        raise DownloadError(str(e)) from None
+    out, lock = Path(out), Path(lock)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / provenance.FILENAME).unlink(missing_ok=True)  # never describe a half-done run
+    except OSError as e:
+        raise DownloadError(f"output directory {out} is not writable: {e.strerror}") from None
+    locked = read_lock(lock).get(ds.name, {})
+    mirrored, unverified = mirror is not None, data.allow_unverified
+    jobs = [
+        _Job(
+            ds.name,
+            f,
+            source_for(ds.name, f, mirror),
+            mirrored,
+            out,
+            lock,
+            locked.get(f.name),
+            unverified,
+            policy,
+        )
+        for f in ds.files
+    ]
+
+    progress = Progress(ds.name, {j.file.name: _expect(j).size for j in jobs})
+    cancel = threading.Event()
+    results: dict[str, Fetched] = {}
+    errors: list[DownloadError] = []
+    with ThreadPoolExecutor(max_workers=max(1, min(threads, len(jobs)))) as pool:
+        futures = {pool.submit(_run, job, progress, cancel): job for job in jobs}
+        try:
+            for fut in as_completed(futures):
+                try:
+                    results[futures[fut].file.name] = fut.result()
+                except (_Cancelled, CancelledError):
+                    pass
+                except DownloadError as e:
+                    errors.append(e)
+                    cancel.set()
+        finally:
+            cancel.set()  # also on KeyboardInterrupt: workers stop at their next chunk
+            for fut in futures:
+                fut.cancel()
+    if errors:
+        if len(errors) > 1:
+            raise type(errors[0])(f"{errors[0]} (and {len(errors) - 1} more failures)")
+        raise errors[0]
+
+    fetched = [results[f.name] for f in ds.files]
+    outputs = [
+        {**provenance.file_entry(r.path, r.sha256), "check": r.check, "source": r.source}
+        for r in fetched
+    ]
+    rec.finish(
+        out,
+        inputs=[],
+        outputs=outputs,
+        extra={"dataset": ds.name, "mirror": mirror, "lock": str(lock)},
+    )
+    return fetched
+
+
+def _run(job: _Job, progress: Progress, cancel: threading.Event) -> Fetched:
+    try:
+        return _fetch(job, progress, cancel)
+    except OSError as e:  # local disk errors; network errors never get here
+        raise DownloadError(
+            f"{job.dataset}/{job.file.name}: {e.strerror or e}: {e.filename or job.out}"
+        ) from None
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        prog="python -m nanogptx.download",
+        description="Download every file of data.dataset, hash-verified, into --out.",
+    )
+    config.add_arguments(parser, ["data"])
+    parser.add_argument("--out", type=Path, required=True, help="data/raw/<dataset>")
+    parser.add_argument(
+        "--mirror",
+        default=None,
+        help="fetch <mirror>/<dataset>/<file> from this directory or URL instead "
+        "(empty: the registry URLs)",
+    )
+    parser.add_argument(
+        "--lock",
+        type=Path,
+        default=DEFAULT_LOCK,
+        help=f"sha256 recorded from servers (default {DEFAULT_LOCK})",
+    )
+    parser.add_argument("--threads", type=int, default=4, help="files downloaded at once")
+    args = parser.parse_args(argv)
+    cfg = config.from_args(args, parser)
+    if args.threads < 1:
+        parser.error(f"--threads {args.threads}: expected >= 1")
+    try:
+        download(cfg, args.out, mirror=args.mirror, lock=args.lock, threads=args.threads)
+    except DownloadError as e:
+        parser.exit(1, f"{parser.prog}: error: {e}\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,394 @@
+"""The download stage against a real HTTP server on 127.0.0.1 (tests/httpserver.py)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+import re
+import socket
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from httpserver import FileServer
+from nanogptx import datasets, download, provenance
+from nanogptx.config import DataConfig
+
+FAST = download.Policy(
+    connect_timeout=2.0, read_timeout=2.0, retries=3, backoff=0.01, backoff_max=0.05
+)
+SHAKESPEARE_SHA = "86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed"
+MB = 1 << 20
+
+
+def sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def blob(n: int, seed: int = 0) -> bytes:
+    return random.Random(seed).randbytes(n)
+
+
+def register(
+    monkeypatch: pytest.MonkeyPatch, files: dict[str, bytes], pin: bool = True, name: str = "toy"
+) -> None:
+    """A temporary registry entry; its https URLs are never used since tests go via the mirror."""
+    entries = tuple(
+        datasets.RemoteFile(
+            fname,
+            f"https://example.invalid/{name}/{fname}",
+            sha(data) if pin else None,
+            len(data) if pin else None,
+        )
+        for fname, data in files.items()
+    )
+    monkeypatch.setitem(datasets.REGISTRY, name, datasets.Dataset(name, entries, "text", "test"))
+
+
+@pytest.fixture
+def server() -> Iterator[FileServer]:
+    with FileServer() as s:
+        yield s
+
+
+def run(server: FileServer | str, tmp_path: Path, out: str = "raw", **kw) -> list:
+    mirror = server.url if isinstance(server, FileServer) else server
+    data = DataConfig(dataset="toy", allow_unverified=kw.pop("allow_unverified", False))
+    return download.download(
+        data,
+        tmp_path / out,
+        mirror=mirror,
+        lock=tmp_path / "lock.json",
+        policy=kw.pop("policy", FAST),
+        **kw,
+    )
+
+
+def leftovers(out: Path) -> list[str]:
+    return sorted(p.name for p in out.iterdir()) if out.exists() else []
+
+
+def test_downloads_every_file_and_writes_provenance(server, tmp_path, monkeypatch):
+    files = {"a.bin": blob(3 * MB), "b.txt": b"hello\n"}
+    register(monkeypatch, files)
+    for fname, data in files.items():
+        server.add(f"/toy/{fname}", data)
+    run(server, tmp_path)
+    out = tmp_path / "raw"
+    assert leftovers(out) == ["a.bin", "b.txt", "provenance.json"]  # no .part left behind
+    for fname, data in files.items():
+        assert (out / fname).read_bytes() == data
+    rec = provenance.read(out)
+    assert rec["stage"] == "download" and rec["config"]["data"]["dataset"] == "toy"
+    assert rec["mirror"] == server.url
+    assert rec["outputs"] == [
+        {
+            "path": str(out / fname),
+            "bytes": len(data),
+            "sha256": sha(data),
+            "check": "pinned",
+            "source": f"{server.url}/toy/{fname}",
+        }
+        for fname, data in files.items()
+    ]
+
+
+def test_present_file_with_right_hash_is_not_downloaded_again(server, tmp_path, monkeypatch):
+    data = blob(100_000)
+    register(monkeypatch, {"a.bin": data})
+    server.add("/toy/a.bin", data)
+    run(server, tmp_path)
+    run(server, tmp_path)
+    assert len(server.hits) == 1
+    (tmp_path / "raw" / "a.bin").write_bytes(b"x" * len(data))  # same size, wrong bytes
+    run(server, tmp_path)
+    assert len(server.hits) == 2
+    assert (tmp_path / "raw" / "a.bin").read_bytes() == data
+
+
+def test_dropped_connection_resumes_with_range(server, tmp_path, monkeypatch):
+    data = blob(3 * MB)
+    register(monkeypatch, {"a.bin": data})
+    server.add("/toy/a.bin", data, drop_after=1_500_000)
+    run(server, tmp_path)
+    assert [h.range for h in server.hits] == [None, "bytes=1500000-"]
+    assert (tmp_path / "raw" / "a.bin").read_bytes() == data
+
+
+def test_connection_dropped_every_time_gives_up_leaving_nothing_final(
+    server, tmp_path, monkeypatch
+):
+    data = blob(100_000)
+    register(monkeypatch, {"a.bin": data})
+    server.add("/toy/a.bin", data, drop_after=0, drops=99)
+    with pytest.raises(download.DownloadError, match="giving up after 4 failed attempts: conn"):
+        run(server, tmp_path)
+    assert "a.bin" not in leftovers(tmp_path / "raw") and len(server.hits) == 4
+
+
+def test_part_file_from_an_earlier_run_is_resumed(server, tmp_path, monkeypatch):
+    data = blob(2 * MB)
+    register(monkeypatch, {"a.bin": data})
+    server.add("/toy/a.bin", data)
+    out = tmp_path / "raw"
+    out.mkdir()
+    (out / ".a.bin.part").write_bytes(data[:MB])
+    run(server, tmp_path)
+    assert [h.range for h in server.hits] == [f"bytes={MB}-"]
+    assert (out / "a.bin").read_bytes() == data and leftovers(out) == ["a.bin", "provenance.json"]
+
+
+def test_stale_part_file_that_does_not_verify_is_downloaded_from_zero(
+    server, tmp_path, monkeypatch
+):
+    data = blob(2 * MB)
+    register(monkeypatch, {"a.bin": data})
+    server.add("/toy/a.bin", data)
+    out = tmp_path / "raw"
+    out.mkdir()
+    (out / ".a.bin.part").write_bytes(blob(MB, seed=1))  # bytes of some other file
+    run(server, tmp_path)
+    assert [h.range for h in server.hits] == [f"bytes={MB}-", None]
+    assert (out / "a.bin").read_bytes() == data
+
+
+def test_server_ignoring_range_restarts_from_zero(server, tmp_path, monkeypatch):
+    data = blob(2 * MB)
+    register(monkeypatch, {"a.bin": data})
+    server.add("/toy/a.bin", data, ignore_range=True, drop_after=MB + 12345)
+    run(server, tmp_path)
+    assert [h.range for h in server.hits] == [None, f"bytes={MB + 12345}-"]
+    assert (tmp_path / "raw" / "a.bin").read_bytes() == data
+
+
+def test_read_timeout_is_retried_and_resumed(server, tmp_path, monkeypatch):
+    data = blob(200_000)
+    register(monkeypatch, {"a.bin": data})
+    server.add("/toy/a.bin", data, stall_after=50_000, stall_s=2.0)
+    t0 = time.monotonic()
+    run(server, tmp_path, policy=download.Policy(read_timeout=0.3, backoff=0.01))
+    assert time.monotonic() - t0 < 1.5  # did not wait for the stalled answer
+    assert [h.range for h in server.hits] == [None, "bytes=50000-"]
+    assert (tmp_path / "raw" / "a.bin").read_bytes() == data
+
+
+def test_hash_mismatch_names_file_and_hashes_and_keeps_nothing(server, tmp_path, monkeypatch):
+    good, bad = blob(500_000), blob(500_000, seed=2)
+    register(monkeypatch, {"a.bin": good})
+    server.add("/toy/a.bin", bad)
+    with pytest.raises(download.HashMismatch) as e:
+        run(server, tmp_path)
+    assert "toy/a.bin" in str(e.value) and sha(good) in str(e.value) and sha(bad) in str(e.value)
+    assert leftovers(tmp_path / "raw") == []  # neither the file, nor a .part, nor provenance
+    assert isinstance(e.value, provenance.HashMismatch)
+
+
+def test_404_is_not_retried(server, tmp_path, monkeypatch):
+    register(monkeypatch, {"a.bin": b"data"})
+    with pytest.raises(download.DownloadError, match="HTTP 404.*/toy/a.bin"):
+        run(server, tmp_path)
+    assert len(server.hits) == 1
+    assert leftovers(tmp_path / "raw") == []
+
+
+def test_5xx_is_retried_with_backoff(server, tmp_path, monkeypatch):
+    data = blob(10_000)
+    register(monkeypatch, {"a.bin": data})
+    server.add("/toy/a.bin", data, fail=[500, 503])
+    run(server, tmp_path)
+    assert len(server.hits) == 3
+    assert (tmp_path / "raw" / "a.bin").read_bytes() == data
+
+
+def test_5xx_forever_gives_up_with_a_clear_error(server, tmp_path, monkeypatch):
+    register(monkeypatch, {"a.bin": b"data"})
+    server.add("/toy/a.bin", b"data", fail=[502] * 10)
+    with pytest.raises(download.DownloadError, match="giving up after 4 failed attempts: HTTP 502"):
+        run(server, tmp_path)
+    assert len(server.hits) == 4  # FAST allows 3 retries
+
+
+def test_refused_connection_fails_clearly_in_bounded_time(tmp_path, monkeypatch):
+    with socket.socket() as s:  # a port nothing listens on once closed
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    register(monkeypatch, {"a.bin": b"data"})
+    t0 = time.monotonic()
+    with pytest.raises(download.DownloadError, match=f"connection refused by 127.0.0.1:{port}"):
+        run(f"http://127.0.0.1:{port}", tmp_path)
+    assert time.monotonic() - t0 < 5
+    assert leftovers(tmp_path / "raw") == []
+
+
+def test_announced_hash_is_recorded_in_the_lock_and_checked_later(server, tmp_path, monkeypatch):
+    data, changed = blob(300_000), blob(300_000, seed=3)
+    register(monkeypatch, {"a.bin": data}, pin=False)
+    # Hugging Face style: the resolve URL answers 302 with the LFS sha256, the CDN has the bytes.
+    server.add("/toy/a.bin", b"", redirect_to="/cdn/a.bin", etag=f'"{sha(data)}"')
+    server.add("/cdn/a.bin", data)
+    [got] = run(server, tmp_path)
+    assert got.check == "announced" and got.sha256 == sha(data)
+    lock = json.loads((tmp_path / "lock.json").read_text())
+    assert lock == {"toy": {"a.bin": {"sha256": sha(data), "bytes": len(data)}}}
+    assert provenance.read(tmp_path / "raw")["outputs"][0]["check"] == "announced"
+
+    # Later downloads check against the lock, whether or not the server announces a hash.
+    server.add("/toy/a.bin", data)
+    [got] = run(server, tmp_path, out="again")
+    assert got.check == "lock"
+    server.add("/toy/a.bin", changed, etag=f'W/"{sha(changed)}"')
+    with pytest.raises(download.HashMismatch, match="changed upstream"):
+        run(server, tmp_path, out="changed")
+    server.add("/toy/a.bin", changed)
+    with pytest.raises(download.HashMismatch, match=f"{sha(changed)}.*{sha(data)} \\(lock\\)"):
+        run(server, tmp_path, out="changed")
+    assert leftovers(tmp_path / "changed") == []
+    assert json.loads((tmp_path / "lock.json").read_text()) == lock
+
+
+def test_no_pinned_or_announced_hash_is_refused_unless_allowed(server, tmp_path, monkeypatch):
+    data = b"some bytes nobody vouches for\n"
+    register(monkeypatch, {"a.bin": data}, pin=False)
+    server.add("/toy/a.bin", data, etag='"not-a-sha256"')
+    with pytest.raises(download.DownloadError, match="data.allow_unverified"):
+        run(server, tmp_path)
+    assert leftovers(tmp_path / "raw") == []
+    [got] = run(server, tmp_path, allow_unverified=True)
+    assert got.check == "unverified" and (tmp_path / "raw" / "a.bin").read_bytes() == data
+    assert not (tmp_path / "lock.json").exists()
+
+
+def test_parallel_download_of_several_files(server, tmp_path, monkeypatch):
+    files = {f"f{i}.bin": blob(50_000, seed=i) for i in range(4)}
+    register(monkeypatch, files)
+    for fname, data in files.items():
+        server.add(f"/toy/{fname}", data, delay_s=0.4)
+    t0 = time.monotonic()
+    run(server, tmp_path, threads=4)
+    assert server.max_active >= 2 and time.monotonic() - t0 < 4 * 0.4
+    for fname, data in files.items():
+        assert (tmp_path / "raw" / fname).read_bytes() == data
+
+
+def test_mirror_directory_and_file_url_for_tinyshakespeare(assets, tmp_path):
+    [got] = download.download(
+        DataConfig(), tmp_path / "dir", mirror=str(assets), lock=tmp_path / "lock.json"
+    )
+    assert (got.sha256, got.bytes, got.check) == (SHAKESPEARE_SHA, 1_115_394, "pinned")
+    assert got.source == str(assets / "tinyshakespeare" / "input.txt")
+    download.main(
+        [
+            "--out",
+            str(tmp_path / "url"),
+            "--mirror",
+            (assets).as_uri(),
+            "--lock",
+            str(tmp_path / "lock.json"),
+        ]
+    )
+    rec = provenance.read(tmp_path / "url")
+    assert rec["outputs"][0]["sha256"] == SHAKESPEARE_SHA and rec["outputs"][0]["check"] == "pinned"
+    assert provenance.sha256_file(tmp_path / "url" / "input.txt") == SHAKESPEARE_SHA
+
+
+def test_missing_mirror_file_is_a_clear_error(tmp_path, monkeypatch):
+    register(monkeypatch, {"a.bin": b"data"})
+    with pytest.raises(download.DownloadError, match="mirror file .*toy/a.bin does not exist"):
+        run(str(tmp_path / "empty-mirror"), tmp_path)
+
+
+def test_http_url_in_the_registry_is_refused(tmp_path, monkeypatch):
+    monkeypatch.setitem(
+        datasets.REGISTRY,
+        "toy",
+        datasets.Dataset(
+            "toy",
+            (datasets.RemoteFile("a.bin", "http://example.invalid/a.bin", sha(b"x"), 1),),
+            "text",
+            "test",
+        ),
+    )
+    with pytest.raises(download.DownloadError, match="is not https"):
+        run(None, tmp_path)  # type: ignore[arg-type]
+    with pytest.raises(download.DownloadError, match="is not https"):
+        run("", tmp_path)  # Snakemake passes config.yaml's `mirror: ""` as --mirror ''
+
+
+def test_output_directory_that_cannot_be_created_is_a_clear_error(server, tmp_path, monkeypatch):
+    # Tests run as root, which chmod does not stop: a parent that is a regular file does.
+    register(monkeypatch, {"a.bin": b"data"})
+    (tmp_path / "file").write_text("not a directory")
+    with pytest.raises(download.DownloadError, match="output directory .*file/raw"):
+        run(server, tmp_path, out="file/raw")
+
+
+def test_cli_reports_a_failure_in_one_line(server, tmp_path, monkeypatch, capsys):
+    register(monkeypatch, {"a.bin": b"data"})
+    with pytest.raises(SystemExit) as e:
+        download.main(
+            [
+                "data.dataset=toy",
+                "--out",
+                str(tmp_path / "raw"),
+                "--mirror",
+                server.url,
+                "--lock",
+                str(tmp_path / "lock.json"),
+            ]
+        )
+    assert e.value.code == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("python -m nanogptx.download: error: HTTP 404")
+    with pytest.raises(SystemExit) as e:
+        download.main(["data.dataset=tinyshakespear", "--out", str(tmp_path / "raw")])
+    assert e.value.code == 2
+    assert "did you mean 'tinyshakespeare'" in capsys.readouterr().err
+
+
+def test_cli_help_lists_the_data_keys(capsys):
+    with pytest.raises(SystemExit) as e:
+        download.main(["--help"])
+    assert e.value.code == 0
+    out = capsys.readouterr().out
+    assert "--mirror" in out and "data.allow_unverified" in out
+
+
+def test_plain_http_proxy_from_the_environment_is_used(server, tmp_path, monkeypatch):
+    data = blob(10_000)
+    register(monkeypatch, {"a.bin": data})
+    server.add("http://mirror.invalid/toy/a.bin", data)  # a proxy gets the absolute URL
+    monkeypatch.setenv("http_proxy", server.url)
+    monkeypatch.delenv("no_proxy", raising=False)
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    run("http://mirror.invalid", tmp_path)
+    assert [h.path for h in server.hits] == ["http://mirror.invalid/toy/a.bin"]
+    assert (tmp_path / "raw" / "a.bin").read_bytes() == data
+
+
+@pytest.mark.parametrize("tty", [False, True])
+def test_progress_shows_bytes_rate_and_eta(tty, capsys):
+    progress = download.Progress("toy", {"a.bin": 2_000_000, "b.bin": 1_000_000}, tty=tty)
+    progress.every = 0.0
+    progress.start("a.bin", 0, 2_000_000)
+    progress.add("a.bin", 1_500_000)
+    progress.finish("b.bin", 1_000_000, "toy/b.bin: done")
+    err = capsys.readouterr().err
+    assert re.search(r"toy: 0/2 files, 1\.5 MB of 3\.0 MB, [\d.]+ MB/s, ETA \d+:\d\d:\d\d", err)
+    if tty:  # one line redrawn in place, a finished file on a line of its own
+        assert err.startswith("\r\x1b[2K") and err.count("\n") == 1
+    else:
+        assert err.count("\n") == 2
+
+
+def test_unreadable_lock_file_is_a_clear_error(server, tmp_path, monkeypatch):
+    register(monkeypatch, {"a.bin": b"data"}, pin=False)
+    (tmp_path / "lock.json").write_text('{"toy": {"a.bin": {"sha256": "abc"}}}')
+    with pytest.raises(download.DownloadError, match="lock.json: toy/a.bin: expected"):
+        run(server, tmp_path)
+    (tmp_path / "lock.json").write_text("{not json")
+    with pytest.raises(download.DownloadError, match="lock.json: cannot read it as JSON"):
+        run(server, tmp_path)
+    assert server.hits == []
