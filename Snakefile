@@ -15,12 +15,15 @@ configfile: "config/config.yaml"
 include: "workflow/rules/common.smk"
 include: "workflow/rules/data.smk"
 include: "workflow/rules/model.smk"
+include: "workflow/rules/report.smk"
 
 
 rule all:
     default_target: True
     input:
         samples=expand(rules.sample_run.output.samples, run=RUNS),
+        reports=expand(rules.report_run.output, run=RUNS),
+        sweep=rules.report_sweep.output if len(RUNS) > 1 else [],
 
 
 rule download:

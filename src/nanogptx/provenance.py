@@ -46,15 +46,14 @@ def verify(path: str | Path, expected: str, what: str = "file") -> None:
         raise HashMismatch(f"{what} {path}: sha256 is {actual}, expected {expected}")
 
 
-def write_json_atomic(path: str | Path, obj: Any) -> None:
-    """Write JSON to a temporary file beside path, then rename: readers never see half a file."""
+def write_bytes_atomic(path: str | Path, data: bytes) -> None:
+    """Write to a temporary file beside path, fsync, then rename: readers never see half a file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(obj, f, indent=2, sort_keys=False)
-            f.write("\n")
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -63,14 +62,19 @@ def write_json_atomic(path: str | Path, obj: Any) -> None:
         raise
 
 
+def write_json_atomic(path: str | Path, obj: Any) -> None:
+    write_bytes_atomic(path, (json.dumps(obj, indent=2) + "\n").encode())
+
+
 def git_state(repo: Path | None = None) -> dict[str, Any]:
     """Commit and dirty flag of the code's checkout (None where it is not a git checkout)."""
     repo = repo or Path(__file__).resolve().parent
 
     def git(*args: str) -> str | None:
         try:
-            r = subprocess.run(["git", "-C", str(repo), *args], capture_output=True, text=True,
-                               timeout=10)
+            r = subprocess.run(
+                ["git", "-C", str(repo), *args], capture_output=True, text=True, timeout=10
+            )
         except (OSError, subprocess.TimeoutExpired):
             return None
         return r.stdout.strip() if r.returncode == 0 else None
@@ -96,8 +100,12 @@ def devices() -> dict[str, Any] | None:
     if jax is None:
         return None
     devs = jax.devices()
-    return {"platform": devs[0].platform, "kind": devs[0].device_kind, "count": len(devs),
-            "processes": jax.process_count()}
+    return {
+        "platform": devs[0].platform,
+        "kind": devs[0].device_kind,
+        "count": len(devs),
+        "processes": jax.process_count(),
+    }
 
 
 def file_entry(path: str | Path, sha256: str | None = None) -> dict[str, Any]:

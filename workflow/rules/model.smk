@@ -6,7 +6,12 @@ rule train_run:
         data=lambda w: prepared_dir(w.run),
     output:
         params=f"{RESULTS}/{{run}}/model/params.safetensors",
-        config=f"{RESULTS}/{{run}}/model/config.toml",
+        config=report(
+            f"{RESULTS}/{{run}}/model/config.toml",
+            caption="../report/config.rst",
+            category="{run}",
+            labels={"run": "{run}", "figure": "resolved config"},
+        ),
         tokenizer=f"{RESULTS}/{{run}}/model/tokenizer.json",
         metrics=f"{RESULTS}/{{run}}/model/metrics.jsonl",
         provenance=f"{RESULTS}/{{run}}/model/provenance.json",
@@ -35,7 +40,12 @@ rule sample_run:
         params=rules.train_run.output.params,
         config=rules.train_run.output.config,
     output:
-        samples=f"{RESULTS}/{{run}}/samples/samples.txt",
+        samples=report(
+            f"{RESULTS}/{{run}}/samples/samples.txt",
+            caption="../report/samples.rst",
+            category="{run}",
+            labels={"run": "{run}", "figure": "samples"},
+        ),
         provenance=f"{RESULTS}/{{run}}/samples/provenance.json",
     params:
         config=lambda w: run_config(w.run),

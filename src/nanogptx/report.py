@@ -1,0 +1,209 @@
+"""Figures and pages for `snakemake --report`: loss curves as SVG and each run's provenance chain.
+
+    python -m nanogptx.report curves --out loss.svg NAME=results/NAME/model/metrics.jsonl ...
+    python -m nanogptx.report chain --out chain.html --run NAME --raw DIR --data DIR --model DIR
+        --samples DIR
+
+Plain SVG and HTML written here: no plotting library needed for a few lines.
+"""
+
+from __future__ import annotations
+
+import argparse
+import html
+import json
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from nanogptx import provenance
+
+COLORS = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf"]
+W, H, PAD = 460, 300, 48  # one panel, in pixels
+
+
+def read_metrics(path: str | Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+
+
+def _ticks(lo: float, hi: float, n: int = 5) -> list[float]:
+    """About n round tick values covering [lo, hi]."""
+    span = hi - lo or abs(hi) or 1.0
+    step = 10 ** math.floor(math.log10(span / n))
+    step *= next(m for m in (1, 2, 5, 10) if span / (step * m) <= n)
+    first = math.ceil(lo / step) * step
+    return [first + i * step for i in range(int((hi - first) / step + 1e-9) + 1)]
+
+
+def _fmt(v: float) -> str:
+    return f"{v / 1e6:g}M" if abs(v) >= 1e6 else f"{v / 1e3:g}k" if abs(v) >= 1e4 else f"{v:g}"
+
+
+def _panel(
+    series: list[tuple[str, str, str, list[tuple[float, float]]]], x_label: str, x0: int
+) -> list[str]:
+    """One plot at x offset x0; series are (label, color, style, points)."""
+    points = [p for *_, pts in series for p in pts]
+    xs, ys = [p[0] for p in points], [p[1] for p in points]
+    (xlo, xhi), (ylo, yhi) = (min(xs), max(xs) or 1.0), (min(ys), max(ys))
+    if yhi == ylo:
+        ylo, yhi = ylo - 0.5, yhi + 0.5
+
+    def sx(x: float) -> float:
+        return x0 + PAD + (x - xlo) / ((xhi - xlo) or 1.0) * (W - 1.5 * PAD)
+
+    def sy(y: float) -> float:
+        return H - PAD - (y - ylo) / (yhi - ylo) * (H - 1.6 * PAD)
+
+    out = [
+        f'<rect x="{x0 + PAD}" y="{0.6 * PAD}" width="{W - 1.5 * PAD}" '
+        f'height="{H - 1.6 * PAD}" fill="none" stroke="#999"/>'
+    ]
+    for t in _ticks(xlo, xhi):
+        out.append(
+            f'<text x="{sx(t):.1f}" y="{H - PAD + 16}" text-anchor="middle">{_fmt(t)}</text>'
+        )
+    for t in _ticks(ylo, yhi):
+        out.append(
+            f'<line x1="{x0 + PAD}" x2="{x0 + W - PAD / 2}" y1="{sy(t):.1f}" '
+            f'y2="{sy(t):.1f}" stroke="#eee"/>'
+        )
+        out.append(f'<text x="{x0 + PAD - 4}" y="{sy(t) + 4:.1f}" text-anchor="end">{t:g}</text>')
+    out.append(
+        f'<text x="{x0 + W / 2 + PAD / 4}" y="{H - 8}" text-anchor="middle">{x_label}</text>'
+    )
+    out.append(
+        f'<text x="{x0 + 12}" y="{H / 2}" transform="rotate(-90 {x0 + 12} {H / 2})" '
+        f'text-anchor="middle">loss</text>'
+    )
+    for label, color, style, pts in series:
+        path = " ".join(f"{sx(x):.1f},{sy(y):.1f}" for x, y in pts)
+        dash = ' stroke-dasharray="4 3" stroke-opacity="0.6"' if style == "train" else ""
+        out.append(
+            f'<polyline points="{path}" fill="none" stroke="{color}" stroke-width="1.6"'
+            f"{dash}><title>{html.escape(label)}</title></polyline>"
+        )
+    return out
+
+
+def curves_svg(runs: dict[str, list[dict[str, Any]]], title: str) -> str:
+    """Train (dashed) and validation (solid) loss against steps and against tokens."""
+    panels = []
+    for x_key, x_label in (("step", "step"), ("tokens", "tokens")):
+        series = []
+        for i, (name, records) in enumerate(runs.items()):
+            color = COLORS[i % len(COLORS)]
+            train = [(r[x_key], r["loss"]) for r in records if r.get("kind") == "train"]
+            val = [(r[x_key], r["val_loss"]) for r in records if r.get("kind") == "eval"]
+            series += [(f"{name} train", color, "train", train)] if train else []
+            series += [(f"{name} val", color, "val", val)] if val else []
+        panels.append((series, x_label))
+    if not any(s for s, _ in panels):
+        raise ValueError(f"no loss records in the metrics of {', '.join(runs)}")
+    body = []
+    for i, (series, x_label) in enumerate(panels):
+        body += _panel(series, x_label, i * W)
+    legend = []
+    for i, name in enumerate(runs):
+        y = 14 + 16 * i
+        legend.append(
+            f'<line x1="{2 * W + 10}" x2="{2 * W + 40}" y1="{y}" y2="{y}" '
+            f'stroke="{COLORS[i % len(COLORS)]}" stroke-width="2"/>'
+            f'<text x="{2 * W + 46}" y="{y + 4}">{html.escape(name)}</text>'
+        )
+    n = len(runs)
+    legend.append(f'<text x="{2 * W + 10}" y="{30 + 16 * n}">solid: val, dashed: train</text>')
+    width = 2 * W + 60 + 7 * max(26, *(len(name) for name in runs))
+    return (
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{H}" '
+        f'font-family="sans-serif" font-size="11"><title>{html.escape(title)}</title>'
+        + "".join(body + legend)
+        + "</svg>\n"
+    )
+
+
+def _files_table(entries: list[dict[str, Any]], root: Path | None = None) -> str:
+    rows = "".join(
+        f"<tr><td>{html.escape(Path(e['path']).name)}</td><td>{e.get('bytes', '')}</td>"
+        f"<td><code>{e['sha256']}</code></td><td>{html.escape(str(e.get('check', '')))}</td></tr>"
+        for e in entries
+    )
+    return f"<table><tr><th>file</th><th>bytes</th><th>sha256</th><th>check</th></tr>{rows}</table>"
+
+
+def chain_html(run: str, raw: Path, data: Path, model: Path, samples: Path) -> str:
+    """The provenance chain of a run: raw files -> shards -> model -> samples, with configs."""
+    stages = [
+        ("download", raw, "raw files, checked against the registry or the lock"),
+        ("prepare", data, "token shards, hashed into manifest.json"),
+        ("train", model, "the trained model"),
+        ("sample", samples, "the samples"),
+    ]
+    parts = [f"<h1>Provenance of run {html.escape(run)}</h1>"]
+    for stage, directory, what in stages:
+        rec = provenance.read(directory)
+        git = rec.get("git") or {}
+        parts.append(
+            f"<h2>{stage}: {what}</h2><p>{html.escape(str(directory))}; code "
+            f"<code>{git.get('commit')}</code>{' (dirty)' if git.get('dirty') else ''}; "
+            f"{rec.get('started')} to {rec.get('finished')} on {html.escape(rec.get('host', ''))}"
+            "</p>"
+        )
+        if rec.get("inputs"):
+            parts.append("<h3>inputs</h3>" + _files_table(rec["inputs"]))
+        parts.append("<h3>outputs</h3>" + _files_table(rec["outputs"]))
+        parts.append(
+            "<h3>config</h3><pre>" + html.escape(json.dumps(rec.get("config"), indent=2)) + "</pre>"
+        )
+    resolved = model / "config.toml"
+    if resolved.exists():
+        parts.append(
+            "<h2>resolved config of the run</h2><pre>"
+            + html.escape(resolved.read_text())
+            + "</pre>"
+        )
+    style = (
+        "<style>body{font-family:sans-serif;max-width:70em}td,th{padding:0 .6em;"
+        "text-align:left}code{font-size:90%}</style>"
+    )
+    return (
+        f"<!doctype html><html><head><meta charset='utf-8'>{style}</head><body>"
+        + "".join(parts)
+        + "</body></html>\n"
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        prog="python -m nanogptx.report",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sub = parser.add_subparsers(dest="what", required=True)
+    c = sub.add_parser("curves", help="loss curves of one or more runs as SVG")
+    c.add_argument("--out", type=Path, required=True)
+    c.add_argument("--title", default="loss")
+    c.add_argument("metrics", nargs="+", metavar="NAME=METRICS_JSONL")
+    h = sub.add_parser("chain", help="the provenance chain of a run as HTML")
+    h.add_argument("--out", type=Path, required=True)
+    h.add_argument("--run", required=True)
+    for name in ("raw", "data", "model", "samples"):
+        h.add_argument(f"--{name}", type=Path, required=True)
+    args = parser.parse_args(argv)
+    try:
+        if args.what == "curves":
+            runs = {}
+            for item in args.metrics:
+                name, _, path = item.partition("=")
+                runs[name] = read_metrics(path)
+            text = curves_svg(runs, args.title)
+        else:
+            text = chain_html(args.run, args.raw, args.data, args.model, args.samples)
+    except (OSError, ValueError, KeyError) as e:
+        parser.exit(1, f"{parser.prog}: error: {e}\n")
+    provenance.write_bytes_atomic(args.out, text.encode())
+
+
+if __name__ == "__main__":
+    main()

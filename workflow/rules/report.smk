@@ -1,0 +1,54 @@
+# Figures and pages for `snakemake --report report.html`.
+
+
+rule report_run:
+    input:
+        metrics=rules.train_run.output.metrics,
+        model=rules.train_run.output.provenance,
+        samples=rules.sample_run.output.provenance,
+        data=lambda w: prepared_dir(w.run),
+        raw=lambda w: raw_provenance(w.run),
+    output:
+        curves=report(
+            f"{RESULTS}/{{run}}/report/loss.svg",
+            caption="../report/loss.rst",
+            category="{run}",
+            labels={"run": "{run}", "figure": "loss curves"},
+        ),
+        chain=report(
+            f"{RESULTS}/{{run}}/report/provenance.html",
+            caption="../report/provenance.rst",
+            category="{run}",
+            labels={"run": "{run}", "figure": "provenance chain"},
+        ),
+    params:
+        raw=lambda w, input: Path(input.raw).parent,
+        model=lambda w, input: Path(input.model).parent,
+        samples=lambda w, input: Path(input.samples).parent,
+    log:
+        f"{LOGS}/report/{{run}}.log",
+    shell:
+        "(python -m nanogptx.report curves --out {output.curves} --title {wildcards.run}"
+        " {wildcards.run}={input.metrics}"
+        " && python -m nanogptx.report chain --out {output.chain} --run {wildcards.run}"
+        " --raw {params.raw} --data {input.data} --model {params.model}"
+        " --samples {params.samples}) > {log} 2>&1"
+
+
+rule report_sweep:
+    input:
+        metrics=expand(rules.train_run.output.metrics, run=RUNS),
+    output:
+        curves=report(
+            f"{RESULTS}/report/loss-{'+'.join(RUNS)}.svg",
+            caption="../report/sweep.rst",
+            category="all runs",
+            labels={"figure": "loss curves of all runs"},
+        ),
+    params:
+        pairs=" ".join(f"{run}={RESULTS}/{run}/model/metrics.jsonl" for run in RUNS),
+    log:
+        f"{LOGS}/report/sweep.log",
+    shell:
+        "python -m nanogptx.report curves --out {output.curves} --title 'all runs'"
+        " {params.pairs} > {log} 2>&1"
