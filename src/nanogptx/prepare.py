@@ -1,0 +1,614 @@
+"""prepare: verified raw files -> cleaned documents -> tokens on all threads -> shards + manifest.
+
+    python -m nanogptx.prepare --config config/shakespeare-char.toml \
+        --raw data/raw/tinyshakespeare --out data/prepared/<data_id> --threads 4
+
+Writes <split>_<NNNNNN>.npy (or .parquet), manifest.json and provenance.json into --out; the same
+bytes whatever --threads. Tiny Shakespeare, default data settings: char: 65 symbols, 1,003,854
+train / 111,540 val tokens; gpt2: 301,966 / 36,059 tokens plus one end-of-text token each.
+"""
+
+from __future__ import annotations
+
+import argparse
+import bisect
+import functools
+import itertools
+import json
+import os
+import re
+import secrets
+import sys
+import tempfile
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, TypeVar
+
+import numpy as np
+
+from nanogptx import config, datasets, provenance, readers
+from nanogptx.config import Config, DataConfig
+from nanogptx.readers import Batch, ReadError
+from nanogptx.tokenizer import MAX_CODEPOINT, CharTokenizer, Tokenizer, TokenizerError, codepoints
+from nanogptx.tokenizer import gpt2 as gpt2_tokenizer
+
+FORMAT = "nanogptx-shards/1"
+SPLITS = ("train", "val")
+CHUNK_CHARS = 1 << 20  # characters of text per tokenization task
+_SHARD_NAME = re.compile(r"(train|val)_\d{6}\.(npy|parquet)")
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+class PrepareError(ValueError):
+    """Input or output that prepare refuses, with what was expected."""
+
+
+# --- Cleaning: named functions on a batch of documents, applied in the order data.cleaning lists.
+# A document read in pieces (readers.Batch) is cleaned as the whole document would be.
+
+
+def normalize_newlines(b: Batch, dc: DataConfig) -> Batch:
+    """\\r\\n and \\r become \\n."""
+    b.texts = [t.replace("\r\n", "\n").replace("\r", "\n") if "\r" in t else t for t in b.texts]
+    return b
+
+
+def strip(b: Batch, dc: DataConfig) -> Batch:
+    """Whitespace at the start and end of each document goes."""
+    texts, n = [t.strip() for t in b.texts], len(b.texts)
+    if b.joins_prev and n:  # a piece's inner ends are not the document's ends
+        texts[0] = b.texts[0] if n == 1 and b.joins_next else b.texts[0].rstrip()
+    if b.joins_next and n:
+        texts[-1] = b.texts[-1] if n == 1 and b.joins_prev else b.texts[-1].lstrip()
+    b.texts = texts
+    return b
+
+
+def drop_short(b: Batch, dc: DataConfig) -> Batch:
+    """Documents shorter than data.min_chars go (one read in pieces is longer than a piece)."""
+    m = dc.min_chars
+    if not (b.joins_prev or b.joins_next):
+        b.texts = [t for t in b.texts if len(t) >= m]
+        return b
+    keep = [len(t) >= m for t in b.texts]
+    if keep:
+        keep[0] |= b.joins_prev
+        keep[-1] |= b.joins_next
+    b.texts = [t for t, k in zip(b.texts, keep, strict=True) if k]
+    return b
+
+
+CLEANING: dict[str, Callable[[Batch, DataConfig], Batch]] = {
+    "normalize_newlines": normalize_newlines,
+    "strip": strip,
+    "drop_short": drop_short,
+}
+
+
+# --- Raw files: checked against what download recorded, then read as batches of documents.
+
+
+def verify_raw(raw: Path, files: list[Path], threads: int = 1) -> list[dict[str, Any]]:
+    """Check each file's sha256 against <raw>/provenance.json; return their file entries."""
+    record_path = raw / provenance.FILENAME
+    try:
+        record = json.loads(record_path.read_text())
+    except FileNotFoundError:
+        raise PrepareError(
+            f"{record_path} is missing: run the download stage first "
+            f"(python -m nanogptx.download --out {raw})"
+        ) from None
+    except (OSError, json.JSONDecodeError) as e:
+        raise PrepareError(f"{record_path}: not a readable provenance record ({e})") from None
+    recorded = {Path(o.get("path", "")).name: o for o in record.get("outputs", [])}
+    for p in files:
+        entry = recorded.get(p.name)
+        if not entry or not entry.get("sha256"):
+            raise PrepareError(
+                f"{p.name}: no sha256 recorded for it in {record_path}; run the download stage "
+                "again so that every file is hashed"
+            )
+        if not p.is_file():
+            raise PrepareError(f"{p}: missing (it is listed in {record_path})")
+        size = p.stat().st_size
+        if entry.get("bytes") is not None and size != entry["bytes"]:
+            raise provenance.HashMismatch(
+                f"raw file {p}: {size} bytes, {record_path} recorded {entry['bytes']}"
+            )
+
+    def check(p: Path) -> dict[str, Any]:
+        entry = recorded[p.name]
+        provenance.verify(p, entry["sha256"], "raw file")
+        return {**provenance.file_entry(p, entry["sha256"]), "check": entry.get("check")}
+
+    return list(_in_order(check, files, threads))
+
+
+def documents(
+    files: list[Path], reader: str, dc: DataConfig, piece_chars: int = readers.PIECE_CHARS
+) -> Iterator[tuple[Path, Batch]]:
+    """Cleaned batches of documents in file order; data.max_docs documents at most; no empties."""
+    read = readers.TEXT_READERS[reader]
+    if reader == "text":
+        read = functools.partial(readers.read_text, piece_chars=piece_chars)
+    cleaning = [CLEANING[name] for name in dc.cleaning]
+    left = dc.max_docs or -1
+    for path in files:
+        for b in read(path, dc.decode_errors):
+            if left >= 0:
+                if left == 0 and not b.joins_prev:
+                    return
+                keep = b.joins_prev + left
+                if len(b.texts) > keep:
+                    b = Batch(b.texts[:keep], b.joins_prev, False)
+                left -= len(b.texts) - b.joins_prev
+            for clean in cleaning:
+                b = clean(b, dc)
+            if not all(b.texts):
+                b.texts = [t for t in b.texts if t]
+            if b.texts:
+                yield path, b
+
+
+def _check_empty(n: int, files: list[Path], dc: DataConfig) -> None:
+    if n == 0:
+        raise PrepareError(
+            f"the corpus is empty: no text left in {', '.join(str(p) for p in files)} after "
+            f"reading and cleaning (data.cleaning = {list(dc.cleaning)}, data.min_chars = "
+            f"{dc.min_chars}, data.max_docs = {dc.max_docs})"
+        )
+
+
+# --- Splits. fraction: the corpus text (documents in file order, cleaned) is cut at character
+# int(n * (1 - val_fraction)), as nanoGPT cuts its text: what comes before is train, the rest val;
+# a document straddling the cut becomes two documents. first_docs: the first val_docs documents
+# are val (llm.c keeps FineWeb's first shard for val). files: files named *val* are val.
+Run = tuple[str, list[str], bool]  # split, texts, texts[0] goes on from the run before
+
+
+def split_runs(
+    stream: Iterator[tuple[Path, Batch]], dc: DataConfig, total_chars: int
+) -> Iterator[Run]:
+    if dc.split == "files":
+        for path, b in stream:
+            yield ("val" if "val" in path.name else "train"), b.texts, b.joins_prev
+    elif dc.split == "first_docs":
+        left, last = dc.val_docs, None
+        for _, b in stream:
+            k = min(len(b.texts), left + (b.joins_prev and last == "val"))
+            left -= k - (b.joins_prev and last == "val" and k > 0)
+            if k:
+                yield "val", b.texts[:k], b.joins_prev
+                last = "val"
+            if k < len(b.texts):
+                yield "train", b.texts[k:], b.joins_prev and k == 0 and last == "train"
+                last = "train"
+    else:
+        cut, pos = int(total_chars * (1 - dc.val_fraction)), 0
+        for _, b in stream:
+            n = sum(map(len, b.texts))
+            if pos + n <= cut:
+                yield "train", b.texts, b.joins_prev
+            elif pos >= cut:
+                yield "val", b.texts, b.joins_prev and pos > cut
+            else:
+                ends = list(itertools.accumulate(map(len, b.texts)))
+                i = bisect.bisect_left(ends, cut - pos)
+                k = cut - pos - (ends[i] - len(b.texts[i]))  # characters of texts[i] for train
+                head, tail = b.texts[i][:k], b.texts[i][k:]
+                yield "train", b.texts[:i] + [head], b.joins_prev
+                yield "val", ([tail] if tail else []) + b.texts[i + 1 :], False
+            pos += n
+
+
+def chunks(runs: Iterable[Run], chunk_chars: int) -> Iterator[Run]:
+    """Runs regrouped into tasks of about chunk_chars characters, never mixing splits; pieces of
+    one document that meet in a task are joined."""
+    split, texts, joins, size = "", [], False, 0
+    for s, ts, j in runs:
+        if not ts:
+            continue
+        if texts and s != split:
+            yield split, texts, joins
+            texts, size = [], 0
+        if not texts:
+            split, joins = s, j
+        elif j:
+            size += len(ts[0])
+            texts[-1] += ts[0]
+            ts = ts[1:]
+        ends = np.cumsum(np.fromiter(map(len, ts), np.int64, len(ts)))
+        start, base = 0, 0
+        while start < len(ts):
+            if size >= chunk_chars:
+                yield split, texts, joins
+                texts, size, joins = [], 0, False
+            end = int(np.searchsorted(ends, base + chunk_chars - size)) + 1
+            texts += ts[start:end]
+            size += int(ends[min(end, len(ts)) - 1]) - base
+            base, start = int(ends[min(end, len(ts)) - 1]), end
+        if size >= chunk_chars:
+            yield split, texts, joins
+            texts, size, joins = [], 0, False
+    if texts:
+        yield split, texts, joins
+
+
+# --- Tokenizing on threads: tiktoken's Rust encoder releases the GIL while it works, and each
+# task is one call on about a megabyte of text, so per-document Python work stays small.
+
+
+def _in_order(fn: Callable[[T], R], items: Iterable[T], threads: int) -> Iterator[R]:
+    """map(fn, items) on `threads` threads, results in input order, at most 2 * threads ahead."""
+    if threads <= 1:
+        yield from map(fn, items)
+        return
+    window: deque = deque()
+    with ThreadPoolExecutor(threads, thread_name_prefix="prepare") as pool:
+        try:
+            for item in items:
+                window.append(pool.submit(fn, item))
+                if len(window) >= 2 * threads:
+                    yield window.popleft().result()
+            while window:
+                yield window.popleft().result()
+        finally:
+            for f in window:
+                f.cancel()
+
+
+Encoded = tuple[str, np.ndarray, np.ndarray, int]  # split, tokens, tokens per row, documents
+
+
+def _encoder(tok: Tokenizer, dtype: np.dtype) -> Callable[[Run], Encoded]:
+    def encode(run: Run) -> Encoded:
+        split, texts, joins = run
+        tokens, lengths = tok.encode_documents(texts, joins)
+        return split, tokens.astype(dtype, copy=False), lengths, len(texts) - joins
+
+    return encode
+
+
+# --- llm.c .bin shards: already GPT-2 tokens; a document starts at each end-of-text token.
+
+
+def bin_runs(files: list[Path], dc: DataConfig, eot: int, vocab: int) -> Iterator[Encoded]:
+    counts = [readers.bin_tokens(p) for p in files]
+    cut = int(sum(counts) * (1 - dc.val_fraction))  # split = fraction: by token position
+    pos, docs, full = 0, 0, False
+    for path in files:
+        for at_file, tokens in _positions(readers.read_bin(path)):
+            if len(tokens) and int(tokens.max()) >= vocab:
+                i = int(np.argmax(tokens >= vocab))
+                raise ReadError(
+                    f"{path}: token {at_file + i} is {tokens[i]}, outside GPT-2's vocabulary "
+                    f"({vocab})"
+                )
+            starts = np.flatnonzero(tokens == eot)
+            if dc.max_docs and docs + len(starts) > dc.max_docs:  # stop before the next document
+                tokens, starts = tokens[: starts[dc.max_docs - docs]], starts[: dc.max_docs - docs]
+                full = True
+            if dc.split == "files":
+                parts = [("val" if "val" in path.name else "train", 0, len(tokens))]
+            else:
+                if dc.split == "fraction":
+                    at = min(max(cut - pos, 0), len(tokens))
+                else:
+                    i = dc.val_docs - docs
+                    at = 0 if i < 0 else int(starts[i]) if i < len(starts) else len(tokens)
+                parts = [("val" if dc.split == "first_docs" else "train", 0, at)]
+                parts.append(("train" if dc.split == "first_docs" else "val", at, len(tokens)))
+            for split, lo, hi in parts:
+                if hi > lo:
+                    inner = starts[(starts >= lo) & (starts < hi)] - lo
+                    bounds = np.unique(np.concatenate([[0], inner, [hi - lo]]))
+                    yield split, tokens[lo:hi], np.diff(bounds), len(inner)
+            pos, docs = pos + len(tokens), docs + len(starts)
+            if full:
+                return
+
+
+def _positions(arrays: Iterable[np.ndarray]) -> Iterator[tuple[int, np.ndarray]]:
+    pos = 0
+    for a in arrays:
+        yield pos, a
+        pos += len(a)
+
+
+# --- Shards, written to a temporary file beside the final name and renamed when complete.
+
+
+class Shards:
+    """The shards of one split: .npy of exactly shard_tokens tokens each (the last fewer), or
+    .parquet of whole rows, closed once they hold shard_tokens tokens."""
+
+    def __init__(self, out: Path, split: str, fmt: str, dtype: np.dtype, shard_tokens: int) -> None:
+        self.out, self.split, self.fmt, self.dtype = out, split, fmt, dtype
+        self.shard_tokens = shard_tokens
+        self.entries: list[dict[str, Any]] = []
+        self.tokens = self.documents = 0
+        self._tmp: Path | None = None
+        self._file: Any = None  # an open .npy file or a pyarrow ParquetWriter
+        self._n = 0  # tokens in the open shard
+
+    def add(self, tokens: np.ndarray, lengths: np.ndarray, documents: int) -> None:
+        """tokens of consecutive rows (documents or pieces of one) of lengths tokens each."""
+        self.tokens += len(tokens)
+        self.documents += documents
+        if self.fmt == "npy":
+            while len(tokens):
+                self._open()
+                take = min(self.shard_tokens - self._n, len(tokens))
+                self._file.write(tokens[:take].data)
+                self._n, tokens = self._n + take, tokens[take:]
+                if self._n == self.shard_tokens:
+                    self._close()
+            return
+        offsets = np.concatenate([[0], np.cumsum(lengths)])
+        row = 0
+        while row < len(lengths):
+            self._open()
+            end = int(np.searchsorted(offsets, offsets[row] + self.shard_tokens - self._n))
+            end = max(min(end, len(lengths)), row + 1)  # rows row..end-1 fill the shard
+            self._write_rows(
+                tokens[offsets[row] : offsets[end]], offsets[row : end + 1] - offsets[row]
+            )
+            self._n += int(offsets[end] - offsets[row])
+            row = end
+            if self._n >= self.shard_tokens:
+                self._close()
+
+    def _write_rows(self, values: np.ndarray, offsets: np.ndarray) -> None:
+        import pyarrow as pa
+
+        rows = pa.ListArray.from_arrays(pa.array(offsets.astype(np.int32)), pa.array(values))
+        self._file.write_table(pa.table({"tokens": rows}))
+
+    def _name(self) -> str:
+        return f"{self.split}_{len(self.entries):06d}.{self.fmt}"
+
+    def _open(self) -> None:
+        if self._file is not None:
+            return
+        # Not mkstemp: its files are private (0600); a shard gets the umask's usual permissions.
+        tmp = self.out / f".{self._name()}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+        self._tmp, self._n = tmp, 0
+        if self.fmt == "npy":
+            self._file = os.fdopen(fd, "wb")
+            self._npy_header(0)
+        else:
+            import pyarrow as pa
+            import pyarrow.parquet as pq
+
+            os.close(fd)
+            schema = pa.schema([("tokens", pa.list_(pa.from_numpy_dtype(self.dtype)))])
+            self._file = pq.ParquetWriter(tmp, schema, compression="zstd")
+
+    def _npy_header(self, n: int) -> None:
+        # numpy pads the header so that the shape can grow in place: written first with 0, then
+        # rewritten with the final count, it keeps its length.
+        start = self._file.tell()
+        descr = np.lib.format.dtype_to_descr(self.dtype)
+        header = {"descr": descr, "fortran_order": False, "shape": (n,)}
+        np.lib.format.write_array_header_1_0(self._file, header)
+        if start == 0:
+            self._header_len = self._file.tell()
+        elif self._file.tell() != self._header_len:
+            raise AssertionError("npy header changed length")
+
+    def _close(self) -> None:
+        """Finish the open shard: header, rename into place, hash. Shards are not fsynced: the
+        rename is atomic against a killed process, and the manifest's hashes catch the rest."""
+        if self._file is None:
+            return
+        if self.fmt == "npy":
+            self._file.seek(0)
+            self._npy_header(self._n)
+        self._file.close()
+        self._file = None
+        final = self.out / self._name()
+        os.replace(self._tmp, final)
+        self._tmp = None
+        self.entries.append(
+            {
+                "file": final.name,
+                "split": self.split,
+                "tokens": self._n,
+                "sha256": provenance.sha256_file(final),
+            }
+        )
+
+    def finish(self) -> list[dict[str, Any]]:
+        self._close()
+        return self.entries
+
+    def abort(self) -> None:
+        """Remove the open temporary file and the shards written so far."""
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+        if self._tmp is not None:
+            self._tmp.unlink(missing_ok=True)
+        for e in self.entries:
+            (self.out / e["file"]).unlink(missing_ok=True)
+
+
+def _prepare_out(out: Path) -> None:
+    """Create --out, check it is writable, and clear what an earlier run of prepare left there."""
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(dir=out, prefix=".write-test.")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise PrepareError(f"output directory {out} is not writable: {e.strerror or e}") from None
+    for p in out.iterdir():
+        if _SHARD_NAME.fullmatch(p.name) or p.name in ("manifest.json", provenance.FILENAME):
+            p.unlink()
+
+
+def _say(msg: str) -> None:
+    print(f"prepare: {msg}", file=sys.stderr, flush=True)
+
+
+def prepare(
+    cfg: Config,
+    raw: str | Path,
+    out: str | Path,
+    threads: int = 1,
+    *,
+    dataset: datasets.Dataset | None = None,
+    chunk_chars: int = CHUNK_CHARS,
+    piece_chars: int = readers.PIECE_CHARS,
+) -> dict[str, Any]:
+    """Tokenize the raw files of cfg.data.dataset (or of `dataset`) from raw into shards in out;
+    return the manifest. chunk_chars and piece_chars tune task and text-piece sizes (tests)."""
+    raw, out, dc = Path(raw), Path(out), cfg.data
+    ds = dataset or datasets.get(dc.dataset)
+    files = [raw / f.name for f in ds.files]
+    rec = provenance.Record.start("prepare", config.sections(cfg, ["data", "tokenizer"]))
+    if ds.reader == "bin" and cfg.tokenizer.name != "gpt2":
+        raise PrepareError(
+            f"dataset {ds.name} holds GPT-2 tokens (.bin shards): tokenizer.name must be gpt2, "
+            f"not {cfg.tokenizer.name!r}"
+        )
+    if dc.split == "files" and len({"val" in p.name for p in files}) < 2:
+        raise PrepareError(
+            f"data.split = files needs files named *val* and others: {[p.name for p in files]}"
+        )
+    _prepare_out(out)
+    started = time.perf_counter()
+    inputs = verify_raw(raw, files, threads)
+
+    def docs() -> Iterator[tuple[Path, Batch]]:
+        return documents(files, ds.reader, dc, piece_chars)
+
+    tok: Tokenizer
+    if ds.reader == "bin":
+        tok = gpt2_tokenizer()
+    else:
+        total_chars = 0
+        seen = np.zeros(MAX_CODEPOINT + 1, bool) if cfg.tokenizer.name == "char" else None
+        if seen is not None or dc.split == "fraction":  # a first pass: vocabulary, length
+            for _, b in docs():
+                total_chars += sum(map(len, b.texts))
+                if seen is not None:
+                    seen[codepoints("".join(b.texts))] = True
+            _check_empty(total_chars, files, dc)
+        tok = CharTokenizer.from_seen(seen) if seen is not None else gpt2_tokenizer()
+    dtype = np.dtype(np.uint16 if tok.vocab_size <= 1 << 16 else np.uint32)
+    shards = {s: Shards(out, s, dc.shard_format, dtype, dc.shard_tokens) for s in SPLITS}
+    try:
+        if ds.reader == "bin":
+            encoded: Iterable[Encoded] = bin_runs(files, dc, tok.eot_token, tok.vocab_size)
+        else:
+            runs = split_runs(docs(), dc, total_chars)
+            encoded = _in_order(_encoder(tok, dtype), chunks(runs, chunk_chars), threads)
+        last = time.perf_counter()
+        for split, tokens, lengths, n_docs in encoded:
+            shards[split].add(tokens, lengths, n_docs)
+            if time.perf_counter() - last > 10:
+                last = time.perf_counter()
+                done = sum(s.tokens for s in shards.values())
+                _say(f"{done:,} tokens, {done / (last - started):,.0f} tokens/s")
+        entries = [e for s in SPLITS for e in shards[s].finish()]
+        _check_empty(sum(s.tokens for s in shards.values()), files, dc)
+        for s in SPLITS:
+            if shards[s].tokens == 0:
+                raise PrepareError(
+                    f"split {s!r} is empty (data.split = {dc.split}, val_fraction = "
+                    f"{dc.val_fraction}, val_docs = {dc.val_docs}): it needs at least one token"
+                )
+    except BaseException:
+        for s in shards.values():
+            s.abort()
+        raise
+    ident = tok.identity()
+    manifest = {
+        "format": FORMAT,
+        "dataset": ds.name,
+        "data_config": config.to_dict(dc),
+        "tokenizer": ident,
+        "sources": [
+            {"name": p.name, "sha256": e["sha256"]} for p, e in zip(files, inputs, strict=True)
+        ],
+        "shard_format": dc.shard_format,
+        "dtype": dtype.name,
+        "splits": {
+            s: {
+                "tokens": shards[s].tokens,
+                "documents": shards[s].documents,
+                "shards": len(shards[s].entries),
+            }
+            for s in SPLITS
+        },
+        "shards": entries,
+    }
+    provenance.write_json_atomic(out / "manifest.json", manifest)
+    outputs = [provenance.file_entry(out / e["file"], e["sha256"]) for e in entries]
+    rec.finish(
+        out,
+        inputs=inputs,
+        outputs=[*outputs, provenance.file_entry(out / "manifest.json")],
+        extra={
+            "threads": threads,
+            "splits": manifest["splits"],
+            "tokenizer": {k: v for k, v in ident.items() if k != "chars"},
+        },
+    )
+    seconds = time.perf_counter() - started
+    for s in SPLITS:
+        info = manifest["splits"][s]
+        _say(
+            f"{s}: {info['tokens']:,} tokens, {info['documents']:,} documents, "
+            f"{info['shards']} shards"
+        )
+    _say(
+        f"{tok.name} vocabulary of {tok.vocab_size:,}; {seconds:.1f} s, {threads} threads -> {out}"
+    )
+    return manifest
+
+
+def default_threads() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        prog="python -m nanogptx.prepare",
+        description="Tokenize a downloaded dataset into shards, manifest.json and provenance.json.",
+    )
+    config.add_arguments(parser, ["data", "tokenizer"])
+    parser.add_argument(
+        "--raw",
+        type=Path,
+        required=True,
+        help="downloaded files and their provenance.json (data/raw/<dataset>)",
+    )
+    parser.add_argument(
+        "--out", type=Path, required=True, help="output directory (data/prepared/<data_id>)"
+    )
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=default_threads(),
+        help="tokenizer threads (default: the CPUs this process may use)",
+    )
+    args = parser.parse_args(argv)
+    cfg = config.from_args(args, parser)
+    if args.threads < 1:
+        parser.error(f"--threads must be >= 1, got {args.threads}")
+    try:
+        prepare(cfg, args.raw, args.out, args.threads)
+    except (PrepareError, ReadError, TokenizerError, provenance.HashMismatch, OSError) as e:
+        parser.exit(1, f"{parser.prog}: error: {e}\n")
+
+
+if __name__ == "__main__":
+    main()

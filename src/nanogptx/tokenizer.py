@@ -1,0 +1,204 @@
+"""Tokenizers: character level (vocabulary built from the data) and GPT-2 BPE through tiktoken.
+
+    tok = from_manifest(manifest["tokenizer"]); ids = tok.encode("O Romeo"); tok.decode(ids)
+
+GPT-2 loads tiktoken's files from $TIKTOKEN_CACHE_DIR when they are cached there (offline use),
+else from the network. prepare (python -m nanogptx.prepare) calls `encode_documents`.
+"""
+
+from __future__ import annotations
+
+import base64
+import functools
+import hashlib
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+EOT_TEXT = "<|endoftext|>"
+MAX_CODEPOINT = 0x10FFFF
+
+
+class TokenizerError(ValueError):
+    """A tokenizer that cannot be built, or text or ids it cannot handle."""
+
+
+def codepoints(text: str) -> np.ndarray:
+    """Unicode code points of text as uint32 (lone surrogates, which JSON can carry, included)."""
+    return np.frombuffer(text.encode("utf-32-le", "surrogatepass"), dtype="<u4")
+
+
+class CharTokenizer:
+    """One token per character; ids follow the sorted vocabulary, as nanoGPT's shakespeare_char."""
+
+    name = "char"
+    eot_token = None
+
+    def __init__(self, chars: str) -> None:
+        cps = codepoints(chars)
+        if len(cps) == 0 or np.any(np.diff(cps.astype(np.int64)) <= 0):
+            raise TokenizerError("char vocabulary must be non-empty, sorted and without repeats")
+        self.chars = chars
+        self.vocab_size = len(chars)
+        self._cps = cps
+        self._ids = np.full(int(cps[-1]) + 1, -1, dtype=np.int32)
+        self._ids[cps] = np.arange(len(cps), dtype=np.int32)
+
+    @classmethod
+    def from_seen(cls, seen: np.ndarray) -> CharTokenizer:
+        """The vocabulary of the code points marked True in seen (indexed by code point)."""
+        return cls(
+            np.flatnonzero(seen).astype("<u4").tobytes().decode("utf-32-le", "surrogatepass")
+        )
+
+    def ids(self, text: str) -> np.ndarray:
+        cps = codepoints(text)
+        ids = self._ids[np.minimum(cps, len(self._ids) - 1)]
+        bad = (ids < 0) | (cps >= len(self._ids))
+        if bad.any():
+            unknown = sorted(set(np.asarray(list(text))[bad].tolist()))
+            raise TokenizerError(
+                f"characters not in the char vocabulary: {''.join(unknown)!r} "
+                f"(the vocabulary has {self.vocab_size} characters, built from the training data)"
+            )
+        return ids
+
+    def encode(self, text: str) -> list[int]:
+        return self.ids(text).tolist()
+
+    def decode(self, ids: Sequence[int] | np.ndarray) -> str:
+        ids = np.asarray(ids, dtype=np.int64)
+        if ids.size and (ids.min() < 0 or ids.max() >= self.vocab_size):
+            raise TokenizerError(f"token ids must lie in [0, {self.vocab_size})")
+        return self._cps[ids].tobytes().decode("utf-32-le", "surrogatepass")
+
+    def encode_documents(
+        self, texts: list[str], joins_prev: bool = False
+    ) -> tuple[np.ndarray, ...]:
+        """Tokens of the texts end to end (char level has no separator), and each text's count."""
+        return self.ids("".join(texts)), np.fromiter(map(len, texts), np.int64, len(texts))
+
+    def identity(self) -> dict[str, Any]:
+        sha = hashlib.sha256(self.chars.encode("utf-8", "surrogatepass")).hexdigest()
+        return {
+            "name": self.name,
+            "vocab_size": self.vocab_size,
+            "vocab_sha256": sha,
+            "eot_token": None,
+            "chars": self.chars,
+        }
+
+
+@functools.cache
+def _gpt2_encoding() -> Any:
+    import tiktoken
+
+    try:
+        return tiktoken.get_encoding("gpt2")
+    except Exception as e:  # network (requests), a cached file with the wrong hash, ...
+        raise TokenizerError(
+            f"cannot load tiktoken's GPT-2 files ({type(e).__name__}: {e}). Offline, set "
+            "TIKTOKEN_CACHE_DIR to a directory holding them (README: offline use)"
+        ) from e
+
+
+@functools.cache
+def _gpt2_vocab_sha256() -> str:
+    """sha256 of the BPE ranks written as tiktoken's own file format ("base64(token) rank" lines
+    by rank), so it equals the sha256 of r50k_base.tiktoken, the file that defines GPT-2's ranks."""
+    enc = _gpt2_encoding()
+    special = {enc.encode_single_token(s) for s in enc.special_tokens_set}
+    h = hashlib.sha256()
+    for rank in range(enc.n_vocab):
+        if rank not in special:
+            token = enc.decode_single_token_bytes(rank)
+            h.update(base64.b64encode(token) + b" %d\n" % rank)
+    return h.hexdigest()
+
+
+class GPT2Tokenizer:
+    """tiktoken's "gpt2" encoding; documents are preceded by the end-of-text token 50256."""
+
+    name = "gpt2"
+
+    def __init__(self) -> None:
+        self._enc = _gpt2_encoding()
+        self.eot_token: int = self._enc.eot_token
+        self.vocab_size: int = self._enc.n_vocab
+
+    def encode(self, text: str) -> list[int]:
+        """Ordinary tokens: "<|endoftext|>" in the text is plain text, not the special token."""
+        return self._enc.encode_ordinary(text)
+
+    def decode(self, ids: Sequence[int] | np.ndarray) -> str:
+        return self._enc.decode([int(i) for i in ids])
+
+    def encode_documents(
+        self, texts: list[str], joins_prev: bool = False
+    ) -> tuple[np.ndarray, ...]:
+        """[eot] + encode_ordinary(text) for every text (no eot before texts[0] when it goes on
+        from an earlier text), laid end to end, and the token count of each text.
+
+        One tiktoken call for all texts: joined by "<|endoftext|>", which tiktoken turns into the
+        special token while encoding the text between them exactly as encode_ordinary would. The
+        call releases the GIL, and no Python int is made per token.
+        """
+        if not texts:
+            return np.zeros(0, np.uint32), np.zeros(0, np.int64)
+        joined = EOT_TEXT.join(texts) if joins_prev else EOT_TEXT + EOT_TEXT.join(texts)
+        if joined.count(EOT_TEXT) == len(texts) - joins_prev:
+            tokens = self._encode_with_eot(joined)
+        else:  # some text holds "<|endoftext|>" itself: encode one by one, as plain text
+            parts = [np.asarray(self._enc.encode_ordinary(t), np.uint32) for t in texts]
+            eot = np.array([self.eot_token], np.uint32)
+            tokens = np.concatenate(
+                [
+                    p if joins_prev and i == 0 else np.concatenate([eot, p])
+                    for i, p in enumerate(parts)
+                ]
+            )
+        starts = np.flatnonzero(tokens == self.eot_token)
+        bounds = np.concatenate([[0] if joins_prev else [], starts, [len(tokens)]])
+        return tokens, np.diff(bounds).astype(np.int64)
+
+    def _encode_with_eot(self, text: str) -> np.ndarray:
+        try:
+            return self._enc.encode_to_numpy(text, allowed_special={EOT_TEXT})
+        except UnicodeEncodeError:  # lone surrogates: replaced, as tiktoken's encode_ordinary does
+            text = text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+            return self._enc.encode_to_numpy(text, allowed_special={EOT_TEXT})
+
+    def identity(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "vocab_size": self.vocab_size,
+            "vocab_sha256": _gpt2_vocab_sha256(),
+            "eot_token": self.eot_token,
+        }
+
+
+Tokenizer = CharTokenizer | GPT2Tokenizer
+
+
+def gpt2() -> GPT2Tokenizer:
+    return GPT2Tokenizer()
+
+
+def from_manifest(tok: dict[str, Any]) -> Tokenizer:
+    """The tokenizer a manifest names (its "tokenizer" entry), checked against its identity."""
+    name = tok.get("name")
+    if name == "char":
+        t: Tokenizer = CharTokenizer(tok.get("chars") or "")
+    elif name == "gpt2":
+        t = gpt2()
+    else:
+        raise TokenizerError(f"unknown tokenizer {name!r} in the manifest; known: char, gpt2")
+    mine = t.identity()
+    for key in ("vocab_size", "vocab_sha256", "eot_token"):
+        if tok.get(key) != mine[key]:
+            raise TokenizerError(
+                f"tokenizer {name}: the manifest says {key} = {tok.get(key)!r}, but this "
+                f"tokenizer has {mine[key]!r}: the data was made with another vocabulary"
+            )
+    return t

@@ -1,0 +1,124 @@
+"""Tokenizers: char round trip, GPT-2 documents with end-of-text, identities, from_manifest."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from nanogptx import readers, tokenizer
+from nanogptx.tokenizer import CharTokenizer, TokenizerError
+
+TEXT = "First Citizen:\nBefore we proceed any further, hear me speak.\r\nÀ bientôt 😀 — ok?\n"
+
+
+def char_tok(text: str = TEXT) -> CharTokenizer:
+    seen = np.zeros(tokenizer.MAX_CODEPOINT + 1, bool)
+    seen[tokenizer.codepoints(text)] = True
+    return CharTokenizer.from_seen(seen)
+
+
+def test_char_vocabulary_is_sorted_characters_and_round_trips() -> None:
+    tok = char_tok()
+    assert tok.chars == "".join(sorted(set(TEXT)))
+    ids = tok.encode(TEXT)
+    assert ids == [tok.chars.index(c) for c in TEXT]
+    assert tok.decode(ids) == TEXT
+    tokens, lengths = tok.encode_documents(["First", " Citizen"])
+    assert tok.decode(tokens) == "First Citizen" and lengths.tolist() == [5, 8]
+    ident = tok.identity()
+    assert ident["vocab_size"] == len(set(TEXT)) and ident["eot_token"] is None
+    assert ident["vocab_sha256"] == hashlib.sha256(tok.chars.encode()).hexdigest()
+
+
+def test_char_unknown_characters_and_ids_are_refused() -> None:
+    tok = char_tok("abc")
+    with pytest.raises(TokenizerError, match=r"not in the char vocabulary: 'xz'"):
+        tok.encode("abzx")
+    with pytest.raises(TokenizerError, match=r"token ids must lie in \[0, 3\)"):
+        tok.decode([0, 3])
+    with pytest.raises(TokenizerError, match="sorted and without repeats"):
+        CharTokenizer("ba")
+
+
+def test_char_from_manifest_checks_identity() -> None:
+    ident = char_tok().identity()
+    assert tokenizer.from_manifest(ident).decode(char_tok().encode(TEXT)) == TEXT
+    with pytest.raises(TokenizerError, match=r"vocab_sha256"):
+        tokenizer.from_manifest({**ident, "vocab_sha256": "0" * 64})
+    with pytest.raises(TokenizerError, match=r"unknown tokenizer 'bpe'"):
+        tokenizer.from_manifest({**ident, "name": "bpe"})
+
+
+DOCS = ["Hello world.", "  leading and trailing  \n\n", "a <|endoftext|> b", "x", "\n\n\nY"]
+
+
+def reference(docs: list[str], joins_prev: bool = False) -> list[int]:
+    enc = tokenizer.gpt2()._enc
+    out: list[int] = []
+    for i, d in enumerate(docs):
+        out += ([] if joins_prev and i == 0 else [50256]) + enc.encode_ordinary(d)
+    return out
+
+
+@pytest.mark.parametrize("docs", [DOCS[:2] + DOCS[3:], DOCS])  # DOCS[2] holds "<|endoftext|>"
+@pytest.mark.parametrize("joins_prev", [False, True])
+def test_gpt2_documents_are_eot_then_encode_ordinary(gpt2_offline, docs, joins_prev) -> None:
+    tok = tokenizer.gpt2()
+    tokens, lengths = tok.encode_documents(docs, joins_prev)
+    ref = reference(docs, joins_prev)
+    assert tokens.tolist() == ref
+    assert lengths.tolist() == [
+        len(reference([d], joins_prev and i == 0)) for i, d in enumerate(docs)
+    ]
+    assert (
+        tokens.tolist().count(50256) == len(docs) - joins_prev
+    )  # the text "<|endoftext|>" is text
+
+
+def test_gpt2_lone_surrogate_is_encoded_as_tiktoken_does(gpt2_offline) -> None:
+    tok = tokenizer.gpt2()
+    docs = ["json can carry \ud800 alone", "fine"]
+    assert tok.encode_documents(docs)[0].tolist() == reference(docs)
+
+
+def mixed_text(n: int) -> str:
+    """Words, numbers, punctuation and emoji between every kind of whitespace run."""
+    rng = np.random.default_rng(0)
+    words = ["Romeo", "'s", "ÉTÉ", "😀", "--", "42", "x", "hello.", "日本", "\u00a0"]
+    gaps = [" ", "\n", "\n\n", "  ", "\t", "\r\n", " \n", "\n "]
+    return "".join(w + g for w, g in zip(rng.choice(words, n), rng.choice(gaps, n), strict=True))
+
+
+@pytest.mark.parametrize("source", ["tinyshakespeare", "mixed"])
+def test_gpt2_pieces_of_a_text_tokenize_as_the_whole(
+    gpt2_offline, assets, tmp_path, source
+) -> None:
+    """read_text's cut points never change GPT-2 tokens (hundreds of cuts)."""
+    p = tmp_path / "a.txt"
+    p.write_text(mixed_text(50_000) if source == "mixed" else "", newline="")
+    if source == "tinyshakespeare":
+        p = assets / "tinyshakespeare" / "input.txt"
+    whole = p.read_bytes().decode()
+    pieces = [t for b in readers.read_text(p, piece_chars=1000) for t in b.texts]
+    assert len(pieces) > 200 and "".join(pieces) == whole
+    tok = tokenizer.gpt2()
+    by_piece = [t for piece in pieces for t in tok.encode_documents([piece], True)[0].tolist()]
+    assert by_piece == tok.encode(whole)
+
+
+def test_gpt2_identity_hashes_the_ranks_file(gpt2_offline, assets: Path) -> None:
+    ident = tokenizer.gpt2().identity()
+    ranks = (assets / "tiktoken" / "r50k_base.tiktoken").read_bytes()
+    assert ident == {
+        "name": "gpt2",
+        "vocab_size": 50257,
+        "eot_token": 50256,
+        "vocab_sha256": hashlib.sha256(ranks).hexdigest(),
+    }
+    tok = tokenizer.from_manifest(ident)
+    assert tok.decode(tok.encode(TEXT)) == TEXT
+    with pytest.raises(TokenizerError, match=r"vocab_size = 50304"):
+        tokenizer.from_manifest({**ident, "vocab_size": 50304})
