@@ -1,0 +1,245 @@
+"""Prepared token shards -> batches that are a pure function of (seed, step), placed on devices.
+
+    data = open_prepared("data/prepared/<data_id>")   # manifest.json, shard hashes checked
+    x_BxL, y_BxL = batch(data, "train", seed=1337, step=0, batch_size=12, block_size=64)
+
+Training micro-batch i of a run is batch(data, "train", seed, i, ...), so any step's batch can be
+recomputed from the schedule in provenance.json (`schedule`).
+"""
+
+from __future__ import annotations
+
+import json
+import zlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from nanogptx import provenance
+
+FORMAT = "nanogptx-shards/1"
+# Name and version of the batch function: bump the version when `batch` changes its output.
+BATCH_FUNCTION = "nanogptx.loader.batch/1"
+STREAMS = ("train", "eval")
+
+
+class DataError(ValueError):
+    """Prepared data that is missing, malformed or inconsistent with the manifest."""
+
+
+@dataclass(frozen=True)
+class TokenStream:
+    """One split: its shards read as one concatenated stream of tokens."""
+
+    name: str
+    shards: tuple[np.ndarray, ...]
+    offsets: np.ndarray  # start of each shard in the stream, then the total
+
+    @property
+    def n_tokens(self) -> int:
+        return int(self.offsets[-1])
+
+    def read(self, start: int, length: int) -> np.ndarray:
+        """tokens[start:start + length] as int32, across shard boundaries."""
+        out = np.empty(length, np.int32)
+        i = int(np.searchsorted(self.offsets, start, side="right")) - 1
+        done = 0
+        while done < length:
+            lo = start + done - int(self.offsets[i])
+            piece = self.shards[i][lo : lo + length - done]
+            out[done : done + len(piece)] = piece
+            done += len(piece)
+            i += 1
+        return out
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """A prepared data directory: its manifest, the manifest's sha256 and the split streams."""
+
+    dir: Path
+    manifest: dict[str, Any]
+    manifest_sha256: str
+    splits: dict[str, TokenStream]
+
+    @property
+    def vocab_size(self) -> int:
+        return int(self.manifest["tokenizer"]["vocab_size"])
+
+    def split(self, name: str) -> TokenStream:
+        if name not in self.splits:
+            raise DataError(f"{self.dir}: no split {name!r}; the manifest has {list(self.splits)}")
+        return self.splits[name]
+
+
+def read_manifest(data_dir: str | Path) -> dict[str, Any]:
+    path = Path(data_dir) / "manifest.json"
+    try:
+        manifest = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise DataError(f"{path} is missing: run the prepare stage for this data first") from None
+    except json.JSONDecodeError as e:
+        raise DataError(f"{path}: not valid JSON: {e}") from None
+    if manifest.get("format") != FORMAT:
+        raise DataError(f"{path}: format is {manifest.get('format')!r}, expected {FORMAT!r}")
+    for key in ("tokenizer", "shard_format", "splits", "shards"):
+        if key not in manifest:
+            raise DataError(f"{path}: key {key!r} is missing")
+    return manifest
+
+
+def verify_shards(data_dir: str | Path, manifest: dict[str, Any]) -> None:
+    """Refuse a shard whose sha256 differs from the manifest's (HashMismatch names both)."""
+    for entry in manifest["shards"]:
+        path = Path(data_dir) / entry["file"]
+        if not path.is_file():
+            raise DataError(f"shard {path} listed in the manifest is missing")
+        provenance.verify(path, entry["sha256"], "shard")
+
+
+def _load_shard(path: Path, shard_format: str) -> np.ndarray:
+    if shard_format == "npy":
+        return np.load(path, mmap_mode="r")
+    if shard_format == "parquet":
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        column = pq.read_table(path, columns=["tokens"], memory_map=True).column("tokens")
+        return pa.concat_arrays(column.chunks).flatten().to_numpy(zero_copy_only=False)
+    raise DataError(f"{path}: shard_format {shard_format!r} is not npy or parquet")
+
+
+def open_prepared(data_dir: str | Path, verify: bool = True) -> Prepared:
+    """Read manifest.json, check every shard's hash (unless verify=False) and map the shards."""
+    data_dir = Path(data_dir)
+    manifest = read_manifest(data_dir)
+    if verify:
+        verify_shards(data_dir, manifest)
+    splits: dict[str, list[np.ndarray]] = {name: [] for name in manifest["splits"]}
+    for entry in manifest["shards"]:
+        path = data_dir / entry["file"]
+        tokens = _load_shard(path, manifest["shard_format"])
+        if tokens.ndim != 1 or len(tokens) != entry["tokens"]:
+            raise DataError(
+                f"shard {path}: {tokens.shape} tokens, the manifest says {entry['tokens']}"
+            )
+        splits.setdefault(entry["split"], []).append(tokens)
+    streams = {}
+    for name, shards in splits.items():
+        offsets = np.cumsum([0] + [len(s) for s in shards], dtype=np.int64)
+        streams[name] = TokenStream(name, tuple(shards), offsets)
+    sha = provenance.sha256_file(data_dir / "manifest.json")
+    return Prepared(data_dir, manifest, sha, streams)
+
+
+def _rng(seed: int, stream: str, split: str, step: int) -> np.random.Generator:
+    if seed < 0 or step < 0:
+        raise ValueError(f"seed and step must be >= 0, got seed {seed}, step {step}")
+    if stream not in STREAMS:
+        raise ValueError(f"stream {stream!r}: expected one of {STREAMS}")
+    return np.random.default_rng([seed, STREAMS.index(stream), zlib.crc32(split.encode()), step])
+
+
+def window_starts(
+    n_tokens: int,
+    split: str,
+    seed: int,
+    step: int,
+    batch_size: int,
+    block_size: int,
+    order: str = "random",
+    stream: str = "train",
+) -> np.ndarray:
+    """First token of each of the batch_size windows of batch `step` (pure in its arguments).
+
+    random: uniform over [0, n_tokens - block_size), as nanoGPT's get_batch.
+    sequential: consecutive non-overlapping windows, wrapping around at the end of the split.
+    """
+    if n_tokens < block_size + 1:
+        raise DataError(
+            f"split {split!r} has {n_tokens} tokens, fewer than block_size + 1 = {block_size + 1}"
+        )
+    if order == "random":
+        return _rng(seed, stream, split, step).integers(0, n_tokens - block_size, batch_size)
+    if order == "sequential":
+        n_windows = (n_tokens - 1) // block_size
+        return (np.arange(batch_size, dtype=np.int64) + step * batch_size) % n_windows * block_size
+    raise ValueError(f"order {order!r}: expected random or sequential")
+
+
+def batch(
+    data: Prepared,
+    split: str,
+    seed: int,
+    step: int,
+    batch_size: int,
+    block_size: int,
+    order: str = "random",
+    stream: str = "train",
+    rows: slice = slice(None),
+) -> tuple[np.ndarray, np.ndarray]:
+    """Inputs and next-token targets (int32) of batch `step`; `rows` reads only some rows."""
+    tokens = data.split(split)
+    starts = window_starts(
+        tokens.n_tokens, split, seed, step, batch_size, block_size, order, stream
+    )[rows]
+    xy_BxL1 = np.stack([tokens.read(int(s), block_size + 1) for s in starts])
+    if xy_BxL1.size and (xy_BxL1.max() >= data.vocab_size or xy_BxL1.min() < 0):
+        raise DataError(
+            f"{data.dir}: split {split!r} holds token ids outside [0, {data.vocab_size})"
+        )
+    return xy_BxL1[:, :-1], xy_BxL1[:, 1:]
+
+
+def schedule(
+    data: Prepared, seed: int, order: str, batch_size: int, block_size: int, accumulation: int
+) -> dict[str, Any]:
+    """What provenance records so that any step's batch can be recomputed."""
+    return {
+        "function": BATCH_FUNCTION,
+        "manifest_sha256": data.manifest_sha256,
+        "seed": seed,
+        "order": order,
+        "batch_size": batch_size,
+        "block_size": block_size,
+        "micro_batches_per_step": accumulation,
+        "train_batch": "micro-batch m of step s = batch(data, 'train', seed, s * "
+        "micro_batches_per_step + m, batch_size, block_size, order)",
+        "eval_batches": "batch(data, split, seed, k, batch_size, block_size, 'random', "
+        "stream='eval') for k < train.eval_iters, the same at every evaluation",
+    }
+
+
+def local_rows(sharding: Any, global_shape: tuple[int, ...], axis: int) -> slice:
+    """The rows (along `axis`) that this process's devices hold under `sharding`."""
+    n = global_shape[axis]
+    spans = {
+        (index[axis].start or 0, n if index[axis].stop is None else index[axis].stop)
+        for index in sharding.addressable_devices_indices_map(global_shape).values()
+    }
+    lo, hi = min(s[0] for s in spans), max(s[1] for s in spans)
+    covered = np.zeros(n, bool)
+    for a, b in spans:
+        covered[a:b] = True
+    if not covered[lo:hi].all():
+        raise ValueError(f"this process's rows along axis {axis} are not contiguous: {spans}")
+    return slice(lo, hi)
+
+
+def device_batch(
+    sharding: Any,
+    global_shape: tuple[int, ...],
+    axis: int,
+    load: Callable[[slice], tuple[np.ndarray, ...]],
+) -> tuple[Any, ...]:
+    """Global jax.Arrays of global_shape (e.g. inputs and targets), for which this process loads
+    only its own rows: load(rows) returns them."""
+    import jax
+
+    rows = local_rows(sharding, global_shape, axis)
+    return tuple(
+        jax.make_array_from_process_local_data(sharding, a, global_shape) for a in load(rows)
+    )

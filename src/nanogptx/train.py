@@ -1,0 +1,619 @@
+"""Train a GPT: one device mesh, AdamW with warmup + cosine decay, a jitted step, evaluation, logs.
+
+    python -m nanogptx.train --config config/shakespeare-char.toml --data data/prepared/<data_id> \
+        --out results/<run>/model --checkpoints results/<run>/checkpoints
+
+Resumes from the latest checkpoint under --checkpoints; writes the final model into --out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import functools
+import json
+import math
+import os
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jax.sharding import AxisType, Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from nanogptx import checkpoint, config, loader, model, provenance
+from nanogptx.config import Config, TrainConfig
+
+# Peak dense bfloat16 FLOP/s of one device, by device kind, for MFU when train.peak_flops = 0.
+PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L40S": 362e12, "V100": 125e12}
+# Train settings a resumed run must share with its checkpoint (the others may change).
+RESUME_KEYS = (
+    "seed", "batch_size", "total_batch_tokens", "learning_rate", "min_lr", "warmup_iters",
+    "lr_decay_iters", "decay_lr", "weight_decay", "beta1", "beta2", "grad_clip", "batch_order",
+    "compute_dtype",
+)  # fmt: skip
+State = dict[str, Any]
+
+
+class TrainError(RuntimeError):
+    """An expected failure (inconsistent config and data, NaN loss, incompatible checkpoint)."""
+
+
+def log(msg: str) -> None:
+    if jax.process_index() == 0:
+        print(msg, flush=True)
+
+
+# ---------------------------------------------------------------- processes, mesh and sharding
+
+
+def initialize_distributed() -> None:
+    """Join the other processes of a multi-process job: under `srun` with several tasks (SLURM is
+    detected by JAX) or where JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES, JAX_PROCESS_ID are set."""
+    env = os.environ
+    slurm = int(env.get("SLURM_STEP_NUM_TASKS", "1")) > 1 and "SLURM_STEP_NODELIST" in env
+    if not slurm and "JAX_COORDINATOR_ADDRESS" not in env:
+        return
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")  # CPU runs; no-op on GPU
+    if slurm:
+        jax.distributed.initialize()
+    else:
+        jax.distributed.initialize(
+            num_processes=int(env["JAX_NUM_PROCESSES"]), process_id=int(env["JAX_PROCESS_ID"])
+        )
+
+
+def make_mesh() -> Mesh:
+    """One axis "data" over every device of every process (Auto axes: XLA places collectives)."""
+    return jax.make_mesh((jax.device_count(),), ("data",), axis_types=(AxisType.Auto,))
+
+
+def leaf_spec(shape: tuple[int, ...], n_devices: int, mode: str) -> P:
+    """dp: replicated. fsdp: the largest axis divisible by the device count is sharded (ties go
+    to the later axis, so a stacked layer axis stays whole); small or indivisible leaves are
+    replicated."""
+    axes = [i for i, d in enumerate(shape) if d % n_devices == 0]
+    if mode == "dp" or n_devices == 1 or not axes:
+        return P()
+    axis = max(axes, key=lambda i: (shape[i], i))
+    return P(*("data" if i == axis else None for i in range(len(shape))))
+
+
+def tree_shardings(abstract: Any, mesh: Mesh, mode: str) -> Any:
+    return jax.tree.map(
+        lambda x: NamedSharding(mesh, leaf_spec(x.shape, mesh.size, mode)), abstract
+    )
+
+
+def bytes_per_device(abstract: Any, shardings: Any) -> int:
+    sizes = jax.tree.map(
+        lambda x, s: math.prod(s.shard_shape(x.shape)) * np.dtype(x.dtype).itemsize,
+        abstract,
+        shardings,
+    )
+    return int(sum(jax.tree.leaves(sizes)))
+
+
+def to_host(tree: Any) -> Any:
+    """Numpy copies of (possibly sharded, possibly multi-process) arrays, whole on every host."""
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        return multihost_utils.process_allgather(tree, tiled=True)
+    return jax.device_get(tree)
+
+
+def place(host_tree: Any, shardings: Any) -> Any:
+    return jax.tree.map(
+        lambda a, s: jax.make_array_from_callback(a.shape, s, lambda i: a[i]), host_tree, shardings
+    )
+
+
+# ---------------------------------------------------------------- optimizer and steps
+
+
+def get_lr(it: int, t: TrainConfig) -> float:
+    """nanoGPT's schedule: linear warmup, cosine decay to min_lr at lr_decay_iters, then min_lr."""
+    if not t.decay_lr:
+        return t.learning_rate
+    if it < t.warmup_iters:
+        return t.learning_rate * (it + 1) / (t.warmup_iters + 1)
+    if it > t.lr_decay_iters:
+        return t.min_lr
+    ratio = (it - t.warmup_iters) / (t.lr_decay_iters - t.warmup_iters)
+    return t.min_lr + 0.5 * (1.0 + math.cos(math.pi * ratio)) * (t.learning_rate - t.min_lr)
+
+
+def lr_schedule(t: TrainConfig) -> Callable[[jax.Array], jax.Array]:
+    """get_lr on a traced step count (optax counts updates from 0, as nanoGPT's iter_num)."""
+
+    def lr(count: jax.Array) -> jax.Array:
+        it = count.astype(jnp.float32)
+        if not t.decay_lr:
+            return jnp.full((), t.learning_rate, jnp.float32)
+        warm = t.learning_rate * (it + 1) / (t.warmup_iters + 1)
+        ratio = jnp.clip((it - t.warmup_iters) / (t.lr_decay_iters - t.warmup_iters), 0.0, 1.0)
+        cos = t.min_lr + 0.5 * (1.0 + jnp.cos(jnp.pi * ratio)) * (t.learning_rate - t.min_lr)
+        return jnp.where(it < t.warmup_iters, warm, jnp.where(it > t.lr_decay_iters, t.min_lr, cos))
+
+    return lr
+
+
+def make_optimizer(t: TrainConfig) -> optax.GradientTransformation:
+    """Global-norm clipping, then AdamW (eps 1e-8 as torch) decaying the matrices only."""
+    clip = optax.clip_by_global_norm(t.grad_clip) if t.grad_clip > 0 else optax.identity()
+    adamw = optax.adamw(
+        lr_schedule(t), b1=t.beta1, b2=t.beta2, eps=1e-8, weight_decay=t.weight_decay,
+        mask=model.decay_mask,
+    )  # fmt: skip
+    return optax.chain(clip, adamw)
+
+
+def make_train_step(cfg: Config, optimizer: optax.GradientTransformation) -> Callable:
+    """(state, x_AxBxL, y_AxBxL, step, key) -> (state, stats): gradients averaged over the A
+    micro-batches (lax.scan), then one optimizer update."""
+    dtype = jnp.dtype(cfg.train.compute_dtype)
+    dropout = cfg.model.dropout > 0
+
+    def train_step(
+        state: State, x_AxBxL: jax.Array, y_AxBxL: jax.Array, step: jax.Array, key: jax.Array
+    ) -> tuple[State, dict[str, jax.Array]]:
+        params = state["params"]
+        grad_fn = jax.value_and_grad(model.loss_fn)
+
+        def micro(grads: Any, batch: tuple) -> tuple[Any, jax.Array]:
+            x_BxL, y_BxL, m = batch
+            k = jax.random.fold_in(jax.random.fold_in(key, step), m) if dropout else None
+            loss, g = grad_fn(params, x_BxL, y_BxL, cfg.model, dropout_key=k, compute_dtype=dtype)
+            return jax.tree.map(jnp.add, grads, g), loss
+
+        A = x_AxBxL.shape[0]
+        if A == 1:
+            grads, loss_A = micro(jax.tree.map(jnp.zeros_like, params), (x_AxBxL[0], y_AxBxL[0], 0))
+        else:
+            zeros = jax.tree.map(jnp.zeros_like, params)
+            grads, loss_A = jax.lax.scan(micro, zeros, (x_AxBxL, y_AxBxL, jnp.arange(A)))
+            grads = jax.tree.map(lambda g: g / A, grads)
+        grad_norm = optax.tree.norm(grads)
+        updates, opt_state = optimizer.update(grads, state["opt"], params)
+        params = optax.apply_updates(params, updates)
+        stats = {"loss": jnp.mean(loss_A), "grad_norm": grad_norm}
+        return {"params": params, "opt": opt_state}, stats
+
+    return train_step
+
+
+def make_eval_step(cfg: Config) -> Callable:
+    dtype = jnp.dtype(cfg.train.compute_dtype)
+
+    def eval_step(params: Any, x_BxL: jax.Array, y_BxL: jax.Array) -> jax.Array:
+        return model.loss_fn(params, x_BxL, y_BxL, cfg.model, compute_dtype=dtype)
+
+    return eval_step
+
+
+def peak_flops(t: TrainConfig) -> float | None:
+    """Peak FLOP/s of one device: train.peak_flops, else the table by device kind, else None."""
+    if t.peak_flops > 0:
+        return t.peak_flops
+    kind = jax.devices()[0].device_kind
+    return next((v for k, v in PEAK_FLOPS.items() if k in kind), None)
+
+
+def plan_state(cfg: Config, V: int, mesh: Mesh) -> tuple[State, Any]:
+    """Shapes of the train state (jax.eval_shape: nothing allocated) and its shardings."""
+    params_abs = jax.eval_shape(lambda: model.init_params(cfg.model, V, jax.random.key(0)))
+    state_abs = {
+        "params": params_abs,
+        "opt": jax.eval_shape(make_optimizer(cfg.train).init, params_abs),
+    }
+    return state_abs, tree_shardings(state_abs, mesh, cfg.train.sharding)
+
+
+def compile_steps(cfg: Config, V: int, A: int, mesh: Mesh) -> tuple[Any, Any]:
+    """The train and eval steps compiled ahead of time with every sharding fixed; compiled once
+    per process for settings that give the same program (tests call train() many times)."""
+    keys = {k: getattr(cfg.train, k) for k in (*RESUME_KEYS, "sharding") if k != "seed"}
+    return _compile_steps(Config(model=cfg.model, train=TrainConfig(**keys)), V, A, mesh)
+
+
+@functools.lru_cache(maxsize=4)
+def _compile_steps(cfg: Config, V: int, A: int, mesh: Mesh) -> tuple[Any, Any]:
+    m, t = cfg.model, cfg.train
+    state_abs, state_sh = plan_state(cfg, V, mesh)
+    replicated = NamedSharding(mesh, P())
+    batch_sh = NamedSharding(mesh, P(None, "data", None))
+    eval_sh = NamedSharding(mesh, P("data", None))
+    x_abs = jax.ShapeDtypeStruct((A, t.batch_size, m.block_size), jnp.int32)
+    e_abs = jax.ShapeDtypeStruct((t.batch_size, m.block_size), jnp.int32)
+    key_abs = jax.eval_shape(lambda: jax.random.key(0))
+    train_step = jax.jit(
+        make_train_step(cfg, make_optimizer(t)),
+        in_shardings=(state_sh, batch_sh, batch_sh, replicated, replicated),
+        out_shardings=(state_sh, replicated),
+        donate_argnums=(0,),
+    ).lower(state_abs, x_abs, x_abs, jax.ShapeDtypeStruct((), jnp.int32), key_abs)
+    eval_step = jax.jit(
+        make_eval_step(cfg),
+        in_shardings=(state_sh["params"], eval_sh, eval_sh),
+        out_shardings=replicated,
+    ).lower(state_abs["params"], e_abs, e_abs)
+    return train_step.compile(), eval_step.compile()
+
+
+# ---------------------------------------------------------------- checks before any allocation
+
+
+def check_setup(cfg: Config, data: loader.Prepared, n_devices: int) -> int:
+    """Config against data and devices; returns the vocabulary size (embedding rows)."""
+    m, t = cfg.model, cfg.train
+    V = m.vocab_size or data.vocab_size
+    if V < data.vocab_size:
+        raise TrainError(
+            f"model.vocab_size = {m.vocab_size} is smaller than the tokenizer's "
+            f"{data.vocab_size} ({data.dir / 'manifest.json'})"
+        )
+    for split in ("train", "val"):
+        n = data.split(split).n_tokens
+        if n < m.block_size + 1:
+            raise TrainError(
+                f"model.block_size = {m.block_size} is longer than the {split} split of "
+                f"{data.dir} ({n} tokens): expected at most {n - 1}"
+            )
+    if t.batch_size % n_devices:
+        raise TrainError(
+            f"train.batch_size = {t.batch_size} is not divisible by the {n_devices} devices"
+        )
+    return V
+
+
+def resume_mismatch(meta: dict[str, Any], cfg: Config, manifest_sha: str, V: int) -> list[str]:
+    """The settings in which a checkpoint differs from this run."""
+    saved = meta["config"]
+    now = config.sections(cfg, ("model", "train"))
+    keys = [f"model.{k}" for k in now["model"] if saved["model"].get(k) != now["model"][k]]
+    keys += [f"train.{k}" for k in RESUME_KEYS if saved["train"].get(k) != now["train"][k]]
+    if meta["manifest_sha256"] != manifest_sha:
+        keys.append("data (manifest sha256)")
+    if meta["vocab_size"] != V:
+        keys.append("vocab_size")
+    return keys
+
+
+# ---------------------------------------------------------------- metrics
+
+
+class Metrics:
+    """Records in memory, appended to <out>/metrics.jsonl as they come, and sent to wandb."""
+
+    def __init__(self, path: Path, records: list[dict[str, Any]], wandb_run: Any) -> None:
+        self.path, self.records, self.wandb_run = path, records, wandb_run
+        if jax.process_index() == 0:
+            checkpoint.write_bytes_atomic(path, self.dump())
+
+    def dump(self) -> bytes:
+        return "".join(json.dumps(r) + "\n" for r in self.records).encode()
+
+    def add(self, record: dict[str, Any]) -> None:
+        self.records.append(record)
+        if jax.process_index() != 0:
+            return
+        with open(self.path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+        if self.wandb_run is not None:
+            kind = record["kind"]
+            values = {f"{kind}/{k}": v for k, v in record.items() if k not in ("kind", "step")}
+            self.wandb_run.log(values, step=record["step"])
+
+
+def start_wandb(cfg: Config, run_id: str, ckpt_dir: Path, out_dir: Path) -> Any:
+    """A wandb run (None when disabled) that a resumed run continues, by its kept id."""
+    lc = cfg.logging
+    if lc.wandb_mode == "disabled" or jax.process_index() != 0:
+        return None
+    import wandb
+
+    return wandb.init(
+        project=lc.wandb_project, name=lc.wandb_run_name or out_dir.resolve().parent.name,
+        id=run_id, resume="allow", mode=lc.wandb_mode, config=config.to_dict(cfg),
+        dir=str(ckpt_dir),
+    )  # fmt: skip
+
+
+def wandb_run_id(ckpt_dir: Path, meta: dict[str, Any] | None) -> str:
+    """The id kept with the checkpoints: from the checkpoint, else the file beside them."""
+    path = ckpt_dir / "wandb_run_id"
+    if meta and meta.get("wandb_run_id"):
+        return meta["wandb_run_id"]
+    if path.is_file():
+        return path.read_text().strip()
+    run_id = os.urandom(6).hex()
+    if jax.process_index() == 0:
+        checkpoint.write_bytes_atomic(path, run_id.encode())
+    return run_id
+
+
+# ---------------------------------------------------------------- the loop
+
+
+def fmt_bytes(n: int) -> str:
+    return f"{n / 2**20:.2f} MiB" if n < 2**30 else f"{n / 2**30:.2f} GiB"
+
+
+def train(
+    cfg: Config, data_dir: str | Path, out_dir: str | Path, ckpt_dir: str | Path
+) -> dict[str, Any]:
+    """Train (or resume) and write the final model into out_dir; returns a summary."""
+    initialize_distributed()
+    record = provenance.Record.start("train", config.sections(cfg, config.STAGE_SECTIONS["train"]))
+    out_dir, ckpt_dir = Path(out_dir), Path(ckpt_dir)
+    m, t = cfg.model, cfg.train
+    data = loader.open_prepared(data_dir)  # shard hashes checked here
+    n_dev = jax.device_count()
+    V = check_setup(cfg, data, n_dev)
+    A = max(1, t.total_batch_tokens // (t.batch_size * m.block_size))
+    tokens_per_step = A * t.batch_size * m.block_size
+    schedule = loader.schedule(data, t.seed, t.batch_order, t.batch_size, m.block_size, A)
+
+    # Shapes and bytes known before any allocation.
+    mesh = make_mesh()
+    optimizer = make_optimizer(t)
+    key_params, key_dropout = jax.random.split(jax.random.key(t.seed))
+    init_fn = lambda k: model.init_params(m, V, k)  # noqa: E731
+    state_abs, state_sh = plan_state(cfg, V, mesh)
+    params_abs, opt_abs = state_abs["params"], state_abs["opt"]
+    n_params = model.count_params(params_abs, non_embedding=False)
+    n_flops_params = model.count_params(params_abs, non_embedding=True)
+    param_bytes = bytes_per_device(params_abs, state_sh["params"])
+    opt_bytes = bytes_per_device(opt_abs, state_sh["opt"])
+    log(
+        f"model: {n_params / 1e6:.2f}M parameters ({n_flops_params / 1e6:.2f}M without position "
+        f"embeddings), vocab {V}; per device ({t.sharding}, {n_dev} devices): parameters "
+        f"{fmt_bytes(param_bytes)}, optimizer state {fmt_bytes(opt_bytes)}"
+    )
+    log(f"{tokens_per_step} tokens per step ({A} x {t.batch_size} x {m.block_size})")
+
+    # Resume from the latest checkpoint, or start fresh.
+    if jax.process_index() == 0:
+        ckpt_dir.mkdir(parents=True, exist_ok=True)
+        checkpoint.clean(ckpt_dir)
+    path = checkpoint.latest(ckpt_dir)
+    meta = None
+    if path is None:
+        state = jax.jit(
+            lambda k: {"params": (p := init_fn(k)), "opt": optimizer.init(p)},
+            out_shardings=state_sh,
+        )(key_params)
+        start, records = 0, []
+    else:
+        tensors, meta = checkpoint.load(path)
+        if diff := resume_mismatch(meta, cfg, data.manifest_sha256, V):
+            raise TrainError(
+                f"checkpoint {path} was made with different settings ({', '.join(diff)}); "
+                f"restore them, or delete {ckpt_dir} to start afresh"
+            )
+        host = {
+            "params": checkpoint.unflatten_like(params_abs, tensors, "params.", str(path)),
+            "opt": checkpoint.unflatten_like(opt_abs, tensors, "opt.", str(path)),
+        }
+        state = place(host, state_sh)
+        key_dropout = jax.random.wrap_key_data(np.asarray(meta["rng"]["dropout_key"], np.uint32))
+        start = meta["step"]
+        records = [json.loads(line) for line in (path / "metrics.jsonl").read_text().splitlines()]
+        log(f"resumed from {path} at step {start}")
+
+    run_id = wandb_run_id(ckpt_dir, meta)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    metrics = Metrics(
+        out_dir / "metrics.jsonl", records, start_wandb(cfg, run_id, ckpt_dir, out_dir)
+    )
+
+    t0 = time.perf_counter()
+    train_step, eval_step = compile_steps(cfg, V, A, mesh)
+    log(f"compiled train and eval steps in {time.perf_counter() - t0:.1f} s")
+    batch_sh = NamedSharding(mesh, P(None, "data", None))
+    eval_sh = NamedSharding(mesh, P("data", None))
+    x_shape, e_shape = (A, t.batch_size, m.block_size), (t.batch_size, m.block_size)
+
+    def train_batch(step: int) -> tuple[jax.Array, ...]:
+        def load(rows: slice) -> tuple[np.ndarray, np.ndarray]:
+            xy = [
+                loader.batch(data, "train", t.seed, step * A + i, t.batch_size, m.block_size,
+                             t.batch_order, rows=rows)
+                for i in range(A)
+            ]  # fmt: skip
+            return np.stack([x for x, _ in xy]), np.stack([y for _, y in xy])
+
+        return loader.device_batch(batch_sh, x_shape, 1, load)
+
+    def eval_batch(split: str, k: int) -> tuple[jax.Array, ...]:
+        def load(rows: slice) -> tuple[np.ndarray, np.ndarray]:
+            return loader.batch(data, split, t.seed, k, t.batch_size, m.block_size, "random",
+                                stream="eval", rows=rows)  # fmt: skip
+
+        return loader.device_batch(eval_sh, e_shape, 0, load)
+
+    def evaluate(step: int) -> dict[str, float]:
+        losses = {}
+        for split in ("train", "val"):
+            total = jnp.zeros((), jnp.float32)
+            for k in range(t.eval_iters):
+                total = total + eval_step(state["params"], *eval_batch(split, k))
+            losses[split] = float(total) / t.eval_iters
+        metrics.add({
+            "kind": "eval", "step": step, "tokens": step * tokens_per_step,
+            "train_loss": losses["train"], "val_loss": losses["val"],
+        })  # fmt: skip
+        log(f"step {step}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}")
+        return losses
+
+    if t.eval_only:
+        return {"step": start, **evaluate(start)}
+
+    peak = peak_flops(t)
+    flops_per_token = model.flops_per_token(m, n_flops_params)
+    pending: list[tuple[int, dict[str, jax.Array]]] = []
+    clock = {"seconds": 0.0, "steps": 0, "since": time.perf_counter()}
+
+    def flush() -> dict[str, float] | None:
+        """Fetch the stats of the steps run since the last flush; stop at a NaN or inf."""
+        host = jax.device_get([s for _, s in pending])
+        steps = [s for s, _ in pending]
+        pending.clear()
+        now = time.perf_counter()
+        clock["seconds"] += now - clock["since"]
+        clock["since"] = now
+        for step, stats in zip(steps, host, strict=True):
+            if not (np.isfinite(stats["loss"]) and np.isfinite(stats["grad_norm"])):
+                last = checkpoint.latest(ckpt_dir)
+                raise TrainError(
+                    f"loss is {stats['loss']} (grad norm {stats['grad_norm']}) at step {step}: "
+                    f"training stopped; the last good checkpoint is {last or 'none (none saved)'}"
+                )
+        return {k: float(v) for k, v in host[-1].items()} if host else None
+
+    saved = {start} if path is not None else set()
+
+    def save_checkpoint(step: int) -> None:
+        if step in saved:
+            return  # the checkpoint this run resumed from, or the last periodic one
+        saved.add(step)
+        host = to_host(state)
+        if jax.process_index() != 0:
+            return
+        tensors = checkpoint.flatten(host["params"], "params.") | checkpoint.flatten(
+            host["opt"], "opt."
+        )
+        ckpt_meta = {
+            "config": config.sections(cfg, ("model", "train")),
+            "manifest_sha256": data.manifest_sha256,
+            "vocab_size": V,
+            "rng": {
+                "seed": t.seed,
+                "dropout_key": np.asarray(jax.random.key_data(key_dropout)).tolist(),
+            },
+            "data": {"next_batch": step * A, "schedule": schedule},
+            "wandb_run_id": run_id,
+        }
+        files = {"metrics.jsonl": metrics.dump()}
+        checkpoint.save(ckpt_dir, step, tensors, ckpt_meta, files, keep=t.keep_checkpoints)
+
+    def paused(fn: Callable[[], Any]) -> Any:
+        """Run fn outside the timed training (after waiting for the pending steps)."""
+        flush()
+        result = fn()
+        clock["since"] = time.perf_counter()
+        return result
+
+    profile_dir = out_dir / "profile"
+    profiling = False
+    for step in range(start, t.max_iters):
+        if step % t.eval_interval == 0:
+            paused(lambda step=step: evaluate(step))
+        if t.profile_start and step == t.profile_start:
+            jax.profiler.start_trace(str(profile_dir))
+            profiling = True
+        x, y = train_batch(step)
+        state, stats = train_step(state, x, y, np.int32(step), key_dropout)
+        pending.append((step, stats))
+        clock["steps"] += 1
+        if profiling and step == t.profile_start + t.profile_steps - 1:
+            jax.block_until_ready(state)
+            jax.profiler.stop_trace()
+            profiling = False
+            log(f"profile of steps {t.profile_start}-{step} written to {profile_dir}")
+        if step % cfg.logging.log_interval == 0 or step == t.max_iters - 1:
+            last = flush()
+            dt = clock["seconds"] / clock["steps"]
+            tok_s = tokens_per_step / dt
+            mfu = None if peak is None else flops_per_token * tok_s / (peak * n_dev)
+            metrics.add({
+                "kind": "train", "step": step, "tokens": (step + 1) * tokens_per_step,
+                "loss": last["loss"], "lr": get_lr(step, t), "grad_norm": last["grad_norm"],
+                "ms_per_iter": 1e3 * dt, "tokens_per_s": tok_s, "mfu": mfu,
+            })  # fmt: skip
+            mfu_text = "" if mfu is None else f", MFU {100 * mfu:.1f}%"
+            log(
+                f"step {step}: loss {last['loss']:.4f}, lr {get_lr(step, t):.3e}, grad norm "
+                f"{last['grad_norm']:.3f}, {1e3 * dt:.1f} ms/iter, {tok_s:,.0f} tok/s{mfu_text}"
+            )
+            clock["seconds"], clock["steps"] = 0.0, 0
+        if t.checkpoint_interval and (step + 1) % t.checkpoint_interval == 0:
+            paused(lambda step=step: save_checkpoint(step + 1))
+    if profiling:
+        jax.block_until_ready(state)
+        jax.profiler.stop_trace()
+
+    paused(lambda: save_checkpoint(t.max_iters))
+    final = evaluate(t.max_iters)
+    summary = {
+        "step": t.max_iters,
+        "train_loss": final["train"],
+        "val_loss": final["val"],
+        "n_params": n_params,
+        "param_bytes_per_device": param_bytes,
+        "opt_bytes_per_device": opt_bytes,
+        "param_bytes_per_device_measured": sum(
+            x.addressable_shards[0].data.nbytes for x in jax.tree.leaves(state["params"])
+        ),
+        "devices": n_dev,
+        "resumed_from": start if path is not None else None,
+    }
+    params = to_host(state["params"])
+    if jax.process_index() == 0:
+        tokenizer = data.manifest["tokenizer"]
+        cfg_out = dataclasses.replace(cfg, model=dataclasses.replace(m, vocab_size=V))
+        outputs = checkpoint.save_model(out_dir, params, cfg_out, tokenizer, t.max_iters)
+        checkpoint.write_bytes_atomic(out_dir / "metrics.jsonl", metrics.dump())
+        outputs.append(out_dir / "metrics.jsonl")
+        inputs = [provenance.file_entry(data.dir / "manifest.json", data.manifest_sha256)]
+        inputs += [
+            provenance.file_entry(data.dir / s["file"], s["sha256"])
+            for s in data.manifest["shards"]
+        ]
+        record.finish(
+            out_dir,
+            inputs=inputs,
+            outputs=[provenance.file_entry(p) for p in outputs],
+            extra={
+                "manifest_sha256": data.manifest_sha256,
+                "batch_schedule": schedule,
+                "checkpoints": str(ckpt_dir),
+                "wandb_run_id": run_id if cfg.logging.wandb_mode != "disabled" else None,
+                "summary": summary,
+            },
+        )
+    if metrics.wandb_run is not None:
+        metrics.wandb_run.summary.update({"final/val_loss": final["val"]})
+        metrics.wandb_run.finish()
+    log(f"model written to {out_dir}")
+    return summary
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        prog="python -m nanogptx.train", description=__doc__.split("\n\n")[0]
+    )
+    config.add_arguments(parser, ("data", "tokenizer", "model", "train", "logging"))
+    parser.add_argument("--data", type=Path, required=True, help="prepared data directory")
+    parser.add_argument("--out", type=Path, required=True, help="directory of the final model")
+    parser.add_argument(
+        "--checkpoints", type=Path, required=True, help="checkpoint directory (resumed from)"
+    )
+    args = parser.parse_intermixed_args(argv)
+    cfg = config.from_args(args, parser)
+    try:
+        train(cfg, args.data, args.out, args.checkpoints)
+    except (TrainError, loader.DataError, provenance.HashMismatch, checkpoint.CheckpointError) as e:
+        print(f"{parser.prog}: error: {e}", file=sys.stderr)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,133 @@
+"""Checkpoints: names <-> pytrees with every leaf checked, atomic saves under SIGKILL, keep-last,
+and the final model directory (save_model / load_model)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import jax
+import numpy as np
+import optax
+import pytest
+
+from nanogptx import checkpoint, config, model
+
+CFG = config.load(None, ["model.n_layer=2", "model.n_head=2", "model.n_embd=16",
+                         "model.block_size=8"])  # fmt: skip
+
+
+def tiny_state() -> dict:
+    params = model.init_params(CFG.model, 11, jax.random.key(0))
+    opt = optax.chain(
+        optax.clip_by_global_norm(1.0), optax.adamw(1e-3, mask=model.decay_mask)
+    ).init(params)
+    return {"params": params, "opt": opt}
+
+
+def test_flatten_and_unflatten_round_trip_and_check_every_leaf() -> None:
+    state = jax.device_get(tiny_state())
+    tensors = checkpoint.flatten(state["params"], "params.") | checkpoint.flatten(
+        state["opt"], "opt."
+    )
+    assert "params.blocks.attn_w" in tensors and "opt.1.0.mu.wte" in tensors
+    abstract = jax.eval_shape(tiny_state)
+    back = checkpoint.unflatten_like(abstract["opt"], tensors, "opt.")
+    assert jax.tree.structure(back) == jax.tree.structure(state["opt"])
+    for a, b in zip(jax.tree.leaves(back), jax.tree.leaves(state["opt"]), strict=True):
+        assert np.array_equal(a, b)
+    bad = dict(tensors, **{"params.wte": np.zeros((12, 16), np.float32)})
+    with pytest.raises(checkpoint.CheckpointError, match=r"params.wte is float32\[12, 16\]"):
+        checkpoint.unflatten_like(abstract["params"], bad, "params.")
+    missing = {k: v for k, v in tensors.items() if k != "params.lnf_b"}
+    with pytest.raises(checkpoint.CheckpointError, match="missing.*params.lnf_b"):
+        checkpoint.unflatten_like(abstract["params"], missing, "params.")
+    extra = dict(tensors, **{"params.extra": np.zeros(1)})
+    with pytest.raises(checkpoint.CheckpointError, match="unexpected.*params.extra"):
+        checkpoint.unflatten_like(abstract["params"], extra, "params.")
+
+
+def test_save_keeps_the_last_k_and_ignores_half_written_ones(tmp_path: Path) -> None:
+    for step in (10, 20, 30):
+        tensors = {"w": np.full((3, 4), step, np.float32), "count": np.array(step, np.int32)}
+        checkpoint.save(tmp_path, step, tensors, {"note": step}, {"m.txt": b"hi"}, keep=2)
+    assert [s for s, _ in checkpoint.list_checkpoints(tmp_path)] == [20, 30]
+    # What a kill in the middle of a save leaves: a temp dir, ignored, then cleaned.
+    half = tmp_path / ".tmp-step_00000040-abc"
+    half.mkdir()
+    (half / checkpoint.STATE_FILE).write_bytes(b"\x00" * 10)
+    assert checkpoint.latest(tmp_path) == tmp_path / "step_00000030"
+    tensors, meta = checkpoint.load(checkpoint.latest(tmp_path))
+    assert meta["step"] == 30 and meta["note"] == 30 and tensors["w"][0, 0] == 30
+    assert (tmp_path / "step_00000030" / "m.txt").read_bytes() == b"hi"
+    assert checkpoint.clean(tmp_path) == [half] and not half.exists()
+
+
+SAVER = """
+import sys, numpy as np
+from nanogptx import checkpoint
+root, start = sys.argv[1], int(sys.argv[2])
+for step in range(start, start + 10_000):
+    tensors = {f"t{i}": np.full((256, 256), step, np.float32) for i in range(8)}
+    checkpoint.save(root, step, tensors, {"sum": step * 8 * 256 * 256}, keep=2)
+"""
+
+
+def test_sigkill_at_any_instant_leaves_a_loadable_checkpoint(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    start = 0
+    for _ in range(6):
+        proc = subprocess.Popen([sys.executable, "-c", SAVER, str(tmp_path), str(start)])
+        deadline = time.time() + 60
+        while checkpoint.latest(tmp_path) is None or (
+            checkpoint.list_checkpoints(tmp_path)[-1][0] < start + 1
+        ):
+            assert time.time() < deadline and proc.poll() is None
+            time.sleep(0.01)
+        time.sleep(rng.uniform(0, 0.3))
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+        path = checkpoint.latest(tmp_path)
+        tensors, meta = checkpoint.load(path)
+        step = meta["step"]
+        assert all(np.all(t == step) for t in tensors.values()) and len(tensors) == 8
+        assert sum(t.sum() for t in tensors.values()) == meta["sum"]
+        checkpoint.clean(tmp_path)
+        assert not list(tmp_path.glob(".*"))
+        start = step + 1
+
+
+def test_save_model_and_load_model_round_trip(tmp_path: Path) -> None:
+    params = jax.device_get(tiny_state()["params"])
+    tok = {"name": "char", "vocab_size": 11, "chars": "abcdefghijk"}
+    paths = checkpoint.save_model(tmp_path / "m", params, CFG, tok, step=42)
+    assert [p.name for p in paths] == ["params.safetensors", "config.toml", "tokenizer.json"]
+    loaded, cfg, tok2 = checkpoint.load_model(tmp_path / "m")
+    assert cfg.model.vocab_size == 11 and cfg.model.n_embd == 16 and tok2 == tok
+    for a, b in zip(jax.tree.leaves(loaded), jax.tree.leaves(params), strict=True):
+        assert np.array_equal(a, b)
+    from safetensors import safe_open
+
+    with safe_open(str(paths[0]), "np") as f:
+        assert f.metadata() == {"format": "nanogptx-params/1", "step": "42"}
+        assert "blocks.attn_w" in f.keys()  # noqa: SIM118
+
+
+def test_load_model_refuses_missing_or_mismatched_models(tmp_path: Path) -> None:
+    with pytest.raises(checkpoint.CheckpointError, match="does not exist"):
+        checkpoint.load_model(tmp_path / "nothing")
+    params = jax.device_get(tiny_state()["params"])
+    checkpoint.save_model(tmp_path / "m", params, CFG, {"name": "char"}, step=1)
+    toml = (tmp_path / "m" / "config.toml").read_text()
+    (tmp_path / "m" / "config.toml").write_text(toml.replace("n_embd = 16", "n_embd = 32"))
+    with pytest.raises(
+        checkpoint.CheckpointError, match=r"attn_b is float32\[2, 48\], expected float32\[2, 96\]"
+    ):
+        checkpoint.load_model(tmp_path / "m")
+    (tmp_path / "m" / "tokenizer.json").unlink()
+    with pytest.raises(checkpoint.CheckpointError, match="tokenizer.json is missing"):
+        checkpoint.load_model(tmp_path / "m")

@@ -1,0 +1,294 @@
+"""Training on tiny configs: schedule, accumulation, outputs, resume (also after SIGKILL), bad
+input, and 8 fake CPU devices (data parallel and FSDP) against one device."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from jax.sharding import PartitionSpec as P
+
+from nanogptx import checkpoint, config, loader, model, train
+from prepared import synthetic_text, write_prepared
+
+TINY = [
+    "model.n_layer=2", "model.n_head=2", "model.n_embd=32", "model.block_size=16",
+    "train.batch_size=8", "train.learning_rate=1e-2", "train.min_lr=1e-3",
+    "train.warmup_iters=2", "train.lr_decay_iters=20", "train.eval_iters=2",
+    "train.eval_interval=5", "logging.log_interval=1",
+]  # fmt: skip
+
+
+def tiny(*overrides: str) -> config.Config:
+    return config.load(None, [*TINY, *overrides])
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_prepared(tmp_path_factory.mktemp("data"), synthetic_text(20_000), 4000)
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    """Environment of train subprocesses: CPU, wandb off, quicker compiles (LLVM at -O0, which
+    leaves the float results alone) and a compilation cache that later runs share."""
+    return {
+        **os.environ,
+        "XLA_FLAGS": "--xla_backend_optimization_level=0",
+        "JAX_PLATFORMS": "cpu",
+        "WANDB_MODE": "disabled",
+        "JAX_COMPILATION_CACHE_DIR": str(tmp_path_factory.mktemp("jax-cache")),
+        "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
+    }
+
+
+def records(model_dir: Path, kind: str) -> list[dict]:
+    lines = (model_dir / "metrics.jsonl").read_text().splitlines()
+    return [r for r in map(json.loads, lines) if r["kind"] == kind]
+
+
+def losses(model_dir: Path) -> dict[int, float]:
+    return {r["step"]: r["loss"] for r in records(model_dir, "train")}
+
+
+def test_lr_schedule_is_nanogpts() -> None:
+    t = tiny("train.warmup_iters=10", "train.lr_decay_iters=110").train
+    assert train.get_lr(0, t) == pytest.approx(1e-2 / 11)
+    assert train.get_lr(9, t) == pytest.approx(1e-2 * 10 / 11)
+    assert train.get_lr(10, t) == pytest.approx(1e-2)
+    assert train.get_lr(60, t) == pytest.approx((1e-2 + 1e-3) / 2)
+    assert train.get_lr(110, t) == pytest.approx(1e-3) and train.get_lr(500, t) == 1e-3
+    schedule = jax.jit(train.lr_schedule(t))
+    for it in range(0, 130):
+        assert float(schedule(jnp.int32(it))) == pytest.approx(train.get_lr(it, t), rel=1e-5)
+
+
+def test_fsdp_shards_the_largest_divisible_axis_and_dp_replicates() -> None:
+    assert train.leaf_spec((2, 32, 96), 8, "fsdp") == P(None, None, "data")
+    assert train.leaf_spec((65, 32), 8, "fsdp") == P(None, "data")
+    assert train.leaf_spec((32, 32), 8, "fsdp") == P(None, "data")
+    assert train.leaf_spec((3, 5), 8, "fsdp") == P() and train.leaf_spec((), 8, "fsdp") == P()
+    assert train.leaf_spec((2, 32, 96), 8, "dp") == P()
+
+
+def test_gradient_accumulation_equals_one_big_batch(data_dir: Path) -> None:
+    cfg = tiny("train.total_batch_tokens=256", "train.batch_size=8")
+    opt = optax.sgd(1.0)  # the update is minus the gradient, to compare gradients exactly
+    data = loader.open_prepared(data_dir)
+    params = model.init_params(cfg.model, data.vocab_size, jax.random.key(0))
+    x, y = loader.batch(data, "train", 0, 0, 16, 16)
+    step = jax.jit(train.make_train_step(cfg, opt))
+    results = []
+    for A in (1, 2):
+        state = {"params": params, "opt": opt.init(params)}
+        xs, ys = x.reshape(A, 16 // A, 16), y.reshape(A, 16 // A, 16)
+        results.append(step(state, xs, ys, np.int32(0), jax.random.key(1)))
+    (s1, stats1), (s2, stats2) = results
+    assert float(stats1["loss"]) == pytest.approx(float(stats2["loss"]), rel=1e-6)
+    assert float(stats1["grad_norm"]) == pytest.approx(float(stats2["grad_norm"]), rel=1e-5)
+    for a, b in zip(jax.tree.leaves(s1["params"]), jax.tree.leaves(s2["params"]), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-8)
+
+
+def test_train_writes_the_model_dir_and_the_final_loss_recomputes(
+    data_dir: Path, tmp_path: Path
+) -> None:
+    cfg = tiny("train.max_iters=10", "train.checkpoint_interval=4", "train.keep_checkpoints=2",
+               "train.profile_start=2", "train.profile_steps=2")  # fmt: skip
+    summary = train.train(cfg, data_dir, tmp_path / "model", tmp_path / "ckpt")
+    out = tmp_path / "model"
+    assert sorted(p.name for p in out.iterdir()) == [
+        "config.toml", "metrics.jsonl", "params.safetensors", "profile", "provenance.json",
+        "tokenizer.json",
+    ]  # fmt: skip
+    assert list(out.glob("profile/**/*.xplane.pb")), "no profiler trace written"
+    assert [s for s, _ in checkpoint.list_checkpoints(tmp_path / "ckpt")] == [8, 10]
+    manifest = json.loads((data_dir / "manifest.json").read_text())
+    params, cfg_out, tok = checkpoint.load_model(out)
+    assert (
+        cfg_out.model.vocab_size == manifest["tokenizer"]["vocab_size"]
+        and tok == manifest["tokenizer"]
+    )
+    train_losses = losses(out)
+    assert sorted(train_losses) == list(range(10))
+    assert train_losses[9] < train_losses[0] - 0.5
+    assert [r["step"] for r in records(out, "eval")] == [0, 5, 10]
+    rec = records(out, "train")[-1]
+    assert rec["tokens"] == 10 * 8 * 16 and rec["tokens_per_s"] > 0 and rec["mfu"] is None
+    prov = json.loads((out / "provenance.json").read_text())
+    data = loader.open_prepared(data_dir)
+    assert prov["manifest_sha256"] == data.manifest_sha256
+    assert prov["batch_schedule"]["function"] == loader.BATCH_FUNCTION
+    assert {o["path"].split("/")[-1] for o in prov["outputs"]} >= {"params.safetensors"}
+    # The final validation loss recomputes from the saved model and the recorded schedule.
+    val = np.mean([
+        model.loss_fn(params, *loader.batch(data, "val", cfg.train.seed, k, 8, 16, stream="eval"),
+                      cfg_out.model)
+        for k in range(cfg.train.eval_iters)
+    ])  # fmt: skip
+    assert float(val) == pytest.approx(summary["val_loss"], rel=1e-5)
+    assert records(out, "eval")[-1]["val_loss"] == summary["val_loss"]
+
+
+def test_rerun_resumes_keeps_the_wandb_run_and_refuses_other_settings(
+    data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    cfg = tiny("train.max_iters=6", "train.checkpoint_interval=3", "logging.wandb_mode=offline")
+    train.train(cfg, data_dir, tmp_path / "a", tmp_path / "ckpt")
+    run_id = (tmp_path / "ckpt" / "wandb_run_id").read_text()
+    summary = train.train(
+        tiny("train.max_iters=9", "train.checkpoint_interval=3", "logging.wandb_mode=offline"),
+        data_dir, tmp_path / "b", tmp_path / "ckpt",
+    )  # fmt: skip
+    assert summary["resumed_from"] == 6
+    assert sorted(losses(tmp_path / "b")) == list(range(9))
+    assert losses(tmp_path / "b").items() >= losses(tmp_path / "a").items()
+    runs = list((tmp_path / "ckpt" / "wandb").glob("offline-run-*"))
+    assert len(runs) == 2 and all(r.name.endswith(run_id) for r in runs)
+    with pytest.raises(train.TrainError, match="train.learning_rate, train.beta2"):
+        train.train(
+            tiny("train.max_iters=9", "train.learning_rate=3e-3", "train.beta2=0.9"),
+            data_dir, tmp_path / "c", tmp_path / "ckpt",
+        )  # fmt: skip
+
+
+def test_nan_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoint(
+    data_dir: Path, tmp_path: Path
+) -> None:
+    # A learning rate of 1e30 makes the weights overflow after the first update.
+    cfg = tiny("train.max_iters=10", "train.checkpoint_interval=1", "train.learning_rate=1e30",
+               "train.grad_clip=0", "logging.log_interval=5")  # fmt: skip
+    with pytest.raises(train.TrainError, match=r"loss is nan .* at step 1: training stopped"):
+        train.train(cfg, data_dir, tmp_path / "model", tmp_path / "ckpt")
+    assert [s for s, _ in checkpoint.list_checkpoints(tmp_path / "ckpt")] == [1]
+    tensors, meta = checkpoint.load(checkpoint.latest(tmp_path / "ckpt"))
+    assert all(np.isfinite(t).all() for t in tensors.values())
+    assert not (tmp_path / "model" / "params.safetensors").exists()
+
+
+def test_inconsistent_config_and_data_are_refused_before_any_work(
+    data_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    n_val = loader.open_prepared(data_dir).split("val").n_tokens
+    with pytest.raises(train.TrainError, match=f"block_size = {n_val} is longer than the val"):
+        train.train(tiny(f"model.block_size={n_val}"), data_dir, tmp_path / "m", tmp_path / "c")
+    with pytest.raises(train.TrainError, match="vocab_size = 5 is smaller"):
+        train.train(tiny("model.vocab_size=5"), data_dir, tmp_path / "m", tmp_path / "c")
+    assert not (tmp_path / "c").exists() and not (tmp_path / "m").exists()
+    args = ["--data", str(data_dir), "--out", str(tmp_path / "m"), "--checkpoints", str(tmp_path)]
+    with pytest.raises(SystemExit) as e:
+        train.main([*args, "model.n_embd=30", "model.n_head=4"])
+    assert e.value.code == 2 and "model.n_embd = 30" in capsys.readouterr().err
+    bad = tmp_path / "bad"
+    shutil.copytree(data_dir, bad)
+    with open(bad / "val_000000.npy", "r+b") as f:
+        f.seek(-1, 2)
+        f.write(b"\x07")
+    with pytest.raises(SystemExit) as e:
+        train.main([*args, "--data", str(bad), *TINY])
+    err = capsys.readouterr().err
+    assert e.value.code == 1 and f"shard {bad / 'val_000000.npy'}: sha256 is" in err
+
+
+def test_sigkill_midway_then_resume_gives_exactly_the_uninterrupted_run(
+    data_dir: Path, tmp_path: Path, env: dict[str, str]
+) -> None:
+    def run(name: str) -> subprocess.Popen:
+        args = [
+            sys.executable, "-m", "nanogptx.train", *TINY, "train.max_iters=600",
+            "train.checkpoint_interval=40", "train.eval_interval=100", "--data", str(data_dir),
+            "--out", str(tmp_path / name / "model"), "--checkpoints", str(tmp_path / name / "ckpt"),
+        ]  # fmt: skip
+        return subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+
+    whole, killed = run("whole"), run("killed")
+    ckpt, deadline = tmp_path / "killed" / "ckpt", time.time() + 120
+    while checkpoint.latest(ckpt) is None:
+        assert killed.poll() is None, killed.stdout.read().decode()
+        assert time.time() < deadline
+        time.sleep(0.005)
+    time.sleep(np.random.default_rng().uniform(0, 0.2))
+    os.kill(killed.pid, signal.SIGKILL)
+    killed.wait()
+    assert not (tmp_path / "killed" / "model" / "params.safetensors").exists(), "not midway"
+    resumed = run("killed")
+    out_resumed, _ = resumed.communicate(timeout=120)
+    out_whole, _ = whole.communicate(timeout=120)
+    assert resumed.returncode == 0 and whole.returncode == 0, out_resumed + out_whole
+    assert b"resumed from" in out_resumed
+    a, b = tmp_path / "whole" / "model", tmp_path / "killed" / "model"
+    assert losses(a) == losses(b) and len(losses(a)) == 600
+    assert records(a, "eval") == records(b, "eval")
+    pa, pb = checkpoint.load_model(a)[0], checkpoint.load_model(b)[0]
+    for x, y in zip(jax.tree.leaves(pa), jax.tree.leaves(pb), strict=True):
+        assert np.array_equal(x, y)
+
+
+EIGHT_DEVICES = """
+import json, sys
+from pathlib import Path
+import jax
+from nanogptx import config, train
+data, root, overrides = Path(sys.argv[1]), Path(sys.argv[2]), json.loads(sys.argv[3])
+assert jax.device_count() == 8
+result = {}
+for mode, iters in (("dp", 6), ("fsdp", 4)):
+    cfg = config.load(None, overrides + [f"train.sharding={mode}", f"train.max_iters={iters}"])
+    result[mode] = train.train(cfg, data, root / mode / "model", root / mode / "ckpt")
+try:
+    cfg = config.load(None, overrides + ["train.batch_size=12"])
+    train.train(cfg, data, root / "x", root / "y")
+except train.TrainError as e:
+    result["error"] = str(e)
+print("RESULT " + json.dumps(result))
+"""
+
+
+def test_eight_devices_match_one_device_in_dp_and_fsdp(
+    data_dir: Path, tmp_path: Path, env: dict[str, str]
+) -> None:
+    overrides = [*TINY, "train.checkpoint_interval=0"]
+    proc = subprocess.Popen(
+        [sys.executable, "-c", EIGHT_DEVICES, str(data_dir), str(tmp_path), json.dumps(overrides)],
+        env={**env, "XLA_FLAGS": env["XLA_FLAGS"] + " --xla_force_host_platform_device_count=8"},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    # Meanwhile, the same runs on this process's one device.
+    one = train.train(tiny("train.max_iters=6"), data_dir, tmp_path / "one", tmp_path / "one-c")
+    output = proc.communicate(timeout=300)[0].decode()
+    assert proc.returncode == 0, output
+    result = json.loads(output.split("RESULT ")[-1])
+    ref = losses(tmp_path / "one")
+    for mode, n in (("dp", 6), ("fsdp", 4)):
+        got = losses(tmp_path / mode / "model")
+        assert sorted(got) == list(range(n))
+        np.testing.assert_allclose([got[s] for s in range(n)], [ref[s] for s in range(n)],
+                                   rtol=2e-5)  # fmt: skip
+    dp, fsdp = result["dp"], result["fsdp"]
+    assert dp["devices"] == 8 and dp["param_bytes_per_device"] == one["param_bytes_per_device"]
+    ratio = fsdp["param_bytes_per_device_measured"] / dp["param_bytes_per_device_measured"]
+    assert 1 / 8 <= ratio < 1.3 / 8, ratio
+    assert fsdp["param_bytes_per_device"] == fsdp["param_bytes_per_device_measured"]
+    assert "batch_size = 12 is not divisible by the 8 devices" in result["error"]
+    assert not (tmp_path / "y").exists()
+    # The FSDP checkpoint of 8 devices resumes on this one device and continues the same run.
+    resumed = train.train(
+        tiny("train.max_iters=6"), data_dir, tmp_path / "r", tmp_path / "fsdp" / "ckpt"
+    )
+    assert resumed["resumed_from"] == 4
+    got = losses(tmp_path / "r")
+    np.testing.assert_allclose([got[4], got[5]], [ref[4], ref[5]], rtol=2e-5)
+    assert resumed["val_loss"] == pytest.approx(one["val_loss"], rel=1e-4)
