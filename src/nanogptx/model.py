@@ -2,7 +2,10 @@
 
 No I/O and no devices here. Dimension letters used in names:
     B batch, L positions, M key positions, D width (n_embd), H heads, K head width,
-    F MLP width (4 D), V vocabulary, N layers, C 3 (q, k, v).
+    F MLP width (4 D), V vocabulary, N layers, C 3 (q, k, v), T all tokens of a batch (B L).
+Speed notes (XLA's CPU backend; measured in benchmarks/bench_model.py): matmuls, GELU and
+LayerNorm carry hand-written gradients that XLA compiles without large transposes or
+recomputation, and the layers are unrolled on CPU. The numerics are nanoGPT's.
 """
 
 from __future__ import annotations
@@ -84,21 +87,85 @@ def flops_per_token(cfg: ModelConfig, n_params: int) -> float:
     return 6 * n_params + 12 * cfg.n_layer * cfg.n_head * K * cfg.block_size
 
 
+# Hand-written gradients. JAX's own derivatives of these are correct, but XLA's CPU backend
+# fuses them into transposing loops that recompute whole chains of elementwise work per
+# element (see benchmarks/bench_model.py); these give the same values to float32 rounding.
+
+
+@jax.custom_vjp
+def matmul(x_TxI: jax.Array, w_IxO: jax.Array) -> jax.Array:
+    """x @ w over the last axis of x; its weight gradient is one plain 2-D dot."""
+    return x_TxI @ w_IxO
+
+
+def _matmul_fwd(x: jax.Array, w: jax.Array) -> tuple[jax.Array, tuple]:
+    return x @ w, (x, w)
+
+
+def _matmul_bwd(res: tuple, dy: jax.Array) -> tuple[jax.Array, jax.Array]:
+    x, w = res
+    dx = dy @ w.T
+    # Contract the token axis of two 2-D arrays: a dot that XLA runs without copying a
+    # transpose of either operand (a 3-D einsum gets a transposed copy here instead).
+    x_TxI, dy_TxO = x.reshape(-1, x.shape[-1]), dy.reshape(-1, dy.shape[-1])
+    dw = jax.lax.dot_general(x_TxI, dy_TxO, (((0,), (0,)), ((), ())))
+    return dx, dw.astype(w.dtype)
+
+
+matmul.defvjp(_matmul_fwd, _matmul_bwd)
+
+
+@jax.custom_vjp
+def gelu(x: jax.Array) -> jax.Array:
+    """Exact (erf) GELU, as torch.nn.GELU(); same values as jax.nn.gelu(approximate=False),
+    whose gradient goes through erfc, which XLA's CPU backend computes slowly."""
+    return 0.5 * x * (1.0 + jax.lax.erf(x * (1.0 / math.sqrt(2.0))))
+
+
+def _gelu_fwd(x: jax.Array) -> tuple[jax.Array, jax.Array]:
+    return gelu(x), x
+
+
+def _gelu_bwd(x: jax.Array, dy: jax.Array) -> tuple[jax.Array]:
+    cdf = 0.5 * (1.0 + jax.lax.erf(x * (1.0 / math.sqrt(2.0))))
+    pdf = jnp.exp(-0.5 * x * x) * (1.0 / math.sqrt(2.0 * math.pi))
+    return ((dy * (cdf + x * pdf)).astype(x.dtype),)
+
+
+gelu.defvjp(_gelu_fwd, _gelu_bwd)
+
+
+@jax.custom_vjp
+def _normalize(x_BxLxD: jax.Array, g_D: jax.Array) -> jax.Array:
+    return _normalize_fwd(x_BxLxD, g_D)[0]
+
+
+def _normalize_fwd(x: jax.Array, g: jax.Array) -> tuple[jax.Array, tuple]:
+    xc = x - x.mean(-1, keepdims=True)
+    rstd = jax.lax.rsqrt(jnp.square(xc).mean(-1, keepdims=True) + 1e-5)
+    xhat = xc * rstd
+    return xhat * g, (xhat, rstd, g)
+
+
+def _normalize_bwd(res: tuple, dy: jax.Array) -> tuple[jax.Array, jax.Array]:
+    xhat, rstd, g = res
+    dxhat = dy * g
+    dx = rstd * (
+        dxhat - dxhat.mean(-1, keepdims=True) - xhat * (dxhat * xhat).mean(-1, keepdims=True)
+    )
+    dg = (dy * xhat).reshape(-1, xhat.shape[-1]).sum(0)
+    return dx, dg
+
+
+_normalize.defvjp(_normalize_fwd, _normalize_bwd)
+
+
 def layer_norm(x_BxLxD: jax.Array, g_D: jax.Array, b_D: jax.Array | None) -> jax.Array:
     """LayerNorm in float32 whatever the compute dtype (eps 1e-5 as torch)."""
-    x = x_BxLxD.astype(jnp.float32)
-    mean = x.mean(-1, keepdims=True)
-    var = jnp.square(x - mean).mean(-1, keepdims=True)
-    y = (x - mean) * jax.lax.rsqrt(var + 1e-5) * g_D
+    y = _normalize(x_BxLxD.astype(jnp.float32), g_D.astype(jnp.float32))
     if b_D is not None:
         y = y + b_D
     return y.astype(x_BxLxD.dtype)
-
-
-def gelu(x: jax.Array) -> jax.Array:
-    """Exact GELU written with erf: same numerics as jax.nn.gelu(approximate=False), but its
-    gradient avoids erfc, which XLA's CPU backend computes slowly (see shared perf notes)."""
-    return 0.5 * x * (1.0 + jax.lax.erf(x * (1.0 / math.sqrt(2.0))))
 
 
 def dropout(x: jax.Array, rate: float, key: jax.Array | None) -> jax.Array:
@@ -115,18 +182,30 @@ def attention(
     rate: float,
     key: jax.Array | None,
 ) -> jax.Array:
-    """Causal attention; jax.nn.dot_product_attention (cuDNN flash on GPU) unless dropout on
-    the attention weights is needed, which only the explicit formulation has."""
-    if key is None or rate == 0.0:
-        return jax.nn.dot_product_attention(q_BxLxHxK, k_BxMxHxK, v_BxMxHxK, is_causal=True)
-    K = q_BxLxHxK.shape[-1]
+    """Causal attention (queries are the last L of the M key positions). On GPU
+    jax.nn.dot_product_attention (cuDNN flash attention in 16-bit dtypes); elsewhere, and
+    for dropout on the attention weights, explicit einsums, which XLA's CPU backend
+    differentiates about twice as fast as dot_product_attention's XLA implementation."""
     L, M = q_BxLxHxK.shape[1], k_BxMxHxK.shape[1]
-    att_BxHxLxM = jnp.einsum("blhk,bmhk->bhlm", q_BxLxHxK, k_BxMxHxK) / math.sqrt(K)
-    causal_LxM = jnp.tril(jnp.ones((L, M), bool))
+    if (key is None or rate == 0.0) and L == M and jax.default_backend() == "gpu":
+        cudnn = q_BxLxHxK.dtype in (jnp.bfloat16, jnp.float16)
+        return jax.nn.dot_product_attention(
+            q_BxLxHxK, k_BxMxHxK, v_BxMxHxK, is_causal=True,
+            implementation="cudnn" if cudnn else None,
+        )  # fmt: skip
+    K = q_BxLxHxK.shape[-1]
+    att_BxHxLxM = jnp.einsum("blhk,bmhk->bhlm", q_BxLxHxK, k_BxMxHxK) * (1.0 / math.sqrt(K))
+    causal_LxM = jnp.tril(jnp.ones((L, M), bool), k=M - L)
     att_BxHxLxM = jnp.where(causal_LxM, att_BxHxLxM.astype(jnp.float32), -jnp.inf)
     att_BxHxLxM = jax.nn.softmax(att_BxHxLxM, axis=-1).astype(q_BxLxHxK.dtype)
     att_BxHxLxM = dropout(att_BxHxLxM, rate, key)
     return jnp.einsum("bhlm,bmhk->blhk", att_BxHxLxM, v_BxMxHxK)
+
+
+def linear(x: jax.Array, p: Params, name: str, dtype: Any) -> jax.Array:
+    """x @ p[name_w] + p[name_b] (when the model has biases), in the compute dtype."""
+    y = matmul(x, p[f"{name}_w"].astype(dtype))
+    return y + p[f"{name}_b"].astype(dtype) if f"{name}_b" in p else y
 
 
 def block(
@@ -137,23 +216,26 @@ def block(
     H = cfg.n_head
     keys = [None] * 3 if key is None else list(jax.random.split(key, 3))
 
-    def linear(x: jax.Array, name: str) -> jax.Array:
-        y = x @ p[f"{name}_w"].astype(dtype)
-        return y + p[f"{name}_b"].astype(dtype) if f"{name}_b" in p else y
-
     h_BxLxD = layer_norm(x_BxLxD, p["ln1_g"], p.get("ln1_b"))
-    qkv_BxLx3D = linear(h_BxLxD, "attn")
+    qkv_BxLx3D = linear(h_BxLxD, p, "attn", dtype)
     q_BxLxHxK, k_BxLxHxK, v_BxLxHxK = (
         t.reshape(B, L, H, D // H) for t in jnp.split(qkv_BxLx3D, 3, axis=-1)
     )
     y_BxLxHxK = attention(q_BxLxHxK, k_BxLxHxK, v_BxLxHxK, cfg.dropout, keys[0])
-    y_BxLxD = linear(y_BxLxHxK.reshape(B, L, D), "attn_proj")
+    y_BxLxD = linear(y_BxLxHxK.reshape(B, L, D), p, "attn_proj", dtype)
     x_BxLxD = x_BxLxD + dropout(y_BxLxD, cfg.dropout, keys[1])
 
     h_BxLxD = layer_norm(x_BxLxD, p["ln2_g"], p.get("ln2_b"))
-    h_BxLxF = gelu(linear(h_BxLxD, "fc"))
-    y_BxLxD = linear(h_BxLxF, "fc_proj")
+    h_BxLxF = gelu(linear(h_BxLxD, p, "fc", dtype))
+    y_BxLxD = linear(h_BxLxF, p, "fc_proj", dtype)
     return x_BxLxD + dropout(y_BxLxD, cfg.dropout, keys[2])
+
+
+def scan_unroll(cfg: ModelConfig) -> int:
+    """Layers per lax.scan iteration: all of them on CPU, where XLA cannot fuse or schedule
+    across a while loop's iterations and pays for stacking every saved activation (a 4-layer
+    model trains about 1.5x faster unrolled); one elsewhere, to keep compiles short."""
+    return cfg.n_layer if jax.default_backend() == "cpu" else 1
 
 
 def forward(
@@ -176,7 +258,9 @@ def forward(
         return block(x_BxLxD, p, cfg, key, compute_dtype), None
 
     layer_keys = None if keys is None else keys[:-1]
-    x_BxLxD, _ = jax.lax.scan(step, x_BxLxD, (params["blocks"], layer_keys))
+    x_BxLxD, _ = jax.lax.scan(
+        step, x_BxLxD, (params["blocks"], layer_keys), unroll=scan_unroll(cfg)
+    )
     x_BxLxD = layer_norm(x_BxLxD, params["lnf_g"], params.get("lnf_b"))
     # Tied head, in float32 so logits and loss keep full precision.
     return x_BxLxD.astype(jnp.float32) @ params["wte"].T
