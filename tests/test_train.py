@@ -157,6 +157,8 @@ def test_rerun_resumes_keeps_the_wandb_run_and_refuses_other_settings(
     assert losses(tmp_path / "b").items() >= losses(tmp_path / "a").items()
     runs = list((tmp_path / "ckpt" / "wandb").glob("offline-run-*"))
     assert len(runs) == 2 and all(r.name.endswith(run_id) for r in runs)
+    with pytest.raises(train.TrainError, match="at step 9, past train.max_iters = 7"):
+        train.train(tiny("train.max_iters=7"), data_dir, tmp_path / "c", tmp_path / "ckpt")
     with pytest.raises(train.TrainError, match="train.learning_rate, train.beta2"):
         train.train(
             tiny("train.max_iters=9", "train.learning_rate=3e-3", "train.beta2=0.9"),

@@ -58,7 +58,7 @@ def initialize_distributed() -> None:
     detected by JAX) or where JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES, JAX_PROCESS_ID are set."""
     env = os.environ
     slurm = int(env.get("SLURM_STEP_NUM_TASKS", "1")) > 1 and "SLURM_STEP_NODELIST" in env
-    if not slurm and "JAX_COORDINATOR_ADDRESS" not in env:
+    if (not slurm and "JAX_COORDINATOR_ADDRESS" not in env) or jax.distributed.is_initialized():
         return
     jax.config.update("jax_cpu_collectives_implementation", "gloo")  # CPU runs; no-op on GPU
     if slurm:
@@ -76,8 +76,8 @@ def make_mesh() -> Mesh:
 
 def leaf_spec(shape: tuple[int, ...], n_devices: int, mode: str) -> P:
     """dp: replicated. fsdp: the largest axis divisible by the device count is sharded (ties go
-    to the later axis, so a stacked layer axis stays whole); small or indivisible leaves are
-    replicated."""
+    to the later axis, so a stacked layer axis stays whole); scalars and leaves with no such
+    axis are replicated."""
     axes = [i for i, d in enumerate(shape) if d % n_devices == 0]
     if mode == "dp" or n_devices == 1 or not axes:
         return P()
@@ -364,7 +364,6 @@ def train(
     # Shapes and bytes known before any allocation.
     mesh = make_mesh()
     optimizer = make_optimizer(t)
-    key_params, key_dropout = jax.random.split(jax.random.key(t.seed))
     init_fn = lambda k: model.init_params(m, V, k)  # noqa: E731
     state_abs, state_sh = plan_state(cfg, V, mesh)
     params_abs, opt_abs = state_abs["params"], state_abs["opt"]
@@ -380,6 +379,7 @@ def train(
     log(f"{tokens_per_step} tokens per step ({A} x {t.batch_size} x {m.block_size})")
 
     # Resume from the latest checkpoint, or start fresh.
+    key_params, key_dropout = jax.random.split(jax.random.key(t.seed))
     if jax.process_index() == 0:
         ckpt_dir.mkdir(parents=True, exist_ok=True)
         checkpoint.clean(ckpt_dir)
@@ -405,6 +405,10 @@ def train(
         state = place(host, state_sh)
         key_dropout = jax.random.wrap_key_data(np.asarray(meta["rng"]["dropout_key"], np.uint32))
         start = meta["step"]
+        if start > t.max_iters:
+            raise TrainError(
+                f"checkpoint {path} is at step {start}, past train.max_iters = {t.max_iters}"
+            )
         records = [json.loads(line) for line in (path / "metrics.jsonl").read_text().splitlines()]
         log(f"resumed from {path} at step {start}")
 
@@ -454,7 +458,10 @@ def train(
         return losses
 
     if t.eval_only:
-        return {"step": start, **evaluate(start)}
+        losses = evaluate(start)
+        if metrics.wandb_run is not None:
+            metrics.wandb_run.finish()
+        return {"step": start, "train_loss": losses["train"], "val_loss": losses["val"]}
 
     peak = peak_flops(t)
     flops_per_token = model.flops_per_token(m, n_flops_params)
@@ -517,7 +524,7 @@ def train(
         if step % t.eval_interval == 0:
             paused(lambda step=step: evaluate(step))
         if t.profile_start and step == t.profile_start:
-            jax.profiler.start_trace(str(profile_dir))
+            jax.profiler.start_trace(str(profile_dir), create_perfetto_trace=True)
             profiling = True
         x, y = train_batch(step)
         state, stats = train_step(state, x, y, np.int32(step), key_dropout)
@@ -610,7 +617,9 @@ def main(argv: list[str] | None = None) -> None:
     cfg = config.from_args(args, parser)
     try:
         train(cfg, args.data, args.out, args.checkpoints)
-    except (TrainError, loader.DataError, provenance.HashMismatch, checkpoint.CheckpointError) as e:
+    except (
+        TrainError, loader.DataError, provenance.HashMismatch, checkpoint.CheckpointError, OSError
+    ) as e:  # fmt: skip
         print(f"{parser.prog}: error: {e}", file=sys.stderr)
         sys.exit(1)
 
