@@ -188,6 +188,8 @@ def test_inconsistent_config_and_data_are_refused_before_any_work(
         train.train(tiny(f"model.block_size={n_val}"), data_dir, tmp_path / "m", tmp_path / "c")
     with pytest.raises(train.TrainError, match="vocab_size = 5 is smaller"):
         train.train(tiny("model.vocab_size=5"), data_dir, tmp_path / "m", tmp_path / "c")
+    with pytest.raises(train.TrainError, match="train.seed = -1"):
+        train.train(tiny("train.seed=-1"), data_dir, tmp_path / "m", tmp_path / "c")
     assert not (tmp_path / "c").exists() and not (tmp_path / "m").exists()
     args = ["--data", str(data_dir), "--out", str(tmp_path / "m"), "--checkpoints", str(tmp_path)]
     with pytest.raises(SystemExit) as e:

@@ -266,6 +266,8 @@ def check_setup(cfg: Config, data: loader.Prepared, n_devices: int) -> int:
                 f"model.block_size = {m.block_size} is longer than the {split} split of "
                 f"{data.dir} ({n} tokens): expected at most {n - 1}"
             )
+    if t.seed < 0:
+        raise TrainError(f"train.seed = {t.seed}: expected >= 0 (it seeds numpy's batch streams)")
     if t.batch_size % n_devices:
         raise TrainError(
             f"train.batch_size = {t.batch_size} is not divisible by the {n_devices} devices"
