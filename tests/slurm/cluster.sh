@@ -158,9 +158,10 @@ start_munge() {
 start_slurm() {   # start_slurm NAME: start slurmctld or slurmd unless this script's copy runs
     local d=$1
     alive $RUN/$d.pid "$d" && return 0
-    if pgrep -x "$d" >/dev/null; then
-        die "a $d not started by this script runs (PID $(pgrep -x "$d" | head -n 1)); stop it first"
-    fi
+    local p
+    for p in $(pgrep -x "$d"); do
+        running "$p" && die "a $d not started by this script runs (PID $p); stop it first"
+    done
     /usr/sbin/"$d"   # daemonizes and writes $RUN/$d.pid (slurm.conf)
     for _ in $(seq 1 40); do alive $RUN/$d.pid "$d" && break; sleep 0.25; done
     alive $RUN/$d.pid "$d" || { tail -n 20 $LOGDIR/$d.log >&2 || true; die "$d did not start"; }
