@@ -170,7 +170,7 @@ def test_failing_job_is_reported_as_failed_within_bounded_time(
     assert "download_dataset" in out and "Error" in out, out[-4000:]
     print(f"{why}: reported after {seconds:.1f} s")
     ids = submitted_jobs(out)
-    if args:  # rejected by sbatch at once (EnforcePartLimits), never queued
+    if args:  # sbatch refuses it at once (EnforcePartLimits=ALL): it never pends
         assert ids == [] and "sbatch" in out, out[-4000:]
         return
     # The job ran and failed in SLURM, and the stage's own log says why.
