@@ -1,5 +1,11 @@
 # Figures and pages for `snakemake --report report.html`.
 
+# A plot and a page: not worth a cluster job.
+localrules:
+    report_run,
+    report_sweep,
+
+
 
 rule report_run:
     input:
