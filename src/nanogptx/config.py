@@ -129,6 +129,12 @@ class SampleConfig:
     top_k: int = _f(200, "keep only the k most likely tokens (0: all)")
     top_p: float = _f(1.0, "keep the smallest set of tokens with this total probability")
     seed: int = _f(1337, "sampling seed")
+    window_shift: int = _f(
+        0,
+        "when prompt + samples outgrow model.block_size, drop this many of the oldest tokens "
+        "and re-encode the rest (learned positions rule out sliding the KV cache); 1 is "
+        "nanoGPT's exact crop, one full forward pass per token (0: block_size // 4)",
+    )
 
 
 @dataclass(frozen=True)
@@ -245,6 +251,7 @@ def _check_values(cfg: Config, source: str) -> None:
     need(s.temperature > 0, "sample.temperature", s.temperature, "> 0")
     need(s.top_k >= 0, "sample.top_k", s.top_k, ">= 0")
     need(0 < s.top_p <= 1, "sample.top_p", s.top_p, "in (0, 1]")
+    need(s.window_shift >= 0, "sample.window_shift", s.window_shift, ">= 0 (0: block_size // 4)")
     need(cfg.logging.log_interval > 0, "logging.log_interval", cfg.logging.log_interval, "> 0")
 
 

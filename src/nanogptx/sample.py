@@ -1,0 +1,333 @@
+"""Sample text from a trained model: a KV cache and one compiled loop for the whole generation.
+
+    python -m nanogptx.sample [--config F] [overrides] --model results/<run>/model \
+        --out results/<run>/samples
+
+Writes samples.txt (samples separated by a line of dashes, as nanoGPT prints them) and
+provenance.json (the model's sha256 and the settings). The model's own config.toml gives the
+model; the run's [sample] section gives the prompt, count, length, temperature, top-k/p, seed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import math
+import sys
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from nanogptx import checkpoint, config, model, provenance, tokenizer
+from nanogptx.config import Config, ModelConfig, SampleConfig
+
+SEPARATOR = "---------------"
+
+
+class SampleError(ValueError):
+    """A prompt or setting that sampling cannot use."""
+
+
+# ---------------------------------------------------------------- the model with a KV cache
+
+
+Cache = list[tuple[jax.Array, jax.Array]]  # per layer: keys and values, each (BH)xWxK
+
+
+def init_cache(cfg: ModelConfig, B: int) -> Cache:
+    """Keys and values of every layer for block_size positions, zero (unfilled). One pair of
+    arrays per layer, batch and heads merged in front of the positions: each step then updates
+    them in place and the attention dots read them as they lie (XLA's CPU backend copies or
+    transposes a stacked or position-major cache whole on every step, and a batch axis of
+    size 1 makes it update the cache twice, on two copies)."""
+    H = cfg.n_head
+    shape = (B * H, cfg.block_size, cfg.n_embd // H)
+    return [(jnp.zeros(shape), jnp.zeros(shape)) for _ in range(cfg.n_layer)]
+
+
+def split_layers(params: model.Params, cfg: ModelConfig) -> list[model.Params]:
+    """One dict of parameters per layer, sliced once outside the decoding loop."""
+    return [{k: w[i] for k, w in params["blocks"].items()} for i in range(cfg.n_layer)]
+
+
+def forward_cached(
+    params: model.Params,
+    layers: list[model.Params],
+    ids_BxT: jax.Array,
+    pos: jax.Array | int,
+    cache: Cache,
+    cfg: ModelConfig,
+) -> tuple[jax.Array, Cache]:
+    """Run T new tokens at positions pos..pos+T-1 against the cache; returns the logits of the
+    last one (float32) and the cache with their keys and values written in. Cache entries at
+    positions after a query are masked, so stale ones from an earlier window do no harm."""
+    B, T = ids_BxT.shape
+    W, H, D = cfg.block_size, cfg.n_head, cfg.n_embd
+    K, dtype = D // H, jnp.float32
+    x_BxTxD = params["wte"][ids_BxT] + jax.lax.dynamic_slice_in_dim(params["wpe"], pos, T)
+    # Query t (position pos + t) sees key positions m <= pos + t.
+    visible_TxW = jnp.arange(W)[None, :] <= pos + jnp.arange(T)[:, None]
+    new_cache = []
+    for p, (k_GxWxK, v_GxWxK) in zip(layers, cache, strict=True):  # G = B H
+        h_BxTxD = model.layer_norm(x_BxTxD, p["ln1_g"], p.get("ln1_b"))
+        qkv_BxTx3D = model.linear(h_BxTxD, p, "attn", dtype)
+        q_GxTxK, k_GxTxK, v_GxTxK = (
+            t.reshape(B, T, H, K).transpose(0, 2, 1, 3).reshape(B * H, T, K)
+            for t in jnp.split(qkv_BxTx3D, 3, -1)
+        )
+        k_GxWxK = jax.lax.dynamic_update_slice(k_GxWxK, k_GxTxK, (0, pos, 0))
+        v_GxWxK = jax.lax.dynamic_update_slice(v_GxWxK, v_GxTxK, (0, pos, 0))
+        new_cache.append((k_GxWxK, v_GxWxK))
+        att_GxTxW = jnp.einsum("gtk,gmk->gtm", q_GxTxK, k_GxWxK) / math.sqrt(K)
+        att_GxTxW = jax.nn.softmax(jnp.where(visible_TxW, att_GxTxW, -jnp.inf), axis=-1)
+        y_GxTxK = jnp.einsum("gtm,gmk->gtk", att_GxTxW, v_GxWxK)
+        y_BxTxD = y_GxTxK.reshape(B, H, T, K).transpose(0, 2, 1, 3).reshape(B, T, D)
+        x_BxTxD = x_BxTxD + model.linear(y_BxTxD, p, "attn_proj", dtype)
+        h_BxTxD = model.layer_norm(x_BxTxD, p["ln2_g"], p.get("ln2_b"))
+        h_BxTxF = model.gelu(model.linear(h_BxTxD, p, "fc", dtype))
+        x_BxTxD = x_BxTxD + model.linear(h_BxTxF, p, "fc_proj", dtype)
+    x_BxD = model.layer_norm(x_BxTxD[:, -1], params["lnf_g"], params.get("lnf_b"))
+    return x_BxD @ params["wte"].T, new_cache
+
+
+# ---------------------------------------------------------------- choosing tokens
+
+
+def filter_logits(logits_BxV: jax.Array, temperature: float, top_k: int, top_p: float) -> jax.Array:
+    """Logits divided by the temperature, with tokens outside the top k, and outside the
+    smallest set whose probability reaches top_p, set to -inf (ties at the edge are kept)."""
+    logits_BxV = logits_BxV.astype(jnp.float32) / temperature
+    V = logits_BxV.shape[-1]
+    if 0 < top_k < V:
+        kth_Bx1 = jax.lax.top_k(logits_BxV, top_k)[0][:, -1:]
+        logits_BxV = jnp.where(logits_BxV < kth_Bx1, -jnp.inf, logits_BxV)
+    if top_p < 1.0:
+        sorted_BxV = jnp.sort(logits_BxV, axis=-1)[:, ::-1]
+        probs_BxV = jax.nn.softmax(sorted_BxV, axis=-1)
+        before_BxV = jnp.cumsum(probs_BxV, axis=-1) - probs_BxV  # mass of better tokens
+        # The most likely token is always kept, whatever top_p.
+        keep_BxV = (before_BxV < top_p).at[:, 0].set(True)
+        cutoff_Bx1 = jnp.min(jnp.where(keep_BxV, sorted_BxV, jnp.inf), axis=-1, keepdims=True)
+        logits_BxV = jnp.where(logits_BxV < cutoff_Bx1, -jnp.inf, logits_BxV)
+    return logits_BxV
+
+
+def resolve_shift(cfg: ModelConfig, s: SampleConfig) -> int:
+    shift = s.window_shift or max(1, cfg.block_size // 4)
+    if shift > cfg.block_size:
+        raise SampleError(
+            f"sample.window_shift = {s.window_shift} is larger than model.block_size = "
+            f"{cfg.block_size}"
+        )
+    return shift
+
+
+def context_lengths(P: int, S: int, W: int, shift: int) -> list[int]:
+    """How many of the latest tokens each of the S new tokens is predicted from: the prompt's
+    P (at most W), then one more per token until the window W is full; then the oldest
+    `shift` tokens are dropped and the rest re-encoded at positions 0, 1, ... ."""
+    n, out = min(P, W), []
+    for _ in range(S):
+        out.append(n)
+        n = W - shift + 1 if n == W else n + 1
+    return out
+
+
+@functools.partial(jax.jit, static_argnames=("cfg", "S", "B", "top_k", "top_p", "shift"))
+def _generate(
+    params: model.Params,
+    prompt_P: jax.Array,
+    key: jax.Array,
+    temperature: jax.Array,
+    *,
+    cfg: ModelConfig,
+    S: int,
+    B: int,
+    top_k: int,
+    top_p: float,
+    shift: int,
+) -> jax.Array:
+    """The schedule of context_lengths as loops with static trip counts: decode until the
+    window is full, then segments of one re-encoding and shift - 1 decodes. (A lax.cond per
+    token would make XLA copy the whole cache on every step.)"""
+    P, W = prompt_P.shape[0], cfg.block_size
+    keep = W - shift + 1  # tokens re-encoded when the window is full
+    # At least W long, so that re-encoding traces even when it can never happen.
+    tokens_BxU = jnp.zeros((B, max(P + S, W)), jnp.int32).at[:, :P].set(prompt_P)
+    layers = split_layers(params, cfg)
+    logits_BxV, cache = forward_cached(
+        params, layers, tokens_BxU[:, :P], 0, init_cache(cfg, B), cfg
+    )
+
+    def choose(i: jax.Array, state: tuple) -> tuple:
+        """Sample token i from the logits in state and write it into the token buffer."""
+        tokens_BxU, cache, n, logits_BxV = state
+        logits_BxV = filter_logits(logits_BxV, temperature, top_k, top_p)
+        tok_B = jax.random.categorical(jax.random.fold_in(key, i), logits_BxV)
+        tok_B = tok_B.astype(jnp.int32)
+        tokens_BxU = jax.lax.dynamic_update_slice(tokens_BxU, tok_B[:, None], (0, P + i))
+        return tok_B, (tokens_BxU, cache, n, logits_BxV)
+
+    def decode(i: jax.Array, state: tuple) -> tuple:
+        tok_B, (tokens_BxU, cache, n, _) = choose(i, state)
+        logits_BxV, cache = forward_cached(params, layers, tok_B[:, None], n, cache, cfg)
+        return tokens_BxU, cache, n + 1, logits_BxV
+
+    def reencode(i: jax.Array, state: tuple) -> tuple:
+        _, (tokens_BxU, cache, _, _) = choose(i, state)
+        ids_BxT = jax.lax.dynamic_slice_in_dim(tokens_BxU, P + i + 1 - keep, keep, axis=1)
+        logits_BxV, cache = forward_cached(params, layers, ids_BxT, 0, cache, cfg)
+        return tokens_BxU, cache, jnp.int32(keep), logits_BxV
+
+    def segment(first: jax.Array, length: int, state: tuple) -> tuple:
+        """Tokens first..first+length-1: one re-encoding, then decodes."""
+        state = reencode(first, state)
+        return jax.lax.fori_loop(first + 1, first + length, decode, state)
+
+    state = (tokens_BxU, cache, jnp.int32(P), logits_BxV)
+    A = min(S - 1, W - P)  # decodes before the window is full
+    state = jax.lax.fori_loop(0, A, decode, state)
+    full, tail = divmod(S - 1 - A, shift)
+    state = jax.lax.fori_loop(0, full, lambda j, state: segment(A + j * shift, shift, state), state)
+    if tail:
+        state = segment(A + full * shift, tail, state)
+    tokens_BxU = choose(S - 1, state)[1][0]
+    return tokens_BxU[:, P : P + S]
+
+
+def generate(
+    params: model.Params,
+    prompt: list[int] | np.ndarray,
+    cfg: ModelConfig,
+    s: SampleConfig,
+) -> np.ndarray:
+    """s.num_samples continuations of s.max_new_tokens tokens each, as one batch. A prompt
+    longer than block_size is cropped to its last block_size tokens, as nanoGPT does."""
+    prompt_P = np.asarray(prompt, np.int32)[-cfg.block_size :]
+    if prompt_P.size == 0:
+        raise SampleError("the prompt is empty: give at least one token (sample.start)")
+    V = params["wte"].shape[0]
+    if prompt_P.min() < 0 or prompt_P.max() >= V:
+        raise SampleError(f"prompt token ids must lie in [0, {V})")
+    out = _generate(
+        params,
+        jnp.asarray(prompt_P),
+        jax.random.key(s.seed),
+        jnp.float32(s.temperature),
+        cfg=cfg,
+        S=s.max_new_tokens,
+        B=s.num_samples,
+        top_k=s.top_k,
+        top_p=s.top_p,
+        shift=resolve_shift(cfg, s),
+    )
+    return np.asarray(out)
+
+
+# ---------------------------------------------------------------- the stage
+
+
+def read_prompt(start: str) -> str:
+    """sample.start, or the text of the file it names as FILE:path."""
+    if not start.startswith("FILE:"):
+        return start
+    path = Path(start[len("FILE:") :])
+    try:
+        return path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise SampleError(f"sample.start = {start!r}: cannot read the prompt file: {e}") from None
+
+
+def check_model_hash(model_dir: Path) -> str:
+    """sha256 of params.safetensors, checked against the train stage's provenance when present."""
+    path = model_dir / checkpoint.MODEL_FILES[0]
+    sha = provenance.sha256_file(path)
+    try:
+        record = provenance.read(model_dir)
+    except FileNotFoundError:
+        return sha  # a model saved by a user's own code: nothing recorded to check against
+    for entry in record.get("outputs", []):
+        if Path(entry.get("path", "")).name == path.name and entry.get("sha256") != sha:
+            raise provenance.HashMismatch(
+                f"{path}: sha256 is {sha}, but {model_dir / provenance.FILENAME} records "
+                f"{entry.get('sha256')}: the model changed after training"
+            )
+    return sha
+
+
+def sample(cfg: Config, model_dir: Path, out_dir: Path) -> list[str]:
+    """Load the model in model_dir, write samples.txt and provenance.json into out_dir."""
+    model.keep_freed_memory()
+    # The model is described by its own config.toml (recorded below as model_config).
+    record = provenance.Record.start(
+        "sample", config.sections(cfg, config.STAGE_SECTIONS["sample"])
+    )
+    s = cfg.sample
+    params, mcfg, tok_dict = checkpoint.load_model(model_dir)
+    model_sha = check_model_hash(model_dir)
+    tok = tokenizer.from_manifest(tok_dict)
+    text = read_prompt(s.start)
+    try:
+        prompt = tok.encode(text)
+    except tokenizer.TokenizerError as e:
+        raise SampleError(f"sample.start: {e}") from None
+    if not prompt and tok.eot_token is not None:
+        prompt = [tok.eot_token]  # GPT-2: an empty prompt starts a new document
+    params = jax.tree.map(jnp.asarray, params)
+    t0 = time.perf_counter()
+    new_BxS = generate(params, prompt, mcfg.model, s)
+    seconds = time.perf_counter() - t0
+    samples = [tok.decode(list(prompt) + row.tolist()) for row in new_BxS]
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / "samples.txt"
+    provenance.write_bytes_atomic(path, "".join(f"{t}\n{SEPARATOR}\n" for t in samples).encode())
+    record.finish(
+        out_dir,
+        inputs=[
+            provenance.file_entry(model_dir / name, model_sha if i == 0 else None)
+            for i, name in enumerate(checkpoint.MODEL_FILES)
+        ],
+        outputs=[provenance.file_entry(path)],
+        extra={
+            "model_sha256": model_sha,
+            "model_config": config.to_dict(mcfg.model),
+            "settings": {
+                **config.to_dict(s),
+                "prompt_tokens": len(prompt),
+                "window_shift_used": resolve_shift(mcfg.model, s),
+            },
+            "seconds": round(seconds, 3),
+            "tokens_per_second": round(s.num_samples * s.max_new_tokens / seconds, 1),
+        },
+    )
+    return samples
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        prog="python -m nanogptx.sample", description=__doc__.split("\n\n")[0]
+    )
+    # The run's whole config file is accepted; only its [sample] section is used here.
+    config.add_arguments(parser, config.SECTIONS)
+    parser.add_argument("--model", type=Path, required=True, help="trained model directory")
+    parser.add_argument("--out", type=Path, required=True, help="directory for samples.txt")
+    args = parser.parse_intermixed_args(argv)
+    cfg = config.from_args(args, parser)
+    try:
+        samples = sample(cfg, args.model, args.out)
+    except (
+        SampleError, checkpoint.CheckpointError, tokenizer.TokenizerError,
+        provenance.HashMismatch, OSError,
+    ) as e:  # fmt: skip
+        print(f"{parser.prog}: error: {e}", file=sys.stderr)
+        sys.exit(1)
+    for text in samples:
+        print(text, SEPARATOR, sep="\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,245 @@
+"""Sampling: the KV-cache loop against full recomputation, past block_size too; seeds, top-k,
+top-p, batches; the stage's files; clear errors for a missing or incompatible model or prompt."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from nanogptx import checkpoint, config, model, provenance, sample, tokenizer
+from nanogptx.config import ModelConfig, SampleConfig
+
+V, W = 30, 16
+CFG = ModelConfig(n_layer=2, n_head=2, n_embd=32, block_size=W, vocab_size=V, bias=True)
+forward = jax.jit(model.forward, static_argnames=("cfg",))
+
+
+def last_logits(params: model.Params, context: list[int]) -> np.ndarray:
+    """Logits after the context (at most W tokens) from the full forward pass; padded on the
+    right to W, which causal attention hides, so one compiled program serves all lengths."""
+    ids = np.zeros((1, W), np.int32)
+    ids[0, : len(context)] = context
+    return np.asarray(forward(params, jnp.asarray(ids), CFG))[0, len(context) - 1]
+
+
+@pytest.fixture(scope="module")
+def params() -> model.Params:
+    # Random weights scaled up: outputs that depend strongly on the context and clear argmax
+    # margins, so greedy decoding is a sharp test (a fresh init predicts nearly uniformly).
+    p = model.init_params(CFG, V, jax.random.key(0))
+    return jax.tree.map(lambda a: a * 25.0 if a.ndim >= 2 else a, p)
+
+
+def reference(
+    params: model.Params, prompt: list[int], S: int, shift: int, pick: str = "argmax"
+) -> tuple[list[int], list[np.ndarray]]:
+    """Greedy tokens from a full forward pass over each token's context (no cache), and the
+    logits each was chosen from."""
+    seq, logits = list(prompt), []
+    for n in sample.context_lengths(len(prompt), S, W, shift):
+        row = last_logits(params, seq[-n:])
+        logits.append(row)
+        seq.append(int(row.argmax()))
+    return seq[len(prompt) :], logits
+
+
+def greedy(**changes: object) -> SampleConfig:
+    return SampleConfig(**{"num_samples": 2, "max_new_tokens": 40, "top_k": 1, **changes})
+
+
+def test_context_lengths_follow_the_window_rule() -> None:
+    # shift 1 is nanoGPT's crop: the last min(length, W) tokens.
+    assert sample.context_lengths(3, 20, 16, 1) == [min(3 + i, 16) for i in range(20)]
+    # shift 4: fill to 16, then drop 4 and re-encode 13, grow to 16 again, ...
+    assert sample.context_lengths(14, 10, 16, 4) == [14, 15, 16, 13, 14, 15, 16, 13, 14, 15]
+    assert sample.context_lengths(40, 2, 16, 4) == [16, 13]  # a long prompt is cropped
+
+
+def test_cached_forward_matches_forward(params: model.Params) -> None:
+    ids = jax.random.randint(jax.random.key(1), (3, 9), 0, V)
+    full = forward(params, ids, CFG)
+    layers = sample.split_layers(params, CFG)
+    cached = jax.jit(sample.forward_cached, static_argnames=("cfg",))
+    logits, cache = cached(params, layers, ids[:, :8], 0, sample.init_cache(CFG, 3), cfg=CFG)
+    np.testing.assert_allclose(logits, full[:, 7], rtol=1e-4, atol=1e-3)
+    logits, _ = cached(params, layers, ids[:, 8:], 8, cache, cfg=CFG)
+    np.testing.assert_allclose(logits, full[:, 8], rtol=1e-4, atol=1e-3)
+
+
+@pytest.mark.parametrize("shift", [1, 5, 0])
+def test_kv_cache_greedy_equals_full_recompute(params: model.Params, shift: int) -> None:
+    prompt = [1, 2, 3]
+    s = greedy(window_shift=shift)
+    used = sample.resolve_shift(CFG, s)
+    want, logits = reference(params, prompt, s.max_new_tokens, used)
+    margins = [np.sort(row)[-1] - np.sort(row)[-2] for row in logits]
+    assert min(margins) > 1e-3  # otherwise float rounding could decide a tie: test ill-posed
+    assert len(set(want)) > 5  # not a degenerate repetition
+    got = sample.generate(params, prompt, CFG, s)
+    assert got.shape == (2, 40)
+    for row in got:  # 40 new tokens from a 3-token prompt run well past block_size 16
+        assert row.tolist() == want
+
+
+def test_window_shift_one_is_nanogpts_crop(params: model.Params) -> None:
+    prompt, S = [4, 5], 30
+    seq = list(prompt)
+    for _ in range(S):  # nanoGPT: idx_cond = idx[:, -block_size:]
+        seq.append(int(last_logits(params, seq[-W:]).argmax()))
+    s = greedy(window_shift=1, num_samples=1, max_new_tokens=S)
+    got = sample.generate(params, prompt, CFG, s)
+    assert got[0].tolist() == seq[len(prompt) :]
+
+
+def test_long_prompt_is_cropped_to_block_size(params: model.Params) -> None:
+    prompt = list(range(20))  # longer than block_size 16
+    s = greedy(max_new_tokens=5)
+    got = sample.generate(params, prompt, CFG, s)
+    np.testing.assert_array_equal(got, sample.generate(params, prompt[-W:], CFG, s))
+
+
+def test_seeds_reproducible_and_distinct(params: model.Params) -> None:
+    s = SampleConfig(num_samples=3, max_new_tokens=30, temperature=1.0, top_k=0, seed=7)
+    a = sample.generate(params, [1], CFG, s)
+    np.testing.assert_array_equal(a, sample.generate(params, [1], CFG, s))
+    b = sample.generate(params, [1], CFG, dataclasses.replace(s, seed=8))
+    assert not np.array_equal(a, b)
+    # A batch of samples: rows differ from each other.
+    assert len({tuple(r) for r in a.tolist()}) == 3
+
+
+@pytest.mark.parametrize(("top_k", "top_p"), [(3, 1.0), (0, 0.5)])
+def test_top_k_and_top_p_restrict_the_support(
+    params: model.Params, top_k: int, top_p: float
+) -> None:
+    s = SampleConfig(num_samples=4, max_new_tokens=20, temperature=1.5, top_k=top_k, top_p=top_p)
+    got = sample.generate(params, [1, 2], CFG, s)
+    lengths = sample.context_lengths(2, s.max_new_tokens, W, sample.resolve_shift(CFG, s))
+    for row in got.tolist():
+        seq = [1, 2, *row]
+        for i, n in enumerate(lengths):
+            end = 2 + i
+            logits = last_logits(params, seq[end - n : end])
+            allowed = np.isfinite(
+                np.asarray(sample.filter_logits(jnp.asarray(logits[None]), 1.5, top_k, top_p))[0]
+            )
+            assert allowed[row[i]], (i, row[i])
+    # The filter itself: exactly k kept; the top-p set is the smallest reaching p.
+    logits = jnp.log(jnp.asarray([[0.5, 0.2, 0.15, 0.1, 0.05]]))
+    assert int(jnp.isfinite(sample.filter_logits(logits, 1.0, 3, 1.0)).sum()) == 3
+    kept = np.isfinite(np.asarray(sample.filter_logits(logits, 1.0, 0, 0.6)))[0]
+    assert kept.tolist() == [True, True, False, False, False]
+    kept = np.isfinite(np.asarray(sample.filter_logits(logits, 1.0, 0, 0.3)))[0]
+    assert kept.tolist() == [True, False, False, False, False]
+
+
+# ---------------------------------------------------------------- the stage
+
+
+CHARS = "\n !',.:;?ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+
+
+def save_char_model(path: Path, mcfg: ModelConfig | None = None) -> Path:
+    tok = tokenizer.CharTokenizer(CHARS)
+    mcfg = mcfg or dataclasses.replace(CFG, vocab_size=tok.vocab_size)
+    cfg = config.Config(model=mcfg)
+    params = model.init_params(mcfg, tok.vocab_size, jax.random.key(0))
+    checkpoint.save_model(path, params, cfg, tok.identity(), step=10)
+    return path
+
+
+def test_stage_writes_samples_and_provenance(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    model_dir = save_char_model(tmp_path / "model")
+    prompt = tmp_path / "prompt.txt"
+    prompt.write_text("ROMEO:\n")
+    out = tmp_path / "samples"
+    sample.main([
+        "--model", str(model_dir), "--out", str(out), f"sample.start='FILE:{prompt}'",
+        "sample.num_samples=3", "sample.max_new_tokens=40", "sample.seed=3",
+    ])  # fmt: skip
+    text = (out / "samples.txt").read_text()
+    parts = text.split(f"\n{sample.SEPARATOR}\n")
+    assert len(parts) == 4 and parts[-1] == ""
+    for part in parts[:3]:
+        assert part.startswith("ROMEO:\n") and len(part) == len("ROMEO:\n") + 40
+    record = provenance.read(out)
+    sha = provenance.sha256_file(model_dir / "params.safetensors")
+    assert record["stage"] == "sample" and record["model_sha256"] == sha
+    assert record["settings"]["num_samples"] == 3 and record["settings"]["seed"] == 3
+    assert record["outputs"][0]["sha256"] == provenance.sha256_file(out / "samples.txt")
+    assert capsys.readouterr().out.count(sample.SEPARATOR) == 3
+    # Same settings, same samples.
+    sample.main(["--model", str(model_dir), "--out", str(tmp_path / "again"),
+                 f"sample.start='FILE:{prompt}'", "sample.num_samples=3",
+                 "sample.max_new_tokens=40", "sample.seed=3"])  # fmt: skip
+    assert (tmp_path / "again" / "samples.txt").read_text() == text
+
+
+def run_main(argv: list[str], capsys: pytest.CaptureFixture) -> str:
+    with pytest.raises(SystemExit) as e:
+        sample.main(argv)
+    assert e.value.code == 1
+    return capsys.readouterr().err
+
+
+def test_missing_model_is_a_clear_error(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    err = run_main(["--model", str(tmp_path / "nope"), "--out", str(tmp_path / "o")], capsys)
+    assert "nope" in err and "does not exist" in err
+    assert not (tmp_path / "o" / "samples.txt").exists()
+
+
+def test_incompatible_model_is_a_clear_error(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    model_dir = save_char_model(tmp_path / "model")
+    # A config.toml that no longer matches the saved parameters (wider model).
+    toml = (model_dir / "config.toml").read_text().replace("n_embd = 32", "n_embd = 64")
+    (model_dir / "config.toml").write_text(toml)
+    err = run_main(["--model", str(model_dir), "--out", str(tmp_path / "o")], capsys)
+    assert "wte" in err or "expected" in err
+    assert "params.safetensors" in err
+    assert not (tmp_path / "o" / "samples.txt").exists()
+
+
+def test_prompt_outside_char_vocabulary_names_the_characters(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    model_dir = save_char_model(tmp_path / "model")
+    err = run_main(
+        ["--model", str(model_dir), "--out", str(tmp_path / "o"), "sample.start='Wie geht’s? ß'"],
+        capsys,
+    )
+    assert "sample.start" in err and "’" in err and "ß" in err
+    err = run_main(
+        ["--model", str(model_dir), "--out", str(tmp_path / "o"),
+         f"sample.start='FILE:{tmp_path / 'missing.txt'}'"],
+        capsys,
+    )  # fmt: skip
+    assert "missing.txt" in err
+
+
+def test_changed_model_file_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    model_dir = save_char_model(tmp_path / "model")
+    params = model_dir / "params.safetensors"
+    provenance.write_json_atomic(
+        model_dir / "provenance.json",
+        {"stage": "train", "outputs": [{"path": str(params), "sha256": "0" * 64}]},
+    )
+    err = run_main(["--model", str(model_dir), "--out", str(tmp_path / "o")], capsys)
+    assert "sha256" in err and "params.safetensors" in err
+
+
+def test_window_shift_larger_than_block_is_refused(params: model.Params) -> None:
+    with pytest.raises(sample.SampleError, match="window_shift"):
+        sample.generate(params, [1], CFG, greedy(window_shift=W + 1))
+
+
+def test_help_lists_the_sample_keys(capsys: pytest.CaptureFixture) -> None:
+    with pytest.raises(SystemExit) as e:
+        sample.main(["--help"])
+    assert e.value.code == 0
+    out = capsys.readouterr().out
+    assert "sample.window_shift" in out and "sample.top_p" in out and "--model" in out
