@@ -353,6 +353,7 @@ def train(
 ) -> dict[str, Any]:
     """Train (or resume) and write the final model into out_dir; returns a summary."""
     initialize_distributed()
+    model.keep_freed_memory()  # XLA's CPU buffers stay in the heap between steps (model.py)
     record = provenance.Record.start("train", config.sections(cfg, config.STAGE_SECTIONS["train"]))
     out_dir, ckpt_dir = Path(out_dir), Path(ckpt_dir)
     m, t = cfg.model, cfg.train
