@@ -23,7 +23,7 @@ if TYPE_CHECKING:
 
 BLOCK_BYTES = 4 << 20  # bytes read from disk at a time
 PIECE_CHARS = 1 << 20  # a plain-text document longer than this is yielded in pieces
-PARQUET_ROWS = 4096  # rows per parquet read (a record batch)
+PARQUET_ROWS = 1024  # rows per parquet read (a record batch)
 ZSTD_READ = 256 << 10  # compressed bytes fed to the decompressor at a time
 BIN_MAGIC, BIN_VERSION, BIN_HEADER_INTS = 20240520, 1, 256  # llm.c / modded-nanogpt shards
 BIN_CHUNK_TOKENS = 1 << 24
@@ -112,8 +112,8 @@ def read_parquet(path: Path, errors: str = "strict", column: str = "text") -> It
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    try:
-        pf = pq.ParquetFile(path)
+    try:  # read page by page: memory does not grow with the size of the file's row groups
+        pf = pq.ParquetFile(path, pre_buffer=False, buffer_size=1 << 20)
     except (pa.ArrowException, OSError) as e:
         raise ReadError(f"{path}: not a readable parquet file: {e}") from None
     names = pf.schema_arrow.names
