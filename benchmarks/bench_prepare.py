@@ -33,10 +33,9 @@ TIKTOKEN_FILES = {  # tiktoken's cache names (sha1 of the URL); see ../shared/as
     "gpt2_vocab.bpe": "6d1cbeee0f20b3d9449abfede4726ed8212e3aee",
     "gpt2_encoder.json": "6c7ea1a7e38e3a7f062df639a5b80947f075ffe6",
 }
-PREPARE_OVERRIDES = [  # FineWeb-like: a fixed set of leading documents forms val
+PREPARE_OVERRIDES = [  # FineWeb-like: a fixed set of leading documents (1%) forms val
     "tokenizer.name=gpt2",
     "data.split=first_docs",
-    "data.val_docs=1000",
     "data.shard_tokens=10000000",
 ]
 
@@ -93,14 +92,14 @@ def write_corpus(docs: list[str], raw: Path, fmt: str, files: int = 4) -> list[s
     return names
 
 
-def child(raw: Path, out: Path, threads: int, fmt: str) -> None:
+def child(raw: Path, out: Path, threads: int, fmt: str, val_docs: int) -> None:
     """Run prepare on the corpus in raw and print its time and token count as JSON."""
     from nanogptx import config, prepare, tokenizer
     from nanogptx.datasets import Dataset, RemoteFile
 
     names = sorted(p.name for p in raw.iterdir() if p.name.endswith(fmt))
     ds = Dataset("bench", tuple(RemoteFile(n, f"file://{raw / n}") for n in names), fmt, "")
-    cfg = config.load(None, PREPARE_OVERRIDES)
+    cfg = config.load(None, [*PREPARE_OVERRIDES, f"data.val_docs={val_docs}"])
     tokenizer.gpt2().identity()  # load tiktoken's files first: the baselines have them loaded
     t0, cpu0 = time.perf_counter(), time.process_time()
     m = prepare.prepare(cfg, raw, out, threads, dataset=ds)
@@ -121,10 +120,11 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def run_child(raw: Path, out: Path, threads: int, fmt: str) -> dict[str, float]:
+def run_child(raw: Path, out: Path, threads: int, fmt: str, docs: int) -> dict[str, float]:
     """seconds, cpu (seconds), tokens and peak_mb (RSS) of prepare in a fresh process."""
     shutil.rmtree(out, ignore_errors=True)
-    cmd = [sys.executable, __file__, "--child", str(raw), str(out), str(threads), fmt]
+    val_docs = str(max(1, docs // 100))
+    cmd = [sys.executable, __file__, "--child", str(raw), str(out), str(threads), fmt, val_docs]
     r = subprocess.run(cmd, capture_output=True, text=True)
     if r.returncode != 0:
         raise RuntimeError(f"prepare failed:\n{r.stderr}")
@@ -191,12 +191,13 @@ def bench(text: str, mean_chars: int, args: argparse.Namespace, work: Path) -> N
     for _ in range(args.repeats):  # interleaved, so that all see the same machine load
         for key, (_, fn) in methods.items():
             runs[key].append(fn())
-        r = run_child(raw, work / "out", n, args.format)
+        r = run_child(raw, work / "out", n, args.format, len(docs))
         assert r["tokens"] == tokens + len(docs), (r, tokens, len(docs))  # + one end-of-text each
         runs["prepare"].append((r["seconds"], r["cpu"]))
         peak["full"] = max(peak["full"], r["peak_mb"])
         peak["small"] = max(
-            peak["small"], run_child(small, work / "out", n, args.format)["peak_mb"]
+            peak["small"],
+            run_child(small, work / "out", n, args.format, len(docs) // 10)["peak_mb"],
         )
     labels = {k: label for k, (label, _) in methods.items()}
     labels["prepare"] = f"prepare, the whole stage, {n} threads"
@@ -225,9 +226,9 @@ def bench(text: str, mean_chars: int, args: argparse.Namespace, work: Path) -> N
 
 def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] == "--child":
-        raw, out, threads, fmt = sys.argv[2:6]
+        raw, out, threads, fmt, val_docs = sys.argv[2:7]
         seed_tiktoken_offline()
-        child(Path(raw), Path(out), int(threads), fmt)
+        child(Path(raw), Path(out), int(threads), fmt, int(val_docs))
         return
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--mb", type=float, default=300, help="corpus size in MB")
