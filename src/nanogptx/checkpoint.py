@@ -24,7 +24,7 @@ import numpy as np
 import safetensors.numpy
 from safetensors import safe_open
 
-from nanogptx import config, model
+from nanogptx import config, model, provenance
 
 FORMAT = "nanogptx-checkpoint/1"
 MODEL_FORMAT = "nanogptx-params/1"
@@ -143,10 +143,9 @@ def save(
         tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{final.name}-", dir=root))
         try:
             host = {k: np.asarray(v, order="C") for k, v in tensors.items()}
-            safetensors.numpy.save_file(
-                host, tmp / STATE_FILE, metadata={"format": FORMAT, "step": str(step)}
+            _write_file(
+                tmp / STATE_FILE, safetensors_bytes(host, {"format": FORMAT, "step": str(step)})
             )
-            _fsync_path(tmp / STATE_FILE)
             for name, data in (files or {}).items():
                 _write_file(tmp / name, data)
             meta = {"format": FORMAT, "step": step, **meta}
@@ -179,18 +178,14 @@ def load(path: str | Path) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     return tensors, meta
 
 
-def write_bytes_atomic(path: Path, data: bytes) -> None:
-    """Write data to a temporary file beside path, fsync, then rename over path."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+def safetensors_bytes(tensors: dict[str, np.ndarray], metadata: dict[str, str]) -> bytes:
+    """safetensors.numpy.save with a canonical header: safetensors orders the metadata
+    differently in each process, and equal parameters must give files with equal sha256."""
+    blob = safetensors.numpy.save(tensors, metadata=metadata)
+    n = int.from_bytes(blob[:8], "little")
+    header = json.dumps(json.loads(blob[8 : 8 + n]), sort_keys=True, separators=(",", ":"))
+    header += " " * (-len(header) % 8)  # the format pads the header to 8-byte alignment
+    return len(header).to_bytes(8, "little") + header.encode() + blob[8 + n :]
 
 
 def save_model(
@@ -209,11 +204,11 @@ def save_model(
     if cfg.model.vocab_size not in (0, vocab):
         raise CheckpointError(f"model.vocab_size = {cfg.model.vocab_size} but wte has {vocab} rows")
     cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, vocab_size=vocab))
-    blob = safetensors.numpy.save(flat, metadata={"format": MODEL_FORMAT, "step": str(step)})
+    blob = safetensors_bytes(flat, {"format": MODEL_FORMAT, "step": str(step)})
     paths = [out / name for name in MODEL_FILES]
-    write_bytes_atomic(paths[0], blob)
-    write_bytes_atomic(paths[1], config.dump(cfg).encode())
-    write_bytes_atomic(paths[2], (json.dumps(tokenizer, indent=2) + "\n").encode())
+    provenance.write_bytes_atomic(paths[0], blob)
+    provenance.write_bytes_atomic(paths[1], config.dump(cfg).encode())
+    provenance.write_bytes_atomic(paths[2], (json.dumps(tokenizer, indent=2) + "\n").encode())
     return paths
 
 

@@ -297,7 +297,7 @@ class Metrics:
     def __init__(self, path: Path, records: list[dict[str, Any]], wandb_run: Any) -> None:
         self.path, self.records, self.wandb_run = path, records, wandb_run
         if jax.process_index() == 0:
-            checkpoint.write_bytes_atomic(path, self.dump())
+            provenance.write_bytes_atomic(path, self.dump())
 
     def dump(self) -> bytes:
         return "".join(json.dumps(r) + "\n" for r in self.records).encode()
@@ -337,7 +337,7 @@ def wandb_run_id(ckpt_dir: Path, meta: dict[str, Any] | None) -> str:
         return path.read_text().strip()
     run_id = os.urandom(6).hex()
     if jax.process_index() == 0:
-        checkpoint.write_bytes_atomic(path, run_id.encode())
+        provenance.write_bytes_atomic(path, run_id.encode())
     return run_id
 
 
@@ -580,7 +580,7 @@ def train(
         tokenizer = data.manifest["tokenizer"]
         cfg_out = dataclasses.replace(cfg, model=dataclasses.replace(m, vocab_size=V))
         outputs = checkpoint.save_model(out_dir, params, cfg_out, tokenizer, t.max_iters)
-        checkpoint.write_bytes_atomic(out_dir / "metrics.jsonl", metrics.dump())
+        provenance.write_bytes_atomic(out_dir / "metrics.jsonl", metrics.dump())
         outputs.append(out_dir / "metrics.jsonl")
         inputs = [provenance.file_entry(data.dir / "manifest.json", data.manifest_sha256)]
         inputs += [
