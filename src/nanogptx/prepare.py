@@ -279,7 +279,8 @@ def _encoder(tok: Tokenizer, dtype: np.dtype) -> Callable[[Run], Encoded]:
 
 def bin_runs(files: list[Path], dc: DataConfig, eot: int, vocab: int) -> Iterator[Encoded]:
     counts = [readers.bin_tokens(p) for p in files]
-    cut = int(sum(counts) * (1 - dc.val_fraction))  # split = fraction: by token position
+    # split = fraction cuts at a token position of all the files' tokens (before data.max_docs)
+    cut = int(sum(counts) * (1 - dc.val_fraction))
     pos, docs, full = 0, 0, False
     for path in files:
         for at_file, tokens in _positions(readers.read_bin(path)):
