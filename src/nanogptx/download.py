@@ -701,9 +701,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, required=True, help="data/raw/<dataset>")
     parser.add_argument(
         "--mirror",
-        default=None,
+        default=os.environ.get("NANOGPTX_MIRROR") or None,
         help="fetch <mirror>/<dataset>/<file> from this directory or URL instead "
-        "(empty: the registry URLs)",
+        "(default: $NANOGPTX_MIRROR, which the workflow sets from its `mirror`; empty: the "
+        "registry URLs)",
     )
     parser.add_argument(
         "--lock",

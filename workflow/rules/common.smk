@@ -2,6 +2,7 @@
 # Only nanogptx.config (standard library) is imported here: parsing stays fast.
 
 import hashlib
+import os
 import re
 from pathlib import Path
 
@@ -21,6 +22,9 @@ def _runs(value):
 
 
 RUNS = _runs(config["runs"])
+# The mirror reaches download through the environment, not a param: where the bytes come from
+# changes nothing (they are hash-checked), so switching mirrors must not rerun anything.
+os.environ["NANOGPTX_MIRROR"] = config["mirror"]
 DATA = config["paths"]["data"]
 RESULTS = config["paths"]["results"]
 LOCK = config["paths"]["lock"]

@@ -17,8 +17,6 @@ rule download_dataset:
     shell:
         "python -m nanogptx.download data.dataset={wildcards.dataset} {params.allow}"
         " --out {params.out} --lock {params.lock} --threads {threads}"
-        # The mirror is not a param: where the bytes come from changes nothing (hash-checked).
-        " --mirror {config[mirror]:q}"
         " > {log} 2>&1"
 
 
