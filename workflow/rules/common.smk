@@ -24,7 +24,7 @@ def _runs(value):
 RUNS = _runs(config["runs"])
 # The mirror reaches download through the environment, not a param: where the bytes come from
 # changes nothing (they are hash-checked), so switching mirrors must not rerun anything.
-os.environ["NANOGPTX_MIRROR"] = config["mirror"]
+os.environ.update(NANOGPTX_MIRROR=config["mirror"])
 DATA = config["paths"]["data"]
 RESULTS = config["paths"]["results"]
 LOCK = config["paths"]["lock"]
@@ -75,6 +75,11 @@ STAGE_CODE = {
     "sample": ["sample.py", "model.py", "tokenizer.py", "checkpoint.py", "provenance.py"],
 }
 SRC = Path(workflow.basedir) / "src" / "nanogptx"
+# Rules run the stages of this checkout whichever Python environment runs them: the one
+# nanogptx is pip-installed in, or the conda environment of workflow/envs with --sdm conda.
+os.environ.update(
+    PYTHONPATH=os.pathsep.join(filter(None, [str(SRC.parent), os.environ.get("PYTHONPATH")]))
+)
 
 
 def code_hash(stage):

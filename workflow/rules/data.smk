@@ -9,6 +9,8 @@ rule download_dataset:
         allow=lambda w: allow_unverified_arg(w.dataset),
         lock=LOCK,
         code=code_hash("download"),
+    conda:
+        "../envs/nanogptx.yaml"
     log:
         f"{LOGS}/download/{{dataset}}.log",
     benchmark:
@@ -29,6 +31,8 @@ rule prepare_dataset:
         config=lambda w: run_config(DATA_RUN[w.data_id]),
         raw=lambda w: Path(raw_provenance(DATA_RUN[w.data_id])).parent,
         code=code_hash("prepare"),
+    conda:
+        "../envs/nanogptx.yaml"
     log:
         f"{LOGS}/prepare/{{data_id}}.log",
     benchmark:

@@ -31,6 +31,8 @@ rule report_run:
         raw=lambda w, input: Path(input.raw).parent,
         model=lambda w, input: Path(input.model).parent,
         samples=lambda w, input: Path(input.samples).parent,
+    conda:
+        "../envs/nanogptx.yaml"
     log:
         f"{LOGS}/report/{{run}}.log",
     shell:
@@ -53,6 +55,8 @@ rule report_sweep:
         ),
     params:
         pairs=" ".join(f"{run}={RESULTS}/{run}/model/metrics.jsonl" for run in RUNS),
+    conda:
+        "../envs/nanogptx.yaml"
     log:
         f"{LOGS}/report/sweep.log",
     shell:
