@@ -11,7 +11,8 @@ depend on them), prints tokens/s of
   - kv-cache: nanogptx.sample.generate, one compiled loop for the whole generation, with its
     default window_shift (block_size // 4) and with window_shift = 1 (nanoGPT's exact crop).
 nanoGPT's own generate runs 598 and 27 tokens/s on these 2-core CPUs (one sample).
-Both run after a warm-up (compiled); the best of --repeats runs is reported.
+Both run after a warm-up (compiled); the best of --repeats runs (fewer for slow ones) is
+reported.
 """
 
 from __future__ import annotations
@@ -72,10 +73,11 @@ def generate_recompute(
     return tokens_BxU[:, len(prompt) :]
 
 
-def best_seconds(fn: functools.partial, repeats: int) -> float:
+def best_seconds(fn: functools.partial, repeats: int, budget_s: float = 20.0) -> float:
+    """Best of `repeats` timed runs after a warm-up; fewer when the runs are slow."""
     fn()  # compile
-    times = []
-    for _ in range(repeats):
+    times: list[float] = []
+    while len(times) < repeats and sum(times) < budget_s:
         t0 = time.perf_counter()
         fn()
         times.append(time.perf_counter() - t0)

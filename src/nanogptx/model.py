@@ -2,7 +2,8 @@
 
 No I/O and no devices here. Dimension letters used in names:
     B batch, L positions, M key positions, D width (n_embd), H heads, K head width,
-    F MLP width (4 D), V vocabulary, N layers, C 3 (q, k, v), T all tokens of a batch (B L).
+    F MLP width (4 D), V vocabulary, N layers, C 3 (q, k, v), T all tokens of a batch (B L),
+    I and O a matmul's input and output widths, G batch times heads (B H), W window (cache).
 Speed notes (XLA's CPU backend; measured in benchmarks/bench_model.py): matmuls, GELU and
 LayerNorm carry hand-written gradients that XLA compiles without large transposes or
 recomputation, and the layers are unrolled on CPU. The numerics are nanoGPT's.

@@ -6,6 +6,11 @@
 Writes samples.txt (samples separated by a line of dashes, as nanoGPT prints them) and
 provenance.json (the model's sha256 and the settings). The model's own config.toml gives the
 model; the run's [sample] section gives the prompt, count, length, temperature, top-k/p, seed.
+Past block_size: positions are learned and absolute, so a token's keys and values change when
+the window slides and the cache cannot slide with it. nanoGPT re-runs the whole window for
+every token; here, when the window is full, the oldest sample.window_shift tokens (default a
+quarter of the block) are dropped and the rest re-encoded in one pass, then decoding resumes
+from the cache. window_shift = 1 gives nanoGPT's exact crop (and its cost).
 """
 
 from __future__ import annotations
