@@ -13,6 +13,15 @@ depend on them), prints tokens/s of
 nanoGPT's own generate runs 598 and 27 tokens/s on these 2-core CPUs (one sample).
 Both run after a warm-up (compiled); the best of --repeats runs (fewer for slow ones) is
 reported.
+
+Measured 2026-11-21 on the shared 2-core machine under load (load average 3-6), tokens/s:
+                          recompute   kv-cache   kv-cache, exact crop   nanoGPT
+  baby, 1 sample                998      11339                   1577       598
+  baby, 10 samples             2058      21613                   2208
+  6x384, 1 sample                21        577                     45        27
+  6x384, 10 samples              17       1434                     31
+With one sample the 6x384 model streams its 42 MB of float32 weights from memory for every
+token (~20 GB/s here), which bounds it near 500-600 tokens/s; a batch shares that read.
 """
 
 from __future__ import annotations
