@@ -16,9 +16,10 @@ import math
 import os
 import sys
 import time
+import traceback
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import jax
 import jax.numpy as jnp
@@ -39,6 +40,9 @@ RESUME_KEYS = (
     "compute_dtype",
 )  # fmt: skip
 State = dict[str, Any]
+# jax.distributed: seconds to wait for every process to join, and after which a process that
+# stopped sending heartbeats (crashed, node lost) fails the others (JAX's default is 100 s).
+JOIN_TIMEOUT_S, HEARTBEAT_TIMEOUT_S = 300, 30
 
 
 class TrainError(RuntimeError):
@@ -61,12 +65,27 @@ def initialize_distributed() -> None:
     if (not slurm and "JAX_COORDINATOR_ADDRESS" not in env) or jax.distributed.is_initialized():
         return
     jax.config.update("jax_cpu_collectives_implementation", "gloo")  # CPU runs; no-op on GPU
+    timeouts = dict(
+        initialization_timeout=JOIN_TIMEOUT_S, heartbeat_timeout_seconds=HEARTBEAT_TIMEOUT_S
+    )
     if slurm:
-        jax.distributed.initialize()
+        jax.distributed.initialize(**timeouts)
     else:
         jax.distributed.initialize(
-            num_processes=int(env["JAX_NUM_PROCESSES"]), process_id=int(env["JAX_PROCESS_ID"])
+            num_processes=int(env["JAX_NUM_PROCESSES"]),
+            process_id=int(env["JAX_PROCESS_ID"]),
+            **timeouts,
         )
+
+
+def leave(code: int) -> NoReturn:
+    """Exit with code; a process of a multi-process job leaves at once, since jax.distributed's
+    shutdown barrier would wait for a failed peer until the heartbeat timeout."""
+    if jax.distributed.is_initialized():
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    sys.exit(code)
 
 
 def make_mesh() -> Mesh:
@@ -624,7 +643,12 @@ def main(argv: list[str] | None = None) -> None:
         TrainError, loader.DataError, provenance.HashMismatch, checkpoint.CheckpointError, OSError
     ) as e:  # fmt: skip
         print(f"{parser.prog}: error: {e}", file=sys.stderr)
-        sys.exit(1)
+        leave(1)
+    except Exception:  # e.g. a collective whose peer process died
+        if not jax.distributed.is_initialized():
+            raise
+        traceback.print_exc()
+        leave(1)
 
 
 if __name__ == "__main__":

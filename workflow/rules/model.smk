@@ -1,6 +1,20 @@
 # Training and sampling, one job each per run.
 
 
+def srun_prefix(wildcards, resources, threads):
+    """Start a train job of several tasks as that many JAX processes, one per task, under srun
+    (they join with jax.distributed; the SLURM profile sets tasks and mpi); one task: nothing."""
+    tasks = resources.get("tasks", 1)
+    if tasks <= 1:
+        return ""
+    if resources.get("mpi") != "srun":
+        raise WorkflowError(
+            f"train_run: tasks={tasks} needs mpi=srun as well, so that the SLURM executor lets"
+            " this job start its own tasks (profiles/slurm/profile.yaml shows both)"
+        )
+    return f"srun --ntasks={tasks} --cpus-per-task={threads} --kill-on-bad-exit=1 "
+
+
 rule train_run:
     input:
         data=lambda w: prepared_dir(w.run),
@@ -23,6 +37,7 @@ rule train_run:
         # Checkpoints are not outputs, so a failed or killed job leaves them for the rerun to
         # resume from; the settings' hash in the path makes an edited run start afresh.
         checkpoints=lambda w: f"{RESULTS}/{w.run}/checkpoints/{stage_hash(w.run, 'train')[:10]}",
+        launch=srun_prefix,
     log:
         f"{LOGS}/train/{{run}}.log",
     benchmark:
@@ -31,7 +46,7 @@ rule train_run:
     resources:
         gpu=0,
     shell:
-        "python -m nanogptx.train --config {params.config} --data {input.data}"
+        "{params.launch}python -m nanogptx.train --config {params.config} --data {input.data}"
         " --out {params.out} --checkpoints {params.checkpoints} > {log} 2>&1"
 
 
