@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 import re
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -112,3 +114,14 @@ def test_lint_is_clean(tiny: Path) -> None:
     r = snakemake(tiny, "--lint", "--config", "runs=tiny", check=False)
     assert r.returncode == 0, r.stdout + r.stderr
     assert "Lints for" not in r.stdout + r.stderr
+
+
+def test_snakefiles_are_formatted_with_snakefmt() -> None:
+    files = [str(ROOT / "Snakefile"), *map(str, sorted((ROOT / "workflow/rules").glob("*.smk")))]
+    r = subprocess.run(
+        [sys.executable, "-m", "snakefmt", "--check", *files],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert r.returncode == 0, r.stdout + r.stderr

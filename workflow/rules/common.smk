@@ -11,7 +11,6 @@ from snakemake.utils import validate
 
 from nanogptx import config as nconfig
 
-
 validate(config, "../schemas/config.schema.yaml")
 
 
@@ -36,7 +35,9 @@ def _load_run(run):
     path = Path("config") / f"{run}.toml"
     if not path.is_file():
         known = sorted(p.stem for p in Path("config").glob("*.toml"))
-        raise WorkflowError(f"run {run!r}: no file {path}; runs in config/: {', '.join(known)}")
+        raise WorkflowError(
+            f"run {run!r}: no file {path}; runs in config/: {', '.join(known)}"
+        )
     try:
         return nconfig.load(path)
     except nconfig.ConfigError as e:
@@ -72,13 +73,21 @@ STAGE_CODE = {
     "download": ["download.py", "datasets.py", "provenance.py"],
     "prepare": ["prepare.py", "readers.py", "tokenizer.py", "provenance.py"],
     "train": ["train.py", "model.py", "loader.py", "checkpoint.py", "provenance.py"],
-    "sample": ["sample.py", "model.py", "tokenizer.py", "checkpoint.py", "provenance.py"],
+    "sample": [
+        "sample.py",
+        "model.py",
+        "tokenizer.py",
+        "checkpoint.py",
+        "provenance.py",
+    ],
 }
 SRC = Path(workflow.basedir) / "src" / "nanogptx"
 # Rules run the stages of this checkout whichever Python environment runs them: the one
 # nanogptx is pip-installed in, or the conda environment of workflow/envs with --sdm conda.
 os.environ.update(
-    PYTHONPATH=os.pathsep.join(filter(None, [str(SRC.parent), os.environ.get("PYTHONPATH")]))
+    PYTHONPATH=os.pathsep.join(
+        filter(None, [str(SRC.parent), os.environ.get("PYTHONPATH")])
+    )
 )
 
 
@@ -97,5 +106,22 @@ def stage_hash(run, stage):
 
 
 def allow_unverified_arg(dataset):
-    allow = any(c.data.allow_unverified for c in CFG.values() if c.data.dataset == dataset)
+    allow = any(
+        c.data.allow_unverified for c in CFG.values() if c.data.dataset == dataset
+    )
     return "data.allow_unverified=true" if allow else ""
+
+
+def srun_prefix(wildcards, resources, threads):
+    """Start a train job of several tasks as that many JAX processes, one per task, under srun
+    (they join with jax.distributed; the SLURM profile sets tasks and mpi); one task: nothing.
+    """
+    tasks = resources.get("tasks", 1)
+    if tasks <= 1:
+        return ""
+    if resources.get("mpi") != "srun":
+        raise WorkflowError(
+            f"train_run: tasks={tasks} needs mpi=srun as well, so that the SLURM executor lets"
+            " this job start its own tasks (profiles/slurm/profile.yaml shows both)"
+        )
+    return f"srun --ntasks={tasks} --cpus-per-task={threads} --kill-on-bad-exit=1 "

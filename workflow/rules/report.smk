@@ -1,10 +1,10 @@
 # Figures and pages for `snakemake --report report.html`.
 
+
 # A plot and a page: not worth a cluster job.
 localrules:
     report_run,
     report_sweep,
-
 
 
 rule report_run:
@@ -27,14 +27,14 @@ rule report_run:
             category="{run}",
             labels={"run": "{run}", "figure": "provenance chain"},
         ),
+    log:
+        f"{LOGS}/report/{{run}}.log",
+    conda:
+        "../envs/nanogptx.yaml"
     params:
         raw=lambda w, input: Path(input.raw).parent,
         model=lambda w, input: Path(input.model).parent,
         samples=lambda w, input: Path(input.samples).parent,
-    conda:
-        "../envs/nanogptx.yaml"
-    log:
-        f"{LOGS}/report/{{run}}.log",
     shell:
         "(python -m nanogptx.report curves --out {output.curves} --title {wildcards.run}"
         " {wildcards.run}={input.metrics}"
@@ -53,12 +53,12 @@ rule report_sweep:
             category="all runs",
             labels={"figure": "loss curves of all runs"},
         ),
-    params:
-        pairs=" ".join(f"{run}={RESULTS}/{run}/model/metrics.jsonl" for run in RUNS),
-    conda:
-        "../envs/nanogptx.yaml"
     log:
         f"{LOGS}/report/sweep.log",
+    conda:
+        "../envs/nanogptx.yaml"
+    params:
+        pairs=" ".join(f"{run}={RESULTS}/{run}/model/metrics.jsonl" for run in RUNS),
     shell:
         "python -m nanogptx.report curves --out {output.curves} --title 'all runs'"
         " {params.pairs} > {log} 2>&1"
