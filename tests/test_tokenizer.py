@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import hashlib
+import os
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -122,3 +126,41 @@ def test_gpt2_identity_hashes_the_ranks_file(gpt2_offline, assets: Path) -> None
     assert tok.decode(tok.encode(TEXT)) == TEXT
     with pytest.raises(TokenizerError, match=r"vocab_size = 50304"):
         tokenizer.from_manifest({**ident, "vocab_size": 50304})
+
+
+def test_seeding_tiktoken_cache_makes_gpt2_load_offline(tmp_path: Path, assets: Path) -> None:
+    cache = tmp_path / "cache"
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "nanogptx.tokenizer",
+            "--seed-tiktoken-cache",
+            str(assets / "tiktoken"),
+            "--cache",
+            str(cache),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert r.returncode == 0, r.stderr
+    # A fresh process with only this cache and no network route: tiktoken must not download.
+    env = {**os.environ, "TIKTOKEN_CACHE_DIR": str(cache), "HTTPS_PROXY": "http://127.0.0.1:9"}
+    r = subprocess.run(
+        [sys.executable, "-c", "import tiktoken; print(tiktoken.get_encoding('gpt2').n_vocab)"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+    )
+    assert r.stdout.strip() == "50257", r.stderr
+
+
+def test_seeding_refuses_a_file_with_the_wrong_hash(tmp_path: Path, assets: Path) -> None:
+    src = tmp_path / "files"
+    shutil.copytree(assets / "tiktoken", src)
+    (src / "gpt2_vocab.bpe").chmod(0o644)
+    (src / "gpt2_vocab.bpe").write_text("not the BPE file")
+    with pytest.raises(tokenizer.TokenizerError, match="gpt2_vocab.bpe: sha256 is"):
+        tokenizer.seed_tiktoken_cache(src, tmp_path / "cache")

@@ -4,15 +4,19 @@
 
 GPT-2 loads tiktoken's files from $TIKTOKEN_CACHE_DIR when they are cached there (offline use),
 else from the network. prepare (python -m nanogptx.prepare) calls `encode_documents`.
+For offline machines: python -m nanogptx.tokenizer --seed-tiktoken-cache DIR_WITH_THE_FILES
 """
 
 from __future__ import annotations
 
+import argparse
 import base64
 import functools
 import hashlib
+import os
 import threading
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -222,3 +226,74 @@ def from_manifest(tok: dict[str, Any]) -> Tokenizer:
                 f"tokenizer has {mine[key]!r}: the data was made with another vocabulary"
             )
     return t
+
+
+# The GPT-2 files as tiktoken downloads them: (URL, sha256). It caches each under sha1(URL) in
+# $TIKTOKEN_CACHE_DIR and uses a cached file without any network access when its sha256 matches.
+_OPENAI = "https://openaipublic.blob.core.windows.net"
+TIKTOKEN_FILES = {
+    "gpt2_vocab.bpe": (
+        f"{_OPENAI}/gpt-2/encodings/main/vocab.bpe",
+        "1ce1664773c50f3e0cc8842619a93edc4624525b728b188a9e0be33b7726adc5",
+    ),
+    "gpt2_encoder.json": (
+        f"{_OPENAI}/gpt-2/encodings/main/encoder.json",
+        "196139668be63f3b5d6574427317ae82f612a97c5d1cdaf36ed2256dbf636783",
+    ),
+    "r50k_base.tiktoken": (
+        f"{_OPENAI}/encodings/r50k_base.tiktoken",
+        "306cd27f03c1a714eca7108e03d66b7dc042abe8c258b44c199a7ed9838dd930",
+    ),
+}
+
+
+def seed_tiktoken_cache(src: Path, cache: Path) -> list[Path]:
+    """Copy the GPT-2 files in src (named as in TIKTOKEN_FILES) into tiktoken's cache layout."""
+    cache.mkdir(parents=True, exist_ok=True)
+    written = []
+    for name, (url, sha256) in TIKTOKEN_FILES.items():
+        data = (src / name).read_bytes()
+        if hashlib.sha256(data).hexdigest() != sha256:
+            raise TokenizerError(
+                f"{src / name}: sha256 is {hashlib.sha256(data).hexdigest()}, "
+                f"expected {sha256} (tiktoken's own hash of {url})"
+            )
+        target = cache / hashlib.sha1(url.encode()).hexdigest()
+        tmp = target.with_suffix(".tmp")
+        tmp.write_bytes(data)
+        os.replace(tmp, target)
+        written.append(target)
+    return written
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        prog="python -m nanogptx.tokenizer",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "--seed-tiktoken-cache",
+        type=Path,
+        required=True,
+        metavar="DIR",
+        help=f"a directory holding {', '.join(TIKTOKEN_FILES)}",
+    )
+    parser.add_argument(
+        "--cache",
+        type=Path,
+        default=os.environ.get("TIKTOKEN_CACHE_DIR"),
+        help="tiktoken's cache directory (default: $TIKTOKEN_CACHE_DIR)",
+    )
+    args = parser.parse_args(argv)
+    if args.cache is None:
+        parser.error("set TIKTOKEN_CACHE_DIR (tiktoken reads it) or pass --cache")
+    try:
+        written = seed_tiktoken_cache(args.seed_tiktoken_cache, args.cache)
+    except (OSError, TokenizerError) as e:
+        parser.exit(1, f"{parser.prog}: error: {e}\n")
+    print(f"{len(written)} GPT-2 files cached in {args.cache}")
+
+
+if __name__ == "__main__":
+    main()
