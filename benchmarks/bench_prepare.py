@@ -28,11 +28,6 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 ASSETS = ROOT.parent / "shared" / "assets"
-TIKTOKEN_FILES = {  # tiktoken's cache names (sha1 of the URL); see ../shared/assets/README.md
-    "r50k_base.tiktoken": "0ea1e91bbb3a60f729a8dc8f777fd2fc07cd8df4",
-    "gpt2_vocab.bpe": "6d1cbeee0f20b3d9449abfede4726ed8212e3aee",
-    "gpt2_encoder.json": "6c7ea1a7e38e3a7f062df639a5b80947f075ffe6",
-}
 PREPARE_OVERRIDES = [  # FineWeb-like: a fixed set of leading documents (1%) forms val
     "tokenizer.name=gpt2",
     "data.split=first_docs",
@@ -44,9 +39,10 @@ def seed_tiktoken_offline() -> None:
     """Use ../shared/assets/tiktoken when no tiktoken cache is configured (offline machines)."""
     if "TIKTOKEN_CACHE_DIR" in os.environ or not (ASSETS / "tiktoken").is_dir():
         return
+    from nanogptx import tokenizer
+
     cache = Path(tempfile.mkdtemp(prefix="bench-tiktoken-"))
-    for name, cached in TIKTOKEN_FILES.items():
-        shutil.copyfile(ASSETS / "tiktoken" / name, cache / cached)
+    tokenizer.seed_tiktoken_cache(ASSETS / "tiktoken", cache)
     os.environ["TIKTOKEN_CACHE_DIR"] = str(cache)
 
 
