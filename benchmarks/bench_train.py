@@ -41,22 +41,6 @@ def prepare_shakespeare(work: Path) -> Path:
     return out
 
 
-def measure_peak(n: int = 2048, repeats: int = 20) -> float:
-    """float32 FLOP/s of an n x n matmul (median of repeats)."""
-    import jax
-    import jax.numpy as jnp
-
-    a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
-    f = jax.jit(lambda x: x @ x)
-    f(a).block_until_ready()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        f(a).block_until_ready()
-        times.append(time.perf_counter() - t0)
-    return 2 * n**3 / statistics.median(times)
-
-
 def whole_split_loss(params, model_cfg, tokens, batch: int = 64) -> float:
     """Mean next-token loss over every non-overlapping block_size window of `tokens`."""
     import jax
@@ -127,11 +111,11 @@ def main() -> None:
     args = parser.parse_args()
     full = args.full or bool(args.seeds)
 
-    from nanogptx import config
+    from nanogptx import config, train
 
     work = Path(tempfile.mkdtemp(prefix="nanogptx-bench-"))
     data = args.data or prepare_shakespeare(work)
-    peak = measure_peak() if args.measure_peak else args.peak
+    peak = train.measure_flops() if args.measure_peak else args.peak
     how = "measured" if args.measure_peak else "given"
     print(f"peak for MFU: {peak / 1e9:.0f} GFLOP/s ({how})")
     overrides = [f"train.peak_flops={peak}"]

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import statistics
 import sys
 import tempfile
 import time
@@ -106,7 +107,8 @@ def windows(tokens: np.ndarray, starts: np.ndarray, block_size: int) -> tuple[np
 
 
 def train_nanogpt(gpt, cfg, tokens: dict, train_starts: list, evals: dict) -> tuple[list, dict]:
-    """nanoGPT's train.py loop (float32 on CPU, no gradient accumulation)."""
+    """nanoGPT's train.py loop (float32 on CPU, no gradient accumulation): per-step losses and
+    times, the evaluations and the final parameters (as our pytree)."""
     import torch
 
     t, L = cfg.train, cfg.model.block_size
@@ -134,12 +136,13 @@ def train_nanogpt(gpt, cfg, tokens: dict, train_starts: list, evals: dict) -> tu
         return out
 
     optimizer = gpt.configure_optimizers(t.weight_decay, t.learning_rate, (t.beta1, t.beta2), "cpu")
-    losses, evaluations = [], {}
+    run = {"losses": [], "evals": {}, "ms": []}
     for it in range(t.max_iters + 1):
         if it in evals:
-            evaluations[it] = evaluate()
+            run["evals"][it] = evaluate()
         if it == t.max_iters:
             break
+        t0 = time.perf_counter()
         for group in optimizer.param_groups:
             group["lr"] = get_lr(it)
         _, loss = gpt(*tensors("train", train_starts[it]))
@@ -147,12 +150,14 @@ def train_nanogpt(gpt, cfg, tokens: dict, train_starts: list, evals: dict) -> tu
         torch.nn.utils.clip_grad_norm_(gpt.parameters(), t.grad_clip)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-        losses.append(loss.item())
-    return losses, evaluations, to_params(gpt, cfg.model.n_layer, cfg.model.bias)
+        run["losses"].append(loss.item())
+        run["ms"].append(1e3 * (time.perf_counter() - t0))
+    return run | {"params": to_params(gpt, cfg.model.n_layer, cfg.model.bias)}
 
 
 def train_nanogptx(params: dict, cfg, tokens: dict, train_starts: list, evals: dict):
-    """Our optimizer and compiled train and eval steps on the same weights and windows."""
+    """Our optimizer and compiled train and eval steps on the same weights and windows; returns
+    what train_nanogpt does."""
     import jax
 
     from nanogptx import model, train
@@ -173,16 +178,18 @@ def train_nanogptx(params: dict, cfg, tokens: dict, train_starts: list, evals: d
             for split, batches in evals[it].items()
         }  # fmt: skip
 
-    losses, evaluations = [], {}
+    run = {"losses": [], "evals": {}, "ms": []}
     for it in range(cfg.train.max_iters + 1):
         if it in evals:
-            evaluations[it] = evaluate()
+            run["evals"][it] = evaluate()
         if it == cfg.train.max_iters:
             break
+        t0 = time.perf_counter()
         x, y = windows(tokens["train"], train_starts[it], L)
         state, stats = train_step(state, x[None], y[None], np.int32(it), key)
-        losses.append(stats["loss"])
-    return [float(v) for v in jax.device_get(losses)], evaluations, state["params"]
+        run["losses"].append(float(stats["loss"]))  # waits for the step, as loss.item() does
+        run["ms"].append(1e3 * (time.perf_counter() - t0))
+    return run | {"params": state["params"]}
 
 
 def compare(seed: int, cfg, tokens: dict, vocab_size: int, args) -> dict[str, float]:
@@ -204,16 +211,20 @@ def compare(seed: int, cfg, tokens: dict, vocab_size: int, args) -> dict[str, fl
     names = list(runs)
     print("step  " + "  ".join(f"{n + ' train':>15} {n + ' val':>13}" for n in names))
     for it in evals:
-        cells = (f"{runs[n][1][it]['train']:15.4f} {runs[n][1][it]['val']:13.4f}" for n in names)
-        print(f"{it:4d}  " + "  ".join(cells))
+        row = [runs[n]["evals"][it] for n in names]
+        print(f"{it:4d}  " + "  ".join(f"{e['train']:15.4f} {e['val']:13.4f}" for e in row))
+    # Steps after the first 10 (compilation, warm-up), timed from batch to updated parameters.
+    ms = {n: statistics.median(runs[n]["ms"][10:]) for n in names}
+    print("median ms/iter: " + ", ".join(f"{n} {ms[n]:.1f}" for n in names), end="")
+    print(f" (nanoGPT / nanogptx = {ms['nanoGPT'] / ms['nanogptx']:.2f})" if len(runs) == 2 else "")
     if len(runs) == 2:
-        diff = np.abs(np.array(runs["nanogptx"][0]) - np.array(runs["nanoGPT"][0]))
+        diff = np.abs(np.array(runs["nanogptx"]["losses"]) - np.array(runs["nanoGPT"]["losses"]))
         print(f"per-step training loss, |nanogptx - nanoGPT|: max {diff.max():.2e} "
               f"(step {diff.argmax()}), mean {diff.mean():.2e}")  # fmt: skip
     last, figures = cfg.train.max_iters, {}
     for n in names:
-        val = runs[n][1][last]["val"]
-        whole = whole_split_loss(runs[n][2], cfg.model, tokens["val"])
+        val = runs[n]["evals"][last]["val"]
+        whole = whole_split_loss(runs[n]["params"], cfg.model, tokens["val"])
         figures[n] = val
         figures[n + " whole"] = whole
         verdict = "<= 1.89" if val <= 1.89 else "ABOVE 1.89"

@@ -105,7 +105,8 @@ def test_train_writes_the_model_dir_and_the_final_loss_recomputes(
     data_dir: Path, tmp_path: Path
 ) -> None:
     cfg = tiny("train.max_iters=10", "train.checkpoint_interval=4", "train.keep_checkpoints=2",
-               "train.profile_start=2", "train.profile_steps=2")  # fmt: skip
+               "train.profile_start=2", "train.profile_steps=2",
+               "train.peak_flops=1e11")  # fmt: skip
     summary = train.train(cfg, data_dir, tmp_path / "model", tmp_path / "ckpt")
     out = tmp_path / "model"
     assert sorted(p.name for p in out.iterdir()) == [
@@ -125,7 +126,11 @@ def test_train_writes_the_model_dir_and_the_final_loss_recomputes(
     assert train_losses[9] < train_losses[0] - 0.5
     assert [r["step"] for r in records(out, "eval")] == [0, 5, 10]
     rec = records(out, "train")[-1]
-    assert rec["tokens"] == 10 * 8 * 16 and rec["tokens_per_s"] > 0 and rec["mfu"] is None
+    assert rec["tokens"] == 10 * 8 * 16 and rec["tokens_per_s"] > 0
+    # MFU: nanoGPT's FLOPs per token at the logged rate, against the configured peak.
+    n_flops = model.count_params(params, non_embedding=True)
+    flops_per_s = model.flops_per_token(cfg_out.model, n_flops) * rec["tokens_per_s"]
+    assert rec["mfu"] == pytest.approx(flops_per_s / 1e11, rel=1e-6)
     prov = json.loads((out / "provenance.json").read_text())
     data = loader.open_prepared(data_dir)
     assert prov["manifest_sha256"] == data.manifest_sha256
@@ -139,6 +144,14 @@ def test_train_writes_the_model_dir_and_the_final_loss_recomputes(
     ])  # fmt: skip
     assert float(val) == pytest.approx(summary["val_loss"], rel=1e-5)
     assert records(out, "eval")[-1]["val_loss"] == summary["val_loss"]
+
+
+def test_mfu_peak_is_configured_else_known_else_measured_else_none() -> None:
+    assert train.peak_flops(tiny("train.peak_flops=3e12").train) == (3e12, "train.peak_flops")
+    peak, source = train.peak_flops(tiny().train)  # a CPU: not in the table
+    assert peak is None and "train.measure_peak" in source
+    peak, source = train.peak_flops(tiny("train.measure_peak=true").train)
+    assert source.startswith("measured") and 1e8 < peak < 1e14, (peak, source)
 
 
 def test_rerun_resumes_keeps_the_wandb_run_and_refuses_other_settings(

@@ -110,12 +110,16 @@ class TrainConfig:
         "float32", "dtype of activations and matmuls", ("float32", "bfloat16", "float16")
     )
     sharding: str = _f(
-        "dp", "dp: batch sharded, parameters replicated; fsdp: parameters sharded too",
+        "dp",
+        "dp: batch sharded, parameters replicated; fsdp: parameters sharded too",
         ("dp", "fsdp"),
     )
     checkpoint_interval: int = _f(1000, "save a checkpoint every this many steps (0: only final)")
     keep_checkpoints: int = _f(2, "checkpoints kept on disk")
-    peak_flops: float = _f(0.0, "peak FLOP/s of one device for MFU (0: a table, else none)")
+    peak_flops: float = _f(0.0, "peak FLOP/s of one device for MFU (0: a table by device kind)")
+    measure_peak: bool = _f(
+        False, "for a device the table lacks, measure the peak (a matmul) at start; else no MFU"
+    )
     profile_start: int = _f(0, "first step of a jax.profiler trace (0: no trace)")
     profile_steps: int = _f(5, "steps in the profiler trace")
 
@@ -155,7 +159,9 @@ class Config:
     logging: LoggingConfig = field(default_factory=LoggingConfig)
 
 
-SECTIONS: dict[str, type] = {f.name: typing.get_type_hints(Config)[f.name] for f in dataclasses.fields(Config)}
+SECTIONS: dict[str, type] = {
+    f.name: typing.get_type_hints(Config)[f.name] for f in dataclasses.fields(Config)
+}
 
 # Which sections each stage depends on: Snakemake reruns a stage when one of them changes.
 # (Data and tokenizer changes reach train and sample through their inputs' paths: data_id.)
@@ -177,9 +183,7 @@ def _check_type(value: Any, tp: Any, where: str) -> Any:
     if tp is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     if (tp is int and isinstance(value, bool)) or not isinstance(value, tp):
-        raise ConfigError(
-            f"{where}: expected {tp.__name__}, got {type(value).__name__} {value!r}"
-        )
+        raise ConfigError(f"{where}: expected {tp.__name__}, got {type(value).__name__} {value!r}")
     return value
 
 
@@ -211,36 +215,59 @@ def _check_values(cfg: Config, source: str) -> None:
         raise ConfigError(f"{source}: data.dataset: {e}") from None
     from_cleaning = {"normalize_newlines", "strip", "drop_short"}
     for c in d.cleaning:
-        need(c in from_cleaning, "data.cleaning", c, f"one of {sorted(from_cleaning)}"
-             + _suggest(c, from_cleaning))
+        need(
+            c in from_cleaning,
+            "data.cleaning",
+            c,
+            f"one of {sorted(from_cleaning)}" + _suggest(c, from_cleaning),
+        )
     need(0.0 < d.val_fraction < 1.0, "data.val_fraction", d.val_fraction, "between 0 and 1")
     need(d.val_docs >= 0, "data.val_docs", d.val_docs, ">= 0")
-    need(d.split != "first_docs" or d.val_docs > 0, "data.val_docs", d.val_docs,
-         "> 0 when data.split = first_docs")
+    need(
+        d.split != "first_docs" or d.val_docs > 0,
+        "data.val_docs",
+        d.val_docs,
+        "> 0 when data.split = first_docs",
+    )
     need(d.max_docs >= 0, "data.max_docs", d.max_docs, ">= 0")
     need(d.min_chars >= 0, "data.min_chars", d.min_chars, ">= 0")
     need(d.shard_tokens > 0, "data.shard_tokens", d.shard_tokens, "> 0")
     for key in ("n_layer", "n_head", "n_embd", "block_size"):
         need(getattr(m, key) > 0, f"model.{key}", getattr(m, key), "> 0")
     need(m.vocab_size >= 0, "model.vocab_size", m.vocab_size, ">= 0 (0: the tokenizer's)")
-    need(m.n_embd % m.n_head == 0, "model.n_embd", m.n_embd,
-         f"a multiple of model.n_head = {m.n_head}")
+    need(
+        m.n_embd % m.n_head == 0,
+        "model.n_embd",
+        m.n_embd,
+        f"a multiple of model.n_head = {m.n_head}",
+    )
     need(0.0 <= m.dropout < 1.0, "model.dropout", m.dropout, "in [0, 1)")
     need(t.batch_size > 0, "train.batch_size", t.batch_size, "> 0")
     micro = t.batch_size * m.block_size
-    need(t.total_batch_tokens >= 0 and t.total_batch_tokens % micro == 0,
-         "train.total_batch_tokens", t.total_batch_tokens,
-         f"0 or a multiple of train.batch_size * model.block_size = {micro}")
+    need(
+        t.total_batch_tokens >= 0 and t.total_batch_tokens % micro == 0,
+        "train.total_batch_tokens",
+        t.total_batch_tokens,
+        f"0 or a multiple of train.batch_size * model.block_size = {micro}",
+    )
     for key in ("max_iters", "eval_iters", "eval_interval", "keep_checkpoints"):
         need(getattr(t, key) > 0, f"train.{key}", getattr(t, key), "> 0")
     for key in ("warmup_iters", "lr_decay_iters", "checkpoint_interval", "profile_start"):
         need(getattr(t, key) >= 0, f"train.{key}", getattr(t, key), ">= 0")
     need(t.profile_steps > 0, "train.profile_steps", t.profile_steps, "> 0")
     need(t.learning_rate > 0, "train.learning_rate", t.learning_rate, "> 0")
-    need(0 <= t.min_lr <= t.learning_rate, "train.min_lr", t.min_lr,
-         f"between 0 and train.learning_rate = {t.learning_rate}")
-    need(not t.decay_lr or t.lr_decay_iters > t.warmup_iters, "train.lr_decay_iters",
-         t.lr_decay_iters, f"> train.warmup_iters = {t.warmup_iters}")
+    need(
+        0 <= t.min_lr <= t.learning_rate,
+        "train.min_lr",
+        t.min_lr,
+        f"between 0 and train.learning_rate = {t.learning_rate}",
+    )
+    need(
+        not t.decay_lr or t.lr_decay_iters > t.warmup_iters,
+        "train.lr_decay_iters",
+        t.lr_decay_iters,
+        f"> train.warmup_iters = {t.warmup_iters}",
+    )
     need(0 <= t.beta1 < 1, "train.beta1", t.beta1, "in [0, 1)")
     need(0 <= t.beta2 < 1, "train.beta2", t.beta2, "in [0, 1)")
     need(t.weight_decay >= 0, "train.weight_decay", t.weight_decay, ">= 0")
@@ -333,7 +360,9 @@ def section_hash(cfg: Config, names: typing.Iterable[str]) -> str:
 
 def data_id(cfg: Config) -> str:
     """Directory name of the prepared data: runs with equal data settings share it."""
-    return f"{cfg.data.dataset}-{cfg.tokenizer.name}-{section_hash(cfg, ('data', 'tokenizer'))[:10]}"
+    return (
+        f"{cfg.data.dataset}-{cfg.tokenizer.name}-{section_hash(cfg, ('data', 'tokenizer'))[:10]}"
+    )
 
 
 def _toml_value(v: Any) -> str:
@@ -375,8 +404,12 @@ def add_arguments(parser: argparse.ArgumentParser, names: typing.Iterable[str]) 
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
     parser.epilog = describe(names)
     parser.add_argument("--config", type=Path, help="TOML file of a run (config/NAME.toml)")
-    parser.add_argument("overrides", nargs="*", metavar="section.key=value",
-                        help="overrides, applied after the file")
+    parser.add_argument(
+        "overrides",
+        nargs="*",
+        metavar="section.key=value",
+        help="overrides, applied after the file",
+    )
 
 
 def from_args(args: argparse.Namespace, parser: argparse.ArgumentParser) -> Config:
@@ -385,4 +418,3 @@ def from_args(args: argparse.Namespace, parser: argparse.ArgumentParser) -> Conf
         return load(args.config, args.overrides)
     except ConfigError as e:
         parser.exit(2, f"{parser.prog}: config error: {e}\n")
-

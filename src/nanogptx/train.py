@@ -217,12 +217,31 @@ def make_eval_step(cfg: Config) -> Callable:
     return eval_step
 
 
-def peak_flops(t: TrainConfig) -> float | None:
-    """Peak FLOP/s of one device: train.peak_flops, else the table by device kind, else None."""
+def measure_flops(dtype: Any = jnp.float32, n: int = 2048, repeats: int = 10) -> float:
+    """FLOP/s of an n x n matmul on the default device (the best of `repeats`)."""
+    a_NxN = jax.random.normal(jax.random.key(0), (n, n), dtype)
+    f = jax.jit(lambda x: x @ x)
+    f(a_NxN).block_until_ready()
+    best = math.inf
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        f(a_NxN).block_until_ready()
+        best = min(best, time.perf_counter() - t0)
+    return 2 * n**3 / best
+
+
+def peak_flops(t: TrainConfig) -> tuple[float | None, str]:
+    """Peak FLOP/s of one device, and where it came from: train.peak_flops, else the table by
+    device kind, else measured (train.measure_peak) in the compute dtype, else none."""
     if t.peak_flops > 0:
-        return t.peak_flops
+        return t.peak_flops, "train.peak_flops"
     kind = jax.devices()[0].device_kind
-    return next((v for k, v in PEAK_FLOPS.items() if k in kind), None)
+    known = next((v for k, v in PEAK_FLOPS.items() if k in kind), None)
+    if known is not None:
+        return known, f"the table's {kind}"
+    if t.measure_peak:
+        return measure_flops(jnp.dtype(t.compute_dtype)), f"measured, {t.compute_dtype} matmul"
+    return None, f"unknown for {kind}: set train.peak_flops or train.measure_peak"
 
 
 def plan_state(cfg: Config, V: int, mesh: Mesh) -> tuple[State, Any]:
@@ -485,7 +504,9 @@ def train(
             metrics.wandb_run.finish()
         return {"step": start, "train_loss": losses["train"], "val_loss": losses["val"]}
 
-    peak = peak_flops(t)
+    peak, source = peak_flops(t)
+    log(f"MFU against a peak of {peak / 1e12:.3g} TFLOP/s per device ({source})" if peak
+        else f"no MFU: peak FLOP/s {source}")  # fmt: skip
     flops_per_token = model.flops_per_token(m, n_flops_params)
     pending: list[tuple[int, dict[str, jax.Array]]] = []
     clock = {"seconds": 0.0, "steps": 0, "since": time.perf_counter()}
