@@ -27,14 +27,13 @@ import argparse
 import math
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_train import RECIPE, prepare_shakespeare, whole_split_loss  # noqa: E402
+from bench_train import RECIPE, prepare_recipe, whole_split_loss  # noqa: E402
 
 
 def nanogpt_draws(seed: int, cfg, vocab_size: int, n_train: int, n_val: int, nanogpt: Path):
@@ -253,8 +252,7 @@ def main() -> None:
     micro_tokens = cfg.train.batch_size * cfg.model.block_size
     if cfg.model.dropout or cfg.train.total_batch_tokens > micro_tokens:
         sys.exit("the comparison follows train.py without dropout or gradient accumulation")
-    work = Path(tempfile.mkdtemp(prefix="nanogptx-compare-"))
-    data = loader.open_prepared(args.data or prepare_shakespeare(work))
+    data = loader.open_prepared(args.data or prepare_recipe())
     tokens = {s: data.split(s).read(0, data.split(s).n_tokens) for s in ("train", "val")}
     seeds = [int(s) for s in args.seeds.split(",")]
     results = {seed: compare(seed, cfg, tokens, data.vocab_size, args) for seed in seeds}
