@@ -252,6 +252,9 @@ def main() -> None:
     micro_tokens = cfg.train.batch_size * cfg.model.block_size
     if cfg.model.dropout or cfg.train.total_batch_tokens > micro_tokens:
         sys.exit("the comparison follows train.py without dropout or gradient accumulation")
+    if cfg.train.max_iters % cfg.train.eval_interval:
+        sys.exit("train.max_iters must be a multiple of train.eval_interval: both trainers are "
+                 "compared at the evaluation of the last step")  # fmt: skip
     data = loader.open_prepared(args.data or prepare_recipe())
     tokens = {s: data.split(s).read(0, data.split(s).n_tokens) for s in ("train", "val")}
     seeds = [int(s) for s in args.seeds.split(",")]
