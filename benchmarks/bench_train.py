@@ -57,7 +57,7 @@ def synthetic_prepared(out: Path, vocab_size: int, n_tokens: int = 1 << 22, seed
     from nanogptx import prepare, provenance
 
     rng = np.random.default_rng(seed)
-    dtype = np.uint16 if vocab_size <= 1 << 16 else np.uint32
+    dtype = prepare.token_dtype(vocab_size)
     out.mkdir(parents=True)
     shards, splits = [], {}
     for split, n in (("train", n_tokens), ("val", n_tokens // 10)):
@@ -69,27 +69,27 @@ def synthetic_prepared(out: Path, vocab_size: int, n_tokens: int = 1 << 22, seed
     manifest = {
         "format": prepare.FORMAT, "dataset": "synthetic", "data_config": {},
         "tokenizer": {"name": "synthetic", "vocab_size": vocab_size}, "sources": [],
-        "shard_format": "npy", "dtype": np.dtype(dtype).name, "splits": splits, "shards": shards,
+        "shard_format": "npy", "dtype": dtype.name, "splits": splits, "shards": shards,
     }  # fmt: skip
     (out / "manifest.json").write_text(json.dumps(manifest, indent=2))
     return out
 
 
-def whole_split_loss(params, model_cfg, tokens, batch: int = 64) -> float:
-    """Mean next-token loss over every non-overlapping block_size window of `tokens`."""
+def whole_split_loss(params, model_cfg, data, split: str = "val", batch: int = 64) -> float:
+    """Mean next-token loss over every non-overlapping block_size window of a split of `data`
+    (a loader.Prepared)."""
     import jax
 
-    from nanogptx import model
+    from nanogptx import loader, model
 
     L = model_cfg.block_size
-    n = (len(tokens) - 1) // L
-    xy = np.stack([tokens[i * L : i * L + L + 1] for i in range(n)]).astype(np.int32)
+    starts = np.arange((data.split(split).n_tokens - 1) // L) * L
     loss = jax.jit(lambda p, x, y: model.loss_fn(p, x, y, model_cfg))
-    total = sum(
-        float(loss(params, xy[i : i + batch, :-1], xy[i : i + batch, 1:])) * len(xy[i : i + batch])
-        for i in range(0, n, batch)
-    )
-    return total / n
+    total = 0.0
+    for i in range(0, len(starts), batch):
+        part = starts[i : i + batch]
+        total += float(loss(params, *loader.windows(data, split, part, L))) * len(part)
+    return total / len(starts)
 
 
 def load_average() -> str:
@@ -127,8 +127,7 @@ def run(cfg, data: Path, work: Path, full: bool, recipe: str) -> dict:
         if r["kind"] == "eval":
             print(f"  step {r['step']}: train {r['train_loss']:.4f}, val {r['val_loss']:.4f}")
     params, model_cfg = checkpoint.load_model(out)[:2]
-    val = loader.open_prepared(data).split("val")
-    whole = whole_split_loss(params, model_cfg.model, val.read(0, val.n_tokens))
+    whole = whole_split_loss(params, model_cfg.model, loader.open_prepared(data))
     nanogpt, target = REFERENCES.get(recipe, (None, None))
     compared = [] if nanogpt is None else [f"nanoGPT {nanogpt}"]
     if target is not None:

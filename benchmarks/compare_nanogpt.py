@@ -35,8 +35,10 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_train import RECIPE, prepare_recipe, whole_split_loss  # noqa: E402
 
+from nanogptx import loader  # noqa: E402
 
-def nanogpt_draws(seed: int, cfg, vocab_size: int, n_train: int, n_val: int, nanogpt: Path):
+
+def nanogpt_draws(seed: int, cfg, data, nanogpt: Path):
     """nanoGPT's initial model and every batch window its train.py draws, in its order."""
     import torch
 
@@ -47,8 +49,9 @@ def nanogpt_draws(seed: int, cfg, vocab_size: int, n_train: int, n_val: int, nan
     torch.manual_seed(seed)
     gpt = GPT(GPTConfig(
         n_layer=m.n_layer, n_head=m.n_head, n_embd=m.n_embd, block_size=m.block_size,
-        bias=m.bias, vocab_size=vocab_size, dropout=m.dropout,
+        bias=m.bias, vocab_size=data.vocab_size, dropout=m.dropout,
     ))  # fmt: skip
+    n_train, n_val = data.split("train").n_tokens, data.split("val").n_tokens
 
     def draw(n_tokens: int) -> np.ndarray:
         return torch.randint(n_tokens - m.block_size, (t.batch_size,)).numpy()
@@ -100,19 +103,14 @@ def to_params(gpt, n_layer: int, bias: bool) -> dict:
     return params
 
 
-def windows(tokens: np.ndarray, starts: np.ndarray, block_size: int) -> tuple[np.ndarray, ...]:
-    xy = np.stack([tokens[s : s + block_size + 1] for s in starts]).astype(np.int32)
-    return xy[:, :-1], xy[:, 1:]
-
-
-def train_nanogpt(gpt, cfg, tokens: dict, train_starts: list, evals: dict) -> tuple[list, dict]:
+def train_nanogpt(gpt, cfg, data, train_starts: list, evals: dict) -> dict:
     """nanoGPT's train.py loop (float32 on CPU, no gradient accumulation): per-step losses and
     times, the evaluations and the final parameters (as our pytree)."""
     import torch
 
     t, L = cfg.train, cfg.model.block_size
 
-    def get_lr(it: int) -> float:  # train.py's
+    def get_lr(it: int) -> float:  # train.py's, not nanogptx.train.lr_schedule: a reference
         if it < t.warmup_iters:
             return t.learning_rate * (it + 1) / (t.warmup_iters + 1)
         if it > t.lr_decay_iters:
@@ -121,7 +119,7 @@ def train_nanogpt(gpt, cfg, tokens: dict, train_starts: list, evals: dict) -> tu
         return t.min_lr + 0.5 * (1.0 + math.cos(math.pi * ratio)) * (t.learning_rate - t.min_lr)
 
     def tensors(split: str, starts: np.ndarray) -> tuple:
-        x, y = windows(tokens[split], starts, L)
+        x, y = loader.windows(data, split, starts, L)
         return torch.from_numpy(x.astype(np.int64)), torch.from_numpy(y.astype(np.int64))
 
     @torch.no_grad()
@@ -154,7 +152,7 @@ def train_nanogpt(gpt, cfg, tokens: dict, train_starts: list, evals: dict) -> tu
     return run | {"params": to_params(gpt, cfg.model.n_layer, cfg.model.bias)}
 
 
-def train_nanogptx(params: dict, cfg, tokens: dict, train_starts: list, evals: dict):
+def train_nanogptx(params: dict, cfg, data, train_starts: list, evals: dict) -> dict:
     """Our optimizer and compiled train and eval steps on the same weights and windows; returns
     what train_nanogpt does."""
     import jax
@@ -172,7 +170,7 @@ def train_nanogptx(params: dict, cfg, tokens: dict, train_starts: list, evals: d
 
     def evaluate() -> dict[str, float]:
         return {
-            split: float(np.mean([eval_step(state["params"], *windows(tokens[split], s, L))
+            split: float(np.mean([eval_step(state["params"], *loader.windows(data, split, s, L))
                                   for s in batches]))
             for split, batches in evals[it].items()
         }  # fmt: skip
@@ -184,27 +182,25 @@ def train_nanogptx(params: dict, cfg, tokens: dict, train_starts: list, evals: d
         if it == cfg.train.max_iters:
             break
         t0 = time.perf_counter()
-        x, y = windows(tokens["train"], train_starts[it], L)
+        x, y = loader.windows(data, "train", train_starts[it], L)
         state, stats = train_step(state, x[None], y[None], np.int32(it), key)
         run["losses"].append(float(stats["loss"]))  # waits for the step, as loss.item() does
         run["ms"].append(1e3 * (time.perf_counter() - t0))
     return run | {"params": state["params"]}
 
 
-def compare(seed: int, cfg, tokens: dict, vocab_size: int, args) -> dict[str, float]:
+def compare(seed: int, cfg, data, args) -> dict[str, float]:
     """Both trainers on nanoGPT's draws under `seed`; prints the comparison, returns the figures."""
     print(f"\nnanoGPT's draws under torch seed {seed}; the recipe {RECIPE.name}")
-    gpt, train_starts, evals = nanogpt_draws(
-        seed, cfg, vocab_size, len(tokens["train"]), len(tokens["val"]), args.nanogpt
-    )
+    gpt, train_starts, evals = nanogpt_draws(seed, cfg, data, args.nanogpt)
     params = to_params(gpt, cfg.model.n_layer, cfg.model.bias)
     runs = {}
     t0 = time.perf_counter()
-    runs["nanogptx"] = train_nanogptx(params, cfg, tokens, train_starts, evals)
+    runs["nanogptx"] = train_nanogptx(params, cfg, data, train_starts, evals)
     print(f"nanogptx trained {cfg.train.max_iters} steps in {time.perf_counter() - t0:.0f} s")
     if not args.skip_torch:
         t0 = time.perf_counter()
-        runs["nanoGPT"] = train_nanogpt(gpt, cfg, tokens, train_starts, evals)
+        runs["nanoGPT"] = train_nanogpt(gpt, cfg, data, train_starts, evals)
         print(f"nanoGPT trained {cfg.train.max_iters} steps in {time.perf_counter() - t0:.0f} s")
 
     names = list(runs)
@@ -223,7 +219,7 @@ def compare(seed: int, cfg, tokens: dict, vocab_size: int, args) -> dict[str, fl
     last, figures = cfg.train.max_iters, {}
     for n in names:
         val = runs[n]["evals"][last]["val"]
-        whole = whole_split_loss(runs[n]["params"], cfg.model, tokens["val"])
+        whole = whole_split_loss(runs[n]["params"], cfg.model, data)
         figures[n] = val
         figures[n + " whole"] = whole
         verdict = "<= 1.89" if val <= 1.89 else "ABOVE 1.89"
@@ -246,7 +242,7 @@ def main() -> None:
     except ImportError:
         sys.exit("this comparison needs torch: pip install torch")
 
-    from nanogptx import config, loader
+    from nanogptx import config
 
     cfg = config.load(RECIPE, args.overrides)
     micro_tokens = cfg.train.batch_size * cfg.model.block_size
@@ -256,9 +252,8 @@ def main() -> None:
         sys.exit("train.max_iters must be a multiple of train.eval_interval: both trainers are "
                  "compared at the evaluation of the last step")  # fmt: skip
     data = loader.open_prepared(args.data or prepare_recipe())
-    tokens = {s: data.split(s).read(0, data.split(s).n_tokens) for s in ("train", "val")}
     seeds = [int(s) for s in args.seeds.split(",")]
-    results = {seed: compare(seed, cfg, tokens, data.vocab_size, args) for seed in seeds}
+    results = {seed: compare(seed, cfg, data, args) for seed in seeds}
     if len(results) > 1:
         print(f"\nval loss at step {cfg.train.max_iters} on nanoGPT's draws, by seed")
         keys = list(results[seeds[0]])

@@ -182,10 +182,16 @@ def batch(
     rows: slice = slice(None),
 ) -> tuple[np.ndarray, np.ndarray]:
     """Inputs and next-token targets (int32) of batch `step`; `rows` reads only some rows."""
+    n_tokens = data.split(split).n_tokens
+    starts = window_starts(n_tokens, split, seed, step, batch_size, block_size, order, stream)
+    return windows(data, split, starts[rows], block_size)
+
+
+def windows(
+    data: Prepared, split: str, starts: np.ndarray, block_size: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Inputs and next-token targets (int32) of the block_size windows that begin at `starts`."""
     tokens = data.split(split)
-    starts = window_starts(
-        tokens.n_tokens, split, seed, step, batch_size, block_size, order, stream
-    )[rows]
     xy_BxL1 = np.stack([tokens.read(int(s), block_size + 1) for s in starts])
     if xy_BxL1.size and (xy_BxL1.max() >= data.vocab_size or xy_BxL1.min() < 0):
         raise DataError(

@@ -440,6 +440,11 @@ class Shards:
             (self.out / e["file"]).unlink(missing_ok=True)
 
 
+def token_dtype(vocab_size: int) -> np.dtype:
+    """The shards' dtype: uint16 when every id fits, else uint32."""
+    return np.dtype(np.uint16 if vocab_size <= 1 << 16 else np.uint32)
+
+
 def _prepare_out(out: Path) -> None:
     """Create --out, check it is writable, and clear what an earlier run of prepare left there."""
     try:
@@ -503,7 +508,7 @@ def prepare(
                     seen[codepoints("".join(b.texts))] = True
             _check_empty(total_chars, files, dc)
         tok = CharTokenizer.from_seen(seen) if seen is not None else gpt2_tokenizer()
-    dtype = np.dtype(np.uint16 if tok.vocab_size <= 1 << 16 else np.uint32)
+    dtype = token_dtype(tok.vocab_size)
     shards = {s: Shards(out, s, dc.shard_format, dtype, dc.shard_tokens) for s in SPLITS}
     try:
         if ds.reader == "bin":
