@@ -321,7 +321,7 @@ def test_output_directory_that_cannot_be_created_is_a_clear_error(server, tmp_pa
     # Tests run as root, which chmod does not stop: a parent that is a regular file does.
     register(monkeypatch, {"a.bin": b"data"})
     (tmp_path / "file").write_text("not a directory")
-    with pytest.raises(download.DownloadError, match="output directory .*file/raw"):
+    with pytest.raises(download.DownloadError, match="--out .*file/raw cannot be created"):
         run(server, tmp_path, out="file/raw")
 
 

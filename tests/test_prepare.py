@@ -393,8 +393,10 @@ def test_bad_utf8_is_refused_or_replaced(tmp_path: Path) -> None:
 def test_unwritable_output_directory(shakespeare, tmp_path: Path) -> None:
     # Tests run as root, who may write anywhere: a directory below a regular file cannot exist.
     (tmp_path / "file").write_text("x")
-    with pytest.raises(PrepareError, match=r"output directory .*file/out is not writable"):
+    with pytest.raises(provenance.OutputError, match=r"--out .*file/out cannot be created"):
         prepare(cfg(), shakespeare[0], tmp_path / "file" / "out", 1)
+    with pytest.raises(provenance.OutputError, match=r"--out .*/file is a file: expected a dir"):
+        prepare(cfg(), shakespeare[0], tmp_path / "file", 1)
 
 
 def test_failure_midway_leaves_no_shards_and_stale_outputs_go(tmp_path: Path) -> None:

@@ -51,10 +51,32 @@ def test_long_text_comes_in_pieces_cut_between_words(tmp_path: Path, monkeypatch
             assert b[0] == " " and not a[-1].isspace() and not b[1].isspace()
 
 
-def test_text_with_no_place_to_cut_stays_whole(tmp_path: Path) -> None:
+def test_text_with_no_place_to_cut_is_cut_anyway_and_says_so(tmp_path: Path, capsys) -> None:
+    # Without a bound, such a text was read whole and searched again on every block: quadratic
+    # time and memory growing with the line (benchmarks/bench_readers.py measures both).
     p = tmp_path / "a.txt"
     p.write_text("ab\n\n" * 300)
-    assert texts_of(list(readers.read_text(p, piece_chars=100))) == ["ab\n\n" * 300]
+    bs = list(readers.read_text(p, piece_chars=100))
+    assert "".join(texts_of(bs)) == "ab\n\n" * 300
+    assert max(len(b.texts[0]) for b in bs) <= 200 and len(bs) >= 6
+    assert "cut 11 times where no space or newline lay between" in capsys.readouterr().err
+
+
+def test_leading_byte_order_mark_is_not_text(tmp_path: Path) -> None:
+    p = tmp_path / "a.txt"
+    p.write_bytes(b"\xef\xbb\xbfHello \xef\xbb\xbf world")  # only the leading one goes
+    assert texts_of(list(readers.read_text(p))) == ["Hello \ufeff world"]
+    j = tmp_path / "a.jsonl"
+    j.write_bytes(b'\xef\xbb\xbf{"text": "one"}\n{"text": "two"}\n')
+    assert texts_of(list(readers.read_jsonl(j))) == ["one", "two"]
+
+
+def test_lone_surrogate_in_json_is_refused_naming_the_line_or_replaced(tmp_path: Path) -> None:
+    p = tmp_path / "a.jsonl"
+    p.write_text('{"text": "fine \\ud83d\\ude00"}\n{"text": "bad \\ud800 here"}\n')
+    with pytest.raises(readers.ReadError, match=r"a.jsonl: line 2: .*lone surrogate '\\ud800'"):
+        list(readers.read_jsonl(p))
+    assert texts_of(list(readers.read_jsonl(p, "replace"))) == ["fine 😀", "bad \ufffd here"]
 
 
 def test_empty_text_file_yields_nothing(tmp_path: Path) -> None:

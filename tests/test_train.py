@@ -155,7 +155,7 @@ def test_mfu_peak_is_configured_else_known_else_measured_else_none() -> None:
 
 
 def test_rerun_resumes_keeps_the_wandb_run_and_refuses_other_settings(
-    data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
 ) -> None:
     monkeypatch.setenv("WANDB_MODE", "offline")
     cfg = tiny("train.max_iters=6", "train.checkpoint_interval=3", "logging.wandb_mode=offline")
@@ -170,8 +170,12 @@ def test_rerun_resumes_keeps_the_wandb_run_and_refuses_other_settings(
     assert losses(tmp_path / "b").items() >= losses(tmp_path / "a").items()
     runs = list((tmp_path / "ckpt" / "wandb").glob("offline-run-*"))
     assert len(runs) == 2 and all(r.name.endswith(run_id) for r in runs)
-    with pytest.raises(train.TrainError, match="at step 9, past train.max_iters = 7"):
-        train.train(tiny("train.max_iters=7"), data_dir, tmp_path / "c", tmp_path / "ckpt")
+    # A shorter run resumes from the newest checkpoint it has not passed, and says so.
+    summary = train.train(tiny("train.max_iters=7"), data_dir, tmp_path / "c", tmp_path / "ckpt")
+    assert summary["resumed_from"] == 6 and summary["step"] == 7
+    assert "not resuming from step_00000009: past train.max_iters = 7" in capsys.readouterr().out
+    with pytest.raises(checkpoint.CheckpointError, match=r"every checkpoint .* is past train.max"):
+        train.train(tiny("train.max_iters=2"), data_dir, tmp_path / "c", tmp_path / "ckpt")
     with pytest.raises(train.TrainError, match="train.learning_rate, train.beta2"):
         train.train(
             tiny("train.max_iters=9", "train.learning_rate=3e-3", "train.beta2=0.9"),

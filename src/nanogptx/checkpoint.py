@@ -1,7 +1,7 @@
 """Checkpoints of the train state, and the final model directory: safetensors + JSON, no pickle.
 
     save(ckpt_dir, step, tensors, meta, files, keep)   # atomic: ckpt_dir/step_00000100/
-    tensors, meta = load(latest(ckpt_dir))
+    path, tensors, meta = restore(ckpt_dir)             # the newest, every sha256 checked
     save_model(out_dir, params, cfg, tokenizer, step); params, cfg, tokenizer = load_model(out_dir)
 
 Tensors are host numpy arrays named by their pytree key paths ("opt.1.0.mu.blocks.attn_w"), so a
@@ -11,11 +11,12 @@ checkpoint restores onto any device count; `unflatten_like` rebuilds a tree and 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import os
 import re
+import secrets
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +27,7 @@ from safetensors import safe_open
 
 from nanogptx import config, model, provenance
 
-FORMAT = "nanogptx-checkpoint/1"
+FORMAT = "nanogptx-checkpoint/2"  # /2: meta.json records the sha256 of every file
 MODEL_FORMAT = "nanogptx-params/1"
 STATE_FILE, META_FILE = "state.safetensors", "meta.json"
 MODEL_FILES = ("params.safetensors", "config.toml", "tokenizer.json")
@@ -97,15 +98,12 @@ def step_path(ckpt_dir: str | Path, step: int) -> Path:
 
 
 def list_checkpoints(ckpt_dir: str | Path) -> list[tuple[int, Path]]:
-    """Complete checkpoints as (step, path), oldest first."""
+    """Every checkpoint directory (step_NNNNNNNN) as (step, path), oldest first, intact or not:
+    `load` says whether one is intact."""
     root = Path(ckpt_dir)
     if not root.is_dir():
         return []
-    found = []
-    for path in root.iterdir():
-        m = _STEP_DIR.match(path.name)
-        if m and (path / STATE_FILE).is_file() and (path / META_FILE).is_file():
-            found.append((int(m.group(1)), path))
+    found = [(int(m.group(1)), p) for p in root.iterdir() if (m := _STEP_DIR.match(p.name))]
     return sorted(found)
 
 
@@ -117,10 +115,14 @@ def latest(ckpt_dir: str | Path) -> Path | None:
 def clean(ckpt_dir: str | Path) -> list[Path]:
     """Remove what a killed save or prune left behind (.tmp-* and .trash-* directories)."""
     root = Path(ckpt_dir)
-    removed = [p for p in root.glob(".tmp-*")] + [p for p in root.glob(".trash-*")]
-    for path in removed:
-        shutil.rmtree(path, ignore_errors=True)
-    return removed
+    return provenance.remove_temporaries(root) if root.is_dir() else []
+
+
+def _meta_sha256(meta: dict[str, Any]) -> str:
+    """sha256 of meta.json's content: its canonical JSON without the meta_sha256 key."""
+    body = {k: v for k, v in meta.items() if k != "meta_sha256"}
+    blob = json.dumps(body, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(blob.encode()).hexdigest()
 
 
 def save(
@@ -133,49 +135,118 @@ def save(
 ) -> Path:
     """Write ckpt_dir/step_<step>/ atomically (temp dir, fsync, rename), then keep the last `keep`.
 
-    A kill at any instant leaves either the complete new checkpoint or none of it (a .tmp-*
-    directory that `latest` ignores and `clean` removes); older checkpoints stay intact.
+    meta.json records the sha256 of every file and of its own content, which `load` checks. A kill
+    at any instant leaves either the complete new checkpoint or none of it (a .tmp-* directory
+    that `clean` removes); older checkpoints stay intact. A damaged checkpoint of the same step
+    (one that `restore` skipped) is replaced.
     """
     root = Path(ckpt_dir)
     root.mkdir(parents=True, exist_ok=True)
     final = step_path(root, step)
-    if not final.exists():
-        tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{final.name}-", dir=root))
-        try:
-            host = {k: np.asarray(v, order="C") for k, v in tensors.items()}
-            _write_file(
-                tmp / STATE_FILE, safetensors_bytes(host, {"format": FORMAT, "step": str(step)})
-            )
-            for name, data in (files or {}).items():
-                _write_file(tmp / name, data)
-            meta = {"format": FORMAT, "step": step, **meta}
-            _write_file(tmp / META_FILE, (json.dumps(meta, indent=2) + "\n").encode())
-            _fsync_path(tmp)
-            os.rename(tmp, final)
-            _fsync_path(root)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
+    tag = f"{os.getpid()}-{secrets.token_hex(4)}"
+    tmp, trash = root / f".tmp-{final.name}-{tag}", root / f".trash-{final.name}-{tag}"
+    os.mkdir(tmp, 0o777)  # the umask decides, as for any directory (mkdtemp would give 0700)
+    try:
+        host = {k: np.asarray(v, order="C") for k, v in tensors.items()}
+        blobs = {STATE_FILE: safetensors_bytes(host, {"format": FORMAT, "step": str(step)})}
+        blobs |= files or {}
+        for name, data in blobs.items():
+            _write_file(tmp / name, data)
+        meta = {"format": FORMAT, "step": step, **meta}
+        meta["sha256"] = {name: hashlib.sha256(data).hexdigest() for name, data in blobs.items()}
+        meta["meta_sha256"] = _meta_sha256(meta)
+        _write_file(tmp / META_FILE, (json.dumps(meta, indent=2) + "\n").encode())
+        _fsync_path(tmp)
+        if final.exists():
+            os.rename(final, trash)
+        os.rename(tmp, final)
+        _fsync_path(root)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    shutil.rmtree(trash, ignore_errors=True)
     for _, old in list_checkpoints(root)[:-keep]:
-        trash = root / f".trash-{old.name}-{os.getpid()}"
-        os.rename(old, trash)
-        shutil.rmtree(trash)
+        gone = root / f".trash-{old.name}-{tag}"
+        os.rename(old, gone)
+        shutil.rmtree(gone)
     return final
 
 
 def load(path: str | Path) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-    """Tensors and metadata of one checkpoint directory."""
+    """Tensors and metadata of one checkpoint directory, after checking every recorded sha256;
+    a damaged or incomplete checkpoint raises CheckpointError saying what is wrong."""
     path = Path(path)
+    meta_path = path / META_FILE
     try:
-        meta = json.loads((path / META_FILE).read_text())
-        tensors = safetensors.numpy.load_file(path / STATE_FILE)
-    except (OSError, json.JSONDecodeError, safetensors.SafetensorError) as e:
-        raise CheckpointError(f"checkpoint {path} cannot be read: {e}") from None
-    if meta.get("format") != FORMAT:
+        meta = json.loads(meta_path.read_text())
+    except FileNotFoundError:
+        raise CheckpointError(f"checkpoint {path} is damaged: {META_FILE} is missing") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"checkpoint {path} is damaged: {META_FILE}: {e}") from None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        fmt = meta.get("format") if isinstance(meta, dict) else None
+        raise CheckpointError(f"{meta_path}: format {fmt!r}, expected {FORMAT!r}")
+    if meta.get("meta_sha256") != _meta_sha256(meta):
         raise CheckpointError(
-            f"{path / META_FILE}: format {meta.get('format')!r}, expected {FORMAT!r}"
+            f"checkpoint {path} is damaged: the content of {META_FILE} does not match its "
+            f"recorded sha256 {meta.get('meta_sha256')}"
         )
+    hashes = meta.get("sha256")
+    if not isinstance(hashes, dict) or STATE_FILE not in hashes:
+        raise CheckpointError(f"{meta_path}: no sha256 recorded for {STATE_FILE}")
+    for name, expected in hashes.items():
+        try:
+            provenance.verify(path / name, expected, "checkpoint file")
+        except FileNotFoundError:
+            raise CheckpointError(f"checkpoint {path} is damaged: {name} is missing") from None
+        except provenance.HashMismatch as e:
+            raise CheckpointError(f"checkpoint {path} is damaged: {e}") from None
+    try:
+        tensors = safetensors.numpy.load_file(path / STATE_FILE)
+    except (OSError, safetensors.SafetensorError) as e:
+        raise CheckpointError(f"checkpoint {path} cannot be read: {e}") from None
     return tensors, meta
+
+
+def restore(
+    ckpt_dir: str | Path, policy: str = "latest", max_step: int | None = None, say: Any = print
+) -> tuple[Path, dict[str, np.ndarray], dict[str, Any]] | None:
+    """The checkpoint to resume from (path, tensors, meta), or None when there is none.
+
+    policy "latest": the newest at or before max_step, which must be intact (else
+    CheckpointError); "latest_valid": the newest intact one, saying which were skipped and why.
+    """
+    found = list_checkpoints(ckpt_dir)
+    usable = [(s, p) for s, p in found if max_step is None or s <= max_step]
+    if len(usable) < len(found):
+        past = ", ".join(p.name for s, p in found if (s, p) not in usable)
+        if not usable:
+            raise CheckpointError(
+                f"every checkpoint in {ckpt_dir} ({past}) is past train.max_iters = {max_step}: "
+                f"raise train.max_iters, or delete {ckpt_dir} to start afresh"
+            )
+        say(f"not resuming from {past}: past train.max_iters = {max_step}")
+    skipped = []
+    for step, path in reversed(usable):
+        try:
+            tensors, meta = load(path)
+            if meta["step"] != step:
+                raise CheckpointError(f"checkpoint {path}: {META_FILE} says step {meta['step']}")
+            return path, tensors, meta
+        except CheckpointError as e:
+            if policy != "latest_valid":
+                raise CheckpointError(
+                    f"{e}. Set train.resume = latest_valid to resume from the newest intact "
+                    f"checkpoint instead, or delete {path}"
+                ) from None
+            say(f"skipping checkpoint {path.name}: {e}")
+            skipped.append(path.name)
+    if skipped:
+        raise CheckpointError(
+            f"no intact checkpoint in {ckpt_dir} (skipped {', '.join(skipped)}); delete "
+            f"{ckpt_dir} to start afresh"
+        )
+    return None
 
 
 def safetensors_bytes(tensors: dict[str, np.ndarray], metadata: dict[str, str]) -> bytes:

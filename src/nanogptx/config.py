@@ -14,6 +14,8 @@ import dataclasses
 import difflib
 import hashlib
 import json
+import math
+import re
 import tomllib
 import typing
 from dataclasses import dataclass, field
@@ -43,8 +45,8 @@ class DataConfig:
     min_chars: int = _f(0, "drop_short removes documents with fewer characters than this")
     decode_errors: str = _f(
         "strict",
-        "what to do with bytes that are not UTF-8: strict (error naming file and offset) "
-        "or replace (U+FFFD)",
+        "what to do with bytes that are not UTF-8, or JSON text holding a lone surrogate "
+        "(\\ud800): strict (error naming file and offset or line) or replace (U+FFFD)",
         ("strict", "replace"),
     )
     split: str = _f(
@@ -115,6 +117,12 @@ class TrainConfig:
         ("dp", "fsdp"),
     )
     checkpoint_interval: int = _f(1000, "save a checkpoint every this many steps (0: only final)")
+    resume: str = _f(
+        "latest",
+        "latest: resume from the newest checkpoint, and stop with an error if it is damaged; "
+        "latest_valid: resume from the newest intact one, saying which were skipped and why",
+        ("latest", "latest_valid"),
+    )
     keep_checkpoints: int = _f(2, "checkpoints kept on disk")
     peak_flops: float = _f(0.0, "peak FLOP/s of one device for MFU (0: a table by device kind)")
     measure_peak: bool = _f(
@@ -170,6 +178,15 @@ STAGE_SECTIONS: dict[str, tuple[str, ...]] = {
     "train": ("model", "train", "logging"),
     "sample": ("sample",),
 }
+# Data settings that do not change the prepared bytes, so not the prepared data's identity.
+NOT_DATA_IDENTITY = ("data.allow_unverified",)
+# Train settings a resumed run must share with its checkpoint. With the model and the data they
+# name the checkpoint directory (checkpoint_id): raising max_iters or lr_decay_iters, or editing
+# evaluation, checkpointing or logging, resumes; editing one of these starts afresh.
+RESUME_KEYS = (
+    "seed", "batch_size", "total_batch_tokens", "learning_rate", "min_lr", "warmup_iters",
+    "decay_lr", "weight_decay", "beta1", "beta2", "grad_clip", "batch_order", "compute_dtype",
+)  # fmt: skip
 
 
 def _check_type(value: Any, tp: Any, where: str) -> Any:
@@ -184,6 +201,8 @@ def _check_type(value: Any, tp: Any, where: str) -> Any:
         return float(value)
     if (tp is int and isinstance(value, bool)) or not isinstance(value, tp):
         raise ConfigError(f"{where}: expected {tp.__name__}, got {type(value).__name__} {value!r}")
+    if tp is float and not math.isfinite(value):
+        raise ConfigError(f"{where}: expected a finite number, got {value!r}")
     return value
 
 
@@ -286,6 +305,10 @@ def from_dict(tree: dict[str, Any], source: str = "<dict>") -> Config:
     """Build a Config from a {section: {key: value}} tree of differences from the defaults."""
     sections = {}
     for name, values in tree.items():
+        if name not in SECTIONS and not isinstance(values, dict):
+            owners = [s for s, cls in SECTIONS.items() if name in typing.get_type_hints(cls)]
+            hint = f"; put it under [{owners[0]}] (as {owners[0]}.{name})" if owners else ""
+            raise ConfigError(f"{source}: key {name!r} is outside any [section]{hint}")
         if name not in SECTIONS:
             raise ConfigError(
                 f"{source}: unknown section [{name}]{_suggest(name, SECTIONS)}; "
@@ -327,10 +350,22 @@ def load(path: str | Path | None = None, overrides: typing.Sequence[str] = ()) -
     if path is not None:
         source = str(path)
         try:
-            with open(path, "rb") as f:
-                tree = tomllib.load(f)
+            data = Path(path).read_bytes()
         except FileNotFoundError:
             raise ConfigError(f"config file {path} does not exist") from None
+        except IsADirectoryError:
+            raise ConfigError(f"config file {path} is a directory: expected a TOML file") from None
+        except OSError as e:
+            raise ConfigError(f"config file {path} cannot be read: {e.strerror}") from None
+        if data.startswith(b"\xef\xbb\xbf"):
+            raise ConfigError(
+                f"{path} starts with a UTF-8 byte-order mark (BOM), which TOML does not allow: "
+                "save it as UTF-8 without BOM"
+            )
+        try:
+            tree = tomllib.loads(data.decode("utf-8"))
+        except UnicodeDecodeError as e:
+            raise ConfigError(f"{path}: not UTF-8 text (byte {e.start})") from None
         except tomllib.TOMLDecodeError as e:
             raise ConfigError(f"{path}: not valid TOML: {e}") from None
     for item in overrides:
@@ -352,17 +387,65 @@ def sections(cfg: Config, names: typing.Iterable[str]) -> dict[str, Any]:
     return {name: to_dict(getattr(cfg, name)) for name in names}
 
 
+def settings(
+    cfg: Config, names: typing.Iterable[str], keys: typing.Container[str] | None = None
+) -> list[str]:
+    """Every resolved key of the named sections as "section.key=value" (a TOML value, so the
+    item is also an override), in definition order; `keys`: only these section.key names."""
+    out = []
+    for name, values in sections(cfg, names).items():
+        for key, value in values.items():
+            if keys is None or f"{name}.{key}" in keys:
+                out.append(f"{name}.{key}={_toml_value(value)}")
+    return out
+
+
+def _sha256(items: typing.Iterable[str]) -> str:
+    return hashlib.sha256("\n".join(items).encode()).hexdigest()
+
+
 def section_hash(cfg: Config, names: typing.Iterable[str]) -> str:
     """sha256 of the resolved sections, stable across key order and runs."""
-    blob = json.dumps(sections(cfg, names), sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(blob.encode()).hexdigest()
+    return _sha256(sorted(settings(cfg, names)))
+
+
+def data_settings(cfg: Config) -> list[str]:
+    """The settings that make the prepared bytes: [data] (but NOT_DATA_IDENTITY) and [tokenizer]."""
+    keys = {
+        f"{name}.{f.name}"
+        for name in ("data", "tokenizer")
+        for f in dataclasses.fields(SECTIONS[name])
+    }
+    return settings(cfg, ("data", "tokenizer"), keys - set(NOT_DATA_IDENTITY))
 
 
 def data_id(cfg: Config) -> str:
     """Directory name of the prepared data: runs with equal data settings share it."""
-    return (
-        f"{cfg.data.dataset}-{cfg.tokenizer.name}-{section_hash(cfg, ('data', 'tokenizer'))[:10]}"
-    )
+    return f"{cfg.data.dataset}-{cfg.tokenizer.name}-{_sha256(data_settings(cfg))[:10]}"
+
+
+def resume_settings(cfg: Config) -> list[str]:
+    """What a checkpoint must share with the run resuming from it: model, data, RESUME_KEYS."""
+    train = settings(cfg, ("train",), {f"train.{k}" for k in RESUME_KEYS})
+    return [*settings(cfg, ("model",)), *train, f"data_id={data_id(cfg)}"]
+
+
+def checkpoint_id(cfg: Config) -> str:
+    """Directory name of a run's checkpoints: changes exactly when a resume would be refused."""
+    return _sha256(resume_settings(cfg))[:10]
+
+
+# A run's name: its file config/NAME.toml, its results/NAME/ directory and its job names.
+RUN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+
+
+def check_run_name(name: str) -> str:
+    if not RUN_NAME.fullmatch(name):
+        raise ConfigError(
+            f"run name {name!r}: expected letters, digits, '.', '_' and '-' only, starting with a "
+            "letter or digit (it names config/NAME.toml and results/NAME/)"
+        )
+    return name
 
 
 def _toml_value(v: Any) -> str:

@@ -624,10 +624,23 @@ def download(
         raise DownloadError(str(e)) from None
     out, lock = Path(out), Path(lock)
     try:
-        out.mkdir(parents=True, exist_ok=True)
-        (out / provenance.FILENAME).unlink(missing_ok=True)  # never describe a half-done run
-    except OSError as e:
-        raise DownloadError(f"output directory {out} is not writable: {e.strerror}") from None
+        with provenance.exclusive(out, "download"):  # .part files stay: they are resumed
+            (out / provenance.FILENAME).unlink(missing_ok=True)  # never describe a half-done run
+            return _download(ds, data, rec, out, mirror, lock, threads, policy)
+    except provenance.OutputError as e:
+        raise DownloadError(str(e)) from None
+
+
+def _download(
+    ds: datasets.Dataset,
+    data: config.DataConfig,
+    rec: provenance.Record,
+    out: Path,
+    mirror: str | None,
+    lock: Path,
+    threads: int,
+    policy: Policy,
+) -> list[Fetched]:
     locked = read_lock(lock).get(ds.name, {})
     mirrored, unverified = mirror is not None, data.allow_unverified
     jobs = [
@@ -713,7 +726,7 @@ def main(argv: list[str] | None = None) -> None:
         help=f"sha256 recorded from servers (default {DEFAULT_LOCK})",
     )
     parser.add_argument("--threads", type=int, default=4, help="files downloaded at once")
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)
     cfg = config.from_args(args, parser)
     if args.threads < 1:
         parser.error(f"--threads {args.threads}: expected >= 1")

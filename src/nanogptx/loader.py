@@ -10,6 +10,7 @@ recomputed from the schedule in provenance.json (`schedule`).
 from __future__ import annotations
 
 import json
+import re
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -24,6 +25,8 @@ FORMAT = "nanogptx-shards/1"
 # Name and version of the batch function: bump the version when `batch` changes its output.
 BATCH_FUNCTION = "nanogptx.loader.batch/1"
 STREAMS = ("train", "eval")
+_SHARD_FILE = re.compile(r"[A-Za-z0-9_-]+\.(npy|parquet)")  # a plain name: no path in it
+_SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
 class DataError(ValueError):
@@ -83,12 +86,46 @@ def read_manifest(data_dir: str | Path) -> dict[str, Any]:
         raise DataError(f"{path} is missing: run the prepare stage for this data first") from None
     except json.JSONDecodeError as e:
         raise DataError(f"{path}: not valid JSON: {e}") from None
-    if manifest.get("format") != FORMAT:
-        raise DataError(f"{path}: format is {manifest.get('format')!r}, expected {FORMAT!r}")
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        fmt = manifest.get("format") if isinstance(manifest, dict) else manifest
+        raise DataError(f"{path}: format is {fmt!r}, expected {FORMAT!r}")
     for key in ("tokenizer", "shard_format", "splits", "shards"):
         if key not in manifest:
             raise DataError(f"{path}: key {key!r} is missing")
+    _check_manifest(path, manifest)
     return manifest
+
+
+def _check_manifest(path: Path, manifest: dict[str, Any]) -> None:
+    """The types of what the loader reads, each bad value named with its key."""
+
+    def need(ok: bool, key: str, value: Any, expected: str) -> None:
+        if not ok:
+            raise DataError(
+                f"{path}: {key} is {value!r} ({type(value).__name__}), expected {expected}"
+            )
+
+    def count(key: str, value: Any) -> None:
+        is_int = isinstance(value, int) and not isinstance(value, bool)
+        need(is_int and value >= 0, key, value, "a number of tokens (an integer >= 0)")
+
+    tok = manifest["tokenizer"]
+    need(isinstance(tok, dict), "tokenizer", tok, "an object")
+    vocab = tok.get("vocab_size")
+    need(isinstance(vocab, int) and not isinstance(vocab, bool) and vocab > 0,
+         "tokenizer.vocab_size", vocab, "an integer > 0")  # fmt: skip
+    need(isinstance(manifest["shards"], list), "shards", manifest["shards"], "a list")
+    for i, entry in enumerate(manifest["shards"]):
+        need(isinstance(entry, dict), f"shards[{i}]", entry, "an object")
+        name = entry.get("file")
+        need(isinstance(name, str) and _SHARD_FILE.fullmatch(name) is not None,
+             f"shards[{i}].file", name, "a shard file name such as train_000000.npy")  # fmt: skip
+        need(isinstance(entry.get("split"), str), f"shards[{i}].split", entry.get("split"),
+             "a split name")  # fmt: skip
+        count(f"shards[{i}].tokens", entry.get("tokens"))
+        sha = entry.get("sha256")
+        need(isinstance(sha, str) and _SHA256.fullmatch(sha) is not None,
+             f"shards[{i}].sha256", sha, "64 hexadecimal digits")  # fmt: skip
 
 
 def verify_shards(data_dir: str | Path, manifest: dict[str, Any]) -> None:

@@ -17,9 +17,7 @@ import itertools
 import json
 import os
 import re
-import secrets
 import sys
-import tempfile
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
@@ -376,9 +374,7 @@ class Shards:
     def _open(self) -> None:
         if self._file is not None:
             return
-        # Not mkstemp: its files are private (0600); a shard gets the umask's usual permissions.
-        tmp = self.out / f".{self._name()}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+        fd, tmp = provenance.create_temp(self.out / self._name())
         self._tmp, self._n = tmp, 0
         if self.fmt == "npy":
             self._file = os.fdopen(fd, "wb")
@@ -445,15 +441,8 @@ def token_dtype(vocab_size: int) -> np.dtype:
     return np.dtype(np.uint16 if vocab_size <= 1 << 16 else np.uint32)
 
 
-def _prepare_out(out: Path) -> None:
-    """Create --out, check it is writable, and clear what an earlier run of prepare left there."""
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        fd, probe = tempfile.mkstemp(dir=out, prefix=".write-test.")
-        os.close(fd)
-        os.unlink(probe)
-    except OSError as e:
-        raise PrepareError(f"output directory {out} is not writable: {e.strerror or e}") from None
+def _clear_out(out: Path) -> None:
+    """Remove what an earlier run of prepare finished in out (shards, manifest, provenance)."""
     for p in out.iterdir():
         if _SHARD_NAME.fullmatch(p.name) or p.name in ("manifest.json", provenance.FILENAME):
             p.unlink()
@@ -474,8 +463,25 @@ def prepare(
     piece_chars: int = readers.PIECE_CHARS,
 ) -> dict[str, Any]:
     """Tokenize the raw files of cfg.data.dataset (or of `dataset`) from raw into shards in out;
-    return the manifest. chunk_chars and piece_chars tune task and text-piece sizes (tests)."""
-    raw, out, dc = Path(raw), Path(out), cfg.data
+    return the manifest. chunk_chars and piece_chars tune task and text-piece sizes (tests).
+    out is held for the while: a second prepare into it is refused, and an interrupted one's
+    temporary files are removed first."""
+    with provenance.exclusive(out, "prepare") as removed:
+        if removed:
+            _say(f"removed what an interrupted run left in {out}: {len(removed)} temporary files")
+        return _prepare(cfg, Path(raw), Path(out), threads, dataset, chunk_chars, piece_chars)
+
+
+def _prepare(
+    cfg: Config,
+    raw: Path,
+    out: Path,
+    threads: int,
+    dataset: datasets.Dataset | None,
+    chunk_chars: int,
+    piece_chars: int,
+) -> dict[str, Any]:
+    dc = cfg.data
     ds = dataset or datasets.get(dc.dataset)
     files = [raw / f.name for f in ds.files]
     rec = provenance.Record.start("prepare", config.sections(cfg, ["data", "tokenizer"]))
@@ -488,7 +494,7 @@ def prepare(
         raise PrepareError(
             f"data.split = files needs files named *val* and others: {[p.name for p in files]}"
         )
-    _prepare_out(out)
+    _clear_out(out)
     started = time.perf_counter()
     inputs = verify_raw(raw, files, threads)
 
@@ -606,13 +612,16 @@ def main(argv: list[str] | None = None) -> None:
         default=default_threads(),
         help="tokenizer threads (default: the CPUs this process may use)",
     )
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)
     cfg = config.from_args(args, parser)
     if args.threads < 1:
         parser.error(f"--threads must be >= 1, got {args.threads}")
     try:
         prepare(cfg, args.raw, args.out, args.threads)
-    except (PrepareError, ReadError, TokenizerError, provenance.HashMismatch, OSError) as e:
+    except (
+        PrepareError, ReadError, TokenizerError, provenance.HashMismatch, provenance.OutputError,
+        OSError,
+    ) as e:  # fmt: skip
         parser.exit(1, f"{parser.prog}: error: {e}\n")
 
 

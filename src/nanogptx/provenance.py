@@ -10,25 +10,37 @@
 from __future__ import annotations
 
 import datetime as dt
+import fcntl
 import hashlib
 import importlib.metadata
 import json
 import os
 import platform
+import re
+import secrets
+import shutil
 import socket
 import subprocess
 import sys
-import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 FILENAME = "provenance.json"
+LOCK_FILE = ".nanogptx.lock"
 _CHUNK = 1 << 20
+# Temporaries of write_bytes_atomic, prepare's shards and checkpoint saves (see temp_path).
+_TEMPORARY = re.compile(r"\..+\.tmp|\.tmp-.+|\.trash-.+")
 
 
 class HashMismatch(ValueError):
     """A file whose sha256 is not the one recorded for it."""
+
+
+class OutputError(ValueError):
+    """An output directory that cannot be used: a file, not writable, or in use by another run."""
 
 
 def sha256_file(path: str | Path) -> str:
@@ -46,11 +58,23 @@ def verify(path: str | Path, expected: str, what: str = "file") -> None:
         raise HashMismatch(f"{what} {path}: sha256 is {actual}, expected {expected}")
 
 
+def temp_path(path: Path) -> Path:
+    """A fresh hidden name beside path for its bytes in the making (.NAME.PID.HEX.tmp)."""
+    return path.parent / f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
+
+
+def create_temp(path: Path) -> tuple[int, Path]:
+    """Open a new temporary file for path; the umask gives its permissions, as for any file the
+    user makes (mkstemp would make it 0600, unreadable to the user's group on a cluster)."""
+    tmp = temp_path(path)
+    return os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), tmp
+
+
 def write_bytes_atomic(path: str | Path, data: bytes) -> None:
     """Write to a temporary file beside path, fsync, then rename: readers never see half a file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = create_temp(path)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
@@ -58,12 +82,72 @@ def write_bytes_atomic(path: str | Path, data: bytes) -> None:
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
 
 
 def write_json_atomic(path: str | Path, obj: Any) -> None:
     write_bytes_atomic(path, (json.dumps(obj, indent=2) + "\n").encode())
+
+
+def output_dir(path: str | Path, flag: str = "--out") -> Path:
+    """Create the output directory path (with its parents) or raise OutputError naming it: a
+    stage checks this before any work, so that a bad --out never costs a training."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise OutputError(f"{flag} {path} is a file: expected a directory (or a new path)")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise OutputError(f"{flag} {path} cannot be created: {e.strerror or e}") from None
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise OutputError(f"{flag} {path} is not writable")
+    return path
+
+
+@contextmanager
+def exclusive(path: str | Path, what: str, flag: str = "--out") -> Iterator[list[Path]]:
+    """Hold a lock on the directory path (flock on path/.nanogptx.lock, removed when done) while
+    a stage writes there; a second process is refused at once, naming the holder. Holding it,
+    remove what an interrupted run left (temporary files and directories; see _TEMPORARY),
+    which no live process can still be writing; the removed paths are yielded."""
+    root = output_dir(path, flag)
+    lock = root / LOCK_FILE
+    while True:
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            raise OutputError(
+                f"{root} is in use by another {what} ({holder}): wait for it to finish or use "
+                "another directory"
+            ) from None
+        try:  # the lock is ours if its file was not removed by a holder that just finished
+            if os.stat(lock).st_ino == os.fstat(fd).st_ino:
+                break
+        except FileNotFoundError:
+            pass
+        os.close(fd)
+    try:
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()} since {_now()}\n".encode(), 0)
+        yield remove_temporaries(root)
+    finally:
+        lock.unlink(missing_ok=True)  # before the release: a waiter then sees a removed file
+        os.close(fd)
+
+
+def remove_temporaries(root: Path) -> list[Path]:
+    """Remove the temporary files and directories of interrupted writes in root."""
+    removed = sorted(p for p in root.iterdir() if _TEMPORARY.fullmatch(p.name))
+    for p in removed:
+        if p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p)
+        else:
+            p.unlink(missing_ok=True)
+    return removed
 
 
 def git_state(repo: Path | None = None) -> dict[str, Any]:

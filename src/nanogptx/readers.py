@@ -10,7 +10,9 @@ from __future__ import annotations
 import codecs
 import itertools
 import json
+import re
 import string
+import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +29,8 @@ PARQUET_ROWS = 1024  # rows per parquet read (a record batch)
 ZSTD_READ = 256 << 10  # compressed bytes fed to the decompressor at a time
 BIN_MAGIC, BIN_VERSION, BIN_HEADER_INTS = 20240520, 1, 256  # llm.c / modded-nanogpt shards
 BIN_CHUNK_TOKENS = 1 << 24
+BOM = "\ufeff"  # a byte-order mark at the start of a text or jsonl file is not text
+_SURROGATE = re.compile("[\ud800-\udfff]")  # JSON's "\\ud800" escapes: not characters
 
 
 class ReadError(ValueError):
@@ -58,34 +62,39 @@ def _decode(data: bytes, errors: str, path: Path, offset: int, where: str = "byt
 # pieces never span it): at a single "\n" or " " between two characters that are letters, digits
 # or ASCII punctuation, i.e. surely not whitespace for Python or for tiktoken's regex. The "\n"
 # ends the first part; the " " starts the second (it belongs to the next word's piece).
-_SOLID = frozenset(string.punctuation)
-
-
-def _solid(c: str) -> bool:
-    return c.isalnum() or c in _SOLID
+# (re's \w is str.isalnum() or "_".)
+_SOLID = r"[\w" + re.escape(string.punctuation) + "]"
+_CUTS = [
+    (re.compile(f"(?<={_SOLID})\n(?={_SOLID})"), 1),
+    (re.compile(f"(?<={_SOLID}) (?={_SOLID})"), 0),
+]
 
 
 def _safe_cut(text: str, near: int) -> int | None:
-    """A cut position close to `near` (the last before it, else the first after), or None."""
-    for sep, shift in (("\n", 1), (" ", 0)):
-        p = near
-        while (p := text.rfind(sep, 1, p)) > 0:
-            if _solid(text[p - 1]) and _solid(text[p + 1]):
-                return p + shift
-        p = near - 1
-        while 0 < (p := text.find(sep, p + 1, len(text) - 1)):
-            if _solid(text[p - 1]) and _solid(text[p + 1]):
-                return p + shift
+    """A cut position close to `near`: the last in [near // 2, near), else the first in
+    [near, 2 * near), a newline before a space; None if there is none. The bounded windows keep
+    the time linear in the text's length whatever it holds."""
+    for pattern, shift in _CUTS:
+        last = None
+        for last in pattern.finditer(text, near // 2, near + 1):  # noqa: B007 (the last match)
+            pass
+        if last is None:
+            last = pattern.search(text, near, 2 * near + 1)
+        if last is not None:
+            return last.start() + shift
     return None
 
 
 def read_text(
     path: Path, errors: str = "strict", piece_chars: int = PIECE_CHARS
 ) -> Iterator[Batch]:
-    """The whole file is one document, yielded in pieces of about piece_chars characters cut
-    where tokenization is unaffected (see _safe_cut), so a huge file needs little memory."""
+    """The whole file is one document (a leading byte-order mark dropped, as utf-8-sig does),
+    yielded in pieces of about piece_chars characters cut where tokenization is unaffected (see
+    _safe_cut), so a huge file needs little memory. Text with no such place within 2 *
+    piece_chars (no single space or newline between non-space characters: not prose) is cut at
+    piece_chars, which may change the GPT-2 tokens there; prepare's log counts these cuts."""
     decoder = codecs.getincrementaldecoder("utf-8")(errors)
-    pending, offset, first = "", 0, True
+    pending, offset, first, forced, bom = "", 0, True, 0, True
     with open(path, "rb") as f:
         while True:
             block = f.read(BLOCK_BYTES)
@@ -98,13 +107,27 @@ def read_text(
                     "data.decode_errors = replace to read such bytes as U+FFFD"
                 ) from None
             offset += len(block)
-            while len(pending) > piece_chars and (cut := _safe_cut(pending, piece_chars)):
+            if bom and pending:
+                pending, bom = pending.removeprefix(BOM), False
+            while len(pending) >= 2 * piece_chars or (not block and len(pending) > piece_chars):
+                cut = _safe_cut(pending, piece_chars)
+                if cut is None and len(pending) < 2 * piece_chars:
+                    break  # the rest of the file: one piece
+                if cut is None:
+                    cut, forced = piece_chars, forced + 1
                 yield Batch([pending[:cut]], joins_prev=not first, joins_next=True)
                 pending, first = pending[cut:], False
             if not block:
                 break
     if pending or first:
         yield Batch([pending] if pending else [], joins_prev=not first and bool(pending))
+    if forced:
+        print(
+            f"prepare: {path}: cut {forced} times where no space or newline lay between "
+            f"non-space characters within {2 * piece_chars:,} characters; GPT-2 tokens at those "
+            "cuts may differ from tokenizing the whole",
+            file=sys.stderr,
+        )
 
 
 def read_parquet(path: Path, errors: str = "strict", column: str = "text") -> Iterator[Batch]:
@@ -152,15 +175,20 @@ def _decode_rows(col: pa.Array, errors: str, path: Path, row: int) -> list[str |
 
 
 def _lines(chunks: Iterator[bytes], path: Path, errors: str, where: str) -> Iterator[Batch]:
-    """jsonl from byte blocks: each non-blank line is a JSON object with a `text` string."""
+    """jsonl from byte blocks: each non-blank line is a JSON object with a `text` string (a
+    leading byte-order mark dropped). A lone surrogate escape ("\\ud800", valid JSON but no
+    character) is an error naming the line, or U+FFFD under data.decode_errors = replace."""
     carry, offset, line_no = b"", 0, 0
     for block in itertools.chain((c for c in chunks if c), [b""]):
         data = carry + block
+        if offset == 0 and data.startswith(BOM.encode()):
+            data, offset = data[3:], 3
         end = data.rfind(b"\n") + 1 if block else len(data)
         if end == 0:
             carry = data
             continue
-        lines = _decode(data[:end], errors, path, offset, where).split("\n")
+        decoded = _decode(data[:end], errors, path, offset, where)
+        lines = decoded.split("\n")
         carry, offset = data[end:], offset + end
         try:
             texts = [json.loads(line)["text"] for line in lines if line and not line.isspace()]
@@ -168,8 +196,24 @@ def _lines(chunks: Iterator[bytes], path: Path, errors: str, where: str) -> Iter
                 raise TypeError
         except (ValueError, KeyError, TypeError, IndexError):
             _raise_bad_line(lines, path, line_no)
+        if "\\u" in decoded and any(map(_SURROGATE.search, texts)):
+            texts = _surrogates(texts, lines, errors, path, line_no)
         line_no += len(lines) - (1 if lines[-1] == "" else 0)
         yield Batch(texts)
+
+
+def _surrogates(
+    texts: list[str], lines: list[str], errors: str, path: Path, line_no: int
+) -> list[str]:
+    if errors == "replace":
+        return [_SURROGATE.sub("\ufffd", t) for t in texts]
+    for i, line in enumerate(lines):
+        if line and not line.isspace() and (m := _SURROGATE.search(json.loads(line)["text"])):
+            raise ReadError(
+                f"{path}: line {line_no + i + 1}: 'text' holds a lone surrogate {m[0]!a}, which is "
+                "not a character; set data.decode_errors = replace to read it as U+FFFD"
+            )
+    raise AssertionError("unreachable: a surrogate was found, then not")
 
 
 def _raise_bad_line(lines: list[str], path: Path, line_no: int) -> None:

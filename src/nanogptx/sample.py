@@ -264,7 +264,13 @@ def check_model_hash(model_dir: Path) -> str:
 
 
 def sample(cfg: Config, model_dir: Path, out_dir: Path) -> list[str]:
-    """Load the model in model_dir, write samples.txt and provenance.json into out_dir."""
+    """Load the model in model_dir, write samples.txt and provenance.json into out_dir (held for
+    the while: a second sampling into it is refused; an interrupted one's leftovers go)."""
+    with provenance.exclusive(out_dir, "sampling"):
+        return _sample(cfg, Path(model_dir), Path(out_dir))
+
+
+def _sample(cfg: Config, model_dir: Path, out_dir: Path) -> list[str]:
     model.keep_freed_memory()
     # The model is described by its own config.toml (recorded below as model_config).
     record = provenance.Record.start(
@@ -287,9 +293,11 @@ def sample(cfg: Config, model_dir: Path, out_dir: Path) -> list[str]:
     seconds = time.perf_counter() - t0
     samples = [tok.decode(list(prompt) + row.tolist()) for row in new_BxS]
 
-    out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / "samples.txt"
-    provenance.write_bytes_atomic(path, "".join(f"{t}\n{SEPARATOR}\n" for t in samples).encode())
+    text = "".join(f"{t}\n{SEPARATOR}\n" for t in samples)
+    # A vocabulary from before prepare refused lone surrogates may still produce one: written
+    # as \udXXX rather than failing after the whole generation.
+    provenance.write_bytes_atomic(path, text.encode("utf-8", "backslashreplace"))
     record.finish(
         out_dir,
         inputs=[
@@ -326,10 +334,11 @@ def main(argv: list[str] | None = None) -> None:
         samples = sample(cfg, args.model, args.out)
     except (
         SampleError, checkpoint.CheckpointError, tokenizer.TokenizerError,
-        provenance.HashMismatch, OSError,
+        provenance.HashMismatch, provenance.OutputError, OSError,
     ) as e:  # fmt: skip
         print(f"{parser.prog}: error: {e}", file=sys.stderr)
         sys.exit(1)
+    sys.stdout.reconfigure(errors="backslashreplace")
     for text in samples:
         print(text, SEPARATOR, sep="\n")
 

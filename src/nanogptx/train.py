@@ -9,6 +9,7 @@ Resumes from the latest checkpoint under --checkpoints; writes the final model i
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import functools
 import json
@@ -33,11 +34,11 @@ from nanogptx.config import Config, TrainConfig
 
 # Peak dense bfloat16 FLOP/s of one device, by device kind, for MFU when train.peak_flops = 0.
 PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L40S": 362e12, "V100": 125e12}
-# Train settings a resumed run must share with its checkpoint (the others may change).
-RESUME_KEYS = (
-    "seed", "batch_size", "total_batch_tokens", "learning_rate", "min_lr", "warmup_iters",
-    "lr_decay_iters", "decay_lr", "weight_decay", "beta1", "beta2", "grad_clip", "batch_order",
-    "compute_dtype",
+# Train settings that the compiled train and eval steps depend on (with the model).
+PROGRAM_KEYS = (
+    "batch_size", "total_batch_tokens", "learning_rate", "min_lr", "warmup_iters",
+    "lr_decay_iters", "decay_lr", "weight_decay", "beta1", "beta2", "grad_clip", "compute_dtype",
+    "sharding",
 )  # fmt: skip
 State = dict[str, Any]
 # jax.distributed: seconds to wait for every process to join, and after which a process that
@@ -257,7 +258,7 @@ def plan_state(cfg: Config, V: int, mesh: Mesh) -> tuple[State, Any]:
 def compile_steps(cfg: Config, V: int, A: int, mesh: Mesh) -> tuple[Any, Any]:
     """The train and eval steps compiled ahead of time with every sharding fixed; compiled once
     per process for settings that give the same program (tests call train() many times)."""
-    keys = {k: getattr(cfg.train, k) for k in (*RESUME_KEYS, "sharding") if k != "seed"}
+    keys = {k: getattr(cfg.train, k) for k in PROGRAM_KEYS}
     return _compile_steps(Config(model=cfg.model, train=TrainConfig(**keys)), V, A, mesh)
 
 
@@ -314,16 +315,44 @@ def check_setup(cfg: Config, data: loader.Prepared, n_devices: int) -> int:
 
 
 def resume_mismatch(meta: dict[str, Any], cfg: Config, manifest_sha: str, V: int) -> list[str]:
-    """The settings in which a checkpoint differs from this run."""
+    """The settings in which a checkpoint differs from this run where a resume must not."""
     saved = meta["config"]
     now = config.sections(cfg, ("model", "train"))
     keys = [f"model.{k}" for k in now["model"] if saved["model"].get(k) != now["model"][k]]
-    keys += [f"train.{k}" for k in RESUME_KEYS if saved["train"].get(k) != now["train"][k]]
+    keys += [f"train.{k}" for k in config.RESUME_KEYS if saved["train"].get(k) != now["train"][k]]
     if meta["manifest_sha256"] != manifest_sha:
         keys.append("data (manifest sha256)")
     if meta["vocab_size"] != V:
         keys.append("vocab_size")
     return keys
+
+
+def changed_settings(meta: dict[str, Any], cfg: Config) -> list[str]:
+    """The settings this run changes from its checkpoint's, as 'train.max_iters: 200 -> 300'."""
+    saved = meta["config"]
+    out = []
+    for name, now in config.sections(cfg, ("model", "train", "logging")).items():
+        before = saved.get(name, {})
+        out += [
+            f"{name}.{k}: {before[k]!r} -> {v!r}" for k, v in now.items() if before.get(k, v) != v
+        ]
+    return out
+
+
+def schedule_change(meta: dict[str, Any], t: TrainConfig, step: int) -> str | None:
+    """How the learning rate from `step` on differs from the checkpoint's schedule, if it does."""
+    fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    saved = dataclasses.replace(
+        t, **{k: v for k, v in meta["config"]["train"].items() if k in fields}
+    )
+    before, now = get_lr(step, saved), get_lr(step, t)
+    if before == now and saved.lr_decay_iters == t.lr_decay_iters:
+        return None
+    return (
+        f"the learning-rate schedule changed (train.lr_decay_iters {saved.lr_decay_iters} -> "
+        f"{t.lr_decay_iters}): from step {step} on it follows this run's, lr {now:.3e} at step "
+        f"{step} (the checkpoint's schedule: {before:.3e})"
+    )
 
 
 # ---------------------------------------------------------------- metrics
@@ -359,11 +388,18 @@ def start_wandb(cfg: Config, run_id: str, ckpt_dir: Path, out_dir: Path) -> Any:
         return None
     import wandb
 
-    return wandb.init(
-        project=lc.wandb_project, name=lc.wandb_run_name or out_dir.resolve().parent.name,
-        id=run_id, resume="allow", mode=lc.wandb_mode, config=config.to_dict(cfg),
-        dir=str(ckpt_dir),
-    )  # fmt: skip
+    try:
+        return wandb.init(
+            project=lc.wandb_project, name=lc.wandb_run_name or out_dir.resolve().parent.name,
+            id=run_id, resume="allow", mode=lc.wandb_mode, config=config.to_dict(cfg),
+            dir=str(ckpt_dir),
+        )  # fmt: skip
+    except wandb.errors.Error as e:
+        raise TrainError(
+            f"logging.wandb_mode = {lc.wandb_mode!r}: wandb refused to start ({e}); run `wandb "
+            'login` or set WANDB_API_KEY, or set logging.wandb_mode = "offline" (sync later '
+            "with `wandb sync`)"
+        ) from None
 
 
 def wandb_run_id(ckpt_dir: Path, meta: dict[str, Any] | None) -> str:
@@ -389,13 +425,27 @@ def fmt_bytes(n: int) -> str:
 def train(
     cfg: Config, data_dir: str | Path, out_dir: str | Path, ckpt_dir: str | Path
 ) -> dict[str, Any]:
-    """Train (or resume) and write the final model into out_dir; returns a summary."""
+    """Train (or resume) and write the final model into out_dir; returns a summary. Process 0
+    holds both directories (a second training on them is refused at start) and first removes
+    what an interrupted run left there."""
     initialize_distributed()
+    out_dir, ckpt_dir = Path(out_dir), Path(ckpt_dir)
+    data = loader.open_prepared(data_dir)  # shard hashes checked here
+    check_setup(cfg, data, jax.device_count())
+    with contextlib.ExitStack() as held:
+        if jax.process_index() == 0:
+            for path, flag in ((ckpt_dir, "--checkpoints"), (out_dir, "--out")):
+                removed = held.enter_context(provenance.exclusive(path, "training", flag))
+                if removed:
+                    names = ", ".join(p.name for p in removed)
+                    log(f"removed what an interrupted run left in {path}: {names}")
+        return _train(cfg, data, out_dir, ckpt_dir)
+
+
+def _train(cfg: Config, data: loader.Prepared, out_dir: Path, ckpt_dir: Path) -> dict[str, Any]:
     model.keep_freed_memory()  # XLA's CPU buffers stay in the heap between steps (model.py)
     record = provenance.Record.start("train", config.sections(cfg, config.STAGE_SECTIONS["train"]))
-    out_dir, ckpt_dir = Path(out_dir), Path(ckpt_dir)
     m, t = cfg.model, cfg.train
-    data = loader.open_prepared(data_dir)  # shard hashes checked here
     n_dev = jax.device_count()
     V = check_setup(cfg, data, n_dev)
     A = max(1, t.total_batch_tokens // (t.batch_size * m.block_size))
@@ -421,19 +471,16 @@ def train(
 
     # Resume from the latest checkpoint, or start fresh.
     key_params, key_dropout = jax.random.split(jax.random.key(t.seed))
-    if jax.process_index() == 0:
-        ckpt_dir.mkdir(parents=True, exist_ok=True)
-        checkpoint.clean(ckpt_dir)
-    path = checkpoint.latest(ckpt_dir)
-    meta = None
-    if path is None:
+    found = checkpoint.restore(ckpt_dir, t.resume, t.max_iters, log)
+    path, meta = (found[0], found[2]) if found else (None, None)
+    if found is None:
         state = jax.jit(
             lambda k: {"params": (p := init_fn(k)), "opt": optimizer.init(p)},
             out_shardings=state_sh,
         )(key_params)
         start, records = 0, []
     else:
-        tensors, meta = checkpoint.load(path)
+        path, tensors, meta = found
         if diff := resume_mismatch(meta, cfg, data.manifest_sha256, V):
             raise TrainError(
                 f"checkpoint {path} was made with different settings ({', '.join(diff)}); "
@@ -446,12 +493,12 @@ def train(
         state = place(host, state_sh)
         key_dropout = jax.random.wrap_key_data(np.asarray(meta["rng"]["dropout_key"], np.uint32))
         start = meta["step"]
-        if start > t.max_iters:
-            raise TrainError(
-                f"checkpoint {path} is at step {start}, past train.max_iters = {t.max_iters}"
-            )
         records = [json.loads(line) for line in (path / "metrics.jsonl").read_text().splitlines()]
-        log(f"resumed from {path} at step {start}")
+        log(f"resumed from {path} at step {start} of {t.max_iters}")
+        if changed := changed_settings(meta, cfg):
+            log(f"settings changed since that checkpoint: {', '.join(changed)}")
+        if note := schedule_change(meta, t, start):
+            log(note)
 
     run_id = wandb_run_id(ckpt_dir, meta)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -541,7 +588,7 @@ def train(
             host["opt"], "opt."
         )
         ckpt_meta = {
-            "config": config.sections(cfg, ("model", "train")),
+            "config": config.sections(cfg, ("model", "train", "logging")),
             "manifest_sha256": data.manifest_sha256,
             "vocab_size": V,
             "rng": {
@@ -661,7 +708,8 @@ def main(argv: list[str] | None = None) -> None:
     try:
         train(cfg, args.data, args.out, args.checkpoints)
     except (
-        TrainError, loader.DataError, provenance.HashMismatch, checkpoint.CheckpointError, OSError
+        TrainError, loader.DataError, provenance.HashMismatch, provenance.OutputError,
+        checkpoint.CheckpointError, OSError,
     ) as e:  # fmt: skip
         print(f"{parser.prog}: error: {e}", file=sys.stderr)
         leave(1)

@@ -1,9 +1,13 @@
 # Helpers of the workflow: the runs, their resolved configs, and the paths they map to.
 # Only nanogptx.config (standard library) is imported here: parsing stays fast.
 
+import ast
+import dataclasses
+import functools
 import hashlib
 import os
 import re
+import shlex
 from pathlib import Path
 
 from snakemake.exceptions import WorkflowError
@@ -15,9 +19,13 @@ validate(config, "../schemas/config.schema.yaml")
 
 
 def _runs(value):
-    """config runs: a list, or a string of comma-separated names (--config runs=a,b)."""
+    """config runs: a list, or a string of comma-separated names (--config runs=a,b); each name
+    checked, so that it is safe as a path and a shell word."""
     names = value if isinstance(value, list) else str(value).split(",")
-    return [n.strip() for n in names if n.strip()]
+    try:
+        return [nconfig.check_run_name(n.strip()) for n in names if n.strip()]
+    except nconfig.ConfigError as e:
+        raise WorkflowError(f"config runs: {e}")
 
 
 RUNS = _runs(config["runs"])
@@ -67,20 +75,6 @@ def prepared_dir(run):
     return f"{DATA}/prepared/{nconfig.data_id(CFG[run])}"
 
 
-# The modules each stage runs: editing one reruns that stage (and, through its outputs, the
-# stages after it). Editing only sample.py reruns only sampling.
-STAGE_CODE = {
-    "download": ["download.py", "datasets.py", "provenance.py"],
-    "prepare": ["prepare.py", "readers.py", "tokenizer.py", "provenance.py"],
-    "train": ["train.py", "model.py", "loader.py", "checkpoint.py", "provenance.py"],
-    "sample": [
-        "sample.py",
-        "model.py",
-        "tokenizer.py",
-        "checkpoint.py",
-        "provenance.py",
-    ],
-}
 SRC = Path(workflow.basedir) / "src" / "nanogptx"
 # Rules run the stages of this checkout whichever Python environment runs them: the one
 # nanogptx is pip-installed in, or the conda environment of workflow/envs with --sdm conda.
@@ -91,23 +85,87 @@ os.environ.update(
 )
 
 
-def code_hash(stage):
-    """sha256 of the source of the modules a stage runs (params: a change reruns it)."""
+def _imports(name):
+    """The nanogptx modules that src/nanogptx/<name>.py imports, anywhere in its source."""
+    for node in ast.walk(ast.parse((SRC / f"{name}.py").read_text())):
+        if isinstance(node, ast.ImportFrom) and node.module == "nanogptx":
+            yield from (a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            yield from [node.module.split(".")[1]] if _ours(node.module) else []
+        elif isinstance(node, ast.Import):
+            yield from (a.name.split(".")[1] for a in node.names if _ours(a.name))
+
+
+def _ours(module):
+    return (module or "").startswith("nanogptx.")
+
+
+def stage_modules(module):
+    """The files of nanogptx that `python -m nanogptx.<module>` runs: the module and every
+    nanogptx module it imports, at any depth (read from the sources, so never out of date).
+    """
+    found, todo = set(), [module]
+    while todo:
+        name = todo.pop()
+        if name not in found and (SRC / f"{name}.py").is_file():
+            found.add(name)
+            todo += _imports(name)
+    return sorted(f"{name}.py" for name in found)
+
+
+def code_hash(module):
+    """sha256 of the source of the modules a stage runs (params: editing one reruns the stage,
+    and through its outputs the stages after it)."""
     h = hashlib.sha256()
-    for name in STAGE_CODE[stage]:
-        path = SRC / name
-        h.update(name.encode() + b"\0" + (path.read_bytes() if path.exists() else b""))
+    for name in stage_modules(module):
+        h.update(name.encode() + b"\0" + (SRC / name).read_bytes())
     return h.hexdigest()
 
 
-def stage_hash(run, stage):
-    """sha256 of the config sections a stage reads: a change reruns the stage (params)."""
-    return nconfig.section_hash(CFG[run], nconfig.STAGE_SECTIONS[stage])
+@functools.cache
+def _settings(run):
+    """{"train.learning_rate": "train.learning_rate=0.001", ...} of a run's resolved config."""
+    items = nconfig.settings(CFG[run], nconfig.SECTIONS)
+    return {item.split("=", 1)[0]: item for item in items}
 
 
-def allow_unverified_arg(dataset):
+def setting_params(stage, run_of=lambda w: w.run):
+    """One param per config key that a stage reads, "section.key=value": a change reruns the
+    stage, and Snakemake's reason names the key with its values before and now. run_of gives a
+    run whose settings the job's are (prepare: any run of its data id)."""
+    keys = [
+        f"{name}.{f.name}"
+        for name in nconfig.STAGE_SECTIONS[stage]
+        for f in dataclasses.fields(nconfig.SECTIONS[name])
+    ]
+    keys = [k for k in keys if stage != "prepare" or k not in nconfig.NOT_DATA_IDENTITY]
+    return {
+        key.replace(".", "__"): lambda w, key=key: _settings(run_of(w))[key]
+        for key in keys
+    }
+
+
+def prepare_args(wildcards, input):
+    """The data settings as section.key=value arguments of the prepare stage (a derived param,
+    since it takes `input`: the per-key params are what Snakemake compares)."""
+    return shlex.join(nconfig.data_settings(CFG[DATA_RUN[wildcards.data_id]]))
+
+
+def checkpoint_dir(wildcards):
+    """A run's checkpoints, named by what a resume must share (config.checkpoint_id): a longer
+    max_iters or a logging edit resumes there; a model or optimizer edit starts afresh.
+    """
+    return f"{RESULTS}/{wildcards.run}/checkpoints/{nconfig.checkpoint_id(CFG[wildcards.run])}"
+
+
+def allow_unverified_arg(wildcards, input):
+    """data.allow_unverified=true if a selected run of the dataset allows it. A derived param
+    (it takes `input`), so not compared: it changes no downloaded byte, and which runs are
+    selected must not rerun a download."""
     allow = any(
-        c.data.allow_unverified for c in CFG.values() if c.data.dataset == dataset
+        c.data.allow_unverified
+        for c in CFG.values()
+        if c.data.dataset == wildcards.dataset
     )
     return "data.allow_unverified=true" if allow else ""
 

@@ -13,15 +13,17 @@ rule download_dataset:
     threads: 4
     params:
         out=lambda w: f"{DATA}/raw/{w.dataset}",
-        allow=lambda w: allow_unverified_arg(w.dataset),
+        allow=allow_unverified_arg,
         lock=LOCK,
         code=code_hash("download"),
     shell:
-        "python -m nanogptx.download data.dataset={wildcards.dataset} {params.allow}"
-        " --out {params.out} --lock {params.lock} --threads {threads}"
-        " > {log} 2>&1"
+        "python -m nanogptx.download data.dataset={wildcards.dataset:q} {params.allow}"
+        " --out {params.out:q} --lock {params.lock:q} --threads {threads}"
+        " > {log:q} 2>&1"
 
 
+# A prepared dataset is named and compared by its data settings alone (data_id), never by which
+# run asked for it: any selection of runs sharing it finds it up to date.
 rule prepare_dataset:
     input:
         raw=lambda w: raw_provenance(DATA_RUN[w.data_id]),
@@ -35,9 +37,10 @@ rule prepare_dataset:
         "../envs/nanogptx.yaml"
     threads: 4
     params:
-        config=lambda w: run_config(DATA_RUN[w.data_id]),
-        raw=lambda w: Path(raw_provenance(DATA_RUN[w.data_id])).parent,
+        **setting_params("prepare", lambda w: DATA_RUN[w.data_id]),
+        settings=prepare_args,
+        raw=lambda w, input: Path(input.raw).parent,
         code=code_hash("prepare"),
     shell:
-        "python -m nanogptx.prepare --config {params.config} --raw {params.raw}"
-        " --out {output.prepared} --threads {threads} > {log} 2>&1"
+        "python -m nanogptx.prepare {params.settings} --raw {params.raw:q}"
+        " --out {output.prepared:q} --threads {threads} > {log:q} 2>&1"

@@ -25,23 +25,26 @@ rule train_run:
     resources:
         gpu=0,
     params:
+        **setting_params("train"),
         config=lambda w: run_config(w.run),
-        sections=lambda w: stage_hash(w.run, "train"),
         code=code_hash("train"),
         out=lambda w: f"{RESULTS}/{w.run}/model",
         # Checkpoints are not outputs, so a failed or killed job leaves them for the rerun to
-        # resume from; the settings' hash in the path makes an edited run start afresh.
-        checkpoints=lambda w: f"{RESULTS}/{w.run}/checkpoints/{stage_hash(w.run, 'train')[:10]}",
+        # resume from; named by what a resume must share, so an extended run resumes there.
+        checkpoints=checkpoint_dir,
         launch=srun_prefix,
     shell:
-        "{params.launch}python -m nanogptx.train --config {params.config} --data {input.data}"
-        " --out {params.out} --checkpoints {params.checkpoints} > {log} 2>&1"
+        "{params.launch}python -m nanogptx.train --config {params.config:q}"
+        " --data {input.data:q} --out {params.out:q} --checkpoints {params.checkpoints:q}"
+        " > {log:q} 2>&1"
 
 
 rule sample_run:
     input:
         params=rules.train_run.output.params,
         config=rules.train_run.output.config,
+        tokenizer=rules.train_run.output.tokenizer,
+        provenance=rules.train_run.output.provenance,
     output:
         samples=report(
             f"{RESULTS}/{{run}}/samples/samples.txt",
@@ -60,11 +63,11 @@ rule sample_run:
     resources:
         gpu=0,
     params:
+        **setting_params("sample"),
         config=lambda w: run_config(w.run),
-        sections=lambda w: stage_hash(w.run, "sample"),
         code=code_hash("sample"),
-        model=lambda w: f"{RESULTS}/{w.run}/model",
+        model=lambda w, input: Path(input.params).parent,
         out=lambda w: f"{RESULTS}/{w.run}/samples",
     shell:
-        "python -m nanogptx.sample --config {params.config} --model {params.model}"
-        " --out {params.out} > {log} 2>&1"
+        "python -m nanogptx.sample --config {params.config:q} --model {params.model:q}"
+        " --out {params.out:q} > {log:q} 2>&1"

@@ -35,12 +35,14 @@ rule report_run:
         raw=lambda w, input: Path(input.raw).parent,
         model=lambda w, input: Path(input.model).parent,
         samples=lambda w, input: Path(input.samples).parent,
+        pair=lambda w, input: f"{w.run}={input.metrics}",
+        code=code_hash("report"),
     shell:
-        "(python -m nanogptx.report curves --out {output.curves} --title {wildcards.run}"
-        " {wildcards.run}={input.metrics}"
-        " && python -m nanogptx.report chain --out {output.chain} --run {wildcards.run}"
-        " --raw {params.raw} --data {input.data} --model {params.model}"
-        " --samples {params.samples}) > {log} 2>&1"
+        "(python -m nanogptx.report curves --out {output.curves:q} --title {wildcards.run:q}"
+        " {params.pair:q}"
+        " && python -m nanogptx.report chain --out {output.chain:q} --run {wildcards.run:q}"
+        " --raw {params.raw:q} --data {input.data:q} --model {params.model:q}"
+        " --samples {params.samples:q}) > {log:q} 2>&1"
 
 
 rule report_sweep:
@@ -58,7 +60,8 @@ rule report_sweep:
     conda:
         "../envs/nanogptx.yaml"
     params:
-        pairs=" ".join(f"{run}={RESULTS}/{run}/model/metrics.jsonl" for run in RUNS),
+        pairs=shlex.join(f"{run}={RESULTS}/{run}/model/metrics.jsonl" for run in RUNS),
+        code=code_hash("report"),
     shell:
-        "python -m nanogptx.report curves --out {output.curves} --title 'all runs'"
-        " {params.pairs} > {log} 2>&1"
+        "python -m nanogptx.report curves --out {output.curves:q} --title 'all runs'"
+        " {params.pairs} > {log:q} 2>&1"
