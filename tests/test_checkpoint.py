@@ -67,6 +67,37 @@ def test_save_keeps_the_last_k_and_ignores_half_written_ones(tmp_path: Path) -> 
     assert checkpoint.clean(tmp_path) == [half] and not half.exists()
 
 
+def flip_byte(path: Path, at: int) -> None:
+    data = bytearray(path.read_bytes())
+    data[at] ^= 0x10
+    path.write_bytes(bytes(data))
+
+
+def test_a_damaged_checkpoint_is_named_with_what_is_wrong(tmp_path: Path) -> None:
+    tensors = {"mu": np.linspace(0, 1, 1000, dtype=np.float32)}
+    files = {"m.txt": b"x"}
+    paths = [checkpoint.save(tmp_path, s, tensors, {"n": s}, files, keep=4) for s in (1, 2, 3, 4)]
+    flip_byte(paths[0] / checkpoint.STATE_FILE, -7)  # inside the tensor data: still parses
+    (paths[1] / checkpoint.META_FILE).unlink()
+    meta = paths[2] / checkpoint.META_FILE
+    meta.write_text(meta.read_text().replace('"n": 3', '"n": 30'))
+    (paths[3] / "m.txt").write_bytes(b"y")
+    for path, what in zip(paths, [
+        r"damaged: checkpoint file .*state.safetensors: sha256 is \w+, expected \w+",
+        r"damaged: meta.json is missing",
+        r"damaged: the content of meta.json does not match its recorded sha256",
+        r"damaged: checkpoint file .*m.txt: sha256 is",
+    ], strict=True):  # fmt: skip
+        with pytest.raises(checkpoint.CheckpointError, match=f"checkpoint {path} is {what}"):
+            checkpoint.load(path)
+    with pytest.raises(checkpoint.CheckpointError, match="Set train.resume = latest_valid"):
+        checkpoint.restore(tmp_path)
+    said: list[str] = []
+    with pytest.raises(checkpoint.CheckpointError, match="no intact checkpoint"):
+        checkpoint.restore(tmp_path, "latest_valid", say=said.append)
+    assert [m.split(":")[0] for m in said] == [f"skipping checkpoint {p.name}" for p in paths[::-1]]
+
+
 SAVER = """
 import sys, numpy as np
 from nanogptx import checkpoint

@@ -68,6 +68,10 @@ def test_dump_round_trips(tmp_path: Path) -> None:
         ("[data]\ncleaning = ['strp']\n", ["data.cleaning = 'strp'", "did you mean 'strip'"]),
         ("[sample]\ntop_p = 1.5\n", ["sample.top_p = 1.5"]),
         ("[model\n", ["run.toml", "not valid TOML"]),
+        ("[train]\nlearning_rate = inf\n", ["train.learning_rate", "finite number, got inf"]),
+        ("[sample]\ntemperature = nan\n", ["sample.temperature", "finite number, got nan"]),
+        ("n_layer = 4\n", ["key 'n_layer' is outside any [section]", "under [model]"]),
+        ("\ufeff[model]\nn_layer = 4\n", ["run.toml starts with a UTF-8 byte-order mark"]),
     ],
 )
 def test_bad_values_are_named_with_file_key_and_expectation(
@@ -79,6 +83,21 @@ def test_bad_values_are_named_with_file_key_and_expectation(
         config.load(run)
     for part in expected:
         assert part in str(e.value)
+
+
+def test_non_finite_override_and_a_directory_for_a_file_are_refused(tmp_path: Path) -> None:
+    with pytest.raises(config.ConfigError, match="train.learning_rate: expected a finite"):
+        config.load(None, ["train.learning_rate=inf"])
+    with pytest.raises(config.ConfigError, match=f"config file {tmp_path} is a directory"):
+        config.load(tmp_path)
+
+
+def test_run_names_follow_one_pattern() -> None:
+    for good in ("tiny", "sweep-lr-3e-4", "a.b_c"):
+        assert config.check_run_name(good) == good
+    for bad in ("my run", "-x", "a/b", "", "x;rm"):
+        with pytest.raises(config.ConfigError, match="run name"):
+            config.check_run_name(bad)
 
 
 def test_bad_override_syntax() -> None:
@@ -93,6 +112,18 @@ def test_data_id_shared_by_equal_data_settings_only() -> None:
     d = config.load(None, ["data.cleaning=['strip']"])
     assert config.data_id(a) == config.data_id(b)
     assert len({config.data_id(a), config.data_id(c), config.data_id(d)}) == 3
+    # Accepting an unverified download changes no byte of what is prepared from it.
+    assert config.data_id(config.load(None, ["data.allow_unverified=true"])) == config.data_id(a)
+
+
+def test_checkpoint_id_changes_exactly_when_a_resume_would_be_refused() -> None:
+    base = config.checkpoint_id(config.load(None))
+    same = ["train.max_iters=5", "train.lr_decay_iters=9000", "train.eval_interval=7",
+            "logging.log_interval=3", "sample.top_k=3", "train.checkpoint_interval=1"]  # fmt: skip
+    for item in same:
+        assert config.checkpoint_id(config.load(None, [item])) == base, item
+    for item in ["train.learning_rate=1e-3", "train.seed=1", "model.n_layer=3", "data.max_docs=5"]:
+        assert config.checkpoint_id(config.load(None, [item])) != base, item
 
 
 @pytest.mark.parametrize("stage", ["download", "prepare", "train", "sample"])
@@ -108,6 +139,16 @@ def test_every_stage_help_lists_its_keys(stage: str) -> None:
     assert 'data.dataset (str, default "tinyshakespeare")' in r.stdout
     if stage in ("train", "sample"):
         assert "model.n_layer (int, default 12)" in r.stdout or stage == "sample"
+
+
+@pytest.mark.parametrize("stage", ["download", "prepare"])
+def test_overrides_go_anywhere_on_the_command_line(stage: str, tmp_path: Path) -> None:
+    args = ["data.max_docs=1", "--out", str(tmp_path / "out"), "data.dataset=nonesuch"]
+    args += ["--raw", str(tmp_path)] if stage == "prepare" else []
+    r = subprocess.run([sys.executable, "-m", f"nanogptx.{stage}", *args],
+                       capture_output=True, text=True, timeout=120)  # fmt: skip
+    # Parsed (both overrides reach the config), not "unrecognized arguments".
+    assert r.returncode == 2 and "unknown dataset 'nonesuch'" in r.stderr, r.stderr
 
 
 def test_stage_rejects_bad_override_before_work(tmp_path: Path) -> None:

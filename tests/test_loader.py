@@ -123,6 +123,15 @@ def test_missing_or_malformed_data_is_a_clear_error(tmp_path: Path) -> None:
     (d / "manifest.json").write_text(json.dumps({**manifest, "format": "other/2"}))
     with pytest.raises(loader.DataError, match="format"):
         loader.open_prepared(d)
+    for key, value, says in [
+        ("tokens", "8000", r"shards\[0\].tokens is '8000' \(str\), expected a number of tokens"),
+        ("file", "../../x.npy", r"shards\[0\].file is '../../x.npy' \(str\), expected a shard"),
+        ("sha256", None, r"shards\[0\].sha256 is None \(NoneType\), expected 64 hex"),
+    ]:
+        bad = {**manifest, "shards": [{**manifest["shards"][0], key: value}]}
+        (d / "manifest.json").write_text(json.dumps(bad))
+        with pytest.raises(loader.DataError, match=says):
+            loader.open_prepared(d)
     (d / "manifest.json").write_text(json.dumps(manifest))
     (d / "val_000000.npy").unlink()
     with pytest.raises(loader.DataError, match="val_000000.npy.*missing"):

@@ -4,10 +4,13 @@ config section or of a stage's code, the report, and the workflow's lint."""
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -68,12 +71,25 @@ def test_config_edit_reruns_only_the_stages_that_read_it(
         toml.write_text(original)
 
 
+EVERY_STAGE = {
+    "download_dataset",
+    "prepare_dataset",
+    "train_run",
+    "sample_run",
+    "report_run",
+    "all",
+}
+
+
 @pytest.mark.parametrize(
     ("module", "expected"),
     [
         ("sample.py", {"sample_run", "report_run", "all"}),
         ("model.py", {"train_run", "sample_run", "report_run", "all"}),
         ("tokenizer.py", {"prepare_dataset", "train_run", "sample_run", "report_run", "all"}),
+        ("report.py", {"report_run", "all"}),
+        ("config.py", EVERY_STAGE),  # every stage parses its config with it
+        ("datasets.py", EVERY_STAGE),  # config.py checks data.dataset against the registry
     ],
 )
 def test_code_edit_reruns_the_stages_that_run_it(tiny: Path, module: str, expected: set) -> None:
@@ -84,6 +100,104 @@ def test_code_edit_reruns_the_stages_that_run_it(tiny: Path, module: str, expect
         assert set(planned_jobs(tiny, "--config", "runs=tiny")) == expected
     finally:
         source.write_text(original)
+
+
+def test_a_config_edit_is_named_with_its_values_in_the_dry_run(tiny: Path) -> None:
+    toml = tiny / "config/tiny.toml"
+    original = toml.read_text()
+    try:
+        edit(toml, "learning_rate = 1e-2", "learning_rate = 3e-3")
+        out = snakemake(tiny, "-n", "--config", "runs=tiny").stdout
+        reason = next(line for line in out.splitlines() if "Params have changed" in line)
+        assert reason.endswith(
+            "before: 'train.learning_rate=0.01' now: 'train.learning_rate=0.003' "
+        )
+    finally:
+        toml.write_text(original)
+
+
+def test_prepared_data_is_shared_whatever_runs_are_selected(tiny: Path) -> None:
+    """The prepared data of tiny is the same as shakespeare-char's and the sweep runs': no
+    selection or order of them re-tokenizes it, and none makes tiny's jobs stale."""
+    unverified = tiny / "config/tiny-unverified.toml"
+    unverified.write_text((tiny / "config/tiny.toml").read_text() + "\n")
+    edit(unverified, "[data]\n", "[data]\nallow_unverified = true\n")  # same bytes: same id
+    try:
+        for runs in [
+            "runs=shakespeare-char",
+            "runs=[shakespeare-char,tiny]",
+            "runs=[tiny,shakespeare-char]",
+            "runs=[sweep-lr-3e-3,tiny,sweep-lr-1e-3]",
+            "runs=[tiny-unverified,shakespeare-char]",
+        ]:
+            assert planned_jobs(tiny, "prepare", "--config", runs) == {}, runs
+        snakemake(tiny, "prepare", "--config", "runs=[shakespeare-char,tiny-unverified]")
+        assert planned_jobs(tiny, "--config", "runs=tiny") == {}
+    finally:
+        unverified.unlink()
+
+
+def test_an_extended_run_resumes_from_its_checkpoints_and_says_so(tiny: Path) -> None:
+    run = tiny / "config/tiny-extended.toml"
+    text = (tiny / "config/tiny.toml").read_text()
+    run.write_text(text.replace("max_iters = 300", "max_iters = 200").replace(
+        "lr_decay_iters = 300", "lr_decay_iters = 200"))  # fmt: skip
+    snakemake(tiny, "train", "--config", "runs=tiny-extended")
+    run.write_text(text)  # 300 steps, the schedule stretched to match
+    out = snakemake(tiny, "-n", "train", "--config", "runs=tiny-extended").stdout
+    assert "'train.max_iters=200'" in out and "'train.max_iters=300'" in out
+    snakemake(tiny, "train", "--config", "runs=tiny-extended")
+    log = (tiny / "results/logs/train/tiny-extended.log").read_text()
+    assert re.search(r"resumed from \S+/step_00000200 at step 200 of 300", log), log
+    assert "train.max_iters: 200 -> 300, train.lr_decay_iters: 200 -> 300" in log
+    assert "the learning-rate schedule changed (train.lr_decay_iters 200 -> 300)" in log
+    lines = (tiny / "results/tiny-extended/model/metrics.jsonl").read_text().splitlines()
+    steps = [r["step"] for r in map(json.loads, lines) if r["kind"] == "train"]
+    assert steps == sorted(set(steps)) and steps[0] == 0 and steps[-1] == 299
+    # Changing only how it logs: nothing left to train, the model is written again.
+    edit(run, "log_interval = 25", "log_interval = 50")
+    snakemake(tiny, "train", "--config", "runs=tiny-extended")
+    log = (tiny / "results/logs/train/tiny-extended.log").read_text()
+    assert "at step 300 of 300" in log and "logging.log_interval: 25 -> 50" in log
+    run.unlink()
+
+
+def test_sample_declares_every_file_it_reads(tiny: Path) -> None:
+    tokenizer = tiny / "results/tiny/model/tokenizer.json"
+    original = tokenizer.read_bytes()
+    tokenizer.write_bytes(original + b"\n")  # other bytes, same meaning
+    try:
+        expected = {"sample_run", "report_run", "all"}
+        assert set(planned_jobs(tiny, "--config", "runs=tiny")) == expected
+    finally:
+        tokenizer.write_bytes(original)
+    assert planned_jobs(tiny, "--config", "runs=tiny") == {}
+
+
+def test_killed_snakemake_then_the_same_command_resumes(tiny: Path) -> None:
+    """SIGKILL to Snakemake and its jobs mid-training: after `snakemake --unlock` (the stale
+    lock is Snakemake's own; README), the same command reruns the cut job (the profile's
+    rerun-incomplete), which resumes from its checkpoint."""
+    run = tiny / "config/tiny-killed.toml"
+    run.write_text(
+        (tiny / "config/tiny.toml").read_text().replace("max_iters = 300", "max_iters = 600")
+    )
+    cmd = [sys.executable, "-m", "snakemake", "--cores", "2", "--config", "runs=tiny-killed"]
+    proc = subprocess.Popen(cmd, cwd=tiny, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)  # fmt: skip
+    deadline = time.time() + 300
+    while not list((tiny / "results/tiny-killed/checkpoints").glob("*/step_00000100")):
+        assert proc.poll() is None and time.time() < deadline
+        time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    r = snakemake(tiny, "--config", "runs=tiny-killed", check=False)
+    assert r.returncode != 0 and "--unlock" in r.stdout + r.stderr
+    snakemake(tiny, "--unlock")
+    snakemake(tiny, "--config", "runs=tiny-killed")  # an IncompleteFilesException without it
+    log = (tiny / "results/logs/train/tiny-killed.log").read_text()
+    assert re.search(r"resumed from \S+/step_00000\d00 at step \d00 of 600", log), log
+    run.unlink()
 
 
 def test_report_holds_curves_samples_configs_and_provenance_chain(tiny: Path) -> None:

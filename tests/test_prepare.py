@@ -477,3 +477,23 @@ def test_module_runs_as_a_command(tmp_path: Path) -> None:
         timeout=60,
     )
     assert r.returncode == 0 and "--threads" in r.stdout and "data.shard_format" in r.stdout
+
+
+def test_char_vocabulary_holds_no_byte_order_mark_or_lone_surrogate(tmp_path: Path) -> None:
+    # U+FEFF of a leading BOM, and "\ud800" from JSON, used to become vocabulary characters
+    # (the surrogate later crashed sampling while writing samples.txt).
+    ds = local_dataset(tmp_path / "raw", {"a.txt": b"\xef\xbb\xbfTo be, or not to be"}, "text")
+    manifest = prepare(cfg("data.val_fraction=0.2"), tmp_path / "raw", tmp_path / "a", dataset=ds)
+    assert manifest["tokenizer"]["chars"] == " ,Tbenort"
+    docs = jsonl(["fine", "bad \ud800", "more"])
+    ds = local_dataset(tmp_path / "raw2", {"a.jsonl": docs}, "jsonl")
+    c = cfg("data.split=first_docs", "data.val_docs=1")
+    with pytest.raises(ReadError, match=r"a.jsonl: line 2: 'text' holds a lone surrogate"):
+        prepare(c, tmp_path / "raw2", tmp_path / "b", dataset=ds)
+    assert not list((tmp_path / "b").glob("*.npy"))
+    c = cfg("data.split=first_docs", "data.val_docs=1", "data.decode_errors=replace")
+    manifest = prepare(c, tmp_path / "raw2", tmp_path / "b", dataset=ds)
+    assert (
+        "\ud800" not in manifest["tokenizer"]["chars"]
+        and "\ufffd" in manifest["tokenizer"]["chars"]
+    )

@@ -3,6 +3,7 @@ input, and 8 fake CPU devices (data parallel and FSDP) against one device."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -195,6 +196,67 @@ def test_nan_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoint(
     tensors, meta = checkpoint.load(checkpoint.latest(tmp_path / "ckpt"))
     assert all(np.isfinite(t).all() for t in tensors.values())
     assert not (tmp_path / "model" / "params.safetensors").exists()
+
+
+def test_a_damaged_checkpoint_stops_the_resume_unless_latest_valid_skips_it(
+    data_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    ckpt = tmp_path / "ckpt"
+    cfg = tiny("train.max_iters=6", "train.checkpoint_interval=3", "train.keep_checkpoints=3")
+    train.train(cfg, data_dir, tmp_path / "a", ckpt)
+    state = ckpt / "step_00000006" / checkpoint.STATE_FILE
+    data = bytearray(state.read_bytes())
+    data[-5] ^= 0x40  # an optimizer moment: it parses, and used to be trained on
+    state.write_bytes(bytes(data))
+    longer = tiny("train.max_iters=9", "train.checkpoint_interval=3", "train.keep_checkpoints=3")
+    with pytest.raises(checkpoint.CheckpointError, match=r"step_00000006 is damaged: .*sha256"):
+        train.train(longer, data_dir, tmp_path / "b", ckpt)
+    summary = train.train(
+        dataclasses.replace(longer, train=dataclasses.replace(longer.train, resume="latest_valid")),
+        data_dir, tmp_path / "b", ckpt,
+    )  # fmt: skip
+    out = capsys.readouterr().out
+    assert summary["resumed_from"] == 3 and "skipping checkpoint step_00000006: checkpoint" in out
+    checkpoint.load(ckpt / "step_00000006")  # written again, intact: no error
+    whole = train.train(longer, data_dir, tmp_path / "c", tmp_path / "whole")
+    assert losses(tmp_path / "b") == losses(tmp_path / "c") and whole["step"] == 9
+
+
+def test_two_trainings_on_one_checkpoint_directory_the_second_refuses_at_start(
+    data_dir: Path, tmp_path: Path, env: dict[str, str], capsys: pytest.CaptureFixture
+) -> None:
+    ckpt = tmp_path / "ckpt"
+    args = [*TINY, "train.max_iters=100000", "--data", str(data_dir), "--checkpoints", str(ckpt)]
+    first = subprocess.Popen(
+        [sys.executable, "-m", "nanogptx.train", *args, "--out", str(tmp_path / "a")],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    try:
+        assert "model:" in first.stdout.readline()  # it holds the directories from here on
+        with pytest.raises(SystemExit) as e:
+            train.main([*args, "--out", str(tmp_path / "b")])
+    finally:
+        first.kill()
+        first.wait()
+    err = capsys.readouterr().err
+    assert e.value.code == 1
+    assert f"{ckpt} is in use by another training (pid {first.pid} on " in err
+
+
+def test_wandb_online_without_an_api_key_is_one_line_naming_the_setting(
+    data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
+) -> None:
+    for var in ("WANDB_MODE", "WANDB_API_KEY"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.netrc with a key
+    monkeypatch.setenv("WANDB_CONFIG_DIR", str(tmp_path / "wandb-config"))
+    args = [*TINY, "logging.wandb_mode=online", "--data", str(data_dir)]
+    with pytest.raises(SystemExit) as e:
+        train.main([*args, "--out", str(tmp_path / "m"), "--checkpoints", str(tmp_path / "c")])
+    err = capsys.readouterr().err.strip()
+    assert e.value.code == 1 and len(err.splitlines()) == 1, err
+    assert "logging.wandb_mode = 'online'" in err and "wandb login" in err
+    assert not (tmp_path / "m" / "params.safetensors").exists()
 
 
 def test_inconsistent_config_and_data_are_refused_before_any_work(

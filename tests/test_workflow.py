@@ -152,3 +152,13 @@ def test_bad_run_config_is_refused_before_any_job(tmp_path: Path) -> None:
     assert "n_layr" in r.stderr + r.stdout and "n_layer" in r.stderr + r.stdout
     r = snakemake(workdir, "-n", "--config", "runs=nonexistent", check=False)
     assert r.returncode != 0 and "config/nonexistent.toml" in r.stderr + r.stdout
+
+
+def test_run_names_follow_one_pattern_and_shell_arguments_are_quoted(tmp_path: Path) -> None:
+    workdir = make_workdir(tmp_path)
+    for runs in ("runs=my run", "runs=[tiny,my run]"):
+        r = snakemake(workdir, "-n", "--config", runs, check=False)
+        assert r.returncode != 0 and "'my run'" in r.stdout + r.stderr, r.stdout + r.stderr
+    paths = "paths={data: 'my data', results: 'my results', lock: config/download.lock.json}"
+    out = snakemake(workdir, "-n", "--config", "runs=tiny", paths).stdout
+    assert "--out 'my results/tiny/model'" in out and "--raw 'my data/raw/tinyshakespeare'" in out

@@ -434,7 +434,7 @@ def train(
     check_setup(cfg, data, jax.device_count())
     with contextlib.ExitStack() as held:
         if jax.process_index() == 0:
-            for path, flag in ((ckpt_dir, "--checkpoints"), (out_dir, "--out")):
+            for path, flag in ((out_dir, "--out"), (ckpt_dir, "--checkpoints")):
                 removed = held.enter_context(provenance.exclusive(path, "training", flag))
                 if removed:
                     names = ", ".join(p.name for p in removed)

@@ -151,9 +151,10 @@ def prepare_args(wildcards, input):
     return shlex.join(nconfig.data_settings(CFG[DATA_RUN[wildcards.data_id]]))
 
 
-def checkpoint_dir(wildcards):
+def checkpoint_dir(wildcards, input):
     """A run's checkpoints, named by what a resume must share (config.checkpoint_id): a longer
-    max_iters or a logging edit resumes there; a model or optimizer edit starts afresh.
+    max_iters or a logging edit resumes there; a model or optimizer edit starts afresh. (Derived,
+    as it takes `input`: it follows from the settings, which the per-key params compare.)
     """
     return f"{RESULTS}/{wildcards.run}/checkpoints/{nconfig.checkpoint_id(CFG[wildcards.run])}"
 
