@@ -64,9 +64,9 @@ def _decode(data: bytes, errors: str, path: Path, offset: int, where: str = "byt
 # ends the first part; the " " starts the second (it belongs to the next word's piece).
 # (re's \w is str.isalnum() or "_".)
 _SOLID = r"[\w" + re.escape(string.punctuation) + "]"
-_CUTS = [
-    (re.compile(f"(?<={_SOLID})\n(?={_SOLID})"), 1),
-    (re.compile(f"(?<={_SOLID}) (?={_SOLID})"), 0),
+_CUTS = [  # the separator first: re then scans for it as a literal, several times faster
+    (re.compile(f"\n(?<={_SOLID}\n)(?={_SOLID})"), 1),
+    (re.compile(f" (?<={_SOLID} )(?={_SOLID})"), 0),
 ]
 
 
