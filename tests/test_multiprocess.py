@@ -153,7 +153,7 @@ def seconds_until_exit(procs: list[subprocess.Popen]) -> float:
 
 
 def resumed_step(log: Path) -> int:
-    found = re.findall(r"^resumed from \S+ at step (\d+)$", log.read_text(), re.M)
+    found = re.findall(r"^resumed from \S+ at step (\d+) of \d+$", log.read_text(), re.M)
     assert len(found) == 1, log.read_text()[-3000:]
     return int(found[0])
 

@@ -404,19 +404,10 @@ def _sha256(items: typing.Iterable[str]) -> str:
     return hashlib.sha256("\n".join(items).encode()).hexdigest()
 
 
-def section_hash(cfg: Config, names: typing.Iterable[str]) -> str:
-    """sha256 of the resolved sections, stable across key order and runs."""
-    return _sha256(sorted(settings(cfg, names)))
-
-
 def data_settings(cfg: Config) -> list[str]:
     """The settings that make the prepared bytes: [data] (but NOT_DATA_IDENTITY) and [tokenizer]."""
-    keys = {
-        f"{name}.{f.name}"
-        for name in ("data", "tokenizer")
-        for f in dataclasses.fields(SECTIONS[name])
-    }
-    return settings(cfg, ("data", "tokenizer"), keys - set(NOT_DATA_IDENTITY))
+    items = settings(cfg, ("data", "tokenizer"))
+    return [item for item in items if item.split("=", 1)[0] not in NOT_DATA_IDENTITY]
 
 
 def data_id(cfg: Config) -> str:

@@ -472,7 +472,7 @@ def _train(cfg: Config, data: loader.Prepared, out_dir: Path, ckpt_dir: Path) ->
     # Resume from the latest checkpoint, or start fresh.
     key_params, key_dropout = jax.random.split(jax.random.key(t.seed))
     found = checkpoint.restore(ckpt_dir, t.resume, t.max_iters, log)
-    path, meta = (found[0], found[2]) if found else (None, None)
+    path, meta = None, None
     if found is None:
         state = jax.jit(
             lambda k: {"params": (p := init_fn(k)), "opt": optimizer.init(p)},
