@@ -182,6 +182,13 @@ def test_rerun_resumes_keeps_the_wandb_run_and_refuses_other_settings(
             tiny("train.max_iters=9", "train.learning_rate=3e-3", "train.beta2=0.9"),
             data_dir, tmp_path / "c", tmp_path / "ckpt",
         )  # fmt: skip
+    # In a directory of its own (as Snakemake names them), it starts afresh and says why.
+    capsys.readouterr()
+    train.train(tiny("train.max_iters=2", "train.learning_rate=3e-3"), data_dir,
+                tmp_path / "d", tmp_path / "ckpt-lr")  # fmt: skip
+    out = capsys.readouterr().out
+    assert f"starting from step 0: {tmp_path / 'ckpt-lr'} has no checkpoint" in out
+    assert "train.max_iters: 9 -> 2, train.learning_rate: 0.01 -> 0.003" in out
 
 
 def test_nan_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoint(

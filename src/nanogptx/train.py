@@ -339,6 +339,25 @@ def changed_settings(meta: dict[str, Any], cfg: Config) -> list[str]:
     return out
 
 
+def why_afresh(ckpt_dir: Path, cfg: Config) -> str | None:
+    """Why a run with checkpoints beside ckpt_dir starts from step 0: under Snakemake those are
+    the run's checkpoints for other settings (one directory per checkpoint_id); name the
+    settings in which the newest of them differs."""
+    newest = [found[-1][1] for d in ckpt_dir.parent.iterdir()
+              if d != ckpt_dir and (found := checkpoint.list_checkpoints(d))]  # fmt: skip
+    if not newest:
+        return None
+    path = max(newest, key=lambda p: p.stat().st_mtime)
+    try:
+        changed = changed_settings(json.loads((path / checkpoint.META_FILE).read_text()), cfg)
+    except (OSError, ValueError, KeyError, AttributeError):
+        return None
+    return (
+        f"starting from step 0: {ckpt_dir} has no checkpoint; the newest beside it, {path}, was "
+        f"made with other settings ({', '.join(changed) or 'other data'})"
+    )
+
+
 def schedule_change(meta: dict[str, Any], t: TrainConfig, step: int) -> str | None:
     """How the learning rate from `step` on differs from the checkpoint's schedule, if it does."""
     fields = {f.name for f in dataclasses.fields(TrainConfig)}
@@ -474,6 +493,8 @@ def _train(cfg: Config, data: loader.Prepared, out_dir: Path, ckpt_dir: Path) ->
     found = checkpoint.restore(ckpt_dir, t.resume, t.max_iters, log)
     path, meta = None, None
     if found is None:
+        if ckpt_dir.parent.is_dir() and (note := why_afresh(ckpt_dir, cfg)):
+            log(note)
         state = jax.jit(
             lambda k: {"params": (p := init_fn(k)), "opt": optimizer.init(p)},
             out_shardings=state_sh,
