@@ -7,8 +7,8 @@ with an uninterrupted run: bit-identical final parameters (train), shards (prepa
 train: nanoGPT's CPU recipe shape (4 layers, width 128) for 300 steps with a checkpoint every 10,
 so that about a tenth of the time is spent writing checkpoints; half of the kills are aimed at a
 checkpoint write (the moment its temporary directory appears), the rest fall at a random time.
-prepare: Tiny Shakespeare x16 (18 MB) in GPT-2 tokens, 100,000-token shards. download: Tiny
-Shakespeare from a loopback HTTP server throttled to 0.5 MB/s, through the `mirror` setting.
+prepare: Tiny Shakespeare x32 (36 MB) in GPT-2 tokens, 100,000-token shards. download: Tiny
+Shakespeare from a loopback HTTP server throttled to 0.2 MB/s, through the `mirror` setting.
 Prints, per stage, how many kills hit what, and whether the end result matched. Needs
 ../shared/assets (or --assets). Exits 1 if anything differs.
 """
@@ -148,7 +148,7 @@ def train_test(work: Path, assets: Path, kills: int, rng: np.random.Generator) -
 def prepare_test(work: Path, assets: Path, kills: int, rng: np.random.Generator) -> bool:
     from nanogptx import loader
 
-    raw = raw_dir(work / "raw" / "tinyshakespeare", assets, 16)
+    raw = raw_dir(work / "raw" / "tinyshakespeare", assets, 32)
 
     def run(out: Path) -> subprocess.Popen:
         return stage("prepare", *PREPARE, "--raw", str(raw), "--out", str(out), "--threads", "2")
@@ -161,7 +161,7 @@ def prepare_test(work: Path, assets: Path, kills: int, rng: np.random.Generator)
     made = refused = complete = wrong = 0
     for _ in range(kills):
         if not kill_when(run(out), after(rng.uniform(0.3, whole_s)), whole_s):
-            break
+            continue  # it finished first: the next run starts over, and is killed in turn
         made += 1
         try:  # a killed prepare's directory passes for prepared data only when it is complete
             loader.open_prepared(out)
@@ -174,8 +174,8 @@ def prepare_test(work: Path, assets: Path, kills: int, rng: np.random.Generator)
     manifest_same = sha256(work / "whole/manifest.json") == sha256(out / "manifest.json")
     left = leftovers(out)
     print(
-        f"prepare: {made} kills over an uninterrupted {whole_s:.1f} s; after each, the directory "
-        f"was refused as prepared data {refused} times and accepted {complete} times (killed "
+        f"prepare: {made} kills of {kills} runs over an uninterrupted {whole_s:.1f} s; after "
+        f"each, the directory was refused as prepared data {refused} times and accepted {complete} times (killed "
         f"after its manifest; shards unlike the uninterrupted run's: {wrong});\n  after the last "
         f"rerun: {len(whole)} shards, every sha256 equal to the uninterrupted run's: {same}, "
         f"manifest equal: {manifest_same}, leftovers: {left}"
@@ -223,7 +223,7 @@ def throttled_server(root: Path, rate: float) -> ThreadingHTTPServer:
 
 
 def download_test(work: Path, assets: Path, kills: int, rng: np.random.Generator) -> bool:
-    server = throttled_server(assets, 0.5e6)
+    server = throttled_server(assets, 0.2e6)
     mirror = f"http://127.0.0.1:{server.server_address[1]}"
     out = work / "raw"
 
