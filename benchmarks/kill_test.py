@@ -175,10 +175,10 @@ def prepare_test(work: Path, assets: Path, kills: int, rng: np.random.Generator)
     left = leftovers(out)
     print(
         f"prepare: {made} kills of {kills} runs over an uninterrupted {whole_s:.1f} s; after "
-        f"each, the directory was refused as prepared data {refused} times and accepted {complete} times (killed "
-        f"after its manifest; shards unlike the uninterrupted run's: {wrong});\n  after the last "
-        f"rerun: {len(whole)} shards, every sha256 equal to the uninterrupted run's: {same}, "
-        f"manifest equal: {manifest_same}, leftovers: {left}"
+        f"each, the directory was refused as prepared data {refused} times and accepted "
+        f"{complete} times (killed after its manifest; shards unlike the uninterrupted run's: "
+        f"{wrong});\n  after the last rerun: {len(whole)} shards, every sha256 equal to the "
+        f"uninterrupted run's: {same}, manifest equal: {manifest_same}, leftovers: {left}"
     )
     return same and manifest_same and not wrong and not left
 
