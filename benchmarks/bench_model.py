@@ -1,4 +1,5 @@
-"""Training speed of nanoGPT's CPU recipe: nanogptx.model against the formulations it replaced.
+"""Training speed of nanoGPT's CPU recipe: nanogptx's CPU runtime against the formulations it
+replaced, each a runtime (primitives, attention, unrolling) of the one model.py.
 
     python benchmarks/bench_model.py [--rounds 8] [--iters 10] [--quick]
 
@@ -39,7 +40,7 @@ What we found (jax/jaxlib 0.10.2, XLA's CPU backend with its YNNPACK dot fusions
     dot), --xla_cpu_use_xnnpack=false (2x slower), --xla_cpu_use_fusion_emitters=false
     (slower), --xla_cpu_multi_thread_eigen=false. None is needed.
   - Numerics are unchanged: same loss, gradients equal to float32 rounding
-    (tests/test_model.py compares against a plain autodiff GPT).
+    (tests/test_model.py compares kernels.FAST with kernels.REFERENCE in the same model).
   - What is left is mostly the matmuls themselves (about two thirds of the op time; the
     weight-gradient dots in Eigen run at about half the speed of the YNNPACK forward dots),
     then small elementwise fusions (LayerNorm, GELU, softmax, AdamW) and YNNPACK reductions.
@@ -75,91 +76,49 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from nanogptx import model
+from nanogptx import kernels, model, runtime
 from nanogptx.config import ModelConfig
+from nanogptx.runtime import Runtime
 
 CFG = ModelConfig(n_layer=4, n_head=4, n_embd=128, block_size=64, vocab_size=65, bias=False)
 BATCH, VOCAB = 12, 65
 
 
-@dataclasses.dataclass(frozen=True)
-class Formulation:
-    """Switches between the old and the new way of writing each part of the model."""
-
-    gelu: str = "erfc"  # erfc: jax.nn.gelu(approximate=False); erf: written out; vjp: ours
-    unroll: bool = False  # layers unrolled in lax.scan
-    attention: str = "dpa"  # dpa: jax.nn.dot_product_attention; einsum
-    matmul_vjp: bool = False  # hand-written matmul gradient (2-D weight-gradient dot)
-    layer_norm_vjp: bool = False  # hand-written LayerNorm gradient
+def erf_gelu(x: jax.Array) -> jax.Array:
+    """GELU written with erf, differentiated by JAX (kernels.gelu's values, JAX's gradient)."""
+    return 0.5 * x * (1.0 + jax.lax.erf(x / math.sqrt(2.0)))
 
 
-def plain_layer_norm(x: jax.Array, g: jax.Array) -> jax.Array:
-    mean = x.mean(-1, keepdims=True)
-    return (x - mean) * jax.lax.rsqrt(jnp.square(x - mean).mean(-1, keepdims=True) + 1e-5) * g
+def with_kernels(name: str, **primitives: Callable) -> kernels.Kernels:
+    """The reference primitives with some replaced."""
+    return dataclasses.replace(kernels.REFERENCE, name=name, **primitives)
 
 
-def loss_with(f: Formulation) -> Callable:
-    """The recipe's loss written with the given switches (no biases, no dropout)."""
-    mm = model.matmul if f.matmul_vjp else jnp.matmul
-    ln = functools.partial(model.layer_norm, b_D=None) if f.layer_norm_vjp else plain_layer_norm
-    gelu = {
-        "erfc": functools.partial(jax.nn.gelu, approximate=False),
-        "erf": lambda x: 0.5 * x * (1.0 + jax.lax.erf(x / math.sqrt(2.0))),
-        "vjp": model.gelu,
-    }[f.gelu]
-
-    def attention(q: jax.Array, k: jax.Array, v: jax.Array) -> jax.Array:
-        if f.attention == "dpa":
-            return jax.nn.dot_product_attention(q, k, v, is_causal=True)
-        return model.attention(q, k, v, 0.0, None)
-
-    def block(x: jax.Array, p: dict[str, jax.Array]) -> tuple[jax.Array, None]:
-        B, L, D = x.shape
-        q, k, v = (
-            t.reshape(B, L, CFG.n_head, -1)
-            for t in jnp.split(mm(ln(x, p["ln1_g"]), p["attn_w"]), 3, -1)
-        )
-        x = x + mm(attention(q, k, v).reshape(B, L, D), p["attn_proj_w"])
-        x = x + mm(gelu(mm(ln(x, p["ln2_g"]), p["fc_w"])), p["fc_proj_w"])
-        return x, None
-
-    def loss(params: model.Params, ids: jax.Array, targets: jax.Array) -> jax.Array:
-        x = params["wte"][ids] + params["wpe"][: ids.shape[1]]
-        unroll = CFG.n_layer if f.unroll else 1
-        x, _ = jax.lax.scan(block, x, params["blocks"], unroll=unroll)
-        logits = ln(x, params["lnf_g"]) @ params["wte"].T
-        logp = jax.nn.log_softmax(logits, axis=-1)
-        return -jnp.take_along_axis(logp, targets[..., None], axis=-1).mean()
-
-    return loss
-
-
-def nanogptx_loss(params: model.Params, ids: jax.Array, targets: jax.Array) -> jax.Array:
-    return model.loss_fn(params, ids, targets, CFG)
-
-
-STRAIGHTFORWARD = Formulation()
-FIRST = Formulation(gelu="erf")  # the lead's first model.py
+# Each step of the way from a straightforward JAX GPT to nanogptx's CPU runtime, as a runtime of
+# the one model.py: primitives, attention implementation, unrolling.
+N = CFG.n_layer
+ERF = with_kernels("erf gelu", gelu=erf_gelu)
+MATMUL = with_kernels("erf gelu, matmul vjp", gelu=erf_gelu, matmul=kernels.matmul)
 STEPS = [
-    ("straightforward: jax.nn.gelu, scan, dot_product_attention", STRAIGHTFORWARD),
-    ("+ erf GELU (the first nanogptx model.py)", FIRST),
-    ("+ layers unrolled", Formulation(gelu="erf", unroll=True)),
-    ("+ einsum attention", Formulation(gelu="erf", unroll=True, attention="einsum")),
-    (
-        "+ matmul with a 2-D weight-gradient dot",
-        Formulation(gelu="erf", unroll=True, attention="einsum", matmul_vjp=True),
-    ),
-    (
-        "+ GELU, LayerNorm gradients by hand",
-        Formulation("vjp", True, "einsum", matmul_vjp=True, layer_norm_vjp=True),
-    ),
+    ("straightforward: jax.nn.gelu, scan, dot_product_attention", Runtime(attention="xla")),
+    ("+ erf GELU (the first nanogptx model.py)", Runtime(ERF, "xla", 1)),
+    ("+ layers unrolled", Runtime(ERF, "xla", N)),
+    ("+ einsum attention", Runtime(ERF, "einsum", N)),
+    ("+ matmul with a 2-D weight-gradient dot", Runtime(MATMUL, "einsum", N)),
+    ("+ GELU, LayerNorm gradients by hand (kernels.FAST)", Runtime(kernels.FAST, "einsum", N)),
 ]
+STRAIGHTFORWARD, FIRST = STEPS[0][1], STEPS[1][1]
+CPU = runtime.choose(CFG, "cpu")  # what train uses here
+
+
+def loss_with(rt: Runtime) -> Callable:
+    return functools.partial(model.loss_fn, cfg=CFG, rt=rt)
 
 
 def set_malloc(keep: bool) -> None:
-    """keep: model.keep_freed_memory(); else glibc's initial thresholds (128 KiB)."""
+    """keep: runtime.keep_freed_memory(); else glibc's initial thresholds (128 KiB)."""
     if keep:
-        model.keep_freed_memory()
+        runtime.keep_freed_memory()
     else:
         libc = ctypes.CDLL("libc.so.6")
         libc.mallopt(-3, 128 * 1024)
@@ -228,16 +187,17 @@ def main() -> None:
     flops = {"forward": flops_step / 3, "fwd+bwd": flops_step, "step": flops_step}
 
     steps = [STEPS[0], STEPS[-1]] if args.quick else STEPS
+    assert CPU == STEPS[-1][1], "the last step is what runtime.choose gives on CPU"
     cases: list[tuple[str, bool, Callable]] = [
         ("straightforward, glibc malloc", False, loss_with(STRAIGHTFORWARD)),
         ("first nanogptx model.py, glibc malloc", False, loss_with(FIRST)),
-        *[(name, True, loss_with(f)) for name, f in steps],
-        ("nanogptx.model, glibc malloc", False, nanogptx_loss),
-        ("nanogptx.model", True, nanogptx_loss),
+        *[(name, True, loss_with(rt)) for name, rt in steps],
+        ("nanogptx (CPU runtime), glibc malloc", False, loss_with(CPU)),
+        ("nanogptx (CPU runtime)", True, loss_with(CPU)),
     ]
     # Same loss everywhere (numerics unchanged).
     ids = jax.random.randint(jax.random.key(1), (BATCH, CFG.block_size), 0, VOCAB)
-    ref = float(jax.jit(nanogptx_loss)(params, ids, ids))
+    ref = float(jax.jit(loss_with(CPU))(params, ids, ids))
     runners = {}
     for name, keep, loss in cases:
         value = float(jax.jit(loss)(params, ids, ids))
@@ -280,10 +240,10 @@ def main() -> None:
                 f"{tokens / med:8.0f} {flops[mode] / med / peak:5.0%} "
                 f"{flops[mode] / med / 200e9:6.0%}"
             )
-    ours = statistics.median(times[("nanogptx.model", "step")])
+    ours = statistics.median(times[("nanogptx (CPU runtime)", "step")])
     for name, *_ in cases[:2]:
         base = statistics.median(times[(name, "step")])
-        print(f"train step, {name} -> nanogptx.model: {base * 1e3:.1f} -> {ours * 1e3:.1f} "
+        print(f"train step, {name} -> nanogptx: {base * 1e3:.1f} -> {ours * 1e3:.1f} "
               f"ms/iter ({base / ours:.2f}x)")  # fmt: skip
     sys.stdout.flush()
 

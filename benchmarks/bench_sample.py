@@ -35,7 +35,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from nanogptx import model, sample
+from nanogptx import model, runtime, sample
 from nanogptx.config import ModelConfig, SampleConfig
 
 MODELS = {
@@ -56,7 +56,7 @@ def _next_token(
 ) -> jax.Array:  # fmt: skip
     # The window holds the last n tokens at positions 0..n-1 (padding after them is causally
     # invisible), so one compiled forward serves every context length.
-    logits_BxWxV = model.forward(params, window_BxW, cfg)
+    logits_BxWxV = model.forward(params, window_BxW, cfg, rt=runtime.choose(cfg, "cpu"))
     logits_BxV = jax.lax.dynamic_index_in_dim(logits_BxWxV, n - 1, axis=1, keepdims=False)
     logits_BxV = sample.filter_logits(logits_BxV, s.temperature, s.top_k, s.top_p)
     return jax.random.categorical(key, logits_BxV).astype(jnp.int32)
@@ -100,12 +100,13 @@ def main() -> None:
     parser.add_argument("--batches", default="1,10", help="samples per batch, comma-separated")
     parser.add_argument("--models", default=",".join(MODELS), help="comma-separated names")
     args = parser.parse_args()
-    model.keep_freed_memory()
+    runtime.keep_freed_memory()
     print(f"jax {jax.__version__} on {jax.devices()[0].device_kind}; {args.tokens} new tokens")
     print(f"{'model':22s} {'batch':>5s} {'method':24s} {'tokens/s':>10s} {'vs nanoGPT':>10s}")
     for name in args.models.split(","):
         cfg = MODELS[name]
         params = model.init_params(cfg, cfg.vocab_size, jax.random.key(0))
+        rt = runtime.choose(cfg, jax.default_backend())
         prompt = [0]  # "\n", nanoGPT's default start
         for B in map(int, args.batches.split(",")):
             s = SampleConfig(num_samples=B, max_new_tokens=args.tokens, top_k=200)
@@ -113,9 +114,14 @@ def main() -> None:
                 "recompute (nanoGPT way)": functools.partial(
                     generate_recompute, params, prompt, cfg, s
                 ),
-                "kv-cache": functools.partial(sample.generate, params, prompt, cfg, s),
+                "kv-cache": functools.partial(sample.generate, params, prompt, cfg, s, rt),
                 "kv-cache, exact crop": functools.partial(
-                    sample.generate, params, prompt, cfg, dataclasses.replace(s, window_shift=1)
+                    sample.generate,
+                    params,
+                    prompt,
+                    cfg,
+                    dataclasses.replace(s, window_shift=1),
+                    rt,
                 ),
             }
             for method, fn in runs.items():

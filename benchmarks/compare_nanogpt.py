@@ -157,9 +157,9 @@ def train_nanogptx(params: dict, cfg, data, train_starts: list, evals: dict) -> 
     what train_nanogpt does."""
     import jax
 
-    from nanogptx import model, train
+    from nanogptx import runtime, train
 
-    model.keep_freed_memory()
+    runtime.keep_freed_memory()
     L = cfg.model.block_size
     optimizer = train.make_optimizer(cfg.train)
     train_step = jax.jit(train.make_train_step(cfg, optimizer), donate_argnums=0)

@@ -1,5 +1,6 @@
-"""The model: causality, jit, shapes, parameter counts against nanoGPT, init, dropout, dtypes,
-and the hand-written gradients against JAX's own."""
+"""The model: causality, jit, shapes, parameter counts against nanoGPT, init, dropout, dtypes;
+the fast primitives against the reference ones, in the same architecture (no copy of it here),
+and JAX's transformations through the reference set."""
 
 from __future__ import annotations
 
@@ -12,8 +13,9 @@ import numpy as np
 import optax
 import pytest
 
-from nanogptx import model
+from nanogptx import kernels, model
 from nanogptx.config import ModelConfig
+from nanogptx.runtime import Runtime
 
 TINY = ModelConfig(n_layer=2, n_head=4, n_embd=32, block_size=16, vocab_size=50, dropout=0.0)
 V = 50
@@ -28,8 +30,12 @@ def ids(B: int = 3, L: int = 16, seed: int = 0) -> jax.Array:
 
 
 # Jitted once per config: tests stay fast (eager JAX compiles every operation on its own).
-forward = jax.jit(model.forward, static_argnames=("cfg", "compute_dtype"))
-loss_and_grad = jax.jit(jax.value_and_grad(model.loss_fn), static_argnames=("cfg", "compute_dtype"))
+forward = jax.jit(model.forward, static_argnames=("cfg", "rt", "compute_dtype"))
+loss_and_grad = jax.jit(
+    jax.value_and_grad(model.loss_fn), static_argnames=("cfg", "rt", "compute_dtype")
+)
+REFERENCE = Runtime()  # plain jnp, JAX's own derivatives, einsum attention, rolled layer loop
+FAST = Runtime(kernels.FAST, "einsum", TINY.n_layer)  # what runtime.choose gives on CPU
 init = jax.jit(model.init_params, static_argnums=(0, 1))
 
 
@@ -134,7 +140,12 @@ def test_init_statistics() -> None:
 
 
 def test_decay_mask_only_matrices(params: model.Params) -> None:
-    mask = model.decay_mask(params)
+    # By shape, as nanoGPT's p.dim() >= 2 (per layer in the stacked blocks): a new matrix
+    # gets weight decay without being named anywhere, a new gain does not.
+    N, D = TINY.n_layer, TINY.n_embd
+    blocks = params["blocks"] | {"new_w": jnp.zeros((N, D, D)), "new_g": jnp.ones((N, D))}
+    mask = model.decay_mask(params | {"blocks": blocks})
+    assert mask["blocks"]["new_w"] and not mask["blocks"]["new_g"]
     flat = {
         ".".join(str(k.key) for k in path): v
         for path, v in jax.tree_util.tree_leaves_with_path(mask)
@@ -183,30 +194,37 @@ def test_bfloat16_compute_gives_float32_logits_close_to_float32(params: model.Pa
     assert float(cos) > 0.99
 
 
-def test_gelu_matches_jax_exact_gelu() -> None:
-    x = jnp.linspace(-8.0, 8.0, 1001)
-    np.testing.assert_allclose(model.gelu(x), jax.nn.gelu(x, approximate=False), atol=1e-6)
-    ours = jax.grad(lambda x: model.gelu(x).sum())(x)
-    ref = jax.grad(lambda x: jax.nn.gelu(x, approximate=False).sum())(x)
-    np.testing.assert_allclose(ours, ref, atol=1e-6)
+def test_each_fast_primitive_matches_its_reference_value_and_gradient() -> None:
+    ks = jax.random.split(jax.random.key(4), 4)
+    x, dy = jax.random.normal(ks[0], (3, 5, 16)), jax.random.normal(ks[1], (3, 5, 16))
+    w, g = jax.random.normal(ks[2], (16, 16)), 1 + jax.random.normal(ks[3], (16,))
+    wide = jnp.linspace(-8.0, 8.0, 3 * 5 * 16).reshape(3, 5, 16)  # GELU's tails too
+    for name, args in [("matmul", (x, w)), ("gelu", (wide,)), ("normalize", (x, g))]:
+        fast, ref = getattr(kernels.FAST, name), getattr(kernels.REFERENCE, name)
+
+        @jax.jit
+        def both(args: tuple, dy: jax.Array, fast=fast, ref=ref) -> list:
+            out = []
+            for f in (fast, ref):
+                y, vjp = jax.vjp(f, *args)
+                out.append((y, *vjp(dy)))
+            return out
+
+        for a, c in zip(*both(args, dy), strict=True):
+            np.testing.assert_allclose(a, c, atol=1e-4, rtol=1e-5, err_msg=name)
 
 
-def test_einsum_attention_matches_dot_product_attention() -> None:
+def test_attention_implementations_agree_in_value_and_gradient() -> None:
     q, k, v, do = (
         jax.random.normal(kk, (2, 16, 4, 8)) for kk in jax.random.split(jax.random.key(3), 4)
     )
 
-    def ours(q: jax.Array, k: jax.Array, v: jax.Array) -> jax.Array:
-        return model.attention(q, k, v, 0.0, None)
-
-    def ref(q: jax.Array, k: jax.Array, v: jax.Array) -> jax.Array:
-        return jax.nn.dot_product_attention(q, k, v, is_causal=True)
-
     @jax.jit
     def both(q: jax.Array, k: jax.Array, v: jax.Array, do: jax.Array) -> list:
         out = []
-        for f in (ours, ref):
-            o, vjp = jax.vjp(f, q, k, v)
+        for impl in ("einsum", "xla"):
+            rt = Runtime(attention=impl)
+            o, vjp = jax.vjp(lambda q, k, v, rt=rt: model.attention(q, k, v, rt)[0], q, k, v)
             out.append((o, *vjp(do)))
         return out
 
@@ -214,69 +232,51 @@ def test_einsum_attention_matches_dot_product_attention() -> None:
         np.testing.assert_allclose(a, b, atol=1e-5)
 
 
-def test_hand_written_gradients_match_autodiff() -> None:
-    ks = jax.random.split(jax.random.key(4), 5)
-    x, dy = jax.random.normal(ks[0], (3, 5, 16)), jax.random.normal(ks[1], (3, 5, 16))
-    w, g, b = jax.random.normal(ks[2], (16, 16)), 1 + jax.random.normal(ks[3], (16,)), ks[4]
-    b = jax.random.normal(b, (16,))
-
-    def plain_ln(x: jax.Array, g: jax.Array, b: jax.Array) -> jax.Array:
-        mean = x.mean(-1, keepdims=True)
-        var = jnp.square(x - mean).mean(-1, keepdims=True)
-        return (x - mean) * jax.lax.rsqrt(var + 1e-5) * g + b
-
-    pairs = [
-        (lambda x, w: model.matmul(x, w), lambda x, w: x @ w, (x, w)),
-        (model.layer_norm, plain_ln, (x, g, b)),
-    ]
-    for ours, ref, args in pairs:
-
-        @jax.jit
-        def both(args: tuple, dy: jax.Array, ours=ours, ref=ref) -> list:
-            out = []
-            for f in (ours, ref):
-                y, vjp = jax.vjp(f, *args)
-                out.append((y, *vjp(dy)))
-            return out
-
-        for a, c in zip(*both(args, dy), strict=True):
-            np.testing.assert_allclose(a, c, atol=1e-4, rtol=1e-5)
-
-
-def test_loss_and_gradients_match_plain_autodiff_model(params: model.Params) -> None:
-    # The same GPT written with JAX's own derivatives everywhere: equal to float32 rounding.
+@pytest.mark.parametrize("bias", [True, False])
+def test_fast_runtime_gives_the_reference_loss_and_every_gradient(bias: bool) -> None:
+    # The same architecture under the two primitive sets (and both attention
+    # implementations): the loss and the gradient of every parameter equal to float32 rounding.
+    cfg = tiny(bias=bias)
     x, y = ids(seed=1), ids(seed=2)
-    cfg = TINY
+    p = init(cfg, V, jax.random.key(0))
+    # Non-zero biases and gains so that every gradient path is exercised.
+    p = jax.tree.map(lambda a: a + 0.05 * jax.random.normal(jax.random.key(9), a.shape), p)
+    l_ref, g_ref = loss_and_grad(p, x, y, cfg, rt=REFERENCE)
+    for rt in (FAST, Runtime(attention="xla")):
+        l_rt, g_rt = loss_and_grad(p, x, y, cfg, rt=rt)
+        np.testing.assert_allclose(l_rt, l_ref, rtol=1e-6)
+        flat_ref = dict(jax.tree_util.tree_leaves_with_path(g_ref))
+        for path, a in jax.tree_util.tree_leaves_with_path(g_rt):
+            np.testing.assert_allclose(
+                a, flat_ref[path], atol=1e-6, rtol=1e-4, err_msg=jax.tree_util.keystr(path)
+            )
 
-    def plain_loss(p: model.Params) -> jax.Array:
-        def ln(x: jax.Array, g: jax.Array) -> jax.Array:
-            mean = x.mean(-1, keepdims=True)
-            return (x - mean) * jax.lax.rsqrt(
-                jnp.square(x - mean).mean(-1, keepdims=True) + 1e-5
-            ) * g + 0
 
-        h = p["wte"][x] + p["wpe"][: x.shape[1]]
-        B, L, D = h.shape
-        for i in range(cfg.n_layer):
-            b = jax.tree.map(lambda a, i=i: a[i], p["blocks"])
-            a = ln(h, b["ln1_g"]) + b["ln1_b"]
-            qkv = a @ b["attn_w"] + b["attn_b"]
-            q, k, v = (t.reshape(B, L, cfg.n_head, -1) for t in jnp.split(qkv, 3, -1))
-            o = jax.nn.dot_product_attention(q, k, v, is_causal=True).reshape(B, L, D)
-            h = h + o @ b["attn_proj_w"] + b["attn_proj_b"]
-            a = ln(h, b["ln2_g"]) + b["ln2_b"]
-            m = jax.nn.gelu(a @ b["fc_w"] + b["fc_b"], approximate=False)
-            h = h + m @ b["fc_proj_w"] + b["fc_proj_b"]
-        logits = (ln(h, p["lnf_g"]) + p["lnf_b"]) @ p["wte"].T
-        return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+def test_forward_mode_and_second_order_autodiff_go_through_the_reference_set(
+    params: model.Params,
+) -> None:
+    x, y = ids(seed=1), ids(seed=2)
+    tangent = jax.tree.map(lambda a: jax.random.normal(jax.random.key(5), a.shape), params)
 
-    # Non-zero biases and gains so every gradient path is exercised.
-    p = jax.tree.map(lambda a: a + 0.05 * jax.random.normal(jax.random.key(9), a.shape), params)
-    l1, g1 = loss_and_grad(p, x, y, cfg)
-    l2, g2 = jax.jit(jax.value_and_grad(plain_loss))(p)
-    np.testing.assert_allclose(l1, l2, rtol=1e-6)
-    for a, b in zip(jax.tree.leaves(g1), jax.tree.leaves(g2), strict=True):
-        np.testing.assert_allclose(a, b, atol=1e-6, rtol=1e-4)
+    def loss(p: model.Params) -> jax.Array:
+        return model.loss_fn(p, x, y, TINY, rt=REFERENCE)
+
+    # jax.jvp (forward mode) equals the directional derivative from the gradient.
+    _, directional = jax.jit(lambda p, t: jax.jvp(loss, (p,), (t,)))(params, tangent)
+    grad = jax.jit(jax.grad(loss))(params)
+    np.testing.assert_allclose(directional, optax.tree_utils.tree_vdot(grad, tangent), rtol=1e-4)
+
+    # jax.hessian, and forward-over-reverse Hessian-vector products, on the final gain.
+    def of_gain(g_D: jax.Array) -> jax.Array:
+        return loss(params | {"lnf_g": g_D})
+
+    g_D, v_D = params["lnf_g"], tangent["lnf_g"]
+    hessian_DxD = jax.jit(jax.hessian(of_gain))(g_D)
+    hvp_D = jax.jit(lambda g, v: jax.jvp(jax.grad(of_gain), (g,), (v,))[1])(g_D, v_D)
+    np.testing.assert_allclose(hvp_D, hessian_DxD @ v_D, atol=1e-6, rtol=1e-4)
+    assert np.allclose(hessian_DxD, hessian_DxD.T, atol=1e-6) and np.abs(hessian_DxD).max() > 0
+    with pytest.raises(TypeError, match="custom_vjp"):  # why the reference set exists
+        jax.jvp(lambda p: model.loss_fn(p, x, y, TINY, rt=FAST), (params,), (tangent,))
 
 
 def test_train_steps_reduce_loss(params: model.Params) -> None:

@@ -64,7 +64,7 @@ def test_cached_forward_matches_forward(params: model.Params) -> None:
     ids = jax.random.randint(jax.random.key(1), (3, 9), 0, V)
     full = forward(params, ids, CFG)
     layers = sample.split_layers(params, CFG)
-    cached = jax.jit(sample.forward_cached, static_argnames=("cfg",))
+    cached = jax.jit(model.forward_cached, static_argnames=("cfg", "rt"))
     logits, cache = cached(params, layers, ids[:, :8], 0, sample.init_cache(CFG, 3), cfg=CFG)
     np.testing.assert_allclose(logits, full[:, 7], rtol=1e-4, atol=1e-3)
     logits, _ = cached(params, layers, ids[:, 8:], 8, cache, cfg=CFG)

@@ -137,6 +137,7 @@ def test_train_writes_the_model_dir_and_the_final_loss_recomputes(
     assert prov["manifest_sha256"] == data.manifest_sha256
     assert prov["batch_schedule"]["function"] == loader.BATCH_FUNCTION
     assert {o["path"].split("/")[-1] for o in prov["outputs"]} >= {"params.safetensors"}
+    assert prov["runtime"] == {"kernels": "fast", "attention": "einsum", "unroll": 2}  # CPU
     # The final validation loss recomputes from the saved model and the recorded schedule.
     val = np.mean([
         model.loss_fn(params, *loader.batch(data, "val", cfg.train.seed, k, 8, 16, stream="eval"),
@@ -145,6 +146,23 @@ def test_train_writes_the_model_dir_and_the_final_loss_recomputes(
     ])  # fmt: skip
     assert float(val) == pytest.approx(summary["val_loss"], rel=1e-5)
     assert records(out, "eval")[-1]["val_loss"] == summary["val_loss"]
+
+
+def test_kernels_are_how_it_runs_so_a_run_resumes_under_the_other_set(
+    data_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    fast = tiny("train.max_iters=3", "model.kernels=fast")
+    train.train(fast, data_dir, tmp_path / "a", tmp_path / "ckpt")
+    ref = tiny("train.max_iters=6", "model.kernels=reference")
+    assert config.checkpoint_id(ref) == config.checkpoint_id(fast)
+    summary = train.train(ref, data_dir, tmp_path / "b", tmp_path / "ckpt")
+    assert summary["resumed_from"] == 3
+    prov = json.loads((tmp_path / "b" / "provenance.json").read_text())
+    assert prov["runtime"] == {"kernels": "reference", "attention": "einsum", "unroll": 2}
+    assert "runtime: {'kernels': 'reference'" in capsys.readouterr().out
+    with pytest.raises(train.TrainError, match="model.attention = 'cudnn' needs a GPU"):
+        train.train(tiny("model.attention=cudnn"), data_dir, tmp_path / "c", tmp_path / "d")
+    assert not (tmp_path / "c").exists() and not (tmp_path / "d").exists()
 
 
 def test_mfu_peak_is_configured_else_known_else_measured_else_none() -> None:

@@ -81,6 +81,20 @@ class ModelConfig:
     vocab_size: int = _f(0, "vocabulary rows in the embedding (0: the tokenizer's size)")
     dropout: float = _f(0.0, "dropout rate in training (0 to 1)")
     bias: bool = _f(True, "biases in Linear and LayerNorm layers, as GPT-2")
+    kernels: str = _f(
+        "auto",
+        "the primitives: fast (hand-written gradients, measured on XLA's CPU backend), reference "
+        "(plain jnp and JAX's own derivatives, so jax.jvp and jax.hessian work), auto (fast); "
+        "the same values to float32 rounding",
+        ("auto", "fast", "reference"),
+    )
+    attention: str = _f(
+        "auto",
+        "attention implementation: einsum, xla or cudnn (jax.nn.dot_product_attention; cudnn "
+        "needs a GPU and 16-bit compute); auto: einsum on CPU, on GPU cudnn for 16-bit compute, "
+        "else xla",
+        ("auto", "einsum", "xla", "cudnn"),
+    )
 
 
 @dataclass(frozen=True)
@@ -180,6 +194,8 @@ STAGE_SECTIONS: dict[str, tuple[str, ...]] = {
 }
 # Data settings that do not change the prepared bytes, so not the prepared data's identity.
 NOT_DATA_IDENTITY = ("data.allow_unverified",)
+# Model settings of how it runs, not what it computes: a checkpoint resumes under any of them.
+RUNTIME_KEYS = ("kernels", "attention")
 # Train settings a resumed run must share with its checkpoint. With the model and the data they
 # name the checkpoint directory (checkpoint_id): raising max_iters or lr_decay_iters, or editing
 # evaluation, checkpointing or logging, resumes; editing one of these starts afresh.
@@ -417,8 +433,9 @@ def data_id(cfg: Config) -> str:
 
 def resume_settings(cfg: Config) -> list[str]:
     """What a checkpoint must share with the run resuming from it: model, data, RESUME_KEYS."""
+    model = [s for s in settings(cfg, ("model",)) if s.split("=")[0][6:] not in RUNTIME_KEYS]
     train = settings(cfg, ("train",), {f"train.{k}" for k in RESUME_KEYS})
-    return [*settings(cfg, ("model",)), *train, f"data_id={data_id(cfg)}"]
+    return [*model, *train, f"data_id={data_id(cfg)}"]
 
 
 def checkpoint_id(cfg: Config) -> str:

@@ -1,44 +1,45 @@
-"""GPT-2 in pure JAX: a parameter pytree, its initialisation, the forward pass and the loss.
+"""GPT-2 in pure JAX: the architecture, written once and read top-down. Parameters, their
+initialisation, embeddings, attention, the MLP, the block, the forward pass (for training, and
+with a KV cache for sampling, through the same block) and the loss.
 
-No I/O and no devices here. Dimension letters used in names:
+No I/O, no devices, no questions about the platform: the primitives (kernels.FAST or
+kernels.REFERENCE), the attention implementation and the layer unrolling come in a
+runtime.Runtime, chosen outside (runtime.choose). Dimension letters used in names:
     B batch, L positions, M key positions, D width (n_embd), H heads, K head width,
-    F MLP width (4 D), V vocabulary, N layers, C 3 (q, k, v), T all tokens of a batch (B L),
+    F MLP width (4 D), V vocabulary, N layers, C 3 (q, k, v), T new tokens (sampling),
     I and O a matmul's input and output widths, G batch times heads (B H), W window (cache).
-Speed notes (XLA's CPU backend; measured in benchmarks/bench_model.py): matmuls, GELU and
-LayerNorm carry hand-written gradients that XLA compiles without large transposes or
-recomputation, and the layers are unrolled on CPU. The numerics are nanoGPT's.
+The numerics are nanoGPT's.
 """
 
 from __future__ import annotations
 
-import ctypes
 import math
-import sys
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 
 from nanogptx.config import ModelConfig
+from nanogptx.runtime import Runtime
 
 Params = dict[str, Any]
+# Per layer, the keys and values of a window of W positions, batch and heads merged in front:
+# (k_GxWxK, v_GxWxK). sample.init_cache makes it; attention writes into it.
+Cache = tuple[jax.Array, jax.Array]
+DEFAULT = Runtime()
 
-# Matrices get weight decay (nanoGPT: every parameter with two or more dimensions, per layer).
-MATRICES = ("wte", "wpe", "attn_w", "attn_proj_w", "fc_w", "fc_proj_w")
+
+# ---------------------------------------------------------------- parameters
 
 
 def init_params(cfg: ModelConfig, vocab_size: int, key: jax.Array) -> Params:
-    """GPT-2 initialisation: normal(0.02), residual projections scaled by 1/sqrt(2 N)."""
+    """GPT-2 initialisation: normal(0.02), residual projections scaled by 1/sqrt(2 N). Per-layer
+    parameters are stacked on a leading layer axis under "blocks"."""
     N, D, L, V = cfg.n_layer, cfg.n_embd, cfg.block_size, vocab_size
     F = 4 * D
     std, proj_std = 0.02, 0.02 / math.sqrt(2 * N)
-    k = dict(
-        zip(
-            ["wte", "wpe", "attn", "attn_proj", "fc", "fc_proj"],
-            jax.random.split(key, 6),
-            strict=True,
-        )
-    )
+    names = ["wte", "wpe", "attn", "attn_proj", "fc", "fc_proj"]
+    k = dict(zip(names, jax.random.split(key, 6), strict=True))
 
     def normal(key: jax.Array, shape: tuple[int, ...], s: float) -> jax.Array:
         return s * jax.random.normal(key, shape, jnp.float32)
@@ -71,11 +72,14 @@ def init_params(cfg: ModelConfig, vocab_size: int, key: jax.Array) -> Params:
 
 
 def decay_mask(params: Params) -> Params:
-    """True for the leaves that get weight decay (the matrices), False for gains and biases."""
-    return {
-        name: decay_mask(v) if isinstance(v, dict) else name in MATRICES
-        for name, v in params.items()
-    }
+    """True for the leaves that get weight decay: every matrix (nanoGPT's p.dim() >= 2), per
+    layer for the stacked blocks; False for gains and biases."""
+
+    def is_matrix(path: tuple, x: Any) -> bool:
+        per_layer = path[0].key == "blocks"
+        return x.ndim - per_layer >= 2
+
+    return jax.tree_util.tree_map_with_path(is_matrix, params)
 
 
 def count_params(params: Params, non_embedding: bool = True) -> int:
@@ -90,100 +94,21 @@ def flops_per_token(cfg: ModelConfig, n_params: int) -> float:
     return 6 * n_params + 12 * cfg.n_layer * cfg.n_head * K * cfg.block_size
 
 
-def keep_freed_memory() -> None:
-    """Make glibc keep freed memory in the process. XLA's CPU runtime allocates every step's
-    buffers anew, and glibc's defaults hand large freed blocks back to the kernel, so each
-    step page-faults them in again: 30-45% of a small model's CPU train step. Call once per
-    process before running steps; a no-op outside Linux/glibc."""
-    if not sys.platform.startswith("linux"):
-        return
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-    except OSError:  # another C library (musl)
-        return
-    libc.mallopt(-3, 64 << 20)  # M_MMAP_THRESHOLD: blocks up to 64 MiB come from the heap
-    libc.mallopt(-1, 256 << 20)  # M_TRIM_THRESHOLD: keep up to 256 MiB free at the heap top
+# ---------------------------------------------------------------- layers
 
 
-# Hand-written gradients. JAX's own derivatives of these are correct, but XLA's CPU backend
-# fuses them into transposing loops that recompute whole chains of elementwise work per
-# element (see benchmarks/bench_model.py); these give the same values to float32 rounding.
-
-
-@jax.custom_vjp
-def matmul(x_TxI: jax.Array, w_IxO: jax.Array) -> jax.Array:
-    """x @ w over the last axis of x; its weight gradient is one plain 2-D dot."""
-    return x_TxI @ w_IxO
-
-
-def _matmul_fwd(x: jax.Array, w: jax.Array) -> tuple[jax.Array, tuple]:
-    return x @ w, (x, w)
-
-
-def _matmul_bwd(res: tuple, dy: jax.Array) -> tuple[jax.Array, jax.Array]:
-    x, w = res
-    dx = dy @ w.T
-    # Contract the token axis of two 2-D arrays: a dot that XLA runs without copying a
-    # transpose of either operand (a 3-D einsum gets a transposed copy here instead).
-    x_TxI, dy_TxO = x.reshape(-1, x.shape[-1]), dy.reshape(-1, dy.shape[-1])
-    dw = jax.lax.dot_general(x_TxI, dy_TxO, (((0,), (0,)), ((), ())))
-    return dx, dw.astype(w.dtype)
-
-
-matmul.defvjp(_matmul_fwd, _matmul_bwd)
-
-
-@jax.custom_vjp
-def gelu(x: jax.Array) -> jax.Array:
-    """Exact (erf) GELU, as torch.nn.GELU(); same values as jax.nn.gelu(approximate=False),
-    whose gradient goes through erfc, which XLA's CPU backend computes slowly."""
-    return 0.5 * x * (1.0 + jax.lax.erf(x * (1.0 / math.sqrt(2.0))))
-
-
-def _gelu_fwd(x: jax.Array) -> tuple[jax.Array, jax.Array]:
-    return gelu(x), x
-
-
-def _gelu_bwd(x: jax.Array, dy: jax.Array) -> tuple[jax.Array]:
-    cdf = 0.5 * (1.0 + jax.lax.erf(x * (1.0 / math.sqrt(2.0))))
-    pdf = jnp.exp(-0.5 * x * x) * (1.0 / math.sqrt(2.0 * math.pi))
-    return ((dy * (cdf + x * pdf)).astype(x.dtype),)
-
-
-gelu.defvjp(_gelu_fwd, _gelu_bwd)
-
-
-@jax.custom_vjp
-def _normalize(x_BxLxD: jax.Array, g_D: jax.Array) -> jax.Array:
-    return _normalize_fwd(x_BxLxD, g_D)[0]
-
-
-def _normalize_fwd(x: jax.Array, g: jax.Array) -> tuple[jax.Array, tuple]:
-    xc = x - x.mean(-1, keepdims=True)
-    rstd = jax.lax.rsqrt(jnp.square(xc).mean(-1, keepdims=True) + 1e-5)
-    xhat = xc * rstd
-    return xhat * g, (xhat, rstd, g)
-
-
-def _normalize_bwd(res: tuple, dy: jax.Array) -> tuple[jax.Array, jax.Array]:
-    xhat, rstd, g = res
-    dxhat = dy * g
-    dx = rstd * (
-        dxhat - dxhat.mean(-1, keepdims=True) - xhat * (dxhat * xhat).mean(-1, keepdims=True)
-    )
-    dg = (dy * xhat).reshape(-1, xhat.shape[-1]).sum(0)
-    return dx, dg
-
-
-_normalize.defvjp(_normalize_fwd, _normalize_bwd)
-
-
-def layer_norm(x_BxLxD: jax.Array, g_D: jax.Array, b_D: jax.Array | None) -> jax.Array:
+def layer_norm(x_BxLxD: jax.Array, g_D: jax.Array, b_D: jax.Array | None, rt: Runtime) -> jax.Array:
     """LayerNorm in float32 whatever the compute dtype (eps 1e-5 as torch)."""
-    y = _normalize(x_BxLxD.astype(jnp.float32), g_D.astype(jnp.float32))
+    y = rt.kernels.normalize(x_BxLxD.astype(jnp.float32), g_D.astype(jnp.float32))
     if b_D is not None:
         y = y + b_D
     return y.astype(x_BxLxD.dtype)
+
+
+def linear(x: jax.Array, p: Params, name: str, dtype: Any, rt: Runtime) -> jax.Array:
+    """x @ p[name_w] + p[name_b] (when the model has biases), in the compute dtype."""
+    y = rt.kernels.matmul(x, p[f"{name}_w"].astype(dtype))
+    return y + p[f"{name}_b"].astype(dtype) if f"{name}_b" in p else y
 
 
 def dropout(x: jax.Array, rate: float, key: jax.Array | None) -> jax.Array:
@@ -193,67 +118,101 @@ def dropout(x: jax.Array, rate: float, key: jax.Array | None) -> jax.Array:
     return jnp.where(keep, x / (1.0 - rate), 0.0).astype(x.dtype)
 
 
+def embed(params: Params, ids_BxL: jax.Array, pos: jax.Array | int) -> jax.Array:
+    """Token plus learned position embeddings of positions pos..pos+L-1."""
+    L = ids_BxL.shape[1]
+    return params["wte"][ids_BxL] + jax.lax.dynamic_slice_in_dim(params["wpe"], pos, L)
+
+
 def attention(
     q_BxLxHxK: jax.Array,
-    k_BxMxHxK: jax.Array,
-    v_BxMxHxK: jax.Array,
-    rate: float,
-    key: jax.Array | None,
-) -> jax.Array:
-    """Causal attention (queries are the last L of the M key positions). On GPU
-    jax.nn.dot_product_attention (cuDNN flash attention in 16-bit dtypes); elsewhere, and
-    for dropout on the attention weights, explicit einsums, which XLA's CPU backend
-    differentiates about twice as fast as dot_product_attention's XLA implementation."""
-    L, M = q_BxLxHxK.shape[1], k_BxMxHxK.shape[1]
-    if (key is None or rate == 0.0) and L == M and jax.default_backend() == "gpu":
-        cudnn = q_BxLxHxK.dtype in (jnp.bfloat16, jnp.float16)
-        return jax.nn.dot_product_attention(
-            q_BxLxHxK, k_BxMxHxK, v_BxMxHxK, is_causal=True,
-            implementation="cudnn" if cudnn else None,
-        )  # fmt: skip
-    K = q_BxLxHxK.shape[-1]
-    att_BxHxLxM = jnp.einsum("blhk,bmhk->bhlm", q_BxLxHxK, k_BxMxHxK) * (1.0 / math.sqrt(K))
-    causal_LxM = jnp.tril(jnp.ones((L, M), bool), k=M - L)
+    k_BxLxHxK: jax.Array,
+    v_BxLxHxK: jax.Array,
+    rt: Runtime,
+    *,
+    rate: float = 0.0,
+    key: jax.Array | None = None,
+    pos: jax.Array | int = 0,
+    cache: Cache | None = None,
+) -> tuple[jax.Array, Cache | None]:
+    """Causal self-attention of L new positions pos..pos+L-1. Without a cache they attend to
+    each other (training); with one, their keys and values are written into it at pos and
+    they attend to every cached position up to their own (entries after a query are masked, so
+    stale ones from an earlier window do no harm). Returns the output and the cache."""
+    B, L, H, K = q_BxLxHxK.shape
+    scale = 1.0 / math.sqrt(K)
+    if cache is not None:
+        # In the cache layout: batch and heads merged in front, so that each decoding step
+        # updates the cache in place and the dots read it as it lies (XLA's CPU backend copies
+        # a stacked or position-major cache whole on every step).
+        def heads_first(t_BxLxHxK: jax.Array) -> jax.Array:
+            return t_BxLxHxK.transpose(0, 2, 1, 3).reshape(B * H, L, K)
+
+        k_GxWxK, v_GxWxK = cache
+        k_GxWxK = jax.lax.dynamic_update_slice(k_GxWxK, heads_first(k_BxLxHxK), (0, pos, 0))
+        v_GxWxK = jax.lax.dynamic_update_slice(v_GxWxK, heads_first(v_BxLxHxK), (0, pos, 0))
+        W = k_GxWxK.shape[1]
+        visible_LxW = jnp.arange(W)[None, :] <= pos + jnp.arange(L)[:, None]
+        att_GxLxW = jnp.einsum("glk,gwk->glw", heads_first(q_BxLxHxK), k_GxWxK) * scale
+        att_GxLxW = jax.nn.softmax(jnp.where(visible_LxW, att_GxLxW, -jnp.inf), axis=-1)
+        y_GxLxK = jnp.einsum("glw,gwk->glk", att_GxLxW, v_GxWxK)
+        return y_GxLxK.reshape(B, H, L, K).transpose(0, 2, 1, 3), (k_GxWxK, v_GxWxK)
+    if rt.attention != "einsum" and (key is None or rate == 0.0):
+        y = jax.nn.dot_product_attention(
+            q_BxLxHxK, k_BxLxHxK, v_BxLxHxK, is_causal=True, implementation=rt.attention
+        )
+        return y, None
+    att_BxHxLxM = jnp.einsum("blhk,bmhk->bhlm", q_BxLxHxK, k_BxLxHxK) * scale
+    causal_LxM = jnp.tril(jnp.ones((L, L), bool))
     att_BxHxLxM = jnp.where(causal_LxM, att_BxHxLxM.astype(jnp.float32), -jnp.inf)
     att_BxHxLxM = jax.nn.softmax(att_BxHxLxM, axis=-1).astype(q_BxLxHxK.dtype)
     att_BxHxLxM = dropout(att_BxHxLxM, rate, key)
-    return jnp.einsum("bhlm,bmhk->blhk", att_BxHxLxM, v_BxMxHxK)
+    return jnp.einsum("bhlm,bmhk->blhk", att_BxHxLxM, v_BxLxHxK), None
 
 
-def linear(x: jax.Array, p: Params, name: str, dtype: Any) -> jax.Array:
-    """x @ p[name_w] + p[name_b] (when the model has biases), in the compute dtype."""
-    y = matmul(x, p[f"{name}_w"].astype(dtype))
-    return y + p[f"{name}_b"].astype(dtype) if f"{name}_b" in p else y
+def mlp(x_BxLxD: jax.Array, p: Params, dtype: Any, rt: Runtime) -> jax.Array:
+    h_BxLxF = rt.kernels.gelu(linear(x_BxLxD, p, "fc", dtype, rt))
+    return linear(h_BxLxF, p, "fc_proj", dtype, rt)
 
 
 def block(
-    x_BxLxD: jax.Array, p: Params, cfg: ModelConfig, key: jax.Array | None, dtype: Any
-) -> jax.Array:
+    x_BxLxD: jax.Array,
+    p: Params,
+    cfg: ModelConfig,
+    rt: Runtime,
+    key: jax.Array | None,
+    dtype: Any,
+    pos: jax.Array | int = 0,
+    cache: Cache | None = None,
+) -> tuple[jax.Array, Cache | None]:
     """One pre-LayerNorm transformer block; p holds one layer's slice of params["blocks"]."""
     B, L, D = x_BxLxD.shape
     H = cfg.n_head
     keys = [None] * 3 if key is None else list(jax.random.split(key, 3))
 
-    h_BxLxD = layer_norm(x_BxLxD, p["ln1_g"], p.get("ln1_b"))
-    qkv_BxLx3D = linear(h_BxLxD, p, "attn", dtype)
+    h_BxLxD = layer_norm(x_BxLxD, p["ln1_g"], p.get("ln1_b"), rt)
+    qkv_BxLx3D = linear(h_BxLxD, p, "attn", dtype, rt)
     q_BxLxHxK, k_BxLxHxK, v_BxLxHxK = (
         t.reshape(B, L, H, D // H) for t in jnp.split(qkv_BxLx3D, 3, axis=-1)
     )
-    y_BxLxHxK = attention(q_BxLxHxK, k_BxLxHxK, v_BxLxHxK, cfg.dropout, keys[0])
-    y_BxLxD = linear(y_BxLxHxK.reshape(B, L, D), p, "attn_proj", dtype)
+    y_BxLxHxK, cache = attention(
+        q_BxLxHxK, k_BxLxHxK, v_BxLxHxK, rt, rate=cfg.dropout, key=keys[0], pos=pos, cache=cache
+    )
+    y_BxLxD = linear(y_BxLxHxK.reshape(B, L, D), p, "attn_proj", dtype, rt)
     x_BxLxD = x_BxLxD + dropout(y_BxLxD, cfg.dropout, keys[1])
 
-    h_BxLxD = layer_norm(x_BxLxD, p["ln2_g"], p.get("ln2_b"))
-    h_BxLxF = gelu(linear(h_BxLxD, p, "fc", dtype))
-    y_BxLxD = linear(h_BxLxF, p, "fc_proj", dtype)
-    return x_BxLxD + dropout(y_BxLxD, cfg.dropout, keys[2])
+    h_BxLxD = layer_norm(x_BxLxD, p["ln2_g"], p.get("ln2_b"), rt)
+    y_BxLxD = mlp(h_BxLxD, p, dtype, rt)
+    return x_BxLxD + dropout(y_BxLxD, cfg.dropout, keys[2]), cache
 
 
-def scan_unroll(cfg: ModelConfig) -> int:
-    """Layers per lax.scan iteration: all of them on CPU, where XLA cannot fuse or schedule
-    across a while loop's iterations and pays for stacking every saved activation (a 4-layer
-    model trains about 1.5x faster unrolled); one elsewhere, to keep compiles short."""
-    return cfg.n_layer if jax.default_backend() == "cpu" else 1
+def head(params: Params, x_BxLxD: jax.Array, rt: Runtime) -> jax.Array:
+    """Final LayerNorm and the head tied to wte, in float32 so logits and loss keep precision."""
+    x_BxLxD = layer_norm(x_BxLxD, params["lnf_g"], params.get("lnf_b"), rt)
+    return x_BxLxD.astype(jnp.float32) @ params["wte"].T
+
+
+# ---------------------------------------------------------------- the model
 
 
 def forward(
@@ -261,27 +220,43 @@ def forward(
     ids_BxL: jax.Array,
     cfg: ModelConfig,
     *,
+    rt: Runtime = DEFAULT,
     dropout_key: jax.Array | None = None,
     compute_dtype: Any = jnp.float32,
 ) -> jax.Array:
     """Logits (float32) for every position; dropout only where a dropout_key is given."""
-    B, L = ids_BxL.shape
-    x_BxLxD = params["wte"][ids_BxL] + params["wpe"][:L]
     keys = None if dropout_key is None else jax.random.split(dropout_key, cfg.n_layer + 1)
+    x_BxLxD = embed(params, ids_BxL, 0)
     x_BxLxD = dropout(x_BxLxD, cfg.dropout, None if keys is None else keys[-1])
     x_BxLxD = x_BxLxD.astype(compute_dtype)
 
     def step(x_BxLxD: jax.Array, layer: tuple[Params, jax.Array | None]) -> tuple:
         p, key = layer
-        return block(x_BxLxD, p, cfg, key, compute_dtype), None
+        return block(x_BxLxD, p, cfg, rt, key, compute_dtype)[0], None
 
     layer_keys = None if keys is None else keys[:-1]
-    x_BxLxD, _ = jax.lax.scan(
-        step, x_BxLxD, (params["blocks"], layer_keys), unroll=scan_unroll(cfg)
-    )
-    x_BxLxD = layer_norm(x_BxLxD, params["lnf_g"], params.get("lnf_b"))
-    # Tied head, in float32 so logits and loss keep full precision.
-    return x_BxLxD.astype(jnp.float32) @ params["wte"].T
+    x_BxLxD, _ = jax.lax.scan(step, x_BxLxD, (params["blocks"], layer_keys), unroll=rt.unroll)
+    return head(params, x_BxLxD, rt)
+
+
+def forward_cached(
+    params: Params,
+    layers: list[Params],
+    ids_BxL: jax.Array,
+    pos: jax.Array | int,
+    cache: list[Cache],
+    cfg: ModelConfig,
+    rt: Runtime = DEFAULT,
+) -> tuple[jax.Array, list[Cache]]:
+    """L new tokens at positions pos..pos+L-1 through the same blocks, against a KV cache per
+    layer (layers: params["blocks"] sliced per layer once, outside a decoding loop). Returns the
+    logits of the last token (float32) and the cache with their keys and values written in."""
+    x_BxLxD = embed(params, ids_BxL, pos)
+    new_cache = []
+    for p, c in zip(layers, cache, strict=True):
+        x_BxLxD, c = block(x_BxLxD, p, cfg, rt, None, jnp.float32, pos, c)
+        new_cache.append(c)
+    return head(params, x_BxLxD[:, -1], rt), new_cache
 
 
 def loss_fn(
@@ -290,12 +265,13 @@ def loss_fn(
     targets_BxL: jax.Array,
     cfg: ModelConfig,
     *,
+    rt: Runtime = DEFAULT,
     dropout_key: jax.Array | None = None,
     compute_dtype: Any = jnp.float32,
 ) -> jax.Array:
     """Mean next-token cross-entropy in float32."""
     logits_BxLxV = forward(
-        params, ids_BxL, cfg, dropout_key=dropout_key, compute_dtype=compute_dtype
+        params, ids_BxL, cfg, rt=rt, dropout_key=dropout_key, compute_dtype=compute_dtype
     )
     logp_BxLxV = jax.nn.log_softmax(logits_BxLxV, axis=-1)
     nll_BxL = -jnp.take_along_axis(logp_BxLxV, targets_BxL[..., None], axis=-1)[..., 0]

@@ -10,14 +10,15 @@ Past block_size: positions are learned and absolute, so a token's keys and value
 the window slides and the cache cannot slide with it. nanoGPT re-runs the whole window for
 every token; here, when the window is full, the oldest sample.window_shift tokens (default a
 quarter of the block) are dropped and the rest re-encoded in one pass, then decoding resumes
-from the cache. window_shift = 1 gives nanoGPT's exact crop (and its cost).
+from the cache. window_shift = 1 gives nanoGPT's exact crop (and its cost). The model runs
+through model.forward_cached, the same blocks as training; this module holds the cache layout
+and the decoding loop.
 """
 
 from __future__ import annotations
 
 import argparse
 import functools
-import math
 import sys
 import time
 from pathlib import Path
@@ -26,7 +27,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from nanogptx import checkpoint, config, model, provenance, tokenizer
+from nanogptx import checkpoint, config, model, provenance, runtime, tokenizer
 from nanogptx.config import Config, ModelConfig, SampleConfig
 
 SEPARATOR = "---------------"
@@ -39,10 +40,7 @@ class SampleError(ValueError):
 # ---------------------------------------------------------------- the model with a KV cache
 
 
-Cache = list[tuple[jax.Array, jax.Array]]  # per layer: keys and values, each (BH)xWxK
-
-
-def init_cache(cfg: ModelConfig, B: int) -> Cache:
+def init_cache(cfg: ModelConfig, B: int) -> list[model.Cache]:
     """Keys and values of every layer for block_size positions, zero (unfilled). One pair of
     arrays per layer, batch and heads merged in front of the positions: each step then updates
     them in place and the attention dots read them as they lie (XLA's CPU backend copies or
@@ -56,46 +54,6 @@ def init_cache(cfg: ModelConfig, B: int) -> Cache:
 def split_layers(params: model.Params, cfg: ModelConfig) -> list[model.Params]:
     """One dict of parameters per layer, sliced once outside the decoding loop."""
     return [{k: w[i] for k, w in params["blocks"].items()} for i in range(cfg.n_layer)]
-
-
-def forward_cached(
-    params: model.Params,
-    layers: list[model.Params],
-    ids_BxT: jax.Array,
-    pos: jax.Array | int,
-    cache: Cache,
-    cfg: ModelConfig,
-) -> tuple[jax.Array, Cache]:
-    """Run T new tokens at positions pos..pos+T-1 against the cache; returns the logits of the
-    last one (float32) and the cache with their keys and values written in. Cache entries at
-    positions after a query are masked, so stale ones from an earlier window do no harm."""
-    B, T = ids_BxT.shape
-    W, H, D = cfg.block_size, cfg.n_head, cfg.n_embd
-    K, dtype = D // H, jnp.float32
-    x_BxTxD = params["wte"][ids_BxT] + jax.lax.dynamic_slice_in_dim(params["wpe"], pos, T)
-    # Query t (position pos + t) sees key positions m <= pos + t.
-    visible_TxW = jnp.arange(W)[None, :] <= pos + jnp.arange(T)[:, None]
-    new_cache = []
-    for p, (k_GxWxK, v_GxWxK) in zip(layers, cache, strict=True):  # G = B H
-        h_BxTxD = model.layer_norm(x_BxTxD, p["ln1_g"], p.get("ln1_b"))
-        qkv_BxTx3D = model.linear(h_BxTxD, p, "attn", dtype)
-        q_GxTxK, k_GxTxK, v_GxTxK = (
-            t.reshape(B, T, H, K).transpose(0, 2, 1, 3).reshape(B * H, T, K)
-            for t in jnp.split(qkv_BxTx3D, 3, -1)
-        )
-        k_GxWxK = jax.lax.dynamic_update_slice(k_GxWxK, k_GxTxK, (0, pos, 0))
-        v_GxWxK = jax.lax.dynamic_update_slice(v_GxWxK, v_GxTxK, (0, pos, 0))
-        new_cache.append((k_GxWxK, v_GxWxK))
-        att_GxTxW = jnp.einsum("gtk,gmk->gtm", q_GxTxK, k_GxWxK) / math.sqrt(K)
-        att_GxTxW = jax.nn.softmax(jnp.where(visible_TxW, att_GxTxW, -jnp.inf), axis=-1)
-        y_GxTxK = jnp.einsum("gtm,gmk->gtk", att_GxTxW, v_GxWxK)
-        y_BxTxD = y_GxTxK.reshape(B, H, T, K).transpose(0, 2, 1, 3).reshape(B, T, D)
-        x_BxTxD = x_BxTxD + model.linear(y_BxTxD, p, "attn_proj", dtype)
-        h_BxTxD = model.layer_norm(x_BxTxD, p["ln2_g"], p.get("ln2_b"))
-        h_BxTxF = model.gelu(model.linear(h_BxTxD, p, "fc", dtype))
-        x_BxTxD = x_BxTxD + model.linear(h_BxTxF, p, "fc_proj", dtype)
-    x_BxD = model.layer_norm(x_BxTxD[:, -1], params["lnf_g"], params.get("lnf_b"))
-    return x_BxD @ params["wte"].T, new_cache
 
 
 # ---------------------------------------------------------------- choosing tokens
@@ -141,7 +99,7 @@ def context_lengths(P: int, S: int, W: int, shift: int) -> list[int]:
     return out
 
 
-@functools.partial(jax.jit, static_argnames=("cfg", "S", "B", "top_k", "top_p", "shift"))
+@functools.partial(jax.jit, static_argnames=("cfg", "rt", "S", "B", "top_k", "top_p", "shift"))
 def _generate(
     params: model.Params,
     prompt_P: jax.Array,
@@ -149,6 +107,7 @@ def _generate(
     temperature: jax.Array,
     *,
     cfg: ModelConfig,
+    rt: runtime.Runtime,
     S: int,
     B: int,
     top_k: int,
@@ -163,9 +122,11 @@ def _generate(
     # At least W long, so that re-encoding traces even when it can never happen.
     tokens_BxU = jnp.zeros((B, max(P + S, W)), jnp.int32).at[:, :P].set(prompt_P)
     layers = split_layers(params, cfg)
-    logits_BxV, cache = forward_cached(
-        params, layers, tokens_BxU[:, :P], 0, init_cache(cfg, B), cfg
-    )
+
+    def forward(ids_BxT: jax.Array, pos: jax.Array | int, cache: list) -> tuple:
+        return model.forward_cached(params, layers, ids_BxT, pos, cache, cfg, rt)
+
+    logits_BxV, cache = forward(tokens_BxU[:, :P], 0, init_cache(cfg, B))
 
     def choose(i: jax.Array, state: tuple) -> tuple:
         """Sample token i from the logits in state and write it into the token buffer."""
@@ -178,13 +139,13 @@ def _generate(
 
     def decode(i: jax.Array, state: tuple) -> tuple:
         tok_B, (tokens_BxU, cache, n, _) = choose(i, state)
-        logits_BxV, cache = forward_cached(params, layers, tok_B[:, None], n, cache, cfg)
+        logits_BxV, cache = forward(tok_B[:, None], n, cache)
         return tokens_BxU, cache, n + 1, logits_BxV
 
     def reencode(i: jax.Array, state: tuple) -> tuple:
         _, (tokens_BxU, cache, _, _) = choose(i, state)
         ids_BxT = jax.lax.dynamic_slice_in_dim(tokens_BxU, P + i + 1 - keep, keep, axis=1)
-        logits_BxV, cache = forward_cached(params, layers, ids_BxT, 0, cache, cfg)
+        logits_BxV, cache = forward(ids_BxT, 0, cache)
         return tokens_BxU, cache, jnp.int32(keep), logits_BxV
 
     def segment(first: jax.Array, length: int, state: tuple) -> tuple:
@@ -208,6 +169,7 @@ def generate(
     prompt: list[int] | np.ndarray,
     cfg: ModelConfig,
     s: SampleConfig,
+    rt: runtime.Runtime = model.DEFAULT,
 ) -> np.ndarray:
     """s.num_samples continuations of s.max_new_tokens tokens each, as one batch. A prompt
     longer than block_size is cropped to its last block_size tokens, as nanoGPT does."""
@@ -223,6 +185,7 @@ def generate(
         jax.random.key(s.seed),
         jnp.float32(s.temperature),
         cfg=cfg,
+        rt=rt,
         S=s.max_new_tokens,
         B=s.num_samples,
         top_k=s.top_k,
@@ -271,7 +234,7 @@ def sample(cfg: Config, model_dir: Path, out_dir: Path) -> list[str]:
 
 
 def _sample(cfg: Config, model_dir: Path, out_dir: Path) -> list[str]:
-    model.keep_freed_memory()
+    runtime.keep_freed_memory()
     # The model is described by its own config.toml (recorded below as model_config).
     record = provenance.Record.start(
         "sample", config.sections(cfg, config.STAGE_SECTIONS["sample"])
@@ -288,8 +251,10 @@ def _sample(cfg: Config, model_dir: Path, out_dir: Path) -> list[str]:
     if not prompt and tok.eot_token is not None:
         prompt = [tok.eot_token]  # GPT-2: an empty prompt starts a new document
     params = jax.tree.map(jnp.asarray, params)
+    rt = runtime.choose(mcfg.model, jax.default_backend())
+    print(f"sample: runtime {rt.describe()}", file=sys.stderr)
     t0 = time.perf_counter()
-    new_BxS = generate(params, prompt, mcfg.model, s)
+    new_BxS = generate(params, prompt, mcfg.model, s, rt)
     seconds = time.perf_counter() - t0
     samples = [tok.decode(list(prompt) + row.tolist()) for row in new_BxS]
 
@@ -308,6 +273,7 @@ def _sample(cfg: Config, model_dir: Path, out_dir: Path) -> list[str]:
         extra={
             "model_sha256": model_sha,
             "model_config": config.to_dict(mcfg.model),
+            "runtime": rt.describe(),
             "settings": {
                 **config.to_dict(s),
                 "prompt_tokens": len(prompt),

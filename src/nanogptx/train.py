@@ -29,7 +29,7 @@ import optax
 from jax.sharding import AxisType, Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from nanogptx import checkpoint, config, loader, model, provenance
+from nanogptx import checkpoint, config, loader, model, provenance, runtime
 from nanogptx.config import Config, TrainConfig
 
 # Peak dense bfloat16 FLOP/s of one device, by device kind, for MFU when train.peak_flops = 0.
@@ -175,10 +175,21 @@ def make_optimizer(t: TrainConfig) -> optax.GradientTransformation:
     return optax.chain(clip, adamw)
 
 
+def make_runtime(cfg: Config) -> runtime.Runtime:
+    """The model's runtime on this platform (runtime.choose); an impossible choice is a
+    TrainError naming the setting."""
+    platform = jax.default_backend()
+    rt = runtime.choose(cfg.model, platform, cfg.train.compute_dtype)
+    if rt.attention == "cudnn" and platform != "gpu":
+        raise TrainError(f"model.attention = 'cudnn' needs a GPU; this platform is {platform}")
+    return rt
+
+
 def make_train_step(cfg: Config, optimizer: optax.GradientTransformation) -> Callable:
     """(state, x_AxBxL, y_AxBxL, step, key) -> (state, stats): gradients averaged over the A
     micro-batches (lax.scan), then one optimizer update."""
     dtype = jnp.dtype(cfg.train.compute_dtype)
+    rt = make_runtime(cfg)
     dropout = cfg.model.dropout > 0
 
     def train_step(
@@ -190,7 +201,9 @@ def make_train_step(cfg: Config, optimizer: optax.GradientTransformation) -> Cal
         def micro(grads: Any, batch: tuple) -> tuple[Any, jax.Array]:
             x_BxL, y_BxL, m = batch
             k = jax.random.fold_in(jax.random.fold_in(key, step), m) if dropout else None
-            loss, g = grad_fn(params, x_BxL, y_BxL, cfg.model, dropout_key=k, compute_dtype=dtype)
+            loss, g = grad_fn(
+                params, x_BxL, y_BxL, cfg.model, rt=rt, dropout_key=k, compute_dtype=dtype
+            )
             return jax.tree.map(jnp.add, grads, g), loss
 
         A = x_AxBxL.shape[0]
@@ -211,9 +224,10 @@ def make_train_step(cfg: Config, optimizer: optax.GradientTransformation) -> Cal
 
 def make_eval_step(cfg: Config) -> Callable:
     dtype = jnp.dtype(cfg.train.compute_dtype)
+    rt = make_runtime(cfg)
 
     def eval_step(params: Any, x_BxL: jax.Array, y_BxL: jax.Array) -> jax.Array:
-        return model.loss_fn(params, x_BxL, y_BxL, cfg.model, compute_dtype=dtype)
+        return model.loss_fn(params, x_BxL, y_BxL, cfg.model, rt=rt, compute_dtype=dtype)
 
     return eval_step
 
@@ -318,7 +332,10 @@ def resume_mismatch(meta: dict[str, Any], cfg: Config, manifest_sha: str, V: int
     """The settings in which a checkpoint differs from this run where a resume must not."""
     saved = meta["config"]
     now = config.sections(cfg, ("model", "train"))
-    keys = [f"model.{k}" for k in now["model"] if saved["model"].get(k) != now["model"][k]]
+    keys = [
+        f"model.{k}" for k, v in now["model"].items()
+        if saved["model"].get(k) != v and k not in config.RUNTIME_KEYS
+    ]  # fmt: skip
     keys += [f"train.{k}" for k in config.RESUME_KEYS if saved["train"].get(k) != now["train"][k]]
     if meta["manifest_sha256"] != manifest_sha:
         keys.append("data (manifest sha256)")
@@ -451,6 +468,7 @@ def train(
     out_dir, ckpt_dir = Path(out_dir), Path(ckpt_dir)
     data = loader.open_prepared(data_dir)  # shard hashes checked here
     check_setup(cfg, data, jax.device_count())
+    make_runtime(cfg)  # an impossible one is refused here, before any directory is touched
     with contextlib.ExitStack() as held:
         if jax.process_index() == 0:
             for path, flag in ((out_dir, "--out"), (ckpt_dir, "--checkpoints")):
@@ -462,7 +480,7 @@ def train(
 
 
 def _train(cfg: Config, data: loader.Prepared, out_dir: Path, ckpt_dir: Path) -> dict[str, Any]:
-    model.keep_freed_memory()  # XLA's CPU buffers stay in the heap between steps (model.py)
+    runtime.keep_freed_memory()  # XLA's CPU buffers stay in the heap between steps
     record = provenance.Record.start("train", config.sections(cfg, config.STAGE_SECTIONS["train"]))
     m, t = cfg.model, cfg.train
     n_dev = jax.device_count()
@@ -487,6 +505,9 @@ def _train(cfg: Config, data: loader.Prepared, out_dir: Path, ckpt_dir: Path) ->
         f"{fmt_bytes(param_bytes)}, optimizer state {fmt_bytes(opt_bytes)}"
     )
     log(f"{tokens_per_step} tokens per step ({A} x {t.batch_size} x {m.block_size})")
+    rt = make_runtime(cfg)
+    log(f"runtime: {rt.describe()} (model.kernels = {m.kernels}, model.attention = "
+        f"{m.attention}, on {jax.default_backend()})")  # fmt: skip
 
     # Resume from the latest checkpoint, or start fresh.
     key_params, key_dropout = jax.random.split(jax.random.key(t.seed))
@@ -703,6 +724,7 @@ def _train(cfg: Config, data: loader.Prepared, out_dir: Path, ckpt_dir: Path) ->
                 "manifest_sha256": data.manifest_sha256,
                 "batch_schedule": schedule,
                 "checkpoints": str(ckpt_dir),
+                "runtime": rt.describe(),
                 "wandb_run_id": run_id if cfg.logging.wandb_mode != "disabled" else None,
                 "summary": summary,
             },

@@ -1,0 +1,72 @@
+"""Backend and host decisions, made here and nowhere else: which primitives the model runs with
+(kernels.FAST or kernels.REFERENCE), the attention implementation, how the layer loop is
+unrolled, and the host's memory tuning. They follow from the config (model.kernels,
+model.attention) and the platform; train and sample log the choice and record it in
+provenance.json. The same config on the same platform gives the same program.
+
+    rt = runtime.choose(cfg.model, jax.default_backend(), cfg.train.compute_dtype)
+    logits_BxLxV = model.forward(params, ids_BxL, cfg.model, rt=rt)
+"""
+
+from __future__ import annotations
+
+import ctypes
+import sys
+from dataclasses import dataclass, field
+from typing import Any
+
+from nanogptx import kernels
+from nanogptx.config import ModelConfig
+
+ATTENTION = ("einsum", "xla", "cudnn")
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """How the model runs. The default is the plain one (reference primitives, einsum attention,
+    a rolled layer loop), which any platform runs and any transformation goes through."""
+
+    kernels: kernels.Kernels = field(default=kernels.REFERENCE)
+    # einsum: two einsums and a softmax; xla or cudnn: jax.nn.dot_product_attention with that
+    # implementation. Attention dropout always takes the einsum path.
+    attention: str = "einsum"
+    unroll: int = 1  # layers per lax.scan iteration
+
+    def describe(self) -> dict[str, Any]:
+        return {"kernels": self.kernels.name, "attention": self.attention, "unroll": self.unroll}
+
+
+def choose(cfg: ModelConfig, platform: str, compute_dtype: str = "float32") -> Runtime:
+    """The runtime for a model config on a platform ("cpu", "gpu", "tpu"), auto resolved:
+    - kernels: fast everywhere (its gradients were written for XLA's CPU backend, and are
+      exact elsewhere too);
+    - attention: einsum on CPU, where XLA differentiates it about 2x faster than
+      dot_product_attention's XLA implementation; on GPU, cuDNN's flash attention for 16-bit
+      compute, else XLA's;
+    - unroll: every layer on CPU, where XLA cannot fuse or schedule across a while loop's
+      iterations (a 4-layer model trains about 1.5x faster unrolled); one elsewhere, to keep
+      compiles short."""
+    k = kernels.FAST if cfg.kernels == "auto" else kernels.BY_NAME[cfg.kernels]
+    attention = cfg.attention
+    if attention == "auto":
+        if platform == "gpu":
+            attention = "cudnn" if compute_dtype in ("bfloat16", "float16") else "xla"
+        else:
+            attention = "einsum"
+    unroll = cfg.n_layer if platform == "cpu" else 1
+    return Runtime(k, attention, unroll)
+
+
+def keep_freed_memory() -> None:
+    """Make glibc keep freed memory in the process. XLA's CPU runtime allocates every step's
+    buffers anew, and glibc's defaults hand large freed blocks back to the kernel, so each
+    step page-faults them in again: 30-45% of a small model's CPU train step. Call once per
+    process before running steps; a no-op outside Linux/glibc."""
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:  # another C library (musl)
+        return
+    libc.mallopt(-3, 64 << 20)  # M_MMAP_THRESHOLD: blocks up to 64 MiB come from the heap
+    libc.mallopt(-1, 256 << 20)  # M_TRIM_THRESHOLD: keep up to 256 MiB free at the heap top
