@@ -110,7 +110,7 @@ def train_nanogpt(gpt, cfg, data, train_starts: list, evals: dict) -> dict:
 
     t, L = cfg.train, cfg.model.block_size
 
-    def get_lr(it: int) -> float:  # train.py's, not nanogptx.train.lr_schedule: a reference
+    def get_lr(it: int) -> float:  # train.py's, not nanogptx.optim.schedule: a reference
         if it < t.warmup_iters:
             return t.learning_rate * (it + 1) / (t.warmup_iters + 1)
         if it > t.lr_decay_iters:
@@ -157,11 +157,11 @@ def train_nanogptx(params: dict, cfg, data, train_starts: list, evals: dict) -> 
     what train_nanogpt does."""
     import jax
 
-    from nanogptx import runtime, train
+    from nanogptx import optim, runtime, train
 
     runtime.keep_freed_memory()
     L = cfg.model.block_size
-    optimizer = train.make_optimizer(cfg.train)
+    optimizer = optim.make(cfg.train)
     train_step = jax.jit(train.make_train_step(cfg, optimizer), donate_argnums=0)
     eval_step = jax.jit(train.make_eval_step(cfg))
     state = {"params": jax.tree.map(jax.numpy.asarray, params)}

@@ -20,7 +20,7 @@ import optax
 import pytest
 from jax.sharding import PartitionSpec as P
 
-from nanogptx import checkpoint, config, loader, model, train
+from nanogptx import checkpoint, config, loader, model, optim, train
 from prepared import synthetic_text, write_prepared
 
 TINY = [
@@ -65,14 +65,84 @@ def losses(model_dir: Path) -> dict[int, float]:
 
 def test_lr_schedule_is_nanogpts() -> None:
     t = tiny("train.warmup_iters=10", "train.lr_decay_iters=110").train
-    assert train.get_lr(0, t) == pytest.approx(1e-2 / 11)
-    assert train.get_lr(9, t) == pytest.approx(1e-2 * 10 / 11)
-    assert train.get_lr(10, t) == pytest.approx(1e-2)
-    assert train.get_lr(60, t) == pytest.approx((1e-2 + 1e-3) / 2)
-    assert train.get_lr(110, t) == pytest.approx(1e-3) and train.get_lr(500, t) == 1e-3
-    schedule = jax.jit(train.lr_schedule(t))
+    assert optim.get_lr(0, t) == pytest.approx(1e-2 / 11)
+    assert optim.get_lr(9, t) == pytest.approx(1e-2 * 10 / 11)
+    assert optim.get_lr(10, t) == pytest.approx(1e-2)
+    assert optim.get_lr(60, t) == pytest.approx((1e-2 + 1e-3) / 2)
+    assert optim.get_lr(110, t) == pytest.approx(1e-3) and optim.get_lr(500, t) == 1e-3
+    schedule = jax.jit(optim.schedule(t))
     for it in range(0, 130):
-        assert float(schedule(jnp.int32(it))) == pytest.approx(train.get_lr(it, t), rel=1e-5)
+        assert float(schedule(jnp.int32(it))) == pytest.approx(optim.get_lr(it, t), rel=1e-5)
+
+
+def test_wsd_linear_and_constant_schedules() -> None:
+    base = ["train.warmup_iters=10", "train.lr_decay_iters=110"]
+    wsd = tiny(*base, "train.lr_schedule=wsd", "train.cooldown_frac=0.2").train
+    # Warmup, stable at the peak until the cooldown's start (110 - 22 = 88), linear to min_lr.
+    assert optim.get_lr(10, wsd) == optim.get_lr(88, wsd) == pytest.approx(1e-2)
+    assert optim.get_lr(99, wsd) == pytest.approx(1e-2 + (1e-3 - 1e-2) * 11 / 22)
+    assert optim.get_lr(110, wsd) == pytest.approx(1e-3) == optim.get_lr(300, wsd)
+    linear = tiny(*base, "train.lr_schedule=linear").train
+    assert optim.get_lr(60, linear) == pytest.approx((1e-2 + 1e-3) / 2)
+    assert optim.get_lr(85, linear) == pytest.approx(1e-2 + (1e-3 - 1e-2) * 0.75)
+    constant = tiny(*base, "train.lr_schedule=constant").train
+    assert {optim.get_lr(i, constant) for i in (0, 50, 500)} == {1e-2}
+    for t in (wsd, linear, constant):
+        schedule = jax.jit(optim.schedule(t))
+        for it in range(0, 130, 7):
+            assert float(schedule(jnp.int32(it))) == pytest.approx(optim.get_lr(it, t), rel=1e-5)
+
+
+@pytest.mark.parametrize("name", ["adamw", "muon", "lion", "adafactor"])
+def test_every_optimizer_learns_and_resumes_bit_exactly(
+    data_dir: Path, tmp_path: Path, name: str
+) -> None:
+    lr = {"lion": "1e-3", "adafactor": "1e-1"}.get(name, "1e-2")
+    args = [f"train.optimizer={name}", f"train.learning_rate={lr}", "train.min_lr=1e-4",
+            "train.checkpoint_interval=3", "train.eval_interval=100",
+            "train.max_iters=6"]  # fmt: skip
+    whole = train.train(tiny(*args), data_dir, tmp_path / "whole", tmp_path / "w")
+    first = tiny(*args[:-1], "train.max_iters=3")
+    train.train(first, data_dir, tmp_path / "half", tmp_path / "k")
+    resumed = train.train(tiny(*args), data_dir, tmp_path / "resumed", tmp_path / "k")
+    assert resumed["resumed_from"] == 3
+    a = checkpoint.load_model(tmp_path / "whole")[0]
+    b = checkpoint.load_model(tmp_path / "resumed")[0]
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
+        assert np.array_equal(x, y), name  # the optimizer's whole state was restored
+    assert whole["val_loss"] < losses(tmp_path / "whole")[0] - 0.2, name
+
+
+def test_muon_orthogonalises_the_hidden_matrices_and_adamw_steps_the_rest() -> None:
+    t = tiny("train.optimizer=muon", "train.grad_clip=0", "train.weight_decay=0").train
+    params = model.init_params(tiny().model, 21, jax.random.key(0))
+    grads = jax.tree.map(lambda x: jax.random.normal(jax.random.key(1), x.shape), params)
+    tx = optim.make(t)
+    updates, _ = jax.jit(tx.update)(grads, tx.init(params), params)
+    lr = optim.get_lr(0, dataclasses.replace(t, learning_rate=t.muon_learning_rate))
+    for name in ("attn_proj_w", "fc_w"):  # square, and wide (scaled by sqrt(4))
+        u = np.asarray(updates["blocks"][name][0]) / lr
+        s = np.linalg.svd(u, compute_uv=False) / np.sqrt(max(1, u.shape[1] / u.shape[0]))
+        # Newton-Schulz flattens the spectrum (all but the smallest few singular values of a
+        # random gradient land near 1); the gradient's own spectrum is spread far wider.
+        raw = np.linalg.svd(np.asarray(grads["blocks"][name][0]), compute_uv=False)
+        assert np.mean((0.5 < s) & (s < 1.3)) >= 0.9 and s.max() < 1.3, (name, s)
+        assert raw.max() / np.median(raw) > 1.5 > s.max() / np.median(s), name
+    # AdamW's first step is lr * sign(g) (m / sqrt(v) = g / |g|) for the embeddings and gains.
+    for u, g in [(updates["wte"], grads["wte"]), (updates["lnf_g"], grads["lnf_g"])]:
+        np.testing.assert_allclose(u, -optim.get_lr(0, t) * np.sign(g), rtol=1e-4)
+
+
+def test_independent_weight_decay_does_not_scale_with_the_peak_learning_rate() -> None:
+    params = model.init_params(tiny().model, 21, jax.random.key(0))
+    zero = jax.tree.map(jnp.zeros_like, params)  # no gradient: the update is the decay alone
+    for mode, expected in [("decoupled", 0.5 * 0.1), ("independent", 1.0 * 0.1)]:
+        t = tiny("train.learning_rate=0.5", "train.min_lr=0.01", "train.warmup_iters=0",
+                 "train.weight_decay=0.1", f"train.weight_decay_mode={mode}").train  # fmt: skip
+        tx = optim.make(t)
+        updates, _ = tx.update(zero, tx.init(params), params)
+        np.testing.assert_allclose(updates["wte"], -expected * params["wte"], rtol=1e-5)
+        assert not np.any(updates["lnf_g"])  # gains are not decayed
 
 
 def test_fsdp_shards_the_largest_divisible_axis_and_dp_replicates() -> None:

@@ -112,7 +112,33 @@ class TrainConfig:
     warmup_iters: int = _f(2000, "steps of linear warmup")
     lr_decay_iters: int = _f(600_000, "step where the cosine decay reaches min_lr")
     decay_lr: bool = _f(True, "warmup + cosine decay; false: constant learning_rate")
-    weight_decay: float = _f(0.1, "AdamW decay, on matrices only")
+    optimizer: str = _f(
+        "adamw",
+        "adamw; muon (Newton-Schulz orthogonalised momentum for the hidden matrices, AdamW for "
+        "embeddings, gains and biases); lion (about 10x smaller learning rates than adamw's); "
+        "adafactor (steps relative to each matrix's RMS: about 10x larger ones)",
+        ("adamw", "muon", "lion", "adafactor"),
+    )
+    muon_learning_rate: float = _f(
+        0.02, "peak learning rate of muon's matrices (the schedule's shape as learning_rate's)"
+    )
+    muon_momentum: float = _f(0.95, "muon's momentum (Nesterov)")
+    weight_decay: float = _f(0.1, "weight decay, on matrices only")
+    weight_decay_mode: str = _f(
+        "decoupled",
+        "decoupled: each step subtracts lr * weight_decay * p (AdamW); independent: (lr / "
+        "learning_rate) * weight_decay * p, independent of the peak learning rate (Wortsman "
+        "et al. 2023)",
+        ("decoupled", "independent"),
+    )
+    lr_schedule: str = _f(
+        "cosine",
+        "after the warmup: cosine (nanoGPT) or linear decay to min_lr at lr_decay_iters; wsd: "
+        "constant, then a linear cooldown to min_lr over the last cooldown_frac of "
+        "lr_decay_iters; constant",
+        ("cosine", "wsd", "linear", "constant"),
+    )
+    cooldown_frac: float = _f(0.2, "share of lr_decay_iters that wsd's cooldown takes")
     beta1: float = _f(0.9, "AdamW beta1")
     beta2: float = _f(0.95, "AdamW beta2")
     grad_clip: float = _f(1.0, "clip gradients to this global norm (0: no clipping)")
@@ -202,6 +228,7 @@ RUNTIME_KEYS = ("kernels", "attention")
 RESUME_KEYS = (
     "seed", "batch_size", "total_batch_tokens", "learning_rate", "min_lr", "warmup_iters",
     "decay_lr", "weight_decay", "beta1", "beta2", "grad_clip", "batch_order", "compute_dtype",
+    "optimizer", "muon_learning_rate", "muon_momentum", "weight_decay_mode",
 )  # fmt: skip
 
 
@@ -303,6 +330,9 @@ def _check_values(cfg: Config, source: str) -> None:
         t.lr_decay_iters,
         f"> train.warmup_iters = {t.warmup_iters}",
     )
+    need(t.muon_learning_rate > 0, "train.muon_learning_rate", t.muon_learning_rate, "> 0")
+    need(0 <= t.muon_momentum < 1, "train.muon_momentum", t.muon_momentum, "in [0, 1)")
+    need(0 < t.cooldown_frac <= 1, "train.cooldown_frac", t.cooldown_frac, "in (0, 1]")
     need(0 <= t.beta1 < 1, "train.beta1", t.beta1, "in [0, 1)")
     need(0 <= t.beta2 < 1, "train.beta2", t.beta2, "in [0, 1)")
     need(t.weight_decay >= 0, "train.weight_decay", t.weight_decay, ">= 0")

@@ -29,17 +29,17 @@ import optax
 from jax.sharding import AxisType, Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from nanogptx import checkpoint, config, loader, model, provenance, runtime
+from nanogptx import checkpoint, config, loader, model, optim, provenance, runtime
 from nanogptx.config import Config, TrainConfig
 
 # Peak dense bfloat16 FLOP/s of one device, by device kind, for MFU when train.peak_flops = 0.
 PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L40S": 362e12, "V100": 125e12}
 # Train settings that the compiled train and eval steps depend on (with the model).
 PROGRAM_KEYS = (
-    "batch_size", "total_batch_tokens", "learning_rate", "min_lr", "warmup_iters",
-    "lr_decay_iters", "decay_lr", "weight_decay", "beta1", "beta2", "grad_clip", "compute_dtype",
+    *(k for k in config.RESUME_KEYS if k not in ("seed", "batch_order")),
+    *optim.SCHEDULE_KEYS,
     "sharding",
-)  # fmt: skip
+)
 State = dict[str, Any]
 # jax.distributed: seconds to wait for every process to join, and after which a process that
 # stopped sending heartbeats (crashed, node lost) fails the others (JAX's default is 100 s).
@@ -138,43 +138,6 @@ def place(host_tree: Any, shardings: Any) -> Any:
 # ---------------------------------------------------------------- optimizer and steps
 
 
-def get_lr(it: int, t: TrainConfig) -> float:
-    """nanoGPT's schedule: linear warmup, cosine decay to min_lr at lr_decay_iters, then min_lr."""
-    if not t.decay_lr:
-        return t.learning_rate
-    if it < t.warmup_iters:
-        return t.learning_rate * (it + 1) / (t.warmup_iters + 1)
-    if it > t.lr_decay_iters:
-        return t.min_lr
-    ratio = (it - t.warmup_iters) / (t.lr_decay_iters - t.warmup_iters)
-    return t.min_lr + 0.5 * (1.0 + math.cos(math.pi * ratio)) * (t.learning_rate - t.min_lr)
-
-
-def lr_schedule(t: TrainConfig) -> Callable[[jax.Array], jax.Array]:
-    """get_lr on a traced step count (optax counts updates from 0, as nanoGPT's iter_num)."""
-
-    def lr(count: jax.Array) -> jax.Array:
-        it = count.astype(jnp.float32)
-        if not t.decay_lr:
-            return jnp.full((), t.learning_rate, jnp.float32)
-        warm = t.learning_rate * (it + 1) / (t.warmup_iters + 1)
-        ratio = jnp.clip((it - t.warmup_iters) / (t.lr_decay_iters - t.warmup_iters), 0.0, 1.0)
-        cos = t.min_lr + 0.5 * (1.0 + jnp.cos(jnp.pi * ratio)) * (t.learning_rate - t.min_lr)
-        return jnp.where(it < t.warmup_iters, warm, jnp.where(it > t.lr_decay_iters, t.min_lr, cos))
-
-    return lr
-
-
-def make_optimizer(t: TrainConfig) -> optax.GradientTransformation:
-    """Global-norm clipping, then AdamW (eps 1e-8 as torch) decaying the matrices only."""
-    clip = optax.clip_by_global_norm(t.grad_clip) if t.grad_clip > 0 else optax.identity()
-    adamw = optax.adamw(
-        lr_schedule(t), b1=t.beta1, b2=t.beta2, eps=1e-8, weight_decay=t.weight_decay,
-        mask=model.decay_mask,
-    )  # fmt: skip
-    return optax.chain(clip, adamw)
-
-
 def make_runtime(cfg: Config) -> runtime.Runtime:
     """The model's runtime on this platform (runtime.choose); an impossible choice is a
     TrainError naming the setting."""
@@ -264,7 +227,7 @@ def plan_state(cfg: Config, V: int, mesh: Mesh) -> tuple[State, Any]:
     params_abs = jax.eval_shape(lambda: model.init_params(cfg.model, V, jax.random.key(0)))
     state_abs = {
         "params": params_abs,
-        "opt": jax.eval_shape(make_optimizer(cfg.train).init, params_abs),
+        "opt": jax.eval_shape(optim.make(cfg.train).init, params_abs),
     }
     return state_abs, tree_shardings(state_abs, mesh, cfg.train.sharding)
 
@@ -287,7 +250,7 @@ def _compile_steps(cfg: Config, V: int, A: int, mesh: Mesh) -> tuple[Any, Any]:
     e_abs = jax.ShapeDtypeStruct((t.batch_size, m.block_size), jnp.int32)
     key_abs = jax.eval_shape(lambda: jax.random.key(0))
     train_step = jax.jit(
-        make_train_step(cfg, make_optimizer(t)),
+        make_train_step(cfg, optim.make(t)),
         in_shardings=(state_sh, batch_sh, batch_sh, replicated, replicated),
         out_shardings=(state_sh, replicated),
         donate_argnums=(0,),
@@ -381,13 +344,18 @@ def schedule_change(meta: dict[str, Any], t: TrainConfig, step: int) -> str | No
     saved = dataclasses.replace(
         t, **{k: v for k, v in meta["config"]["train"].items() if k in fields}
     )
-    before, now = get_lr(step, saved), get_lr(step, t)
-    if before == now and saved.lr_decay_iters == t.lr_decay_iters:
+    before, now = optim.get_lr(step, saved), optim.get_lr(step, t)
+    changed = [
+        f"train.{k} {getattr(saved, k)!r} -> {getattr(t, k)!r}"
+        for k in optim.SCHEDULE_KEYS
+        if getattr(saved, k) != getattr(t, k)
+    ]
+    if before == now and not changed:
         return None
     return (
-        f"the learning-rate schedule changed (train.lr_decay_iters {saved.lr_decay_iters} -> "
-        f"{t.lr_decay_iters}): from step {step} on it follows this run's, lr {now:.3e} at step "
-        f"{step} (the checkpoint's schedule: {before:.3e})"
+        f"the learning-rate schedule changed ({', '.join(changed)}): from step {step} on it "
+        f"follows this run's, lr {now:.3e} at step {step} (the checkpoint's schedule: "
+        f"{before:.3e})"
     )
 
 
@@ -491,7 +459,7 @@ def _train(cfg: Config, data: loader.Prepared, out_dir: Path, ckpt_dir: Path) ->
 
     # Shapes and bytes known before any allocation.
     mesh = make_mesh()
-    optimizer = make_optimizer(t)
+    optimizer = optim.make(t)
     init_fn = lambda k: model.init_params(m, V, k)  # noqa: E731
     state_abs, state_sh = plan_state(cfg, V, mesh)
     params_abs, opt_abs = state_abs["params"], state_abs["opt"]
@@ -674,12 +642,12 @@ def _train(cfg: Config, data: loader.Prepared, out_dir: Path, ckpt_dir: Path) ->
             mfu = None if peak is None else flops_per_token * tok_s / (peak * n_dev)
             metrics.add({
                 "kind": "train", "step": step, "tokens": (step + 1) * tokens_per_step,
-                "loss": last["loss"], "lr": get_lr(step, t), "grad_norm": last["grad_norm"],
+                "loss": last["loss"], "lr": optim.get_lr(step, t), "grad_norm": last["grad_norm"],
                 "ms_per_iter": 1e3 * dt, "tokens_per_s": tok_s, "mfu": mfu,
             })  # fmt: skip
             mfu_text = "" if mfu is None else f", MFU {100 * mfu:.1f}%"
             log(
-                f"step {step}: loss {last['loss']:.4f}, lr {get_lr(step, t):.3e}, grad norm "
+                f"step {step}: loss {last['loss']:.4f}, lr {optim.get_lr(step, t):.3e}, grad norm "
                 f"{last['grad_norm']:.3f}, {1e3 * dt:.1f} ms/iter, {tok_s:,.0f} tok/s{mfu_text}"
             )
             clock["seconds"], clock["steps"] = 0.0, 0
