@@ -140,7 +140,7 @@ def test_independent_weight_decay_does_not_scale_with_the_peak_learning_rate() -
         t = tiny("train.learning_rate=0.5", "train.min_lr=0.01", "train.warmup_iters=0",
                  "train.weight_decay=0.1", f"train.weight_decay_mode={mode}").train  # fmt: skip
         tx = optim.make(t)
-        updates, _ = tx.update(zero, tx.init(params), params)
+        updates, _ = jax.jit(tx.update)(zero, tx.init(params), params)
         np.testing.assert_allclose(updates["wte"], -expected * params["wte"], rtol=1e-5)
         assert not np.any(updates["lnf_g"])  # gains are not decayed
 
