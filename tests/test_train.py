@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -258,7 +259,9 @@ def test_rerun_resumes_keeps_the_wandb_run_and_refuses_other_settings(
     assert sorted(losses(tmp_path / "b")) == list(range(9))
     assert losses(tmp_path / "b").items() >= losses(tmp_path / "a").items()
     runs = list((tmp_path / "ckpt" / "wandb").glob("offline-run-*"))
-    assert len(runs) == 2 and all(r.name.endswith(run_id) for r in runs)
+    # offline-run-<time>-<id>, with -1 appended by wandb when both start in the same second
+    pattern = rf"offline-run-\d{{8}}_\d{{6}}-{run_id}(-\d+)?"
+    assert len(runs) == 2 and all(re.fullmatch(pattern, r.name) for r in runs), runs
     # A shorter run resumes from the newest checkpoint it has not passed, and says so.
     summary = train.train(tiny("train.max_iters=7"), data_dir, tmp_path / "c", tmp_path / "ckpt")
     assert summary["resumed_from"] == 6 and summary["step"] == 7
