@@ -219,7 +219,7 @@ def restore(
     found = list_checkpoints(ckpt_dir)
     usable = [(s, p) for s, p in found if max_step is None or s <= max_step]
     if len(usable) < len(found):
-        past = ", ".join(p.name for s, p in found if (s, p) not in usable)
+        past = ", ".join(p.name for _, p in found[len(usable) :])  # sorted: the newest are past
         if not usable:
             raise CheckpointError(
                 f"every checkpoint in {ckpt_dir} ({past}) is past train.max_iters = {max_step}: "

@@ -31,7 +31,7 @@ from typing import Any
 FILENAME = "provenance.json"
 LOCK_FILE = ".nanogptx.lock"
 _CHUNK = 1 << 20
-# Temporaries of write_bytes_atomic, prepare's shards and checkpoint saves (see temp_path).
+# Temporaries of write_bytes_atomic, prepare's shards (create_temp) and checkpoint saves.
 _TEMPORARY = re.compile(r"\..+\.tmp|\.tmp-.+|\.trash-.+")
 
 
@@ -58,15 +58,11 @@ def verify(path: str | Path, expected: str, what: str = "file") -> None:
         raise HashMismatch(f"{what} {path}: sha256 is {actual}, expected {expected}")
 
 
-def temp_path(path: Path) -> Path:
-    """A fresh hidden name beside path for its bytes in the making (.NAME.PID.HEX.tmp)."""
-    return path.parent / f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
-
-
 def create_temp(path: Path) -> tuple[int, Path]:
-    """Open a new temporary file for path; the umask gives its permissions, as for any file the
-    user makes (mkstemp would make it 0600, unreadable to the user's group on a cluster)."""
-    tmp = temp_path(path)
+    """Open a new hidden file beside path for its bytes in the making (.NAME.PID.HEX.tmp); the
+    umask gives its permissions, as for any file the user makes (mkstemp would make it 0600,
+    unreadable to the user's group on a cluster)."""
+    tmp = path.parent / f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
     return os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), tmp
 
 
