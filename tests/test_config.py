@@ -59,6 +59,20 @@ def test_dump_round_trips(tmp_path: Path) -> None:
         ('[model]\nn_layer = "4"\n', ["run.toml", "model.n_layer", "expected int", "'4'"]),
         ("[model]\nbias = 1\n", ["model.bias", "expected bool"]),
         ("[model]\nn_embd = 100\nn_head = 3\n", ["model.n_embd = 100", "multiple of model.n_head"]),
+        (
+            "[model]\nn_head = 12\nn_kv_head = 5\n",
+            ["model.n_kv_head = 5", "a divisor of model.n_head = 12"],
+        ),
+        (
+            "[model]\nn_embd = 36\nn_head = 4\nposition = 'rope'\n",
+            ["model.n_head = 4", "head width n_embd / n_head = 9", "even, for rope"],
+        ),
+        ("[model]\nposition = 'alibi'\n", ["model.position = 'alibi'", "['learned', 'rope']"]),
+        ("[model]\nactivation = 'swish'\n", ["model.activation", "'swiglu'"]),
+        ("[model]\nz_loss = -1e-4\n", ["model.z_loss = -0.0001", ">= 0"]),
+        ("[model]\nlogit_softcap = -5\n", ["model.logit_softcap = -5.0", ">= 0"]),
+        ("[model]\nrope_theta = 0\n", ["model.rope_theta = 0.0", "> 0"]),
+        ("[logging]\nstats_interval = -1\n", ["logging.stats_interval = -1", ">= 0"]),
         ("[train]\nshardng = 'dp'\n", ["train.shardng", "did you mean 'sharding'"]),
         ("[train]\nsharding = 'tp'\n", ["train.sharding = 'tp'", "one of ['dp', 'fsdp']"]),
         (
@@ -137,8 +151,25 @@ def test_every_stage_help_lists_its_keys(stage: str) -> None:
     assert r.returncode == 0, r.stderr
     assert "--config" in r.stdout
     assert 'data.dataset (str, default "tinyshakespeare")' in r.stdout
-    if stage in ("train", "sample"):
-        assert "model.n_layer (int, default 12)" in r.stdout or stage == "sample"
+    if stage == "train":  # every variant is explained, with its choices
+        assert "model.n_layer (int, default 12)" in r.stdout
+        for key in (
+            "position",
+            "rope_theta",
+            "norm",
+            "norm_gain",
+            "qk_norm",
+            "activation",
+            "mlp_width",
+            "n_kv_head",
+            "tie_embeddings",
+            "logit_softcap",
+            "z_loss",
+        ):
+            assert f"model.{key} (" in r.stdout, key
+        assert (
+            "swiglu" in r.stdout and "rmsnorm" in r.stdout and "logging.stats_interval" in r.stdout
+        )
 
 
 @pytest.mark.parametrize("stage", ["download", "prepare"])

@@ -1,6 +1,6 @@
 """The model: causality, jit, shapes, parameter counts against nanoGPT, init, dropout, dtypes;
 the fast primitives against the reference ones, in the same architecture (no copy of it here),
-and JAX's transformations through the reference set."""
+for every variant; JAX's transformations through the reference set; the head's variants."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ import pytest
 from nanogptx import kernels, model
 from nanogptx.config import ModelConfig
 from nanogptx.runtime import Runtime
+from variants import VARIANTS, every_variant
 
 TINY = ModelConfig(n_layer=2, n_head=4, n_embd=32, block_size=16, vocab_size=50, dropout=0.0)
 V = 50
@@ -37,6 +38,7 @@ loss_and_grad = jax.jit(
 REFERENCE = Runtime()  # plain jnp, JAX's own derivatives, einsum attention, rolled layer loop
 FAST = Runtime(kernels.FAST, "einsum", TINY.n_layer)  # what runtime.choose gives on CPU
 init = jax.jit(model.init_params, static_argnums=(0, 1))
+terms = jax.jit(model.loss_terms, static_argnames=("cfg", "stats"))
 
 
 @pytest.fixture(scope="module")
@@ -48,6 +50,30 @@ def nanogpt_non_embedding(n_layer: int, d: int, vocab: int, bias: bool) -> int:
     """nanoGPT's GPT.get_num_params(): all parameters but the position embedding."""
     per_layer = 12 * d * d + 2 * d + (11 * d if bias else 0)  # 2 LNs, qkv, proj, fc, fc proj
     return n_layer * per_layer + vocab * d + d + (d if bias else 0)
+
+
+def variant(name: str) -> ModelConfig:
+    return tiny(**VARIANTS[name])
+
+
+def spread(p: model.Params, seed: int = 9, scale: float = 0.05) -> model.Params:
+    """Parameters moved off their init (gains off 1, biases off 0) so that every gradient path
+    carries something."""
+    return jax.tree.map(lambda a: a + scale * jax.random.normal(jax.random.key(seed), a.shape), p)
+
+
+@pytest.mark.parametrize("name", every_variant())
+def test_every_variant_is_causal(name: str) -> None:
+    # Changing the token at position s changes the logits at s and after, never before.
+    cfg = variant(name)
+    p = spread(init(cfg, V, jax.random.key(0)), scale=0.5)
+    x = ids(B=1)
+    s = 9
+    changed = x.at[0, s].set((x[0, s] + 1) % V)
+    before, after = forward(p, x, cfg), forward(p, changed, cfg)
+    np.testing.assert_array_equal(before[:, :s], after[:, :s])
+    moved = np.abs(np.asarray(before - after)).max(-1)[0]
+    assert np.all(moved[s:] > 0), moved
 
 
 def test_causal_by_gradient(params: model.Params) -> None:
@@ -91,6 +117,40 @@ def test_shapes_with_and_without_bias(bias: bool) -> None:
     logits = forward(p, ids(L=10), cfg)
     assert logits.shape == (3, 10, V) and logits.dtype == jnp.float32
     assert model.count_params(p) == nanogpt_non_embedding(N, D, V, bias)
+
+
+def test_variant_shapes_and_parameter_counts() -> None:
+    def init(cfg: ModelConfig, V: int, key: jax.Array) -> model.Params:  # shapes only
+        return jax.eval_shape(lambda: model.init_params(cfg, V, key))
+
+    N, D, H, K = TINY.n_layer, TINY.n_embd, TINY.n_head, TINY.n_embd // TINY.n_head
+    gpt2 = init(TINY, V, jax.random.key(0))
+    rope = init(variant("rope"), V, jax.random.key(0))
+    assert "wpe" not in rope and model.count_params(rope) == model.count_params(gpt2)
+    gqa = init(variant("gqa"), V, jax.random.key(0))["blocks"]
+    assert gqa["attn_w"].shape == (N, D, (H + 2 * 2) * K) and gqa["attn_b"].shape[-1] == 8 * K
+    swiglu = variant("swiglu")
+    F = model.mlp_width(swiglu)
+    assert F % 64 == 0 and F >= 8 * D / 3 and F - 64 < 8 * D / 3
+    assert model.mlp_width(tiny(n_embd=384, activation="swiglu")) == 1024  # 8 * 384 / 3
+    assert model.mlp_width(tiny(activation="swiglu", mlp_width=96)) == 96
+    b = init(swiglu, V, jax.random.key(0))["blocks"]
+    assert b["fc_w"].shape == (N, D, 2 * F) and b["fc_proj_w"].shape == (N, F, D)
+    untied = init(variant("untied"), V, jax.random.key(0))
+    assert untied["head_w"].shape == (D, V)
+    # The head is counted instead of the (lookup-only) token embedding.
+    assert model.count_params(untied) == model.count_params(gpt2)
+    assert model.count_params(untied, non_embedding=False) == (
+        model.count_params(gpt2, non_embedding=False) + D * V
+    )
+    rms = init(tiny(norm="rmsnorm"), V, jax.random.key(0))  # RMSNorm has no bias
+    assert "ln1_b" not in rms["blocks"] and "lnf_b" not in rms and "attn_b" in rms["blocks"]
+    bare = init(variant("no-gain-no-bias"), V, jax.random.key(0))
+    assert not [k for k in bare["blocks"] if k.endswith(("_g", "_b"))] and "lnf_g" not in bare
+    qk = init(variant("qk-norm"), V, jax.random.key(0))["blocks"]
+    assert qk["q_norm_g"].shape == qk["k_norm_g"].shape == (N, K)
+    mask = model.decay_mask(untied | {"blocks": qk})
+    assert mask["head_w"] and not mask["blocks"]["q_norm_g"]
 
 
 @pytest.mark.parametrize(
@@ -198,8 +258,11 @@ def test_each_fast_primitive_matches_its_reference_value_and_gradient() -> None:
     ks = jax.random.split(jax.random.key(4), 4)
     x, dy = jax.random.normal(ks[0], (3, 5, 16)), jax.random.normal(ks[1], (3, 5, 16))
     w, g = jax.random.normal(ks[2], (16, 16)), 1 + jax.random.normal(ks[3], (16,))
-    wide = jnp.linspace(-8.0, 8.0, 3 * 5 * 16).reshape(3, 5, 16)  # GELU's tails too
-    for name, args in [("matmul", (x, w)), ("gelu", (wide,)), ("normalize", (x, g))]:
+    wide = jnp.linspace(-8.0, 8.0, 3 * 5 * 16).reshape(3, 5, 16)  # the activations' tails too
+    args = {"matmul": (x, w), "layernorm": (x, g), "rmsnorm": (x, g)}
+    names = [f.name for f in dataclasses.fields(kernels.Kernels) if f.name != "name"]
+    assert {"matmul", "gelu", "layernorm", "rmsnorm", "relu2", "silu", "gelu_tanh"} <= set(names)
+    for name in names:
         fast, ref = getattr(kernels.FAST, name), getattr(kernels.REFERENCE, name)
 
         @jax.jit
@@ -210,7 +273,7 @@ def test_each_fast_primitive_matches_its_reference_value_and_gradient() -> None:
                 out.append((y, *vjp(dy)))
             return out
 
-        for a, c in zip(*both(args, dy), strict=True):
+        for a, c in zip(*both(args.get(name, (wide,)), dy), strict=True):
             np.testing.assert_allclose(a, c, atol=1e-4, rtol=1e-5, err_msg=name)
 
 
@@ -232,34 +295,37 @@ def test_attention_implementations_agree_in_value_and_gradient() -> None:
         np.testing.assert_allclose(a, b, atol=1e-5)
 
 
-@pytest.mark.parametrize("bias", [True, False])
-def test_fast_runtime_gives_the_reference_loss_and_every_gradient(bias: bool) -> None:
+@pytest.mark.parametrize("name", [*every_variant(), "gpt2-no-bias"])
+def test_fast_runtime_gives_the_reference_loss_and_every_gradient(name: str) -> None:
     # The same architecture under the two primitive sets (and both attention
     # implementations): the loss and the gradient of every parameter equal to float32 rounding.
-    cfg = tiny(bias=bias)
+    cfg = tiny(bias=False) if name == "gpt2-no-bias" else variant(name)
     x, y = ids(seed=1), ids(seed=2)
-    p = init(cfg, V, jax.random.key(0))
-    # Non-zero biases and gains so that every gradient path is exercised.
-    p = jax.tree.map(lambda a: a + 0.05 * jax.random.normal(jax.random.key(9), a.shape), p)
+    p = spread(init(cfg, V, jax.random.key(0)))
     l_ref, g_ref = loss_and_grad(p, x, y, cfg, rt=REFERENCE)
-    for rt in (FAST, Runtime(attention="xla")):
+    # dot_product_attention sees only q, k and v: its runtime for the head layouts (MHA, GQA).
+    xla = [Runtime(attention="xla")] if name in ("gpt2", "rope-gqa-swiglu", "gqa") else []
+    for rt in (FAST, *xla):
         l_rt, g_rt = loss_and_grad(p, x, y, cfg, rt=rt)
         np.testing.assert_allclose(l_rt, l_ref, rtol=1e-6)
         flat_ref = dict(jax.tree_util.tree_leaves_with_path(g_ref))
+        assert len(flat_ref) == len(jax.tree.leaves(p))
         for path, a in jax.tree_util.tree_leaves_with_path(g_rt):
             np.testing.assert_allclose(
                 a, flat_ref[path], atol=1e-6, rtol=1e-4, err_msg=jax.tree_util.keystr(path)
             )
+            assert np.abs(np.asarray(a)).max() > 0, jax.tree_util.keystr(path)  # on the path
 
 
-def test_forward_mode_and_second_order_autodiff_go_through_the_reference_set(
-    params: model.Params,
-) -> None:
+@pytest.mark.parametrize("name", ["gpt2", "rope-gqa-swiglu"])
+def test_forward_mode_and_second_order_autodiff_go_through_the_reference_set(name: str) -> None:
+    cfg = variant(name)
+    params = init(cfg, V, jax.random.key(0))
     x, y = ids(seed=1), ids(seed=2)
     tangent = jax.tree.map(lambda a: jax.random.normal(jax.random.key(5), a.shape), params)
 
     def loss(p: model.Params) -> jax.Array:
-        return model.loss_fn(p, x, y, TINY, rt=REFERENCE)
+        return model.loss_fn(p, x, y, cfg, rt=REFERENCE)
 
     # jax.jvp (forward mode) equals the directional derivative from the gradient.
     _, directional = jax.jit(lambda p, t: jax.jvp(loss, (p,), (t,)))(params, tangent)
@@ -276,7 +342,7 @@ def test_forward_mode_and_second_order_autodiff_go_through_the_reference_set(
     np.testing.assert_allclose(hvp_D, hessian_DxD @ v_D, atol=1e-6, rtol=1e-4)
     assert np.allclose(hessian_DxD, hessian_DxD.T, atol=1e-6) and np.abs(hessian_DxD).max() > 0
     with pytest.raises(TypeError, match="custom_vjp"):  # why the reference set exists
-        jax.jvp(lambda p: model.loss_fn(p, x, y, TINY, rt=FAST), (params,), (tangent,))
+        jax.jvp(lambda p: model.loss_fn(p, x, y, cfg, rt=FAST), (params,), (tangent,))
 
 
 def test_train_steps_reduce_loss(params: model.Params) -> None:
@@ -296,3 +362,68 @@ def test_train_steps_reduce_loss(params: model.Params) -> None:
         p, state, loss = step(p, state)
         losses.append(float(loss))
     assert losses[-1] < 0.5 * losses[0]
+
+
+def test_z_loss_is_the_mean_squared_log_z_and_reported_apart() -> None:
+    cfg = variant("modern")
+    p = spread(init(cfg, V, jax.random.key(0)), scale=0.5)
+    x, y = ids(seed=1), ids(seed=2)
+    loss, parts = terms(p, x, y, cfg, stats=True)
+    logits = np.asarray(forward(p, x, cfg), np.float64)
+    log_z = np.log(np.exp(logits - logits.max(-1, keepdims=True)).sum(-1)) + logits.max(-1)
+    ce = (log_z - np.take_along_axis(logits, np.asarray(y)[..., None], -1)[..., 0]).mean()
+    np.testing.assert_allclose(parts["ce"], ce, rtol=1e-5)
+    np.testing.assert_allclose(parts["z_loss"], 1e-2 * np.mean(log_z**2), rtol=1e-5)
+    np.testing.assert_allclose(parts["log_z"], log_z.mean(), rtol=1e-5)
+    np.testing.assert_allclose(loss, parts["ce"] + parts["z_loss"], rtol=1e-6)
+    assert parts["attn_logit_max"].shape == (cfg.n_layer,)
+    # Without z-loss the loss is the cross-entropy alone, and no z_loss part exists.
+    plain_loss, plain = terms(p, x, y, TINY)
+    assert "z_loss" not in plain and float(plain_loss) == float(plain["ce"])
+
+
+def test_z_loss_pulls_log_z_to_zero() -> None:
+    # Training on the cross-entropy alone leaves log Z where it drifts; z-loss holds it near 0.
+    x = jnp.tile(jnp.arange(16) % 7, (4, 1))
+    y = jnp.roll(x, -1, axis=1)
+    out, opt = {}, optax.adam(3e-3)
+    for coef in (0.0, 1.0):
+        cfg = tiny(z_loss=coef, tie_embeddings=False, n_layer=1)
+        p = init(cfg, V, jax.random.key(0))
+        p = p | {"head_w": p["head_w"] + 0.3}  # every logit shifted: log Z far from 0
+        state = opt.init(p)
+
+        @jax.jit
+        def step(p: model.Params, s: optax.OptState, cfg: ModelConfig = cfg) -> tuple:
+            g = jax.grad(model.loss_fn)(p, x, y, cfg)
+            u, s = opt.update(g, s, p)
+            return optax.apply_updates(p, u), s
+
+        for _ in range(60):
+            p, state = step(p, state)
+        out[coef] = terms(p, x, y, cfg, stats=True)[1]
+    assert abs(float(out[1.0]["log_z"])) < 0.5 < abs(float(out[0.0]["log_z"]))
+    assert float(out[1.0]["ce"]) < 1.0  # it still learns the pattern
+
+
+def test_logit_softcap_bounds_the_logits() -> None:
+    cfg = variant("softcap")  # 5.0
+    p = jax.tree.map(lambda a: 20 * a, init(cfg, V, jax.random.key(0)))
+    logits = np.asarray(forward(p, ids(), cfg))
+    uncapped = np.asarray(forward(p, ids(), TINY))
+    assert np.abs(uncapped).max() > 5.0 >= np.abs(logits).max()
+    np.testing.assert_allclose(logits, 5.0 * np.tanh(uncapped / 5.0), rtol=1e-4, atol=1e-5)
+
+
+def test_rope_attends_to_relative_positions_only() -> None:
+    # Shifting every position by the same offset leaves rotary attention scores unchanged.
+    q, k = (jax.random.normal(kk, (1, 6, 2, 8)) for kk in jax.random.split(jax.random.key(2)))
+    at = jnp.arange(6)
+
+    def scores(offset: int) -> np.ndarray:
+        rq, rk = model.rope(q, at + offset, 10_000.0), model.rope(k, at + offset, 10_000.0)
+        return np.asarray(jnp.einsum("blhk,bmhk->bhlm", rq, rk))
+
+    np.testing.assert_allclose(scores(0), scores(37), rtol=1e-4, atol=1e-4)
+    plain = np.asarray(jnp.einsum("blhk,bmhk->bhlm", q, k))
+    assert not np.allclose(scores(0), plain, atol=1e-2)  # it does rotate

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import re
 import shutil
@@ -28,7 +29,7 @@ TINY = [
     "model.n_layer=2", "model.n_head=2", "model.n_embd=32", "model.block_size=16",
     "train.batch_size=8", "train.learning_rate=1e-2", "train.min_lr=1e-3",
     "train.warmup_iters=2", "train.lr_decay_iters=20", "train.eval_iters=2",
-    "train.eval_interval=5", "logging.log_interval=1",
+    "train.eval_interval=5", "logging.log_interval=1", "logging.stats_interval=0",
 ]  # fmt: skip
 
 
@@ -171,6 +172,68 @@ def test_gradient_accumulation_equals_one_big_batch(data_dir: Path) -> None:
     assert float(stats1["grad_norm"]) == pytest.approx(float(stats2["grad_norm"]), rel=1e-5)
     for a, b in zip(jax.tree.leaves(s1["params"]), jax.tree.leaves(s2["params"]), strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-8)
+
+
+def test_a_modern_variant_trains_resumes_bit_exactly_and_reloads(
+    data_dir: Path, tmp_path: Path
+) -> None:
+    from variants import VARIANTS
+
+    arch = [f"model.{k}={config._toml_value(v)}" for k, v in VARIANTS["rope-gqa-swiglu"].items()]
+    args = [*arch, "model.z_loss=1e-3", "model.tie_embeddings=false", "train.optimizer=muon",
+            "train.checkpoint_interval=3", "train.eval_interval=100"]  # fmt: skip
+    whole = train.train(
+        tiny(*args, "train.max_iters=6"), data_dir, tmp_path / "whole", tmp_path / "w"
+    )
+    train.train(tiny(*args, "train.max_iters=3"), data_dir, tmp_path / "half", tmp_path / "k")
+    resumed = train.train(
+        tiny(*args, "train.max_iters=6"), data_dir, tmp_path / "b", tmp_path / "k"
+    )
+    assert resumed["resumed_from"] == 3 and resumed["val_loss"] == whole["val_loss"]
+    params, cfg_out, _ = checkpoint.load_model(tmp_path / "b")
+    for x, y in zip(jax.tree.leaves(checkpoint.load_model(tmp_path / "whole")[0]),
+                    jax.tree.leaves(params), strict=True):  # fmt: skip
+        assert np.array_equal(x, y)
+    m = cfg_out.model  # the model's own config.toml carries the variant
+    assert (m.position, m.activation, m.n_kv_head, m.tie_embeddings) == ("rope", "swiglu", 2, False)
+    assert "head_w" in params and "wpe" not in params
+    # z-loss is reported beside the cross-entropy, which is what "loss" stays.
+    rec = records(tmp_path / "whole", "train")[-1]
+    assert 0 < rec["z_loss"] < 0.1 * rec["loss"]
+
+
+def test_diagnostics_every_stats_interval(data_dir: Path, tmp_path: Path) -> None:
+    args = ["train.max_iters=5", "model.qk_norm=true", "train.eval_interval=100"]
+    with_stats = tiny(*args, "logging.stats_interval=2")
+    train.train(with_stats, data_dir, tmp_path / "a", tmp_path / "ka")
+    stats = records(tmp_path / "a", "stats")
+    assert [r["step"] for r in stats] == [0, 2, 4]
+    N = with_stats.model.n_layer
+    for r in stats:
+        assert len(r["attn_logit_max"]) == N and math.isfinite(r["log_z"])
+        for kind in ("param_rms", "grad_rms", "update_rms"):
+            assert len(r[kind]["blocks.attn_w"]) == N and len(r[kind]["wte"]) == 1
+            assert len(r[kind]["blocks.q_norm_g"]) == N
+            assert all(
+                v > 0
+                for k, vs in r[kind].items()
+                for v in vs
+                if k.endswith("_b") is False or kind != "param_rms"
+            ), kind
+    first = stats[0]
+    # Step 0 sees the initialisation: wte ~ normal(0.02), gains 1; log Z of near-uniform
+    # logits is about log V.
+    assert first["param_rms"]["wte"][0] == pytest.approx(0.02, rel=0.05)
+    assert first["param_rms"]["blocks.ln1_g"] == [1.0] * N
+    V = loader.open_prepared(data_dir).vocab_size
+    assert first["log_z"] == pytest.approx(math.log(V), abs=0.1)
+    # Adam's first update has RMS about the learning rate (warmup: lr(0) = 1e-2 / 3).
+    assert first["update_rms"]["blocks.fc_w"][0] == pytest.approx(1e-2 / 3, rel=0.3)
+    # The same training as without diagnostics.
+    train.train(tiny(*args), data_dir, tmp_path / "b", tmp_path / "kb")
+    assert not records(tmp_path / "b", "stats")
+    a, b = losses(tmp_path / "a"), losses(tmp_path / "b")
+    assert a.keys() == b.keys() and all(a[k] == pytest.approx(b[k], rel=1e-5) for k in a)
 
 
 def test_train_writes_the_model_dir_and_the_final_loss_recomputes(

@@ -81,6 +81,35 @@ class ModelConfig:
     vocab_size: int = _f(0, "vocabulary rows in the embedding (0: the tokenizer's size)")
     dropout: float = _f(0.0, "dropout rate in training (0 to 1)")
     bias: bool = _f(True, "biases in Linear and LayerNorm layers, as GPT-2")
+    position: str = _f(
+        "learned",
+        "learned absolute position embeddings (GPT-2), or rope: rotary embeddings of q and k "
+        "(relative positions; sampling past block_size slides the KV cache)",
+        ("learned", "rope"),
+    )
+    rope_theta: float = _f(10_000.0, "rope's base: frequencies theta^(-2i/K) for head width K")
+    norm: str = _f(
+        "layernorm",
+        "layernorm (GPT-2) or rmsnorm (no centring, no bias), for every norm of the model",
+        ("layernorm", "rmsnorm"),
+    )
+    norm_gain: bool = _f(True, "learned gains (scales) in the norms; false: none")
+    qk_norm: bool = _f(
+        False, "normalise queries and keys per head before attention (qk-layernorm, with gains)"
+    )
+    activation: str = _f(
+        "gelu",
+        "MLP: gelu (exact, nanoGPT), gelu_tanh (HF GPT-2's tanh form), relu2 (relu(x)^2, "
+        "modded-nanogpt), swiglu (silu(x W) * (x V), its width 8 D / 3 rounded up to 64)",
+        ("gelu", "gelu_tanh", "relu2", "swiglu"),
+    )
+    mlp_width: int = _f(0, "MLP hidden width (0: 4 n_embd, or swiglu's rule)")
+    n_kv_head: int = _f(0, "key/value heads (grouped-query attention); 0: n_head")
+    tie_embeddings: bool = _f(True, "the output head is wte transposed (GPT-2); false: its own")
+    logit_softcap: float = _f(0.0, "cap * tanh(logits / cap) on the output logits (0: none)")
+    z_loss: float = _f(
+        0.0, "coefficient of PaLM's auxiliary loss mean(log(Z)^2) on the output logits (0: none)"
+    )
     kernels: str = _f(
         "auto",
         "the primitives: fast (hand-written gradients, measured on XLA's CPU backend), reference "
@@ -185,13 +214,20 @@ class SampleConfig:
         0,
         "when prompt + samples outgrow model.block_size, drop this many of the oldest tokens "
         "and re-encode the rest (learned positions rule out sliding the KV cache); 1 is "
-        "nanoGPT's exact crop, one full forward pass per token (0: block_size // 4)",
+        "nanoGPT's exact crop, one full forward pass per token (0: block_size // 4); unused "
+        "with model.position = rope, whose cache slides",
     )
 
 
 @dataclass(frozen=True)
 class LoggingConfig:
     log_interval: int = _f(10, "print and record metrics every this many steps")
+    stats_interval: int = _f(
+        100,
+        "every this many steps, record diagnostics (kind stats in metrics.jsonl): per layer the "
+        "RMS of parameters, gradients and updates and the largest attention logit, and the "
+        "output logits' mean log Z (0: none)",
+    )
     wandb_mode: str = _f("disabled", "wandb logging", ("disabled", "offline", "online"))
     wandb_project: str = _f("nanogptx", "wandb project")
     wandb_run_name: str = _f("", "wandb run name (empty: the run's name)")
@@ -304,6 +340,23 @@ def _check_values(cfg: Config, source: str) -> None:
         f"a multiple of model.n_head = {m.n_head}",
     )
     need(0.0 <= m.dropout < 1.0, "model.dropout", m.dropout, "in [0, 1)")
+    need(m.n_kv_head >= 0, "model.n_kv_head", m.n_kv_head, ">= 0 (0: n_head)")
+    need(
+        m.n_head % (m.n_kv_head or m.n_head) == 0,
+        "model.n_kv_head",
+        m.n_kv_head,
+        f"a divisor of model.n_head = {m.n_head}",
+    )
+    need(
+        m.position != "rope" or (m.n_embd // m.n_head) % 2 == 0,
+        "model.n_head",
+        m.n_head,
+        f"a head width n_embd / n_head = {m.n_embd // m.n_head} that is even, for rope",
+    )
+    need(m.rope_theta > 0, "model.rope_theta", m.rope_theta, "> 0")
+    need(m.mlp_width >= 0, "model.mlp_width", m.mlp_width, ">= 0 (0: the activation's rule)")
+    need(m.logit_softcap >= 0, "model.logit_softcap", m.logit_softcap, ">= 0 (0: none)")
+    need(m.z_loss >= 0, "model.z_loss", m.z_loss, ">= 0")
     need(t.batch_size > 0, "train.batch_size", t.batch_size, "> 0")
     micro = t.batch_size * m.block_size
     need(
@@ -345,6 +398,8 @@ def _check_values(cfg: Config, source: str) -> None:
     need(0 < s.top_p <= 1, "sample.top_p", s.top_p, "in (0, 1]")
     need(s.window_shift >= 0, "sample.window_shift", s.window_shift, ">= 0 (0: block_size // 4)")
     need(cfg.logging.log_interval > 0, "logging.log_interval", cfg.logging.log_interval, "> 0")
+    need(cfg.logging.stats_interval >= 0, "logging.stats_interval", cfg.logging.stats_interval,
+         ">= 0 (0: none)")  # fmt: skip
 
 
 def from_dict(tree: dict[str, Any], source: str = "<dict>") -> Config:

@@ -1,14 +1,19 @@
-"""GPT-2 in pure JAX: the architecture, written once and read top-down. Parameters, their
+"""GPT in pure JAX: the architecture, written once and read top-down. Parameters, their
 initialisation, embeddings, attention, the MLP, the block, the forward pass (for training, and
 with a KV cache for sampling, through the same block) and the loss.
+
+GPT-2 by default; each variant is a [model] key, off by default (config.ModelConfig): rotary
+positions, RMSNorm, norms without gains, QK-norm, tanh GELU, ReLU^2, SwiGLU, grouped-query
+attention, an untied head, logit soft-capping and z-loss.
 
 No I/O, no devices, no questions about the platform: the primitives (kernels.FAST or
 kernels.REFERENCE), the attention implementation and the layer unrolling come in a
 runtime.Runtime, chosen outside (runtime.choose). Dimension letters used in names:
-    B batch, L positions, M key positions, D width (n_embd), H heads, K head width,
-    F MLP width (4 D), V vocabulary, N layers, C 3 (q, k, v), T new tokens (sampling),
-    I and O a matmul's input and output widths, G batch times heads (B H), W window (cache).
-The numerics are nanoGPT's.
+    B batch, L positions, M key positions, D width (n_embd), H heads, J key/value heads,
+    R query heads per key/value head (H / J), K head width, F MLP width, V vocabulary,
+    N layers, T new tokens (sampling), I and O a matmul's input and output widths,
+    G batch times key/value heads (B J), W window (cache), Q queries of a group (R L).
+The numerics of the GPT-2 default are nanoGPT's.
 """
 
 from __future__ import annotations
@@ -23,8 +28,9 @@ from nanogptx.config import ModelConfig
 from nanogptx.runtime import Runtime
 
 Params = dict[str, Any]
-# Per layer, the keys and values of a window of W positions, batch and heads merged in front:
-# (k_GxWxK, v_GxWxK). sample.init_cache makes it; attention writes into it.
+# Per layer, the keys and values of a window of W positions, batch and key/value heads merged in
+# front: (k_GxWxK, v_GxWxK). Position p lies in slot p % W: with rope the window slides over
+# the slots as a ring. sample.init_cache makes it; attention writes into it.
 Cache = tuple[jax.Array, jax.Array]
 DEFAULT = Runtime()
 
@@ -32,42 +38,61 @@ DEFAULT = Runtime()
 # ---------------------------------------------------------------- parameters
 
 
+def kv_heads(cfg: ModelConfig) -> int:
+    return cfg.n_kv_head or cfg.n_head
+
+
+def mlp_width(cfg: ModelConfig) -> int:
+    """F: model.mlp_width, else 4 D, or for SwiGLU two thirds of that (its two input matrices
+    then hold as many weights as GELU's one) rounded up to a multiple of 64."""
+    if cfg.mlp_width:
+        return cfg.mlp_width
+    if cfg.activation == "swiglu":
+        return -(-8 * cfg.n_embd // 3 // 64) * 64
+    return 4 * cfg.n_embd
+
+
 def init_params(cfg: ModelConfig, vocab_size: int, key: jax.Array) -> Params:
-    """GPT-2 initialisation: normal(0.02), residual projections scaled by 1/sqrt(2 N). Per-layer
-    parameters are stacked on a leading layer axis under "blocks"."""
+    """GPT-2 initialisation: normal(0.02), residual projections scaled by 1/sqrt(2 N); gains 1,
+    biases 0. Per-layer parameters are stacked on a leading layer axis under "blocks"."""
     N, D, L, V = cfg.n_layer, cfg.n_embd, cfg.block_size, vocab_size
-    F = 4 * D
+    H, J = cfg.n_head, kv_heads(cfg)
+    K, F = D // H, mlp_width(cfg)
+    F_in = 2 * F if cfg.activation == "swiglu" else F  # SwiGLU: gate and value side by side
     std, proj_std = 0.02, 0.02 / math.sqrt(2 * N)
-    names = ["wte", "wpe", "attn", "attn_proj", "fc", "fc_proj"]
-    k = dict(zip(names, jax.random.split(key, 6), strict=True))
+    names = ["wte", "wpe", "attn", "attn_proj", "fc", "fc_proj", "head"]
+    k = dict(zip(names, jax.random.split(key, len(names)), strict=True))
 
     def normal(key: jax.Array, shape: tuple[int, ...], s: float) -> jax.Array:
         return s * jax.random.normal(key, shape, jnp.float32)
 
+    def norm(name: str, *shape: int) -> Params:
+        """A norm's gain (ones) and, for LayerNorm with biases, its bias (zeros)."""
+        out = {f"{name}_g": jnp.ones(shape)} if cfg.norm_gain else {}
+        if cfg.bias and cfg.norm == "layernorm":
+            out[f"{name}_b"] = jnp.zeros(shape)
+        return out
+
+    def linear(name: str, I: int, O: int, s: float) -> Params:
+        out = {f"{name}_w": normal(k[name], (N, I, O), s)}
+        return out | ({f"{name}_b": jnp.zeros((N, O))} if cfg.bias else {})
+
     blocks = {
-        "ln1_g": jnp.ones((N, D)),
-        "attn_w": normal(k["attn"], (N, D, 3 * D), std),
-        "attn_proj_w": normal(k["attn_proj"], (N, D, D), proj_std),
-        "ln2_g": jnp.ones((N, D)),
-        "fc_w": normal(k["fc"], (N, D, F), std),
-        "fc_proj_w": normal(k["fc_proj"], (N, F, D), proj_std),
+        **norm("ln1", N, D),
+        **linear("attn", D, (H + 2 * J) * K, std),  # q, k, v side by side
+        **linear("attn_proj", D, D, proj_std),
+        **norm("ln2", N, D),
+        **linear("fc", D, F_in, std),
+        **linear("fc_proj", F, D, proj_std),
     }
-    params = {
-        "wte": normal(k["wte"], (V, D), std),
-        "wpe": normal(k["wpe"], (L, D), std),
-        "blocks": blocks,
-        "lnf_g": jnp.ones((D,)),
-    }
-    if cfg.bias:
-        blocks |= {
-            "ln1_b": jnp.zeros((N, D)),
-            "attn_b": jnp.zeros((N, 3 * D)),
-            "attn_proj_b": jnp.zeros((N, D)),
-            "ln2_b": jnp.zeros((N, D)),
-            "fc_b": jnp.zeros((N, F)),
-            "fc_proj_b": jnp.zeros((N, D)),
-        }
-        params["lnf_b"] = jnp.zeros((D,))
+    if cfg.qk_norm:
+        blocks |= norm("q_norm", N, K) | norm("k_norm", N, K)
+    params = {"wte": normal(k["wte"], (V, D), std)}
+    if cfg.position == "learned":
+        params["wpe"] = normal(k["wpe"], (L, D), std)
+    params |= {"blocks": blocks, **norm("lnf", D)}
+    if not cfg.tie_embeddings:
+        params["head_w"] = normal(k["head"], (D, V), std)
     return params
 
 
@@ -83,9 +108,15 @@ def decay_mask(params: Params) -> Params:
 
 
 def count_params(params: Params, non_embedding: bool = True) -> int:
-    """Parameter count; nanoGPT leaves out the position embeddings (wte is tied to the head)."""
+    """Parameter count; nanoGPT's leaves out the position embeddings (wte, tied to the head,
+    stays in). With an untied head, wte is a lookup only and is left out instead."""
     n = sum(x.size for x in jax.tree.leaves(params))
-    return n - params["wpe"].size if non_embedding else n
+    if not non_embedding:
+        return n
+    embeddings = [params["wpe"]] if "wpe" in params else []
+    if "head_w" in params:
+        embeddings.append(params["wte"])
+    return n - sum(x.size for x in embeddings)
 
 
 def flops_per_token(cfg: ModelConfig, n_params: int) -> float:
@@ -97,12 +128,15 @@ def flops_per_token(cfg: ModelConfig, n_params: int) -> float:
 # ---------------------------------------------------------------- layers
 
 
-def layer_norm(x_BxLxD: jax.Array, g_D: jax.Array, b_D: jax.Array | None, rt: Runtime) -> jax.Array:
-    """LayerNorm in float32 whatever the compute dtype (eps 1e-5 as torch)."""
-    y = rt.kernels.normalize(x_BxLxD.astype(jnp.float32), g_D.astype(jnp.float32))
-    if b_D is not None:
-        y = y + b_D
-    return y.astype(x_BxLxD.dtype)
+def norm(x: jax.Array, p: Params, name: str, cfg: ModelConfig, rt: Runtime) -> jax.Array:
+    """model.norm over the last axis with p[name_g] and p[name_b] where the model has them, in
+    float32 whatever the compute dtype (eps 1e-5 as torch)."""
+    g = p.get(f"{name}_g")
+    g = jnp.ones(x.shape[-1:], jnp.float32) if g is None else g.astype(jnp.float32)
+    y = getattr(rt.kernels, cfg.norm)(x.astype(jnp.float32), g)
+    if f"{name}_b" in p:
+        y = y + p[f"{name}_b"]
+    return y.astype(x.dtype)
 
 
 def linear(x: jax.Array, p: Params, name: str, dtype: Any, rt: Runtime) -> jax.Array:
@@ -119,59 +153,107 @@ def dropout(x: jax.Array, rate: float, key: jax.Array | None) -> jax.Array:
 
 
 def embed(params: Params, ids_BxL: jax.Array, pos: jax.Array | int) -> jax.Array:
-    """Token plus learned position embeddings of positions pos..pos+L-1."""
-    L = ids_BxL.shape[1]
-    return params["wte"][ids_BxL] + jax.lax.dynamic_slice_in_dim(params["wpe"], pos, L)
+    """Token embeddings, plus learned position embeddings of positions pos..pos+L-1."""
+    x_BxLxD = params["wte"][ids_BxL]
+    if "wpe" not in params:  # rotary positions enter in attention
+        return x_BxLxD
+    return x_BxLxD + jax.lax.dynamic_slice_in_dim(params["wpe"], pos, ids_BxL.shape[1])
+
+
+def rope(x_BxLxHxK: jax.Array, positions_L: jax.Array, theta: float) -> jax.Array:
+    """Rotary embedding: the pairs (x_i, x_{i+K/2}) rotated by position * theta^(-2i/K)
+    (the half-split layout of GPT-NeoX and Llama), in float32."""
+    K = x_BxLxHxK.shape[-1]
+    inv_freq = theta ** (-jnp.arange(0, K, 2, dtype=jnp.float32) / K)
+    angle_Lx1xK2 = (positions_L.astype(jnp.float32)[:, None] * inv_freq)[:, None, :]
+    cos, sin = jnp.cos(angle_Lx1xK2), jnp.sin(angle_Lx1xK2)
+    x1, x2 = jnp.split(x_BxLxHxK.astype(jnp.float32), 2, axis=-1)
+    y = jnp.concatenate([x1 * cos - x2 * sin, x1 * sin + x2 * cos], axis=-1)
+    return y.astype(x_BxLxHxK.dtype)
 
 
 def attention(
     q_BxLxHxK: jax.Array,
-    k_BxLxHxK: jax.Array,
-    v_BxLxHxK: jax.Array,
+    k_BxLxJxK: jax.Array,
+    v_BxLxJxK: jax.Array,
     rt: Runtime,
     *,
     rate: float = 0.0,
     key: jax.Array | None = None,
     pos: jax.Array | int = 0,
     cache: Cache | None = None,
-) -> tuple[jax.Array, Cache | None]:
-    """Causal self-attention of L new positions pos..pos+L-1. Without a cache they attend to
-    each other (training); with one, their keys and values are written into it at pos and
-    they attend to every cached position up to their own (entries after a query are masked, so
-    stale ones from an earlier window do no harm). Returns the output and the cache."""
+    window: int | None = None,
+    stats: bool = False,
+) -> tuple[jax.Array, Cache | None, jax.Array | None]:
+    """Causal self-attention of L new positions pos..pos+L-1, each query head h attending with
+    key/value head h // R. Without a cache they attend to each other (training), to at most
+    `window` positions back; with one, their keys and values are written into it and they
+    attend to every cached position up to their own (entries after a query, or from before
+    the window, are masked). Returns the output, the cache, and with `stats` the largest
+    attention logit (else None)."""
     B, L, H, K = q_BxLxHxK.shape
+    J = k_BxLxJxK.shape[2]
+    R = H // J
     scale = 1.0 / math.sqrt(K)
     if cache is not None:
-        # In the cache layout: batch and heads merged in front, so that each decoding step
-        # updates the cache in place and the dots read it as it lies (XLA's CPU backend copies
-        # a stacked or position-major cache whole on every step).
-        def heads_first(t_BxLxHxK: jax.Array) -> jax.Array:
-            return t_BxLxHxK.transpose(0, 2, 1, 3).reshape(B * H, L, K)
+        # In the cache layout: batch and key/value heads merged in front, so that each decoding
+        # step updates the cache in place and the dots read it as it lies (XLA's CPU backend
+        # copies a stacked or position-major cache whole on every step). A multi-token write
+        # (a prompt, a re-encoding) starts at pos < W and does not wrap.
+        def heads_first(t_BxLxJxK: jax.Array) -> jax.Array:
+            return t_BxLxJxK.transpose(0, 2, 1, 3).reshape(B * J, L, K)
 
         k_GxWxK, v_GxWxK = cache
-        k_GxWxK = jax.lax.dynamic_update_slice(k_GxWxK, heads_first(k_BxLxHxK), (0, pos, 0))
-        v_GxWxK = jax.lax.dynamic_update_slice(v_GxWxK, heads_first(v_BxLxHxK), (0, pos, 0))
         W = k_GxWxK.shape[1]
-        visible_LxW = jnp.arange(W)[None, :] <= pos + jnp.arange(L)[:, None]
-        att_GxLxW = jnp.einsum("glk,gwk->glw", heads_first(q_BxLxHxK), k_GxWxK) * scale
-        att_GxLxW = jax.nn.softmax(jnp.where(visible_LxW, att_GxLxW, -jnp.inf), axis=-1)
-        y_GxLxK = jnp.einsum("glw,gwk->glk", att_GxLxW, v_GxWxK)
-        return y_GxLxK.reshape(B, H, L, K).transpose(0, 2, 1, 3), (k_GxWxK, v_GxWxK)
-    if rt.attention != "einsum" and (key is None or rate == 0.0):
+        slot = pos % W
+        k_GxWxK = jax.lax.dynamic_update_slice(k_GxWxK, heads_first(k_BxLxJxK), (0, slot, 0))
+        v_GxWxK = jax.lax.dynamic_update_slice(v_GxWxK, heads_first(v_BxLxJxK), (0, slot, 0))
+        # The queries of a group: its R heads' L positions each.
+        q_GxQxK = q_BxLxHxK.reshape(B, L, J, R, K).transpose(0, 2, 3, 1, 4).reshape(B * J, R * L, K)
+        at_Q = pos + jnp.tile(jnp.arange(L), R)
+        # Slot w holds the newest position p <= the query's with p = w (mod W): visible once
+        # written (p >= 0).
+        w_W = jnp.arange(W)
+        visible_QxW = at_Q[:, None] - (at_Q[:, None] - w_W[None, :]) % W >= 0
+        att_GxQxW = jnp.einsum("gqk,gwk->gqw", q_GxQxK, k_GxWxK) * scale
+        att_GxQxW = jnp.where(visible_QxW, att_GxQxW, -jnp.inf)
+        most = att_GxQxW.max() if stats else None
+        att_GxQxW = jax.nn.softmax(att_GxQxW, axis=-1)
+        y_GxQxK = jnp.einsum("gqw,gwk->gqk", att_GxQxW, v_GxWxK)
+        y_BxLxHxK = y_GxQxK.reshape(B, J, R, L, K).transpose(0, 3, 1, 2, 4).reshape(B, L, H, K)
+        return y_BxLxHxK, (k_GxWxK, v_GxWxK), most
+    banded = window is not None and L > window
+    if rt.attention != "einsum" and not stats and not banded and (key is None or rate == 0.0):
         y = jax.nn.dot_product_attention(
-            q_BxLxHxK, k_BxLxHxK, v_BxLxHxK, is_causal=True, implementation=rt.attention
+            q_BxLxHxK, k_BxLxJxK, v_BxLxJxK, is_causal=True, implementation=rt.attention
         )
-        return y, None
-    att_BxHxLxM = jnp.einsum("blhk,bmhk->bhlm", q_BxLxHxK, k_BxLxHxK) * scale
-    causal_LxM = jnp.tril(jnp.ones((L, L), bool))
-    att_BxHxLxM = jnp.where(causal_LxM, att_BxHxLxM.astype(jnp.float32), -jnp.inf)
+        return y, None, None
+    if R == 1:
+        att_BxHxLxM = jnp.einsum("blhk,bmhk->bhlm", q_BxLxHxK, k_BxLxJxK) * scale
+    else:
+        q_BxLxJxRxK = q_BxLxHxK.reshape(B, L, J, R, K)
+        att_BxJxRxLxM = jnp.einsum("bljrk,bmjk->bjrlm", q_BxLxJxRxK, k_BxLxJxK) * scale
+        att_BxHxLxM = att_BxJxRxLxM.reshape(B, H, L, L)
+    back_LxM = jnp.arange(L)[:, None] - jnp.arange(L)[None, :]  # how far back key m lies
+    visible_LxM = (back_LxM >= 0) & (back_LxM < window) if banded else back_LxM >= 0
+    att_BxHxLxM = jnp.where(visible_LxM, att_BxHxLxM.astype(jnp.float32), -jnp.inf)
+    most = att_BxHxLxM.max() if stats else None
     att_BxHxLxM = jax.nn.softmax(att_BxHxLxM, axis=-1).astype(q_BxLxHxK.dtype)
     att_BxHxLxM = dropout(att_BxHxLxM, rate, key)
-    return jnp.einsum("bhlm,bmhk->blhk", att_BxHxLxM, v_BxLxHxK), None
+    if R == 1:
+        return jnp.einsum("bhlm,bmhk->blhk", att_BxHxLxM, v_BxLxJxK), None, most
+    att_BxJxRxLxM = att_BxHxLxM.reshape(B, J, R, L, L)
+    y_BxLxJxRxK = jnp.einsum("bjrlm,bmjk->bljrk", att_BxJxRxLxM, v_BxLxJxK)
+    return y_BxLxJxRxK.reshape(B, L, H, K), None, most
 
 
-def mlp(x_BxLxD: jax.Array, p: Params, dtype: Any, rt: Runtime) -> jax.Array:
-    h_BxLxF = rt.kernels.gelu(linear(x_BxLxD, p, "fc", dtype, rt))
+def mlp(x_BxLxD: jax.Array, p: Params, cfg: ModelConfig, dtype: Any, rt: Runtime) -> jax.Array:
+    h_BxLxF = linear(x_BxLxD, p, "fc", dtype, rt)
+    if cfg.activation == "swiglu":
+        gate_BxLxF, value_BxLxF = jnp.split(h_BxLxF, 2, axis=-1)
+        h_BxLxF = rt.kernels.silu(gate_BxLxF) * value_BxLxF
+    else:
+        h_BxLxF = getattr(rt.kernels, cfg.activation)(h_BxLxF)
     return linear(h_BxLxF, p, "fc_proj", dtype, rt)
 
 
@@ -184,35 +266,82 @@ def block(
     dtype: Any,
     pos: jax.Array | int = 0,
     cache: Cache | None = None,
-) -> tuple[jax.Array, Cache | None]:
-    """One pre-LayerNorm transformer block; p holds one layer's slice of params["blocks"]."""
+    stats: bool = False,
+) -> tuple[jax.Array, Cache | None, jax.Array | None]:
+    """One pre-norm transformer block; p holds one layer's slice of params["blocks"]. Returns
+    the output, the cache, and with `stats` the largest attention logit."""
     B, L, D = x_BxLxD.shape
-    H = cfg.n_head
+    H, J = cfg.n_head, kv_heads(cfg)
+    K = D // H
     keys = [None] * 3 if key is None else list(jax.random.split(key, 3))
 
-    h_BxLxD = layer_norm(x_BxLxD, p["ln1_g"], p.get("ln1_b"), rt)
-    qkv_BxLx3D = linear(h_BxLxD, p, "attn", dtype, rt)
-    q_BxLxHxK, k_BxLxHxK, v_BxLxHxK = (
-        t.reshape(B, L, H, D // H) for t in jnp.split(qkv_BxLx3D, 3, axis=-1)
-    )
-    y_BxLxHxK, cache = attention(
-        q_BxLxHxK, k_BxLxHxK, v_BxLxHxK, rt, rate=cfg.dropout, key=keys[0], pos=pos, cache=cache
-    )
+    h_BxLxD = norm(x_BxLxD, p, "ln1", cfg, rt)
+    qkv = linear(h_BxLxD, p, "attn", dtype, rt)
+    q_BxLxHxK = qkv[..., : H * K].reshape(B, L, H, K)
+    k_BxLxJxK = qkv[..., H * K : (H + J) * K].reshape(B, L, J, K)
+    v_BxLxJxK = qkv[..., (H + J) * K :].reshape(B, L, J, K)
+    if cfg.qk_norm:
+        q_BxLxHxK = norm(q_BxLxHxK, p, "q_norm", cfg, rt)
+        k_BxLxJxK = norm(k_BxLxJxK, p, "k_norm", cfg, rt)
+    if cfg.position == "rope":
+        positions_L = pos + jnp.arange(L)
+        q_BxLxHxK = rope(q_BxLxHxK, positions_L, cfg.rope_theta)
+        k_BxLxJxK = rope(k_BxLxJxK, positions_L, cfg.rope_theta)
+    y_BxLxHxK, cache, most = attention(
+        q_BxLxHxK, k_BxLxJxK, v_BxLxJxK, rt, rate=cfg.dropout, key=keys[0], pos=pos,
+        cache=cache, window=cfg.block_size, stats=stats,
+    )  # fmt: skip
     y_BxLxD = linear(y_BxLxHxK.reshape(B, L, D), p, "attn_proj", dtype, rt)
     x_BxLxD = x_BxLxD + dropout(y_BxLxD, cfg.dropout, keys[1])
 
-    h_BxLxD = layer_norm(x_BxLxD, p["ln2_g"], p.get("ln2_b"), rt)
-    y_BxLxD = mlp(h_BxLxD, p, dtype, rt)
-    return x_BxLxD + dropout(y_BxLxD, cfg.dropout, keys[2]), cache
+    h_BxLxD = norm(x_BxLxD, p, "ln2", cfg, rt)
+    y_BxLxD = mlp(h_BxLxD, p, cfg, dtype, rt)
+    return x_BxLxD + dropout(y_BxLxD, cfg.dropout, keys[2]), cache, most
 
 
-def head(params: Params, x_BxLxD: jax.Array, rt: Runtime) -> jax.Array:
-    """Final LayerNorm and the head tied to wte, in float32 so logits and loss keep precision."""
-    x_BxLxD = layer_norm(x_BxLxD, params["lnf_g"], params.get("lnf_b"), rt)
-    return x_BxLxD.astype(jnp.float32) @ params["wte"].T
+def head(params: Params, x_BxLxD: jax.Array, cfg: ModelConfig, rt: Runtime) -> jax.Array:
+    """Final norm and the output head (wte transposed when tied), in float32 so that logits
+    and loss keep precision; soft-capped when model.logit_softcap is set."""
+    x_BxLxD = norm(x_BxLxD, params, "lnf", cfg, rt).astype(jnp.float32)
+    if cfg.tie_embeddings:
+        logits = x_BxLxD @ params["wte"].T
+    else:
+        logits = x_BxLxD @ params["head_w"]
+    if cfg.logit_softcap:
+        logits = cfg.logit_softcap * jnp.tanh(logits / cfg.logit_softcap)
+    return logits
 
 
 # ---------------------------------------------------------------- the model
+
+
+def forward_with_stats(
+    params: Params,
+    ids_BxL: jax.Array,
+    cfg: ModelConfig,
+    *,
+    rt: Runtime = DEFAULT,
+    dropout_key: jax.Array | None = None,
+    compute_dtype: Any = jnp.float32,
+    stats: bool = False,
+) -> tuple[jax.Array, jax.Array | None]:
+    """Logits (float32) for every position, and with `stats` the largest attention logit of
+    each layer (N, else None). Dropout only where a dropout_key is given. With rope, a sequence
+    longer than block_size attends block_size positions back (what sampling's sliding cache
+    computes)."""
+    keys = None if dropout_key is None else jax.random.split(dropout_key, cfg.n_layer + 1)
+    x_BxLxD = embed(params, ids_BxL, 0)
+    x_BxLxD = dropout(x_BxLxD, cfg.dropout, None if keys is None else keys[-1])
+    x_BxLxD = x_BxLxD.astype(compute_dtype)
+
+    def step(x_BxLxD: jax.Array, layer: tuple[Params, jax.Array | None]) -> tuple:
+        p, key = layer
+        x_BxLxD, _, most = block(x_BxLxD, p, cfg, rt, key, compute_dtype, stats=stats)
+        return x_BxLxD, most
+
+    layer_keys = None if keys is None else keys[:-1]
+    x_BxLxD, most_N = jax.lax.scan(step, x_BxLxD, (params["blocks"], layer_keys), unroll=rt.unroll)
+    return head(params, x_BxLxD, cfg, rt), most_N
 
 
 def forward(
@@ -225,18 +354,9 @@ def forward(
     compute_dtype: Any = jnp.float32,
 ) -> jax.Array:
     """Logits (float32) for every position; dropout only where a dropout_key is given."""
-    keys = None if dropout_key is None else jax.random.split(dropout_key, cfg.n_layer + 1)
-    x_BxLxD = embed(params, ids_BxL, 0)
-    x_BxLxD = dropout(x_BxLxD, cfg.dropout, None if keys is None else keys[-1])
-    x_BxLxD = x_BxLxD.astype(compute_dtype)
-
-    def step(x_BxLxD: jax.Array, layer: tuple[Params, jax.Array | None]) -> tuple:
-        p, key = layer
-        return block(x_BxLxD, p, cfg, rt, key, compute_dtype)[0], None
-
-    layer_keys = None if keys is None else keys[:-1]
-    x_BxLxD, _ = jax.lax.scan(step, x_BxLxD, (params["blocks"], layer_keys), unroll=rt.unroll)
-    return head(params, x_BxLxD, rt)
+    return forward_with_stats(
+        params, ids_BxL, cfg, rt=rt, dropout_key=dropout_key, compute_dtype=compute_dtype
+    )[0]
 
 
 def forward_cached(
@@ -254,9 +374,40 @@ def forward_cached(
     x_BxLxD = embed(params, ids_BxL, pos)
     new_cache = []
     for p, c in zip(layers, cache, strict=True):
-        x_BxLxD, c = block(x_BxLxD, p, cfg, rt, None, jnp.float32, pos, c)
+        x_BxLxD, c, _ = block(x_BxLxD, p, cfg, rt, None, jnp.float32, pos, c)
         new_cache.append(c)
-    return head(params, x_BxLxD[:, -1], rt), new_cache
+    return head(params, x_BxLxD[:, -1], cfg, rt), new_cache
+
+
+def loss_terms(
+    params: Params,
+    ids_BxL: jax.Array,
+    targets_BxL: jax.Array,
+    cfg: ModelConfig,
+    *,
+    rt: Runtime = DEFAULT,
+    dropout_key: jax.Array | None = None,
+    compute_dtype: Any = jnp.float32,
+    stats: bool = False,
+) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """The training loss (cross-entropy plus model.z_loss * mean(log Z^2)) and its parts:
+    "ce" (mean next-token cross-entropy, float32), "z_loss" (the auxiliary term) when the model
+    has one, and with `stats` "log_z" (mean log Z of the logits) and "attn_logit_max" (N)."""
+    logits_BxLxV, most_N = forward_with_stats(
+        params, ids_BxL, cfg, rt=rt, dropout_key=dropout_key, compute_dtype=compute_dtype,
+        stats=stats,
+    )  # fmt: skip
+    logp_BxLxV = jax.nn.log_softmax(logits_BxLxV, axis=-1)
+    nll_BxL = -jnp.take_along_axis(logp_BxLxV, targets_BxL[..., None], axis=-1)[..., 0]
+    ce = nll_BxL.mean()
+    parts = {"ce": ce}
+    if cfg.z_loss or stats:
+        log_z_BxL = jax.nn.logsumexp(logits_BxLxV, axis=-1)
+    if cfg.z_loss:
+        parts["z_loss"] = cfg.z_loss * jnp.square(log_z_BxL).mean()
+    if stats:
+        parts |= {"log_z": log_z_BxL.mean(), "attn_logit_max": most_N}
+    return (ce + parts["z_loss"] if cfg.z_loss else ce), parts
 
 
 def loss_fn(
@@ -269,10 +420,9 @@ def loss_fn(
     dropout_key: jax.Array | None = None,
     compute_dtype: Any = jnp.float32,
 ) -> jax.Array:
-    """Mean next-token cross-entropy in float32."""
-    logits_BxLxV = forward(
-        params, ids_BxL, cfg, rt=rt, dropout_key=dropout_key, compute_dtype=compute_dtype
-    )
-    logp_BxLxV = jax.nn.log_softmax(logits_BxLxV, axis=-1)
-    nll_BxL = -jnp.take_along_axis(logp_BxLxV, targets_BxL[..., None], axis=-1)[..., 0]
-    return nll_BxL.mean()
+    """The training loss (loss_terms' first value): mean next-token cross-entropy in float32,
+    plus z-loss where the model has it."""
+    return loss_terms(
+        params, ids_BxL, targets_BxL, cfg, rt=rt, dropout_key=dropout_key,
+        compute_dtype=compute_dtype,
+    )[0]  # fmt: skip

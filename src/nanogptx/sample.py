@@ -6,13 +6,15 @@
 Writes samples.txt (samples separated by a line of dashes, as nanoGPT prints them) and
 provenance.json (the model's sha256 and the settings). The model's own config.toml gives the
 model; the run's [sample] section gives the prompt, count, length, temperature, top-k/p, seed.
-Past block_size: positions are learned and absolute, so a token's keys and values change when
-the window slides and the cache cannot slide with it. nanoGPT re-runs the whole window for
-every token; here, when the window is full, the oldest sample.window_shift tokens (default a
-quarter of the block) are dropped and the rest re-encoded in one pass, then decoding resumes
-from the cache. window_shift = 1 gives nanoGPT's exact crop (and its cost). The model runs
-through model.forward_cached, the same blocks as training; this module holds the cache layout
-and the decoding loop.
+Past block_size, with learned positions (GPT-2): they are absolute, so a token's keys and
+values change when the window slides and the cache cannot slide with it. nanoGPT re-runs the
+whole window for every token; here, when the window is full, the oldest sample.window_shift
+tokens (default a quarter of the block) are dropped and the rest re-encoded in one pass, then
+decoding resumes from the cache. window_shift = 1 gives nanoGPT's exact crop (and its cost).
+With rotary positions (model.position = "rope") attention sees only relative positions: the
+cache slides (a ring of block_size slots) and each token attends to the block_size latest.
+The model runs through model.forward_cached, the same blocks as training; this module holds the
+cache layout and the decoding loop.
 """
 
 from __future__ import annotations
@@ -46,8 +48,7 @@ def init_cache(cfg: ModelConfig, B: int) -> list[model.Cache]:
     them in place and the attention dots read them as they lie (XLA's CPU backend copies or
     transposes a stacked or position-major cache whole on every step, and a batch axis of
     size 1 makes it update the cache twice, on two copies)."""
-    H = cfg.n_head
-    shape = (B * H, cfg.block_size, cfg.n_embd // H)
+    shape = (B * model.kv_heads(cfg), cfg.block_size, cfg.n_embd // cfg.n_head)
     return [(jnp.zeros(shape), jnp.zeros(shape)) for _ in range(cfg.n_layer)]
 
 
@@ -154,6 +155,9 @@ def _generate(
         return jax.lax.fori_loop(first + 1, first + length, decode, state)
 
     state = (tokens_BxU, cache, jnp.int32(P), logits_BxV)
+    if cfg.position == "rope":  # relative positions: the cache slides, nothing is re-encoded
+        state = jax.lax.fori_loop(0, S - 1, decode, state)
+        return choose(S - 1, state)[1][0][:, P : P + S]
     A = min(S - 1, W - P)  # decodes before the window is full
     state = jax.lax.fori_loop(0, A, decode, state)
     full, tail = divmod(S - 1 - A, shift)
@@ -277,7 +281,9 @@ def _sample(cfg: Config, model_dir: Path, out_dir: Path) -> list[str]:
             "settings": {
                 **config.to_dict(s),
                 "prompt_tokens": len(prompt),
-                "window_shift_used": resolve_shift(mcfg.model, s),
+                "window_shift_used": (
+                    None if mcfg.model.position == "rope" else resolve_shift(mcfg.model, s)
+                ),
             },
             "seconds": round(seconds, 3),
             "tokens_per_second": round(s.num_samples * s.max_new_tokens / seconds, 1),

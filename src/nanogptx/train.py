@@ -148,41 +148,75 @@ def make_runtime(cfg: Config) -> runtime.Runtime:
     return rt
 
 
-def make_train_step(cfg: Config, optimizer: optax.GradientTransformation) -> Callable:
+def make_train_step(
+    cfg: Config, optimizer: optax.GradientTransformation, diagnostics: bool = False
+) -> Callable:
     """(state, x_AxBxL, y_AxBxL, step, key) -> (state, stats): gradients averaged over the A
-    micro-batches (lax.scan), then one optimizer update."""
+    micro-batches (lax.scan), then one optimizer update. stats: "loss" (the cross-entropy),
+    "grad_norm", and "z_loss" where the model has it. With `diagnostics`, also "diag":
+    layer_stats of the parameters, gradients and update, the largest attention logit per
+    layer and the mean log Z (the same step otherwise, with einsum attention)."""
     dtype = jnp.dtype(cfg.train.compute_dtype)
     rt = make_runtime(cfg)
+    if diagnostics:
+        rt = dataclasses.replace(rt, attention="einsum")  # the attention logits are needed
     dropout = cfg.model.dropout > 0
 
     def train_step(
         state: State, x_AxBxL: jax.Array, y_AxBxL: jax.Array, step: jax.Array, key: jax.Array
-    ) -> tuple[State, dict[str, jax.Array]]:
+    ) -> tuple[State, dict[str, Any]]:
         params = state["params"]
-        grad_fn = jax.value_and_grad(model.loss_fn)
+        grad_fn = jax.value_and_grad(model.loss_terms, has_aux=True)
 
-        def micro(grads: Any, batch: tuple) -> tuple[Any, jax.Array]:
+        def micro(grads: Any, batch: tuple) -> tuple[Any, dict[str, jax.Array]]:
             x_BxL, y_BxL, m = batch
             k = jax.random.fold_in(jax.random.fold_in(key, step), m) if dropout else None
-            loss, g = grad_fn(
-                params, x_BxL, y_BxL, cfg.model, rt=rt, dropout_key=k, compute_dtype=dtype
-            )
-            return jax.tree.map(jnp.add, grads, g), loss
+            (_, parts), g = grad_fn(
+                params, x_BxL, y_BxL, cfg.model, rt=rt, dropout_key=k, compute_dtype=dtype,
+                stats=diagnostics,
+            )  # fmt: skip
+            return jax.tree.map(jnp.add, grads, g), parts
 
         A = x_AxBxL.shape[0]
+        zeros = jax.tree.map(jnp.zeros_like, params)
         if A == 1:
-            grads, loss_A = micro(jax.tree.map(jnp.zeros_like, params), (x_AxBxL[0], y_AxBxL[0], 0))
+            grads, parts = micro(zeros, (x_AxBxL[0], y_AxBxL[0], 0))
         else:
-            zeros = jax.tree.map(jnp.zeros_like, params)
-            grads, loss_A = jax.lax.scan(micro, zeros, (x_AxBxL, y_AxBxL, jnp.arange(A)))
+            grads, parts_A = jax.lax.scan(micro, zeros, (x_AxBxL, y_AxBxL, jnp.arange(A)))
             grads = jax.tree.map(lambda g: g / A, grads)
+            parts = {
+                k: v.max(0) if k == "attn_logit_max" else v.mean(0) for k, v in parts_A.items()
+            }
         grad_norm = optax.tree.norm(grads)
         updates, opt_state = optimizer.update(grads, state["opt"], params)
+        stats = {"loss": parts["ce"], "grad_norm": grad_norm}
+        if "z_loss" in parts:
+            stats["z_loss"] = parts["z_loss"]
+        if diagnostics:
+            stats["diag"] = {
+                "param_rms": layer_rms(params),
+                "grad_rms": layer_rms(grads),
+                "update_rms": layer_rms(updates),
+                "attn_logit_max": parts["attn_logit_max"],
+                "log_z": parts["log_z"],
+            }
         params = optax.apply_updates(params, updates)
-        stats = {"loss": jnp.mean(loss_A), "grad_norm": grad_norm}
         return {"params": params, "opt": opt_state}, stats
 
     return train_step
+
+
+def layer_rms(tree: model.Params) -> dict[str, jax.Array]:
+    """The RMS of each parameter-shaped leaf, per layer for the stacked blocks (N values), one
+    value for the others; keyed "blocks.attn_w", "wte", ..."""
+    out = {}
+    for path, x in jax.tree_util.tree_leaves_with_path(tree):
+        name = ".".join(str(k.key) for k in path)
+        per_layer = path[0].key == "blocks"
+        axes = tuple(range(1 if per_layer else 0, x.ndim))
+        rms = jnp.sqrt(jnp.mean(jnp.square(x.astype(jnp.float32)), axis=axes))
+        out[name] = rms if per_layer else rms[None]
+    return out
 
 
 def make_eval_step(cfg: Config) -> Callable:
@@ -190,7 +224,8 @@ def make_eval_step(cfg: Config) -> Callable:
     rt = make_runtime(cfg)
 
     def eval_step(params: Any, x_BxL: jax.Array, y_BxL: jax.Array) -> jax.Array:
-        return model.loss_fn(params, x_BxL, y_BxL, cfg.model, rt=rt, compute_dtype=dtype)
+        parts = model.loss_terms(params, x_BxL, y_BxL, cfg.model, rt=rt, compute_dtype=dtype)[1]
+        return parts["ce"]
 
     return eval_step
 
@@ -232,15 +267,19 @@ def plan_state(cfg: Config, V: int, mesh: Mesh) -> tuple[State, Any]:
     return state_abs, tree_shardings(state_abs, mesh, cfg.train.sharding)
 
 
-def compile_steps(cfg: Config, V: int, A: int, mesh: Mesh) -> tuple[Any, Any]:
-    """The train and eval steps compiled ahead of time with every sharding fixed; compiled once
-    per process for settings that give the same program (tests call train() many times)."""
+def compile_steps(cfg: Config, V: int, A: int, mesh: Mesh) -> tuple[Any, Any, Any]:
+    """The train and eval steps, and the train step with diagnostics (None when
+    logging.stats_interval is 0), compiled ahead of time with every sharding fixed; compiled
+    once per process for settings that give the same program (tests call train() many times)."""
     keys = {k: getattr(cfg.train, k) for k in PROGRAM_KEYS}
-    return _compile_steps(Config(model=cfg.model, train=TrainConfig(**keys)), V, A, mesh)
+    program = Config(model=cfg.model, train=TrainConfig(**keys))
+    return _compile_steps(program, V, A, mesh, cfg.logging.stats_interval > 0)
 
 
 @functools.lru_cache(maxsize=4)
-def _compile_steps(cfg: Config, V: int, A: int, mesh: Mesh) -> tuple[Any, Any]:
+def _compile_steps(
+    cfg: Config, V: int, A: int, mesh: Mesh, diagnostics: bool
+) -> tuple[Any, Any, Any]:
     m, t = cfg.model, cfg.train
     state_abs, state_sh = plan_state(cfg, V, mesh)
     replicated = NamedSharding(mesh, P())
@@ -249,18 +288,25 @@ def _compile_steps(cfg: Config, V: int, A: int, mesh: Mesh) -> tuple[Any, Any]:
     x_abs = jax.ShapeDtypeStruct((A, t.batch_size, m.block_size), jnp.int32)
     e_abs = jax.ShapeDtypeStruct((t.batch_size, m.block_size), jnp.int32)
     key_abs = jax.eval_shape(lambda: jax.random.key(0))
-    train_step = jax.jit(
-        make_train_step(cfg, optim.make(t)),
-        in_shardings=(state_sh, batch_sh, batch_sh, replicated, replicated),
-        out_shardings=(state_sh, replicated),
-        donate_argnums=(0,),
-    ).lower(state_abs, x_abs, x_abs, jax.ShapeDtypeStruct((), jnp.int32), key_abs)
+
+    def train_step(with_diagnostics: bool) -> Any:
+        return (
+            jax.jit(
+                make_train_step(cfg, optim.make(t), with_diagnostics),
+                in_shardings=(state_sh, batch_sh, batch_sh, replicated, replicated),
+                out_shardings=(state_sh, replicated),
+                donate_argnums=(0,),
+            )
+            .lower(state_abs, x_abs, x_abs, jax.ShapeDtypeStruct((), jnp.int32), key_abs)
+            .compile()
+        )
+
     eval_step = jax.jit(
         make_eval_step(cfg),
         in_shardings=(state_sh["params"], eval_sh, eval_sh),
         out_shardings=replicated,
     ).lower(state_abs["params"], e_abs, e_abs)
-    return train_step.compile(), eval_step.compile()
+    return train_step(False), eval_step.compile(), train_step(True) if diagnostics else None
 
 
 # ---------------------------------------------------------------- checks before any allocation
@@ -380,9 +426,17 @@ class Metrics:
         with open(self.path, "a") as f:
             f.write(json.dumps(record) + "\n")
         if self.wandb_run is not None:
-            kind = record["kind"]
-            values = {f"{kind}/{k}": v for k, v in record.items() if k not in ("kind", "step")}
-            self.wandb_run.log(values, step=record["step"])
+            values = {k: v for k, v in record.items() if k not in ("kind", "step")}
+            self.wandb_run.log(flat(values, record["kind"]), step=record["step"])
+
+
+def flat(tree: Any, prefix: str) -> dict[str, Any]:
+    """{"a": {"b": [x, y]}} as {"prefix/a/b/0": x, "prefix/a/b/1": y}: scalars for wandb."""
+    if isinstance(tree, dict):
+        return {k: v for key, sub in tree.items() for k, v in flat(sub, f"{prefix}/{key}").items()}
+    if isinstance(tree, list):
+        return {k: v for i, sub in enumerate(tree) for k, v in flat(sub, f"{prefix}/{i}").items()}
+    return {prefix: tree}
 
 
 def start_wandb(cfg: Config, run_id: str, ckpt_dir: Path, out_dir: Path) -> Any:
@@ -517,8 +571,9 @@ def _train(cfg: Config, data: loader.Prepared, out_dir: Path, ckpt_dir: Path) ->
     )
 
     t0 = time.perf_counter()
-    train_step, eval_step = compile_steps(cfg, V, A, mesh)
-    log(f"compiled train and eval steps in {time.perf_counter() - t0:.1f} s")
+    train_step, eval_step, diag_step = compile_steps(cfg, V, A, mesh)
+    what = "train, eval and diagnostics steps" if diag_step else "train and eval steps"
+    log(f"compiled {what} in {time.perf_counter() - t0:.1f} s")
     batch_sh = NamedSharding(mesh, P(None, "data", None))
     eval_sh = NamedSharding(mesh, P("data", None))
     x_shape, e_shape = (A, t.batch_size, m.block_size), (t.batch_size, m.block_size)
@@ -566,6 +621,7 @@ def _train(cfg: Config, data: loader.Prepared, out_dir: Path, ckpt_dir: Path) ->
         else f"no MFU: peak FLOP/s {source}")  # fmt: skip
     flops_per_token = model.flops_per_token(m, n_flops_params)
     pending: list[tuple[int, dict[str, jax.Array]]] = []
+    diagnosed: list[tuple[int, dict[str, Any]]] = []
     clock = {"seconds": 0.0, "steps": 0, "since": time.perf_counter()}
 
     def flush() -> dict[str, float] | None:
@@ -583,6 +639,9 @@ def _train(cfg: Config, data: loader.Prepared, out_dir: Path, ckpt_dir: Path) ->
                     f"loss is {stats['loss']} (grad norm {stats['grad_norm']}) at step {step}: "
                     f"training stopped; the last good checkpoint is {last or 'none (none saved)'}"
                 )
+        for step, diag in jax.device_get(diagnosed):
+            metrics.add({"kind": "stats", "step": step, **jax.tree.map(lambda a: a.tolist(), diag)})
+        diagnosed.clear()
         return {k: float(v) for k, v in host[-1].items()} if host else None
 
     saved = {start} if path is not None else set()
@@ -627,7 +686,12 @@ def _train(cfg: Config, data: loader.Prepared, out_dir: Path, ckpt_dir: Path) ->
             jax.profiler.start_trace(str(profile_dir), create_perfetto_trace=True)
             profiling = True
         x, y = train_batch(step)
-        state, stats = train_step(state, x, y, np.int32(step), key_dropout)
+        stats_interval = cfg.logging.stats_interval
+        if stats_interval and step % stats_interval == 0:
+            state, stats = diag_step(state, x, y, np.int32(step), key_dropout)
+            diagnosed.append((step, stats.pop("diag")))
+        else:
+            state, stats = train_step(state, x, y, np.int32(step), key_dropout)
         pending.append((step, stats))
         clock["steps"] += 1
         if profiling and step == t.profile_start + t.profile_steps - 1:
@@ -644,6 +708,7 @@ def _train(cfg: Config, data: loader.Prepared, out_dir: Path, ckpt_dir: Path) ->
                 "kind": "train", "step": step, "tokens": (step + 1) * tokens_per_step,
                 "loss": last["loss"], "lr": optim.get_lr(step, t), "grad_norm": last["grad_norm"],
                 "ms_per_iter": 1e3 * dt, "tokens_per_s": tok_s, "mfu": mfu,
+                **({"z_loss": last["z_loss"]} if "z_loss" in last else {}),
             })  # fmt: skip
             mfu_text = "" if mfu is None else f", MFU {100 * mfu:.1f}%"
             log(
