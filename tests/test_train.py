@@ -229,6 +229,13 @@ def test_diagnostics_every_stats_interval(data_dir: Path, tmp_path: Path) -> Non
     assert first["log_z"] == pytest.approx(math.log(V), abs=0.1)
     # Adam's first update has RMS about the learning rate (warmup: lr(0) = 1e-2 / 3).
     assert first["update_rms"]["blocks.fc_w"][0] == pytest.approx(1e-2 / 3, rel=0.3)
+    # The report plots them against step under the loss curves, one line per layer.
+    from nanogptx import report
+
+    svg = report.curves_svg({"run": report.read_metrics(tmp_path / "a" / "metrics.jsonl")}, "t")
+    for label in ("largest attention logit", "mean log Z", "update RMS / parameter RMS"):
+        assert label in svg
+    assert svg.count("<title>run layer 1</title>") == 2 and svg.count("<polyline") == 2 + 2 * N + 1
     # The same training as without diagnostics.
     train.train(tiny(*args), data_dir, tmp_path / "b", tmp_path / "kb")
     assert not records(tmp_path / "b", "stats")

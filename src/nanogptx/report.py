@@ -41,9 +41,14 @@ def _fmt(v: float) -> str:
 
 
 def _panel(
-    series: list[tuple[str, str, str, list[tuple[float, float]]]], x_label: str, x0: int
+    series: list[tuple[str, str, str, list[tuple[float, float]]]],
+    x_label: str,
+    x0: int,
+    y_label: str = "loss",
+    y0: int = 0,
 ) -> list[str]:
-    """One plot at x offset x0; series are (label, color, style, points)."""
+    """One plot at offset (x0, y0); series are (label, color, style, points); style "train"
+    draws dashed, "val" solid, "layer<i>" solid with a dash pattern per layer."""
     points = [p for *_, pts in series for p in pts]
     xs, ys = [p[0] for p in points], [p[1] for p in points]
     (xlo, xhi), (ylo, yhi) = (min(xs), max(xs) or 1.0), (min(ys), max(ys))
@@ -54,15 +59,15 @@ def _panel(
         return x0 + PAD + (x - xlo) / ((xhi - xlo) or 1.0) * (W - 1.5 * PAD)
 
     def sy(y: float) -> float:
-        return H - PAD - (y - ylo) / (yhi - ylo) * (H - 1.6 * PAD)
+        return y0 + H - PAD - (y - ylo) / (yhi - ylo) * (H - 1.6 * PAD)
 
     out = [
-        f'<rect x="{x0 + PAD}" y="{0.6 * PAD}" width="{W - 1.5 * PAD}" '
+        f'<rect x="{x0 + PAD}" y="{y0 + 0.6 * PAD}" width="{W - 1.5 * PAD}" '
         f'height="{H - 1.6 * PAD}" fill="none" stroke="#999"/>'
     ]
     for t in _ticks(xlo, xhi):
         out.append(
-            f'<text x="{sx(t):.1f}" y="{H - PAD + 16}" text-anchor="middle">{_fmt(t)}</text>'
+            f'<text x="{sx(t):.1f}" y="{y0 + H - PAD + 16}" text-anchor="middle">{_fmt(t)}</text>'
         )
     for t in _ticks(ylo, yhi):
         out.append(
@@ -71,15 +76,18 @@ def _panel(
         )
         out.append(f'<text x="{x0 + PAD - 4}" y="{sy(t) + 4:.1f}" text-anchor="end">{t:g}</text>')
     out.append(
-        f'<text x="{x0 + W / 2 + PAD / 4}" y="{H - 8}" text-anchor="middle">{x_label}</text>'
+        f'<text x="{x0 + W / 2 + PAD / 4}" y="{y0 + H - 8}" text-anchor="middle">{x_label}</text>'
     )
+    ym = y0 + H / 2
     out.append(
-        f'<text x="{x0 + 12}" y="{H / 2}" transform="rotate(-90 {x0 + 12} {H / 2})" '
-        f'text-anchor="middle">loss</text>'
+        f'<text x="{x0 + 12}" y="{ym}" transform="rotate(-90 {x0 + 12} {ym})" '
+        f'text-anchor="middle">{html.escape(y_label)}</text>'
     )
     for label, color, style, pts in series:
         path = " ".join(f"{sx(x):.1f},{sy(y):.1f}" for x, y in pts)
         dash = ' stroke-dasharray="4 3" stroke-opacity="0.6"' if style == "train" else ""
+        if style.startswith("layer") and int(style[5:]):
+            dash = f' stroke-dasharray="{2 * int(style[5:])} 2"'
         out.append(
             f'<polyline points="{path}" fill="none" stroke="{color}" stroke-width="1.6"'
             f"{dash}><title>{html.escape(label)}</title></polyline>"
@@ -104,6 +112,9 @@ def curves_svg(runs: dict[str, list[dict[str, Any]]], title: str) -> str:
     body = []
     for i, (series, x_label) in enumerate(panels):
         body += _panel(series, x_label, i * W)
+    diagnostics = stats_panels(runs)
+    for i, (series, y_label) in enumerate(diagnostics):
+        body += _panel(series, "step", i * W, y_label, H)
     legend = []
     for i, name in enumerate(runs):
         y = 14 + 16 * i
@@ -114,13 +125,57 @@ def curves_svg(runs: dict[str, list[dict[str, Any]]], title: str) -> str:
         )
     n = len(runs)
     legend.append(f'<text x="{2 * W + 10}" y="{30 + 16 * n}">solid: val, dashed: train</text>')
-    width = 2 * W + 60 + 7 * max(26, *(len(name) for name in runs))
+    if diagnostics:
+        legend.append(
+            f'<text x="{2 * W + 10}" y="{46 + 16 * n}">below: diagnostics per layer '
+            "(longer dashes: later layers)</text>"
+        )
+    columns = max(2, len(diagnostics))
+    width = columns * W + 60 + 7 * max(26, *(len(name) for name in runs))
+    height = 2 * H if diagnostics else H
     return (
-        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{H}" '
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
         f'font-family="sans-serif" font-size="11"><title>{html.escape(title)}</title>'
         + "".join(body + legend)
         + "</svg>\n"
     )
+
+
+def stats_panels(
+    runs: dict[str, list[dict[str, Any]]],
+) -> list[tuple[list[tuple[str, str, str, list[tuple[float, float]]]], str]]:
+    """The diagnostics (records of kind "stats") against step: the largest attention logit
+    per layer, the mean log Z of the output, and per layer the relative update size (update
+    RMS over parameter RMS, averaged over the layer's matrices). Empty without such records."""
+
+    def per_layer(r: dict[str, Any]) -> list[float]:
+        names = [k for k in r["param_rms"] if k.startswith("blocks.") and k.endswith("_w")]
+        N = len(r["param_rms"][names[0]])
+        return [
+            sum(r["update_rms"][k][i] / r["param_rms"][k][i] for k in names) / len(names)
+            for i in range(N)
+        ]
+
+    logits, log_z, updates = [], [], []
+    for i, (name, records) in enumerate(runs.items()):
+        color = COLORS[i % len(COLORS)]
+        stats = [r for r in records if r.get("kind") == "stats"]
+        if not stats:
+            continue
+        log_z.append((f"{name} log Z", color, "val", [(r["step"], r["log_z"]) for r in stats]))
+        for layer in range(len(stats[0]["attn_logit_max"])):
+            label = f"{name} layer {layer}"
+            logits.append((label, color, f"layer{layer}",
+                           [(r["step"], r["attn_logit_max"][layer]) for r in stats]))  # fmt: skip
+            updates.append((label, color, f"layer{layer}",
+                            [(r["step"], per_layer(r)[layer]) for r in stats]))  # fmt: skip
+    if not log_z:
+        return []
+    return [
+        (logits, "largest attention logit"),
+        (log_z, "mean log Z"),
+        (updates, "update RMS / parameter RMS"),
+    ]
 
 
 def _files_table(entries: list[dict[str, Any]], root: Path | None = None) -> str:

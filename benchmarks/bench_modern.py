@@ -1,0 +1,109 @@
+"""The modern recipe against the GPT-2 one, in one run on this machine: validation loss against
+training wall time (issue 9's target: the GPT-2 recipe's step-2000 loss, whole val split, in at
+most half its time).
+
+    python benchmarks/bench_modern.py [--out modern-vs-gpt2.svg] [--repeats 1]
+
+Trains config/shakespeare-char.toml and config/shakespeare-char-modern.toml on the same prepared
+Tiny Shakespeare (from ../shared/assets), alternating when --repeats > 1 (the fastest of each is
+kept), and prints each one's training seconds (the train steps' own time, as ms/iter sums it:
+no compile, no evaluation), ms/iter, the estimate at every evaluation, and the loss over the
+whole validation split at the end. Writes both curves (val loss against training seconds) as SVG.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+from pathlib import Path
+
+from bench_train import ASSETS, ROOT, prepare_recipe, whole_split_loss
+
+RECIPES = {
+    "gpt2": ROOT / "config" / "shakespeare-char.toml",
+    "modern": ROOT / "config" / "shakespeare-char-modern.toml",
+}
+
+
+def train_seconds(records: list[dict]) -> list[tuple[float, float]]:
+    """(training seconds so far, val loss) at each evaluation, from the metrics records."""
+    out, seconds, last_step = [], 0.0, -1
+    for r in records:
+        if r["kind"] == "train":
+            seconds += r["ms_per_iter"] / 1e3 * (r["step"] - last_step)
+            last_step = r["step"]
+        elif r["kind"] == "eval":
+            out.append((seconds, r["val_loss"]))
+    return out
+
+
+def run(name: str, data: Path, work: Path, overrides: list[str]) -> dict:
+    from nanogptx import checkpoint, config, loader, train
+
+    cfg = config.load(RECIPES[name], ["train.checkpoint_interval=0", *overrides])
+    out = work / name
+    summary = train.train(cfg, data, out, work / f"{name}-checkpoints")
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    curve = train_seconds(records)
+    params, model_cfg = checkpoint.load_model(out)[:2]
+    whole = whole_split_loss(params, model_cfg.model, loader.open_prepared(data))
+    steps = [r for r in records if r["kind"] == "train"]
+    ms = sorted(r["ms_per_iter"] for r in steps)[len(steps) // 2]
+    return {"curve": curve, "seconds": curve[-1][0], "whole": whole, "ms": ms,
+            "val": summary["val_loss"], "steps": summary["step"]}  # fmt: skip
+
+
+def svg(results: dict[str, dict]) -> str:
+    from nanogptx import report
+
+    series = [
+        (f"{name} val", report.COLORS[i], "val", r["curve"])
+        for i, (name, r) in enumerate(results.items())
+    ]
+    body = report._panel(series, "training seconds", 0, "val loss (estimate)")
+    legend = [
+        f'<text x="{report.W + 10}" y="{20 + 16 * i}" fill="{report.COLORS[i]}">{name}: '
+        f"{r['steps']} steps, {r['seconds']:.0f} s, whole val {r['whole']:.4f}</text>"
+        for i, (name, r) in enumerate(results.items())
+    ]
+    return (
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{report.W + 330}" height="{report.H}" '
+        'font-family="sans-serif" font-size="11">' + "".join(body + legend) + "</svg>\n"
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", type=Path, default=Path("modern-vs-gpt2.svg"))
+    parser.add_argument("--repeats", type=int, default=1, help="alternating runs of each")
+    parser.add_argument("--mirror", type=Path, default=ASSETS)
+    parser.add_argument("overrides", nargs="*", help="section.key=value for the modern recipe")
+    args = parser.parse_args()
+    data = prepare_recipe(RECIPES["gpt2"], args.mirror)
+    best: dict[str, dict] = {}
+    for i in range(args.repeats):
+        for name in RECIPES:
+            work = Path(tempfile.mkdtemp(prefix=f"nanogptx-modern-{i}-"))
+            r = run(name, data, work, args.overrides if name == "modern" else [])
+            print(
+                f"{name} #{i}: {r['steps']} steps, {r['seconds']:.1f} training seconds, "
+                f"median {r['ms']:.1f} ms/iter, val {r['val']:.4f}, whole val {r['whole']:.4f}"
+            )
+            if name not in best or r["seconds"] < best[name]["seconds"]:
+                best[name] = r
+    g, m = best["gpt2"], best["modern"]
+    for name, r in best.items():
+        points = ", ".join(f"{s:.0f} s {v:.4f}" for s, v in r["curve"])
+        print(f"{name}: val loss at training seconds: {points}")
+    ratio = m["seconds"] / g["seconds"]
+    print(f"\nmodern: whole val {m['whole']:.4f} in {m['seconds']:.1f} s; gpt2: whole val "
+          f"{g['whole']:.4f} in {g['seconds']:.1f} s; time ratio {ratio:.2f} "
+          f"({'reached' if m['whole'] <= g['whole'] else 'NOT reached'} in "
+          f"{'at most' if ratio <= 0.5 else 'MORE than'} half the time)")  # fmt: skip
+    args.out.write_text(svg(best))
+    print(f"curves written to {args.out}")
+
+
+if __name__ == "__main__":
+    main()
