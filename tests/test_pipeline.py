@@ -53,6 +53,10 @@ def test_second_invocation_starts_no_job(tiny: Path) -> None:
     [
         (("num_samples = 2", "num_samples = 3"), {"sample_run", "report_run", "all"}),
         (("n_embd = 64", "n_embd = 32"), {"train_run", "sample_run", "report_run", "all"}),
+        (  # a model variant
+            ("dropout = 0.0", 'dropout = 0.0\nposition = "rope"'),
+            {"train_run", "sample_run", "report_run", "all"},
+        ),
         (
             ("learning_rate = 1e-2", "learning_rate = 5e-3"),
             {"train_run", "sample_run", "report_run", "all"},
