@@ -18,24 +18,12 @@ import json
 import tempfile
 from pathlib import Path
 
-from bench_train import ASSETS, ROOT, prepare_recipe, whole_split_loss
+from bench_train import ASSETS, ROOT, prepare_recipe, train_seconds, whole_split_loss
 
 RECIPES = {
     "gpt2": ROOT / "config" / "shakespeare-char.toml",
     "modern": ROOT / "config" / "shakespeare-char-modern.toml",
 }
-
-
-def train_seconds(records: list[dict]) -> list[tuple[float, float]]:
-    """(training seconds so far, val loss) at each evaluation, from the metrics records."""
-    out, seconds, last_step = [], 0.0, -1
-    for r in records:
-        if r["kind"] == "train":
-            seconds += r["ms_per_iter"] / 1e3 * (r["step"] - last_step)
-            last_step = r["step"]
-        elif r["kind"] == "eval":
-            out.append((seconds, r["val_loss"]))
-    return out
 
 
 def run(name: str, data: Path, work: Path, overrides: list[str]) -> dict:
@@ -45,7 +33,7 @@ def run(name: str, data: Path, work: Path, overrides: list[str]) -> dict:
     out = work / name
     summary = train.train(cfg, data, out, work / f"{name}-checkpoints")
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    curve = train_seconds(records)
+    curve = [(t, v) for t, v in train_seconds(records) if v is not None]
     params, model_cfg = checkpoint.load_model(out)[:2]
     whole = whole_split_loss(params, model_cfg.model, loader.open_prepared(data))
     steps = [r for r in records if r["kind"] == "train"]

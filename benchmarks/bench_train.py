@@ -6,6 +6,7 @@ machines for the CPU recipe; target <= 1.89).
     python benchmarks/bench_train.py --full [--seeds 1337,1,2,3,4,5,6,7,8]
     python benchmarks/bench_train.py --recipe config/shakespeare-char-gpu.toml --full   # a GPU
     python benchmarks/bench_train.py --recipe config/gpt2-124m-fineweb.toml --synthetic --steps 30
+    python benchmarks/bench_train.py --steps 500 --against logging.stats_interval=0 --repeats 3
 
 Prints median ms/iter, tokens/s and MFU (against --peak FLOP/s, by default the ~200 GFLOP/s of a
 float32 2048x2048 matmul measured on these 2-core CPUs; --measure-peak measures it here; on a GPU
@@ -15,7 +16,10 @@ against the estimate of eval_iters batches); with --seeds, one full run per seed
 of both figures across seeds. The data is the recipe's dataset, downloaded from --mirror (by
 default ../shared/assets) and prepared by the real stages into a temporary directory, unless
 --data names a prepared directory, or --synthetic asks for uniformly random tokens of the
-recipe's vocabulary (speed alone: no download, no tokenizer).
+recipe's vocabulary (speed alone: no download, no tokenizer). With --against OVERRIDES, runs
+alternate between the recipe as given and the recipe with those overrides (--repeats times
+each), and the best training seconds of each (the train steps' own time, diagnostics steps
+included) are compared as a ratio.
 """
 
 from __future__ import annotations
@@ -93,6 +97,18 @@ def whole_split_loss(params, model_cfg, data, split: str = "val", batch: int = 6
     return total / len(starts)
 
 
+def train_seconds(records: list[dict]) -> list[tuple[float, float | None]]:
+    """(seconds spent in train steps so far, val loss) at each evaluation, and last (seconds in
+    all, None): ms_per_iter times the steps each train record covers."""
+    out, seconds, last = [], 0.0, -1
+    for r in records:
+        if r["kind"] == "train":
+            seconds, last = seconds + r["ms_per_iter"] / 1e3 * (r["step"] - last), r["step"]
+        elif r["kind"] == "eval":
+            out.append((seconds, r["val_loss"]))
+    return [*out, (seconds, None)]
+
+
 def load_average() -> str:
     try:
         return " ".join(Path("/proc/loadavg").read_text().split()[:3])
@@ -119,11 +135,13 @@ def run(cfg, data: Path, work: Path, full: bool, recipe: str) -> dict:
     tokens = statistics.median(r["tokens_per_s"] for r in steps)
     mfus = [r["mfu"] for r in steps if r["mfu"] is not None]
     mfu = f"MFU {100 * statistics.median(mfus):.1f}%" if mfus else "no MFU (peak unknown)"
-    print(f"\n{recipe}, {cfg.train.max_iters} steps, {wall:.0f} s wall in all")
+    seconds = train_seconds(records)[-1][0]
+    print(f"\n{recipe}, {cfg.train.max_iters} steps, {wall:.0f} s wall in all, "
+          f"{seconds:.2f} s in train steps")  # fmt: skip
     print(f"median {ms:.1f} ms/iter, {tokens:,.0f} tokens/s, {mfu}")
     print(f"fastest decile: {p10:.1f} ms/iter or less (load average now {load_average()})")
     if not full:
-        return {}
+        return {"seconds": seconds, "ms": ms}
     for r in records:
         if r["kind"] == "eval":
             print(f"  step {r['step']}: train {r['train_loss']:.4f}, val {r['val_loss']:.4f}")
@@ -138,7 +156,7 @@ def run(cfg, data: Path, work: Path, full: bool, recipe: str) -> dict:
         + (f" ({'; '.join(compared)})" if compared else "")
         + f"; whole val split {whole:.4f}"
     )
-    return {"estimate": summary["val_loss"], "whole": whole}
+    return {"estimate": summary["val_loss"], "whole": whole, "seconds": seconds, "ms": ms}
 
 
 def main() -> None:
@@ -157,6 +175,10 @@ def main() -> None:
     parser.add_argument(
         "--synthetic", action="store_true", help="random tokens of the recipe's vocabulary"
     )
+    parser.add_argument(
+        "--against", help="comma-separated overrides: alternate runs with and without them"
+    )
+    parser.add_argument("--repeats", type=int, default=3, help="runs of each side (--against)")
     parser.add_argument("overrides", nargs="*", help="extra section.key=value overrides")
     args = parser.parse_args()
     full = args.full or bool(args.seeds)
@@ -192,6 +214,20 @@ def main() -> None:
             f"train.max_iters={args.steps}", "train.eval_interval=100000",
             "train.checkpoint_interval=0", "logging.log_interval=1",
         ]  # fmt: skip
+    if args.against:
+        sides = {"as given": [], args.against: args.against.split(",")}
+        best = {}
+        for i in range(args.repeats):
+            for side, extra in sides.items():
+                cfg = config.load(args.recipe, overrides + args.overrides + extra)
+                r = run(cfg, data, work / f"{i}-{len(extra)}", False, f"{recipe} ({side})")
+                if side not in best or r["seconds"] < best[side]["seconds"]:
+                    best[side] = r
+        (a, ra), (b, rb) = best.items()
+        print(f"\nbest of {args.repeats}: {a}: {ra['seconds']:.2f} s in train steps (median "
+              f"{ra['ms']:.1f} ms/iter); {b}: {rb['seconds']:.2f} s ({rb['ms']:.1f} ms/iter); "
+              f"ratio {ra['seconds'] / rb['seconds']:.3f}")  # fmt: skip
+        return
     seeds = [int(s) for s in args.seeds.split(",")] if args.seeds else [None]
     results = {}
     for seed in seeds:
