@@ -19,6 +19,10 @@ def pytest_configure(config: pytest.Config) -> None:
     os.environ.setdefault("WANDB_SILENT", "true")
     os.environ.setdefault("WANDB_DIR", tempfile.mkdtemp(prefix="nanogptx-wandb-"))
     os.environ.setdefault("JAX_PLATFORMS", "cpu")
+    # Quicker compiles for the many small programs of the tests, here and in every stage, job
+    # and process they start (they inherit it): LLVM at -O0. XLA does not let LLVM reorder float
+    # operations (no fast math), so the results are the same bits; about 2x faster test_model.
+    os.environ.setdefault("XLA_FLAGS", "--xla_backend_optimization_level=0")
     if "TIKTOKEN_CACHE_DIR" not in os.environ and (ASSETS / "tiktoken").is_dir():
         cache = Path(tempfile.mkdtemp(prefix="nanogptx-tiktoken-"))
         tokenizer.seed_tiktoken_cache(ASSETS / "tiktoken", cache)

@@ -194,9 +194,11 @@ def test_two_processes_match_one_survive_a_kill_and_their_checkpoint_restores_on
     summaries = [json.loads((d / "model" / "provenance.json").read_text())["summary"]
                  for d in (two, moved)]  # fmt: skip
     assert [s["devices"] for s in summaries] == [2, 1]
-    # Only process 0 wrote the metrics: each record once.
+    # Only process 0 wrote the metrics: each record once (train, eval, and the diagnostics of
+    # step 0, logging.stats_interval being 100).
     lines = (two / "model" / "metrics.jsonl").read_text().splitlines()
-    assert len(lines) == len(set(lines)) == STEPS + STEPS // 10 + 1
+    assert len(lines) == len(set(lines)) == STEPS + STEPS // 10 + 1 + 1
+    assert sum('"kind": "stats"' in line for line in lines) == 1
 
 
 # ---------------------------------------------------------------- under SLURM (cluster up)

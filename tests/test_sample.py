@@ -95,7 +95,7 @@ def sharp_params(name: str) -> tuple[ModelConfig, model.Params]:
     return cfg, jax.tree.map(lambda a: a * 25.0 if a.ndim >= 2 else a, p)
 
 
-@pytest.mark.parametrize("name", every_variant())
+@pytest.mark.parametrize("name", [n for n in every_variant() if n != "gpt2"])  # gpt2: above
 def test_every_variant_generates_with_its_cache_as_by_recomputation(name: str) -> None:
     # Greedy decoding token for token, 40 tokens from a 3-token prompt: well past block_size 16.
     # Learned positions: the re-encoding schedule of the window; rope: the cache slides, which

@@ -235,7 +235,7 @@ def test_diagnostics_every_stats_interval(data_dir: Path, tmp_path: Path) -> Non
     svg = report.curves_svg({"run": report.read_metrics(tmp_path / "a" / "metrics.jsonl")}, "t")
     for label in ("largest attention logit", "mean log Z", "update RMS / parameter RMS"):
         assert label in svg
-    assert svg.count("<title>run layer 1</title>") == 2 and svg.count("<polyline") == 2 + 2 * N + 1
+    assert svg.count("<title>run layer 1</title>") == 2 and svg.count("<polyline") == 4 + 2 * N + 1
     # The same training as without diagnostics.
     train.train(tiny(*args), data_dir, tmp_path / "b", tmp_path / "kb")
     assert not records(tmp_path / "b", "stats")
