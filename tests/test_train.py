@@ -314,6 +314,19 @@ def test_mfu_peak_is_configured_else_known_else_measured_else_none() -> None:
     assert source.startswith("measured") and 1e8 < peak < 1e14, (peak, source)
 
 
+def test_mfu_is_never_above_one_a_step_faster_than_the_peak_says_so(
+    data_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    # A peak far too low (as one measured while the machine was busy): the first step beats
+    # it, the log says so, and MFU is against that step's rate from then on.
+    train.train(tiny("train.max_iters=6", "train.peak_flops=1e3"), data_dir, tmp_path / "m",
+                tmp_path / "k")  # fmt: skip
+    out = capsys.readouterr().out
+    assert "above the peak of 1e-09 (train.peak_flops): the peak was underestimated" in out
+    mfus = [r["mfu"] for r in records(tmp_path / "m", "train")]
+    assert len(mfus) == 6 and all(0 < m <= 1.0 for m in mfus) and mfus[0] == 1.0
+
+
 def test_rerun_resumes_keeps_the_wandb_run_and_refuses_other_settings(
     data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
 ) -> None:

@@ -562,7 +562,9 @@ def dump(cfg: Config) -> str:
 
 
 def describe(names: typing.Iterable[str] = SECTIONS) -> str:
-    """Every key of the named sections with its type, default and meaning (for --help)."""
+    """Every key of the named sections with its type, default, meaning and, where the values are
+    fixed, its choices (for --help); a note when the stage reads only some sections."""
+    names = list(names)
     lines = ["config keys (set in the TOML file or as section.key=value):"]
     for name in names:
         cls = SECTIONS[name]
@@ -572,6 +574,11 @@ def describe(names: typing.Iterable[str] = SECTIONS) -> str:
             tname = "list[str]" if typing.get_origin(tp) is tuple else tp.__name__
             lines.append(f"  {name}.{f.name} ({tname}, default {_toml_value(f.default)})")
             lines.append(f"      {f.metadata['help']}")
+            if f.metadata.get("choices"):
+                lines.append(f"      choices: {', '.join(map(str, f.metadata['choices']))}")
+    if set(names) != set(SECTIONS):
+        others = ", ".join(f"[{n}]" for n in SECTIONS if n not in names)
+        lines.append(f"(a run's file may hold {others} too: this stage does not read them)")
     return "\n".join(lines)
 
 
