@@ -162,3 +162,15 @@ def test_run_names_follow_one_pattern_and_shell_arguments_are_quoted(tmp_path: P
     paths = "paths={data: 'my data', results: 'my results', lock: config/download.lock.json}"
     out = snakemake(workdir, "-n", "--config", "runs=tiny", paths).stdout
     assert "--out 'my results/tiny/model'" in out and "--raw 'my data/raw/tinyshakespeare'" in out
+
+
+def test_a_sweep_report_name_stays_short_however_many_runs(tmp_path: Path) -> None:
+    workdir = make_workdir(tmp_path)
+    names = [f"sweep-point-with-a-long-name-{i:03d}" for i in range(40)]
+    for name in names:
+        shutil.copy(workdir / "config/tiny.toml", workdir / f"config/{name}.toml")
+    out = snakemake(workdir, "-n", "--config", f"runs=[{','.join(names)}]").stdout
+    (report,) = set(re.findall(r"results/report/(loss-\S+\.svg)", out))
+    assert re.fullmatch(r"loss-40-runs-[0-9a-f]{10}\.svg", report), report
+    out = snakemake(workdir, "-n", "--config", "runs=[tiny,shakespeare-char]").stdout
+    assert "results/report/loss-tiny+shakespeare-char.svg" in out  # short: the names

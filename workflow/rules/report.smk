@@ -1,6 +1,15 @@
 # Figures and pages for `snakemake --report report.html`.
 
 
+def sweep_name(runs):
+    """The sweep report's file name: the runs' names joined while short, else their count and
+    a hash of the list (a file name may hold 255 bytes; a long sweep passes that)."""
+    joined = "+".join(runs)
+    if len(joined) <= 80:
+        return joined
+    return f"{len(runs)}-runs-{hashlib.sha256(joined.encode()).hexdigest()[:10]}"
+
+
 # A plot and a page: not worth a cluster job.
 localrules:
     report_run,
@@ -50,7 +59,7 @@ rule report_sweep:
         metrics=expand(rules.train_run.output.metrics, run=RUNS),
     output:
         curves=report(
-            f"{RESULTS}/report/loss-{'+'.join(RUNS)}.svg",
+            f"{RESULTS}/report/loss-{sweep_name(RUNS)}.svg",
             caption="../report/sweep.rst",
             category="all runs",
             labels={"figure": "loss curves of all runs"},
