@@ -147,6 +147,15 @@ def test_an_extended_run_resumes_from_its_checkpoints_and_says_so(tiny: Path) ->
         "lr_decay_iters = 300", "lr_decay_iters = 200"))  # fmt: skip
     snakemake(tiny, "train", "--config", "runs=tiny-extended")
     run.write_text(text)  # 300 steps, the schedule stretched to match
+    status = subprocess.run(
+        [sys.executable, "-m", "nanogptx.status", "--runs", "tiny-extended,tiny"],
+        cwd=tiny, capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+    extended, done = status.split("\ntiny:")
+    assert "tiny-extended: download done, prepare done, train done" in extended
+    assert "training in progress or stopped: step 200 of 300" in extended
+    assert re.search(r"resumes from \S+/step_00000200", extended), status
+    assert "sample done" in done and "training finished: step 300 of 300" in done, status
     out = snakemake(tiny, "-n", "train", "--config", "runs=tiny-extended").stdout
     assert "'train.max_iters=200'" in out and "'train.max_iters=300'" in out
     snakemake(tiny, "train", "--config", "runs=tiny-extended")

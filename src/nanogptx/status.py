@@ -1,0 +1,92 @@
+"""Where every configured run stands: which stages are done, how far its training has come
+(from metrics.jsonl, also while it runs) and the checkpoint a rerun would resume from.
+
+    python -m nanogptx.status [--runs a,b]    # in the checkout; default: config/config.yaml's runs
+
+Reads files only: it starts nothing and changes nothing, and needs no Snakemake.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import yaml  # Snakemake's own dependency: config/config.yaml is YAML
+
+from nanogptx import checkpoint, config
+
+
+def last_record(metrics: Path, kind: str) -> dict[str, Any] | None:
+    """The newest record of `kind` in a metrics.jsonl, skipping a line still being written."""
+    try:
+        lines = metrics.read_text().splitlines()
+    except OSError:
+        return None
+    for line in reversed(lines):
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if record.get("kind") == kind:
+            return record
+    return None
+
+
+def run_status(run: str, data: Path, results: Path) -> list[str]:
+    """Lines describing one run."""
+    try:
+        cfg = config.load(Path("config") / f"{config.check_run_name(run)}.toml")
+    except config.ConfigError as e:
+        return [f"{run}: config error: {e}"]
+    model, t = results / run / "model", cfg.train
+    stages = {
+        "download": data / "raw" / cfg.data.dataset / "provenance.json",
+        "prepare": data / "prepared" / config.data_id(cfg) / "provenance.json",
+        "train": model / "provenance.json",
+        "sample": results / run / "samples" / "provenance.json",
+        "report": results / run / "report" / "loss.svg",
+    }
+    done = [f"{stage} {'done' if path.exists() else '-'}" for stage, path in stages.items()]
+    lines = [f"{run}: {', '.join(done)}"]
+    train = last_record(model / "metrics.jsonl", "train")
+    if train is not None:
+        step = train["step"] + 1
+        finished = stages["train"].exists() and step >= t.max_iters
+        text = (f"  training {'finished' if finished else 'in progress or stopped'}: step {step} "
+                f"of {t.max_iters}, loss {train['loss']:.4f}")  # fmt: skip
+        if train.get("ms_per_iter"):
+            text += f", {train['ms_per_iter']:.1f} ms/iter"
+        if (evaluation := last_record(model / "metrics.jsonl", "eval")) is not None:
+            text += f"; val loss {evaluation['val_loss']:.4f} at step {evaluation['step']}"
+        lines.append(text)
+    ckpt_dir = results / run / "checkpoints" / config.checkpoint_id(cfg)
+    found = checkpoint.list_checkpoints(ckpt_dir) if ckpt_dir.is_dir() else []
+    usable = [p for s, p in found if s <= t.max_iters]
+    lines.append(f"  resumes from {usable[-1]}" if usable else
+                 f"  no checkpoint in {ckpt_dir}: training would start at step 0")  # fmt: skip
+    return lines
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        prog="python -m nanogptx.status", description=__doc__.split("\n\n")[0]
+    )
+    parser.add_argument("--runs", help="comma-separated run names (default: config/config.yaml)")
+    args = parser.parse_args(argv)
+    try:
+        workflow = yaml.safe_load(Path("config/config.yaml").read_text())
+    except OSError as e:
+        parser.exit(1, f"{parser.prog}: error: run it in the checkout ({e})\n")
+    runs = args.runs.split(",") if args.runs else workflow["runs"]
+    runs = runs.split(",") if isinstance(runs, str) else runs
+    paths = workflow["paths"]
+    for run in runs:
+        print("\n".join(run_status(run.strip(), Path(paths["data"]), Path(paths["results"]))))
+    sys.stdout.flush()
+
+
+if __name__ == "__main__":
+    main()
