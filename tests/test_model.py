@@ -295,7 +295,9 @@ def test_attention_implementations_agree_in_value_and_gradient() -> None:
         np.testing.assert_allclose(a, b, atol=1e-5)
 
 
-@pytest.mark.parametrize("name", [*every_variant(), "gpt2-no-bias"])
+@pytest.mark.parametrize(
+    "name", [*every_variant(), pytest.param("gpt2-no-bias", marks=pytest.mark.slow)]
+)
 def test_fast_runtime_gives_the_reference_loss_and_every_gradient(name: str) -> None:
     # The same architecture under the two primitive sets (and both attention
     # implementations): the loss and the gradient of every parameter equal to float32 rounding.
@@ -317,7 +319,7 @@ def test_fast_runtime_gives_the_reference_loss_and_every_gradient(name: str) -> 
             assert np.abs(np.asarray(a)).max() > 0, jax.tree_util.keystr(path)  # on the path
 
 
-@pytest.mark.parametrize("name", ["gpt2", "rope-gqa-swiglu"])
+@pytest.mark.parametrize("name", ["gpt2", pytest.param("rope-gqa-swiglu", marks=pytest.mark.slow)])
 def test_forward_mode_and_second_order_autodiff_go_through_the_reference_set(name: str) -> None:
     cfg = variant(name)
     params = init(cfg, V, jax.random.key(0))
@@ -382,6 +384,7 @@ def test_z_loss_is_the_mean_squared_log_z_and_reported_apart() -> None:
     assert "z_loss" not in plain and float(plain_loss) == float(plain["ce"])
 
 
+@pytest.mark.slow
 def test_z_loss_pulls_log_z_to_zero() -> None:
     # Training on the cross-entropy alone leaves log Z where it drifts; z-loss holds it near 0.
     x = jnp.tile(jnp.arange(16) % 7, (4, 1))

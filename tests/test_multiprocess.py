@@ -257,6 +257,7 @@ def test_srun_two_tasks_match_one_process_and_a_killed_task_ends_the_step(
     assert losses(two / "model") == reference(2), "2 tasks differ from 2 devices"
 
 
+@pytest.mark.slow  # srun with two tasks is tested above; this adds the profile
 def test_tiny_run_trains_as_two_slurm_tasks_through_the_profile(
     tmp_path: Path,
     assets: Path,

@@ -466,12 +466,19 @@ def test_inconsistent_config_and_data_are_refused_before_any_work(
     assert e.value.code == 1 and f"shard {bad / 'val_000000.npy'}: sha256 is" in err
 
 
+@pytest.mark.parametrize(
+    "optimizer",
+    ["adamw", *(pytest.param(o, marks=pytest.mark.slow) for o in ("muon", "lion", "adafactor"))],
+)
 def test_sigkill_midway_then_resume_gives_exactly_the_uninterrupted_run(
-    data_dir: Path, tmp_path: Path, env: dict[str, str]
+    data_dir: Path, tmp_path: Path, env: dict[str, str], optimizer: str
 ) -> None:
+    lr = {"lion": "1e-3", "adafactor": "1e-1"}.get(optimizer, "1e-2")
+
     def run(name: str) -> subprocess.Popen:
         args = [
-            sys.executable, "-m", "nanogptx.train", *TINY, "train.max_iters=600",
+            sys.executable, "-m", "nanogptx.train", *TINY, f"train.optimizer={optimizer}",
+            f"train.learning_rate={lr}", "train.min_lr=1e-4", "train.max_iters=600",
             "train.checkpoint_interval=40", "train.eval_interval=100", "--data", str(data_dir),
             "--out", str(tmp_path / name / "model"), "--checkpoints", str(tmp_path / name / "ckpt"),
         ]  # fmt: skip

@@ -184,3 +184,12 @@ def srun_prefix(wildcards, resources, threads):
             " this job start its own tasks (profiles/slurm/profile.yaml shows both)"
         )
     return f"srun --ntasks={tasks} --cpus-per-task={threads} --kill-on-bad-exit=1 "
+
+
+def sweep_name(runs):
+    """The sweep report's file name: the runs' names joined while short, else their count and
+    a hash of the list (a file name may hold 255 bytes; a long sweep passes that)."""
+    joined = "+".join(runs)
+    if len(joined) <= 80:
+        return joined
+    return f"{len(runs)}-runs-{hashlib.sha256(joined.encode()).hexdigest()[:10]}"

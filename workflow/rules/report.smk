@@ -1,15 +1,6 @@
 # Figures and pages for `snakemake --report report.html`.
 
 
-def sweep_name(runs):
-    """The sweep report's file name: the runs' names joined while short, else their count and
-    a hash of the list (a file name may hold 255 bytes; a long sweep passes that)."""
-    joined = "+".join(runs)
-    if len(joined) <= 80:
-        return joined
-    return f"{len(runs)}-runs-{hashlib.sha256(joined.encode()).hexdigest()[:10]}"
-
-
 # A plot and a page: not worth a cluster job.
 localrules:
     report_run,
