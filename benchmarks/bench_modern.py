@@ -14,11 +14,11 @@ whole validation split at the end. Writes both curves (val loss against training
 from __future__ import annotations
 
 import argparse
-import json
 import tempfile
 from pathlib import Path
 
-from bench_train import ASSETS, ROOT, prepare_recipe, train_seconds, whole_split_loss
+import bench_train
+from bench_train import ASSETS, ROOT, prepare_recipe
 
 RECIPES = {
     "gpt2": ROOT / "config" / "shakespeare-char.toml",
@@ -27,19 +27,11 @@ RECIPES = {
 
 
 def run(name: str, data: Path, work: Path, overrides: list[str]) -> dict:
-    from nanogptx import checkpoint, config, loader, train
+    """One full training of a recipe through bench_train.run (which prints its evaluations)."""
+    from nanogptx import config
 
     cfg = config.load(RECIPES[name], ["train.checkpoint_interval=0", *overrides])
-    out = work / name
-    summary = train.train(cfg, data, out, work / f"{name}-checkpoints")
-    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    curve = [(t, v) for t, v in train_seconds(records) if v is not None]
-    params, model_cfg = checkpoint.load_model(out)[:2]
-    whole = whole_split_loss(params, model_cfg.model, loader.open_prepared(data))
-    steps = [r for r in records if r["kind"] == "train"]
-    ms = sorted(r["ms_per_iter"] for r in steps)[len(steps) // 2]
-    return {"curve": curve, "seconds": curve[-1][0], "whole": whole, "ms": ms,
-            "val": summary["val_loss"], "steps": summary["step"]}  # fmt: skip
+    return bench_train.run(cfg, data, work, True, name)
 
 
 def svg(results: dict[str, dict]) -> str:
@@ -76,7 +68,7 @@ def main() -> None:
             r = run(name, data, work, args.overrides if name == "modern" else [])
             print(
                 f"{name} #{i}: {r['steps']} steps, {r['seconds']:.1f} training seconds, "
-                f"median {r['ms']:.1f} ms/iter, val {r['val']:.4f}, whole val {r['whole']:.4f}"
+                f"median {r['ms']:.1f} ms/iter, val {r['estimate']:.4f}, whole val {r['whole']:.4f}"
             )
             if name not in best or r["seconds"] < best[name]["seconds"]:
                 best[name] = r

@@ -156,7 +156,9 @@ def run(cfg, data: Path, work: Path, full: bool, recipe: str) -> dict:
         + (f" ({'; '.join(compared)})" if compared else "")
         + f"; whole val split {whole:.4f}"
     )
-    return {"estimate": summary["val_loss"], "whole": whole, "seconds": seconds, "ms": ms}
+    curve = [(s, v) for s, v in train_seconds(records) if v is not None]
+    return {"estimate": summary["val_loss"], "whole": whole, "seconds": seconds, "ms": ms,
+            "curve": curve, "steps": summary["step"]}  # fmt: skip
 
 
 def main() -> None:

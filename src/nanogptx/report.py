@@ -163,12 +163,13 @@ def stats_panels(
         if not stats:
             continue
         log_z.append((f"{name} log Z", color, "val", [(r["step"], r["log_z"]) for r in stats]))
+        sizes = [(r["step"], per_layer(r)) for r in stats]
         for layer in range(len(stats[0]["attn_logit_max"])):
             label = f"{name} layer {layer}"
             logits.append((label, color, f"layer{layer}",
                            [(r["step"], r["attn_logit_max"][layer]) for r in stats]))  # fmt: skip
             updates.append((label, color, f"layer{layer}",
-                            [(r["step"], per_layer(r)[layer]) for r in stats]))  # fmt: skip
+                            [(step, by_layer[layer]) for step, by_layer in sizes]))  # fmt: skip
     if not log_z:
         return []
     return [

@@ -155,10 +155,9 @@ def _generate(
         return jax.lax.fori_loop(first + 1, first + length, decode, state)
 
     state = (tokens_BxU, cache, jnp.int32(P), logits_BxV)
-    if cfg.position == "rope":  # relative positions: the cache slides, nothing is re-encoded
-        state = jax.lax.fori_loop(0, S - 1, decode, state)
-        return choose(S - 1, state)[1][0][:, P : P + S]
-    A = min(S - 1, W - P)  # decodes before the window is full
+    # Decodes until the window is full; with rope (relative positions) the cache slides, so
+    # that is every token and nothing is re-encoded.
+    A = S - 1 if cfg.position == "rope" else min(S - 1, W - P)
     state = jax.lax.fori_loop(0, A, decode, state)
     full, tail = divmod(S - 1 - A, shift)
     state = jax.lax.fori_loop(0, full, lambda j, state: segment(A + j * shift, shift, state), state)

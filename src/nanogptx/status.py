@@ -19,20 +19,21 @@ import yaml  # Snakemake's own dependency: config/config.yaml is YAML
 from nanogptx import checkpoint, config
 
 
-def last_record(metrics: Path, kind: str) -> dict[str, Any] | None:
-    """The newest record of `kind` in a metrics.jsonl, skipping a line still being written."""
+def last_records(metrics: Path) -> dict[str, dict[str, Any]]:
+    """The newest record of each kind in a metrics.jsonl (none if it is missing), skipping a
+    line still being written."""
     try:
         lines = metrics.read_text().splitlines()
     except OSError:
-        return None
-    for line in reversed(lines):
+        return {}
+    newest = {}
+    for line in lines:
         try:
             record = json.loads(line)
         except ValueError:
             continue
-        if record.get("kind") == kind:
-            return record
-    return None
+        newest[record.get("kind")] = record
+    return newest
 
 
 def run_status(run: str, data: Path, results: Path) -> list[str]:
@@ -51,20 +52,19 @@ def run_status(run: str, data: Path, results: Path) -> list[str]:
     }
     done = [f"{stage} {'done' if path.exists() else '-'}" for stage, path in stages.items()]
     lines = [f"{run}: {', '.join(done)}"]
-    train = last_record(model / "metrics.jsonl", "train")
-    if train is not None:
+    newest = last_records(model / "metrics.jsonl")
+    if (train := newest.get("train")) is not None:
         step = train["step"] + 1
         finished = stages["train"].exists() and step >= t.max_iters
         text = (f"  training {'finished' if finished else 'in progress or stopped'}: step {step} "
                 f"of {t.max_iters}, loss {train['loss']:.4f}")  # fmt: skip
         if train.get("ms_per_iter"):
             text += f", {train['ms_per_iter']:.1f} ms/iter"
-        if (evaluation := last_record(model / "metrics.jsonl", "eval")) is not None:
+        if (evaluation := newest.get("eval")) is not None:
             text += f"; val loss {evaluation['val_loss']:.4f} at step {evaluation['step']}"
         lines.append(text)
     ckpt_dir = results / run / "checkpoints" / config.checkpoint_id(cfg)
-    found = checkpoint.list_checkpoints(ckpt_dir) if ckpt_dir.is_dir() else []
-    usable = [p for s, p in found if s <= t.max_iters]
+    usable = [p for s, p in checkpoint.list_checkpoints(ckpt_dir) if s <= t.max_iters]
     lines.append(f"  resumes from {usable[-1]}" if usable else
                  f"  no checkpoint in {ckpt_dir}: training would start at step 0")  # fmt: skip
     return lines

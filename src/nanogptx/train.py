@@ -154,7 +154,7 @@ def make_train_step(
     """(state, x_AxBxL, y_AxBxL, step, key) -> (state, stats): gradients averaged over the A
     micro-batches (lax.scan), then one optimizer update. stats: "loss" (the cross-entropy),
     "grad_norm", and "z_loss" where the model has it. With `diagnostics`, also "diag":
-    layer_stats of the parameters, gradients and update, the largest attention logit per
+    layer_rms of the parameters, gradients and update, the largest attention logit per
     layer and the mean log Z (the same step otherwise, with einsum attention)."""
     dtype = jnp.dtype(cfg.train.compute_dtype)
     rt = make_runtime(cfg)
@@ -687,8 +687,7 @@ def _train(cfg: Config, data: loader.Prepared, out_dir: Path, ckpt_dir: Path) ->
             jax.profiler.start_trace(str(profile_dir), create_perfetto_trace=True)
             profiling = True
         x, y = train_batch(step)
-        stats_interval = cfg.logging.stats_interval
-        if stats_interval and step % stats_interval == 0:
+        if diag_step is not None and step % cfg.logging.stats_interval == 0:
             state, stats = diag_step(state, x, y, np.int32(step), key_dropout)
             diagnosed.append((step, stats.pop("diag")))
         else:
