@@ -266,15 +266,20 @@ def save_model(
     tokenizer: dict[str, Any],
     step: int,
 ) -> list[Path]:
-    """params.safetensors (float32, flat "." keys), config.toml (vocab_size resolved) and
-    tokenizer.json into out_dir; returns the paths written."""
+    """params.safetensors (float32, flat "." keys), config.toml (vocab_size resolved; init_from
+    scratch, as the file describes the model itself: where its weights started is provenance)
+    and tokenizer.json into out_dir; returns the paths written."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     flat = {k: np.asarray(v, np.float32, order="C") for k, v in flatten(params).items()}
-    vocab = flat["wte"].shape[0]
-    if cfg.model.vocab_size not in (0, vocab):
-        raise CheckpointError(f"model.vocab_size = {cfg.model.vocab_size} but wte has {vocab} rows")
-    cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, vocab_size=vocab))
+    rows = flat["wte"].shape[0]
+    m = cfg.model if cfg.model.vocab_size else dataclasses.replace(cfg.model, vocab_size=rows)
+    if model.vocab_rows(m) != rows:
+        raise CheckpointError(
+            f"model.vocab_size = {m.vocab_size} (vocab_multiple {m.vocab_multiple}) but wte "
+            f"has {rows} rows"
+        )
+    cfg = dataclasses.replace(cfg, model=dataclasses.replace(m, init_from="scratch"))
     blob = safetensors_bytes(flat, {"format": MODEL_FORMAT, "step": str(step)})
     paths = [out / name for name in MODEL_FILES]
     provenance.write_bytes_atomic(paths[0], blob)
@@ -309,6 +314,7 @@ def load_model(model_dir: str | Path) -> tuple[Any, config.Config, dict[str, Any
     vocab = cfg.model.vocab_size
     if vocab <= 0:
         raise CheckpointError(f"{root / 'config.toml'}: model.vocab_size must be resolved (> 0)")
-    abstract = jax.eval_shape(lambda: model.init_params(cfg.model, vocab, jax.random.key(0)))
+    rows = model.vocab_rows(cfg.model)
+    abstract = jax.eval_shape(lambda: model.init_params(cfg.model, rows, jax.random.key(0)))
     params = unflatten_like(abstract, tensors, where=f"{path} (against {root / 'config.toml'})")
     return params, cfg, tokenizer

@@ -78,7 +78,20 @@ class ModelConfig:
     n_head: int = _f(12, "attention heads per block")
     n_embd: int = _f(768, "residual stream width")
     block_size: int = _f(1024, "context length in tokens")
-    vocab_size: int = _f(0, "vocabulary rows in the embedding (0: the tokenizer's size)")
+    vocab_size: int = _f(0, "vocabulary size: tokens the model predicts (0: the tokenizer's)")
+    vocab_multiple: int = _f(
+        0,
+        "round the embedding rows up to a multiple of this (64 or 128: a GPU speed knob); the "
+        "padded rows never get probability (their logits are masked) and export strips them",
+    )
+    init_from: str = _f(
+        "scratch",
+        "scratch (random init); gpt2, gpt2-medium, gpt2-large or gpt2-xl: OpenAI's weights, "
+        "downloaded as dataset hf-<name> by the download stage; or a directory in Hugging "
+        "Face's GPT-2 layout (config.json + model.safetensors). A pretrained init sets the "
+        "architecture keys; a conflicting one is an error (block_size may be smaller: the "
+        "position embeddings are cropped)",
+    )
     dropout: float = _f(0.0, "dropout rate in training (0 to 1)")
     bias: bool = _f(True, "biases in Linear and LayerNorm layers, as GPT-2")
     position: str = _f(
@@ -220,6 +233,20 @@ class SampleConfig:
 
 
 @dataclass(frozen=True)
+class EvalConfig:
+    tasks: tuple[str, ...] = _f(
+        ("val_loss",),
+        "what the eval stage measures: val_loss (mean loss over every non-overlapping "
+        "block_size window of the val split, and bits per byte) and hellaswag (its 10,042 "
+        "validation items scored completion-style, as llm.c; needs GPT-2 tokens and downloads "
+        "dataset hellaswag)",
+    )
+    batch_size: int = _f(8, "windows (val_loss) or items (hellaswag, 4 rows each) per batch")
+    max_windows: int = _f(0, "val_loss: score at most this many windows (0: the whole split)")
+    max_items: int = _f(0, "hellaswag: score the first this many items (0: all); quick looks")
+
+
+@dataclass(frozen=True)
 class LoggingConfig:
     log_interval: int = _f(10, "print and record metrics every this many steps")
     stats_interval: int = _f(
@@ -240,6 +267,7 @@ class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     sample: SampleConfig = field(default_factory=SampleConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
 
 
@@ -253,7 +281,9 @@ STAGE_SECTIONS: dict[str, tuple[str, ...]] = {
     "prepare": ("data", "tokenizer"),
     "train": ("model", "train", "logging"),
     "sample": ("sample",),
+    "eval": ("eval",),
 }
+EVAL_TASKS = ("val_loss", "hellaswag")
 # Data settings that do not change the prepared bytes, so not the prepared data's identity.
 NOT_DATA_IDENTITY = ("data.allow_unverified",)
 # Model settings of how it runs, not what it computes: a checkpoint resumes under any of them.
@@ -266,6 +296,109 @@ RESUME_KEYS = (
     "decay_lr", "weight_decay", "beta1", "beta2", "grad_clip", "batch_order", "compute_dtype",
     "optimizer", "muon_learning_rate", "muon_momentum", "weight_decay_mode",
 )  # fmt: skip
+
+
+# OpenAI's GPT-2 checkpoints (nanoGPT's table): layers, heads, width. Every one has 1024
+# positions, a vocabulary of 50257, biases, tanh GELU (HF GPT-2's "gelu_new") and a tied head.
+GPT2_CHECKPOINTS = {
+    "gpt2": (12, 12, 768),
+    "gpt2-medium": (24, 16, 1024),
+    "gpt2-large": (36, 20, 1280),
+    "gpt2-xl": (48, 25, 1600),
+}
+GPT2_ARCHITECTURE = {
+    "block_size": 1024, "vocab_size": 50257, "bias": True, "position": "learned",
+    "norm": "layernorm", "norm_gain": True, "qk_norm": False, "activation": "gelu_tanh",
+    "mlp_width": 0, "n_kv_head": 0, "tie_embeddings": True, "logit_softcap": 0.0,
+}  # fmt: skip
+# HF's activation_function names for the activations GPT-2 can have.
+HF_ACTIVATIONS = {"gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh", "gelu": "gelu"}
+
+
+def init_dataset(init_from: str) -> str | None:
+    """The registry dataset holding a named checkpoint's weights (None: scratch or a directory)."""
+    return f"hf-{init_from}" if init_from in GPT2_CHECKPOINTS else None
+
+
+def hf_architecture(path: Path) -> dict[str, Any]:
+    """The [model] keys of a Hugging Face GPT-2 config.json; anything GPT-2 in our model cannot
+    be (another architecture, another norm epsilon, scaled attention variants) raises."""
+    try:
+        c = json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"{path} does not exist: expected a Hugging Face GPT-2 config") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ConfigError(f"{path}: cannot read it as JSON: {e}") from None
+    if not isinstance(c, dict):
+        raise ConfigError(f"{path}: expected a JSON object")
+    archs = c.get("architectures") or ["GPT2LMHeadModel"]
+    known = ("GPT2LMHeadModel", "GPT2Model")
+    if c.get("model_type") != "gpt2" or not all(a in known for a in archs):
+        raise ConfigError(
+            f"{path}: architecture {c.get('model_type')!r} {archs}: expected model_type "
+            f"'gpt2' with architectures among {list(known)}"
+        )
+    out: dict[str, Any] = {}
+    for key, ours in (("n_layer",) * 2, ("n_head",) * 2, ("n_embd",) * 2,
+                      ("n_positions", "block_size"), ("vocab_size",) * 2):  # fmt: skip
+        value = c.get(key)
+        if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+            raise ConfigError(f"{path}: {key} = {value!r}: expected an integer > 0")
+        out[ours] = value
+    act = c.get("activation_function", "gelu_new")
+    if act not in HF_ACTIVATIONS:
+        raise ConfigError(
+            f"{path}: activation_function = {act!r}: expected one of {list(HF_ACTIVATIONS)}"
+        )
+    eps = c.get("layer_norm_epsilon", 1e-5)
+    if eps != 1e-5:
+        raise ConfigError(f"{path}: layer_norm_epsilon = {eps!r}: expected 1e-05 (ours)")
+    for key, want in (("scale_attn_weights", True), ("scale_attn_by_inverse_layer_idx", False),
+                      ("reorder_and_upcast_attn", False)):  # fmt: skip
+        if c.get(key, want) != want:
+            raise ConfigError(f"{path}: {key} = {c[key]!r}: only {want!r} is supported")
+    n_inner = c.get("n_inner") or 0
+    if not isinstance(n_inner, int) or n_inner < 0:
+        raise ConfigError(f"{path}: n_inner = {n_inner!r}: expected null or an integer > 0")
+    out["mlp_width"] = 0 if n_inner == 4 * out["n_embd"] else n_inner
+    out["activation"] = HF_ACTIVATIONS[act]
+    out["tie_embeddings"] = bool(c.get("tie_word_embeddings", True))
+    return {**GPT2_ARCHITECTURE, **out}
+
+
+def pretrained_architecture(init_from: str, source: str) -> dict[str, Any]:
+    """The [model] keys that model.init_from fixes: a named checkpoint's, or a directory's."""
+    if init_from in GPT2_CHECKPOINTS:
+        n_layer, n_head, n_embd = GPT2_CHECKPOINTS[init_from]
+        return {**GPT2_ARCHITECTURE, "n_layer": n_layer, "n_head": n_head, "n_embd": n_embd}
+    if not Path(init_from).is_dir():
+        raise ConfigError(
+            f"{source}: model.init_from = {init_from!r}: expected scratch, one of "
+            f"{list(GPT2_CHECKPOINTS)}{_suggest(init_from, GPT2_CHECKPOINTS)}, or a directory "
+            "in Hugging Face's GPT-2 layout (config.json + model.safetensors)"
+        )
+    return hf_architecture(Path(init_from) / "config.json")
+
+
+def _resolve_init(cfg: Config, explicit: dict[str, Any], source: str) -> Config:
+    """With a pretrained model.init_from, the architecture follows the checkpoint: keys the run
+    leaves unset take its values; a key set to another value raises, naming both (block_size
+    may be smaller, as nanoGPT's crop_block_size; vocab_size may be left 0)."""
+    m = cfg.model
+    if m.init_from == "scratch":
+        return cfg
+    arch = pretrained_architecture(m.init_from, source)
+    for key, theirs in arch.items():
+        if key not in explicit or explicit[key] == theirs:
+            continue
+        if key == "block_size" and 0 < explicit[key] <= theirs:
+            arch[key] = explicit[key]
+        elif not (key == "vocab_size" and explicit[key] == 0):
+            raise ConfigError(
+                f"{source}: model.{key} = {explicit[key]!r}, but model.init_from = "
+                f"{m.init_from!r} has {key} = {theirs!r}: remove the key or set it to that"
+            )
+    return dataclasses.replace(cfg, model=dataclasses.replace(m, **arch))
 
 
 def _check_type(value: Any, tp: Any, where: str) -> Any:
@@ -298,7 +431,7 @@ def _check_values(cfg: Config, source: str) -> None:
         if not ok:
             raise ConfigError(f"{source}: {key} = {value!r}: expected {expected}")
 
-    for section in (d, m, t, s, cfg.logging):
+    for section in (d, m, t, s, cfg.eval, cfg.logging):
         name = next(k for k, v in SECTIONS.items() if isinstance(section, v))
         for f in dataclasses.fields(section):
             value = getattr(section, f.name)
@@ -308,9 +441,10 @@ def _check_values(cfg: Config, source: str) -> None:
     from nanogptx import datasets  # light: the registry is plain data
 
     try:
-        datasets.get(d.dataset)
+        use = datasets.get(d.dataset).use
     except datasets.UnknownDataset as e:
         raise ConfigError(f"{source}: data.dataset: {e}") from None
+    need(use == "train", "data.dataset", d.dataset, f"a dataset of text, not {use} data")
     from_cleaning = {"normalize_newlines", "strip", "drop_short"}
     for c in d.cleaning:
         need(
@@ -333,6 +467,13 @@ def _check_values(cfg: Config, source: str) -> None:
     for key in ("n_layer", "n_head", "n_embd", "block_size"):
         need(getattr(m, key) > 0, f"model.{key}", getattr(m, key), "> 0")
     need(m.vocab_size >= 0, "model.vocab_size", m.vocab_size, ">= 0 (0: the tokenizer's)")
+    need(m.vocab_multiple >= 0, "model.vocab_multiple", m.vocab_multiple, ">= 0 (0: no padding)")
+    need(
+        m.init_from not in GPT2_CHECKPOINTS or cfg.tokenizer.name == "gpt2",
+        "tokenizer.name",
+        cfg.tokenizer.name,
+        f"gpt2 with model.init_from = {m.init_from!r} (its vocabulary is GPT-2's)",
+    )
     need(
         m.n_embd % m.n_head == 0,
         "model.n_embd",
@@ -365,8 +506,9 @@ def _check_values(cfg: Config, source: str) -> None:
         t.total_batch_tokens,
         f"0 or a multiple of train.batch_size * model.block_size = {micro}",
     )
-    for key in ("max_iters", "eval_iters", "eval_interval", "keep_checkpoints"):
+    for key in ("eval_iters", "eval_interval", "keep_checkpoints"):
         need(getattr(t, key) > 0, f"train.{key}", getattr(t, key), "> 0")
+    need(t.max_iters >= 0, "train.max_iters", t.max_iters, ">= 0 (0: no step, the initial model)")
     for key in ("warmup_iters", "lr_decay_iters", "checkpoint_interval", "profile_start"):
         need(getattr(t, key) >= 0, f"train.{key}", getattr(t, key), ">= 0")
     need(t.profile_steps > 0, "train.profile_steps", t.profile_steps, "> 0")
@@ -397,6 +539,13 @@ def _check_values(cfg: Config, source: str) -> None:
     need(s.top_k >= 0, "sample.top_k", s.top_k, ">= 0")
     need(0 < s.top_p <= 1, "sample.top_p", s.top_p, "in (0, 1]")
     need(s.window_shift >= 0, "sample.window_shift", s.window_shift, ">= 0 (0: block_size // 4)")
+    e = cfg.eval
+    for task in e.tasks:
+        need(task in EVAL_TASKS, "eval.tasks", task, f"one of {list(EVAL_TASKS)}")
+    need(len(set(e.tasks)) == len(e.tasks), "eval.tasks", list(e.tasks), "no task twice")
+    need(e.batch_size > 0, "eval.batch_size", e.batch_size, "> 0")
+    need(e.max_windows >= 0, "eval.max_windows", e.max_windows, ">= 0 (0: all)")
+    need(e.max_items >= 0, "eval.max_items", e.max_items, ">= 0 (0: all)")
     need(cfg.logging.log_interval > 0, "logging.log_interval", cfg.logging.log_interval, "> 0")
     need(cfg.logging.stats_interval >= 0, "logging.stats_interval", cfg.logging.stats_interval,
          ">= 0 (0: none)")  # fmt: skip
@@ -427,7 +576,7 @@ def from_dict(tree: dict[str, Any], source: str = "<dict>") -> Config:
                 )
             values[key] = _check_type(value, hints[key], f"{source}: {name}.{key}")
         sections[name] = cls(**values)
-    cfg = Config(**sections)
+    cfg = _resolve_init(Config(**sections), tree.get("model", {}), source)
     _check_values(cfg, source)
     return cfg
 

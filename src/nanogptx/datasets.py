@@ -1,7 +1,12 @@
 """The dataset registry: every file of every dataset with its URL, sha256 and size, and its reader.
 
 A sha256 of None means the file cannot be pinned here; the downloader then checks it against the
-sha256 the server announces for Git LFS files and records it in config/download.lock.json.
+sha256 the server announces for Git LFS files, or against a pinned git blob id (git_sha1), and
+records it in config/download.lock.json.
+
+Besides training text (use "train"), the registry holds pretrained weights (use "init": OpenAI's
+GPT-2 checkpoints for model.init_from) and evaluation data (use "eval": HellaSwag), downloaded and
+checked by the same download stage.
 """
 
 from __future__ import annotations
@@ -16,17 +21,23 @@ class RemoteFile:
     url: str
     sha256: str | None = None
     size: int | None = None
+    # A git blob id: sha1 over b"blob <size>\0" + the bytes, a content hash that a repository's
+    # tree publishes where no sha256 is published.
+    git_sha1: str | None = None
 
 
 @dataclass(frozen=True)
 class Dataset:
     name: str
     files: tuple[RemoteFile, ...]
-    reader: str  # text | parquet | jsonl | jsonl.zst | bin (see nanogptx.readers)
+    reader: str  # text | parquet | jsonl | jsonl.zst | bin (see nanogptx.readers) | none
     about: str
+    use: str = "train"  # train (data.dataset) | init (model.init_from) | eval (the eval stage)
 
 
 _HF = "https://huggingface.co/datasets"
+_GPT2_SIZES = {"gpt2": "124M", "gpt2-medium": "350M", "gpt2-large": "774M", "gpt2-xl": "1.5B"}
+HELLASWAG_COMMIT = "a29ff8e9a04bba4bd6588223785ce105328adc57"  # rowanz/hellaswag
 
 REGISTRY: dict[str, Dataset] = {
     d.name: d
@@ -66,6 +77,37 @@ REGISTRY: dict[str, Dataset] = {
             ),
             reader="bin",
             about="FineWeb 10B, pre-tokenized GPT-2 .bin shards (llm.c format), 100M tokens each",
+        ),
+        Dataset(
+            name="hellaswag",
+            files=(
+                RemoteFile(
+                    "hellaswag_val.jsonl",
+                    "https://raw.githubusercontent.com/rowanz/hellaswag/"
+                    f"{HELLASWAG_COMMIT}/data/hellaswag_val.jsonl",
+                    git_sha1="0f5ee25d72216f12317d5d8a7b92deafa423d81e",
+                ),
+            ),
+            reader="none",
+            about="HellaSwag validation (Zellers et al. 2019): 10,042 items of a context and 4 "
+            "endings, one right",
+            use="eval",
+        ),
+        *(
+            Dataset(
+                name=f"hf-{name}",
+                files=(
+                    RemoteFile(
+                        "model.safetensors",
+                        f"https://huggingface.co/openai-community/{name}/resolve/main/"
+                        "model.safetensors",
+                    ),
+                ),
+                reader="none",
+                about=f"OpenAI's GPT-2 {size} weights (Hugging Face openai-community/{name})",
+                use="init",
+            )
+            for name, size in _GPT2_SIZES.items()
         ),
     ]
 }

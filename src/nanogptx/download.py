@@ -10,6 +10,7 @@ Writes <out>/<file name> for every file and <out>/provenance.json saying which c
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import fcntl
 import hashlib
 import http.client
@@ -95,7 +96,7 @@ class Fetched:
     path: Path
     bytes: int
     sha256: str
-    check: str  # pinned | lock | announced | unverified
+    check: str  # pinned | lock | announced | git-blob | unverified
     source: str
     downloaded: bool  # False when a present file already had the right hash
 
@@ -433,8 +434,18 @@ def _rehash(part: Path) -> tuple[Any, int]:
 @dataclass
 class _Expect:
     sha256: str | None
-    check: str  # pinned | lock | announced | unverified ("" until the server has answered)
+    check: str  # pinned | lock | announced | git-blob | unverified ("": the server decides)
     size: int | None
+    git_sha1: str | None = None
+
+
+def git_blob_sha1(path: Path) -> str:
+    """The git blob id of a file: sha1 over b"blob <size>\0" + its bytes."""
+    h = hashlib.sha1(f"blob {path.stat().st_size}\0".encode())
+    with open(path, "rb") as f:
+        while chunk := f.read(CHUNK):
+            h.update(chunk)
+    return h.hexdigest()
 
 
 def _expect(job: _Job) -> _Expect:
@@ -444,6 +455,8 @@ def _expect(job: _Job) -> _Expect:
         return _Expect(f.sha256.lower(), "pinned", f.size)
     if job.lock_entry:
         return _Expect(job.lock_entry["sha256"], "lock", job.lock_entry["bytes"])
+    if f.git_sha1:
+        return _Expect(None, "git-blob", f.size, f.git_sha1.lower())
     return _Expect(None, "", f.size)
 
 
@@ -456,7 +469,7 @@ def _fetch(job: _Job, progress: Progress, cancel: threading.Event) -> Fetched:
 
     def done(sha: str, downloaded: bool) -> Fetched:
         nbytes = dest.stat().st_size
-        if want.check == "announced":
+        if want.check in ("announced", "git-blob"):
             record_lock(job.lock_path, job.dataset, f.name, sha, nbytes)
         how = f"done, {_mb(nbytes)}" if downloaded else "present, not downloaded again"
         progress.finish(f.name, nbytes, f"{what}: {how}, sha256 {sha} ({want.check})")
@@ -495,10 +508,11 @@ def _fetch(job: _Job, progress: Progress, cancel: threading.Event) -> Fetched:
                 raise _Cancelled from None
             continue
         if result is None:
-            return done(want.sha256 or "", False)
+            return done(want.sha256 or provenance.sha256_file(dest), False)
         actual, nbytes, resumed = result
         bad_size = want.size is not None and nbytes != want.size
-        if bad_size or (want.sha256 and actual != want.sha256):
+        bad_blob = want.git_sha1 is not None and git_blob_sha1(part) != want.git_sha1
+        if bad_size or bad_blob or (want.sha256 and actual != want.sha256):
             part.unlink()  # resuming from bytes that do not verify is pointless
             if resumed and not restarted:
                 restarted = True
@@ -506,6 +520,7 @@ def _fetch(job: _Job, progress: Progress, cancel: threading.Event) -> Fetched:
                 continue
             expected = [f"{want.size} bytes"] if want.size is not None else []
             expected += [f"sha256 {want.sha256}"] if want.sha256 else []
+            expected += [f"git blob id {want.git_sha1}"] if want.git_sha1 else []
             raise HashMismatch(
                 f"{what}: downloaded {nbytes} bytes with sha256 {actual}, expected "
                 f"{' with '.join(expected)} ({want.check}) from {job.source}; nothing was kept"
@@ -521,6 +536,8 @@ def _size(path: Path) -> int:
 def _matches(path: Path, want: _Expect) -> bool:
     if want.size is not None and path.stat().st_size != want.size:
         return False
+    if want.git_sha1:
+        return git_blob_sha1(path) == want.git_sha1
     return provenance.sha256_file(path) == want.sha256
 
 
@@ -537,7 +554,10 @@ def _attempt(
         return h.hexdigest(), offset, True  # a complete .part from an earlier run: verify it
     stream = _open(job.source, offset, job.policy, job.mirrored)
     try:
-        if not want.sha256:
+        if want.check == "git-blob":  # checked over the whole file, before it is kept
+            if dest.exists() and _matches(dest, want):
+                return None
+        elif not want.sha256:
             if stream.announced:
                 want.sha256, want.check = stream.announced, "announced"
             elif job.allow_unverified:
@@ -613,9 +633,13 @@ def download(
     lock: str | Path = DEFAULT_LOCK,
     threads: int = 4,
     policy: Policy = Policy(),
+    dataset: str | None = None,
 ) -> list[Fetched]:
-    """Fetch every file of cfg.data.dataset into out, verified, and write out/provenance.json."""
+    """Fetch every file of `dataset` (default cfg.data.dataset: the run's text; else also
+    weights or evaluation data) into out, verified, and write out/provenance.json."""
     data = cfg.data if isinstance(cfg, config.Config) else cfg
+    if dataset is not None:
+        data = dataclasses.replace(data, dataset=dataset)
     mirror = mirror or None  # config.yaml's `mirror: ""` means the registry URLs
     rec = provenance.Record.start("download", {"data": config.to_dict(data)})
     try:
@@ -711,6 +735,9 @@ def main(argv: list[str] | None = None) -> None:
         description="Download every file of data.dataset, hash-verified, into --out.",
     )
     config.add_arguments(parser, ["data"])
+    parser.add_argument(
+        "--dataset", help="registry dataset to fetch (default data.dataset): text, weights, eval"
+    )
     parser.add_argument("--out", type=Path, required=True, help="data/raw/<dataset>")
     parser.add_argument(
         "--mirror",
@@ -731,7 +758,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.threads < 1:
         parser.error(f"--threads {args.threads}: expected >= 1")
     try:
-        download(cfg, args.out, mirror=args.mirror, lock=args.lock, threads=args.threads)
+        download(cfg, args.out, args.mirror, args.lock, args.threads, dataset=args.dataset)
     except DownloadError as e:
         parser.exit(1, f"{parser.prog}: error: {e}\n")
 

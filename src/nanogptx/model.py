@@ -42,6 +42,13 @@ def kv_heads(cfg: ModelConfig) -> int:
     return cfg.n_kv_head or cfg.n_head
 
 
+def vocab_rows(cfg: ModelConfig) -> int:
+    """Embedding rows: model.vocab_size rounded up to model.vocab_multiple (padding rows, whose
+    logits head masks)."""
+    k = cfg.vocab_multiple or 1
+    return -(-cfg.vocab_size // k) * k
+
+
 def mlp_width(cfg: ModelConfig) -> int:
     """F: model.mlp_width, else 4 D, or for SwiGLU two thirds of that (its two input matrices
     then hold as many weights as GELU's one) rounded up to a multiple of 64."""
@@ -301,7 +308,8 @@ def block(
 
 def head(params: Params, x_BxLxD: jax.Array, cfg: ModelConfig, rt: Runtime) -> jax.Array:
     """Final norm and the output head (wte transposed when tied), in float32 so that logits
-    and loss keep precision; soft-capped when model.logit_softcap is set."""
+    and loss keep precision; soft-capped when model.logit_softcap is set. Rows past
+    model.vocab_size (model.vocab_multiple's padding) get logit -inf: never any probability."""
     x_BxLxD = norm(x_BxLxD, params, "lnf", cfg, rt).astype(jnp.float32)
     if cfg.tie_embeddings:
         logits = x_BxLxD @ params["wte"].T
@@ -309,6 +317,8 @@ def head(params: Params, x_BxLxD: jax.Array, cfg: ModelConfig, rt: Runtime) -> j
         logits = x_BxLxD @ params["head_w"]
     if cfg.logit_softcap:
         logits = cfg.logit_softcap * jnp.tanh(logits / cfg.logit_softcap)
+    if 0 < cfg.vocab_size < logits.shape[-1]:
+        logits = jnp.where(jnp.arange(logits.shape[-1]) < cfg.vocab_size, logits, -jnp.inf)
     return logits
 
 

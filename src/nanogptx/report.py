@@ -3,6 +3,7 @@
     python -m nanogptx.report curves --out loss.svg NAME=results/NAME/model/metrics.jsonl ...
     python -m nanogptx.report chain --out chain.html --run NAME --raw DIR --data DIR --model DIR
         --samples DIR
+    python -m nanogptx.report evals --out eval.html NAME=results/NAME/eval/metrics.json ...
 
 Plain SVG and HTML written here: no plotting library needed for a few lines.
 """
@@ -230,6 +231,40 @@ def chain_html(run: str, raw: Path, data: Path, model: Path, samples: Path) -> s
     )
 
 
+# The eval stage's figures shown, per task: (key, heading, format).
+EVAL_COLUMNS = {
+    "val_loss": [("loss", "val loss", ".4f"), ("bits_per_byte", "bits/byte", ".4f"),
+                 ("windows", "windows", ",d"), ("tokens", "tokens", ",d")],
+    "hellaswag": [("acc", "HellaSwag acc", ".4f"), ("acc_norm", "acc_norm", ".4f"),
+                  ("items", "items", ",d")],
+}  # fmt: skip
+
+
+def evals_html(runs: dict[str, dict[str, Any]], title: str) -> str:
+    """The eval metrics of each run as one table, runs side by side (rows), with each task's
+    method stated under it."""
+    cols = [(task, *c) for task, cs in EVAL_COLUMNS.items() for c in cs
+            if any(task in m for m in runs.values())]  # fmt: skip
+    head = "".join(f"<th>{html.escape(h)}</th>" for _, _, h, _ in cols)
+    rows = []
+    for name, metrics in runs.items():
+        cells = []
+        for task, key, _, fmt in cols:
+            value = metrics.get(task, {}).get(key)
+            cells.append(f"<td>{'' if value is None else format(value, fmt)}</td>")
+        rows.append(f"<tr><td>{html.escape(name)}</td>{''.join(cells)}</tr>")
+    methods = {t: m[t]["method"] for m in runs.values() for t in m if isinstance(m[t], dict)}
+    notes = "".join(
+        f"<p><b>{html.escape(t)}</b>: {html.escape(str(v))}</p>" for t, v in methods.items()
+    )
+    return (
+        "<!doctype html><html><head><meta charset='utf-8'><style>body{font-family:sans-serif}"
+        "td,th{padding:0 .6em;text-align:right}</style></head><body>"
+        f"<h1>{html.escape(title)}</h1><table><tr><th>run</th>{head}</tr>{''.join(rows)}"
+        f"</table>{notes}</body></html>\n"
+    )
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         prog="python -m nanogptx.report",
@@ -246,9 +281,19 @@ def main(argv: Sequence[str] | None = None) -> None:
     h.add_argument("--run", required=True)
     for name in ("raw", "data", "model", "samples"):
         h.add_argument(f"--{name}", type=Path, required=True)
+    e = sub.add_parser("evals", help="the eval metrics of one or more runs as an HTML table")
+    e.add_argument("--out", type=Path, required=True)
+    e.add_argument("--title", default="evaluation")
+    e.add_argument("metrics", nargs="+", metavar="NAME=METRICS_JSON")
     args = parser.parse_args(argv)
     try:
-        if args.what == "curves":
+        if args.what == "evals":
+            runs = {}
+            for item in args.metrics:
+                name, _, path = item.partition("=")
+                runs[name] = json.loads(Path(path).read_text())
+            text = evals_html(runs, args.title)
+        elif args.what == "curves":
             runs = {}
             for item in args.metrics:
                 name, _, path = item.partition("=")

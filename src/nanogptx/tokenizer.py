@@ -69,6 +69,10 @@ class CharTokenizer:
             )
         return ids
 
+    def token_bytes(self) -> np.ndarray:
+        """Bytes of UTF-8 text each token id (a character) stands for, for bits per byte."""
+        return np.array([len(c.encode("utf-8", "surrogatepass")) for c in self.chars], np.int64)
+
     def encode(self, text: str) -> list[int]:
         return self.ids(text).tolist()
 
@@ -148,6 +152,15 @@ class GPT2Tokenizer:
                 special_tokens=e._special_tokens,
             )
         return enc
+
+    def token_bytes(self) -> np.ndarray:
+        """Bytes of text each token id stands for (the end-of-text token: 0), for bits per byte."""
+        eot = self.eot_token
+        return np.array(
+            [0 if i == eot else len(self._enc.decode_single_token_bytes(i))
+             for i in range(self.vocab_size)],
+            np.int64,
+        )  # fmt: skip
 
     def encode(self, text: str) -> list[int]:
         """Ordinary tokens: "<|endoftext|>" in the text is plain text, not the special token."""

@@ -4,6 +4,8 @@
         --out results/<run>/model --checkpoints results/<run>/checkpoints
 
 Resumes from the latest checkpoint under --checkpoints; writes the final model into --out.
+With a pretrained model.init_from, a fresh start loads its weights (--init: the downloaded
+checkpoint's directory; a directory init_from is its own default): that is fine-tuning.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ import optax
 from jax.sharding import AxisType, Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from nanogptx import checkpoint, config, loader, model, optim, provenance, runtime
+from nanogptx import checkpoint, config, hf, loader, model, optim, provenance, runtime
 from nanogptx.config import Config, TrainConfig
 
 # Peak dense bfloat16 FLOP/s of one device, by device kind, for MFU when train.peak_flops = 0.
@@ -313,8 +315,15 @@ def _compile_steps(
 # ---------------------------------------------------------------- checks before any allocation
 
 
+def resolve_vocab(cfg: Config, data: loader.Prepared) -> Config:
+    """cfg with model.vocab_size resolved: the tokenizer's where the run leaves it 0."""
+    vocab = cfg.model.vocab_size or data.vocab_size
+    return dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, vocab_size=vocab))
+
+
 def check_setup(cfg: Config, data: loader.Prepared, n_devices: int) -> int:
-    """Config against data and devices; returns the vocabulary size (embedding rows)."""
+    """Config against data and devices; returns the embedding rows (model.vocab_size, or the
+    tokenizer's, rounded up to model.vocab_multiple)."""
     m, t = cfg.model, cfg.train
     V = m.vocab_size or data.vocab_size
     if V < data.vocab_size:
@@ -335,7 +344,26 @@ def check_setup(cfg: Config, data: loader.Prepared, n_devices: int) -> int:
         raise TrainError(
             f"train.batch_size = {t.batch_size} is not divisible by the {n_devices} devices"
         )
-    return V
+    return model.vocab_rows(dataclasses.replace(m, vocab_size=V))
+
+
+def init_weights(cfg: Config, init: Path | None) -> tuple[Path | None, model.Params | None]:
+    """The pretrained weights of model.init_from (numpy), from --init or the directory it
+    names; (None, None) for scratch. A missing or wrong checkpoint is a TrainError."""
+    m = cfg.model
+    if m.init_from == "scratch":
+        return None, None
+    if init is None and config.init_dataset(m.init_from):
+        raise TrainError(
+            f"model.init_from = {m.init_from!r}: pass --init, the directory the download stage "
+            f"fetched dataset {config.init_dataset(m.init_from)} into"
+        )
+    path = Path(init or m.init_from)
+    path = path / hf.WEIGHTS if path.is_dir() else path
+    try:
+        return path, hf.load_params(path, m)
+    except hf.HFError as e:
+        raise TrainError(f"model.init_from = {m.init_from!r}: {e}") from None
 
 
 def resume_mismatch(meta: dict[str, Any], cfg: Config, manifest_sha: str, V: int) -> list[str]:
@@ -482,7 +510,11 @@ def fmt_bytes(n: int) -> str:
 
 
 def train(
-    cfg: Config, data_dir: str | Path, out_dir: str | Path, ckpt_dir: str | Path
+    cfg: Config,
+    data_dir: str | Path,
+    out_dir: str | Path,
+    ckpt_dir: str | Path,
+    init: str | Path | None = None,
 ) -> dict[str, Any]:
     """Train (or resume) and write the final model into out_dir; returns a summary. Process 0
     holds both directories (a second training on them is refused at start) and first removes
@@ -491,6 +523,7 @@ def train(
     out_dir, ckpt_dir = Path(out_dir), Path(ckpt_dir)
     data = loader.open_prepared(data_dir)  # shard hashes checked here
     check_setup(cfg, data, jax.device_count())
+    cfg = resolve_vocab(cfg, data)
     make_runtime(cfg)  # an impossible one is refused here, before any directory is touched
     with contextlib.ExitStack() as held:
         if jax.process_index() == 0:
@@ -499,10 +532,12 @@ def train(
                 if removed:
                     names = ", ".join(p.name for p in removed)
                     log(f"removed what an interrupted run left in {path}: {names}")
-        return _train(cfg, data, out_dir, ckpt_dir)
+        return _train(cfg, data, out_dir, ckpt_dir, None if init is None else Path(init))
 
 
-def _train(cfg: Config, data: loader.Prepared, out_dir: Path, ckpt_dir: Path) -> dict[str, Any]:
+def _train(
+    cfg: Config, data: loader.Prepared, out_dir: Path, ckpt_dir: Path, init: Path | None
+) -> dict[str, Any]:
     runtime.keep_freed_memory()  # XLA's CPU buffers stay in the heap between steps
     record = provenance.Record.start("train", config.sections(cfg, config.STAGE_SECTIONS["train"]))
     m, t = cfg.model, cfg.train
@@ -532,17 +567,27 @@ def _train(cfg: Config, data: loader.Prepared, out_dir: Path, ckpt_dir: Path) ->
     log(f"runtime: {rt.describe()} (model.kernels = {m.kernels}, model.attention = "
         f"{m.attention}, on {jax.default_backend()})")  # fmt: skip
 
-    # Resume from the latest checkpoint, or start fresh.
+    # Resume from the latest checkpoint, or start fresh (from scratch or pretrained weights,
+    # whose sha256 is an input of the run either way).
     key_params, key_dropout = jax.random.split(jax.random.key(t.seed))
+    init_path, pretrained = init_weights(cfg, init)
+    init_sha = None if init_path is None else provenance.sha256_file(init_path)
     found = checkpoint.restore(ckpt_dir, t.resume, t.max_iters, log)
     path, meta = None, None
     if found is None:
         if ckpt_dir.parent.is_dir() and (note := why_afresh(ckpt_dir, cfg)):
             log(note)
-        state = jax.jit(
-            lambda k: {"params": (p := init_fn(k)), "opt": optimizer.init(p)},
-            out_shardings=state_sh,
-        )(key_params)
+        if init_path is None:
+            state = jax.jit(
+                lambda k: {"params": (p := init_fn(k)), "opt": optimizer.init(p)},
+                out_shardings=state_sh,
+            )(key_params)
+        else:
+            params = place(checkpoint.unflatten_like(params_abs, checkpoint.flatten(
+                pretrained), where=str(init_path)), state_sh["params"])  # fmt: skip
+            opt = jax.jit(optimizer.init, out_shardings=state_sh["opt"])(params)
+            state = {"params": params, "opt": opt}
+            log(f"initialised from {m.init_from} ({init_path}, sha256 {init_sha[:12]}...)")
         start, records = 0, []
     else:
         path, tensors, meta = found
@@ -648,8 +693,8 @@ def _train(cfg: Config, data: loader.Prepared, out_dir: Path, ckpt_dir: Path) ->
     saved = {start} if path is not None else set()
 
     def save_checkpoint(step: int) -> None:
-        if step in saved:
-            return  # the checkpoint this run resumed from, or the last periodic one
+        if step in saved or step == 0:
+            return  # the checkpoint this run resumed from, the last periodic one, or no step
         saved.add(step)
         host = to_host(state)
         if jax.process_index() != 0:
@@ -745,11 +790,12 @@ def _train(cfg: Config, data: loader.Prepared, out_dir: Path, ckpt_dir: Path) ->
     params = to_host(state["params"])
     if jax.process_index() == 0:
         tokenizer = data.manifest["tokenizer"]
-        cfg_out = dataclasses.replace(cfg, model=dataclasses.replace(m, vocab_size=V))
-        outputs = checkpoint.save_model(out_dir, params, cfg_out, tokenizer, t.max_iters)
+        outputs = checkpoint.save_model(out_dir, params, cfg, tokenizer, t.max_iters)
         provenance.write_bytes_atomic(out_dir / "metrics.jsonl", metrics.dump())
         outputs.append(out_dir / "metrics.jsonl")
         inputs = [provenance.file_entry(data.dir / "manifest.json", data.manifest_sha256)]
+        if init_path is not None:
+            inputs.append(provenance.file_entry(init_path, init_sha))
         inputs += [
             provenance.file_entry(data.dir / s["file"], s["sha256"])
             for s in data.manifest["shards"]
@@ -763,6 +809,7 @@ def _train(cfg: Config, data: loader.Prepared, out_dir: Path, ckpt_dir: Path) ->
                 "batch_schedule": schedule,
                 "checkpoints": str(ckpt_dir),
                 "runtime": rt.describe(),
+                "init_from": m.init_from,
                 "wandb_run_id": run_id if cfg.logging.wandb_mode != "disabled" else None,
                 "summary": summary,
             },
@@ -784,10 +831,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--checkpoints", type=Path, required=True, help="checkpoint directory (resumed from)"
     )
+    parser.add_argument(
+        "--init",
+        type=Path,
+        help="weights of a pretrained model.init_from: a directory with model.safetensors "
+        "(the download stage's data/raw/hf-<name>) or the file",
+    )
     args = parser.parse_intermixed_args(argv)
     cfg = config.from_args(args, parser)
     try:
-        train(cfg, args.data, args.out, args.checkpoints)
+        train(cfg, args.data, args.out, args.checkpoints, args.init)
     except (
         TrainError, loader.DataError, provenance.HashMismatch, provenance.OutputError,
         checkpoint.CheckpointError, OSError,

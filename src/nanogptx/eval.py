@@ -1,0 +1,331 @@
+"""Evaluate a trained model: loss and bits per byte on the whole validation split, HellaSwag.
+
+    python -m nanogptx.eval --config config/RUN.toml --model results/RUN/model \
+        --data data/prepared/<data_id> [--hellaswag data/raw/hellaswag] --out results/RUN/eval
+
+Writes <out>/metrics.json (each task's figures and how they were measured) and provenance.json.
+Tasks ([eval] tasks):
+- val_loss: every non-overlapping window of model.block_size + 1 tokens of the val split (not a
+  sample of random batches), mean next-token cross-entropy over all their targets, and bits per
+  byte (summed nats / ln 2 / the UTF-8 bytes the targets stand for).
+- hellaswag: each item's context followed by each of its 4 endings (" " + ending), scored
+  completion-style as llm.c and build-nanogpt do: the sum and the mean of the endings' token
+  log-probabilities after the context; acc picks the largest sum, acc_norm the largest mean.
+Batched and compiled: one program per padded length bucket, every item of it through one jit.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from nanogptx import checkpoint, config, loader, model, provenance, runtime, tokenizer
+from nanogptx.config import Config, EvalConfig, ModelConfig
+from nanogptx.sample import check_model_hash
+
+HELLASWAG_FILE = "hellaswag_val.jsonl"
+HELLASWAG_ITEMS = 10_042
+BUCKET = 32  # HellaSwag rows are padded up to a multiple of this (one compiled shape each)
+VAL_LOSS_METHOD = (
+    "mean next-token cross-entropy over every non-overlapping window of block_size + 1 tokens "
+    "of the val split (each window's block_size targets); bits per byte = summed nats / ln 2 / "
+    "UTF-8 bytes of the targets"
+)
+HELLASWAG_METHOD = (
+    "completion-style (llm.c, build-nanogpt): context tokens, then ' ' + ending; per ending the "
+    "sum and the mean of its tokens' log-probabilities; acc: argmax of the sum, acc_norm: "
+    "argmax of the mean (the length-normalised score)"
+)
+
+
+class EvalError(RuntimeError):
+    """An expected failure: a missing input, a malformed HellaSwag line, a task the model's
+    tokenizer cannot serve."""
+
+
+def log(msg: str) -> None:
+    print(msg, flush=True)
+
+
+class Progress:
+    """Items done, rate and ETA, as a line every few seconds (logs read it as it grows)."""
+
+    def __init__(self, what: str, total: int, every_s: float = 5.0) -> None:
+        self.what, self.total, self.every_s = what, total, every_s
+        self.t0 = self.last = time.perf_counter()
+
+    def update(self, done: int) -> None:
+        now = time.perf_counter()
+        if now - self.last < self.every_s and done < self.total:
+            return
+        self.last = now
+        rate = done / max(now - self.t0, 1e-9)
+        eta = (self.total - done) / rate if rate else float("inf")
+        log(f"{self.what}: {done}/{self.total} ({rate:,.1f}/s, ETA {eta:.0f} s)")
+
+    def rate(self, done: int) -> float:
+        return done / max(time.perf_counter() - self.t0, 1e-9)
+
+
+def make_scorer(m: ModelConfig, rt: runtime.Runtime) -> Any:
+    """jit of (params, ids_BxL, weights_BxL) -> (sum over positions of weight * nll, sum of
+    weights), per row: the nll of token t+1 after tokens ..t, weighted (0 = not scored)."""
+
+    def score(params: Any, ids_BxL: jax.Array, weights_BxL: jax.Array) -> tuple[jax.Array, ...]:
+        logits_BxLxV = model.forward(params, ids_BxL[:, :-1], m, rt=rt)
+        logp_BxLxV = jax.nn.log_softmax(logits_BxLxV, axis=-1)
+        nll_BxL = -jnp.take_along_axis(logp_BxLxV, ids_BxL[:, 1:, None], axis=-1)[..., 0]
+        w_BxL = weights_BxL[:, 1:]
+        return (nll_BxL * w_BxL).sum(axis=1), w_BxL.sum(axis=1)
+
+    return jax.jit(score)
+
+
+# ---------------------------------------------------------------- val loss
+
+
+def val_loss(
+    params: Any, m: ModelConfig, e: EvalConfig, data: loader.Prepared, tok: Any, scorer: Any
+) -> dict[str, Any]:
+    """Loss and bits per byte over every non-overlapping window of the val split."""
+    stream = data.split("val")
+    L = m.block_size
+    n = (stream.n_tokens - 1) // L
+    if n == 0:
+        raise EvalError(f"{data.dir}: the val split has {stream.n_tokens} tokens, fewer than "
+                        f"model.block_size + 1 = {L + 1}")  # fmt: skip
+    if e.max_windows:
+        n = min(n, e.max_windows)
+    nbytes = tok.token_bytes()
+    B = e.batch_size
+    total_nll, total_tokens, total_bytes = 0.0, 0, 0
+    progress = Progress("val_loss windows", n)
+    for lo in range(0, n, B):
+        k = min(B, n - lo)
+        ids = np.zeros((B, L + 1), np.int32)
+        weights = np.zeros((B, L + 1), np.float32)
+        for j in range(k):  # window w: tokens w L .. w L + L, its targets the last L
+            ids[j] = stream.read((lo + j) * L, L + 1)
+            weights[j, 1:] = 1.0
+        nll, count = scorer(params, jnp.asarray(ids), jnp.asarray(weights))
+        total_nll += float(np.asarray(nll, np.float64).sum())
+        total_tokens += int(np.asarray(count).sum())
+        total_bytes += int(nbytes[ids[:k, 1:]].sum())
+        progress.update(lo + k)
+    loss = total_nll / total_tokens
+    return {
+        "loss": loss,
+        "bits_per_byte": total_nll / math.log(2) / total_bytes if total_bytes else None,
+        "windows": n,
+        "tokens": total_tokens,
+        "bytes": total_bytes,
+        "whole_split": n == (stream.n_tokens - 1) // L,
+        "method": VAL_LOSS_METHOD,
+    }
+
+
+# ---------------------------------------------------------------- HellaSwag
+
+
+def read_hellaswag(path: Path, max_items: int = 0) -> list[dict[str, Any]]:
+    """The items of a HellaSwag jsonl file: {"ctx", "endings" (4 strings), "label" (0-3)}; a
+    line that is not JSON or lacks a key is an EvalError naming file, line and key."""
+    items = []
+    try:
+        f = open(path, encoding="utf-8")  # noqa: SIM115 (closed below)
+    except FileNotFoundError:
+        raise EvalError(f"{path} does not exist: download dataset hellaswag first") from None
+    with f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            where = f"{path}:{lineno}"
+            try:
+                item = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise EvalError(f"{where}: not a JSON object: {err}") from None
+            if not isinstance(item, dict):
+                raise EvalError(f"{where}: expected a JSON object, got {type(item).__name__}")
+            for key in ("ctx", "endings", "label"):
+                if key not in item:
+                    raise EvalError(f"{where}: key {key!r} is missing (a HellaSwag item has "
+                                    "ctx, endings and label)")  # fmt: skip
+            ends, label = item["endings"], item["label"]
+            if not (
+                isinstance(ends, list) and len(ends) == 4 and all(isinstance(s, str) for s in ends)
+            ):
+                raise EvalError(f"{where}: endings: expected a list of 4 strings, got {ends!r}")
+            if not isinstance(item["ctx"], str):
+                raise EvalError(f"{where}: ctx: expected a string, got {item['ctx']!r}")
+            if isinstance(label, bool) or not isinstance(label, int) or not 0 <= label < 4:
+                raise EvalError(f"{where}: label: expected 0, 1, 2 or 3, got {label!r}")
+            items.append({"ctx": item["ctx"], "endings": ends, "label": label})
+            if max_items and len(items) == max_items:
+                break
+    if not items:
+        raise EvalError(f"{path}: no items")
+    return items
+
+
+def render(item: dict[str, Any], tok: Any, L: int) -> tuple[list[list[int]], list[int]]:
+    """The 4 rows (context + ending tokens) of an item and where each ending starts; a row
+    longer than L + 1 drops context tokens from the left."""
+    ctx = tok.encode(item["ctx"])
+    rows, starts = [], []
+    for ending in item["endings"]:
+        end = tok.encode(" " + ending)
+        row = (ctx + end)[-(L + 1) :]
+        rows.append(row)
+        starts.append(len(row) - len(end))
+    return rows, starts
+
+
+def buckets(lengths: list[int], L: int) -> dict[int, list[int]]:
+    """Item indices grouped by their row length rounded up to BUCKET (at most L + 1)."""
+    out: dict[int, list[int]] = {}
+    for i, n in enumerate(lengths):
+        out.setdefault(min(-(-n // BUCKET) * BUCKET, L + 1), []).append(i)
+    return dict(sorted(out.items()))
+
+
+def hellaswag(
+    params: Any, m: ModelConfig, e: EvalConfig, path: Path, tok: Any, scorer: Any
+) -> dict[str, Any]:
+    items = read_hellaswag(path, e.max_items)
+    try:
+        rendered = [render(item, tok, m.block_size) for item in items]
+    except tokenizer.TokenizerError as err:
+        raise EvalError(f"hellaswag: the model's tokenizer ({tok.name}) cannot encode an "
+                        f"item: {err}; HellaSwag needs GPT-2 tokens") from None  # fmt: skip
+    lengths = [max(len(r) for r in rows) for rows, _ in rendered]
+    groups = buckets(lengths, m.block_size)
+    sums = np.zeros((len(items), 4))
+    means = np.zeros((len(items), 4))
+    progress = Progress("hellaswag items", len(items))
+    done = 0
+    for width, members in groups.items():
+        B = e.batch_size
+        for lo in range(0, len(members), B):
+            chunk = members[lo : lo + B]
+            ids = np.zeros((4 * B, width), np.int32)
+            weights = np.zeros((4 * B, width), np.float32)
+            for j, i in enumerate(chunk):
+                rows, starts = rendered[i]
+                for r, (row, start) in enumerate(zip(rows, starts, strict=True)):
+                    ids[4 * j + r, : len(row)] = row
+                    weights[4 * j + r, start : len(row)] = 1.0
+            nll, count = jax.device_get(scorer(params, jnp.asarray(ids), jnp.asarray(weights)))
+            k = len(chunk)
+            nll, count = nll[: 4 * k].reshape(k, 4), count[: 4 * k].reshape(k, 4)
+            sums[chunk] = -nll
+            means[chunk] = -nll / count
+            done += k
+            progress.update(done)
+    labels = np.array([item["label"] for item in items])
+    rate = progress.rate(done)
+    log(f"hellaswag: {len(items)} items at {rate:,.1f} items/s")
+    return {
+        "acc": float((sums.argmax(1) == labels).mean()),
+        "acc_norm": float((means.argmax(1) == labels).mean()),
+        "items": len(items),
+        "all_items": len(items) == HELLASWAG_ITEMS,
+        "items_per_second": rate,
+        "buckets": {str(w): len(v) for w, v in groups.items()},
+        "method": HELLASWAG_METHOD,
+    }
+
+
+# ---------------------------------------------------------------- the stage
+
+
+def evaluate(
+    cfg: Config,
+    model_dir: str | Path,
+    data_dir: str | Path | None,
+    out_dir: str | Path,
+    hellaswag_dir: str | Path | None = None,
+) -> dict[str, Any]:
+    """Run cfg.eval.tasks on the model in model_dir; write metrics.json and provenance.json."""
+    model_dir, out_dir = Path(model_dir), Path(out_dir)
+    e = cfg.eval
+    record = provenance.Record.start("eval", config.sections(cfg, config.STAGE_SECTIONS["eval"]))
+    need = {"val_loss": data_dir, "hellaswag": hellaswag_dir}
+    flags = {"val_loss": "--data", "hellaswag": "--hellaswag"}
+    for task in e.tasks:
+        if need[task] is None:
+            raise EvalError(f"eval.tasks has {task}: pass {flags[task]}")
+    params, mcfg, tok_dict = checkpoint.load_model(model_dir)
+    model_sha = check_model_hash(model_dir)
+    m = mcfg.model
+    tok = tokenizer.from_manifest(tok_dict)
+    rt = runtime.choose(m, jax.default_backend())
+    params = jax.tree.map(jnp.asarray, params)
+    scorer = make_scorer(m, rt)
+    inputs = [provenance.file_entry(model_dir / checkpoint.MODEL_FILES[0], model_sha)]
+    results: dict[str, Any] = {}
+    with provenance.exclusive(out_dir, "evaluation"):
+        for task in e.tasks:
+            t0 = time.perf_counter()
+            if task == "val_loss":
+                data = loader.open_prepared(data_dir)
+                if data.manifest["tokenizer"].get("vocab_sha256") != tok_dict.get("vocab_sha256"):
+                    raise EvalError(f"{data.dir}: tokenized with another vocabulary than the "
+                                    f"model's ({model_dir / 'tokenizer.json'})")  # fmt: skip
+                results[task] = val_loss(params, m, e, data, tok, scorer)
+                inputs += [provenance.file_entry(data.dir / "manifest.json",
+                                                 data.manifest_sha256)]  # fmt: skip
+                r = results[task]
+                log(f"val_loss: {r['loss']:.4f} over {r['windows']} windows ({r['tokens']:,} "
+                    f"tokens), {r['bits_per_byte']:.4f} bits per byte")  # fmt: skip
+            else:
+                path = Path(hellaswag_dir) / HELLASWAG_FILE
+                results[task] = hellaswag(params, m, e, path, tok, scorer)
+                inputs.append(provenance.file_entry(path))
+                r = results[task]
+                log(f"hellaswag: acc {r['acc']:.4f}, acc_norm {r['acc_norm']:.4f} over "
+                    f"{r['items']} items")  # fmt: skip
+            results[task]["seconds"] = round(time.perf_counter() - t0, 3)
+        metrics = {"model_sha256": model_sha, **results}
+        path = out_dir / "metrics.json"
+        provenance.write_json_atomic(path, metrics)
+        record.finish(
+            out_dir,
+            inputs=inputs,
+            outputs=[provenance.file_entry(path)],
+            extra={"model_config": config.to_dict(m), "runtime": rt.describe()},
+        )
+    return metrics
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        prog="python -m nanogptx.eval", description=__doc__.split("\n\n")[0]
+    )
+    config.add_arguments(parser, config.STAGE_SECTIONS["eval"])
+    parser.add_argument("--model", type=Path, required=True, help="trained model directory")
+    parser.add_argument("--data", type=Path, help="prepared data directory (val_loss)")
+    parser.add_argument("--hellaswag", type=Path, help="directory of hellaswag_val.jsonl")
+    parser.add_argument("--out", type=Path, required=True, help="directory for metrics.json")
+    args = parser.parse_intermixed_args(argv)
+    cfg = config.from_args(args, parser)
+    try:
+        evaluate(cfg, args.model, args.data, args.out, args.hellaswag)
+    except (
+        EvalError, checkpoint.CheckpointError, loader.DataError, tokenizer.TokenizerError,
+        provenance.HashMismatch, provenance.OutputError, OSError,
+    ) as err:  # fmt: skip
+        print(f"{parser.prog}: error: {err}", file=sys.stderr)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,165 @@
+"""The eval stage: the whole validation split's loss and bits per byte against a direct
+computation, HellaSwag scoring against an independent scorer on HF transformers and torch, and
+clear errors for malformed HellaSwag lines with nothing written."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from nanogptx import checkpoint, config, eval, loader, model, tokenizer
+from prepared import synthetic_text, write_prepared
+
+ENDINGS = [
+    "went to the market and bought bread.", "sat down.", "flew over the moon at night, singing.",
+    "opened the door", "closed it again and left the room quietly.", "ran.",
+]  # fmt: skip
+CONTEXTS = [
+    "A man is standing in a kitchen. He", "The cat looked at the window and then",
+    "After the rain stopped, the children", "She picked up the guitar and",
+    "In the morning the old king", "Two dogs are playing in a park; one of them",
+]  # fmt: skip
+
+
+def hellaswag_file(path: Path, n: int) -> Path:
+    rng = np.random.default_rng(0)
+    with open(path, "w") as f:
+        for i in range(n):
+            ends = [ENDINGS[j] for j in rng.choice(len(ENDINGS), 4, replace=False)]
+            ctx = CONTEXTS[i % len(CONTEXTS)] + " " * int(rng.integers(0, 2))
+            f.write(json.dumps({"ctx": ctx, "endings": ends, "label": int(rng.integers(4))}) + "\n")
+    return path
+
+
+@pytest.fixture(scope="module")
+def gpt2_model(tmp_path_factory: pytest.TempPathFactory, gpt2_offline: None) -> Path:
+    """A random HF GPT2LMHeadModel, and the same weights as a nanogptx model directory."""
+    torch = pytest.importorskip("torch", reason="the test extra brings torch (CPU)")
+    transformers = pytest.importorskip("transformers", reason="the test extra brings it")
+    root = tmp_path_factory.mktemp("eval")
+    torch.manual_seed(0)
+    hf_cfg = transformers.GPT2Config(n_layer=2, n_head=4, n_embd=64, n_positions=64)
+    m = transformers.GPT2LMHeadModel(hf_cfg).eval()
+    with torch.no_grad():
+        for p in m.parameters():
+            p.mul_(3.0) if p.ndim >= 2 else p.add_(torch.randn_like(p) * 0.1)
+    m.save_pretrained(root / "hf", safe_serialization=True)
+    from nanogptx import hf
+
+    cfg = config.load(None, [f"model.init_from={json.dumps(str(root / 'hf'))}"])
+    params = hf.load_params(root / "hf", cfg.model)
+    checkpoint.save_model(root / "model", params, cfg, tokenizer.gpt2().identity(), 0)
+    return root
+
+
+def hf_scores(hf_dir: Path, items: list[dict]) -> tuple[float, float]:
+    """An independent scorer: one item at a time through HF's torch model, the ending's
+    log-probabilities summed and averaged (llm.c's rule), with tiktoken's GPT-2 tokens."""
+    import tiktoken
+    import torch
+    import transformers
+
+    enc = tiktoken.get_encoding("gpt2")
+    m = transformers.GPT2LMHeadModel.from_pretrained(hf_dir).eval()
+    right = right_norm = 0
+    for item in items:
+        ctx = enc.encode_ordinary(item["ctx"])
+        sums, means = [], []
+        for ending in item["endings"]:
+            end = enc.encode_ordinary(" " + ending)
+            ids = torch.tensor([ctx + end])
+            with torch.no_grad():
+                logp = torch.log_softmax(m(ids).logits[0, :-1].double(), -1)
+            picked = logp[torch.arange(len(ctx) - 1, ids.shape[1] - 1), ids[0, len(ctx) :]]
+            sums.append(picked.sum().item())
+            means.append(picked.mean().item())
+        right += int(np.argmax(sums) == item["label"])
+        right_norm += int(np.argmax(means) == item["label"])
+    return right / len(items), right_norm / len(items)
+
+
+def test_hellaswag_scores_equal_an_independent_hf_scorer(gpt2_model: Path, tmp_path: Path) -> None:
+    path = hellaswag_file(tmp_path / eval.HELLASWAG_FILE, 30)
+    cfg = config.load(None, ['eval.tasks=["hellaswag"]', "eval.batch_size=4"])
+    out = eval.evaluate(cfg, gpt2_model / "model", None, tmp_path / "out", tmp_path)
+    r = out["hellaswag"]
+    items = eval.read_hellaswag(path)
+    acc, acc_norm = hf_scores(gpt2_model / "hf", items)
+    assert (r["acc"], r["acc_norm"], r["items"]) == (acc, acc_norm, 30)
+    assert r["acc"] != r["acc_norm"] or acc == acc_norm  # the two rules are both computed
+    assert "completion-style" in r["method"] and r["items_per_second"] > 0
+    written = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    assert written["hellaswag"]["acc_norm"] == acc_norm
+    prov = json.loads((tmp_path / "out" / "provenance.json").read_text())
+    assert [Path(e["path"]).name for e in prov["inputs"]] == ["params.safetensors", path.name]
+    # eval.max_items: the first items only.
+    cfg = config.load(None, ['eval.tasks=["hellaswag"]', "eval.max_items=7"])
+    assert (
+        eval.evaluate(cfg, gpt2_model / "model", None, tmp_path / "o2", tmp_path)["hellaswag"][
+            "items"
+        ]
+        == 7
+    )
+
+
+def test_val_loss_covers_every_window_of_the_split_and_gives_bits_per_byte(
+    tmp_path: Path,
+) -> None:
+    text = synthetic_text(5000)
+    data_dir = write_prepared(tmp_path / "data", text, 2000)
+    data = loader.open_prepared(data_dir)
+    m = config.load(None, ["model.n_layer=1", "model.n_head=2", "model.n_embd=16",
+                           "model.block_size=16", f"model.vocab_size={data.vocab_size}"],
+                    )  # fmt: skip
+    params = model.init_params(m.model, data.vocab_size, jax.random.key(3))
+    checkpoint.save_model(tmp_path / "model", params, m, data.manifest["tokenizer"], 0)
+    cfg = config.load(None, ["eval.batch_size=3"])  # windows do not fill the last batch
+    r = eval.evaluate(cfg, tmp_path / "model", data_dir, tmp_path / "out")["val_loss"]
+    val = data.split("val")
+    n = (val.n_tokens - 1) // 16
+    assert (r["windows"], r["tokens"], r["whole_split"]) == (n, 16 * n, True)
+    tokens = val.read(0, 16 * n + 1)
+    x = np.stack([tokens[i * 16 : i * 16 + 16] for i in range(n)])
+    y = np.stack([tokens[i * 16 + 1 : i * 16 + 17] for i in range(n)])
+    want = float(model.loss_fn(params, jnp.asarray(x), jnp.asarray(y), m.model))
+    assert r["loss"] == pytest.approx(want, rel=1e-5)
+    assert r["bits_per_byte"] == pytest.approx(want / math.log(2), rel=1e-5)  # ASCII: 1 byte
+    cfg = config.load(None, ["eval.max_windows=4"])
+    r = eval.evaluate(cfg, tmp_path / "model", data_dir, tmp_path / "out2")["val_loss"]
+    assert (r["windows"], r["whole_split"]) == (4, False)
+
+
+@pytest.mark.parametrize(
+    "line, error",
+    [
+        ("{not json", r":2: not a JSON object"),
+        ('{"ctx": "A man", "label": 0}', r":2: key 'endings' is missing"),
+        ('{"ctx": "A man", "endings": ["a", "b"], "label": 0}', r":2: endings: expected a list"),
+        ('{"ctx": "A man", "endings": ["a", "b", "c", "d"], "label": 7}', r":2: label: expected"),
+    ],
+)
+def test_a_bad_hellaswag_line_names_file_line_and_key_and_writes_nothing(
+    tmp_path: Path, line: str, error: str
+) -> None:
+    path = tmp_path / eval.HELLASWAG_FILE
+    good = {"ctx": "A man", "endings": ["a", "b", "c", "d"], "label": 1}
+    path.write_text(json.dumps(good) + "\n" + line + "\n")
+    with pytest.raises(eval.EvalError, match=f"{path.name}{error}"):
+        eval.read_hellaswag(path)
+    # Through the stage: the error comes before metrics.json exists.
+    data_dir = write_prepared(tmp_path / "data", synthetic_text(3000), 2000)
+    data = loader.open_prepared(data_dir)
+    m = config.load(None, ["model.n_layer=1", "model.n_head=1", "model.n_embd=8",
+                           "model.block_size=8"])  # fmt: skip
+    params = model.init_params(m.model, data.vocab_size, jax.random.key(0))
+    checkpoint.save_model(tmp_path / "model", params, m, data.manifest["tokenizer"], 0)
+    cfg = config.load(None, ['eval.tasks=["val_loss", "hellaswag"]'])
+    with pytest.raises(eval.EvalError):
+        eval.evaluate(cfg, tmp_path / "model", data_dir, tmp_path / "out", tmp_path)
+    assert not (tmp_path / "out" / "metrics.json").exists()
