@@ -1,6 +1,7 @@
 # nanogptx: download -> prepare -> train -> sample, for every run in config/config.yaml.
 #   snakemake --cores all                  the configured runs, end to end
-#   snakemake --cores all prepare          up to a stage: download, prepare, train or sample
+#   snakemake --cores all prepare          up to a stage: download, prepare, train, sample or eval
+#   snakemake --cores all export           the configured runs as Hugging Face GPT-2 directories
 #   snakemake --cores all --config runs=tiny
 
 
@@ -22,6 +23,7 @@ rule all:
     default_target: True
     input:
         samples=expand(rules.sample_run.output.samples, run=RUNS),
+        evals=expand(rules.eval_run.output.metrics, run=RUNS),
         reports=expand(rules.report_run.output, run=RUNS),
         sweep=rules.report_sweep.output if len(RUNS) > 1 else [],
 
@@ -29,6 +31,8 @@ rule all:
 rule download:
     input:
         raw=[raw_provenance(run) for run in RUNS],
+        init=[init_weights(run) for run in RUNS],
+        eval=[eval_inputs(run).get("hellaswag", []) for run in RUNS],
 
 
 rule prepare:
@@ -44,3 +48,13 @@ rule train:
 rule sample:
     input:
         samples=expand(rules.sample_run.output.samples, run=RUNS),
+
+
+rule eval:
+    input:
+        metrics=expand(rules.eval_run.output.metrics, run=RUNS),
+
+
+rule export:
+    input:
+        hf=expand(rules.export_run.output.weights, run=RUNS),

@@ -392,3 +392,27 @@ def test_unreadable_lock_file_is_a_clear_error(server, tmp_path, monkeypatch):
     with pytest.raises(download.DownloadError, match="lock.json: cannot read it as JSON"):
         run(server, tmp_path)
     assert server.hits == []
+
+
+def test_a_git_blob_id_pins_a_file_and_its_sha256_goes_into_the_lock(
+    server: FileServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # As HellaSwag's file: no published sha256, but the git blob id of its repository's tree.
+    data = b'{"ctx": "A man", "endings": ["a", "b", "c", "d"], "label": 0}\n' * 50
+    blob_id = hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
+    entry = datasets.RemoteFile("val.jsonl", "https://example.invalid/val.jsonl", git_sha1=blob_id)
+    ds = datasets.Dataset("toy", (entry,), "none", "test", use="eval")
+    monkeypatch.setitem(datasets.REGISTRY, "toy", ds)
+    server.add("/toy/val.jsonl", data)
+    (got,) = run(server, tmp_path)
+    assert got.check == "git-blob" and got.sha256 == sha(data)
+    lock = json.loads((tmp_path / "lock.json").read_text())
+    assert lock["toy"]["val.jsonl"] == {"sha256": sha(data), "bytes": len(data)}
+    (again,) = run(server, tmp_path)
+    assert again.check == "lock" and not again.downloaded
+    # Other bytes upstream: refused, nothing kept at the final path.
+    (tmp_path / "lock.json").unlink()
+    server.add("/toy/val.jsonl", data.replace(b"A man", b"A dog"))
+    with pytest.raises(download.HashMismatch, match=f"git blob id {blob_id}"):
+        run(server, tmp_path, out="raw2")
+    assert not (tmp_path / "raw2" / "val.jsonl").exists()

@@ -273,3 +273,55 @@ def test_the_architecture_follows_the_checkpoint_and_conflicts_name_both_values(
     with pytest.raises(config.ConfigError, match=r"block_size = 2048, but"):
         config.load(None, ['model.init_from="gpt2"', 'tokenizer.name="gpt2"',
                            "model.block_size=2048"])  # fmt: skip
+
+
+def test_workflow_fine_tunes_from_an_hf_directory_evaluates_and_exports(
+    tmp_path: Path, assets: Path
+) -> None:
+    from test_workflow import make_workdir, planned_jobs, snakemake
+
+    (tmp_path / "work").mkdir()
+    work = make_workdir(tmp_path / "work")
+    init = hf_model(work / "my-gpt2", 96, seed=2)  # a vocabulary for Shakespeare's 65 chars
+    (work / "config" / "ft.toml").write_text(
+        '[model]\ninit_from = "my-gpt2"\nblock_size = 32\n\n[train]\nbatch_size = 4\n'
+        "max_iters = 10\nlr_decay_iters = 10\nwarmup_iters = 2\nlearning_rate = 1e-3\n"
+        "min_lr = 1e-4\neval_interval = 5\neval_iters = 2\n\n[sample]\nnum_samples = 1\n"
+        "max_new_tokens = 20\n\n[eval]\nmax_windows = 20\n"
+    )
+    snakemake(work, "all", "export", "--config", "runs=ft", f"mirror={assets}")
+    results = work / "results/ft"
+    prov = json.loads((results / "model/provenance.json").read_text())
+    assert "my-gpt2/model.safetensors" in [e["path"] for e in prov["inputs"]]
+    ev = json.loads((results / "eval/metrics.json").read_text())["val_loss"]
+    assert ev["windows"] == 20 and np.isfinite(ev["loss"]) and ev["bits_per_byte"] > 0
+    assert "val loss" in (results / "report/eval.html").read_text()
+    # The export is the trained model, as transformers computes it.
+    params, mcfg, _ = checkpoint.load_model(results / "model")
+    ids = np.random.default_rng(4).integers(0, mcfg.model.vocab_size, (1, 32))
+    mine = np.asarray(model.forward(jax.tree.map(jnp.asarray, params), jnp.asarray(ids),
+                                    mcfg.model))  # fmt: skip
+    assert np.abs(hf_logits(results / "export/hf", ids) - mine).max() < 1e-4
+    # New weights in the directory: train (and what follows) reruns; nothing else changed.
+    assert planned_jobs(work, "all", "export", "--config", "runs=ft") == {}
+    hf_model(init, 96, seed=3)
+    assert set(planned_jobs(work, "all", "export", "--config", "runs=ft")) == {
+        "train_run", "sample_run", "eval_run", "export_run", "report_run", "all", "export",
+    }  # fmt: skip
+
+
+def test_the_shipped_pretrained_runs_download_the_weights_and_hellaswag() -> None:
+    from test_workflow import ROOT
+
+    plan = {}
+    for run in ("gpt2-sample", "finetune-shakespeare"):
+        cfg = config.load(ROOT / "config" / f"{run}.toml")
+        assert (cfg.model.init_from, cfg.model.n_layer, cfg.model.activation) == (
+            "gpt2", 12, "gelu_tanh",
+        )  # fmt: skip
+        plan[run] = cfg
+    assert plan["gpt2-sample"].train.max_iters == 0
+    assert "hellaswag" in plan["gpt2-sample"].eval.tasks
+    assert datasets.get("hf-gpt2").files[0].url == (
+        "https://huggingface.co/openai-community/gpt2/resolve/main/model.safetensors"
+    )

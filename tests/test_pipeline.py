@@ -44,6 +44,14 @@ def test_tiny_run_goes_through_all_four_stages(tiny: Path) -> None:
     assert any(e["sha256"] for e in prov["inputs"])
 
 
+def test_the_eval_stage_measures_the_whole_val_split(tiny: Path) -> None:
+    metrics = json.loads((tiny / "results/tiny/eval/metrics.json").read_text())["val_loss"]
+    assert metrics["whole_split"] and metrics["windows"] == (111_540 - 1) // 64
+    assert 0 < metrics["bits_per_byte"] < 8 and "non-overlapping" in metrics["method"]
+    page = (tiny / "results/tiny/report/eval.html").read_text()
+    assert f"{metrics['loss']:.4f}" in page
+
+
 def test_second_invocation_starts_no_job(tiny: Path) -> None:
     assert planned_jobs(tiny, "--config", "runs=tiny") == {}
 
@@ -52,14 +60,21 @@ def test_second_invocation_starts_no_job(tiny: Path) -> None:
     ("section_edit", "expected"),
     [
         (("num_samples = 2", "num_samples = 3"), {"sample_run", "report_run", "all"}),
-        (("n_embd = 64", "n_embd = 32"), {"train_run", "sample_run", "report_run", "all"}),
+        (
+            ("n_embd = 64", "n_embd = 32"),
+            {"train_run", "sample_run", "eval_run", "report_run", "all"},
+        ),  # fmt: skip
         (  # a model variant
             ("dropout = 0.0", 'dropout = 0.0\nposition = "rope"'),
-            {"train_run", "sample_run", "report_run", "all"},
+            {"train_run", "sample_run", "eval_run", "report_run", "all"},
         ),
         (
             ("learning_rate = 1e-2", "learning_rate = 5e-3"),
-            {"train_run", "sample_run", "report_run", "all"},
+            {"train_run", "sample_run", "eval_run", "report_run", "all"},
+        ),
+        (  # the eval section: evaluation only
+            ("log_interval = 25", "log_interval = 25\n\n[eval]\nmax_windows = 10"),
+            {"eval_run", "report_run", "all"},
         ),
     ],
 )
@@ -80,6 +95,7 @@ EVERY_STAGE = {
     "prepare_dataset",
     "train_run",
     "sample_run",
+    "eval_run",
     "report_run",
     "all",
 }
@@ -89,8 +105,11 @@ EVERY_STAGE = {
     ("module", "expected"),
     [
         ("sample.py", {"sample_run", "report_run", "all"}),
-        ("model.py", {"train_run", "sample_run", "report_run", "all"}),
-        ("tokenizer.py", {"prepare_dataset", "train_run", "sample_run", "report_run", "all"}),
+        ("model.py", {"train_run", "sample_run", "eval_run", "report_run", "all"}),
+        (
+            "tokenizer.py",
+            {"prepare_dataset", "train_run", "sample_run", "eval_run", "report_run", "all"},
+        ),  # fmt: skip
         ("report.py", {"report_run", "all"}),
         ("config.py", EVERY_STAGE),  # every stage parses its config with it
         ("datasets.py", EVERY_STAGE),  # config.py checks data.dataset against the registry

@@ -318,3 +318,20 @@ def load_model(model_dir: str | Path) -> tuple[Any, config.Config, dict[str, Any
     abstract = jax.eval_shape(lambda: model.init_params(cfg.model, rows, jax.random.key(0)))
     params = unflatten_like(abstract, tensors, where=f"{path} (against {root / 'config.toml'})")
     return params, cfg, tokenizer
+
+
+def check_model_hash(model_dir: Path) -> str:
+    """sha256 of params.safetensors, checked against the train stage's provenance when present."""
+    path = Path(model_dir) / MODEL_FILES[0]
+    sha = provenance.sha256_file(path)
+    try:
+        record = provenance.read(model_dir)
+    except FileNotFoundError:
+        return sha  # a model saved by a user's own code: nothing recorded to check against
+    for entry in record.get("outputs", []):
+        if Path(entry.get("path", "")).name == path.name and entry.get("sha256") != sha:
+            raise provenance.HashMismatch(
+                f"{path}: sha256 is {sha}, but {model_dir / provenance.FILENAME} records "
+                f"{entry.get('sha256')}: the model changed after training"
+            )
+    return sha

@@ -30,7 +30,6 @@ import numpy as np
 
 from nanogptx import checkpoint, config, loader, model, provenance, runtime, tokenizer
 from nanogptx.config import Config, EvalConfig, ModelConfig
-from nanogptx.sample import check_model_hash
 
 HELLASWAG_FILE = "hellaswag_val.jsonl"
 HELLASWAG_ITEMS = 10_042
@@ -77,15 +76,19 @@ class Progress:
 
 
 def make_scorer(m: ModelConfig, rt: runtime.Runtime) -> Any:
-    """jit of (params, ids_BxL, weights_BxL) -> (sum over positions of weight * nll, sum of
-    weights), per row: the nll of token t+1 after tokens ..t, weighted (0 = not scored)."""
+    """jit of (params, ids_BxL, at_BxE, weights_BxE) -> per row (sum of weight * nll, sum of
+    weights): the nll of token at + 1 after tokens ..at, for the E positions `at` of each row
+    (weight 0: not scored). The head (a V-wide matmul and softmax) runs at those positions only:
+    for HellaSwag the endings, a fraction of each row."""
 
-    def score(params: Any, ids_BxL: jax.Array, weights_BxL: jax.Array) -> tuple[jax.Array, ...]:
-        logits_BxLxV = model.forward(params, ids_BxL[:, :-1], m, rt=rt)
-        logp_BxLxV = jax.nn.log_softmax(logits_BxLxV, axis=-1)
-        nll_BxL = -jnp.take_along_axis(logp_BxLxV, ids_BxL[:, 1:, None], axis=-1)[..., 0]
-        w_BxL = weights_BxL[:, 1:]
-        return (nll_BxL * w_BxL).sum(axis=1), w_BxL.sum(axis=1)
+    def score(params: Any, ids_BxL: jax.Array, at_BxE: jax.Array, w_BxE: jax.Array) -> tuple:
+        x_BxLxD, _ = model.trunk(params, ids_BxL[:, :-1], m, rt=rt)  # the last: a target only
+        x_BxExD = jnp.take_along_axis(x_BxLxD, at_BxE[..., None], axis=1)
+        logits_BxExV = model.head(params, x_BxExD, m, rt)
+        target_BxE = jnp.take_along_axis(ids_BxL, at_BxE + 1, axis=1)
+        picked_BxE = jnp.take_along_axis(logits_BxExV, target_BxE[..., None], axis=-1)[..., 0]
+        nll_BxE = jax.nn.logsumexp(logits_BxExV, axis=-1) - picked_BxE
+        return (nll_BxE * w_BxE).sum(axis=1), w_BxE.sum(axis=1)
 
     return jax.jit(score)
 
@@ -108,15 +111,16 @@ def val_loss(
     nbytes = tok.token_bytes()
     B = e.batch_size
     total_nll, total_tokens, total_bytes = 0.0, 0, 0
+    at_BxL = np.broadcast_to(np.arange(L, dtype=np.int32), (B, L))  # every position is scored
     progress = Progress("val_loss windows", n)
     for lo in range(0, n, B):
         k = min(B, n - lo)
         ids = np.zeros((B, L + 1), np.int32)
-        weights = np.zeros((B, L + 1), np.float32)
+        weights = np.zeros((B, L), np.float32)
         for j in range(k):  # window w: tokens w L .. w L + L, its targets the last L
             ids[j] = stream.read((lo + j) * L, L + 1)
-            weights[j, 1:] = 1.0
-        nll, count = scorer(params, jnp.asarray(ids), jnp.asarray(weights))
+            weights[j] = 1.0
+        nll, count = scorer(params, jnp.asarray(ids), jnp.asarray(at_BxL), jnp.asarray(weights))
         total_nll += float(np.asarray(nll, np.float64).sum())
         total_tokens += int(np.asarray(count).sum())
         total_bytes += int(nbytes[ids[:k, 1:]].sum())
@@ -189,11 +193,13 @@ def render(item: dict[str, Any], tok: Any, L: int) -> tuple[list[list[int]], lis
     return rows, starts
 
 
-def buckets(lengths: list[int], L: int) -> dict[int, list[int]]:
-    """Item indices grouped by their row length rounded up to BUCKET (at most L + 1)."""
-    out: dict[int, list[int]] = {}
-    for i, n in enumerate(lengths):
-        out.setdefault(min(-(-n // BUCKET) * BUCKET, L + 1), []).append(i)
+def buckets(lengths: list[tuple[int, int]], L: int) -> dict[tuple[int, int], list[int]]:
+    """Item indices grouped by (row length, ending length), each rounded up to BUCKET (the row
+    at most L + 1): one compiled shape per group."""
+    out: dict[tuple[int, int], list[int]] = {}
+    for i, (n, e) in enumerate(lengths):
+        width = min(-(-n // BUCKET) * BUCKET, L + 1)
+        out.setdefault((width, min(-(-e // BUCKET) * BUCKET, width - 1)), []).append(i)
     return dict(sorted(out.items()))
 
 
@@ -206,24 +212,32 @@ def hellaswag(
     except tokenizer.TokenizerError as err:
         raise EvalError(f"hellaswag: the model's tokenizer ({tok.name}) cannot encode an "
                         f"item: {err}; HellaSwag needs GPT-2 tokens") from None  # fmt: skip
-    lengths = [max(len(r) for r in rows) for rows, _ in rendered]
+    lengths = [
+        (max(len(r) for r in rows), max(len(r) - s for r, s in zip(rows, starts, strict=True)))
+        for rows, starts in rendered
+    ]
     groups = buckets(lengths, m.block_size)
     sums = np.zeros((len(items), 4))
     means = np.zeros((len(items), 4))
     progress = Progress("hellaswag items", len(items))
     done = 0
-    for width, members in groups.items():
+    for (width, E), members in groups.items():
         B = e.batch_size
         for lo in range(0, len(members), B):
             chunk = members[lo : lo + B]
             ids = np.zeros((4 * B, width), np.int32)
-            weights = np.zeros((4 * B, width), np.float32)
+            at = np.zeros((4 * B, E), np.int32)  # the positions whose next token is the ending's
+            weights = np.zeros((4 * B, E), np.float32)
             for j, i in enumerate(chunk):
                 rows, starts = rendered[i]
                 for r, (row, start) in enumerate(zip(rows, starts, strict=True)):
                     ids[4 * j + r, : len(row)] = row
-                    weights[4 * j + r, start : len(row)] = 1.0
-            nll, count = jax.device_get(scorer(params, jnp.asarray(ids), jnp.asarray(weights)))
+                    n = len(row) - start
+                    at[4 * j + r, :n] = np.arange(start - 1, len(row) - 1)
+                    weights[4 * j + r, :n] = 1.0
+            nll, count = jax.device_get(
+                scorer(params, jnp.asarray(ids), jnp.asarray(at), jnp.asarray(weights))
+            )
             k = len(chunk)
             nll, count = nll[: 4 * k].reshape(k, 4), count[: 4 * k].reshape(k, 4)
             sums[chunk] = -nll
@@ -239,7 +253,7 @@ def hellaswag(
         "items": len(items),
         "all_items": len(items) == HELLASWAG_ITEMS,
         "items_per_second": rate,
-        "buckets": {str(w): len(v) for w, v in groups.items()},
+        "buckets": {f"{w}x{e}": len(v) for (w, e), v in groups.items()},
         "method": HELLASWAG_METHOD,
     }
 
@@ -264,7 +278,7 @@ def evaluate(
         if need[task] is None:
             raise EvalError(f"eval.tasks has {task}: pass {flags[task]}")
     params, mcfg, tok_dict = checkpoint.load_model(model_dir)
-    model_sha = check_model_hash(model_dir)
+    model_sha = checkpoint.check_model_hash(model_dir)
     m = mcfg.model
     tok = tokenizer.from_manifest(tok_dict)
     rt = runtime.choose(m, jax.default_backend())

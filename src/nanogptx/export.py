@@ -15,7 +15,6 @@ import sys
 from pathlib import Path
 
 from nanogptx import checkpoint, config, hf, provenance
-from nanogptx.sample import check_model_hash
 
 FORMATS = ("hf",)
 
@@ -27,7 +26,7 @@ def export(model_dir: str | Path, out_dir: str | Path, fmt: str = "hf") -> list[
     model_dir, out_dir = Path(model_dir), Path(out_dir)
     record = provenance.Record.start("export", {"format": fmt})
     params, cfg, _ = checkpoint.load_model(model_dir)
-    sha = check_model_hash(model_dir)
+    sha = checkpoint.check_model_hash(model_dir)
     if problems := hf.unsupported(cfg.model):
         raise hf.HFError(f"{model_dir}: Hugging Face's GPT-2 cannot express {'; '.join(problems)}")
     with provenance.exclusive(out_dir, "export"):

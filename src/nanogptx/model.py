@@ -325,7 +325,7 @@ def head(params: Params, x_BxLxD: jax.Array, cfg: ModelConfig, rt: Runtime) -> j
 # ---------------------------------------------------------------- the model
 
 
-def forward_with_stats(
+def trunk(
     params: Params,
     ids_BxL: jax.Array,
     cfg: ModelConfig,
@@ -335,10 +335,10 @@ def forward_with_stats(
     compute_dtype: Any = jnp.float32,
     stats: bool = False,
 ) -> tuple[jax.Array, jax.Array | None]:
-    """Logits (float32) for every position, and with `stats` the largest attention logit of
-    each layer (N, else None). Dropout only where a dropout_key is given. With rope, a sequence
-    longer than block_size attends block_size positions back (what sampling's sliding cache
-    computes)."""
+    """The residual stream after the last block (before the final norm), and with `stats` the
+    largest attention logit of each layer (N, else None). Dropout only where a dropout_key is
+    given. With rope, a sequence longer than block_size attends block_size positions back (what
+    sampling's sliding cache computes)."""
     keys = None if dropout_key is None else jax.random.split(dropout_key, cfg.n_layer + 1)
     x_BxLxD = embed(params, ids_BxL, 0)
     x_BxLxD = dropout(x_BxLxD, cfg.dropout, None if keys is None else keys[-1])
@@ -350,7 +350,25 @@ def forward_with_stats(
         return x_BxLxD, most
 
     layer_keys = None if keys is None else keys[:-1]
-    x_BxLxD, most_N = jax.lax.scan(step, x_BxLxD, (params["blocks"], layer_keys), unroll=rt.unroll)
+    return jax.lax.scan(step, x_BxLxD, (params["blocks"], layer_keys), unroll=rt.unroll)
+
+
+def forward_with_stats(
+    params: Params,
+    ids_BxL: jax.Array,
+    cfg: ModelConfig,
+    *,
+    rt: Runtime = DEFAULT,
+    dropout_key: jax.Array | None = None,
+    compute_dtype: Any = jnp.float32,
+    stats: bool = False,
+) -> tuple[jax.Array, jax.Array | None]:
+    """Logits (float32) for every position, and with `stats` the largest attention logit of
+    each layer (N, else None): the trunk, then the head."""
+    x_BxLxD, most_N = trunk(
+        params, ids_BxL, cfg, rt=rt, dropout_key=dropout_key, compute_dtype=compute_dtype,
+        stats=stats,
+    )  # fmt: skip
     return head(params, x_BxLxD, cfg, rt), most_N
 
 

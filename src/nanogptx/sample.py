@@ -20,6 +20,7 @@ cache layout and the decoding loop.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import functools
 import sys
 import time
@@ -212,23 +213,6 @@ def read_prompt(start: str) -> str:
         raise SampleError(f"sample.start = {start!r}: cannot read the prompt file: {e}") from None
 
 
-def check_model_hash(model_dir: Path) -> str:
-    """sha256 of params.safetensors, checked against the train stage's provenance when present."""
-    path = model_dir / checkpoint.MODEL_FILES[0]
-    sha = provenance.sha256_file(path)
-    try:
-        record = provenance.read(model_dir)
-    except FileNotFoundError:
-        return sha  # a model saved by a user's own code: nothing recorded to check against
-    for entry in record.get("outputs", []):
-        if Path(entry.get("path", "")).name == path.name and entry.get("sha256") != sha:
-            raise provenance.HashMismatch(
-                f"{path}: sha256 is {sha}, but {model_dir / provenance.FILENAME} records "
-                f"{entry.get('sha256')}: the model changed after training"
-            )
-    return sha
-
-
 def sample(cfg: Config, model_dir: Path, out_dir: Path) -> list[str]:
     """Load the model in model_dir, write samples.txt and provenance.json into out_dir (held for
     the while: a second sampling into it is refused; an interrupted one's leftovers go)."""
@@ -244,7 +228,7 @@ def _sample(cfg: Config, model_dir: Path, out_dir: Path) -> list[str]:
     )
     s = cfg.sample
     params, mcfg, tok_dict = checkpoint.load_model(model_dir)
-    model_sha = check_model_hash(model_dir)
+    model_sha = checkpoint.check_model_hash(model_dir)
     tok = tokenizer.from_manifest(tok_dict)
     text = read_prompt(s.start)
     try:
@@ -254,6 +238,10 @@ def _sample(cfg: Config, model_dir: Path, out_dir: Path) -> list[str]:
     if not prompt and tok.eot_token is not None:
         prompt = [tok.eot_token]  # GPT-2: an empty prompt starts a new document
     params = jax.tree.map(jnp.asarray, params)
+    if tok.vocab_size < mcfg.model.vocab_size:  # rows the tokenizer cannot decode: masked
+        mcfg = dataclasses.replace(
+            mcfg, model=dataclasses.replace(mcfg.model, vocab_size=tok.vocab_size)
+        )
     rt = runtime.choose(mcfg.model, jax.default_backend())
     print(f"sample: runtime {rt.describe()}", file=sys.stderr)
     t0 = time.perf_counter()

@@ -75,6 +75,45 @@ def prepared_dir(run):
     return f"{DATA}/prepared/{nconfig.data_id(CFG[run])}"
 
 
+def init_weights(run):
+    """Train's pretrained weights: a named checkpoint's download (its provenance, whose
+    sha256 record changes when the file does), or a directory's two files; none from scratch."""
+    init = CFG[run].model.init_from
+    if init == "scratch":
+        return []
+    if nconfig.init_dataset(init):
+        return [f"{DATA}/raw/{nconfig.init_dataset(init)}/provenance.json"]
+    return [f"{init}/config.json", f"{init}/model.safetensors"]
+
+
+def init_arg(wildcards, input):
+    """--init DIR for a pretrained model.init_from (the directory holding its weights)."""
+    if not input.init:
+        return ""
+    return "--init " + shlex.quote(str(Path(input.init[0]).parent))
+
+
+def eval_inputs(run):
+    """What the eval tasks of a run read beyond the model: the prepared data (val_loss), the
+    HellaSwag download (hellaswag)."""
+    tasks = CFG[run].eval.tasks
+    out = {}
+    if "val_loss" in tasks:
+        out["data"] = prepared_dir(run)
+    if "hellaswag" in tasks:
+        out["hellaswag"] = f"{DATA}/raw/hellaswag/provenance.json"
+    return out
+
+
+def eval_args(wildcards, input):
+    args = []
+    if "data" in input.keys():
+        args += ["--data", input.data]
+    if "hellaswag" in input.keys():
+        args += ["--hellaswag", str(Path(input.hellaswag).parent)]
+    return shlex.join(args)
+
+
 SRC = Path(workflow.basedir) / "src" / "nanogptx"
 # Rules run the stages of this checkout whichever Python environment runs them: the one
 # nanogptx is pip-installed in, or the conda environment of workflow/envs with --sdm conda.

@@ -1,4 +1,5 @@
-# The data stages: hash-verified download, then sharded tokenization.
+# The data stages: hash-verified download (of text, pretrained weights and evaluation data),
+# then sharded tokenization.
 
 
 rule download_dataset:
@@ -17,7 +18,7 @@ rule download_dataset:
         lock=LOCK,
         code=code_hash("download"),
     shell:
-        "python -m nanogptx.download data.dataset={wildcards.dataset:q} {params.allow}"
+        "python -m nanogptx.download --dataset {wildcards.dataset:q} {params.allow}"
         " --out {params.out:q} --lock {params.lock:q} --threads {threads}"
         " > {log:q} 2>&1"
 

@@ -1,9 +1,10 @@
-# Training and sampling, one job each per run.
+# Training, sampling, evaluation and export, one job each per run.
 
 
 rule train_run:
     input:
         data=lambda w: prepared_dir(w.run),
+        init=lambda w: init_weights(w.run),
     output:
         params=f"{RESULTS}/{{run}}/model/params.safetensors",
         config=report(
@@ -33,10 +34,11 @@ rule train_run:
         # resume from; named by what a resume must share, so an extended run resumes there.
         checkpoints=checkpoint_dir,
         launch=srun_prefix,
+        init=init_arg,
     shell:
         "{params.launch}python -m nanogptx.train --config {params.config:q}"
         " --data {input.data:q} --out {params.out:q} --checkpoints {params.checkpoints:q}"
-        " > {log:q} 2>&1"
+        " {params.init} > {log:q} 2>&1"
 
 
 rule sample_run:
@@ -71,3 +73,57 @@ rule sample_run:
     shell:
         "python -m nanogptx.sample --config {params.config:q} --model {params.model:q}"
         " --out {params.out:q} > {log:q} 2>&1"
+
+
+rule eval_run:
+    input:
+        unpack(lambda w: eval_inputs(w.run)),
+        params=rules.train_run.output.params,
+        config=rules.train_run.output.config,
+        tokenizer=rules.train_run.output.tokenizer,
+        provenance=rules.train_run.output.provenance,
+    output:
+        metrics=f"{RESULTS}/{{run}}/eval/metrics.json",
+        provenance=f"{RESULTS}/{{run}}/eval/provenance.json",
+    log:
+        f"{LOGS}/eval/{{run}}.log",
+    benchmark:
+        f"{BENCH}/eval/{{run}}.tsv"
+    conda:
+        "../envs/nanogptx.yaml"
+    threads: 2
+    resources:
+        gpu=0,
+    params:
+        **setting_params("eval"),
+        config=lambda w: run_config(w.run),
+        code=code_hash("eval"),
+        model=lambda w, input: Path(input.params).parent,
+        out=lambda w: f"{RESULTS}/{w.run}/eval",
+        inputs=eval_args,
+    shell:
+        "python -m nanogptx.eval --config {params.config:q} --model {params.model:q}"
+        " {params.inputs} --out {params.out:q} > {log:q} 2>&1"
+
+
+# A GPT-2 the Hugging Face transformers library loads (GPT2LMHeadModel.from_pretrained).
+rule export_run:
+    input:
+        params=rules.train_run.output.params,
+        config=rules.train_run.output.config,
+        provenance=rules.train_run.output.provenance,
+    output:
+        config=f"{RESULTS}/{{run}}/export/hf/config.json",
+        weights=f"{RESULTS}/{{run}}/export/hf/model.safetensors",
+        provenance=f"{RESULTS}/{{run}}/export/hf/provenance.json",
+    log:
+        f"{LOGS}/export/{{run}}.log",
+    conda:
+        "../envs/nanogptx.yaml"
+    params:
+        code=code_hash("export"),
+        model=lambda w, input: Path(input.params).parent,
+        out=lambda w, output: Path(output.config).parent,
+    shell:
+        "python -m nanogptx.export --model {params.model:q} --out {params.out:q} --format hf"
+        " > {log:q} 2>&1"

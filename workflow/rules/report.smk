@@ -12,6 +12,7 @@ rule report_run:
         metrics=rules.train_run.output.metrics,
         model=rules.train_run.output.provenance,
         samples=rules.sample_run.output.provenance,
+        evals=rules.eval_run.output.metrics,
         data=lambda w: prepared_dir(w.run),
         raw=lambda w: raw_provenance(w.run),
     output:
@@ -26,6 +27,12 @@ rule report_run:
             caption="../report/provenance.rst",
             category="{run}",
             labels={"run": "{run}", "figure": "provenance chain"},
+        ),
+        evals=report(
+            f"{RESULTS}/{{run}}/report/eval.html",
+            caption="../report/eval.rst",
+            category="{run}",
+            labels={"run": "{run}", "figure": "evaluation"},
         ),
     log:
         f"{LOGS}/report/{{run}}.log",
@@ -42,12 +49,15 @@ rule report_run:
         " {params.pair:q}"
         " && python -m nanogptx.report chain --out {output.chain:q} --run {wildcards.run:q}"
         " --raw {params.raw:q} --data {input.data:q} --model {params.model:q}"
-        " --samples {params.samples:q}) > {log:q} 2>&1"
+        " --samples {params.samples:q}"
+        " && python -m nanogptx.report evals --out {output.evals:q} --title {wildcards.run:q}"
+        " {wildcards.run:q}={input.evals:q}) > {log:q} 2>&1"
 
 
 rule report_sweep:
     input:
         metrics=expand(rules.train_run.output.metrics, run=RUNS),
+        evals=expand(rules.eval_run.output.metrics, run=RUNS),
     output:
         curves=report(
             f"{RESULTS}/report/loss-{sweep_name(RUNS)}.svg",
@@ -55,13 +65,22 @@ rule report_sweep:
             category="all runs",
             labels={"figure": "loss curves of all runs"},
         ),
+        evals=report(
+            f"{RESULTS}/report/eval-{sweep_name(RUNS)}.html",
+            caption="../report/eval.rst",
+            category="all runs",
+            labels={"figure": "evaluation of all runs"},
+        ),
     log:
         f"{LOGS}/report/sweep.log",
     conda:
         "../envs/nanogptx.yaml"
     params:
         pairs=shlex.join(f"{run}={RESULTS}/{run}/model/metrics.jsonl" for run in RUNS),
+        eval_pairs=shlex.join(f"{run}={RESULTS}/{run}/eval/metrics.json" for run in RUNS),
         code=code_hash("report"),
     shell:
-        "python -m nanogptx.report curves --out {output.curves:q} --title 'all runs'"
-        " {params.pairs} > {log:q} 2>&1"
+        "(python -m nanogptx.report curves --out {output.curves:q} --title 'all runs'"
+        " {params.pairs}"
+        " && python -m nanogptx.report evals --out {output.evals:q} --title 'all runs'"
+        " {params.eval_pairs}) > {log:q} 2>&1"
