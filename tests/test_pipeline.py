@@ -193,12 +193,12 @@ def test_an_extended_run_resumes_from_its_checkpoints_and_says_so(tiny: Path) ->
     run.unlink()
 
 
-def test_sample_declares_every_file_it_reads(tiny: Path) -> None:
+def test_sample_and_eval_declare_every_file_they_read(tiny: Path) -> None:
     tokenizer = tiny / "results/tiny/model/tokenizer.json"
     original = tokenizer.read_bytes()
     tokenizer.write_bytes(original + b"\n")  # other bytes, same meaning
     try:
-        expected = {"sample_run", "report_run", "all"}
+        expected = {"sample_run", "eval_run", "report_run", "all"}
         assert set(planned_jobs(tiny, "--config", "runs=tiny")) == expected
     finally:
         tokenizer.write_bytes(original)

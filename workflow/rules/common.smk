@@ -77,7 +77,8 @@ def prepared_dir(run):
 
 def init_weights(run):
     """Train's pretrained weights: a named checkpoint's download (its provenance, whose
-    sha256 record changes when the file does), or a directory's two files; none from scratch."""
+    sha256 record changes when the file does), or a directory's two files; none from scratch.
+    """
     init = CFG[run].model.init_from
     if init == "scratch":
         return []
@@ -90,7 +91,7 @@ def init_arg(wildcards, input):
     """--init DIR for a pretrained model.init_from (the directory holding its weights)."""
     if not input.init:
         return ""
-    return "--init " + shlex.quote(str(Path(input.init[0]).parent))
+    return f"--init {shlex.quote(str(Path(input.init[0]).parent))}"
 
 
 def eval_inputs(run):

@@ -77,7 +77,9 @@ rule report_sweep:
         "../envs/nanogptx.yaml"
     params:
         pairs=shlex.join(f"{run}={RESULTS}/{run}/model/metrics.jsonl" for run in RUNS),
-        eval_pairs=shlex.join(f"{run}={RESULTS}/{run}/eval/metrics.json" for run in RUNS),
+        eval_pairs=shlex.join(
+            f"{run}={RESULTS}/{run}/eval/metrics.json" for run in RUNS
+        ),
         code=code_hash("report"),
     shell:
         "(python -m nanogptx.report curves --out {output.curves:q} --title 'all runs'"
