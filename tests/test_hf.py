@@ -310,8 +310,12 @@ def test_workflow_fine_tunes_from_an_hf_directory_evaluates_and_exports(
     }  # fmt: skip
 
 
-def test_the_shipped_pretrained_runs_download_the_weights_and_hellaswag() -> None:
-    from test_workflow import ROOT
+def test_the_shipped_pretrained_runs_download_the_weights_and_hellaswag(tmp_path: Path) -> None:
+    from test_workflow import ROOT, make_workdir, snakemake
+
+    plan = snakemake(make_workdir(tmp_path), "-n", "--config", "runs=gpt2-sample").stdout
+    for dataset in ("hf-gpt2", "hellaswag", "tinyshakespeare"):
+        assert f"dataset={dataset}" in plan  # through the download stage, like any dataset
 
     plan = {}
     for run in ("gpt2-sample", "finetune-shakespeare"):

@@ -273,3 +273,51 @@ def test_snakefiles_are_formatted_with_snakefmt() -> None:
         timeout=120,
     )
     assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_a_dataset_is_a_data_file_adding_one_reruns_nothing_else_and_local_files_work(
+    tiny: Path,
+) -> None:
+    # A user's own corpus on disk, declared in config/datasets/ with no hash: accepted, its
+    # sha256 recorded. Adding it plans only the new run's jobs.
+    corpus = tiny / "corpus"
+    corpus.mkdir()
+    (corpus / "a.txt").write_text("To be, or not to be, that is the question.\n" * 300)
+    (corpus / "b.txt").write_text("Whether 'tis nobler in the mind to suffer.\n" * 300)
+    entry = tiny / "config/datasets/my-corpus.toml"
+    entry.write_text('about = "two plays"\nreader = "text"\nlocal_dir = "corpus"\n')
+    run = tiny / "config/mine.toml"
+    run.write_text((tiny / "config/tiny.toml").read_text().replace(
+        'dataset = "tinyshakespeare"', 'dataset = "my-corpus"'))  # fmt: skip
+    try:
+        assert planned_jobs(tiny, "--config", "runs=tiny") == {}
+        assert planned_jobs(tiny, "prepare", "--config", "runs=tiny,mine") == {
+            "download_dataset": 1, "prepare_dataset": 1, "prepare": 1,
+        }  # fmt: skip
+        snakemake(tiny, "prepare", "--config", "runs=mine")
+        prov = json.loads((tiny / "data/raw/my-corpus/provenance.json").read_text())
+        assert [(Path(e["path"]).name, e["check"]) for e in prov["outputs"]] == [
+            ("a.txt", "local"), ("b.txt", "local"),
+        ]  # fmt: skip
+        # Editing one dataset's entry reruns that dataset's stages only.
+        edit(entry, '"two plays"', '"two plays, one file each"')
+        assert planned_jobs(tiny, "prepare", "--config", "runs=tiny,mine") == {
+            "download_dataset": 1, "prepare_dataset": 1, "prepare": 1,
+        }  # fmt: skip
+        assert planned_jobs(tiny, "--config", "runs=tiny") == {}
+    finally:
+        entry.unlink()
+        run.unlink()
+        shutil.rmtree(corpus)
+        shutil.rmtree(tiny / "data/raw/my-corpus", ignore_errors=True)
+
+
+def test_a_malformed_dataset_file_is_refused_naming_file_and_key(tiny: Path) -> None:
+    entry = tiny / "config/datasets/broken.toml"
+    entry.write_text('reader = "txt"\n[[files]]\nurl = "https://example.org/a.txt"\n')
+    try:
+        r = snakemake(tiny, "-n", "--config", "runs=tiny", check=False)
+        assert r.returncode != 0
+        assert "config/datasets/broken.toml: reader = 'txt': expected one of" in r.stdout + r.stderr
+    finally:
+        entry.unlink()

@@ -260,3 +260,11 @@ def test_bin_shorter_than_header(tmp_path: Path) -> None:
     p.write_bytes(b"\0" * 100)
     with pytest.raises(ReadError, match=r"x.bin: 100 bytes, shorter than the 1024-byte header"):
         readers.bin_tokens(p)
+
+
+def test_the_jsonl_field_is_a_reader_option(tmp_path: Path) -> None:
+    path = tmp_path / "a.jsonl"
+    path.write_text('{"content": "one"}\n{"content": "two"}\n')
+    assert [t for b in readers.read_jsonl(path, field="content") for t in b.texts] == ["one", "two"]
+    with pytest.raises(readers.ReadError, match="line 1: expected a JSON object with a 'text'"):
+        list(readers.read_jsonl(path))

@@ -442,7 +442,7 @@ def _check_values(cfg: Config, source: str) -> None:
 
     try:
         use = datasets.get(d.dataset).use
-    except datasets.UnknownDataset as e:
+    except (datasets.UnknownDataset, datasets.RegistryError) as e:
         raise ConfigError(f"{source}: data.dataset: {e}") from None
     need(use == "train", "data.dataset", d.dataset, f"a dataset of text, not {use} data")
     from_cleaning = {"normalize_newlines", "strip", "drop_short"}

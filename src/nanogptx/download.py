@@ -96,7 +96,7 @@ class Fetched:
     path: Path
     bytes: int
     sha256: str
-    check: str  # pinned | lock | announced | git-blob | unverified
+    check: str  # pinned | lock | announced | git-blob | local | unverified
     source: str
     downloaded: bool  # False when a present file already had the right hash
 
@@ -106,7 +106,10 @@ class Fetched:
 
 
 def source_for(dataset: str, f: datasets.RemoteFile, mirror: str | None) -> str:
-    """The URL (or local path) to fetch f from: the registry URL, or <mirror>/<dataset>/<name>."""
+    """The URL (or local path) to fetch f from: the registry URL, or <mirror>/<dataset>/<name>;
+    a file on disk (file:PATH) always from there."""
+    if f.local:
+        return f.url
     if mirror is None:
         if urllib.parse.urlsplit(f.url).scheme != "https":
             raise DownloadError(
@@ -434,7 +437,7 @@ def _rehash(part: Path) -> tuple[Any, int]:
 @dataclass
 class _Expect:
     sha256: str | None
-    check: str  # pinned | lock | announced | git-blob | unverified ("": the server decides)
+    check: str  # pinned | lock | announced | git-blob | local | unverified ("": the server's)
     size: int | None
     git_sha1: str | None = None
 
@@ -457,6 +460,8 @@ def _expect(job: _Job) -> _Expect:
         return _Expect(job.lock_entry["sha256"], "lock", job.lock_entry["bytes"])
     if f.git_sha1:
         return _Expect(None, "git-blob", f.size, f.git_sha1.lower())
+    if f.local:  # the user's own file: its sha256 is recorded in the provenance
+        return _Expect(None, "local", f.size)
     return _Expect(None, "", f.size)
 
 
@@ -557,6 +562,8 @@ def _attempt(
         if want.check == "git-blob":  # checked over the whole file, before it is kept
             if dest.exists() and _matches(dest, want):
                 return None
+        elif want.check == "local":
+            pass
         elif not want.sha256:
             if stream.announced:
                 want.sha256, want.check = stream.announced, "announced"
@@ -644,7 +651,7 @@ def download(
     rec = provenance.Record.start("download", {"data": config.to_dict(data)})
     try:
         ds = datasets.get(data.dataset)
-    except datasets.UnknownDataset as e:
+    except (datasets.UnknownDataset, datasets.RegistryError) as e:
         raise DownloadError(str(e)) from None
     out, lock = Path(out), Path(lock)
     try:

@@ -128,12 +128,17 @@ def verify_raw(raw: Path, files: list[Path], threads: int = 1) -> list[dict[str,
 
 
 def documents(
-    files: list[Path], reader: str, dc: DataConfig, piece_chars: int = readers.PIECE_CHARS
+    files: list[Path],
+    reader: str,
+    dc: DataConfig,
+    piece_chars: int = readers.PIECE_CHARS,
+    options: tuple[tuple[str, str], ...] = (),
 ) -> Iterator[tuple[Path, Batch]]:
-    """Cleaned batches of documents in file order; data.max_docs documents at most; no empties."""
-    read = readers.TEXT_READERS[reader]
+    """Cleaned batches of documents in file order; data.max_docs documents at most; no empties.
+    options: the reader's, from the registry (a parquet column, a jsonl field)."""
+    read = functools.partial(readers.TEXT_READERS[reader], **dict(options))
     if reader == "text":
-        read = functools.partial(readers.read_text, piece_chars=piece_chars)
+        read = functools.partial(readers.read_text, piece_chars=piece_chars, **dict(options))
     cleaning = [CLEANING[name] for name in dc.cleaning]
     left = dc.max_docs or -1
     for path in files:
@@ -499,7 +504,7 @@ def _prepare(
     inputs = verify_raw(raw, files, threads)
 
     def docs() -> Iterator[tuple[Path, Batch]]:
-        return documents(files, ds.reader, dc, piece_chars)
+        return documents(files, ds.reader, dc, piece_chars, ds.options)
 
     tok: Tokenizer
     if ds.reader == "bin":

@@ -174,8 +174,10 @@ def _decode_rows(col: pa.Array, errors: str, path: Path, row: int) -> list[str |
     return out
 
 
-def _lines(chunks: Iterator[bytes], path: Path, errors: str, where: str) -> Iterator[Batch]:
-    """jsonl from byte blocks: each non-blank line is a JSON object with a `text` string (a
+def _lines(
+    chunks: Iterator[bytes], path: Path, errors: str, where: str, field: str = "text"
+) -> Iterator[Batch]:
+    """jsonl from byte blocks: each non-blank line is a JSON object with a `field` string (a
     leading byte-order mark dropped). A lone surrogate escape ("\\ud800", valid JSON but no
     character) is an error naming the line, or U+FFFD under data.decode_errors = replace."""
     carry, offset, line_no = b"", 0, 0
@@ -191,32 +193,32 @@ def _lines(chunks: Iterator[bytes], path: Path, errors: str, where: str) -> Iter
         lines = decoded.split("\n")
         carry, offset = data[end:], offset + end
         try:
-            texts = [json.loads(line)["text"] for line in lines if line and not line.isspace()]
+            texts = [json.loads(line)[field] for line in lines if line and not line.isspace()]
             if not all(type(t) is str for t in texts):
                 raise TypeError
         except (ValueError, KeyError, TypeError, IndexError):
-            _raise_bad_line(lines, path, line_no)
+            _raise_bad_line(lines, path, line_no, field)
         if "\\u" in decoded and any(map(_SURROGATE.search, texts)):
-            texts = _surrogates(texts, lines, errors, path, line_no)
+            texts = _surrogates(texts, lines, errors, path, line_no, field)
         line_no += len(lines) - (1 if lines[-1] == "" else 0)
         yield Batch(texts)
 
 
 def _surrogates(
-    texts: list[str], lines: list[str], errors: str, path: Path, line_no: int
+    texts: list[str], lines: list[str], errors: str, path: Path, line_no: int, field: str
 ) -> list[str]:
     if errors == "replace":
         return [_SURROGATE.sub("\ufffd", t) for t in texts]
     for i, line in enumerate(lines):
-        if line and not line.isspace() and (m := _SURROGATE.search(json.loads(line)["text"])):
+        if line and not line.isspace() and (m := _SURROGATE.search(json.loads(line)[field])):
             raise ReadError(
-                f"{path}: line {line_no + i + 1}: 'text' holds a lone surrogate {m[0]!a}, which is "
-                "not a character; set data.decode_errors = replace to read it as U+FFFD"
+                f"{path}: line {line_no + i + 1}: {field!r} holds a lone surrogate {m[0]!a}, which "
+                "is not a character; set data.decode_errors = replace to read it as U+FFFD"
             )
     raise AssertionError("unreachable: a surrogate was found, then not")
 
 
-def _raise_bad_line(lines: list[str], path: Path, line_no: int) -> None:
+def _raise_bad_line(lines: list[str], path: Path, line_no: int, field: str) -> None:
     for i, line in enumerate(lines):
         if not line or line.isspace():
             continue
@@ -225,10 +227,10 @@ def _raise_bad_line(lines: list[str], path: Path, line_no: int) -> None:
             obj = json.loads(line)
         except ValueError as e:
             raise ReadError(f"{where}: not valid JSON ({e})") from None
-        if not isinstance(obj, dict) or "text" not in obj:
-            raise ReadError(f"{where}: expected a JSON object with a 'text' field")
-        if not isinstance(obj["text"], str):
-            raise ReadError(f"{where}: 'text' is {type(obj['text']).__name__}, expected a string")
+        if not isinstance(obj, dict) or field not in obj:
+            raise ReadError(f"{where}: expected a JSON object with a {field!r} field")
+        if not isinstance(obj[field], str):
+            raise ReadError(f"{where}: {field!r} is {type(obj[field]).__name__}, expected a string")
     raise AssertionError("unreachable: a line failed to parse, then parsed")
 
 
@@ -265,12 +267,12 @@ def _zstd_blocks(path: Path) -> Iterator[bytes]:
             raise ReadError(f"{path}: zstd stream is truncated (the last frame does not end)")
 
 
-def read_jsonl(path: Path, errors: str = "strict") -> Iterator[Batch]:
-    return _lines(_file_blocks(path), path, errors, "byte")
+def read_jsonl(path: Path, errors: str = "strict", field: str = "text") -> Iterator[Batch]:
+    return _lines(_file_blocks(path), path, errors, "byte", field)
 
 
-def read_jsonl_zst(path: Path, errors: str = "strict") -> Iterator[Batch]:
-    return _lines(_zstd_blocks(path), path, errors, "decompressed byte")
+def read_jsonl_zst(path: Path, errors: str = "strict", field: str = "text") -> Iterator[Batch]:
+    return _lines(_zstd_blocks(path), path, errors, "decompressed byte", field)
 
 
 TEXT_READERS: dict[str, Callable[[Path, str], Iterator[Batch]]] = {

@@ -1,5 +1,5 @@
 # Helpers of the workflow: the runs, their resolved configs, and the paths they map to.
-# Only nanogptx.config (standard library) is imported here: parsing stays fast.
+# Only nanogptx.config and nanogptx.datasets (standard library) are imported: parsing stays fast.
 
 import ast
 import dataclasses
@@ -8,12 +8,14 @@ import hashlib
 import os
 import re
 import shlex
+import urllib.parse
 from pathlib import Path
 
 from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
 
 from nanogptx import config as nconfig
+from nanogptx import datasets
 
 validate(config, "../schemas/config.schema.yaml")
 
@@ -69,6 +71,33 @@ def run_config(run):
 
 def raw_provenance(run):
     return f"{DATA}/raw/{CFG[run].data.dataset}/provenance.json"
+
+
+def _dataset(name):
+    try:
+        return datasets.get(name)
+    except (datasets.UnknownDataset, datasets.RegistryError) as e:
+        raise WorkflowError(str(e))
+
+
+def dataset_entry(wildcards):
+    """A param of download: the dataset's registry entry (its file's sha256, and the files a
+    local_dir holds). Editing one dataset's entry reruns its download and, through it, the
+    stages of the runs that use it; no other run's."""
+    files = [f.url for f in _dataset(wildcards.dataset).files]
+    text = (
+        datasets.entry_file(wildcards.dataset).read_bytes() + "\n".join(files).encode()
+    )
+    return hashlib.sha256(text).hexdigest()
+
+
+def local_files(wildcards):
+    """The dataset's files already on disk (file: URLs): inputs, so an edit reruns download."""
+    return [
+        urllib.parse.unquote(urllib.parse.urlsplit(f.url).path)
+        for f in _dataset(wildcards.dataset).files
+        if f.local
+    ]
 
 
 def prepared_dir(run):

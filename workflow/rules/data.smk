@@ -3,6 +3,8 @@
 
 
 rule download_dataset:
+    input:
+        local=local_files,
     output:
         provenance=f"{DATA}/raw/{{dataset}}/provenance.json",
     log:
@@ -16,6 +18,7 @@ rule download_dataset:
         out=lambda w: f"{DATA}/raw/{w.dataset}",
         allow=allow_unverified_arg,
         lock=LOCK,
+        entry=dataset_entry,
         code=code_hash("download"),
     shell:
         "python -m nanogptx.download --dataset {wildcards.dataset:q} {params.allow}"
