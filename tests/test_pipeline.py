@@ -3,6 +3,7 @@ config section or of a stage's code, the report, and the workflow's lint."""
 
 from __future__ import annotations
 
+import html
 import json
 import os
 import re
@@ -47,7 +48,7 @@ def test_tiny_run_goes_through_all_four_stages(tiny: Path) -> None:
 def test_the_eval_stage_measures_the_whole_val_split(tiny: Path) -> None:
     metrics = json.loads((tiny / "results/tiny/eval/metrics.json").read_text())["val_loss"]
     assert metrics["whole_split"] and metrics["windows"] == (111_540 - 1) // 64
-    assert 0 < metrics["bits_per_byte"] < 8 and "non-overlapping" in metrics["method"]
+    assert 0 < metrics["bits_per_byte"] < 8 and "whole val split" in metrics["method"]
     page = (tiny / "results/tiny/report/eval.html").read_text()
     assert f"{metrics['loss']:.4f}" in page
 
@@ -236,14 +237,21 @@ def test_report_holds_curves_samples_configs_and_provenance_chain(tiny: Path) ->
     page = (tiny / "report.html").read_text()
     for needle in [
         "loss.svg",
-        "samples.txt",
-        "config.toml",
+        "samples.html",  # samples and config as pages shown inline, not .txt/.toml downloads
+        "config.html",
+        "eval.html",
         "provenance.html",
         "Loss curves of run",
         "provenance chain of run",
+        "GPT language models trained in pure JAX",  # the workflow description on the home page
     ]:
         assert needle in page, needle
+    samples = (tiny / "results/tiny/samples/samples.txt").read_text()
+    first = samples.splitlines()[0]
+    assert html.escape(first) in (tiny / "results/tiny/report/samples.html").read_text()
+    assert "[model]" in (tiny / "results/tiny/report/config.html").read_text()
     svg = (tiny / "results/tiny/report/loss.svg").read_text()
+    assert 'width="100%" viewBox=' in svg  # scales to the window's width
     # Train and val against steps and against tokens; the diagnostics (logging.stats_interval)
     # below them: attention logit and update size for each of the 2 layers, and log Z.
     assert svg.count("<polyline") == 4 + 2 * 2 + 1

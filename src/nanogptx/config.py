@@ -236,8 +236,8 @@ class SampleConfig:
 class EvalConfig:
     tasks: tuple[str, ...] = _f(
         ("val_loss",),
-        "what the eval stage measures: val_loss (mean loss over every non-overlapping "
-        "block_size window of the val split, and bits per byte) and hellaswag (its 10,042 "
+        "what the eval stage measures: val_loss (mean loss over the whole val split in "
+        "windows of block_size targets, and bits per byte) and hellaswag (its 10,042 "
         "validation items scored completion-style, as llm.c; needs GPT-2 tokens and downloads "
         "dataset hellaswag)",
     )

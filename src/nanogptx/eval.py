@@ -5,9 +5,9 @@
 
 Writes <out>/metrics.json (each task's figures and how they were measured) and provenance.json.
 Tasks ([eval] tasks):
-- val_loss: every non-overlapping window of model.block_size + 1 tokens of the val split (not a
-  sample of random batches), mean next-token cross-entropy over all their targets, and bits per
-  byte (summed nats / ln 2 / the UTF-8 bytes the targets stand for).
+- val_loss: the whole val split tiled into windows of model.block_size targets (not a sample of
+  random batches), mean next-token cross-entropy over all of them, and bits per byte (summed
+  nats / ln 2 / the UTF-8 bytes the targets stand for).
 - hellaswag: each item's context followed by each of its 4 endings (" " + ending), scored
   completion-style as llm.c and build-nanogpt do: the sum and the mean of the endings' token
   log-probabilities after the context; acc picks the largest sum, acc_norm the largest mean.
@@ -35,9 +35,9 @@ HELLASWAG_FILE = "hellaswag_val.jsonl"
 HELLASWAG_ITEMS = 10_042
 BUCKET = 32  # HellaSwag rows are padded up to a multiple of this (one compiled shape each)
 VAL_LOSS_METHOD = (
-    "mean next-token cross-entropy over every non-overlapping window of block_size + 1 tokens "
-    "of the val split (each window's block_size targets); bits per byte = summed nats / ln 2 / "
-    "UTF-8 bytes of the targets"
+    "mean next-token cross-entropy over the whole val split tiled into windows of block_size "
+    "targets (window w predicts tokens w*L+1 .. w*L+L, each from the tokens before it in the "
+    "window); bits per byte = summed nats / ln 2 / UTF-8 bytes of the targets"
 )
 HELLASWAG_METHOD = (
     "completion-style (llm.c, build-nanogpt): context tokens, then ' ' + ending; per ending the "
@@ -99,7 +99,7 @@ def make_scorer(m: ModelConfig, rt: runtime.Runtime) -> Any:
 def val_loss(
     params: Any, m: ModelConfig, e: EvalConfig, data: loader.Prepared, tok: Any, scorer: Any
 ) -> dict[str, Any]:
-    """Loss and bits per byte over every non-overlapping window of the val split."""
+    """Loss and bits per byte over the whole val split, tiled into windows of block_size targets."""
     stream = data.split("val")
     L = m.block_size
     n = (stream.n_tokens - 1) // L

@@ -4,6 +4,7 @@
     python -m nanogptx.report chain --out chain.html --run NAME --raw DIR --data DIR --model DIR
         --samples DIR
     python -m nanogptx.report evals --out eval.html NAME=results/NAME/eval/metrics.json ...
+    python -m nanogptx.report text --out samples.html --title TITLE results/NAME/samples/samples.txt
 
 Plain SVG and HTML written here: no plotting library needed for a few lines.
 """
@@ -135,7 +136,7 @@ def curves_svg(runs: dict[str, list[dict[str, Any]]], title: str) -> str:
     width = columns * W + 60 + 7 * max(26, *(len(name) for name in runs))
     height = 2 * H if diagnostics else H
     return (
-        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="100%" viewBox="0 0 {width} {height}" '
         f'font-family="sans-serif" font-size="11"><title>{html.escape(title)}</title>'
         + "".join(body + legend)
         + "</svg>\n"
@@ -231,6 +232,15 @@ def chain_html(run: str, raw: Path, data: Path, model: Path, samples: Path) -> s
     )
 
 
+def text_html(text: str, title: str) -> str:
+    """A text file (samples, a resolved config) as a page the report shows inline."""
+    return (
+        "<!doctype html><html><head><meta charset='utf-8'><style>body{font-family:sans-serif}"
+        "pre{white-space:pre-wrap;font-size:90%}</style></head><body>"
+        f"<h1>{html.escape(title)}</h1><pre>{html.escape(text)}</pre></body></html>\n"
+    )
+
+
 # The eval stage's figures shown, per task: (key, heading, format).
 EVAL_COLUMNS = {
     "val_loss": [("loss", "val loss", ".4f"), ("bits_per_byte", "bits/byte", ".4f"),
@@ -281,13 +291,19 @@ def main(argv: Sequence[str] | None = None) -> None:
     h.add_argument("--run", required=True)
     for name in ("raw", "data", "model", "samples"):
         h.add_argument(f"--{name}", type=Path, required=True)
+    t = sub.add_parser("text", help="a text file (samples, config) as an HTML page")
+    t.add_argument("--out", type=Path, required=True)
+    t.add_argument("--title", default="")
+    t.add_argument("file", type=Path)
     e = sub.add_parser("evals", help="the eval metrics of one or more runs as an HTML table")
     e.add_argument("--out", type=Path, required=True)
     e.add_argument("--title", default="evaluation")
     e.add_argument("metrics", nargs="+", metavar="NAME=METRICS_JSON")
     args = parser.parse_args(argv)
     try:
-        if args.what == "evals":
+        if args.what == "text":
+            text = text_html(args.file.read_text(errors="backslashreplace"), args.title)
+        elif args.what == "evals":
             runs = {}
             for item in args.metrics:
                 name, _, path = item.partition("=")

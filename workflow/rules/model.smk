@@ -7,12 +7,7 @@ rule train_run:
         init=lambda w: init_weights(w.run),
     output:
         params=f"{RESULTS}/{{run}}/model/params.safetensors",
-        config=report(
-            f"{RESULTS}/{{run}}/model/config.toml",
-            caption="../report/config.rst",
-            category="{run}",
-            labels={"run": "{run}", "figure": "resolved config"},
-        ),
+        config=f"{RESULTS}/{{run}}/model/config.toml",
         tokenizer=f"{RESULTS}/{{run}}/model/tokenizer.json",
         metrics=f"{RESULTS}/{{run}}/model/metrics.jsonl",
         provenance=f"{RESULTS}/{{run}}/model/provenance.json",
@@ -48,12 +43,7 @@ rule sample_run:
         tokenizer=rules.train_run.output.tokenizer,
         provenance=rules.train_run.output.provenance,
     output:
-        samples=report(
-            f"{RESULTS}/{{run}}/samples/samples.txt",
-            caption="../report/samples.rst",
-            category="{run}",
-            labels={"run": "{run}", "figure": "samples"},
-        ),
+        samples=f"{RESULTS}/{{run}}/samples/samples.txt",
         provenance=f"{RESULTS}/{{run}}/samples/provenance.json",
     log:
         f"{LOGS}/sample/{{run}}.log",

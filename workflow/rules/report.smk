@@ -13,6 +13,8 @@ rule report_run:
         model=rules.train_run.output.provenance,
         samples=rules.sample_run.output.provenance,
         evals=rules.eval_run.output.metrics,
+        samples_txt=rules.sample_run.output.samples,
+        config=rules.train_run.output.config,
         data=lambda w: prepared_dir(w.run),
         raw=lambda w: raw_provenance(w.run),
     output:
@@ -34,6 +36,19 @@ rule report_run:
             category="{run}",
             labels={"run": "{run}", "figure": "evaluation"},
         ),
+        # Text shown in the page itself (a .txt or .toml would be a download link).
+        samples=report(
+            f"{RESULTS}/{{run}}/report/samples.html",
+            caption="../report/samples.rst",
+            category="{run}",
+            labels={"run": "{run}", "figure": "samples"},
+        ),
+        config=report(
+            f"{RESULTS}/{{run}}/report/config.html",
+            caption="../report/config.rst",
+            category="{run}",
+            labels={"run": "{run}", "figure": "resolved config"},
+        ),
     log:
         f"{LOGS}/report/{{run}}.log",
     conda:
@@ -43,6 +58,8 @@ rule report_run:
         model=lambda w, input: Path(input.model).parent,
         samples=lambda w, input: Path(input.samples).parent,
         pair=lambda w, input: f"{w.run}={input.metrics}",
+        samples_title=lambda w: f"samples of {w.run}",
+        config_title=lambda w: f"resolved config of {w.run}",
         code=code_hash("report"),
     shell:
         "(python -m nanogptx.report curves --out {output.curves:q} --title {wildcards.run:q}"
@@ -51,7 +68,11 @@ rule report_run:
         " --raw {params.raw:q} --data {input.data:q} --model {params.model:q}"
         " --samples {params.samples:q}"
         " && python -m nanogptx.report evals --out {output.evals:q} --title {wildcards.run:q}"
-        " {wildcards.run:q}={input.evals:q}) > {log:q} 2>&1"
+        " {wildcards.run:q}={input.evals:q}"
+        " && python -m nanogptx.report text --out {output.samples:q}"
+        " --title {params.samples_title:q} {input.samples_txt:q}"
+        " && python -m nanogptx.report text --out {output.config:q}"
+        " --title {params.config_title:q} {input.config:q}) > {log:q} 2>&1"
 
 
 rule report_sweep:
