@@ -25,7 +25,8 @@ def tiny(tmp_path_factory: pytest.TempPathFactory, assets: Path):
     whose files the workflow hashes to see code changes."""
     workdir = make_workdir(tmp_path_factory.mktemp("pipeline"))
     shutil.copytree(ROOT / "src", workdir / "src", ignore=shutil.ignore_patterns("*.egg-info"))
-    snakemake(workdir, "--config", "runs=tiny", f"mirror={assets}")
+    r = snakemake(workdir, "--config", "runs=tiny", f"mirror={assets}")
+    (workdir / "snakemake.stderr").write_text(r.stderr)
     return workdir
 
 
@@ -43,6 +44,13 @@ def test_tiny_run_goes_through_all_four_stages(tiny: Path) -> None:
     assert evals[-1]["val_loss"] < evals[0]["val_loss"] - 1.0  # it learned something
     prov = json.loads((results / "samples/provenance.json").read_text())
     assert any(e["sha256"] for e in prov["inputs"])
+
+
+def test_the_terminal_shows_training_progress_and_the_log_path(tiny: Path) -> None:
+    terminal = (tiny / "snakemake.stderr").read_text()
+    line = "train tiny (log results/logs/train/tiny.log): step 300/300, loss "
+    assert line in terminal and "tok/s, ETA 0:00" in terminal, terminal[-2000:]
+    assert line not in (tiny / "results/logs/train/tiny.log").read_text()  # the log: full lines
 
 
 def test_the_eval_stage_measures_the_whole_val_split(tiny: Path) -> None:
@@ -176,6 +184,7 @@ def test_an_extended_run_resumes_from_its_checkpoints_and_says_so(tiny: Path) ->
     assert "training in progress or stopped: step 200 of 300" in extended
     assert re.search(r"resumes from \S+/step_00000200", extended), status
     assert "sample done" in done and "training finished: step 300 of 300" in done, status
+    assert "eval done" in done and "eval: val loss" in status, status
     out = snakemake(tiny, "-n", "train", "--config", "runs=tiny-extended").stdout
     assert "'train.max_iters=200'" in out and "'train.max_iters=300'" in out
     snakemake(tiny, "train", "--config", "runs=tiny-extended")

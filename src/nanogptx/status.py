@@ -48,6 +48,7 @@ def run_status(run: str, data: Path, results: Path) -> list[str]:
         "prepare": data / "prepared" / config.data_id(cfg) / "provenance.json",
         "train": model / "provenance.json",
         "sample": results / run / "samples" / "provenance.json",
+        "eval": results / run / "eval" / "metrics.json",
         "report": results / run / "report" / "loss.svg",
     }
     done = [f"{stage} {'done' if path.exists() else '-'}" for stage, path in stages.items()]
@@ -63,6 +64,14 @@ def run_status(run: str, data: Path, results: Path) -> list[str]:
         if (evaluation := newest.get("eval")) is not None:
             text += f"; val loss {evaluation['val_loss']:.4f} at step {evaluation['step']}"
         lines.append(text)
+    if stages["eval"].exists():
+        ev = json.loads(stages["eval"].read_text())
+        parts = [f"val loss {ev['val_loss']['loss']:.4f} ({ev['val_loss']['bits_per_byte']:.4f} "
+                 "bits/byte, whole split)"] if "val_loss" in ev else []  # fmt: skip
+        if "hellaswag" in ev:
+            h = ev["hellaswag"]
+            parts.append(f"HellaSwag acc_norm {h['acc_norm']:.4f} over {h['items']} items")
+        lines.append(f"  eval: {'; '.join(parts)}")
     ckpt_dir = results / run / "checkpoints" / config.checkpoint_id(cfg)
     usable = [p for s, p in checkpoint.list_checkpoints(ckpt_dir) if s <= t.max_iters]
     lines.append(f"  resumes from {usable[-1]}" if usable else

@@ -57,6 +57,48 @@ def log(msg: str) -> None:
         print(msg, flush=True)
 
 
+class Progress:
+    """Where training stands, for a person watching: on a terminal (stderr a TTY) a tqdm bar of
+    steps with loss and tokens/s; with --progress-fd (the workflow passes the terminal of
+    `snakemake` this way while the full log goes to a file) a line every few seconds:
+    step / max_iters, loss, tokens/s, ETA and the log's path. Otherwise nothing: the log has it.
+    """
+
+    def __init__(self, label: str, total: int, start: int, fd: int | None, every_s: float = 10):
+        self.label, self.total, self.every_s = label, total, every_s
+        self.bar, self.stream, self.last = None, None, 0.0
+        if jax.process_index() != 0:
+            return
+        if fd is not None:
+            try:
+                self.stream = os.fdopen(fd, "w", buffering=1, closefd=False)
+            except OSError:  # not open here (a task srun started): the log has it all
+                pass
+        elif sys.stderr.isatty():
+            from tqdm import tqdm  # the bar: well-kept, and plain text where no terminal is
+
+            self.bar = tqdm(total=total, initial=start, desc=label, unit="step", leave=True)
+
+    def update(self, step: int, loss: float, tok_s: float, s_per_step: float) -> None:
+        done = step + 1
+        if self.bar is not None:
+            self.bar.update(done - self.bar.n)
+            self.bar.set_postfix_str(f"loss {loss:.4f}, {tok_s:,.0f} tok/s", refresh=False)
+        elif self.stream is not None:
+            now = time.perf_counter()
+            if now - self.last >= self.every_s or done == self.total:
+                self.last = now
+                eta = (self.total - done) * s_per_step
+                self.stream.write(
+                    f"{self.label}: step {done}/{self.total}, loss {loss:.4f}, {tok_s:,.0f} "
+                    f"tok/s, ETA {eta // 60:.0f}:{eta % 60:02.0f}\n"
+                )
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
 # ---------------------------------------------------------------- processes, mesh and sharding
 
 
@@ -515,6 +557,7 @@ def train(
     out_dir: str | Path,
     ckpt_dir: str | Path,
     init: str | Path | None = None,
+    progress: tuple[str, int | None] = ("train", None),
 ) -> dict[str, Any]:
     """Train (or resume) and write the final model into out_dir; returns a summary. Process 0
     holds both directories (a second training on them is refused at start) and first removes
@@ -532,11 +575,17 @@ def train(
                 if removed:
                     names = ", ".join(p.name for p in removed)
                     log(f"removed what an interrupted run left in {path}: {names}")
-        return _train(cfg, data, out_dir, ckpt_dir, None if init is None else Path(init))
+        init_path = None if init is None else Path(init)
+        return _train(cfg, data, out_dir, ckpt_dir, init_path, progress)
 
 
 def _train(
-    cfg: Config, data: loader.Prepared, out_dir: Path, ckpt_dir: Path, init: Path | None
+    cfg: Config,
+    data: loader.Prepared,
+    out_dir: Path,
+    ckpt_dir: Path,
+    init: Path | None,
+    progress: tuple[str, int | None],
 ) -> dict[str, Any]:
     runtime.keep_freed_memory()  # XLA's CPU buffers stay in the heap between steps
     record = provenance.Record.start("train", config.sections(cfg, config.STAGE_SECTIONS["train"]))
@@ -725,6 +774,7 @@ def _train(
 
     profile_dir = out_dir / "profile"
     profiling = False
+    watch = Progress(progress[0], t.max_iters, start, progress[1])
     for step in range(start, t.max_iters):
         if step % t.eval_interval == 0:
             paused(lambda step=step: evaluate(step))
@@ -765,9 +815,11 @@ def _train(
                 f"step {step}: loss {last['loss']:.4f}, lr {optim.get_lr(step, t):.3e}, grad norm "
                 f"{last['grad_norm']:.3f}, {1e3 * dt:.1f} ms/iter, {tok_s:,.0f} tok/s{mfu_text}"
             )
+            watch.update(step, last["loss"], tok_s, dt)
             clock["seconds"], clock["steps"] = 0.0, 0
         if t.checkpoint_interval and (step + 1) % t.checkpoint_interval == 0:
             paused(lambda step=step: save_checkpoint(step + 1))
+    watch.close()
     if profiling:
         jax.block_until_ready(state)
         jax.profiler.stop_trace()
@@ -832,6 +884,15 @@ def main(argv: list[str] | None = None) -> None:
         "--checkpoints", type=Path, required=True, help="checkpoint directory (resumed from)"
     )
     parser.add_argument(
+        "--progress-fd",
+        type=int,
+        help="also write a progress line every 10 s to this file descriptor (the workflow: "
+        "snakemake's terminal, while stdout and stderr go to the log)",
+    )
+    parser.add_argument(
+        "--progress-label", default="train", help="what the progress lines begin with"
+    )
+    parser.add_argument(
         "--init",
         type=Path,
         help="weights of a pretrained model.init_from: a directory with model.safetensors "
@@ -840,7 +901,8 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_intermixed_args(argv)
     cfg = config.from_args(args, parser)
     try:
-        train(cfg, args.data, args.out, args.checkpoints, args.init)
+        train(cfg, args.data, args.out, args.checkpoints, args.init,
+              (args.progress_label, args.progress_fd))  # fmt: skip
     except (
         TrainError, loader.DataError, provenance.HashMismatch, provenance.OutputError,
         checkpoint.CheckpointError, OSError,
