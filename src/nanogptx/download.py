@@ -343,7 +343,8 @@ def record_lock(path: Path, dataset: str, name: str, sha256: str, size: int) -> 
 
 
 class Progress:
-    """Bytes, rate and ETA of a dataset's files, shown every `every` seconds."""
+    """Bytes, rate and ETA of a dataset's files: on a terminal a tqdm bar (bytes of all files,
+    with their rate), elsewhere a plain line every 15 s, as logs need."""
 
     def __init__(self, dataset: str, sizes: dict[str, int | None], tty: bool | None = None) -> None:
         self.dataset = dataset
@@ -355,9 +356,18 @@ class Progress:
         self.moved = 0  # bytes received by this process, for the rate
         self.t0 = self.last = time.monotonic()
         self.lock = threading.Lock()
+        self.bar = None
+        if self.tty:
+            from tqdm import tqdm
+
+            known = all(t is not None for t in sizes.values())
+            self.bar = tqdm(total=sum(t or 0 for t in sizes.values()) if known else None,
+                            unit="B", unit_scale=True, desc=dataset, leave=False)  # fmt: skip
 
     def start(self, name: str, done: int, total: int | None) -> None:
         with self.lock:
+            if self.bar is not None and done:
+                self.bar.update(done - self.done[name])  # resumed bytes count as done
             self.done[name] = done
             self.totals[name] = total if total is not None else self.totals[name]
 
@@ -365,6 +375,9 @@ class Progress:
         with self.lock:
             self.done[name] += n
             self.moved += n
+            if self.bar is not None:
+                self.bar.update(n)
+                return
             now = time.monotonic()
             if now - self.last >= self.every:
                 self.last = now
@@ -391,10 +404,14 @@ class Progress:
         return line + f", {_mb(rate)}/s"
 
     def _show(self, msg: str, final: bool = False) -> None:
-        if self.tty:  # redraw one line in place; a final message keeps its own line
-            print(f"\r\x1b[2K{msg}", end="\n" if final else "", file=sys.stderr, flush=True)
+        if self.bar is not None:  # a message above the bar, which stays at the bottom
+            self.bar.write(msg, file=sys.stderr)
         else:
             print(msg, file=sys.stderr, flush=True)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
 
 
 def _mb(n: float) -> str:
@@ -708,6 +725,7 @@ def _download(
             cancel.set()  # also on KeyboardInterrupt: workers stop at their next chunk
             for fut in futures:
                 fut.cancel()
+            progress.close()
     if errors:
         if len(errors) > 1:
             raise type(errors[0])(f"{errors[0]} (and {len(errors) - 1} more failures)")

@@ -527,13 +527,25 @@ def _prepare(
         else:
             runs = split_runs(docs(), dc, total_chars)
             encoded = _in_order(_encoder(tok, dtype), chunks(runs, chunk_chars), threads)
-        last = time.perf_counter()
+        last, n_docs_seen = time.perf_counter(), 0
+        bar = None
+        if sys.stderr.isatty():  # a person watching: a tqdm bar; logs get a line every 10 s
+            from tqdm import tqdm
+
+            bar = tqdm(desc="prepare", unit="tok", unit_scale=True, leave=False)
         for split, tokens, lengths, n_docs in encoded:
             shards[split].add(tokens, lengths, n_docs)
-            if time.perf_counter() - last > 10:
+            n_docs_seen += n_docs
+            if bar is not None:
+                bar.update(len(tokens))
+                bar.set_postfix_str(f"{n_docs_seen:,} documents", refresh=False)
+            elif time.perf_counter() - last > 10:
                 last = time.perf_counter()
                 done = sum(s.tokens for s in shards.values())
-                _say(f"{done:,} tokens, {done / (last - started):,.0f} tokens/s")
+                _say(f"{done:,} tokens, {n_docs_seen:,} documents, "
+                     f"{done / (last - started):,.0f} tokens/s")  # fmt: skip
+        if bar is not None:
+            bar.close()
         entries = [e for s in SPLITS for e in shards[s].finish()]
         _check_empty(sum(s.tokens for s in shards.values()), files, dc)
         for s in SPLITS:
