@@ -61,3 +61,8 @@ rule eval:
 rule export:
     input:
         hf=expand(rules.export_run.output.weights, run=RUNS),
+
+
+rule sweep:
+    input:
+        rules.all.input,

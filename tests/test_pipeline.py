@@ -221,9 +221,10 @@ def test_killed_snakemake_then_the_same_command_resumes(tiny: Path) -> None:
     rerun-incomplete), which resumes from its checkpoint."""
     run = tiny / "config/tiny-killed.toml"
     run.write_text(
-        (tiny / "config/tiny.toml").read_text().replace("max_iters = 300", "max_iters = 400")
+        (tiny / "config/tiny.toml").read_text().replace("max_iters = 300", "max_iters = 250")
     )
-    cmd = [sys.executable, "-m", "snakemake", "--cores", "2", "--config", "runs=tiny-killed"]
+    cmd = [sys.executable, "-m", "snakemake", "--cores", "2", "train", "--config",
+           "runs=tiny-killed"]  # fmt: skip
     proc = subprocess.Popen(cmd, cwd=tiny, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True)  # fmt: skip
     deadline = time.time() + 300
@@ -232,12 +233,13 @@ def test_killed_snakemake_then_the_same_command_resumes(tiny: Path) -> None:
         time.sleep(0.2)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
-    r = snakemake(tiny, "--config", "runs=tiny-killed", check=False)
+    r = snakemake(tiny, "train", "--config", "runs=tiny-killed", check=False)
     assert r.returncode != 0 and "--unlock" in r.stdout + r.stderr
     snakemake(tiny, "--unlock")
-    snakemake(tiny, "--config", "runs=tiny-killed")  # an IncompleteFilesException without it
+    # The same command (an IncompleteFilesException without rerun-incomplete).
+    snakemake(tiny, "train", "--config", "runs=tiny-killed")
     log = (tiny / "results/logs/train/tiny-killed.log").read_text()
-    assert re.search(r"resumed from \S+/step_00000\d00 at step \d00 of 400", log), log
+    assert re.search(r"resumed from \S+/step_00000\d00 at step \d00 of 250", log), log
     run.unlink()
 
 
@@ -338,3 +340,37 @@ def test_a_malformed_dataset_file_is_refused_naming_file_and_key(tiny: Path) -> 
         assert "config/datasets/broken.toml: reader = 'txt': expected one of" in r.stdout + r.stderr
     finally:
         entry.unlink()
+
+
+def test_a_sweep_expands_into_runs_that_share_data_and_an_added_point_runs_alone(
+    tiny: Path,
+) -> None:
+    from nanogptx import config, sweep
+
+    sweeps = tiny / "config/sweeps"
+    sweeps.mkdir(exist_ok=True)
+    path = sweeps / "mini.toml"
+    axes = '"train.max_iters" = [20]\n"train.learning_rate" = [1e-2, 3e-2]\n'
+    path.write_text(f'base = "tiny"\n[axes]\n{axes}"model.qk_norm" = [false, true]\n')
+    try:
+        points = sweep.expand(sweep.load("mini", sweeps))
+        assert list(points) == [
+            "mini.max_iters-20.learning_rate-0.01.qk_norm-false",
+            "mini.max_iters-20.learning_rate-0.01.qk_norm-true",
+            "mini.max_iters-20.learning_rate-0.03.qk_norm-false",
+            "mini.max_iters-20.learning_rate-0.03.qk_norm-true",
+        ]
+        cfgs = [config.load(tiny / "config/tiny.toml", o) for o in points.values()]
+        assert len({config.data_id(c) for c in cfgs}) == 1  # one prepared dataset for all
+        assert [c.train.learning_rate for c in cfgs] == [1e-2, 1e-2, 3e-2, 3e-2]
+        assert planned_jobs(tiny, "train", "--config", "sweep=mini") == {"train_run": 4, "train": 1}
+        # Two points trained for real (tiny's prepared data reused), then one more learning
+        # rate: only its two new points would run; the finished ones are kept.
+        path.write_text(path.read_text().replace("[1e-2, 3e-2]", "[1e-2]"))
+        snakemake(tiny, "train", "--config", "sweep=mini")
+        model = tiny / "results" / next(iter(points)) / "model"
+        assert config.load(model / "config.toml").train.max_iters == 20
+        path.write_text(path.read_text().replace("[1e-2]", "[1e-2, 3e-2]"))
+        assert planned_jobs(tiny, "train", "--config", "sweep=mini") == {"train_run": 2, "train": 1}
+    finally:
+        path.unlink()

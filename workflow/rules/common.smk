@@ -16,6 +16,7 @@ from snakemake.utils import validate
 
 from nanogptx import config as nconfig
 from nanogptx import datasets
+from nanogptx import sweep as nsweep
 
 validate(config, "../schemas/config.schema.yaml")
 
@@ -30,7 +31,19 @@ def _runs(value):
         raise WorkflowError(f"config runs: {e}")
 
 
-RUNS = _runs(config["runs"])
+def _sweep(name):
+    """The runs of sweep `name` (config/sweeps/NAME.toml): {run: overrides}, and the base."""
+    try:
+        s = nsweep.load(name)
+        return nsweep.expand(s), s.base
+    except nconfig.ConfigError as e:
+        raise WorkflowError(f"config sweep: {e}")
+
+
+# --config sweep=NAME: the runs are the sweep's points (the base run's file plus overrides).
+SWEEP = config.get("sweep", "")
+POINTS, SWEEP_BASE = _sweep(SWEEP) if SWEEP else ({}, None)
+RUNS = list(POINTS) if SWEEP else _runs(config["runs"])
 # The mirror reaches download through the environment, not a param: where the bytes come from
 # changes nothing (they are hash-checked), so switching mirrors must not rerun anything.
 os.environ.update(NANOGPTX_MIRROR=config["mirror"])
@@ -41,15 +54,19 @@ LOGS = f"{RESULTS}/logs"
 BENCH = f"{RESULTS}/benchmarks"
 
 
+def run_config(run):
+    return f"config/{SWEEP_BASE if run in POINTS else run}.toml"
+
+
 def _load_run(run):
-    path = Path("config") / f"{run}.toml"
+    path = Path(run_config(run))
     if not path.is_file():
         known = sorted(p.stem for p in Path("config").glob("*.toml"))
         raise WorkflowError(
             f"run {run!r}: no file {path}; runs in config/: {', '.join(known)}"
         )
     try:
-        return nconfig.load(path)
+        return nconfig.load(path, POINTS.get(run, []))
     except nconfig.ConfigError as e:
         raise WorkflowError(f"run {run!r}: {e}")
 
@@ -65,8 +82,9 @@ wildcard_constraints:
     data_id="[A-Za-z0-9._-]+",
 
 
-def run_config(run):
-    return f"config/{run}.toml"
+def run_overrides(run):
+    """A sweep point's settings as section.key=value arguments of the stages (else none)."""
+    return shlex.join(POINTS.get(run, []))
 
 
 def raw_provenance(run):
@@ -257,7 +275,10 @@ def srun_prefix(wildcards, resources, threads):
 
 def sweep_name(runs):
     """The sweep report's file name: the runs' names joined while short, else their count and
-    a hash of the list (a file name may hold 255 bytes; a long sweep passes that)."""
+    a hash of the list (a file name may hold 255 bytes; a long sweep passes that); for
+    --config sweep=NAME, the sweep's name."""
+    if SWEEP:
+        return f"sweep-{SWEEP}"
     joined = "+".join(runs)
     if len(joined) <= 80:
         return joined

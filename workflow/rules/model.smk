@@ -23,6 +23,7 @@ rule train_run:
     params:
         **setting_params("train"),
         config=lambda w: run_config(w.run),
+        overrides=lambda w: run_overrides(w.run),
         code=code_hash("train"),
         out=lambda w: f"{RESULTS}/{w.run}/model",
         # Checkpoints are not outputs, so a failed or killed job leaves them for the rerun to
@@ -34,7 +35,7 @@ rule train_run:
         # terminal of snakemake (or the SLURM job's output); the full log stays in the file.
         label=lambda w: f"train {w.run} (log {LOGS}/train/{w.run}.log)",
     shell:
-        "{params.launch}python -m nanogptx.train --config {params.config:q}"
+        "{params.launch}python -m nanogptx.train --config {params.config:q} {params.overrides}"
         " --data {input.data:q} --out {params.out:q} --checkpoints {params.checkpoints:q}"
         " {params.init} --progress-fd 3 --progress-label {params.label:q}"
         " 3>&2 > {log:q} 2>&1"
@@ -61,11 +62,12 @@ rule sample_run:
     params:
         **setting_params("sample"),
         config=lambda w: run_config(w.run),
+        overrides=lambda w: run_overrides(w.run),
         code=code_hash("sample"),
         model=lambda w, input: Path(input.params).parent,
         out=lambda w: f"{RESULTS}/{w.run}/samples",
     shell:
-        "python -m nanogptx.sample --config {params.config:q} --model {params.model:q}"
+        "python -m nanogptx.sample --config {params.config:q} {params.overrides} --model {params.model:q}"
         " --out {params.out:q} > {log:q} 2>&1"
 
 
@@ -91,12 +93,13 @@ rule eval_run:
     params:
         **setting_params("eval"),
         config=lambda w: run_config(w.run),
+        overrides=lambda w: run_overrides(w.run),
         code=code_hash("eval"),
         model=lambda w, input: Path(input.params).parent,
         out=lambda w: f"{RESULTS}/{w.run}/eval",
         inputs=eval_args,
     shell:
-        "python -m nanogptx.eval --config {params.config:q} --model {params.model:q}"
+        "python -m nanogptx.eval --config {params.config:q} {params.overrides} --model {params.model:q}"
         " {params.inputs} --out {params.out:q} > {log:q} 2>&1"
 
 
