@@ -80,7 +80,8 @@ def expand(sweep: Sweep) -> dict[str, list[str]]:
     runs = {}
     keys = [k for k, _ in sweep.axes]
     for point in itertools.product(*(values for _, values in sweep.axes)):
-        parts = [f"{k.partition('.')[2]}-{_value_text(v)}" for k, v in zip(keys, point)]
+        pairs = list(zip(keys, point, strict=True))
+        parts = [f"{k.partition('.')[2]}-{_value_text(v)}" for k, v in pairs]
         name = config.check_run_name(".".join([sweep.name, *parts]))
-        runs[name] = [f"{k}={config._toml_value(v)}" for k, v in zip(keys, point)]
+        runs[name] = [f"{k}={config._toml_value(v)}" for k, v in pairs]
     return runs

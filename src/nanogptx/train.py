@@ -389,23 +389,27 @@ def check_setup(cfg: Config, data: loader.Prepared, n_devices: int) -> int:
     return model.vocab_rows(dataclasses.replace(m, vocab_size=V))
 
 
-def init_weights(cfg: Config, init: Path | None) -> tuple[Path | None, model.Params | None]:
-    """The pretrained weights of model.init_from (numpy), from --init or the directory it
-    names; (None, None) for scratch. A missing or wrong checkpoint is a TrainError."""
+def init_file(cfg: Config, init: Path | None) -> Path | None:
+    """The weights file of a pretrained model.init_from, from --init or the directory it
+    names; None for scratch."""
     m = cfg.model
     if m.init_from == "scratch":
-        return None, None
+        return None
     if init is None and config.init_dataset(m.init_from):
         raise TrainError(
             f"model.init_from = {m.init_from!r}: pass --init, the directory the download stage "
             f"fetched dataset {config.init_dataset(m.init_from)} into"
         )
     path = Path(init or m.init_from)
-    path = path / hf.WEIGHTS if path.is_dir() else path
+    return path / hf.WEIGHTS if path.is_dir() else path
+
+
+def init_weights(cfg: Config, path: Path) -> model.Params:
+    """The pretrained weights at path (numpy); a missing or wrong checkpoint is a TrainError."""
     try:
-        return path, hf.load_params(path, m)
+        return hf.load_params(path, cfg.model)
     except hf.HFError as e:
-        raise TrainError(f"model.init_from = {m.init_from!r}: {e}") from None
+        raise TrainError(f"model.init_from = {cfg.model.init_from!r}: {e}") from None
 
 
 def resume_mismatch(meta: dict[str, Any], cfg: Config, manifest_sha: str, V: int) -> list[str]:
@@ -619,8 +623,11 @@ def _train(
     # Resume from the latest checkpoint, or start fresh (from scratch or pretrained weights,
     # whose sha256 is an input of the run either way).
     key_params, key_dropout = jax.random.split(jax.random.key(t.seed))
-    init_path, pretrained = init_weights(cfg, init)
-    init_sha = None if init_path is None else provenance.sha256_file(init_path)
+    init_path = init_file(cfg, init)
+    try:
+        init_sha = None if init_path is None else provenance.sha256_file(init_path)
+    except FileNotFoundError:
+        raise TrainError(f"model.init_from = {m.init_from!r}: {init_path} does not exist") from None
     found = checkpoint.restore(ckpt_dir, t.resume, t.max_iters, log)
     path, meta = None, None
     if found is None:
@@ -632,8 +639,9 @@ def _train(
                 out_shardings=state_sh,
             )(key_params)
         else:
-            params = place(checkpoint.unflatten_like(params_abs, checkpoint.flatten(
-                pretrained), where=str(init_path)), state_sh["params"])  # fmt: skip
+            pretrained = checkpoint.flatten(init_weights(cfg, init_path))
+            params = place(checkpoint.unflatten_like(params_abs, pretrained, where=str(init_path)),
+                           state_sh["params"])  # fmt: skip
             opt = jax.jit(optimizer.init, out_shardings=state_sh["opt"])(params)
             state = {"params": params, "opt": opt}
             log(f"initialised from {m.init_from} ({init_path}, sha256 {init_sha[:12]}...)")
