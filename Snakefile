@@ -66,3 +66,8 @@ rule export:
 rule sweep:
     input:
         rules.all.input,
+        lr=(
+            rules.report_lr_sensitivity.output
+            if "train.learning_rate" in SWEEP_AXES
+            else []
+        ),

@@ -232,6 +232,76 @@ def chain_html(run: str, raw: Path, data: Path, model: Path, samples: Path) -> s
     )
 
 
+def lr_sensitivity(points: list[dict[str, Any]]) -> dict[str, Any]:
+    """Wortsman et al. (2023)'s LR sensitivity of each variant: the mean over its learning rates
+    of min(L(lr), L0) - L*, with L0 the loss at initialisation (the mean of the runs' first
+    evaluation) and L* the best final loss of the whole sweep. points: {"variant", "lr",
+    "final", "initial"} per run; seeds of a variant and learning rate are averaged after the
+    cap; a final loss that is not finite (a diverged run) counts as L0."""
+    L0 = sum(p["initial"] for p in points) / len(points)
+    finals = [p["final"] for p in points if math.isfinite(p["final"])]
+    L_star = min(finals) if finals else L0
+    variants: dict[str, dict[float, list[float]]] = {}
+    for p in points:
+        capped = min(p["final"], L0) if math.isfinite(p["final"]) else L0
+        variants.setdefault(p["variant"], {}).setdefault(p["lr"], []).append(capped)
+    out = {}
+    for v, by_lr in variants.items():
+        lrs = sorted(by_lr)
+        losses = [sum(by_lr[lr]) / len(by_lr[lr]) for lr in lrs]
+        out[v] = {"lrs": lrs, "losses": losses,
+                  "sensitivity": sum(L - L_star for L in losses) / len(losses)}  # fmt: skip
+    return {"L0": L0, "L_star": L_star, "variants": out, "points": points}
+
+
+def sensitivity_svg(result: dict[str, Any], title: str) -> str:
+    """Final loss (capped at L0) against log10 of the learning rate, one curve per variant,
+    its sensitivity in the legend."""
+    series = [
+        (name, COLORS[i % len(COLORS)], "val",
+         [(math.log10(lr), L) for lr, L in zip(v["lrs"], v["losses"], strict=True)])
+        for i, (name, v) in enumerate(result["variants"].items())
+    ]  # fmt: skip
+    body = _panel(series, "log10 learning rate", 0, "final val loss (capped at L0)")
+    legend = []
+    for i, (name, v) in enumerate(result["variants"].items()):
+        y = 14 + 16 * i
+        legend.append(
+            f'<line x1="{W + 10}" x2="{W + 40}" y1="{y}" y2="{y}" '
+            f'stroke="{COLORS[i % len(COLORS)]}" stroke-width="2"/><text x="{W + 46}" '
+            f'y="{y + 4}">{html.escape(name)}: LR sensitivity {v["sensitivity"]:.4f}</text>'
+        )
+    n = len(result["variants"])
+    stated = (f"L0 = {result['L0']:.4f} (at initialisation), L* = {result['L_star']:.4f} "
+              "(best of the sweep)")  # fmt: skip
+    legend.append(f'<text x="{W + 10}" y="{30 + 16 * n}">{stated}</text>')
+    width = 2 * W + 200
+    return (
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="100%" viewBox="0 0 {width} {H}" '
+        f'font-family="sans-serif" font-size="11"><title>{html.escape(title)}</title>'
+        + "".join(body + legend)
+        + "</svg>\n"
+    )
+
+
+def sweep_points(runs: dict[str, Path], lr_key: str, axes: list[str]) -> list[dict[str, Any]]:
+    """Each run's point: its learning rate, its variant (the other axes' values), its final
+    loss (the eval stage's whole-split val loss) and its first evaluation's val loss."""
+    from nanogptx import config
+
+    points = []
+    for name, root in runs.items():
+        cfg = config.load(root / "model" / "config.toml")
+        settings = dict(s.split("=", 1) for s in config.settings(cfg, config.SECTIONS))
+        variant = ", ".join(f"{k}={settings[k]}" for k in axes if k != lr_key) or "all"
+        first = next(r for r in read_metrics(root / "model" / "metrics.jsonl")
+                     if r.get("kind") == "eval")  # fmt: skip
+        final = json.loads((root / "eval" / "metrics.json").read_text())["val_loss"]["loss"]
+        points.append({"run": name, "variant": variant, "lr": float(settings[lr_key]),
+                       "final": final, "initial": first["val_loss"]})  # fmt: skip
+    return points
+
+
 def text_html(text: str, title: str) -> str:
     """A text file (samples, a resolved config) as a page the report shows inline."""
     return (
@@ -295,13 +365,26 @@ def main(argv: Sequence[str] | None = None) -> None:
     t.add_argument("--out", type=Path, required=True)
     t.add_argument("--title", default="")
     t.add_argument("file", type=Path)
+    v = sub.add_parser("sensitivity", help="a sweep's final loss against learning rate")
+    v.add_argument("--out", type=Path, required=True, help="the SVG")
+    v.add_argument("--table", type=Path, required=True, help="JSON: every point, L0, L*")
+    v.add_argument("--lr-key", default="train.learning_rate")
+    v.add_argument("--axes", default="", help="the sweep's axes, comma-separated")
+    v.add_argument("--title", default="LR sensitivity")
+    v.add_argument("runs", nargs="+", metavar="NAME=RESULTS_DIR")
     e = sub.add_parser("evals", help="the eval metrics of one or more runs as an HTML table")
     e.add_argument("--out", type=Path, required=True)
     e.add_argument("--title", default="evaluation")
     e.add_argument("metrics", nargs="+", metavar="NAME=METRICS_JSON")
     args = parser.parse_args(argv)
     try:
-        if args.what == "text":
+        if args.what == "sensitivity":
+            runs = {n: Path(p) for n, _, p in (item.partition("=") for item in args.runs)}
+            points = sweep_points(runs, args.lr_key, [a for a in args.axes.split(",") if a])
+            result = lr_sensitivity(points)
+            provenance.write_json_atomic(args.table, result)
+            text = sensitivity_svg(result, args.title)
+        elif args.what == "text":
             text = text_html(args.file.read_text(errors="backslashreplace"), args.title)
         elif args.what == "evals":
             runs = {}

@@ -43,6 +43,7 @@ def _sweep(name):
 # --config sweep=NAME: the runs are the sweep's points (the base run's file plus overrides).
 SWEEP = config.get("sweep", "")
 POINTS, SWEEP_BASE = _sweep(SWEEP) if SWEEP else ({}, None)
+SWEEP_AXES = [k for k, _ in nsweep.load(SWEEP).axes] if SWEEP else []
 RUNS = list(POINTS) if SWEEP else _runs(config["runs"])
 # The mirror reaches download through the environment, not a param: where the bytes come from
 # changes nothing (they are hash-checked), so switching mirrors must not rerun anything.

@@ -107,3 +107,30 @@ rule report_sweep:
         " {params.pairs}"
         " && python -m nanogptx.report evals --out {output.evals:q} --title 'all runs'"
         " {params.eval_pairs}) > {log:q} 2>&1"
+
+
+# A sweep over train.learning_rate: final loss against learning rate and each variant's LR
+# sensitivity (Wortsman et al. 2023), with the table of every point.
+rule report_lr_sensitivity:
+    input:
+        evals=expand(rules.eval_run.output.metrics, run=RUNS),
+        metrics=expand(rules.train_run.output.metrics, run=RUNS),
+    output:
+        curve=report(
+            f"{RESULTS}/report/lr-sensitivity-{sweep_name(RUNS)}.svg",
+            caption="../report/lr_sensitivity.rst",
+            category="all runs",
+            labels={"figure": "final loss against learning rate"},
+        ),
+        table=f"{RESULTS}/report/lr-sensitivity-{sweep_name(RUNS)}.json",
+    log:
+        f"{LOGS}/report/lr-sensitivity.log",
+    conda:
+        "../envs/nanogptx.yaml"
+    params:
+        runs=shlex.join(f"{run}={RESULTS}/{run}" for run in RUNS),
+        axes=",".join(SWEEP_AXES),
+        code=code_hash("report"),
+    shell:
+        "python -m nanogptx.report sensitivity --out {output.curve:q} --table {output.table:q}"
+        " --axes {params.axes:q} {params.runs} > {log:q} 2>&1"
