@@ -27,8 +27,7 @@ def export(model_dir: str | Path, out_dir: str | Path, fmt: str = "hf") -> list[
     record = provenance.Record.start("export", {"format": fmt})
     params, cfg, _ = checkpoint.load_model(model_dir)
     sha = checkpoint.check_model_hash(model_dir)
-    if problems := hf.unsupported(cfg.model):
-        raise hf.HFError(f"{model_dir}: Hugging Face's GPT-2 cannot express {'; '.join(problems)}")
+    hf.check_expressible(cfg.model, str(model_dir))  # before the directory is made
     with provenance.exclusive(out_dir, "export"):
         paths = hf.save(params, cfg.model, out_dir)
         record.finish(

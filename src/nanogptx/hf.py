@@ -143,6 +143,13 @@ def unsupported(m: ModelConfig) -> list[str]:
     return out
 
 
+def check_expressible(m: ModelConfig, where: str = "") -> None:
+    """Raise HFError naming every feature of m that HF's GPT-2 cannot express."""
+    if problems := unsupported(m):
+        prefix = f"{where}: " if where else ""
+        raise HFError(f"{prefix}Hugging Face's GPT-2 cannot express {'; '.join(problems)}")
+
+
 def hf_config(m: ModelConfig) -> dict[str, Any]:
     """transformers' GPT2Config of m, as config.json."""
     return {
@@ -170,8 +177,7 @@ def hf_config(m: ModelConfig) -> dict[str, Any]:
 def to_tensors(params: dict[str, Any], m: ModelConfig) -> dict[str, np.ndarray]:
     """HF GPT2LMHeadModel's tensors of our params: padded vocabulary rows stripped, biases and
     gains a model lacks written as zeros and ones (the same function)."""
-    if problems := unsupported(m):
-        raise HFError(f"Hugging Face's GPT-2 cannot express {'; '.join(problems)}")
+    check_expressible(m)
     V, D = m.vocab_size, m.n_embd
     blocks = {k: np.asarray(v, np.float32) for k, v in params["blocks"].items()}
     N = m.n_layer

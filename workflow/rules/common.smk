@@ -32,18 +32,17 @@ def _runs(value):
 
 
 def _sweep(name):
-    """The runs of sweep `name` (config/sweeps/NAME.toml): {run: overrides}, and the base."""
+    """Sweep `name` (config/sweeps/NAME.toml): its runs {run: overrides}, base and axes."""
     try:
         s = nsweep.load(name)
-        return nsweep.expand(s), s.base
     except nconfig.ConfigError as e:
         raise WorkflowError(f"config sweep: {e}")
+    return nsweep.expand(s), s.base, [key for key, _ in s.axes]
 
 
 # --config sweep=NAME: the runs are the sweep's points (the base run's file plus overrides).
 SWEEP = config.get("sweep", "")
-POINTS, SWEEP_BASE = _sweep(SWEEP) if SWEEP else ({}, None)
-SWEEP_AXES = [k for k, _ in nsweep.load(SWEEP).axes] if SWEEP else []
+POINTS, SWEEP_BASE, SWEEP_AXES = _sweep(SWEEP) if SWEEP else ({}, None, [])
 RUNS = list(POINTS) if SWEEP else _runs(config["runs"])
 # The mirror reaches download through the environment, not a param: where the bytes come from
 # changes nothing (they are hash-checked), so switching mirrors must not rerun anything.
