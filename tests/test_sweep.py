@@ -21,19 +21,49 @@ def test_lr_sensitivity_matches_a_hand_computation() -> None:
         {"variant": "qk", "lr": 1e-2, "final": 1.8, "initial": 4.0},
         {"variant": "qk", "lr": 1e-2, "final": 2.2, "initial": 4.0},
         {"variant": "qk", "lr": 1e-1, "final": 3.0, "initial": 3.8},
+        # Stopped at a divergence: its (finite, low) final loss is not its result: L0 is, and it
+        # is not L*.
+        {"variant": "qk", "lr": 1.0, "final": 1.0, "initial": 4.2, "diverged": 30, "run": "d"},
     ]
     r = report.lr_sensitivity(points)
-    L0 = (4.0 + 4.2 + 4.1 + 3.9 + 4.0 + 4.0 + 3.8) / 7  # 4.0
+    L0 = (4.0 + 4.2 + 4.1 + 3.9 + 4.0 + 4.0 + 3.8 + 4.2) / 8
     assert r["L0"] == pytest.approx(L0) and r["L_star"] == 1.8
     # no-qk: min(2.0, L0) - 1.8, min(4.5, L0) - 1.8, L0 - 1.8 (diverged), averaged.
     assert r["variants"]["no-qk"]["sensitivity"] == pytest.approx(
         ((2.0 - 1.8) + (L0 - 1.8) + (L0 - 1.8)) / 3
     )
-    # qk: (2.1 - 1.8), ((1.8 + 2.2) / 2 - 1.8), (3.0 - 1.8), averaged.
-    assert r["variants"]["qk"]["sensitivity"] == pytest.approx((0.3 + 0.2 + 1.2) / 3)
-    assert r["variants"]["qk"]["lrs"] == [1e-3, 1e-2, 1e-1]
+    # qk: (2.1 - 1.8), ((1.8 + 2.2) / 2 - 1.8), (3.0 - 1.8), L0 - 1.8 (diverged), averaged.
+    qk = (0.3 + 0.2 + 1.2 + (L0 - 1.8)) / 4
+    assert r["variants"]["qk"]["sensitivity"] == pytest.approx(qk)
+    assert r["variants"]["qk"]["lrs"] == [1e-3, 1e-2, 1e-1, 1.0]
     svg = report.sensitivity_svg(r, "lr")
-    assert svg.count("<polyline") == 2 and "LR sensitivity 0.5667" in svg
+    assert svg.count("<polyline") == 2 and f"LR sensitivity {qk:.4f}" in svg
+    # The diverged run is drawn as a cross at L0, and says so.
+    assert "d: diverged at step 30" in svg and "x: a diverged run" in svg
+
+
+def _stats(step: int, logit: float, log_z: float) -> dict:
+    return {"kind": "stats", "step": step, "attn_logit_max": [logit, logit / 2], "log_z": log_z}
+
+
+def test_the_sweep_table_and_its_diagnostics_plot() -> None:
+    points = [
+        {"run": f"r{i}", "variant": v, "lr": lr, "final": 2.0, "initial": 4.0,
+         "diverged": 7 if lr == 1.0 and v == "a" else None, "max_attn_logit": None,
+         "final_log_z": None,
+         "records": [_stats(0, 1.0, 0.5), _stats(5, 10 * lr * (2 if v == "a" else 1), 3.0),
+                     _stats(7, math.nan, math.nan)]}
+        for i, (v, lr) in enumerate([(v, lr) for v in "ab" for lr in (1e-2, 0.1, 1.0)])
+    ]  # fmt: skip
+    svg = report.sweep_stats_svg(points, "t")
+    # Left panel: the 2 highest learning rates x 2 variants; right panel: all 6 runs' log Z.
+    assert svg.count("<polyline") == 4 + 6
+    assert "learning rates 1, 0.1" in svg and "nan" not in svg
+    rows = report.points_csv(points).splitlines()
+    assert rows[0] == ",".join(report.TABLE_COLUMNS) and len(rows) == 7
+    assert rows[3].startswith("r2,a,1.0,2.0,4.0,7,,")
+    with pytest.raises(ValueError, match="logging.stats_interval"):
+        report.sweep_stats_svg([dict(p, records=[]) for p in points], "t")
 
 
 def test_a_sweep_file_names_what_is_wrong(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -54,7 +84,10 @@ def test_a_sweep_file_names_what_is_wrong(tmp_path: Path, monkeypatch: pytest.Mo
     path.write_text('base = "base"\n[axes]\n"train.learning_rate" = [1e-3, 0.1]\n'
                     '"train.seed" = [1, 2]\n')  # fmt: skip
     runs = sweep.expand(sweep.load("s", d))
-    assert runs["s.learning_rate-0.1.seed-2"] == ["train.learning_rate=0.1", "train.seed=2"]
+    # Every point stops at a divergence (a result), unless an axis says otherwise.
+    assert runs["s.learning_rate-0.1.seed-2"] == [
+        "train.learning_rate=0.1", "train.seed=2", 'train.on_divergence="stop"'
+    ]
     assert len(runs) == 4
     with pytest.raises(config.ConfigError, match="no file"):
         sweep.load("missing", d)

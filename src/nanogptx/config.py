@@ -184,6 +184,14 @@ class TrainConfig:
     beta1: float = _f(0.9, "AdamW beta1")
     beta2: float = _f(0.95, "AdamW beta2")
     grad_clip: float = _f(1.0, "clip gradients to this global norm (0: no clipping)")
+    on_divergence: str = _f(
+        "fail",
+        "a NaN or inf loss or gradient norm: fail stops the stage with an error (the last good "
+        "checkpoint kept); stop (a sweep's points) makes a divergence a result: that, or a "
+        "training loss above the step-0 loss after the warmup, ends the training there and "
+        "writes the model marked diverged, with its step, in provenance.json and metrics.jsonl",
+        ("fail", "stop"),
+    )
     eval_interval: int = _f(2000, "evaluate every this many steps")
     eval_iters: int = _f(200, "validation (and train-estimate) batches per evaluation")
     eval_only: bool = _f(False, "evaluate once and stop")

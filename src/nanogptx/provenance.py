@@ -14,6 +14,7 @@ import fcntl
 import hashlib
 import importlib.metadata
 import json
+import math
 import os
 import platform
 import re
@@ -82,8 +83,21 @@ def write_bytes_atomic(path: str | Path, data: bytes) -> None:
         raise
 
 
+def finite(value: Any) -> Any:
+    """value with every NaN or inf float as None, so that it is strict JSON (a diverged run's
+    losses are such floats)."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, (list, tuple)):
+        return [finite(v) for v in value]
+    if isinstance(value, dict):
+        return {k: finite(v) for k, v in value.items()}
+    return value
+
+
 def write_json_atomic(path: str | Path, obj: Any) -> None:
-    write_bytes_atomic(path, (json.dumps(obj, indent=2) + "\n").encode())
+    """obj as strict JSON (NaN and inf as null) at path, atomically."""
+    write_bytes_atomic(path, (json.dumps(finite(obj), indent=2, allow_nan=False) + "\n").encode())
 
 
 def output_dir(path: str | Path, flag: str = "--out") -> Path:

@@ -12,7 +12,9 @@ Plain SVG and HTML written here: no plotting library needed for a few lines.
 from __future__ import annotations
 
 import argparse
+import csv
 import html
+import io
 import json
 import math
 from collections.abc import Sequence
@@ -38,6 +40,10 @@ def _ticks(lo: float, hi: float, n: int = 5) -> list[float]:
     return [first + i * step for i in range(int((hi - first) / step + 1e-9) + 1)]
 
 
+def _finite(v: Any) -> bool:
+    return isinstance(v, (int, float)) and math.isfinite(v)
+
+
 def _fmt(v: float) -> str:
     return f"{v / 1e6:g}M" if abs(v) >= 1e6 else f"{v / 1e3:g}k" if abs(v) >= 1e4 else f"{v:g}"
 
@@ -50,8 +56,13 @@ def _panel(
     y0: int = 0,
 ) -> list[str]:
     """One plot at offset (x0, y0); series are (label, color, style, points); style "train"
-    draws dashed, "val" solid, "layer<i>" solid with a dash pattern per layer."""
+    draws dashed, "val" solid, "layer<i>" solid with a dash pattern per layer, "marks" a cross
+    at each point. Points that are not finite are left out."""
+    series = [(label, color, style, [(x, y) for x, y in pts if _finite(x) and _finite(y)])
+              for label, color, style, pts in series]  # fmt: skip
     points = [p for *_, pts in series for p in pts]
+    if not points:
+        return []
     xs, ys = [p[0] for p in points], [p[1] for p in points]
     (xlo, xhi), (ylo, yhi) = (min(xs), max(xs) or 1.0), (min(ys), max(ys))
     if yhi == ylo:
@@ -86,6 +97,13 @@ def _panel(
         f'text-anchor="middle">{html.escape(y_label)}</text>'
     )
     for label, color, style, pts in series:
+        if style == "marks":
+            out += [
+                f'<path d="M{sx(x) - 5:.1f},{sy(y) - 5:.1f}l10,10m0,-10l-10,10" stroke="{color}" '
+                f'stroke-width="2"><title>{html.escape(label)}</title></path>'
+                for x, y in pts
+            ]
+            continue
         path = " ".join(f"{sx(x):.1f},{sy(y):.1f}" for x, y in pts)
         dash = ' stroke-dasharray="4 3" stroke-opacity="0.6"' if style == "train" else ""
         if style.startswith("layer") and int(style[5:]):
@@ -153,10 +171,12 @@ def stats_panels(
     def per_layer(r: dict[str, Any]) -> list[float]:
         names = [k for k in r["param_rms"] if k.startswith("blocks.") and k.endswith("_w")]
         N = len(r["param_rms"][names[0]])
-        return [
-            sum(r["update_rms"][k][i] / r["param_rms"][k][i] for k in names) / len(names)
-            for i in range(N)
-        ]
+
+        def ratio(k: str, i: int) -> float:  # None: not finite (a diverging run)
+            u, p = r["update_rms"][k][i], r["param_rms"][k][i]
+            return u / p if _finite(u) and _finite(p) and p else math.nan
+
+        return [sum(ratio(k, i) for k in names) / len(names) for i in range(N)]
 
     logits, log_z, updates = [], [], []
     for i, (name, records) in enumerate(runs.items()):
@@ -235,15 +255,20 @@ def chain_html(run: str, raw: Path, data: Path, model: Path, samples: Path) -> s
 def lr_sensitivity(points: list[dict[str, Any]]) -> dict[str, Any]:
     """Wortsman et al. (2023)'s LR sensitivity of each variant: the mean over its learning rates
     of min(L(lr), L0) - L*, with L0 the loss at initialisation (the mean of the runs' first
-    evaluation) and L* the best final loss of the whole sweep. points: {"variant", "lr",
-    "final", "initial"} per run; seeds of a variant and learning rate are averaged after the
-    cap; a final loss that is not finite (a diverged run) counts as L0."""
+    evaluation) and L* the best final loss of the runs that did not diverge. points:
+    {"variant", "lr", "final", "initial"} per run, optionally "diverged" (its step, or None);
+    seeds of a variant and learning rate are averaged after the cap; a diverged run, or a final
+    loss that is not finite, counts as L0."""
     L0 = sum(p["initial"] for p in points) / len(points)
-    finals = [p["final"] for p in points if math.isfinite(p["final"])]
+
+    def ok(p: dict[str, Any]) -> bool:
+        return p.get("diverged") is None and _finite(p["final"])
+
+    finals = [p["final"] for p in points if ok(p)]
     L_star = min(finals) if finals else L0
     variants: dict[str, dict[float, list[float]]] = {}
     for p in points:
-        capped = min(p["final"], L0) if math.isfinite(p["final"]) else L0
+        capped = min(p["final"], L0) if ok(p) else L0
         variants.setdefault(p["variant"], {}).setdefault(p["lr"], []).append(capped)
     out = {}
     for v, by_lr in variants.items():
@@ -262,7 +287,11 @@ def sensitivity_svg(result: dict[str, Any], title: str) -> str:
          [(math.log10(lr), L) for lr, L in zip(v["lrs"], v["losses"], strict=True)])
         for i, (name, v) in enumerate(result["variants"].items())
     ]  # fmt: skip
-    body = _panel(series, "log10 learning rate", 0, "final val loss (capped at L0)")
+    crosses = [(f"{p['run']}: diverged at step {p['diverged']}", COLORS[i % len(COLORS)],
+                "marks", [(math.log10(p["lr"]), result["L0"])])
+               for i, name in enumerate(result["variants"])
+               for p in result["points"] if p["variant"] == name and p.get("diverged") is not None]
+    body = _panel(series + crosses, "log10 learning rate", 0, "final val loss (capped at L0)")
     legend = []
     for i, (name, v) in enumerate(result["variants"].items()):
         y = 14 + 16 * i
@@ -275,6 +304,9 @@ def sensitivity_svg(result: dict[str, Any], title: str) -> str:
     stated = (f"L0 = {result['L0']:.4f} (at initialisation), L* = {result['L_star']:.4f} "
               "(best of the sweep)")  # fmt: skip
     legend.append(f'<text x="{W + 10}" y="{30 + 16 * n}">{stated}</text>')
+    if crosses:
+        legend.append(f'<text x="{W + 10}" y="{46 + 16 * n}">x: a diverged run (counted as '
+                      "L0)</text>")  # fmt: skip
     width = 2 * W + 200
     return (
         f'<svg xmlns="http://www.w3.org/2000/svg" width="100%" viewBox="0 0 {width} {H}" '
@@ -286,7 +318,10 @@ def sensitivity_svg(result: dict[str, Any], title: str) -> str:
 
 def sweep_points(runs: dict[str, Path], lr_key: str, axes: list[str]) -> list[dict[str, Any]]:
     """Each run's point: its learning rate, its variant (the other axes' values), its final
-    loss (the eval stage's whole-split val loss) and its first evaluation's val loss."""
+    loss (the eval stage's whole-split val loss), its first evaluation's val loss, the step it
+    diverged at (None: it did not), and its diagnostics' extremes (the largest attention logit
+    of any layer over the run, the last mean log Z; None without diagnostics). "records" holds
+    its metrics.jsonl records (not written to the table)."""
     from nanogptx import config
 
     points = []
@@ -294,12 +329,78 @@ def sweep_points(runs: dict[str, Path], lr_key: str, axes: list[str]) -> list[di
         cfg = config.load(root / "model" / "config.toml")
         settings = dict(s.split("=", 1) for s in config.settings(cfg, config.SECTIONS))
         variant = ", ".join(f"{k}={settings[k]}" for k in axes if k != lr_key) or "all"
-        first = next(r for r in read_metrics(root / "model" / "metrics.jsonl")
-                     if r.get("kind") == "eval")  # fmt: skip
+        records = read_metrics(root / "model" / "metrics.jsonl")
+        first = next(r for r in records if r.get("kind") == "eval")
         final = json.loads((root / "eval" / "metrics.json").read_text())["val_loss"]["loss"]
-        points.append({"run": name, "variant": variant, "lr": float(settings[lr_key]),
-                       "final": final, "initial": first["val_loss"]})  # fmt: skip
+        diverged = provenance.read(root / "model").get("summary", {}).get("diverged")
+        stats = [r for r in records if r.get("kind") == "stats"]
+        logits = [v for r in stats for v in r["attn_logit_max"] if _finite(v)]
+        points.append({
+            "run": name, "variant": variant, "lr": float(settings[lr_key]),
+            "final": final if _finite(final) else math.nan, "initial": first["val_loss"],
+            "diverged": None if diverged is None else diverged["step"],
+            "max_attn_logit": max(logits) if logits else None,
+            "final_log_z": stats[-1]["log_z"] if stats else None,
+            "records": records,
+        })  # fmt: skip
     return points
+
+
+TABLE_COLUMNS = ("run", "variant", "lr", "final", "initial", "diverged", "max_attn_logit",
+                 "final_log_z")  # fmt: skip
+
+
+def points_csv(points: list[dict[str, Any]]) -> str:
+    """The sweep's points as CSV (empty cells: none), one row per run."""
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(TABLE_COLUMNS)
+    for p in points:
+        w.writerow(["" if p.get(k) is None else p[k] for k in TABLE_COLUMNS])
+    return buf.getvalue()
+
+
+def sweep_stats_svg(points: list[dict[str, Any]], title: str, high: int = 2) -> str:
+    """Wortsman et al.'s two diagnostics against step, one color per variant: the largest
+    attention logit (over layers) of the runs at the sweep's `high` largest learning rates
+    (solid: the largest, then longer dashes), and every run's mean output log Z."""
+    variants = list(dict.fromkeys(p["variant"] for p in points))
+    top = sorted({p["lr"] for p in points}, reverse=True)[:high]
+    logits, log_z = [], []
+    for p in points:
+        stats = [r for r in p["records"] if r.get("kind") == "stats"]
+        color = COLORS[variants.index(p["variant"]) % len(COLORS)]
+        log_z.append((p["run"], color, "val", [(r["step"], r["log_z"]) for r in stats]))
+        if p["lr"] in top:
+            pts = [(r["step"], max((v for v in r["attn_logit_max"] if _finite(v)), default=None))
+                   for r in stats]  # fmt: skip
+            logits.append((p["run"], color, f"layer{top.index(p['lr'])}", pts))
+    if not any(pts for *_, pts in log_z):
+        raise ValueError("no diagnostics (records of kind stats) in the sweep's metrics: set "
+                         "logging.stats_interval > 0 in its base run")  # fmt: skip
+    body = _panel(logits, "step", 0, "largest attention logit") + _panel(
+        log_z, "step", W, "mean log Z of the output"
+    )
+    legend = []
+    for i, name in enumerate(variants):
+        y = 14 + 16 * i
+        legend.append(
+            f'<line x1="{2 * W + 10}" x2="{2 * W + 40}" y1="{y}" y2="{y}" '
+            f'stroke="{COLORS[i % len(COLORS)]}" stroke-width="2"/>'
+            f'<text x="{2 * W + 46}" y="{y + 4}">{html.escape(name)}</text>'
+        )
+    lrs = ", ".join(f"{lr:g}" for lr in top)
+    n = len(variants)
+    legend.append(f'<text x="{2 * W + 10}" y="{30 + 16 * n}">left: learning rates {lrs} '
+                  "(solid: the largest)</text>")  # fmt: skip
+    legend.append(f'<text x="{2 * W + 10}" y="{46 + 16 * n}">right: every run</text>')
+    width = 2 * W + 60 + 7 * max(40, *(len(v) for v in variants))
+    return (
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="100%" viewBox="0 0 {width} {H}" '
+        f'font-family="sans-serif" font-size="11"><title>{html.escape(title)}</title>'
+        + "".join(body + legend)
+        + "</svg>\n"
+    )
 
 
 def text_html(text: str, title: str) -> str:
@@ -368,6 +469,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     v = sub.add_parser("sensitivity", help="a sweep's final loss against learning rate")
     v.add_argument("--out", type=Path, required=True, help="the SVG")
     v.add_argument("--table", type=Path, required=True, help="JSON: every point, L0, L*")
+    v.add_argument("--csv", type=Path, help="CSV: every point")
+    v.add_argument("--stats", type=Path, help="SVG: attention logits and log Z against step")
     v.add_argument("--lr-key", default="train.learning_rate")
     v.add_argument("--axes", default="", help="the sweep's axes, comma-separated")
     v.add_argument("--title", default="LR sensitivity")
@@ -381,8 +484,15 @@ def main(argv: Sequence[str] | None = None) -> None:
         if args.what == "sensitivity":
             runs = {n: Path(p) for n, _, p in (item.partition("=") for item in args.runs)}
             points = sweep_points(runs, args.lr_key, [a for a in args.axes.split(",") if a])
+            if args.stats:
+                svg = sweep_stats_svg(points, f"{args.title}: diagnostics")
+                provenance.write_bytes_atomic(args.stats, svg.encode())
+            for p in points:
+                del p["records"]
             result = lr_sensitivity(points)
             provenance.write_json_atomic(args.table, result)
+            if args.csv:
+                provenance.write_bytes_atomic(args.csv, points_csv(points).encode())
             text = sensitivity_svg(result, args.title)
         elif args.what == "text":
             text = text_html(args.file.read_text(errors="backslashreplace"), args.title)

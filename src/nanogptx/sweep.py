@@ -11,7 +11,9 @@
 Each point is a run named <sweep>.<key>-<value>... (for example lr.learning_rate-0.003.qk_norm-true)
 whose config is the base file with the point's settings as overrides: it has its own checkpoints,
 model, samples and eval, shares the prepared data with the other points (equal data settings),
-and an added point leaves the finished ones as they are. Standard library only (the Snakefile).
+and an added point leaves the finished ones as they are. A point that diverges stops early and
+is recorded as diverged (train.on_divergence = "stop"), so the sweep completes. Standard library
+only (the Snakefile).
 """
 
 from __future__ import annotations
@@ -75,13 +77,20 @@ def load(name: str, directory: Path = SWEEPS) -> Sweep:
     return Sweep(name, base, tuple(out))
 
 
+# A sweep's point that diverges is a result (recorded, its model written), not a failed job
+# that stops the sweep; an axis of train.on_divergence overrides this.
+POINT_SETTINGS = {"train.on_divergence": "stop"}
+
+
 def expand(sweep: Sweep) -> dict[str, list[str]]:
-    """{run name: its overrides ("section.key=value")}, one run per point of the axes' product."""
+    """{run name: its overrides ("section.key=value")}, one run per point of the axes' product,
+    each with POINT_SETTINGS."""
     runs = {}
     keys = [k for k, _ in sweep.axes]
+    fixed = [f"{k}={config._toml_value(v)}" for k, v in POINT_SETTINGS.items() if k not in keys]
     for point in itertools.product(*(values for _, values in sweep.axes)):
         pairs = list(zip(keys, point, strict=True))
         parts = [f"{k.partition('.')[2]}-{_value_text(v)}" for k, v in pairs]
         name = config.check_run_name(".".join([sweep.name, *parts]))
-        runs[name] = [f"{k}={config._toml_value(v)}" for k, v in pairs]
+        runs[name] = [f"{k}={config._toml_value(v)}" for k, v in pairs] + fixed
     return runs

@@ -483,6 +483,12 @@ def schedule_change(meta: dict[str, Any], t: TrainConfig, step: int) -> str | No
 # ---------------------------------------------------------------- metrics
 
 
+def initial_loss(records: list[dict[str, Any]]) -> float | None:
+    """The step-0 evaluation's train loss, L0 (None when the records lack it)."""
+    first = (r for r in records if r.get("kind") == "eval" and r["step"] == 0)
+    return next((r["train_loss"] for r in first if r["train_loss"] is not None), None)
+
+
 class Metrics:
     """Records in memory, appended to <out>/metrics.jsonl as they come, and sent to wandb."""
 
@@ -495,6 +501,7 @@ class Metrics:
         return "".join(json.dumps(r) + "\n" for r in self.records).encode()
 
     def add(self, record: dict[str, Any]) -> None:
+        record = provenance.finite(record)  # a NaN or inf as null: the file stays JSON
         self.records.append(record)
         if jax.process_index() != 0:
             return
@@ -726,9 +733,18 @@ def _train(
     pending: list[tuple[int, dict[str, jax.Array]]] = []
     diagnosed: list[tuple[int, dict[str, Any]]] = []
     clock = {"seconds": 0.0, "steps": 0, "since": time.perf_counter()}
+    diverged: dict[str, Any] = {}  # with train.on_divergence = "stop": where and why
+
+    def divergence(step: int, loss: float, grad_norm: float) -> str | None:
+        if not (np.isfinite(loss) and np.isfinite(grad_norm)):
+            return f"loss is {loss} (grad norm {grad_norm})"
+        L0 = initial_loss(metrics.records)
+        if t.on_divergence == "stop" and step >= t.warmup_iters and L0 is not None and loss > L0:
+            return f"training loss {loss:.4f} is above the step-0 loss {L0:.4f} after the warmup"
+        return None
 
     def flush() -> dict[str, float] | None:
-        """Fetch the stats of the steps run since the last flush; stop at a NaN or inf."""
+        """Fetch the stats of the steps run since the last flush; stop at a divergence."""
         host = jax.device_get([s for _, s in pending])
         steps = [s for s, _ in pending]
         pending.clear()
@@ -736,12 +752,17 @@ def _train(
         clock["seconds"] += now - clock["since"]
         clock["since"] = now
         for step, stats in zip(steps, host, strict=True):
-            if not (np.isfinite(stats["loss"]) and np.isfinite(stats["grad_norm"])):
+            if diverged or not (why := divergence(step, stats["loss"], stats["grad_norm"])):
+                continue
+            if t.on_divergence == "fail":
                 last = checkpoint.latest(ckpt_dir)
                 raise TrainError(
-                    f"loss is {stats['loss']} (grad norm {stats['grad_norm']}) at step {step}: "
-                    f"training stopped; the last good checkpoint is {last or 'none (none saved)'}"
+                    f"{why} at step {step}: training stopped; the last good checkpoint is "
+                    f"{last or 'none (none saved)'} (train.on_divergence = 'stop' would record "
+                    "the divergence as the run's result)"
                 )
+            diverged.update(step=step, reason=why, loss=float(stats["loss"]),
+                            grad_norm=float(stats["grad_norm"]))  # fmt: skip
         for step, diag in jax.device_get(diagnosed):
             metrics.add({"kind": "stats", "step": step, **jax.tree.map(lambda a: a.tolist(), diag)})
         diagnosed.clear()
@@ -750,8 +771,9 @@ def _train(
     saved = {start} if path is not None else set()
 
     def save_checkpoint(step: int) -> None:
-        if step in saved or step == 0:
-            return  # the checkpoint this run resumed from, the last periodic one, or no step
+        if step in saved or step == 0 or diverged:
+            return  # the checkpoint this run resumed from, the last periodic one, no step, or
+            # a diverged state (the last good checkpoint stays the latest)
         saved.add(step)
         host = to_host(state)
         if jax.process_index() != 0:
@@ -783,9 +805,12 @@ def _train(
     profile_dir = out_dir / "profile"
     profiling = False
     watch = Progress(progress[0], t.max_iters, start, progress[1])
+    done = start  # steps the state holds
     for step in range(start, t.max_iters):
         if step % t.eval_interval == 0:
-            paused(lambda step=step: evaluate(step))
+            paused(lambda step=step: None if diverged else evaluate(step))
+        if diverged:
+            break
         if t.profile_start and step == t.profile_start:
             jax.profiler.start_trace(str(profile_dir), create_perfetto_trace=True)
             profiling = True
@@ -796,6 +821,7 @@ def _train(
         else:
             state, stats = train_step(state, x, y, np.int32(step), key_dropout)
         pending.append((step, stats))
+        done = step + 1
         clock["steps"] += 1
         if profiling and step == t.profile_start + t.profile_steps - 1:
             jax.block_until_ready(state)
@@ -804,6 +830,8 @@ def _train(
             log(f"profile of steps {t.profile_start}-{step} written to {profile_dir}")
         if step % cfg.logging.log_interval == 0 or step == t.max_iters - 1:
             last = flush()
+            if diverged:
+                break
             dt = clock["seconds"] / clock["steps"]
             tok_s = tokens_per_step / dt
             mfu = None if peak is None else flops_per_token * tok_s / (peak * n_dev)
@@ -827,15 +855,27 @@ def _train(
             clock["seconds"], clock["steps"] = 0.0, 0
         if t.checkpoint_interval and (step + 1) % t.checkpoint_interval == 0:
             paused(lambda step=step: save_checkpoint(step + 1))
+            if diverged:
+                break
     watch.close()
     if profiling:
         jax.block_until_ready(state)
         jax.profiler.stop_trace()
 
-    paused(lambda: save_checkpoint(t.max_iters))
-    final = evaluate(t.max_iters)
+    if not diverged:
+        paused(lambda: save_checkpoint(t.max_iters))
+        done = t.max_iters
+    else:
+        flush()
+        diverged["stopped_at"] = done
+        metrics.add({"kind": "diverged", **diverged})
+        log(f"diverged at step {diverged['step']}: {diverged['reason']}; training stopped at "
+            f"step {done} of {t.max_iters} and its model is written as the run's result "
+            "(train.on_divergence = 'stop')")  # fmt: skip
+    final = evaluate(done)
     summary = {
-        "step": t.max_iters,
+        "step": done,
+        "diverged": diverged or None,
         "train_loss": final["train"],
         "val_loss": final["val"],
         "n_params": n_params,
@@ -850,7 +890,7 @@ def _train(
     params = to_host(state["params"])
     if jax.process_index() == 0:
         tokenizer = data.manifest["tokenizer"]
-        outputs = checkpoint.save_model(out_dir, params, cfg, tokenizer, t.max_iters)
+        outputs = checkpoint.save_model(out_dir, params, cfg, tokenizer, done)
         provenance.write_bytes_atomic(out_dir / "metrics.jsonl", metrics.dump())
         outputs.append(out_dir / "metrics.jsonl")
         inputs = [provenance.file_entry(data.dir / "manifest.json", data.manifest_sha256)]
@@ -875,7 +915,8 @@ def _train(
             },
         )
     if metrics.wandb_run is not None:
-        metrics.wandb_run.summary.update({"final/val_loss": final["val"]})
+        metrics.wandb_run.summary.update({"final/val_loss": final["val"],
+                                          "diverged_at": diverged.get("step")})  # fmt: skip
         metrics.wandb_run.finish()
     log(f"model written to {out_dir}")
     return summary
