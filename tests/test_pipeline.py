@@ -342,7 +342,7 @@ def test_a_malformed_dataset_file_is_refused_naming_file_and_key(tiny: Path) -> 
         entry.unlink()
 
 
-def test_a_sweep_expands_into_runs_that_share_data_and_an_added_point_runs_alone(
+def test_a_sweep_runs_to_its_report_with_a_diverged_point_and_an_added_point_runs_alone(
     tiny: Path,
 ) -> None:
     from nanogptx import config, sweep
@@ -350,27 +350,51 @@ def test_a_sweep_expands_into_runs_that_share_data_and_an_added_point_runs_alone
     sweeps = tiny / "config/sweeps"
     sweeps.mkdir(exist_ok=True)
     path = sweeps / "mini.toml"
-    axes = '"train.max_iters" = [20]\n"train.learning_rate" = [1e-2, 3e-2]\n'
+    # 30 steps, warmup 20: at learning rate 100 the loss blows up within the warmup.
+    axes = '"train.max_iters" = [30]\n"train.learning_rate" = [1e-2, 100]\n'
     path.write_text(f'base = "tiny"\n[axes]\n{axes}"model.qk_norm" = [false, true]\n')
     try:
         points = sweep.expand(sweep.load("mini", sweeps))
-        assert list(points) == [
-            "mini.max_iters-20.learning_rate-0.01.qk_norm-false",
-            "mini.max_iters-20.learning_rate-0.01.qk_norm-true",
-            "mini.max_iters-20.learning_rate-0.03.qk_norm-false",
-            "mini.max_iters-20.learning_rate-0.03.qk_norm-true",
+        names = [
+            "mini.max_iters-30.learning_rate-0.01.qk_norm-false",
+            "mini.max_iters-30.learning_rate-0.01.qk_norm-true",
+            "mini.max_iters-30.learning_rate-100.qk_norm-false",
+            "mini.max_iters-30.learning_rate-100.qk_norm-true",
         ]
+        assert list(points) == names
         cfgs = [config.load(tiny / "config/tiny.toml", o) for o in points.values()]
         assert len({config.data_id(c) for c in cfgs}) == 1  # one prepared dataset for all
-        assert [c.train.learning_rate for c in cfgs] == [1e-2, 1e-2, 3e-2, 3e-2]
+        assert [c.train.learning_rate for c in cfgs] == [1e-2, 1e-2, 100, 100]
         assert planned_jobs(tiny, "train", "--config", "sweep=mini") == {"train_run": 4, "train": 1}
-        # Two points trained for real (tiny's prepared data reused), then one more learning
-        # rate: only its two new points would run; the finished ones are kept.
-        path.write_text(path.read_text().replace("[1e-2, 3e-2]", "[1e-2]"))
-        snakemake(tiny, "train", "--config", "sweep=mini")
-        model = tiny / "results" / next(iter(points)) / "model"
-        assert config.load(model / "config.toml").train.max_iters == 20
-        path.write_text(path.read_text().replace("[1e-2]", "[1e-2, 3e-2]"))
-        assert planned_jobs(tiny, "train", "--config", "sweep=mini") == {"train_run": 2, "train": 1}
+        # Without QK-norm, for real (tiny's prepared data reused): the point at learning rate
+        # 100 diverges, is recorded as diverged, and the sweep goes on to its report.
+        path.write_text(path.read_text().replace("[false, true]", "[false]"))
+        r = snakemake(tiny, "sweep", "--config", "sweep=mini")
+        assert "prepare" not in r.stderr.split("Job stats:")[1].split("total")[0]
+        ok, bad = (tiny / "results" / names[i] for i in (0, 2))
+        assert config.load(ok / "model/config.toml").train.max_iters == 30
+        summary = json.loads((bad / "model/provenance.json").read_text())["summary"]
+        step = summary["diverged"]["step"]
+        assert 0 < step < 30 and summary["step"] < 30, summary
+        records = [json.loads(line) for line in (bad / "model/metrics.jsonl").open()]
+        assert [r["step"] for r in records if r["kind"] == "diverged"] == [step]
+        log = (tiny / f"results/logs/train/{names[2]}.log").read_text()
+        assert f"diverged at step {step}: " in log and "written as the run's result" in log
+        assert json.loads((ok / "model/provenance.json").read_text())["summary"]["diverged"] is None
+        for run in (ok, bad):
+            assert (run / "eval/metrics.json").exists() and (run / "samples/samples.txt").exists()
+        table = json.loads((tiny / "results/report/lr-sensitivity-sweep-mini.json").read_text())
+        by_run = {p["run"]: p for p in table["points"]}
+        assert by_run[names[2]]["diverged"] == step and by_run[names[0]]["diverged"] is None
+        assert table["L_star"] == by_run[names[0]]["final"]  # the diverged point is not L*
+        rows = (tiny / "results/report/lr-sensitivity-sweep-mini.csv").read_text().splitlines()
+        assert len(rows) == 3 and any(row.startswith(f"{names[2]},") for row in rows)
+        svg = (tiny / "results/report/lr-sensitivity-sweep-mini.svg").read_text()
+        assert f"diverged at step {step}" in svg
+        # QK-norm added to the axis: only its two new points would run; the finished ones are
+        # kept.
+        path.write_text(path.read_text().replace("[false]", "[false, true]"))
+        planned = planned_jobs(tiny, "sweep", "--config", "sweep=mini")
+        assert planned["train_run"] == 2 and "prepare" not in planned, planned
     finally:
         path.unlink()

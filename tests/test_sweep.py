@@ -38,6 +38,9 @@ def test_lr_sensitivity_matches_a_hand_computation() -> None:
     assert r["variants"]["qk"]["lrs"] == [1e-3, 1e-2, 1e-1, 1.0]
     svg = report.sensitivity_svg(r, "lr")
     assert svg.count("<polyline") == 2 and f"LR sensitivity {qk:.4f}" in svg
+    # The seeds of qk at 1e-2 span a band; no-qk has one seed per learning rate.
+    assert r["variants"]["qk"]["seeds"] == [1, 2, 1, 1] and svg.count("<polygon") == 1
+    assert r["variants"]["qk"]["low"][1] == 1.8 and r["variants"]["qk"]["high"][1] == 2.2
     # The diverged run is drawn as a cross at L0, and says so.
     assert "d: diverged at step 30" in svg and "x: a diverged run" in svg
 
@@ -62,8 +65,9 @@ def test_the_sweep_table_and_its_diagnostics_plot() -> None:
     rows = report.points_csv(points).splitlines()
     assert rows[0] == ",".join(report.TABLE_COLUMNS) and len(rows) == 7
     assert rows[3].startswith("r2,a,1.0,2.0,4.0,7,,")
-    with pytest.raises(ValueError, match="logging.stats_interval"):
-        report.sweep_stats_svg([dict(p, records=[]) for p in points], "t")
+    # Runs without diagnostics: the figure says what to set.
+    empty = report.sweep_stats_svg([dict(p, records=[]) for p in points], "t")
+    assert "logging.stats_interval &gt; 0" in empty and "<polyline" not in empty
 
 
 def test_a_sweep_file_names_what_is_wrong(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -57,7 +57,7 @@ def _panel(
 ) -> list[str]:
     """One plot at offset (x0, y0); series are (label, color, style, points); style "train"
     draws dashed, "val" solid, "layer<i>" solid with a dash pattern per layer, "marks" a cross
-    at each point. Points that are not finite are left out."""
+    at each point, "band" a shaded polygon through the points. Points that are not finite are left out."""
     series = [(label, color, style, [(x, y) for x, y in pts if _finite(x) and _finite(y)])
               for label, color, style, pts in series]  # fmt: skip
     points = [p for *_, pts in series for p in pts]
@@ -105,6 +105,10 @@ def _panel(
             ]
             continue
         path = " ".join(f"{sx(x):.1f},{sy(y):.1f}" for x, y in pts)
+        if style == "band":
+            out.append(f'<polygon points="{path}" fill="{color}" fill-opacity="0.15" '
+                       f'stroke="none"><title>{html.escape(label)}</title></polygon>')
+            continue
         dash = ' stroke-dasharray="4 3" stroke-opacity="0.6"' if style == "train" else ""
         if style.startswith("layer") and int(style[5:]):
             dash = f' stroke-dasharray="{2 * int(style[5:])} 2"'
@@ -274,14 +278,23 @@ def lr_sensitivity(points: list[dict[str, Any]]) -> dict[str, Any]:
     for v, by_lr in variants.items():
         lrs = sorted(by_lr)
         losses = [sum(by_lr[lr]) / len(by_lr[lr]) for lr in lrs]
-        out[v] = {"lrs": lrs, "losses": losses,
+        out[v] = {"lrs": lrs, "losses": losses, "seeds": [len(by_lr[lr]) for lr in lrs],
+                  "low": [min(by_lr[lr]) for lr in lrs], "high": [max(by_lr[lr]) for lr in lrs],
                   "sensitivity": sum(L - L_star for L in losses) / len(losses)}  # fmt: skip
     return {"L0": L0, "L_star": L_star, "variants": out, "points": points}
 
 
 def sensitivity_svg(result: dict[str, Any], title: str) -> str:
-    """Final loss (capped at L0) against log10 of the learning rate, one curve per variant,
-    its sensitivity in the legend."""
+    """Final loss (capped at L0) against log10 of the learning rate, one curve per variant (the
+    mean over seeds, in a shaded band from their lowest to their highest), its sensitivity in
+    the legend."""
+    bands = [
+        (f"{name}: seeds' range", COLORS[i % len(COLORS)], "band",
+         [(math.log10(lr), L) for lr, L in zip(v["lrs"], v["low"], strict=True)]
+         + [(math.log10(lr), L) for lr, L in reversed(list(zip(v["lrs"], v["high"],
+                                                              strict=True)))])
+        for i, (name, v) in enumerate(result["variants"].items()) if v["low"] != v["high"]
+    ]  # fmt: skip
     series = [
         (name, COLORS[i % len(COLORS)], "val",
          [(math.log10(lr), L) for lr, L in zip(v["lrs"], v["losses"], strict=True)])
@@ -291,7 +304,7 @@ def sensitivity_svg(result: dict[str, Any], title: str) -> str:
                 "marks", [(math.log10(p["lr"]), result["L0"])])
                for i, name in enumerate(result["variants"])
                for p in result["points"] if p["variant"] == name and p.get("diverged") is not None]
-    body = _panel(series + crosses, "log10 learning rate", 0, "final val loss (capped at L0)")
+    body = _panel(bands + series + crosses, "log10 learning rate", 0, "final val loss (capped at L0)")
     legend = []
     for i, (name, v) in enumerate(result["variants"].items()):
         y = 14 + 16 * i
@@ -317,18 +330,24 @@ def sensitivity_svg(result: dict[str, Any], title: str) -> str:
 
 
 def sweep_points(runs: dict[str, Path], lr_key: str, axes: list[str]) -> list[dict[str, Any]]:
-    """Each run's point: its learning rate, its variant (the other axes' values), its final
+    """Each run's point: its learning rate, its variant (the values of the other axes that
+    vary, but the seed's: seeds of a variant are averaged), its final
     loss (the eval stage's whole-split val loss), its first evaluation's val loss, the step it
     diverged at (None: it did not), and its diagnostics' extremes (the largest attention logit
     of any layer over the run, the last mean log Z; None without diagnostics). "records" holds
     its metrics.jsonl records (not written to the table)."""
     from nanogptx import config
 
-    points = []
-    for name, root in runs.items():
+    def run_settings(root: Path) -> dict[str, str]:
         cfg = config.load(root / "model" / "config.toml")
-        settings = dict(s.split("=", 1) for s in config.settings(cfg, config.SECTIONS))
-        variant = ", ".join(f"{k}={settings[k]}" for k in axes if k != lr_key) or "all"
+        return dict(s.split("=", 1) for s in config.settings(cfg, config.SECTIONS))
+
+    points = []
+    settings = {name: run_settings(root) for name, root in runs.items()}
+    varied = [k for k in axes if k not in (lr_key, "train.seed")
+              and len({s[k] for s in settings.values()}) > 1]  # fmt: skip
+    for name, root in runs.items():
+        variant = ", ".join(f"{k}={settings[name][k]}" for k in varied) or "all"
         records = read_metrics(root / "model" / "metrics.jsonl")
         first = next(r for r in records if r.get("kind") == "eval")
         final = json.loads((root / "eval" / "metrics.json").read_text())["val_loss"]["loss"]
@@ -336,7 +355,7 @@ def sweep_points(runs: dict[str, Path], lr_key: str, axes: list[str]) -> list[di
         stats = [r for r in records if r.get("kind") == "stats"]
         logits = [v for r in stats for v in r["attn_logit_max"] if _finite(v)]
         points.append({
-            "run": name, "variant": variant, "lr": float(settings[lr_key]),
+            "run": name, "variant": variant, "lr": float(settings[name][lr_key]),
             "final": final if _finite(final) else math.nan, "initial": first["val_loss"],
             "diverged": None if diverged is None else diverged["step"],
             "max_attn_logit": max(logits) if logits else None,
@@ -351,12 +370,12 @@ TABLE_COLUMNS = ("run", "variant", "lr", "final", "initial", "diverged", "max_at
 
 
 def points_csv(points: list[dict[str, Any]]) -> str:
-    """The sweep's points as CSV (empty cells: none), one row per run."""
+    """The sweep's points as CSV (empty cells: none, or not a number), one row per run."""
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(TABLE_COLUMNS)
     for p in points:
-        w.writerow(["" if p.get(k) is None else p[k] for k in TABLE_COLUMNS])
+        w.writerow(["" if p.get(k) is None or p[k] != p[k] else p[k] for k in TABLE_COLUMNS])
     return buf.getvalue()
 
 
@@ -375,9 +394,11 @@ def sweep_stats_svg(points: list[dict[str, Any]], title: str, high: int = 2) -> 
             pts = [(r["step"], max((v for v in r["attn_logit_max"] if _finite(v)), default=None))
                    for r in stats]  # fmt: skip
             logits.append((p["run"], color, f"layer{top.index(p['lr'])}", pts))
-    if not any(pts for *_, pts in log_z):
-        raise ValueError("no diagnostics (records of kind stats) in the sweep's metrics: set "
-                         "logging.stats_interval > 0 in its base run")  # fmt: skip
+    if not any(pts for *_, pts in log_z):  # the figure says why it is empty
+        return (f'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {2 * W} 40" '
+                f'font-family="sans-serif" font-size="12"><title>{html.escape(title)}</title>'
+                '<text x="10" y="24">No diagnostics in these runs\' metrics: set '
+                "logging.stats_interval &gt; 0 in the sweep's base run.</text></svg>\n")
     body = _panel(logits, "step", 0, "largest attention logit") + _panel(
         log_z, "step", W, "mean log Z of the output"
     )

@@ -122,7 +122,14 @@ rule report_lr_sensitivity:
             category="all runs",
             labels={"figure": "final loss against learning rate"},
         ),
+        stats=report(
+            f"{RESULTS}/report/lr-sensitivity-{sweep_name(RUNS)}-diagnostics.svg",
+            caption="../report/sweep_diagnostics.rst",
+            category="all runs",
+            labels={"figure": "attention logits and log Z against step"},
+        ),
         table=f"{RESULTS}/report/lr-sensitivity-{sweep_name(RUNS)}.json",
+        csv=f"{RESULTS}/report/lr-sensitivity-{sweep_name(RUNS)}.csv",
     log:
         f"{LOGS}/report/lr-sensitivity.log",
     conda:
@@ -133,4 +140,4 @@ rule report_lr_sensitivity:
         code=code_hash("report"),
     shell:
         "python -m nanogptx.report sensitivity --out {output.curve:q} --table {output.table:q}"
-        " --axes {params.axes:q} {params.runs} > {log:q} 2>&1"
+        " --csv {output.csv:q} --stats {output.stats:q} --axes {params.axes:q} {params.runs} > {log:q} 2>&1"
