@@ -90,7 +90,9 @@ def test_a_sweep_file_names_what_is_wrong(tmp_path: Path, monkeypatch: pytest.Mo
     runs = sweep.expand(sweep.load("s", d))
     # Every point stops at a divergence (a result), unless an axis says otherwise.
     assert runs["s.learning_rate-0.1.seed-2"] == [
-        "train.learning_rate=0.1", "train.seed=2", 'train.on_divergence="stop"'
+        "train.learning_rate=0.1",
+        "train.seed=2",
+        'train.on_divergence="stop"',
     ]
     assert len(runs) == 4
     with pytest.raises(config.ConfigError, match="no file"):

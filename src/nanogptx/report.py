@@ -57,7 +57,8 @@ def _panel(
 ) -> list[str]:
     """One plot at offset (x0, y0); series are (label, color, style, points); style "train"
     draws dashed, "val" solid, "layer<i>" solid with a dash pattern per layer, "marks" a cross
-    at each point, "band" a shaded polygon through the points. Points that are not finite are left out."""
+    at each point, "band" a shaded polygon through the points. Points that are not finite are
+    left out."""
     series = [(label, color, style, [(x, y) for x, y in pts if _finite(x) and _finite(y)])
               for label, color, style, pts in series]  # fmt: skip
     points = [p for *_, pts in series for p in pts]
@@ -106,8 +107,10 @@ def _panel(
             continue
         path = " ".join(f"{sx(x):.1f},{sy(y):.1f}" for x, y in pts)
         if style == "band":
-            out.append(f'<polygon points="{path}" fill="{color}" fill-opacity="0.15" '
-                       f'stroke="none"><title>{html.escape(label)}</title></polygon>')
+            out.append(
+                f'<polygon points="{path}" fill="{color}" fill-opacity="0.15" '
+                f'stroke="none"><title>{html.escape(label)}</title></polygon>'
+            )
             continue
         dash = ' stroke-dasharray="4 3" stroke-opacity="0.6"' if style == "train" else ""
         if style.startswith("layer") and int(style[5:]):
@@ -300,11 +303,20 @@ def sensitivity_svg(result: dict[str, Any], title: str) -> str:
          [(math.log10(lr), L) for lr, L in zip(v["lrs"], v["losses"], strict=True)])
         for i, (name, v) in enumerate(result["variants"].items())
     ]  # fmt: skip
-    crosses = [(f"{p['run']}: diverged at step {p['diverged']}", COLORS[i % len(COLORS)],
-                "marks", [(math.log10(p["lr"]), result["L0"])])
-               for i, name in enumerate(result["variants"])
-               for p in result["points"] if p["variant"] == name and p.get("diverged") is not None]
-    body = _panel(bands + series + crosses, "log10 learning rate", 0, "final val loss (capped at L0)")
+    crosses = [
+        (
+            f"{p['run']}: diverged at step {p['diverged']}",
+            COLORS[i % len(COLORS)],
+            "marks",
+            [(math.log10(p["lr"]), result["L0"])],
+        )
+        for i, name in enumerate(result["variants"])
+        for p in result["points"]
+        if p["variant"] == name and p.get("diverged") is not None
+    ]
+    body = _panel(
+        bands + series + crosses, "log10 learning rate", 0, "final val loss (capped at L0)"
+    )
     legend = []
     for i, (name, v) in enumerate(result["variants"].items()):
         y = 14 + 16 * i
@@ -395,10 +407,12 @@ def sweep_stats_svg(points: list[dict[str, Any]], title: str, high: int = 2) -> 
                    for r in stats]  # fmt: skip
             logits.append((p["run"], color, f"layer{top.index(p['lr'])}", pts))
     if not any(pts for *_, pts in log_z):  # the figure says why it is empty
-        return (f'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {2 * W} 40" '
-                f'font-family="sans-serif" font-size="12"><title>{html.escape(title)}</title>'
-                '<text x="10" y="24">No diagnostics in these runs\' metrics: set '
-                "logging.stats_interval &gt; 0 in the sweep's base run.</text></svg>\n")
+        return (
+            f'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {2 * W} 40" '
+            f'font-family="sans-serif" font-size="12"><title>{html.escape(title)}</title>'
+            '<text x="10" y="24">No diagnostics in these runs\' metrics: set '
+            "logging.stats_interval &gt; 0 in the sweep's base run.</text></svg>\n"
+        )
     body = _panel(logits, "step", 0, "largest attention logit") + _panel(
         log_z, "step", W, "mean log Z of the output"
     )
