@@ -95,5 +95,23 @@ def test_a_sweep_file_names_what_is_wrong(tmp_path: Path, monkeypatch: pytest.Mo
         'train.on_divergence="stop"',
     ]
     assert len(runs) == 4
+    # A grouped axis: its keys vary together (a model's width and depth).
+    path.write_text('base = "base"\n[axes]\n"train.learning_rate" = [1e-3, 0.1]\n'
+                    '"model.n_embd,model.n_layer" = [[64, 2], [128, 4]]\n')  # fmt: skip
+    s = sweep.load("s", d)
+    runs = sweep.expand(s)
+    assert sweep.keys(s) == ["train.learning_rate", "model.n_embd", "model.n_layer"]
+    assert runs["s.learning_rate-0.001.n_embd-128.n_layer-4"][:3] == [
+        "train.learning_rate=0.001",
+        "model.n_embd=128",
+        "model.n_layer=4",
+    ]
+    assert len(runs) == 4
+    path.write_text('base = "base"\n[axes]\n"model.n_embd,model.n_layer" = [[64, 2], [128]]\n')
+    with pytest.raises(config.ConfigError, match=r"\[128\]: expected a list of 2 values"):
+        sweep.load("s", d)
+    path.write_text('base = "base"\n[axes]\n"model.n_embd,model.n_layr" = [[64, 2]]\n')
+    with pytest.raises(config.ConfigError, match=r"'model.n_layr' is not a config key"):
+        sweep.load("s", d)
     with pytest.raises(config.ConfigError, match="no file"):
         sweep.load("missing", d)

@@ -37,7 +37,7 @@ def _sweep(name):
         s = nsweep.load(name)
     except nconfig.ConfigError as e:
         raise WorkflowError(f"config sweep: {e}")
-    return nsweep.expand(s), s.base, [key for key, _ in s.axes]
+    return nsweep.expand(s), s.base, nsweep.keys(s)
 
 
 # --config sweep=NAME: the runs are the sweep's points (the base run's file plus overrides).
