@@ -115,3 +115,39 @@ def test_a_sweep_file_names_what_is_wrong(tmp_path: Path, monkeypatch: pytest.Mo
         sweep.load("s", d)
     with pytest.raises(config.ConfigError, match="no file"):
         sweep.load("missing", d)
+
+
+def test_a_sweeps_cost_counts_every_points_tokens_and_the_shipped_gpu_sweep_says_its_own(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from nanogptx import model
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "config/sweeps").mkdir(parents=True)
+    (tmp_path / "config/b.toml").write_text(
+        '[tokenizer]\nname = "gpt2"\n[model]\nn_layer = 2\nn_head = 2\nn_embd = 64\n'
+        "block_size = 32\n[train]\nbatch_size = 4\ntotal_batch_tokens = 256\neval_interval = 50\n"
+        "eval_iters = 3\nlr_decay_iters = 200\nwarmup_iters = 10\n"
+    )
+    (tmp_path / "config/sweeps/c.toml").write_text(
+        'base = "b"\n[axes]\n"train.max_iters" = [100, 200]\n"model.n_embd" = [64, 128]\n'
+    )
+    points = sweep.cost(sweep.load("c", Path("config/sweeps")))
+    small, big = points["c.max_iters-100.n_embd-64"], points["c.max_iters-200.n_embd-64"]
+    # 2 micro-batches of 4 x 32 per step; evaluations: 3 batches of each split, at 0, 50, 100.
+    assert small["tokens"] == 100 * 256 and big["tokens"] == 2 * small["tokens"]
+    cfg = config.load("config/b.toml")
+    per_token = model.flops_per_token(cfg.model, small["params"])
+    assert small["flops"] == pytest.approx(per_token * (100 * 256 + 3 * 2 * 3 * 128 / 3))
+    # Tied GPT-2 embedding (50,257 rows) + 2 blocks of 12 D^2 weights and their biases/norms.
+    assert 50257 * 64 + 2 * 12 * 64**2 < small["params"] < 50257 * 64 + 2 * 13 * 64**2
+    assert points["c.max_iters-100.n_embd-128"]["params"] > 1.9 * small["params"]
+    # The shipped GPU sweep: what its file says it costs is what the command prints.
+    monkeypatch.chdir(Path(__file__).parents[1])
+    sweep.main(["lr-sensitivity-gpu", "--cost"])
+    total = capsys.readouterr().out.splitlines()[-1]
+    assert total.startswith("54 points, 1.13e+19 FLOPs: 10.6 device hours at 30%"), total
+    assert (
+        "10.6 GPU\n# hours on H100s at 30% MFU"
+        in Path("config/sweeps/lr-sensitivity-gpu.toml").read_text()
+    )

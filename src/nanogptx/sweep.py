@@ -19,6 +19,7 @@ finished ones as they are. A point that diverges stops early and is recorded as 
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import re
 import tomllib
@@ -113,3 +114,71 @@ def expand(sweep: Sweep) -> dict[str, list[str]]:
         name = config.check_run_name(".".join([sweep.name, *parts]))
         runs[name] = [f"{k}={config._toml_value(v)}" for k, v in pairs] + fixed
     return runs
+
+
+GPT2_VOCAB = 50257
+
+
+def cost(sweep: Sweep, vocab: int | None = None) -> dict[str, dict[str, float]]:
+    """{run: {"params", "tokens", "flops"}}: each point's training FLOPs if it runs all its
+    steps (a diverged point stops early), nanoGPT's 6 N + attention per token (model's
+    flops_per_token), plus its evaluations' forward passes (a third of that per token).
+    vocab: the vocabulary size where model.vocab_size leaves it to the tokenizer (None: GPT-2's
+    for the gpt2 tokenizer)."""
+    import jax
+
+    from nanogptx import model
+
+    out = {}
+    for name, overrides in expand(sweep).items():
+        cfg = config.load(Path("config") / f"{sweep.base}.toml", overrides)
+        V = cfg.model.vocab_size or vocab or (GPT2_VOCAB if cfg.tokenizer.name == "gpt2" else None)
+        if V is None:
+            raise config.ConfigError(f"{name}: tokenizer {cfg.tokenizer.name!r}: pass --vocab")
+        m, t = dataclasses.replace(cfg.model, vocab_size=V), cfg.train
+        params = jax.eval_shape(lambda m=m: model.init_params(m, model.vocab_rows(m),
+                                                              jax.random.key(0)))  # fmt: skip
+        n = model.count_params(params, non_embedding=True)
+        per_token = model.flops_per_token(m, n)
+        window = t.batch_size * m.block_size
+        tokens = t.max_iters * max(1, t.total_batch_tokens // window) * window
+        evals = (t.max_iters // t.eval_interval + 1) * 2 * t.eval_iters * window
+        out[name] = {"params": n, "tokens": tokens, "flops": per_token * (tokens + evals / 3)}
+    return out
+
+
+def main(argv: list[str] | None = None) -> None:
+    import argparse
+
+    p = argparse.ArgumentParser(
+        prog="python -m nanogptx.sweep",
+        description="A sweep's points, and the device hours it would take.",
+    )
+    p.add_argument("sweep", help="config/sweeps/NAME.toml")
+    p.add_argument("--cost", action="store_true", help="FLOPs and device hours per point")
+    p.add_argument("--peak-flops", type=float, default=989e12,
+                   help="the device's peak FLOP/s (default: an H100's bfloat16 dense)")  # fmt: skip
+    p.add_argument("--mfu", type=float, default=0.3, help="the share of the peak assumed")
+    p.add_argument("--vocab", type=int, help="vocabulary size (default: GPT-2's with gpt2)")
+    args = p.parse_args(argv)
+    try:
+        s = load(args.sweep)
+        if not args.cost:
+            for name, overrides in expand(s).items():
+                print(name, *overrides)
+            return
+        points = cost(s, args.vocab)
+    except config.ConfigError as e:
+        raise SystemExit(f"error: {e}") from None
+    rate = args.peak_flops * args.mfu
+    total = sum(p["flops"] for p in points.values())
+    for name, p in points.items():
+        print(f"{name}: {p['params'] / 1e6:.2f}M parameters, {p['tokens'] / 1e9:.3g}B tokens, "
+              f"{p['flops']:.3g} FLOPs, {p['flops'] / rate / 3600:.2f} device hours")  # fmt: skip
+    print(f"{len(points)} points, {total:.3g} FLOPs: {total / rate / 3600:.1f} device hours at "
+          f"{args.mfu:.0%} of {args.peak_flops / 1e12:g} TFLOP/s (a point that diverges stops "
+          "early and costs less)")  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
