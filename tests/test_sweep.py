@@ -76,24 +76,30 @@ def test_a_sweep_file_names_what_is_wrong(tmp_path: Path, monkeypatch: pytest.Mo
     (tmp_path / "config/base.toml").write_text("")
     path = tmp_path / "config/sweeps/s.toml"
     d = Path("config/sweeps")
-    path.write_text('base = "nope"\n[axes]\n"train.learning_rate" = [1e-3]\n')
-    with pytest.raises(config.ConfigError, match=r"s.toml: base = 'nope': expected a run"):
-        sweep.load("s", d)
-    path.write_text('base = "base"\n[axes]\n"train.learnin_rate" = [1e-3]\n')
-    with pytest.raises(config.ConfigError, match=r"axes.'train.learnin_rate': not a config key"):
-        sweep.load("s", d)
-    path.write_text('base = "base"\n[axes]\n"train.learning_rate" = [1e-3, 1e-3]\n')
-    with pytest.raises(config.ConfigError, match=r"distinct values"):
-        sweep.load("s", d)
+
+    def refused(text: str, match: str) -> None:
+        path.write_text(text)
+        with pytest.raises(config.ConfigError, match=match):
+            sweep.load("s", d)
+
+    refused('base = "nope"\n[axes]\n"train.learning_rate" = [1e-3]\n',
+            r"s.toml: base = 'nope': expected a run")  # fmt: skip
+    refused('base = "base"\n[axes]\n"train.learnin_rate" = [1e-3]\n',
+            r"axes.'train.learnin_rate': not a config key")  # fmt: skip
+    refused('base = "base"\n[axes]\n"train.learning_rate" = [1e-3, 1e-3]\n', r"distinct values")
+    refused('base = "base"\n[axes]\n"model.n_embd,model.n_layer" = [[64, 2], [128]]\n',
+            r"\[128\]: expected a list of 2 values")  # fmt: skip
+    refused('base = "base"\n[axes]\n"model.n_embd,model.n_layr" = [[64, 2]]\n',
+            r"'model.n_layr' is not a config key")  # fmt: skip
+    with pytest.raises(config.ConfigError, match="no file"):
+        sweep.load("missing", d)
     path.write_text('base = "base"\n[axes]\n"train.learning_rate" = [1e-3, 0.1]\n'
                     '"train.seed" = [1, 2]\n')  # fmt: skip
     runs = sweep.expand(sweep.load("s", d))
     # Every point stops at a divergence (a result), unless an axis says otherwise.
     assert runs["s.learning_rate-0.1.seed-2"] == [
-        "train.learning_rate=0.1",
-        "train.seed=2",
-        'train.on_divergence="stop"',
-    ]
+        "train.learning_rate=0.1", "train.seed=2", 'train.on_divergence="stop"'
+    ]  # fmt: skip
     assert len(runs) == 4
     # A grouped axis: its keys vary together (a model's width and depth).
     path.write_text('base = "base"\n[axes]\n"train.learning_rate" = [1e-3, 0.1]\n'
@@ -102,19 +108,9 @@ def test_a_sweep_file_names_what_is_wrong(tmp_path: Path, monkeypatch: pytest.Mo
     runs = sweep.expand(s)
     assert sweep.keys(s) == ["train.learning_rate", "model.n_embd", "model.n_layer"]
     assert runs["s.learning_rate-0.001.n_embd-128.n_layer-4"][:3] == [
-        "train.learning_rate=0.001",
-        "model.n_embd=128",
-        "model.n_layer=4",
-    ]
+        "train.learning_rate=0.001", "model.n_embd=128", "model.n_layer=4"
+    ]  # fmt: skip
     assert len(runs) == 4
-    path.write_text('base = "base"\n[axes]\n"model.n_embd,model.n_layer" = [[64, 2], [128]]\n')
-    with pytest.raises(config.ConfigError, match=r"\[128\]: expected a list of 2 values"):
-        sweep.load("s", d)
-    path.write_text('base = "base"\n[axes]\n"model.n_embd,model.n_layr" = [[64, 2]]\n')
-    with pytest.raises(config.ConfigError, match=r"'model.n_layr' is not a config key"):
-        sweep.load("s", d)
-    with pytest.raises(config.ConfigError, match="no file"):
-        sweep.load("missing", d)
 
 
 def test_a_sweeps_cost_counts_every_points_tokens_and_the_shipped_gpu_sweep_says_its_own(

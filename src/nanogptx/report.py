@@ -48,6 +48,16 @@ def _fmt(v: float) -> str:
     return f"{v / 1e6:g}M" if abs(v) >= 1e6 else f"{v / 1e3:g}k" if abs(v) >= 1e4 else f"{v:g}"
 
 
+def _legend(labels: Sequence[str], x: int) -> list[str]:
+    """A color key at x: one line in the i-th color and its label per entry."""
+    return [
+        f'<line x1="{x}" x2="{x + 30}" y1="{14 + 16 * i}" y2="{14 + 16 * i}" '
+        f'stroke="{COLORS[i % len(COLORS)]}" stroke-width="2"/>'
+        f'<text x="{x + 36}" y="{18 + 16 * i}">{html.escape(label)}</text>'
+        for i, label in enumerate(labels)
+    ]
+
+
 def _panel(
     series: list[tuple[str, str, str, list[tuple[float, float]]]],
     x_label: str,
@@ -142,14 +152,7 @@ def curves_svg(runs: dict[str, list[dict[str, Any]]], title: str) -> str:
     diagnostics = stats_panels(runs)
     for i, (series, y_label) in enumerate(diagnostics):
         body += _panel(series, "step", i * W, y_label, H)
-    legend = []
-    for i, name in enumerate(runs):
-        y = 14 + 16 * i
-        legend.append(
-            f'<line x1="{2 * W + 10}" x2="{2 * W + 40}" y1="{y}" y2="{y}" '
-            f'stroke="{COLORS[i % len(COLORS)]}" stroke-width="2"/>'
-            f'<text x="{2 * W + 46}" y="{y + 4}">{html.escape(name)}</text>'
-        )
+    legend = _legend(list(runs), 2 * W + 10)
     n = len(runs)
     legend.append(f'<text x="{2 * W + 10}" y="{30 + 16 * n}">solid: val, dashed: train</text>')
     if diagnostics:
@@ -317,14 +320,8 @@ def sensitivity_svg(result: dict[str, Any], title: str) -> str:
     body = _panel(
         bands + series + crosses, "log10 learning rate", 0, "final val loss (capped at L0)"
     )
-    legend = []
-    for i, (name, v) in enumerate(result["variants"].items()):
-        y = 14 + 16 * i
-        legend.append(
-            f'<line x1="{W + 10}" x2="{W + 40}" y1="{y}" y2="{y}" '
-            f'stroke="{COLORS[i % len(COLORS)]}" stroke-width="2"/><text x="{W + 46}" '
-            f'y="{y + 4}">{html.escape(name)}: LR sensitivity {v["sensitivity"]:.4f}</text>'
-        )
+    legend = _legend([f"{name}: LR sensitivity {v['sensitivity']:.4f}"
+                      for name, v in result["variants"].items()], W + 10)  # fmt: skip
     n = len(result["variants"])
     stated = (f"L0 = {result['L0']:.4f} (at initialisation), L* = {result['L_star']:.4f} "
               "(best of the sweep)")  # fmt: skip
@@ -416,14 +413,7 @@ def sweep_stats_svg(points: list[dict[str, Any]], title: str, high: int = 2) -> 
     body = _panel(logits, "step", 0, "largest attention logit") + _panel(
         log_z, "step", W, "mean log Z of the output"
     )
-    legend = []
-    for i, name in enumerate(variants):
-        y = 14 + 16 * i
-        legend.append(
-            f'<line x1="{2 * W + 10}" x2="{2 * W + 40}" y1="{y}" y2="{y}" '
-            f'stroke="{COLORS[i % len(COLORS)]}" stroke-width="2"/>'
-            f'<text x="{2 * W + 46}" y="{y + 4}">{html.escape(name)}</text>'
-        )
+    legend = _legend(variants, 2 * W + 10)
     lrs = ", ".join(f"{lr:g}" for lr in top)
     n = len(variants)
     legend.append(f'<text x="{2 * W + 10}" y="{30 + 16 * n}">left: learning rates {lrs} '
