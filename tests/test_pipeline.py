@@ -396,5 +396,8 @@ def test_a_sweep_runs_to_its_report_with_a_diverged_point_and_an_added_point_run
         path.write_text(path.read_text().replace("[false]", "[false, true]"))
         planned = planned_jobs(tiny, "sweep", "--config", "sweep=mini")
         assert planned["train_run"] == 2 and "prepare" not in planned, planned
+        # The same plan as SLURM jobs (the cluster profile; a dry run submits nothing).
+        slurm = planned_jobs(tiny, "--profile", "profiles/slurm", "sweep", "--config", "sweep=mini")
+        assert slurm == planned
     finally:
         path.unlink()

@@ -59,8 +59,9 @@ def test_the_sweep_table_and_its_diagnostics_plot() -> None:
         for i, (v, lr) in enumerate([(v, lr) for v in "ab" for lr in (1e-2, 0.1, 1.0)])
     ]  # fmt: skip
     svg = report.sweep_stats_svg(points, "t")
-    # Left panel: the 2 highest learning rates x 2 variants; right panel: all 6 runs' log Z.
-    assert svg.count("<polyline") == 4 + 6
+    # The run that diverged is left out. Left panel: the 2 highest learning rates x 2 variants
+    # but that run; right panel: the other 5 runs' log Z.
+    assert svg.count("<polyline") == 3 + 5 and "every run but the 1 that diverged" in svg
     assert "learning rates 1, 0.1" in svg and "nan" not in svg
     rows = report.points_csv(points).splitlines()
     assert rows[0] == ",".join(report.TABLE_COLUMNS) and len(rows) == 7

@@ -389,19 +389,23 @@ def points_csv(points: list[dict[str, Any]]) -> str:
 
 
 def sweep_stats_svg(points: list[dict[str, Any]], title: str, high: int = 2) -> str:
-    """Wortsman et al.'s two diagnostics against step, one color per variant: the largest
-    attention logit (over layers) of the runs at the sweep's `high` largest learning rates
-    (solid: the largest, then longer dashes), and every run's mean output log Z."""
+    """Wortsman et al.'s two diagnostics against step, one color per variant, of the runs that
+    did not diverge (a diverged run's blown-up values would flatten the others; all of them
+    where every run diverged): log10 of the largest attention logit (over layers) at the `high`
+    largest of their learning rates (solid: the largest, then longer dashes), and every such
+    run's mean output log Z."""
     variants = list(dict.fromkeys(p["variant"] for p in points))
-    top = sorted({p["lr"] for p in points}, reverse=True)[:high]
+    kept = [p for p in points if p.get("diverged") is None] or points
+    top = sorted({p["lr"] for p in kept}, reverse=True)[:high]
     logits, log_z = [], []
-    for p in points:
+    for p in kept:
         stats = [r for r in p["records"] if r.get("kind") == "stats"]
         color = COLORS[variants.index(p["variant"]) % len(COLORS)]
         log_z.append((p["run"], color, "val", [(r["step"], r["log_z"]) for r in stats]))
         if p["lr"] in top:
-            pts = [(r["step"], max((v for v in r["attn_logit_max"] if _finite(v)), default=None))
-                   for r in stats]  # fmt: skip
+            largest = [max((v for v in r["attn_logit_max"] if _finite(v) and v > 0), default=None)
+                       for r in stats]  # fmt: skip
+            pts = [(r["step"], math.log10(v)) for r, v in zip(stats, largest, strict=True) if v]
             logits.append((p["run"], color, f"layer{top.index(p['lr'])}", pts))
     if not any(pts for *_, pts in log_z):  # the figure says why it is empty
         return (
@@ -410,7 +414,7 @@ def sweep_stats_svg(points: list[dict[str, Any]], title: str, high: int = 2) -> 
             '<text x="10" y="24">No diagnostics in these runs\' metrics: set '
             "logging.stats_interval &gt; 0 in the sweep's base run.</text></svg>\n"
         )
-    body = _panel(logits, "step", 0, "largest attention logit") + _panel(
+    body = _panel(logits, "step", 0, "log10 largest attention logit") + _panel(
         log_z, "step", W, "mean log Z of the output"
     )
     legend = _legend(variants, 2 * W + 10)
@@ -418,7 +422,9 @@ def sweep_stats_svg(points: list[dict[str, Any]], title: str, high: int = 2) -> 
     n = len(variants)
     legend.append(f'<text x="{2 * W + 10}" y="{30 + 16 * n}">left: learning rates {lrs} '
                   "(solid: the largest)</text>")  # fmt: skip
-    legend.append(f'<text x="{2 * W + 10}" y="{46 + 16 * n}">right: every run</text>')
+    left_out = len(points) - len(kept)
+    rest = f" but the {left_out} that diverged" if left_out else ""
+    legend.append(f'<text x="{2 * W + 10}" y="{46 + 16 * n}">right: every run{rest}</text>')
     width = 2 * W + 60 + 7 * max(40, *(len(v) for v in variants))
     return (
         f'<svg xmlns="http://www.w3.org/2000/svg" width="100%" viewBox="0 0 {width} {H}" '
