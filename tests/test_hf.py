@@ -275,6 +275,7 @@ def test_the_architecture_follows_the_checkpoint_and_conflicts_name_both_values(
                            "model.block_size=2048"])  # fmt: skip
 
 
+@pytest.mark.slow  # about 20 s
 def test_workflow_fine_tunes_from_an_hf_directory_evaluates_and_exports(
     tmp_path: Path, assets: Path
 ) -> None:

@@ -158,6 +158,7 @@ def resumed_step(log: Path) -> int:
     return int(found[0])
 
 
+@pytest.mark.slow  # about 25 s; the srun test below keeps two processes in the default run
 def test_two_processes_match_one_survive_a_kill_and_their_checkpoint_restores_on_one(
     data_dir: Path,
     tmp_path: Path,

@@ -168,6 +168,7 @@ def test_prepared_data_is_shared_whatever_runs_are_selected(tiny: Path) -> None:
         unverified.unlink()
 
 
+@pytest.mark.slow  # about 35 s; resuming itself is tested in test_train.py
 def test_an_extended_run_resumes_from_its_checkpoints_and_says_so(tiny: Path) -> None:
     run = tiny / "config/tiny-extended.toml"
     text = (tiny / "config/tiny.toml").read_text()
@@ -215,6 +216,7 @@ def test_sample_and_eval_declare_every_file_they_read(tiny: Path) -> None:
     assert planned_jobs(tiny, "--config", "runs=tiny") == {}
 
 
+@pytest.mark.slow  # about 20 s
 def test_killed_snakemake_then_the_same_command_resumes(tiny: Path) -> None:
     """SIGKILL to Snakemake and its jobs mid-training: after `snakemake --unlock` (the stale
     lock is Snakemake's own; README), the same command reruns the cut job (the profile's

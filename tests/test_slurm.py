@@ -112,6 +112,7 @@ def output_hashes(workdir: Path) -> dict[str, str]:
     }
 
 
+@pytest.mark.slow  # about 85 s; test_multiprocess.py's srun test keeps SLURM in the default run
 def test_tiny_run_through_slurm_runs_each_rule_as_a_job_and_matches_local_run(
     tmp_path: Path, assets: Path, cluster: str
 ) -> None:
@@ -153,7 +154,7 @@ def test_tiny_run_through_slurm_runs_each_rule_as_a_job_and_matches_local_run(
 @pytest.mark.parametrize(
     "why, args",
     [
-        ("the stage fails: its mirror has no files", []),
+        pytest.param("the stage fails: its mirror has no files", [], marks=pytest.mark.slow),
         ("the job can never fit the node", ["--set-resources", "download_dataset:mem_mb=9999999"]),
     ],
 )
