@@ -66,7 +66,7 @@ class Progress:
 
     def __init__(self, label: str, total: int, start: int, fd: int | None, every_s: float = 10):
         self.label, self.total, self.every_s = label, total, every_s
-        self.bar, self.stream, self.last = None, None, 0.0
+        self.bar, self.stream, self.last, self.fd = None, None, 0.0, fd
         if jax.process_index() != 0:
             return
         if fd is not None:
@@ -89,10 +89,14 @@ class Progress:
             if now - self.last >= self.every_s or done == self.total:
                 self.last = now
                 eta = (self.total - done) * s_per_step
-                self.stream.write(
-                    f"{self.label}: step {done}/{self.total}, loss {loss:.4f}, {tok_s:,.0f} "
-                    f"tok/s, ETA {eta // 60:.0f}:{eta % 60:02.0f}\n"
-                )
+                try:
+                    self.stream.write(
+                        f"{self.label}: step {done}/{self.total}, loss {loss:.4f}, {tok_s:,.0f} "
+                        f"tok/s, ETA {eta // 60:.0f}:{eta % 60:02.0f}\n"
+                    )
+                except OSError as e:  # a channel for a person, not the run: the log has it all
+                    self.stream = None
+                    log(f"progress lines to fd {self.fd} stopped: {e}")
 
     def close(self) -> None:
         if self.bar is not None:

@@ -273,6 +273,15 @@ def srun_prefix(wildcards, resources, threads):
     return f"srun --ntasks={tasks} --cpus-per-task={threads} --kill-on-bad-exit=1 "
 
 
+def progress_args(wildcards, resources, threads):
+    """train's progress lines to fd 3 (the job's stderr), except for tasks srun starts: fd 3
+    there is not the job's (srun passes on stdin, stdout and stderr only)."""
+    if srun_prefix(wildcards, resources, threads):
+        return ""
+    label = f"train {wildcards.run} (log {LOGS}/train/{wildcards.run}.log)"
+    return f"--progress-fd 3 --progress-label {shlex.quote(label)}"
+
+
 def sweep_name(runs):
     """The sweep report's file name: the runs' names joined while short, else their count and
     a hash of the list (a file name may hold 255 bytes; a long sweep passes that); for

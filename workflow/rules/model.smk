@@ -33,12 +33,11 @@ rule train_run:
         init=init_arg,
         # Progress lines go to fd 3, the job's stderr before the redirection to the log: the
         # terminal of snakemake (or the SLURM job's output); the full log stays in the file.
-        label=lambda w: f"train {w.run} (log {LOGS}/train/{w.run}.log)",
+        progress=progress_args,
     shell:
         "{params.launch}python -m nanogptx.train --config {params.config:q} {params.overrides}"
         " --data {input.data:q} --out {params.out:q} --checkpoints {params.checkpoints:q}"
-        " {params.init} --progress-fd 3 --progress-label {params.label:q}"
-        " 3>&2 > {log:q} 2>&1"
+        " {params.init} {params.progress} 3>&2 > {log:q} 2>&1"
 
 
 rule sample_run:
