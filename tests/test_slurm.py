@@ -151,6 +151,29 @@ def test_tiny_run_through_slurm_runs_each_rule_as_a_job_and_matches_local_run(
     assert output_hashes(remote) == want
 
 
+@pytest.mark.slow  # about 110 s
+def test_a_sweep_runs_through_slurm_with_a_diverged_point_as_a_result(
+    tmp_path: Path, assets: Path, cluster: str
+) -> None:
+    (tmp_path / "wf").mkdir()
+    workdir = make_workdir(tmp_path / "wf")
+    (workdir / "config/sweeps/mini.toml").write_text(
+        'base = "tiny"\n[axes]\n"train.max_iters" = [30]\n"train.learning_rate" = [1e-2, 100]\n'
+    )
+    args = [*PROFILES, "sweep", "--config", "sweep=mini", f"mirror={assets}"]
+    code, out, _ = run_bounded(workdir, args, limit=600)
+    assert code == 0, out[-6000:]
+    # Each point's train job (and every other stage) ran as a SLURM job, which completed.
+    jobs = slurm_jobs(submitted_jobs(out))
+    rules = sorted(re.sub(r"^rule_(\w+?)(_wildcards_.*)?$", r"\1", c) for _, c in jobs.values())
+    assert rules.count("train_run") == 2 and "report_lr_sensitivity" in rules, rules
+    assert {state for state, _ in jobs.values()} == {"COMPLETED"}, jobs
+    rows = (workdir / "results/report/lr-sensitivity-sweep-mini.csv").read_text().splitlines()
+    diverged = {r.split(",")[0]: r.split(",")[5] for r in rows[1:]}
+    assert diverged["mini.max_iters-30.learning_rate-0.01"] == ""
+    assert diverged["mini.max_iters-30.learning_rate-100"].isdigit(), rows
+
+
 @pytest.mark.parametrize(
     "why, args",
     [
