@@ -158,7 +158,7 @@ def resumed_step(log: Path) -> int:
     return int(found[0])
 
 
-@pytest.mark.slow  # about 25 s; the srun test below keeps two processes in the default run
+@pytest.mark.slow  # about 25 s
 def test_two_processes_match_one_survive_a_kill_and_their_checkpoint_restores_on_one(
     data_dir: Path,
     tmp_path: Path,
@@ -226,6 +226,7 @@ def task_pid(out_dir: Path, rank: int) -> int | None:
     return None
 
 
+@pytest.mark.slow  # about 15-25 s
 def test_srun_two_tasks_match_one_process_and_a_killed_task_ends_the_step(
     data_dir: Path,
     tmp_path: Path,

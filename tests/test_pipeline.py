@@ -51,6 +51,14 @@ def test_the_terminal_shows_training_progress_and_the_log_path(tiny: Path) -> No
     line = "train tiny (log results/logs/train/tiny.log): step 300/300, loss "
     assert line in terminal and "tok/s, ETA 0:00" in terminal, terminal[-2000:]
     assert line not in (tiny / "results/logs/train/tiny.log").read_text()  # the log: full lines
+    # Download and prepare tell the terminal too: per file, and tokens, documents and rate.
+    log = "results/logs/download/tinyshakespeare.log"
+    assert re.search(
+        rf"download tinyshakespeare \(log {log}\): \S+/input.txt: done.*sha256", terminal
+    )
+    prepare = (r"prepare tinyshakespeare-char-\w+ \(log results/logs/prepare/\S+\.log\): "
+               r"[\d,]+ tokens, [\d,]+ documents, [\d,]+ tokens/s")  # fmt: skip
+    assert re.search(prepare, terminal), terminal[-3000:]
 
 
 def test_the_eval_stage_measures_the_whole_val_split(tiny: Path) -> None:
@@ -148,6 +156,7 @@ def test_a_config_edit_is_named_with_its_values_in_the_dry_run(tiny: Path) -> No
         toml.write_text(original)
 
 
+@pytest.mark.slow  # about 14 s
 def test_prepared_data_is_shared_whatever_runs_are_selected(tiny: Path) -> None:
     """The prepared data of tiny is the same as shakespeare-char's and the sweep runs': no
     selection or order of them re-tokenizes it, and none makes tiny's jobs stale."""

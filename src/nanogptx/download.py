@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from nanogptx import config, datasets, provenance
+from nanogptx import config, datasets, progress, provenance
 
 DEFAULT_LOCK = Path("config/download.lock.json")
 CHUNK = 1 << 20
@@ -344,10 +344,18 @@ def record_lock(path: Path, dataset: str, name: str, sha256: str, size: int) -> 
 
 class Progress:
     """Bytes, rate and ETA of a dataset's files: on a terminal a tqdm bar (bytes of all files,
-    with their rate), elsewhere a plain line every 15 s, as logs need."""
+    with their rate), elsewhere a plain line every 15 s, as logs need; with a progress channel
+    (the workflow's terminal) also a line every 10 s with each file's bytes, and one per file
+    done."""
 
-    def __init__(self, dataset: str, sizes: dict[str, int | None], tty: bool | None = None) -> None:
-        self.dataset = dataset
+    def __init__(
+        self,
+        dataset: str,
+        sizes: dict[str, int | None],
+        tty: bool | None = None,
+        channel: progress.Channel | None = None,
+    ) -> None:
+        self.dataset, self.channel = dataset, channel
         self.tty = sys.stderr.isatty() if tty is None else tty
         self.every = 0.25 if self.tty else 15.0
         self.totals = dict(sizes)
@@ -375,10 +383,17 @@ class Progress:
         with self.lock:
             self.done[name] += n
             self.moved += n
+            now = time.monotonic()
+            if self.channel is not None and self.channel.due():
+                files = ", ".join(  # each file under way: its bytes (of its size)
+                    f"{f} {_mb(got)}" + (f" of {_mb(self.totals[f])}" if self.totals[f] else "")
+                    for f, got in self.done.items()
+                    if got and got != self.totals[f]
+                )
+                self.channel.say(self._line(now) + (f"; {files}" if files else ""))
             if self.bar is not None:
                 self.bar.update(n)
                 return
-            now = time.monotonic()
             if now - self.last >= self.every:
                 self.last = now
                 self._show(self._line(now))
@@ -388,6 +403,8 @@ class Progress:
             self.done[name] = self.totals[name] = nbytes
             self.finished += 1
             self._show(msg, final=True)
+            if self.channel is not None:
+                self.channel.say(msg)
 
     def log(self, msg: str) -> None:
         with self.lock:
@@ -658,6 +675,7 @@ def download(
     threads: int = 4,
     policy: Policy = Policy(),
     dataset: str | None = None,
+    channel: progress.Channel | None = None,
 ) -> list[Fetched]:
     """Fetch every file of `dataset` (default cfg.data.dataset: the run's text; else also
     weights or evaluation data) into out, verified, and write out/provenance.json."""
@@ -674,7 +692,7 @@ def download(
     try:
         with provenance.exclusive(out, "download"):  # .part files stay: they are resumed
             (out / provenance.FILENAME).unlink(missing_ok=True)  # never describe a half-done run
-            return _download(ds, data, rec, out, mirror, lock, threads, policy)
+            return _download(ds, data, rec, out, mirror, lock, threads, policy, channel)
     except provenance.OutputError as e:
         raise DownloadError(str(e)) from None
 
@@ -688,6 +706,7 @@ def _download(
     lock: Path,
     threads: int,
     policy: Policy,
+    channel: progress.Channel | None,
 ) -> list[Fetched]:
     locked = read_lock(lock).get(ds.name, {})
     mirrored, unverified = mirror is not None, data.allow_unverified
@@ -706,12 +725,12 @@ def _download(
         for f in ds.files
     ]
 
-    progress = Progress(ds.name, {j.file.name: _expect(j).size for j in jobs})
+    watch = Progress(ds.name, {j.file.name: _expect(j).size for j in jobs}, channel=channel)
     cancel = threading.Event()
     results: dict[str, Fetched] = {}
     errors: list[DownloadError] = []
     with ThreadPoolExecutor(max_workers=max(1, min(threads, len(jobs)))) as pool:
-        futures = {pool.submit(_run, job, progress, cancel): job for job in jobs}
+        futures = {pool.submit(_run, job, watch, cancel): job for job in jobs}
         try:
             for fut in as_completed(futures):
                 try:
@@ -725,7 +744,7 @@ def _download(
             cancel.set()  # also on KeyboardInterrupt: workers stop at their next chunk
             for fut in futures:
                 fut.cancel()
-            progress.close()
+            watch.close()
     if errors:
         if len(errors) > 1:
             raise type(errors[0])(f"{errors[0]} (and {len(errors) - 1} more failures)")
@@ -778,12 +797,14 @@ def main(argv: list[str] | None = None) -> None:
         help=f"sha256 recorded from servers (default {DEFAULT_LOCK})",
     )
     parser.add_argument("--threads", type=int, default=4, help="files downloaded at once")
+    progress.add_arguments(parser, "download")
     args = parser.parse_intermixed_args(argv)
     cfg = config.from_args(args, parser)
     if args.threads < 1:
         parser.error(f"--threads {args.threads}: expected >= 1")
     try:
-        download(cfg, args.out, args.mirror, args.lock, args.threads, dataset=args.dataset)
+        download(cfg, args.out, args.mirror, args.lock, args.threads, dataset=args.dataset,
+                 channel=progress.from_args(args))  # fmt: skip
     except DownloadError as e:
         parser.exit(1, f"{parser.prog}: error: {e}\n")
 

@@ -27,7 +27,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from nanogptx import config, datasets, provenance, readers
+from nanogptx import config, datasets, progress, provenance, readers
 from nanogptx.config import Config, DataConfig
 from nanogptx.readers import Batch, ReadError
 from nanogptx.tokenizer import MAX_CODEPOINT, CharTokenizer, Tokenizer, TokenizerError, codepoints
@@ -457,6 +457,12 @@ def _say(msg: str) -> None:
     print(f"prepare: {msg}", file=sys.stderr, flush=True)
 
 
+def rate_line(shards: dict[str, Shards], n_docs: int, started: float) -> str:
+    done = sum(s.tokens for s in shards.values())
+    seconds = time.perf_counter() - started
+    return f"{done:,} tokens, {n_docs:,} documents, {done / seconds:,.0f} tokens/s"
+
+
 def prepare(
     cfg: Config,
     raw: str | Path,
@@ -466,6 +472,7 @@ def prepare(
     dataset: datasets.Dataset | None = None,
     chunk_chars: int = CHUNK_CHARS,
     piece_chars: int = readers.PIECE_CHARS,
+    channel: progress.Channel | None = None,
 ) -> dict[str, Any]:
     """Tokenize the raw files of cfg.data.dataset (or of `dataset`) from raw into shards in out;
     return the manifest. chunk_chars and piece_chars tune task and text-piece sizes (tests).
@@ -474,7 +481,8 @@ def prepare(
     with provenance.exclusive(out, "prepare") as removed:
         if removed:
             _say(f"removed what an interrupted run left in {out}: {len(removed)} temporary files")
-        return _prepare(cfg, Path(raw), Path(out), threads, dataset, chunk_chars, piece_chars)
+        return _prepare(cfg, Path(raw), Path(out), threads, dataset, chunk_chars, piece_chars,
+                        channel)  # fmt: skip
 
 
 def _prepare(
@@ -485,6 +493,7 @@ def _prepare(
     dataset: datasets.Dataset | None,
     chunk_chars: int,
     piece_chars: int,
+    channel: progress.Channel | None,
 ) -> dict[str, Any]:
     dc = cfg.data
     ds = dataset or datasets.get(dc.dataset)
@@ -536,16 +545,18 @@ def _prepare(
         for split, tokens, lengths, n_docs in encoded:
             shards[split].add(tokens, lengths, n_docs)
             n_docs_seen += n_docs
+            if channel is not None and channel.due():
+                channel.say(rate_line(shards, n_docs_seen, started))
             if bar is not None:
                 bar.update(len(tokens))
                 bar.set_postfix_str(f"{n_docs_seen:,} documents", refresh=False)
             elif time.perf_counter() - last > 10:
                 last = time.perf_counter()
-                done = sum(s.tokens for s in shards.values())
-                _say(f"{done:,} tokens, {n_docs_seen:,} documents, "
-                     f"{done / (last - started):,.0f} tokens/s")  # fmt: skip
+                _say(rate_line(shards, n_docs_seen, started))
         if bar is not None:
             bar.close()
+        if channel is not None:
+            channel.say(f"{rate_line(shards, n_docs_seen, started)}; writing the manifest")
         entries = [e for s in SPLITS for e in shards[s].finish()]
         _check_empty(sum(s.tokens for s in shards.values()), files, dc)
         for s in SPLITS:
@@ -629,12 +640,13 @@ def main(argv: list[str] | None = None) -> None:
         default=default_threads(),
         help="tokenizer threads (default: the CPUs this process may use)",
     )
+    progress.add_arguments(parser, "prepare")
     args = parser.parse_intermixed_args(argv)
     cfg = config.from_args(args, parser)
     if args.threads < 1:
         parser.error(f"--threads must be >= 1, got {args.threads}")
     try:
-        prepare(cfg, args.raw, args.out, args.threads)
+        prepare(cfg, args.raw, args.out, args.threads, channel=progress.from_args(args))
     except (
         PrepareError, ReadError, TokenizerError, provenance.HashMismatch, provenance.OutputError,
         OSError,

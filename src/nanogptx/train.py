@@ -31,7 +31,7 @@ import optax
 from jax.sharding import AxisType, Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from nanogptx import checkpoint, config, hf, loader, model, optim, provenance, runtime
+from nanogptx import checkpoint, config, hf, loader, model, optim, progress, provenance, runtime
 from nanogptx.config import Config, TrainConfig
 
 # Peak dense bfloat16 FLOP/s of one device, by device kind, for MFU when train.peak_flops = 0.
@@ -59,44 +59,31 @@ def log(msg: str) -> None:
 
 class Progress:
     """Where training stands, for a person watching: on a terminal (stderr a TTY) a tqdm bar of
-    steps with loss and tokens/s; with --progress-fd (the workflow passes the terminal of
-    `snakemake` this way while the full log goes to a file) a line every few seconds:
+    steps with loss and tokens/s; with a progress channel (--progress-fd: the workflow passes
+    the terminal of `snakemake` this way while the full log goes to a file) a line every 10 s:
     step / max_iters, loss, tokens/s, ETA and the log's path. Otherwise nothing: the log has it.
     """
 
-    def __init__(self, label: str, total: int, start: int, fd: int | None, every_s: float = 10):
-        self.label, self.total, self.every_s = label, total, every_s
-        self.bar, self.stream, self.last, self.fd = None, None, 0.0, fd
+    def __init__(self, total: int, start: int, channel: progress.Channel | None) -> None:
+        self.total, self.bar, self.channel = total, None, None
         if jax.process_index() != 0:
             return
-        if fd is not None:
-            try:
-                self.stream = os.fdopen(fd, "w", buffering=1, closefd=False)
-            except OSError:  # not open here (a task srun started): the log has it all
-                pass
+        if channel is not None:
+            self.channel = channel
         elif sys.stderr.isatty():
             from tqdm import tqdm  # the bar: well-kept, and plain text where no terminal is
 
-            self.bar = tqdm(total=total, initial=start, desc=label, unit="step", leave=True)
+            self.bar = tqdm(total=total, initial=start, desc="train", unit="step", leave=True)
 
     def update(self, step: int, loss: float, tok_s: float, s_per_step: float) -> None:
         done = step + 1
         if self.bar is not None:
             self.bar.update(done - self.bar.n)
             self.bar.set_postfix_str(f"loss {loss:.4f}, {tok_s:,.0f} tok/s", refresh=False)
-        elif self.stream is not None:
-            now = time.perf_counter()
-            if now - self.last >= self.every_s or done == self.total:
-                self.last = now
-                eta = (self.total - done) * s_per_step
-                try:
-                    self.stream.write(
-                        f"{self.label}: step {done}/{self.total}, loss {loss:.4f}, {tok_s:,.0f} "
-                        f"tok/s, ETA {eta // 60:.0f}:{eta % 60:02.0f}\n"
-                    )
-                except OSError as e:  # a channel for a person, not the run: the log has it all
-                    self.stream = None
-                    log(f"progress lines to fd {self.fd} stopped: {e}")
+        elif self.channel is not None and (self.channel.due() or done == self.total):
+            eta = (self.total - done) * s_per_step
+            self.channel.say(f"step {done}/{self.total}, loss {loss:.4f}, {tok_s:,.0f} tok/s, "
+                             f"ETA {eta // 60:.0f}:{eta % 60:02.0f}")  # fmt: skip
 
     def close(self) -> None:
         if self.bar is not None:
@@ -572,7 +559,7 @@ def train(
     out_dir: str | Path,
     ckpt_dir: str | Path,
     init: str | Path | None = None,
-    progress: tuple[str, int | None] = ("train", None),
+    channel: progress.Channel | None = None,
 ) -> dict[str, Any]:
     """Train (or resume) and write the final model into out_dir; returns a summary. Process 0
     holds both directories (a second training on them is refused at start) and first removes
@@ -591,7 +578,7 @@ def train(
                     names = ", ".join(p.name for p in removed)
                     log(f"removed what an interrupted run left in {path}: {names}")
         init_path = None if init is None else Path(init)
-        return _train(cfg, data, out_dir, ckpt_dir, init_path, progress)
+        return _train(cfg, data, out_dir, ckpt_dir, init_path, channel)
 
 
 def _train(
@@ -600,7 +587,7 @@ def _train(
     out_dir: Path,
     ckpt_dir: Path,
     init: Path | None,
-    progress: tuple[str, int | None],
+    channel: progress.Channel | None,
 ) -> dict[str, Any]:
     runtime.keep_freed_memory()  # XLA's CPU buffers stay in the heap between steps
     record = provenance.Record.start("train", config.sections(cfg, config.STAGE_SECTIONS["train"]))
@@ -808,7 +795,7 @@ def _train(
 
     profile_dir = out_dir / "profile"
     profiling = False
-    watch = Progress(progress[0], t.max_iters, start, progress[1])
+    watch = Progress(t.max_iters, start, channel)
     done = start  # steps the state holds
     for step in range(start, t.max_iters):
         if step % t.eval_interval == 0:
@@ -936,15 +923,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--checkpoints", type=Path, required=True, help="checkpoint directory (resumed from)"
     )
-    parser.add_argument(
-        "--progress-fd",
-        type=int,
-        help="also write a progress line every 10 s to this file descriptor (the workflow: "
-        "snakemake's terminal, while stdout and stderr go to the log)",
-    )
-    parser.add_argument(
-        "--progress-label", default="train", help="what the progress lines begin with"
-    )
+    progress.add_arguments(parser, "train")
     parser.add_argument(
         "--init",
         type=Path,
@@ -954,8 +933,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_intermixed_args(argv)
     cfg = config.from_args(args, parser)
     try:
-        train(cfg, args.data, args.out, args.checkpoints, args.init,
-              (args.progress_label, args.progress_fd))  # fmt: skip
+        train(cfg, args.data, args.out, args.checkpoints, args.init, progress.from_args(args))
     except (
         TrainError, loader.DataError, provenance.HashMismatch, provenance.OutputError,
         checkpoint.CheckpointError, OSError,

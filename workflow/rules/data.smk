@@ -20,10 +20,12 @@ rule download_dataset:
         lock=LOCK,
         entry=dataset_entry,
         code=code_hash("download"),
+        # Progress lines to snakemake's terminal (fd 3), as train's; the full log to the file.
+        label=lambda w: f"download {w.dataset} (log {LOGS}/download/{w.dataset}.log)",
     shell:
         "python -m nanogptx.download --dataset {wildcards.dataset:q} {params.allow}"
         " --out {params.out:q} --lock {params.lock:q} --threads {threads}"
-        " > {log:q} 2>&1"
+        " --progress-fd 3 --progress-label {params.label:q} 3>&2 > {log:q} 2>&1"
 
 
 # A prepared dataset is named and compared by its data settings alone (data_id), never by which
@@ -45,6 +47,8 @@ rule prepare_dataset:
         settings=prepare_args,
         raw=lambda w, input: Path(input.raw).parent,
         code=code_hash("prepare"),
+        label=lambda w: f"prepare {w.data_id} (log {LOGS}/prepare/{w.data_id}.log)",
     shell:
         "python -m nanogptx.prepare {params.settings} --raw {params.raw:q}"
-        " --out {output.prepared:q} --threads {threads} > {log:q} 2>&1"
+        " --out {output.prepared:q} --threads {threads}"
+        " --progress-fd 3 --progress-label {params.label:q} 3>&2 > {log:q} 2>&1"
