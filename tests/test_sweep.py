@@ -11,8 +11,9 @@ from nanogptx import config, report, sweep
 
 
 def test_lr_sensitivity_matches_a_hand_computation() -> None:
-    # Two variants, three learning rates; "no-qk" diverges at the highest one (inf) and is worse
-    # than L0 at the next; two seeds of "qk" at 1e-2 are averaged after the cap.
+    # Three variants; "no-qk" diverges at the highest learning rate (inf) and is worse than L0
+    # at the next; two seeds of "qk" at 1e-2 are averaged after the cap; every run of "bad"
+    # diverged.
     points = [
         {"variant": "no-qk", "lr": 1e-3, "final": 2.0, "initial": 4.0},
         {"variant": "no-qk", "lr": 1e-2, "final": 4.5, "initial": 4.2},
@@ -21,28 +22,33 @@ def test_lr_sensitivity_matches_a_hand_computation() -> None:
         {"variant": "qk", "lr": 1e-2, "final": 1.8, "initial": 4.0},
         {"variant": "qk", "lr": 1e-2, "final": 2.2, "initial": 4.0},
         {"variant": "qk", "lr": 1e-1, "final": 3.0, "initial": 3.8},
-        # Stopped at a divergence: its (finite, low) final loss is not its result: L0 is, and it
-        # is not L*.
+        # Stopped at a divergence: its (finite, low) final loss is not its result: L0 is.
         {"variant": "qk", "lr": 1.0, "final": 1.0, "initial": 4.2, "diverged": 30, "run": "d"},
+        {"variant": "bad", "lr": 1.0, "final": 9.0, "initial": 4.0, "diverged": 5, "run": "b"},
     ]
     r = report.lr_sensitivity(points)
-    L0 = (4.0 + 4.2 + 4.1 + 3.9 + 4.0 + 4.0 + 3.8 + 4.2) / 8
-    assert r["L0"] == pytest.approx(L0) and r["L_star"] == 1.8
-    # no-qk: min(2.0, L0) - 1.8, min(4.5, L0) - 1.8, L0 - 1.8 (diverged), averaged.
-    assert r["variants"]["no-qk"]["sensitivity"] == pytest.approx(
-        ((2.0 - 1.8) + (L0 - 1.8) + (L0 - 1.8)) / 3
-    )
-    # qk: (2.1 - 1.8), ((1.8 + 2.2) / 2 - 1.8), (3.0 - 1.8), L0 - 1.8 (diverged), averaged.
-    qk = (0.3 + 0.2 + 1.2 + (L0 - 1.8)) / 4
-    assert r["variants"]["qk"]["sensitivity"] == pytest.approx(qk)
-    assert r["variants"]["qk"]["lrs"] == [1e-3, 1e-2, 1e-1, 1.0]
+    L0 = (4.0 + 4.2 + 4.1 + 3.9 + 4.0 + 4.0 + 3.8 + 4.2 + 4.0) / 9
+    assert r["L0"] == pytest.approx(L0) and r["best"] == 1.8  # of the runs that did not diverge
+    # no-qk: its curve min(2.0, L0), min(4.5, L0) = L0, L0 (diverged); L* = 2.0 its lowest point.
+    no_qk = r["variants"]["no-qk"]
+    assert no_qk["L_star"] == 2.0
+    assert no_qk["sensitivity"] == pytest.approx((0 + (L0 - 2.0) + (L0 - 2.0)) / 3)
+    # qk: its curve 2.1, (1.8 + 2.2) / 2 = 2.0, 3.0, L0 (diverged); L* = 2.0.
+    qk = r["variants"]["qk"]
+    assert qk["L_star"] == pytest.approx(2.0)
+    sensitivity = (0.1 + 0 + 1.0 + (L0 - 2.0)) / 4
+    assert qk["sensitivity"] == pytest.approx(sensitivity) and qk["lrs"] == [1e-3, 1e-2, 1e-1, 1.0]
+    # Every run diverged: no L*, no sensitivity (not a perfect 0).
+    assert r["variants"]["bad"]["L_star"] is None and r["variants"]["bad"]["sensitivity"] is None
     svg = report.sensitivity_svg(r, "lr")
-    assert svg.count("<polyline") == 2 and f"LR sensitivity {qk:.4f}" in svg
+    assert svg.count("<polyline") == 3 and f"LR sensitivity {sensitivity:.4f} (L* 2.0000)" in svg
+    assert "bad: every run diverged (no LR sensitivity)" in svg
     # The seeds of qk at 1e-2 span a band; no-qk has one seed per learning rate.
-    assert r["variants"]["qk"]["seeds"] == [1, 2, 1, 1] and svg.count("<polygon") == 1
-    assert r["variants"]["qk"]["low"][1] == 1.8 and r["variants"]["qk"]["high"][1] == 2.2
-    # The diverged run is drawn as a cross at L0, and says so.
-    assert "d: diverged at step 30" in svg and "x: a diverged run" in svg
+    assert qk["seeds"] == [1, 2, 1, 1] and svg.count("<polygon") == 1
+    assert qk["low"][1] == 1.8 and qk["high"][1] == 2.2
+    # The diverged runs are drawn as crosses at L0, and say so.
+    assert "d: diverged at step 30" in svg and "b: diverged at step 5" in svg
+    assert "x: a diverged run" in svg
 
 
 def _stats(step: int, logit: float, log_z: float) -> dict:
@@ -92,6 +98,8 @@ def test_a_sweep_file_names_what_is_wrong(tmp_path: Path, monkeypatch: pytest.Mo
             r"\[128\]: expected a list of 2 values")  # fmt: skip
     refused('base = "base"\n[axes]\n"model.n_embd,model.n_layr" = [[64, 2]]\n',
             r"'model.n_layr' is not a config key")  # fmt: skip
+    refused('base = "base"\n[axes]\n"model.n_embd" = [64]\n"model.n_embd,model.n_layer" = '
+            "[[64, 2]]\n", r"model.n_embd: in more than one axis")  # fmt: skip
     with pytest.raises(config.ConfigError, match="no file"):
         sweep.load("missing", d)
     path.write_text('base = "base"\n[axes]\n"train.learning_rate" = [1e-3, 0.1]\n'

@@ -75,7 +75,9 @@ def _panel(
     if not points:
         return []
     xs, ys = [p[0] for p in points], [p[1] for p in points]
-    (xlo, xhi), (ylo, yhi) = (min(xs), max(xs) or 1.0), (min(ys), max(ys))
+    (xlo, xhi), (ylo, yhi) = (min(xs), max(xs)), (min(ys), max(ys))
+    if xhi == xlo:
+        xhi = xlo + 1.0
     if yhi == ylo:
         ylo, yhi = ylo - 0.5, yhi + 0.5
 
@@ -265,29 +267,33 @@ def chain_html(run: str, raw: Path, data: Path, model: Path, samples: Path) -> s
 def lr_sensitivity(points: list[dict[str, Any]]) -> dict[str, Any]:
     """Wortsman et al. (2023)'s LR sensitivity of each variant: the mean over its learning rates
     of min(L(lr), L0) - L*, with L0 the loss at initialisation (the mean of the runs' first
-    evaluation) and L* the best final loss of the runs that did not diverge. points:
-    {"variant", "lr", "final", "initial"} per run, optionally "diverged" (its step, or None);
-    seeds of a variant and learning rate are averaged after the cap; a diverged run, or a final
-    loss that is not finite, counts as L0."""
+    evaluation) and L* the variant's best, the lowest point of its curve. points: {"variant",
+    "lr", "final", "initial"} per run, optionally "diverged" (its step, or None); seeds of a
+    variant and learning rate are averaged after the cap; a diverged run, or a final loss that
+    is not finite, counts as L0. A variant every run of which diverged has no L* and no
+    sensitivity (None): it never trained."""
     L0 = sum(p["initial"] for p in points) / len(points)
 
     def ok(p: dict[str, Any]) -> bool:
         return p.get("diverged") is None and _finite(p["final"])
 
-    finals = [p["final"] for p in points if ok(p)]
-    L_star = min(finals) if finals else L0
     variants: dict[str, dict[float, list[float]]] = {}
     for p in points:
         capped = min(p["final"], L0) if ok(p) else L0
         variants.setdefault(p["variant"], {}).setdefault(p["lr"], []).append(capped)
+    trained = {p["variant"] for p in points if ok(p)}
     out = {}
     for v, by_lr in variants.items():
         lrs = sorted(by_lr)
         losses = [sum(by_lr[lr]) / len(by_lr[lr]) for lr in lrs]
+        best = min(losses) if v in trained else None
         out[v] = {"lrs": lrs, "losses": losses, "seeds": [len(by_lr[lr]) for lr in lrs],
                   "low": [min(by_lr[lr]) for lr in lrs], "high": [max(by_lr[lr]) for lr in lrs],
-                  "sensitivity": sum(L - L_star for L in losses) / len(losses)}  # fmt: skip
-    return {"L0": L0, "L_star": L_star, "variants": out, "points": points}
+                  "L_star": best,
+                  "sensitivity": None if best is None else sum(L - best for L in losses)
+                  / len(losses)}  # fmt: skip
+    finals = [p["final"] for p in points if ok(p)]
+    return {"L0": L0, "best": min(finals) if finals else None, "variants": out, "points": points}
 
 
 def sensitivity_svg(result: dict[str, Any], title: str) -> str:
@@ -320,11 +326,16 @@ def sensitivity_svg(result: dict[str, Any], title: str) -> str:
     body = _panel(
         bands + series + crosses, "log10 learning rate", 0, "final val loss (capped at L0)"
     )
-    legend = _legend([f"{name}: LR sensitivity {v['sensitivity']:.4f}"
-                      for name, v in result["variants"].items()], W + 10)  # fmt: skip
+
+    def key(name: str, v: dict[str, Any]) -> str:
+        if v["sensitivity"] is None:
+            return f"{name}: every run diverged (no LR sensitivity)"
+        return f"{name}: LR sensitivity {v['sensitivity']:.4f} (L* {v['L_star']:.4f})"
+
+    legend = _legend([key(name, v) for name, v in result["variants"].items()], W + 10)
     n = len(result["variants"])
-    stated = (f"L0 = {result['L0']:.4f} (at initialisation), L* = {result['L_star']:.4f} "
-              "(best of the sweep)")  # fmt: skip
+    stated = (f"L0 = {result['L0']:.4f} (at initialisation); L*: the variant's lowest point; "
+              "sensitivity: the mean of its curve less L*")  # fmt: skip
     legend.append(f'<text x="{W + 10}" y="{30 + 16 * n}">{stated}</text>')
     if crosses:
         legend.append(f'<text x="{W + 10}" y="{46 + 16 * n}">x: a diverged run (counted as '

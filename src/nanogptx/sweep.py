@@ -86,6 +86,11 @@ def load(name: str, directory: Path = SWEEPS) -> Sweep:
                                          f"{len(keys)} values, one per key")  # fmt: skip
             values = [tuple(v) for v in values]
         out.append((key, tuple(values)))
+    varied = [k for key, _ in out for k in key.split(",")]
+    twice = sorted({k for k in varied if varied.count(k) > 1})
+    if twice:
+        raise config.ConfigError(f"{path}: {', '.join(twice)}: in more than one axis (a point "
+                                 "would set it twice)")  # fmt: skip
     return Sweep(name, base, tuple(out))
 
 
@@ -142,7 +147,8 @@ def cost(sweep: Sweep, vocab: int | None = None) -> dict[str, dict[str, float]]:
         per_token = model.flops_per_token(m, n)
         window = t.batch_size * m.block_size
         tokens = t.max_iters * max(1, t.total_batch_tokens // window) * window
-        evals = (t.max_iters // t.eval_interval + 1) * 2 * t.eval_iters * window
+        # Evaluations at 0, eval_interval, ... before max_iters, and the last one.
+        evals = (-(-t.max_iters // t.eval_interval) + 1) * 2 * t.eval_iters * window
         out[name] = {"params": n, "tokens": tokens, "flops": per_token * (tokens + evals / 3)}
     return out
 

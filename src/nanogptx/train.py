@@ -726,13 +726,21 @@ def _train(
     clock = {"seconds": 0.0, "steps": 0, "since": time.perf_counter()}
     diverged: dict[str, Any] = {}  # with train.on_divergence = "stop": where and why
 
+    warmed = max(1, t.warmup_iters if t.decay_lr else 0)  # the first step after the warmup
+
     def divergence(step: int, loss: float, grad_norm: float) -> str | None:
         if not (np.isfinite(loss) and np.isfinite(grad_norm)):
             return f"loss is {loss} (grad norm {grad_norm})"
         L0 = initial_loss(metrics.records)
-        if t.on_divergence == "stop" and step >= t.warmup_iters and L0 is not None and loss > L0:
+        if t.on_divergence == "stop" and step >= warmed and L0 is not None and loss > L0:
             return f"training loss {loss:.4f} is above the step-0 loss {L0:.4f} after the warmup"
         return None
+
+    def last_good(step: int) -> Path | None:
+        """The newest checkpoint before `step`: step's loss is that of the state checkpoint
+        `step` holds, so the one at `step` (if saved) holds the diverged state."""
+        found = [p for s, p in checkpoint.list_checkpoints(ckpt_dir) if s < step]
+        return found[-1] if found else None
 
     def flush() -> dict[str, float] | None:
         """Fetch the stats of the steps run since the last flush; stop at a divergence."""
@@ -746,14 +754,16 @@ def _train(
             if diverged or not (why := divergence(step, stats["loss"], stats["grad_norm"])):
                 continue
             if t.on_divergence == "fail":
-                last = checkpoint.latest(ckpt_dir)
+                last = last_good(step)
                 raise TrainError(
                     f"{why} at step {step}: training stopped; the last good checkpoint is "
                     f"{last or 'none (none saved)'} (train.on_divergence = 'stop' would record "
                     "the divergence as the run's result)"
                 )
+            good = last_good(step)
             diverged.update(step=step, reason=why, loss=float(stats["loss"]),
-                            grad_norm=float(stats["grad_norm"]))  # fmt: skip
+                            grad_norm=float(stats["grad_norm"]),
+                            last_good_checkpoint=None if good is None else good.name)  # fmt: skip
         for step, diag in jax.device_get(diagnosed):
             metrics.add({"kind": "stats", "step": step, **jax.tree.map(lambda a: a.tolist(), diag)})
         diagnosed.clear()
@@ -764,7 +774,7 @@ def _train(
     def save_checkpoint(step: int) -> None:
         if step in saved or step == 0 or diverged:
             return  # the checkpoint this run resumed from, the last periodic one, no step, or
-            # a diverged state (the last good checkpoint stays the latest)
+            # a divergence seen: nothing more is saved
         saved.add(step)
         host = to_host(state)
         if jax.process_index() != 0:

@@ -20,8 +20,9 @@ rule download_dataset:
         lock=LOCK,
         entry=dataset_entry,
         code=code_hash("download"),
-        # Progress lines to snakemake's terminal (fd 3), as train's; the full log to the file.
-        label=lambda w: f"download {w.dataset} (log {LOGS}/download/{w.dataset}.log)",
+        # Progress lines to snakemake's terminal (fd 3), as train's; the full log to the file
+        # (its path is in snakemake's job description; not here: a param compared for reruns).
+        label=lambda w: f"download {w.dataset}",
     shell:
         "python -m nanogptx.download --dataset {wildcards.dataset:q} {params.allow}"
         " --out {params.out:q} --lock {params.lock:q} --threads {threads}"
@@ -47,7 +48,7 @@ rule prepare_dataset:
         settings=prepare_args,
         raw=lambda w, input: Path(input.raw).parent,
         code=code_hash("prepare"),
-        label=lambda w: f"prepare {w.data_id} (log {LOGS}/prepare/{w.data_id}.log)",
+        label=lambda w: f"prepare {w.data_id}",
     shell:
         "python -m nanogptx.prepare {params.settings} --raw {params.raw:q}"
         " --out {output.prepared:q} --threads {threads}"
