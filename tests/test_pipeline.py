@@ -301,6 +301,7 @@ def test_snakefiles_are_formatted_with_snakefmt() -> None:
     assert r.returncode == 0, r.stdout + r.stderr
 
 
+@pytest.mark.slow  # about 11-15 s
 def test_a_dataset_is_a_data_file_adding_one_reruns_nothing_else_and_local_files_work(
     tiny: Path,
 ) -> None:
@@ -349,6 +350,7 @@ def test_a_malformed_dataset_file_is_refused_naming_file_and_key(tiny: Path) -> 
         entry.unlink()
 
 
+@pytest.mark.slow  # about 35-45 s; tests/test_sweep.py runs by default
 def test_a_sweep_runs_to_its_report_with_a_diverged_point_and_an_added_point_runs_alone(
     tiny: Path,
 ) -> None:
