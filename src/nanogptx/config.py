@@ -601,6 +601,12 @@ def _parse_override(item: str) -> tuple[str, str, Any]:
     return section, key, value
 
 
+def micro_batches(cfg: Config) -> int:
+    """Micro-batches (gradient accumulation) per step: train.total_batch_tokens over batch_size x
+    block_size tokens, at least 1."""
+    return max(1, cfg.train.total_batch_tokens // (cfg.train.batch_size * cfg.model.block_size))
+
+
 def load(path: str | Path | None = None, overrides: typing.Sequence[str] = ()) -> Config:
     """Defaults, then the TOML file at path, then `section.key=value` overrides."""
     tree: dict[str, dict[str, Any]] = {}

@@ -48,6 +48,16 @@ def _fmt(v: float) -> str:
     return f"{v / 1e6:g}M" if abs(v) >= 1e6 else f"{v / 1e3:g}k" if abs(v) >= 1e4 else f"{v:g}"
 
 
+def _svg(width: int, height: int, title: str, parts: list[str]) -> str:
+    """A figure: its parts in a viewBox of width x height that scales to the page's width."""
+    return (
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="100%" viewBox="0 0 {width} {height}" '
+        f'font-family="sans-serif" font-size="11"><title>{html.escape(title)}</title>'
+        + "".join(parts)
+        + "</svg>\n"
+    )
+
+
 def _legend(labels: Sequence[str], x: int) -> list[str]:
     """A color key at x: one line in the i-th color and its label per entry."""
     return [
@@ -165,12 +175,7 @@ def curves_svg(runs: dict[str, list[dict[str, Any]]], title: str) -> str:
     columns = max(2, len(diagnostics))
     width = columns * W + 60 + 7 * max(26, *(len(name) for name in runs))
     height = 2 * H if diagnostics else H
-    return (
-        f'<svg xmlns="http://www.w3.org/2000/svg" width="100%" viewBox="0 0 {width} {height}" '
-        f'font-family="sans-serif" font-size="11"><title>{html.escape(title)}</title>'
-        + "".join(body + legend)
-        + "</svg>\n"
-    )
+    return _svg(width, height, title, body + legend)
 
 
 def stats_panels(
@@ -341,12 +346,7 @@ def sensitivity_svg(result: dict[str, Any], title: str) -> str:
         legend.append(f'<text x="{W + 10}" y="{46 + 16 * n}">x: a diverged run (counted as '
                       "L0)</text>")  # fmt: skip
     width = 2 * W + 200
-    return (
-        f'<svg xmlns="http://www.w3.org/2000/svg" width="100%" viewBox="0 0 {width} {H}" '
-        f'font-family="sans-serif" font-size="11"><title>{html.escape(title)}</title>'
-        + "".join(body + legend)
-        + "</svg>\n"
-    )
+    return _svg(width, H, title, body + legend)
 
 
 def sweep_points(runs: dict[str, Path], lr_key: str, axes: list[str]) -> list[dict[str, Any]]:
@@ -437,12 +437,7 @@ def sweep_stats_svg(points: list[dict[str, Any]], title: str, high: int = 2) -> 
     rest = f" but the {left_out} that diverged" if left_out else ""
     legend.append(f'<text x="{2 * W + 10}" y="{46 + 16 * n}">right: every run{rest}</text>')
     width = 2 * W + 60 + 7 * max(40, *(len(v) for v in variants))
-    return (
-        f'<svg xmlns="http://www.w3.org/2000/svg" width="100%" viewBox="0 0 {width} {H}" '
-        f'font-family="sans-serif" font-size="11"><title>{html.escape(title)}</title>'
-        + "".join(body + legend)
-        + "</svg>\n"
-    )
+    return _svg(width, H, title, body + legend)
 
 
 def text_html(text: str, title: str) -> str:

@@ -69,29 +69,30 @@ def load(name: str, directory: Path = SWEEPS) -> Sweep:
         raise config.ConfigError(f"{path}: [axes] must hold at least one section.key = [values]")
     out = []
     for key, values in axes.items():
-        keys = key.split(",")
-        for k in keys:
+        group = key.split(",")
+        for k in group:
             section, _, field = k.partition(".")
             cls = config.SECTIONS.get(section)
             if cls is None or field not in cls.__dataclass_fields__:
-                what = "" if len(keys) == 1 else f" {k!r} is"
+                what = "" if len(group) == 1 else f" {k!r} is"
                 raise config.ConfigError(f"{path}: axes.{key!r}:{what} not a config key "
                                          "(section.key)")  # fmt: skip
         if not isinstance(values, list) or not values or len(set(map(repr, values))) < len(values):
             raise config.ConfigError(f"{path}: axes.{key}: expected a list of distinct values")
-        if len(keys) > 1:
-            bad = [v for v in values if not isinstance(v, list) or len(v) != len(keys)]
+        if len(group) > 1:
+            bad = [v for v in values if not isinstance(v, list) or len(v) != len(group)]
             if bad:
                 raise config.ConfigError(f"{path}: axes.{key!r}: {bad[0]!r}: expected a list of "
-                                         f"{len(keys)} values, one per key")  # fmt: skip
+                                         f"{len(group)} values, one per key")  # fmt: skip
             values = [tuple(v) for v in values]
         out.append((key, tuple(values)))
-    varied = [k for key, _ in out for k in key.split(",")]
+    sweep = Sweep(name, base, tuple(out))
+    varied = keys(sweep)
     twice = sorted({k for k in varied if varied.count(k) > 1})
     if twice:
         raise config.ConfigError(f"{path}: {', '.join(twice)}: in more than one axis (a point "
                                  "would set it twice)")  # fmt: skip
-    return Sweep(name, base, tuple(out))
+    return sweep
 
 
 def keys(sweep: Sweep) -> list[str]:
@@ -121,9 +122,6 @@ def expand(sweep: Sweep) -> dict[str, list[str]]:
     return runs
 
 
-GPT2_VOCAB = 50257
-
-
 def cost(sweep: Sweep, vocab: int | None = None) -> dict[str, dict[str, float]]:
     """{run: {"params", "tokens", "flops"}}: each point's training FLOPs if it runs all its
     steps (a diverged point stops early), nanoGPT's 6 N + attention per token (model's
@@ -137,7 +135,8 @@ def cost(sweep: Sweep, vocab: int | None = None) -> dict[str, dict[str, float]]:
     out = {}
     for name, overrides in expand(sweep).items():
         cfg = config.load(Path("config") / f"{sweep.base}.toml", overrides)
-        V = cfg.model.vocab_size or vocab or (GPT2_VOCAB if cfg.tokenizer.name == "gpt2" else None)
+        gpt2 = config.GPT2_ARCHITECTURE["vocab_size"] if cfg.tokenizer.name == "gpt2" else None
+        V = cfg.model.vocab_size or vocab or gpt2
         if V is None:
             raise config.ConfigError(f"{name}: tokenizer {cfg.tokenizer.name!r}: pass --vocab")
         m, t = dataclasses.replace(cfg.model, vocab_size=V), cfg.train
@@ -146,7 +145,7 @@ def cost(sweep: Sweep, vocab: int | None = None) -> dict[str, dict[str, float]]:
         n = model.count_params(params, non_embedding=True)
         per_token = model.flops_per_token(m, n)
         window = t.batch_size * m.block_size
-        tokens = t.max_iters * max(1, t.total_batch_tokens // window) * window
+        tokens = t.max_iters * config.micro_batches(cfg) * window
         # Evaluations at 0, eval_interval, ... before max_iters, and the last one.
         evals = (-(-t.max_iters // t.eval_interval) + 1) * 2 * t.eval_iters * window
         out[name] = {"params": n, "tokens": tokens, "flops": per_token * (tokens + evals / 3)}
@@ -162,8 +161,9 @@ def main(argv: list[str] | None = None) -> None:
     )
     p.add_argument("sweep", help="config/sweeps/NAME.toml")
     p.add_argument("--cost", action="store_true", help="FLOPs and device hours per point")
-    p.add_argument("--peak-flops", type=float, default=989e12,
-                   help="the device's peak FLOP/s (default: an H100's bfloat16 dense)")  # fmt: skip
+    p.add_argument("--peak-flops", type=float,
+                   help="the device's peak FLOP/s (default: an H100's bfloat16 dense, from "
+                   "train.PEAK_FLOPS)")  # fmt: skip
     p.add_argument("--mfu", type=float, default=0.3, help="the share of the peak assumed")
     p.add_argument("--vocab", type=int, help="vocabulary size (default: GPT-2's with gpt2)")
     args = p.parse_args(argv)
@@ -176,13 +176,16 @@ def main(argv: list[str] | None = None) -> None:
         points = cost(s, args.vocab)
     except config.ConfigError as e:
         raise SystemExit(f"error: {e}") from None
-    rate = args.peak_flops * args.mfu
+    from nanogptx.train import PEAK_FLOPS
+
+    peak = args.peak_flops or PEAK_FLOPS["H100"]
+    rate = peak * args.mfu
     total = sum(p["flops"] for p in points.values())
     for name, p in points.items():
         print(f"{name}: {p['params'] / 1e6:.2f}M parameters, {p['tokens'] / 1e9:.3g}B tokens, "
               f"{p['flops']:.3g} FLOPs, {p['flops'] / rate / 3600:.2f} device hours")  # fmt: skip
     print(f"{len(points)} points, {total:.3g} FLOPs: {total / rate / 3600:.1f} device hours at "
-          f"{args.mfu:.0%} of {args.peak_flops / 1e12:g} TFLOP/s (a point that diverges stops "
+          f"{args.mfu:.0%} of {peak / 1e12:g} TFLOP/s (a point that diverges stops "
           "early and costs less)")  # fmt: skip
 
 

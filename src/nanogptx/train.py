@@ -594,7 +594,7 @@ def _train(
     m, t = cfg.model, cfg.train
     n_dev = jax.device_count()
     V = check_setup(cfg, data, n_dev)
-    A = max(1, t.total_batch_tokens // (t.batch_size * m.block_size))
+    A = config.micro_batches(cfg)
     tokens_per_step = A * t.batch_size * m.block_size
     schedule = loader.schedule(data, t.seed, t.batch_order, t.batch_size, m.block_size, A)
 
