@@ -720,10 +720,11 @@ def _train(
     peak, source = peak_flops(t)
     log(f"MFU against a peak of {peak / 1e12:.3g} TFLOP/s per device ({source})" if peak
         else f"no MFU: peak FLOP/s {source}")  # fmt: skip
+    rate = {"peak": peak, "source": source}  # the peak MFU is against (raised by a faster step)
     flops_per_token = model.flops_per_token(m, n_flops_params)
     pending: list[tuple[int, dict[str, jax.Array]]] = []
     diagnosed: list[tuple[int, dict[str, Any]]] = []
-    clock = {"seconds": 0.0, "steps": 0, "since": time.perf_counter()}
+    clock = {"seconds": 0.0, "steps": 0, "since": time.perf_counter()}  # since the last report
     diverged: dict[str, Any] = {}  # with train.on_divergence = "stop": where and why
 
     warmed = max(1, t.warmup_iters if t.decay_lr else 0)  # the first step after the warmup
@@ -742,16 +743,24 @@ def _train(
         found = [p for s, p in checkpoint.list_checkpoints(ckpt_dir) if s < step]
         return found[-1] if found else None
 
-    def flush() -> dict[str, float] | None:
-        """Fetch the stats of the steps run since the last flush; stop at a divergence."""
-        host = jax.device_get([s for _, s in pending])
-        steps = [s for s, _ in pending]
-        pending.clear()
+    def due(step: int) -> bool:
+        return step % cfg.logging.log_interval == 0 or step == t.max_iters - 1
+
+    def flush(upto: int | None = None) -> None:
+        """Fetch the stats of the steps run since the last flush (up to step `upto`, else all of
+        them, waiting for the device), stop at a divergence, and report the steps before it
+        that logging.log_interval asks for."""
+        ready = [(s, stats) for s, stats in pending if upto is None or s <= upto]
+        del pending[: len(ready)]
+        host = jax.device_get([stats for _, stats in ready])
         now = time.perf_counter()
         clock["seconds"] += now - clock["since"]
         clock["since"] = now
-        for step, stats in zip(steps, host, strict=True):
+        clock["steps"] += len(ready)
+        for (step, _), stats in zip(ready, host, strict=True):
             if diverged or not (why := divergence(step, stats["loss"], stats["grad_norm"])):
+                if not diverged and due(step):
+                    report(step, stats)
                 continue
             if t.on_divergence == "fail":
                 last = last_good(step)
@@ -764,10 +773,38 @@ def _train(
             diverged.update(step=step, reason=why, loss=float(stats["loss"]),
                             grad_norm=float(stats["grad_norm"]),
                             last_good_checkpoint=None if good is None else good.name)  # fmt: skip
-        for step, diag in jax.device_get(diagnosed):
+        fetched = [(s, diag) for s, diag in diagnosed if upto is None or s <= upto]
+        del diagnosed[: len(fetched)]
+        for step, diag in jax.device_get(fetched):
             metrics.add({"kind": "stats", "step": step, **jax.tree.map(lambda a: a.tolist(), diag)})
-        diagnosed.clear()
-        return {k: float(v) for k, v in host[-1].items()} if host else None
+
+    def report(step: int, stats: dict[str, Any]) -> None:
+        """Log and record step's training stats, with the speed of the steps since the last
+        report."""
+        dt = clock["seconds"] / max(clock["steps"], 1)
+        tok_s = tokens_per_step / dt
+        peak, source = rate["peak"], rate["source"]
+        mfu = None if peak is None else flops_per_token * tok_s / (peak * n_dev)
+        if mfu is not None and mfu > 1.0:  # a step cannot beat the peak: it was too low
+            log(f"step {step} ran at {flops_per_token * tok_s / n_dev / 1e12:.3g} TFLOP/s per "
+                f"device, above the peak of {peak / 1e12:.3g} ({source}): the peak was "
+                "underestimated; MFU is against this step's rate from here on")  # fmt: skip
+            rate.update(peak=flops_per_token * tok_s / n_dev, source=f"step {step}'s rate")
+            mfu = 1.0
+        loss, grad_norm = float(stats["loss"]), float(stats["grad_norm"])
+        metrics.add({
+            "kind": "train", "step": step, "tokens": (step + 1) * tokens_per_step,
+            "loss": loss, "lr": optim.get_lr(step, t), "grad_norm": grad_norm,
+            "ms_per_iter": 1e3 * dt, "tokens_per_s": tok_s, "mfu": mfu,
+            **({"z_loss": float(stats["z_loss"])} if "z_loss" in stats else {}),
+        })  # fmt: skip
+        mfu_text = "" if mfu is None else f", MFU {100 * mfu:.1f}%"
+        log(
+            f"step {step}: loss {loss:.4f}, lr {optim.get_lr(step, t):.3e}, grad norm "
+            f"{grad_norm:.3f}, {1e3 * dt:.1f} ms/iter, {tok_s:,.0f} tok/s{mfu_text}"
+        )
+        watch.update(step, loss, tok_s, dt)
+        clock["seconds"], clock["steps"] = 0.0, 0
 
     saved = {start} if path is not None else set()
 
@@ -823,41 +860,22 @@ def _train(
             state, stats = train_step(state, x, y, np.int32(step), key_dropout)
         pending.append((step, stats))
         done = step + 1
-        clock["steps"] += 1
         if profiling and step == t.profile_start + t.profile_steps - 1:
             jax.block_until_ready(state)
             jax.profiler.stop_trace()
             profiling = False
             log(f"profile of steps {t.profile_start}-{step} written to {profile_dir}")
-        if step % cfg.logging.log_interval == 0 or step == t.max_iters - 1:
-            last = flush()
+        if step > start and due(step - 1):
+            # The previous step's stats, fetched while this step runs: the host's work between
+            # steps (logging, the next batch, the dispatch) overlaps the device's.
+            flush(upto=step - 1)
             if diverged:
                 break
-            dt = clock["seconds"] / clock["steps"]
-            tok_s = tokens_per_step / dt
-            mfu = None if peak is None else flops_per_token * tok_s / (peak * n_dev)
-            if mfu is not None and mfu > 1.0:  # a step cannot beat the peak: it was too low
-                log(f"step {step} ran at {flops_per_token * tok_s / n_dev / 1e12:.3g} TFLOP/s per "
-                    f"device, above the peak of {peak / 1e12:.3g} ({source}): the peak was "
-                    "underestimated; MFU is against this step's rate from here on")  # fmt: skip
-                peak, source, mfu = flops_per_token * tok_s / n_dev, f"step {step}'s rate", 1.0
-            metrics.add({
-                "kind": "train", "step": step, "tokens": (step + 1) * tokens_per_step,
-                "loss": last["loss"], "lr": optim.get_lr(step, t), "grad_norm": last["grad_norm"],
-                "ms_per_iter": 1e3 * dt, "tokens_per_s": tok_s, "mfu": mfu,
-                **({"z_loss": last["z_loss"]} if "z_loss" in last else {}),
-            })  # fmt: skip
-            mfu_text = "" if mfu is None else f", MFU {100 * mfu:.1f}%"
-            log(
-                f"step {step}: loss {last['loss']:.4f}, lr {optim.get_lr(step, t):.3e}, grad norm "
-                f"{last['grad_norm']:.3f}, {1e3 * dt:.1f} ms/iter, {tok_s:,.0f} tok/s{mfu_text}"
-            )
-            watch.update(step, last["loss"], tok_s, dt)
-            clock["seconds"], clock["steps"] = 0.0, 0
         if t.checkpoint_interval and (step + 1) % t.checkpoint_interval == 0:
             paused(lambda step=step: save_checkpoint(step + 1))
             if diverged:
                 break
+    flush()
     watch.close()
     if profiling:
         jax.block_until_ready(state)
