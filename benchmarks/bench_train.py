@@ -158,7 +158,7 @@ def run(cfg, data: Path, work: Path, full: bool, recipe: str) -> dict:
     )
     curve = [(s, v) for s, v in train_seconds(records) if v is not None]
     return {"estimate": summary["val_loss"], "whole": whole, "seconds": seconds, "ms": ms,
-            "curve": curve, "steps": summary["step"]}  # fmt: skip
+            "curve": curve, "steps": summary["step"], "wall": wall}  # fmt: skip
 
 
 def main() -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -319,7 +320,9 @@ def test_fast_runtime_gives_the_reference_loss_and_every_gradient(name: str) -> 
             assert np.abs(np.asarray(a)).max() > 0, jax.tree_util.keystr(path)  # on the path
 
 
-@pytest.mark.parametrize("name", ["gpt2", pytest.param("rope-gqa-swiglu", marks=pytest.mark.slow)])
+@pytest.mark.parametrize(
+    "name", ["gpt2", "modern", pytest.param("rope-gqa-swiglu", marks=pytest.mark.slow)]
+)
 def test_forward_mode_and_second_order_autodiff_go_through_the_reference_set(name: str) -> None:
     cfg = variant(name)
     params = init(cfg, V, jax.random.key(0))
@@ -334,15 +337,17 @@ def test_forward_mode_and_second_order_autodiff_go_through_the_reference_set(nam
     grad = jax.jit(jax.grad(loss))(params)
     np.testing.assert_allclose(directional, optax.tree_utils.tree_vdot(grad, tangent), rtol=1e-4)
 
-    # jax.hessian, and forward-over-reverse Hessian-vector products, on the final gain.
-    def of_gain(g_D: jax.Array) -> jax.Array:
-        return loss(params | {"lnf_g": g_D})
+    # jax.hessian, and forward-over-reverse Hessian-vector products, in the first norm's gains
+    # (every layer's: second derivatives through every primitive of the blocks and the head).
+    def of_gain(g_NxD: jax.Array) -> jax.Array:
+        return loss(params | {"blocks": params["blocks"] | {"ln1_g": g_NxD}})
 
-    g_D, v_D = params["lnf_g"], tangent["lnf_g"]
-    hessian_DxD = jax.jit(jax.hessian(of_gain))(g_D)
-    hvp_D = jax.jit(lambda g, v: jax.jvp(jax.grad(of_gain), (g,), (v,))[1])(g_D, v_D)
-    np.testing.assert_allclose(hvp_D, hessian_DxD @ v_D, atol=1e-6, rtol=1e-4)
-    assert np.allclose(hessian_DxD, hessian_DxD.T, atol=1e-6) and np.abs(hessian_DxD).max() > 0
+    g_NxD, v_NxD = params["blocks"]["ln1_g"], tangent["blocks"]["ln1_g"]
+    n = g_NxD.size
+    hessian = jax.jit(jax.hessian(of_gain))(g_NxD).reshape(n, n)
+    hvp = jax.jit(lambda g, v: jax.jvp(jax.grad(of_gain), (g,), (v,))[1])(g_NxD, v_NxD)
+    np.testing.assert_allclose(hvp.reshape(n), hessian @ v_NxD.reshape(n), atol=1e-6, rtol=1e-4)
+    assert np.allclose(hessian, hessian.T, atol=1e-6) and np.abs(hessian).max() > 0
     with pytest.raises(TypeError, match="custom_vjp"):  # why the reference set exists
         jax.jvp(lambda p: model.loss_fn(p, x, y, cfg, rt=FAST), (params,), (tangent,))
 
@@ -430,3 +435,20 @@ def test_rope_attends_to_relative_positions_only() -> None:
     np.testing.assert_allclose(scores(0), scores(37), rtol=1e-4, atol=1e-4)
     plain = np.asarray(jnp.einsum("blhk,bmhk->bhlm", q, k))
     assert not np.allclose(scores(0), plain, atol=1e-2)  # it does rotate
+
+
+@pytest.mark.parametrize("name", every_variant())
+def test_every_variant_saves_and_reloads_as_a_model_directory(name: str, tmp_path: Path) -> None:
+    from nanogptx import checkpoint, config
+
+    cfg = config.Config(model=variant(name))
+    params = jax.device_get(spread(init(cfg.model, V, jax.random.key(0))))
+    tok = {"name": "char", "vocab_size": V, "chars": "".join(map(chr, range(65, 65 + V)))}
+    checkpoint.save_model(tmp_path / "m", params, cfg, tok, step=7)
+    loaded, cfg2, _ = checkpoint.load_model(tmp_path / "m")
+    assert cfg2.model == dataclasses.replace(cfg.model, vocab_size=cfg2.model.vocab_size)
+    assert jax.tree.structure(loaded) == jax.tree.structure(params)
+    x = ids()
+    np.testing.assert_array_equal(
+        forward(loaded, x, cfg2.model, rt=REFERENCE), forward(params, x, cfg.model, rt=REFERENCE)
+    )

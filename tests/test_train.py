@@ -22,7 +22,7 @@ import optax
 import pytest
 from jax.sharding import PartitionSpec as P
 
-from nanogptx import checkpoint, config, loader, model, optim, train
+from nanogptx import checkpoint, config, loader, model, optim, runtime, train
 from prepared import synthetic_text, write_prepared
 
 TINY = [
@@ -88,8 +88,16 @@ def test_wsd_linear_and_constant_schedules() -> None:
     assert optim.get_lr(60, linear) == pytest.approx((1e-2 + 1e-3) / 2)
     assert optim.get_lr(85, linear) == pytest.approx(1e-2 + (1e-3 - 1e-2) * 0.75)
     constant = tiny(*base, "train.lr_schedule=constant").train
-    assert {optim.get_lr(i, constant) for i in (0, 50, 500)} == {1e-2}
-    for t in (wsd, linear, constant):
+    # The same warmup as the others, then the peak for good (no min_lr past lr_decay_iters).
+    assert optim.get_lr(0, constant) == pytest.approx(1e-2 / 11)
+    assert {optim.get_lr(i, constant) for i in (10, 50, 110, 500)} == {1e-2}
+    # nanoGPT's decay_lr = false: the peak from step 0, no warmup.
+    flat = tiny(*base, "train.decay_lr=false").train
+    assert {optim.get_lr(i, flat) for i in (0, 5, 500)} == {1e-2}
+    with pytest.raises(config.ConfigError, match="train.decay_lr = False: expected true with "
+                       "train.lr_schedule = 'wsd'"):  # fmt: skip
+        tiny(*base, "train.decay_lr=false", "train.lr_schedule=wsd")
+    for t in (wsd, linear, constant, flat):
         schedule = jax.jit(optim.schedule(t))
         for it in range(0, 130, 7):
             assert float(schedule(jnp.int32(it))) == pytest.approx(optim.get_lr(it, t), rel=1e-5)
@@ -133,6 +141,33 @@ def test_muon_orthogonalises_the_hidden_matrices_and_adamw_steps_the_rest() -> N
     # AdamW's first step is lr * sign(g) (m / sqrt(v) = g / |g|) for the embeddings and gains.
     for u, g in [(updates["wte"], grads["wte"]), (updates["lnf_g"], grads["lnf_g"])]:
         np.testing.assert_allclose(u, -optim.get_lr(0, t) * np.sign(g), rtol=1e-4)
+
+
+@pytest.mark.parametrize("name", ["muon", "adafactor"])
+def test_each_layer_of_the_stacked_blocks_is_stepped_as_its_own_matrix(name: str) -> None:
+    """Muon orthogonalises, and Adafactor clips and scales by the RMS, each layer's matrix
+    alone: a layer's update in the stacked blocks is the update of a one-layer model holding
+    that layer."""
+    t = tiny(f"train.optimizer={name}", "train.grad_clip=0").train
+    params = model.init_params(tiny().model, 21, jax.random.key(0))
+    grads = jax.tree.map(lambda x: jax.random.normal(jax.random.key(1), x.shape), params)
+    # Layers far apart in scale, so that a step pooling them would move each by the other's.
+    scale = jnp.array([10.0, 0.1])
+    params["blocks"] = jax.tree.map(lambda x: x * scale.reshape(-1, *[1] * (x.ndim - 1)),
+                                    params["blocks"])  # fmt: skip
+    grads["blocks"] = jax.tree.map(lambda x: x / scale.reshape(-1, *[1] * (x.ndim - 1)),
+                                   grads["blocks"])  # fmt: skip
+    tx = optim.make(t)
+    stacked = jax.jit(tx.update)(grads, tx.init(params), params)[0]["blocks"]
+    for i in range(2):
+
+        def layer(tree: model.Params, i: int = i) -> model.Params:
+            return {**tree, "blocks": jax.tree.map(lambda x: x[i : i + 1], tree["blocks"])}
+
+        alone = jax.jit(tx.update)(layer(grads), tx.init(layer(params)), layer(params))[0]
+        for key, u in stacked.items():
+            np.testing.assert_allclose(u[i], alone["blocks"][key][0], rtol=2e-4, atol=1e-8,
+                                       err_msg=f"layer {i} of blocks.{key}")  # fmt: skip
 
 
 def test_independent_weight_decay_does_not_scale_with_the_peak_learning_rate() -> None:
@@ -203,11 +238,19 @@ def test_a_modern_variant_trains_resumes_bit_exactly_and_reloads(
 
 
 def test_diagnostics_every_stats_interval(data_dir: Path, tmp_path: Path) -> None:
-    args = ["train.max_iters=5", "model.qk_norm=true", "train.eval_interval=100"]
+    args = ["train.max_iters=5", "model.qk_norm=true", "train.eval_interval=100",
+            "logging.log_interval=3"]  # fmt: skip
     with_stats = tiny(*args, "logging.stats_interval=2")
     train.train(with_stats, data_dir, tmp_path / "a", tmp_path / "ka")
     stats = records(tmp_path / "a", "stats")
     assert [r["step"] for r in stats] == [0, 2, 4]
+    prov = json.loads((tmp_path / "a" / "provenance.json").read_text())
+    assert prov["runtime_diagnostics"] == prov["runtime"] | {"attention": "einsum"}
+    # Records come in step order (wandb drops a step lower than one it has logged).
+    lines = (tmp_path / "a" / "metrics.jsonl").read_text().splitlines()
+    steps = [(r["kind"], r["step"]) for r in map(json.loads, lines) if r["kind"] != "eval"]
+    assert steps == [("stats", 0), ("train", 0), ("stats", 2), ("train", 3), ("stats", 4),
+                     ("train", 4)], steps  # fmt: skip
     N = with_stats.model.n_layer
     for r in stats:
         assert len(r["attn_logit_max"]) == N and math.isfinite(r["log_z"])
@@ -233,9 +276,10 @@ def test_diagnostics_every_stats_interval(data_dir: Path, tmp_path: Path) -> Non
     from nanogptx import report
 
     svg = report.curves_svg({"run": report.read_metrics(tmp_path / "a" / "metrics.jsonl")}, "t")
-    for label in ("largest attention logit", "mean log Z", "update RMS / parameter RMS"):
-        assert label in svg
-    assert svg.count("<title>run layer 1</title>") == 2 and svg.count("<polyline") == 4 + 2 * N + 1
+    labels = ["largest attention logit", "mean log Z", "parameter RMS", "gradient RMS",
+              "update RMS / parameter RMS"]  # fmt: skip
+    assert all(label in svg for label in labels)
+    assert svg.count("<title>run layer 1</title>") == 4 and svg.count("<polyline") == 4 + 4 * N + 1
     # The same training as without diagnostics.
     train.train(tiny(*args), data_dir, tmp_path / "b", tmp_path / "kb")
     assert not records(tmp_path / "b", "stats")
@@ -301,9 +345,19 @@ def test_kernels_are_how_it_runs_so_a_run_resumes_under_the_other_set(
     prov = json.loads((tmp_path / "b" / "provenance.json").read_text())
     assert prov["runtime"] == {"kernels": "reference", "attention": "einsum", "unroll": 2}
     assert "runtime: {'kernels': 'reference'" in capsys.readouterr().out
+    assert prov["runtime_diagnostics"] is None  # logging.stats_interval = 0: no such steps
+    # cuDNN's attention: float32 training is refused by the config, and 16-bit training off a
+    # GPU before any file is read (the data directory is not even there).
+    with pytest.raises(config.ConfigError, match="model.attention = 'cudnn': expected auto, "
+                       "einsum or xla with train.compute_dtype = 'float32'"):  # fmt: skip
+        tiny("model.attention=cudnn")
+    cudnn = tiny("model.attention=cudnn", "train.compute_dtype=bfloat16")
     with pytest.raises(train.TrainError, match="model.attention = 'cudnn' needs a GPU"):
-        train.train(tiny("model.attention=cudnn"), data_dir, tmp_path / "c", tmp_path / "d")
+        train.train(cudnn, tmp_path / "no-data", tmp_path / "c", tmp_path / "d")
     assert not (tmp_path / "c").exists() and not (tmp_path / "d").exists()
+    # Sampling and evaluation compute in float32: there the run's cudnn is XLA's attention.
+    assert runtime.choose(cudnn.model, "gpu", "float32").attention == "xla"
+    assert runtime.choose(cudnn.model, "gpu", "bfloat16").attention == "cudnn"
 
 
 def test_mfu_peak_is_configured_else_known_else_measured_else_none() -> None:

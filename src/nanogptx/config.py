@@ -108,7 +108,8 @@ class ModelConfig:
     )
     norm_gain: bool = _f(True, "learned gains (scales) in the norms; false: none")
     qk_norm: bool = _f(
-        False, "normalise queries and keys per head before attention (qk-layernorm, with gains)"
+        False,
+        "queries and keys normalised per head before attention (qk-layernorm; gains: norm_gain)",
     )
     activation: str = _f(
         "gelu",
@@ -133,8 +134,8 @@ class ModelConfig:
     attention: str = _f(
         "auto",
         "attention implementation: einsum, xla or cudnn (jax.nn.dot_product_attention; cudnn "
-        "needs a GPU and 16-bit compute); auto: einsum on CPU, on GPU cudnn for 16-bit compute, "
-        "else xla",
+        "needs a GPU and a 16-bit train.compute_dtype, and sampling and evaluation, in float32, "
+        "run xla instead); auto: einsum on CPU, on GPU cudnn for 16-bit compute, else xla",
         ("auto", "einsum", "xla", "cudnn"),
     )
 
@@ -150,10 +151,12 @@ class TrainConfig:
     )
     max_iters: int = _f(600_000, "optimizer steps")
     learning_rate: float = _f(6e-4, "peak learning rate")
-    min_lr: float = _f(6e-5, "learning rate at the end of the cosine decay")
+    min_lr: float = _f(6e-5, "learning rate at the end of the decay (cosine, linear, wsd)")
     warmup_iters: int = _f(2000, "steps of linear warmup")
-    lr_decay_iters: int = _f(600_000, "step where the cosine decay reaches min_lr")
-    decay_lr: bool = _f(True, "warmup + cosine decay; false: constant learning_rate")
+    lr_decay_iters: int = _f(600_000, "step where the decay reaches min_lr (cosine, linear, wsd)")
+    decay_lr: bool = _f(
+        True, "warmup, then lr_schedule; false: learning_rate from step 0 (nanoGPT's decay_lr)"
+    )
     optimizer: str = _f(
         "adamw",
         "adamw; muon (Newton-Schulz orthogonalised momentum for the hidden matrices, AdamW for "
@@ -181,8 +184,8 @@ class TrainConfig:
         ("cosine", "wsd", "linear", "constant"),
     )
     cooldown_frac: float = _f(0.2, "share of lr_decay_iters that wsd's cooldown takes")
-    beta1: float = _f(0.9, "AdamW beta1")
-    beta2: float = _f(0.95, "AdamW beta2")
+    beta1: float = _f(0.9, "beta1 of adamw, lion and muon's AdamW part (adafactor: unused)")
+    beta2: float = _f(0.95, "beta2 of adamw, lion and muon's AdamW part (adafactor: unused)")
     grad_clip: float = _f(1.0, "clip gradients to this global norm (0: no clipping)")
     on_divergence: str = _f(
         "fail",
@@ -506,6 +509,13 @@ def _check_values(cfg: Config, source: str) -> None:
     need(m.mlp_width >= 0, "model.mlp_width", m.mlp_width, ">= 0 (0: the activation's rule)")
     need(m.logit_softcap >= 0, "model.logit_softcap", m.logit_softcap, ">= 0 (0: none)")
     need(m.z_loss >= 0, "model.z_loss", m.z_loss, ">= 0")
+    need(
+        m.attention != "cudnn" or t.compute_dtype != "float32",
+        "model.attention",
+        m.attention,
+        "auto, einsum or xla with train.compute_dtype = 'float32' (cuDNN's attention runs "
+        "bfloat16 or float16)",
+    )
     need(t.batch_size > 0, "train.batch_size", t.batch_size, "> 0")
     micro = t.batch_size * m.block_size
     need(
@@ -532,6 +542,13 @@ def _check_values(cfg: Config, source: str) -> None:
         "train.lr_decay_iters",
         t.lr_decay_iters,
         f"> train.warmup_iters = {t.warmup_iters}",
+    )
+    need(
+        t.decay_lr or t.lr_schedule in ("cosine", "constant"),
+        "train.decay_lr",
+        t.decay_lr,
+        f"true with train.lr_schedule = {t.lr_schedule!r} (false is a constant learning rate "
+        "from step 0, which no schedule follows; lr_schedule = 'constant' warms up first)",
     )
     need(t.muon_learning_rate > 0, "train.muon_learning_rate", t.muon_learning_rate, "> 0")
     need(0 <= t.muon_momentum < 1, "train.muon_momentum", t.muon_momentum, "in [0, 1)")

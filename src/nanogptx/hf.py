@@ -22,7 +22,7 @@ from safetensors import safe_open
 
 from nanogptx import provenance
 from nanogptx.config import ModelConfig
-from nanogptx.model import vocab_rows
+from nanogptx.model import mlp_width, vocab_rows
 
 WEIGHTS = "model.safetensors"
 CONFIG = "config.json"
@@ -160,7 +160,7 @@ def hf_config(m: ModelConfig) -> dict[str, Any]:
         "n_embd": m.n_embd,
         "n_positions": m.block_size,
         "n_ctx": m.block_size,
-        "n_inner": m.mlp_width or None,
+        "n_inner": None if mlp_width(m) == 4 * m.n_embd else mlp_width(m),  # None: HF's 4 D
         "vocab_size": m.vocab_size,
         "activation_function": "gelu_new" if m.activation == "gelu_tanh" else "gelu",
         "layer_norm_epsilon": 1e-5,

@@ -6,13 +6,13 @@
 train.optimizer: adamw (nanoGPT's, eps 1e-8 as torch), muon (optax.contrib's Newton-Schulz
 orthogonalised momentum for the hidden per-layer matrices, AdamW for embeddings, gains and
 biases), lion, adafactor (factored second moments, update clipping, steps relative to each
-matrix's RMS, so its learning_rate is a relative one, about 10x Adam's).
+matrix's RMS, per layer, so its learning_rate is a relative one, about 10x Adam's).
 train.weight_decay_mode: decoupled (AdamW's: lr_t * weight_decay * p) or independent of the peak
 learning rate (Wortsman et al. 2023: (lr_t / learning_rate) * weight_decay * p). Decay applies
 to the matrices only (model.decay_mask). train.lr_schedule: cosine (nanoGPT's), wsd
 (warmup-stable-decay: linear cooldown over the last train.cooldown_frac of lr_decay_iters),
-linear, constant; each after train.warmup_iters of linear warmup, and min_lr past
-lr_decay_iters.
+linear, constant; each after train.warmup_iters of linear warmup, and (but constant) min_lr
+past lr_decay_iters. train.decay_lr = false is nanoGPT's: the peak from step 0, no warmup.
 """
 
 from __future__ import annotations
@@ -38,10 +38,12 @@ SCHEDULE_KEYS = ("lr_schedule", "lr_decay_iters", "cooldown_frac")
 def _lr(it: Any, t: TrainConfig, xp: Any) -> Any:
     """The learning rate at step `it`, written once for numpy (float64) and jnp (traced)."""
     lr, lo, warmup, end = t.learning_rate, t.min_lr, t.warmup_iters, t.lr_decay_iters
-    kind = t.lr_schedule if t.decay_lr else "constant"
-    if kind == "constant":
+    if not t.decay_lr:  # nanoGPT's decay_lr = False: the peak from step 0, no warmup
         return xp.full((), lr, it.dtype)
+    kind = t.lr_schedule
     warm = lr * (it + 1) / (warmup + 1)
+    if kind == "constant":
+        return xp.where(it < warmup, warm, lr)
     if kind == "cosine":
         ratio = xp.clip((it - warmup) / (end - warmup), 0.0, 1.0)
         decayed = lo + 0.5 * (1.0 + xp.cos(math.pi * ratio)) * (lr - lo)
@@ -114,12 +116,37 @@ def _direction(t: TrainConfig) -> optax.GradientTransformation:
     if t.optimizer == "lion":
         return optax.scale_by_lion(b1=t.beta1, b2=t.beta2)
     if t.optimizer == "adafactor":
-        return optax.chain(  # optax.adafactor's, with our decay and schedule after it
-            optax.scale_by_factored_rms(),
-            optax.clip_by_block_rms(1.0),
-            optax.scale_by_param_block_rms(),
-        )
+        # optax.adafactor's chain, with our decay and schedule after it, and its block RMS taken
+        # per layer of the stacked blocks (optax's takes it over the whole array: N layers).
+        return optax.chain(optax.scale_by_factored_rms(), _clip_by_layer_rms(1.0),
+                           _scale_by_param_layer_rms(1e-3))  # fmt: skip
     raise ValueError(f"train.optimizer = {t.optimizer!r}")
+
+
+def layer_rms(path: tuple, x: jax.Array, keepdims: bool = False) -> jax.Array:
+    """The RMS of a parameter-shaped leaf: per layer (N values) for the stacked blocks, whose
+    axis 0 is the layer, else one value over the whole leaf."""
+    axes = tuple(range(1 if path[0].key == "blocks" else 0, x.ndim))
+    return jnp.sqrt(jnp.mean(jnp.square(x.astype(jnp.float32)), axis=axes, keepdims=keepdims))
+
+
+def _clip_by_layer_rms(threshold: float) -> optax.GradientTransformation:
+    """Each layer's update divided by max(1, its RMS / threshold) (Adafactor's update clipping)."""
+
+    def clip(path: tuple, u: jax.Array) -> jax.Array:
+        return u / jnp.maximum(1.0, layer_rms(path, u, keepdims=True) / threshold)
+
+    return optax.stateless(lambda u, _: jax.tree_util.tree_map_with_path(clip, u))
+
+
+def _scale_by_param_layer_rms(min_scale: float) -> optax.GradientTransformation:
+    """Each layer's update times max(its parameters' RMS, min_scale) (Adafactor's relative
+    step)."""
+
+    def scale(path: tuple, u: jax.Array, p: jax.Array) -> jax.Array:
+        return u * jnp.maximum(layer_rms(path, p, keepdims=True), min_scale)
+
+    return optax.stateless(lambda u, p: jax.tree_util.tree_map_with_path(scale, u, p))
 
 
 def make(t: TrainConfig) -> optax.GradientTransformation:

@@ -162,8 +162,8 @@ def curves_svg(runs: dict[str, list[dict[str, Any]]], title: str) -> str:
     for i, (series, x_label) in enumerate(panels):
         body += _panel(series, x_label, i * W)
     diagnostics = stats_panels(runs)
-    for i, (series, y_label) in enumerate(diagnostics):
-        body += _panel(series, "step", i * W, y_label, H)
+    for i, (series, y_label) in enumerate(diagnostics):  # rows of three under the losses
+        body += _panel(series, "step", i % 3 * W, y_label, (1 + i // 3) * H)
     legend = _legend(list(runs), 2 * W + 10)
     n = len(runs)
     legend.append(f'<text x="{2 * W + 10}" y="{30 + 16 * n}">solid: val, dashed: train</text>')
@@ -172,9 +172,9 @@ def curves_svg(runs: dict[str, list[dict[str, Any]]], title: str) -> str:
             f'<text x="{2 * W + 10}" y="{46 + 16 * n}">below: diagnostics per layer '
             "(longer dashes: later layers)</text>"
         )
-    columns = max(2, len(diagnostics))
+    columns = max(2, min(3, len(diagnostics)))
     width = columns * W + 60 + 7 * max(26, *(len(name) for name in runs))
-    height = 2 * H if diagnostics else H
+    height = (1 + -(-len(diagnostics) // 3)) * H
     return _svg(width, height, title, body + legend)
 
 
@@ -182,39 +182,45 @@ def stats_panels(
     runs: dict[str, list[dict[str, Any]]],
 ) -> list[tuple[list[tuple[str, str, str, list[tuple[float, float]]]], str]]:
     """The diagnostics (records of kind "stats") against step: the largest attention logit
-    per layer, the mean log Z of the output, and per layer the relative update size (update
-    RMS over parameter RMS, averaged over the layer's matrices). Empty without such records."""
+    per layer, the mean log Z of the output, and per layer, averaged over the layer's
+    matrices, the RMS of the parameters, of their gradients, and the relative update size
+    (update RMS over parameter RMS). Empty without such records."""
 
-    def per_layer(r: dict[str, Any]) -> list[float]:
-        names = [k for k in r["param_rms"] if k.startswith("blocks.") and k.endswith("_w")]
-        N = len(r["param_rms"][names[0]])
+    def rms(r: dict[str, Any], kind: str, k: str, i: int) -> float:  # nan: not finite
+        return r[kind][k][i] if _finite(r[kind][k][i]) else math.nan
 
-        def ratio(k: str, i: int) -> float:  # None: not finite (a diverging run)
-            u, p = r["update_rms"][k][i], r["param_rms"][k][i]
-            return u / p if _finite(u) and _finite(p) and p else math.nan
+    def ratio(r: dict[str, Any], k: str, i: int) -> float:
+        u, p = rms(r, "update_rms", k, i), rms(r, "param_rms", k, i)
+        return u / p if p else math.nan
 
-        return [sum(ratio(k, i) for k in names) / len(names) for i in range(N)]
-
-    logits, log_z, updates = [], [], []
+    measures = {
+        "parameter RMS": lambda r, k, i: rms(r, "param_rms", k, i),
+        "gradient RMS": lambda r, k, i: rms(r, "grad_rms", k, i),
+        "update RMS / parameter RMS": ratio,
+    }
+    logits, log_z = [], []
+    per_layer: dict[str, list] = {label: [] for label in measures}
     for i, (name, records) in enumerate(runs.items()):
         color = COLORS[i % len(COLORS)]
         stats = [r for r in records if r.get("kind") == "stats"]
         if not stats:
             continue
         log_z.append((f"{name} log Z", color, "val", [(r["step"], r["log_z"]) for r in stats]))
-        sizes = [(r["step"], per_layer(r)) for r in stats]
+        names = [k for k in stats[0]["param_rms"] if k.startswith("blocks.") and k.endswith("_w")]
         for layer in range(len(stats[0]["attn_logit_max"])):
             label = f"{name} layer {layer}"
             logits.append((label, color, f"layer{layer}",
                            [(r["step"], r["attn_logit_max"][layer]) for r in stats]))  # fmt: skip
-            updates.append((label, color, f"layer{layer}",
-                            [(step, by_layer[layer]) for step, by_layer in sizes]))  # fmt: skip
+            for measure, value in measures.items():
+                points = [(r["step"], sum(value(r, k, layer) for k in names) / len(names))
+                          for r in stats]  # fmt: skip
+                per_layer[measure].append((label, color, f"layer{layer}", points))
     if not log_z:
         return []
     return [
         (logits, "largest attention logit"),
         (log_z, "mean log Z"),
-        (updates, "update RMS / parameter RMS"),
+        *((series, measure) for measure, series in per_layer.items()),
     ]
 
 

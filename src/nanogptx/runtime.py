@@ -11,6 +11,7 @@ provenance.json. The same config on the same platform gives the same program.
 from __future__ import annotations
 
 import ctypes
+import dataclasses
 import sys
 from dataclasses import dataclass, field
 from typing import Any
@@ -42,19 +43,30 @@ def choose(cfg: ModelConfig, platform: str, compute_dtype: str = "float32") -> R
       exact elsewhere too);
     - attention: einsum on CPU, where XLA differentiates it about 2x faster than
       dot_product_attention's XLA implementation; on GPU, cuDNN's flash attention for 16-bit
-      compute, else XLA's;
+      compute, else XLA's. cuDNN's runs 16-bit only: an explicit model.attention = "cudnn"
+      (which config refuses for float32 training) gives XLA's where the compute is float32,
+      as sampling and evaluation compute;
     - unroll: every layer on CPU, where XLA cannot fuse or schedule across a while loop's
       iterations (a 4-layer model trains about 1.5x faster unrolled); one elsewhere, to keep
       compiles short."""
     k = kernels.FAST if cfg.kernels == "auto" else kernels.BY_NAME[cfg.kernels]
     attention = cfg.attention
+    sixteen_bit = compute_dtype in ("bfloat16", "float16")
     if attention == "auto":
         if platform == "gpu":
-            attention = "cudnn" if compute_dtype in ("bfloat16", "float16") else "xla"
+            attention = "cudnn" if sixteen_bit else "xla"
         else:
             attention = "einsum"
+    elif attention == "cudnn" and not sixteen_bit:
+        attention = "xla"
     unroll = cfg.n_layer if platform == "cpu" else 1
     return Runtime(k, attention, unroll)
+
+
+def for_diagnostics(rt: Runtime) -> Runtime:
+    """The runtime of the steps that record diagnostics (logging.stats_interval): einsum
+    attention, the one implementation whose attention logits the model can read."""
+    return dataclasses.replace(rt, attention="einsum")
 
 
 def keep_freed_memory() -> None:

@@ -194,7 +194,7 @@ def make_train_step(
     dtype = jnp.dtype(cfg.train.compute_dtype)
     rt = make_runtime(cfg)
     if diagnostics:
-        rt = dataclasses.replace(rt, attention="einsum")  # the attention logits are needed
+        rt = runtime.for_diagnostics(rt)
     dropout = cfg.model.dropout > 0
 
     def train_step(
@@ -244,14 +244,10 @@ def make_train_step(
 def layer_rms(tree: model.Params) -> dict[str, jax.Array]:
     """The RMS of each parameter-shaped leaf, per layer for the stacked blocks (N values), one
     value for the others; keyed "blocks.attn_w", "wte", ..."""
-    out = {}
-    for path, x in jax.tree_util.tree_leaves_with_path(tree):
-        name = ".".join(str(k.key) for k in path)
-        per_layer = path[0].key == "blocks"
-        axes = tuple(range(1 if per_layer else 0, x.ndim))
-        rms = jnp.sqrt(jnp.mean(jnp.square(x.astype(jnp.float32)), axis=axes))
-        out[name] = rms if per_layer else rms[None]
-    return out
+    return {
+        ".".join(str(k.key) for k in path): optim.layer_rms(path, x).reshape(-1)
+        for path, x in jax.tree_util.tree_leaves_with_path(tree)
+    }
 
 
 def make_eval_step(cfg: Config) -> Callable:
@@ -565,11 +561,11 @@ def train(
     holds both directories (a second training on them is refused at start) and first removes
     what an interrupted run left there."""
     initialize_distributed()
+    make_runtime(cfg)  # an impossible one is refused here, before any file is read
     out_dir, ckpt_dir = Path(out_dir), Path(ckpt_dir)
     data = loader.open_prepared(data_dir)  # shard hashes checked here
     check_setup(cfg, data, jax.device_count())
     cfg = resolve_vocab(cfg, data)
-    make_runtime(cfg)  # an impossible one is refused here, before any directory is touched
     with contextlib.ExitStack() as held:
         if jax.process_index() == 0:
             for path, flag in ((out_dir, "--out"), (ckpt_dir, "--checkpoints")):
@@ -617,6 +613,10 @@ def _train(
     rt = make_runtime(cfg)
     log(f"runtime: {rt.describe()} (model.kernels = {m.kernels}, model.attention = "
         f"{m.attention}, on {jax.default_backend()})")  # fmt: skip
+    rt_stats = runtime.for_diagnostics(rt) if cfg.logging.stats_interval else None
+    if rt_stats is not None and rt_stats != rt:
+        log(f"diagnostics steps (every logging.stats_interval = {cfg.logging.stats_interval}): "
+            f"runtime {rt_stats.describe()}")  # fmt: skip
 
     # Resume from the latest checkpoint, or start fresh (from scratch or pretrained weights,
     # whose sha256 is an input of the run either way).
@@ -752,7 +752,19 @@ def _train(
         that logging.log_interval asks for."""
         ready = [(s, stats) for s, stats in pending if upto is None or s <= upto]
         del pending[: len(ready)]
-        host = jax.device_get([stats for _, stats in ready])
+        fetched = [(s, diag) for s, diag in diagnosed if upto is None or s <= upto]
+        del diagnosed[: len(fetched)]
+        host, diags = jax.device_get(([stats for _, stats in ready], fetched))
+
+        def stats_records(upto: float) -> None:
+            """Record the diagnostics of the steps up to `upto`: records go in step order,
+            as wandb keeps only steps at or above the last it logged."""
+            while diags and diags[0][0] <= upto:
+                step, diag = diags.pop(0)
+                metrics.add(
+                    {"kind": "stats", "step": step, **jax.tree.map(lambda a: a.tolist(), diag)}
+                )
+
         now = time.perf_counter()
         clock["seconds"] += now - clock["since"]
         clock["since"] = now
@@ -760,6 +772,7 @@ def _train(
         for (step, _), stats in zip(ready, host, strict=True):
             if diverged or not (why := divergence(step, stats["loss"], stats["grad_norm"])):
                 if not diverged and due(step):
+                    stats_records(step)
                     report(step, stats)
                 continue
             if t.on_divergence == "fail":
@@ -773,10 +786,7 @@ def _train(
             diverged.update(step=step, reason=why, loss=float(stats["loss"]),
                             grad_norm=float(stats["grad_norm"]),
                             last_good_checkpoint=None if good is None else good.name)  # fmt: skip
-        fetched = [(s, diag) for s, diag in diagnosed if upto is None or s <= upto]
-        del diagnosed[: len(fetched)]
-        for step, diag in jax.device_get(fetched):
-            metrics.add({"kind": "stats", "step": step, **jax.tree.map(lambda a: a.tolist(), diag)})
+        stats_records(math.inf)
 
     def report(step: int, stats: dict[str, Any]) -> None:
         """Log and record step's training stats, with the speed of the steps since the last
@@ -928,6 +938,7 @@ def _train(
                 "batch_schedule": schedule,
                 "checkpoints": str(ckpt_dir),
                 "runtime": rt.describe(),
+                "runtime_diagnostics": None if rt_stats is None else rt_stats.describe(),
                 "init_from": m.init_from,
                 "wandb_run_id": run_id if cfg.logging.wandb_mode != "disabled" else None,
                 "summary": summary,
