@@ -109,7 +109,7 @@ def test_hellaswag_scores_equal_an_independent_hf_scorer(gpt2_model: Path, tmp_p
 
 
 def test_val_loss_covers_every_window_of_the_split_and_gives_bits_per_byte(
-    tmp_path: Path,
+    tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:
     text = synthetic_text(5000)
     data_dir = write_prepared(tmp_path / "data", text, 2000)
@@ -130,6 +130,10 @@ def test_val_loss_covers_every_window_of_the_split_and_gives_bits_per_byte(
     want = float(model.loss_fn(params, jnp.asarray(x), jnp.asarray(y), m.model))
     assert r["loss"] == pytest.approx(want, rel=1e-5)
     assert r["bits_per_byte"] == pytest.approx(want / math.log(2), rel=1e-5)  # ASCII: 1 byte
+    # How it ran on this CPU, recorded (and logged): the fast primitives, the layer unrolled.
+    runtime = json.loads((tmp_path / "out" / "provenance.json").read_text())["runtime"]
+    assert runtime == {"kernels": "fast", "attention": "einsum", "unroll": 1}
+    assert f"runtime: {runtime}" in capsys.readouterr().out
     cfg = config.load(None, ["eval.max_windows=4"])
     r = eval.evaluate(cfg, tmp_path / "model", data_dir, tmp_path / "out2")["val_loss"]
     assert (r["windows"], r["whole_split"]) == (4, False)

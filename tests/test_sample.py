@@ -211,7 +211,12 @@ def test_stage_writes_samples_and_provenance(tmp_path: Path, capsys: pytest.Capt
     assert record["stage"] == "sample" and record["model_sha256"] == sha
     assert record["settings"]["num_samples"] == 3 and record["settings"]["seed"] == 3
     assert record["outputs"][0]["sha256"] == provenance.sha256_file(out / "samples.txt")
-    assert capsys.readouterr().out.count(sample.SEPARATOR) == 3
+    # How it ran on this CPU, logged and recorded: the fast primitives, every layer unrolled.
+    N = checkpoint.load_model(model_dir)[1].model.n_layer
+    assert record["runtime"] == {"kernels": "fast", "attention": "einsum", "unroll": N}
+    captured = capsys.readouterr()
+    assert f"sample: runtime {record['runtime']}" in captured.err
+    assert captured.out.count(sample.SEPARATOR) == 3
     # Same settings, same samples.
     sample.main(["--model", str(model_dir), "--out", str(tmp_path / "again"),
                  f"sample.start='FILE:{prompt}'", "sample.num_samples=3",
