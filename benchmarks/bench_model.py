@@ -56,6 +56,16 @@ train step, ms/iter best (median):
   + 2-D weight-gradient dot                   18.1 (35)
   + GELU, LayerNorm gradients = nanogptx      17.0 (33)    ~45,000 tokens/s, 234 GFLOP/s
 Forward alone: 4.8 ms (was 4.9-5.6); forward + backward: 17.1 ms (was 56-58).
+
+Measured 2026-12-06 on a 2-core AMD EPYC Zen 4 (family 25, model 17; its AVX-512 runs as two
+256-bit halves), load average about 1, `--rounds 6`: the 2048^2 matmul 198 GFLOP/s median, 211
+best; full train step best (median): straightforward 62.2 (71.5), first model.py with glibc
+defaults 90.0 (105), nanogptx 31.5 (33.5) at 63% MFU of the same-run peak. Two cores give
+1.78x one (taskset: 56.6 -> 31.7 ms). In a profile of the step the dots (YNNPACK fusions and
+Eigen dot_generals) take about 27 of the 33 ms at about 150-190 GFLOP/s; the elementwise rest
+is about 6 ms. XLA's --xla_cpu_prefer_vector_width=512 (its loops in 512-bit vectors) changes
+nothing on this Zen 4 (31.85 against 31.45 ms best); an earlier session measured 2-3% on Zen 5.
+It is not used: it would make the program, and float32 rounding, depend on the host's flags.
 """
 
 from __future__ import annotations
