@@ -10,7 +10,8 @@ kept), and prints each one's training seconds (the train steps' own time, as ms/
 no compile, no evaluation) and the wall seconds of the whole train stage (compiles and
 evaluations too), ms/iter, the estimate at every evaluation, and the loss over the whole
 validation split at the end, with both ratios. Writes both curves (the validation estimate
-against training seconds, the whole split's loss in the legend) as SVG.
+against the stage's wall seconds, from the eval records' wall_s; the whole split's loss in the
+legend) as SVG.
 """
 
 from __future__ import annotations
@@ -40,13 +41,13 @@ def svg(results: dict[str, dict]) -> str:
     from nanogptx import report
 
     series = [
-        (f"{name} val", report.COLORS[i], "val", r["curve"])
+        (f"{name} val", report.COLORS[i], "val", r["wall_curve"])
         for i, (name, r) in enumerate(results.items())
     ]
-    body = report._panel(series, "training seconds", 0, "val loss (estimate)")
+    body = report._panel(series, "wall seconds of the train stage", 0, "val loss (estimate)")
     legend = [
         f'<text x="{report.W + 10}" y="{20 + 16 * i}" fill="{report.COLORS[i]}">{name}: '
-        f"{r['steps']} steps, {r['seconds']:.0f} s, whole val {r['whole']:.4f}</text>"
+        f"{r['steps']} steps, {r['wall']:.0f} s, whole val {r['whole']:.4f}</text>"
         for i, (name, r) in enumerate(results.items())
     ]
     return (
@@ -78,6 +79,8 @@ def main() -> None:
     for name, r in best.items():
         points = ", ".join(f"{s:.0f} s {v:.4f}" for s, v in r["curve"])
         print(f"{name}: val loss at training seconds: {points}")
+        points = ", ".join(f"{s:.0f} s {v:.4f}" for s, v in r["wall_curve"])
+        print(f"{name}: val loss at wall seconds of the stage: {points}")
     reached = "reached" if m["whole"] <= g["whole"] else "NOT reached"
     for what, key in (("training seconds", "seconds"), ("wall seconds of the stage", "wall")):
         ratio = m[key] / g[key]

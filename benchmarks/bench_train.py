@@ -157,8 +157,10 @@ def run(cfg, data: Path, work: Path, full: bool, recipe: str) -> dict:
         + f"; whole val split {whole:.4f}"
     )
     curve = [(s, v) for s, v in train_seconds(records) if v is not None]
+    wall_curve = [(r["wall_s"], r["val_loss"]) for r in records if r["kind"] == "eval"]
     return {"estimate": summary["val_loss"], "whole": whole, "seconds": seconds, "ms": ms,
-            "curve": curve, "steps": summary["step"], "wall": wall}  # fmt: skip
+            "curve": curve, "wall_curve": wall_curve, "steps": summary["step"],
+            "wall": wall}  # fmt: skip
 
 
 def main() -> None:

@@ -330,7 +330,11 @@ def test_train_writes_the_model_dir_and_the_final_loss_recomputes(
         for k in range(cfg.train.eval_iters)
     ])  # fmt: skip
     assert float(val) == pytest.approx(summary["val_loss"], rel=1e-5)
-    assert records(out, "eval")[-1]["val_loss"] == summary["val_loss"]
+    evals = records(out, "eval")
+    assert evals[-1]["val_loss"] == summary["val_loss"]
+    # Each evaluation says when it ended, in seconds since the training process started.
+    wall = [r["wall_s"] for r in evals]
+    assert len(wall) >= 2 and 0 < wall[0] and wall == sorted(wall) and wall[0] < wall[-1]
 
 
 def test_kernels_are_how_it_runs_so_a_run_resumes_under_the_other_set(
@@ -555,7 +559,11 @@ def test_sigkill_midway_then_resume_gives_exactly_the_uninterrupted_run(
     assert b"resumed from" in out_resumed
     a, b = tmp_path / "whole" / "model", tmp_path / "killed" / "model"
     assert losses(a) == losses(b) and len(losses(a)) == 600
-    assert records(a, "eval") == records(b, "eval")
+
+    def evals(model_dir: Path) -> list[dict]:  # what each evaluation found (not when: wall_s)
+        return [{k: v for k, v in r.items() if k != "wall_s"} for r in records(model_dir, "eval")]
+
+    assert evals(a) == evals(b)
     pa, pb = checkpoint.load_model(a)[0], checkpoint.load_model(b)[0]
     for x, y in zip(jax.tree.leaves(pa), jax.tree.leaves(pb), strict=True):
         assert np.array_equal(x, y)

@@ -587,6 +587,7 @@ def _train(
 ) -> dict[str, Any]:
     runtime.keep_freed_memory()  # XLA's CPU buffers stay in the heap between steps
     record = provenance.Record.start("train", config.sections(cfg, config.STAGE_SECTIONS["train"]))
+    started = time.perf_counter()  # eval records' wall_s: seconds since this run's start
     m, t = cfg.model, cfg.train
     n_dev = jax.device_count()
     V = check_setup(cfg, data, n_dev)
@@ -707,6 +708,7 @@ def _train(
         metrics.add({
             "kind": "eval", "step": step, "tokens": step * tokens_per_step,
             "train_loss": losses["train"], "val_loss": losses["val"],
+            "wall_s": round(time.perf_counter() - started, 3),
         })  # fmt: skip
         log(f"step {step}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}")
         return losses
