@@ -282,8 +282,7 @@ def evaluate(
     m = mcfg.model
     tok = tokenizer.from_manifest(tok_dict)
     rt = runtime.choose(m, jax.default_backend())
-    log(f"runtime: {rt.describe()} (model.kernels = {m.kernels}, model.attention = "
-        f"{m.attention}, on {jax.default_backend()})")  # fmt: skip
+    log(rt.explain(m, jax.default_backend()))
     params = jax.tree.map(jnp.asarray, params)
     scorer = make_scorer(m, rt)
     inputs = [provenance.file_entry(model_dir / checkpoint.MODEL_FILES[0], model_sha)]

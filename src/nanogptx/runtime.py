@@ -36,6 +36,11 @@ class Runtime:
     def describe(self) -> dict[str, Any]:
         return {"kernels": self.kernels.name, "attention": self.attention, "unroll": self.unroll}
 
+    def explain(self, cfg: ModelConfig, platform: str) -> str:
+        """The log line of the choice: what runs, and what it was chosen from."""
+        return (f"runtime: {self.describe()} (model.kernels = {cfg.kernels}, model.attention = "
+                f"{cfg.attention}, on {platform})")  # fmt: skip
+
 
 def choose(cfg: ModelConfig, platform: str, compute_dtype: str = "float32") -> Runtime:
     """The runtime for a model config on a platform ("cpu", "gpu", "tpu"), auto resolved:

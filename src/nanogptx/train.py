@@ -612,8 +612,7 @@ def _train(
     )
     log(f"{tokens_per_step} tokens per step ({A} x {t.batch_size} x {m.block_size})")
     rt = make_runtime(cfg)
-    log(f"runtime: {rt.describe()} (model.kernels = {m.kernels}, model.attention = "
-        f"{m.attention}, on {jax.default_backend()})")  # fmt: skip
+    log(rt.explain(m, jax.default_backend()))
     rt_stats = runtime.for_diagnostics(rt) if cfg.logging.stats_interval else None
     if rt_stats is not None and rt_stats != rt:
         log(f"diagnostics steps (every logging.stats_interval = {cfg.logging.stats_interval}): "
@@ -758,10 +757,10 @@ def _train(
         del diagnosed[: len(fetched)]
         host, diags = jax.device_get(([stats for _, stats in ready], fetched))
 
-        def stats_records(upto: float) -> None:
-            """Record the diagnostics of the steps up to `upto`: records go in step order,
+        def stats_records(last: float) -> None:
+            """Record the diagnostics of the steps up to `last`: records go in step order,
             as wandb keeps only steps at or above the last it logged."""
-            while diags and diags[0][0] <= upto:
+            while diags and diags[0][0] <= last:
                 step, diag = diags.pop(0)
                 metrics.add(
                     {"kind": "stats", "step": step, **jax.tree.map(lambda a: a.tolist(), diag)}
