@@ -132,7 +132,8 @@ def test_val_loss_covers_every_window_of_the_split_and_gives_bits_per_byte(
     assert r["bits_per_byte"] == pytest.approx(want / math.log(2), rel=1e-5)  # ASCII: 1 byte
     # How it ran on this CPU, recorded (and logged): the fast primitives, the layer unrolled.
     runtime = json.loads((tmp_path / "out" / "provenance.json").read_text())["runtime"]
-    assert runtime == {"kernels": "fast", "attention": "einsum", "unroll": 1}
+    assert runtime == {"kernels": "fast", "attention": "einsum", "unroll": 1,
+                       "loss_chunk": 1 << 23, "remat": "none"}  # fmt: skip
     assert f"runtime: {runtime}" in capsys.readouterr().out
     cfg = config.load(None, ["eval.max_windows=4"])
     r = eval.evaluate(cfg, tmp_path / "model", data_dir, tmp_path / "out2")["val_loss"]

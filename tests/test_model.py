@@ -5,6 +5,7 @@ for every variant; JAX's transformations through the reference set; the head's v
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from pathlib import Path
 
@@ -37,9 +38,11 @@ loss_and_grad = jax.jit(
     jax.value_and_grad(model.loss_fn), static_argnames=("cfg", "rt", "compute_dtype")
 )
 REFERENCE = Runtime()  # plain jnp, JAX's own derivatives, einsum attention, rolled layer loop
-FAST = Runtime(kernels.FAST, "einsum", TINY.n_layer)  # what runtime.choose gives on CPU
+# What runtime.choose gives on CPU, but with the loss over chunks of 16 positions (three per
+# batch of these tests, whose logits the CPU's chunk would hold whole).
+FAST = Runtime(kernels.FAST, "einsum", TINY.n_layer, loss_chunk=16 * V)
 init = jax.jit(model.init_params, static_argnums=(0, 1))
-terms = jax.jit(model.loss_terms, static_argnames=("cfg", "stats"))
+terms = jax.jit(model.loss_terms, static_argnames=("cfg", "rt", "stats"))
 
 
 @pytest.fixture(scope="module")
@@ -263,6 +266,7 @@ def test_each_fast_primitive_matches_its_reference_value_and_gradient() -> None:
     args = {"matmul": (x, w), "layernorm": (x, g), "rmsnorm": (x, g)}
     names = [f.name for f in dataclasses.fields(kernels.Kernels) if f.name != "name"]
     assert {"matmul", "gelu", "layernorm", "rmsnorm", "relu2", "silu", "gelu_tanh"} <= set(names)
+    names.remove("cross_entropy")  # a loss: the next test
     for name in names:
         fast, ref = getattr(kernels.FAST, name), getattr(kernels.REFERENCE, name)
 
@@ -276,6 +280,47 @@ def test_each_fast_primitive_matches_its_reference_value_and_gradient() -> None:
 
         for a, c in zip(*both(args.get(name, (wide,)), dy), strict=True):
             np.testing.assert_allclose(a, c, atol=1e-4, rtol=1e-5, err_msg=name)
+
+
+@pytest.mark.parametrize(
+    "head",
+    [
+        kernels.Head(),
+        kernels.Head(vocab=40),  # vocab_multiple's padding rows
+        kernels.Head(softcap=2.0),
+        kernels.Head(z_loss=1e-2),
+        kernels.Head(softcap=2.0, z_loss=0.1, vocab=40),
+    ],
+    ids=["plain", "padded", "softcap", "z-loss", "all"],
+)
+def test_chunked_cross_entropy_equals_the_whole_logits_in_value_and_gradient(
+    head: kernels.Head,
+) -> None:
+    # kernels.FAST's loss runs over chunks of positions and computes its gradients in the
+    # forward; kernels.REFERENCE holds the whole logits. One chunk of all 48 positions, chunks
+    # of 16 (three), of 32 (two, the last one padded), of one position.
+    ks = jax.random.split(jax.random.key(7), 3)
+    x, w = jax.random.normal(ks[0], (48, 16)), 0.5 * jax.random.normal(ks[1], (V, 16))
+    targets = jax.random.randint(ks[2], (48,), 0, 40)
+
+    @functools.partial(jax.jit, static_argnames=("f", "h"))
+    def loss_and_grads(x: jax.Array, w: jax.Array, f=kernels.REFERENCE.cross_entropy, h=head):
+        out, vjp = jax.vjp(lambda x, w: f(x, w, targets, h), x, w)
+        return out, vjp((jnp.ones(()), *(jnp.zeros(()),) * 3))  # the loss alone has a gradient
+
+    want, (dx_want, dw_want) = loss_and_grads(x, w)
+    for positions in (64, 16, 32, 1):
+        h = dataclasses.replace(head, chunk=positions * V)
+        assert kernels.chunks(48, V, h.chunk)[0] == min(positions, 48)
+        got, (dx, dw) = loss_and_grads(x, w, kernels.FAST.cross_entropy, h)
+        for a, b in zip(got, want, strict=True):
+            np.testing.assert_allclose(a, b, rtol=2e-6, err_msg=f"{positions} positions a chunk")
+        np.testing.assert_allclose(dx, dx_want, atol=1e-7, rtol=1e-5)
+        np.testing.assert_allclose(dw, dw_want, atol=1e-7, rtol=1e-5)
+        assert np.abs(np.asarray(dw)[40:]).max() == 0 if head.vocab else True  # padding rows
+    # The same values in a forward that is not differentiated (evaluation).
+    plain = jax.jit(lambda x, w: kernels.FAST.cross_entropy(x, w, targets, head))(x, w)
+    np.testing.assert_allclose(plain, want, rtol=2e-6)
 
 
 def test_attention_implementations_agree_in_value_and_gradient() -> None:
@@ -297,13 +342,16 @@ def test_attention_implementations_agree_in_value_and_gradient() -> None:
 
 
 @pytest.mark.parametrize(
-    "name", [*every_variant(), pytest.param("gpt2-no-bias", marks=pytest.mark.slow)]
+    "name",
+    [*every_variant(), "padded-vocab", pytest.param("gpt2-no-bias", marks=pytest.mark.slow)],
 )
 def test_fast_runtime_gives_the_reference_loss_and_every_gradient(name: str) -> None:
     # The same architecture under the two primitive sets (and both attention
     # implementations): the loss and the gradient of every parameter equal to float32 rounding.
-    cfg = tiny(bias=False) if name == "gpt2-no-bias" else variant(name)
-    x, y = ids(seed=1), ids(seed=2)
+    # padded-vocab: 45 tokens in 50 rows (model.vocab_multiple's padding, masked).
+    special = {"gpt2-no-bias": tiny(bias=False), "padded-vocab": tiny(vocab_size=45)}
+    cfg = special.get(name) or variant(name)
+    x, y = ids(seed=1) % cfg.vocab_size, ids(seed=2) % cfg.vocab_size
     p = spread(init(cfg, V, jax.random.key(0)))
     l_ref, g_ref = loss_and_grad(p, x, y, cfg, rt=REFERENCE)
     # dot_product_attention sees only q, k and v: its runtime for the head layouts (MHA, GQA).
@@ -318,6 +366,32 @@ def test_fast_runtime_gives_the_reference_loss_and_every_gradient(name: str) -> 
                 a, flat_ref[path], atol=1e-6, rtol=1e-4, err_msg=jax.tree_util.keystr(path)
             )
             assert np.abs(np.asarray(a)).max() > 0, jax.tree_util.keystr(path)  # on the path
+
+
+@pytest.mark.parametrize("remat", ["block", "dots"])
+def test_remat_recomputes_the_same_loss_and_gradients(remat: str) -> None:
+    # model.remat says how the backward runs, not what it computes: with dropout (the same
+    # masks recomputed), under both primitive sets, equal to float32 rounding (bit-identical
+    # on this CPU for the fast set).
+    cfg = tiny(dropout=0.1)
+    p, x, key = spread(init(cfg, V, jax.random.key(0))), ids(seed=1), jax.random.key(3)
+    for rt in (FAST, REFERENCE):
+        loss, grads = loss_and_grad(p, x, x, cfg, rt=rt, dropout_key=key)
+        loss_r, grads_r = loss_and_grad(
+            p, x, x, cfg, rt=dataclasses.replace(rt, remat=remat), dropout_key=key
+        )
+        assert float(loss_r) == float(loss)
+        for a, b in zip(jax.tree.leaves(grads_r), jax.tree.leaves(grads), strict=True):
+            np.testing.assert_allclose(a, b, atol=1e-7, rtol=1e-6)
+
+    # And it does recompute: the backward has more matmuls (block: all of the block's; dots:
+    # the attention's, whose outputs have a batch dimension).
+    def dots(remat: str) -> int:
+        rt = dataclasses.replace(REFERENCE, remat=remat)
+        grad = jax.grad(lambda p: model.loss_fn(p, x, x, cfg, rt=rt))
+        return str(jax.make_jaxpr(grad)(p)).count("dot_general")
+
+    assert dots("none") < dots(remat) <= dots("block")
 
 
 @pytest.mark.parametrize(
@@ -371,11 +445,12 @@ def test_train_steps_reduce_loss(params: model.Params) -> None:
     assert losses[-1] < 0.5 * losses[0]
 
 
-def test_z_loss_is_the_mean_squared_log_z_and_reported_apart() -> None:
+@pytest.mark.parametrize("rt", [REFERENCE, FAST], ids=["whole logits", "chunked"])
+def test_z_loss_is_the_mean_squared_log_z_and_reported_apart(rt: Runtime) -> None:
     cfg = variant("modern")
     p = spread(init(cfg, V, jax.random.key(0)), scale=0.5)
     x, y = ids(seed=1), ids(seed=2)
-    loss, parts = terms(p, x, y, cfg, stats=True)
+    loss, parts = terms(p, x, y, cfg, rt=rt, stats=True)
     logits = np.asarray(forward(p, x, cfg), np.float64)
     log_z = np.log(np.exp(logits - logits.max(-1, keepdims=True)).sum(-1)) + logits.max(-1)
     ce = (log_z - np.take_along_axis(logits, np.asarray(y)[..., None], -1)[..., 0]).mean()

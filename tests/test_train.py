@@ -239,13 +239,26 @@ def test_a_modern_variant_trains_resumes_bit_exactly_and_reloads(
 
 def test_diagnostics_every_stats_interval(data_dir: Path, tmp_path: Path) -> None:
     args = ["train.max_iters=5", "model.qk_norm=true", "train.eval_interval=100",
-            "logging.log_interval=3"]  # fmt: skip
+            "logging.log_interval=3", "train.batch_size=12"]  # fmt: skip
     with_stats = tiny(*args, "logging.stats_interval=2")
     train.train(with_stats, data_dir, tmp_path / "a", tmp_path / "ka")
     stats = records(tmp_path / "a", "stats")
     assert [r["step"] for r in stats] == [0, 2, 4]
     prov = json.loads((tmp_path / "a" / "provenance.json").read_text())
     assert prov["runtime_diagnostics"] == prov["runtime"] | {"attention": "einsum"}
+    # What the records mean, at step 0 (the initial parameters): the largest attention logit
+    # of each layer in a forward of the first train.STATS_ROWS rows of the step's batch, and
+    # the mean log Z over every position of the step.
+    m, t = with_stats.model, with_stats.train
+    data = loader.open_prepared(data_dir)
+    V = model.vocab_rows(dataclasses.replace(m, vocab_size=data.vocab_size))
+    p0 = model.init_params(m, V, jax.random.split(jax.random.key(t.seed))[0])
+    x, y = loader.batch(data, "train", t.seed, 0, t.batch_size, m.block_size)
+    assert train.STATS_ROWS < t.batch_size
+    head_rows = model.trunk(p0, x[: train.STATS_ROWS], m, stats=True)[1]
+    np.testing.assert_allclose(stats[0]["attn_logit_max"], head_rows, rtol=1e-5)
+    whole = model.loss_terms(p0, x, y, dataclasses.replace(m, vocab_size=data.vocab_size))[1]
+    assert stats[0]["log_z"] == pytest.approx(float(whole["log_z"]), rel=1e-5)
     # Records come in step order (wandb drops a step lower than one it has logged).
     lines = (tmp_path / "a" / "metrics.jsonl").read_text().splitlines()
     steps = [(r["kind"], r["step"]) for r in map(json.loads, lines) if r["kind"] != "eval"]
@@ -322,7 +335,8 @@ def test_train_writes_the_model_dir_and_the_final_loss_recomputes(
     assert prov["manifest_sha256"] == data.manifest_sha256
     assert prov["batch_schedule"]["function"] == loader.BATCH_FUNCTION
     assert {o["path"].split("/")[-1] for o in prov["outputs"]} >= {"params.safetensors"}
-    assert prov["runtime"] == {"kernels": "fast", "attention": "einsum", "unroll": 2}  # CPU
+    assert prov["runtime"] == {"kernels": "fast", "attention": "einsum", "unroll": 2,
+                               "loss_chunk": 1 << 23, "remat": "none"}  # CPU  # fmt: skip
     # The final validation loss recomputes from the saved model and the recorded schedule.
     val = np.mean([
         model.loss_fn(params, *loader.batch(data, "val", cfg.train.seed, k, 8, 16, stream="eval"),
@@ -337,17 +351,18 @@ def test_train_writes_the_model_dir_and_the_final_loss_recomputes(
     assert len(wall) >= 2 and 0 < wall[0] and wall == sorted(wall) and wall[0] < wall[-1]
 
 
-def test_kernels_are_how_it_runs_so_a_run_resumes_under_the_other_set(
+def test_kernels_and_remat_are_how_it_runs_so_a_run_resumes_under_others(
     data_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:
     fast = tiny("train.max_iters=3", "model.kernels=fast")
     train.train(fast, data_dir, tmp_path / "a", tmp_path / "ckpt")
-    ref = tiny("train.max_iters=6", "model.kernels=reference")
+    ref = tiny("train.max_iters=6", "model.kernels=reference", "model.remat=block")
     assert config.checkpoint_id(ref) == config.checkpoint_id(fast)
     summary = train.train(ref, data_dir, tmp_path / "b", tmp_path / "ckpt")
     assert summary["resumed_from"] == 3
     prov = json.loads((tmp_path / "b" / "provenance.json").read_text())
-    assert prov["runtime"] == {"kernels": "reference", "attention": "einsum", "unroll": 2}
+    assert prov["runtime"] == {"kernels": "reference", "attention": "einsum", "unroll": 2,
+                               "loss_chunk": 1 << 23, "remat": "block"}  # fmt: skip
     assert "runtime: {'kernels': 'reference'" in capsys.readouterr().out
     assert prov["runtime_diagnostics"] is None  # logging.stats_interval = 0: no such steps
     # cuDNN's attention: float32 training is refused by the config, and 16-bit training off a

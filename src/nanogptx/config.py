@@ -138,6 +138,15 @@ class ModelConfig:
         "run xla instead); auto: einsum on CPU, on GPU cudnn for 16-bit compute, else xla",
         ("auto", "einsum", "xla", "cudnn"),
     )
+    remat: str = _f(
+        "none",
+        "rematerialisation in training: none (every block's activations kept for the backward); "
+        "block (only each block's input kept, the block recomputed in the backward: the least "
+        "memory, about a third more block FLOPs); dots (the matmul outputs kept, the rest "
+        "recomputed). How it runs, not what it computes: the same values, and a checkpoint "
+        "resumes under another",
+        ("none", "block", "dots"),
+    )
 
 
 @dataclass(frozen=True)
@@ -298,7 +307,7 @@ EVAL_TASKS = ("val_loss", "hellaswag")
 # Data settings that do not change the prepared bytes, so not the prepared data's identity.
 NOT_DATA_IDENTITY = ("data.allow_unverified",)
 # Model settings of how it runs, not what it computes: a checkpoint resumes under any of them.
-RUNTIME_KEYS = ("kernels", "attention")
+RUNTIME_KEYS = ("kernels", "attention", "remat")
 # Train settings a resumed run must share with its checkpoint. With the model and the data they
 # name the checkpoint directory (checkpoint_id): raising max_iters or lr_decay_iters, or editing
 # evaluation, checkpointing or logging, resumes; editing one of these starts afresh.

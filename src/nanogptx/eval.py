@@ -78,16 +78,14 @@ class Progress:
 def make_scorer(m: ModelConfig, rt: runtime.Runtime) -> Any:
     """jit of (params, ids_BxL, at_BxE, weights_BxE) -> per row (sum of weight * nll, sum of
     weights): the nll of token at + 1 after tokens ..at, for the E positions `at` of each row
-    (weight 0: not scored). The head (a V-wide matmul and softmax) runs at those positions only:
-    for HellaSwag the endings, a fraction of each row."""
+    (weight 0: not scored). The head (a V-wide matmul and softmax) runs at those positions only
+    (for HellaSwag the endings, a fraction of each row), over chunks of them."""
 
     def score(params: Any, ids_BxL: jax.Array, at_BxE: jax.Array, w_BxE: jax.Array) -> tuple:
         x_BxLxD, _ = model.trunk(params, ids_BxL[:, :-1], m, rt=rt)  # the last: a target only
         x_BxExD = jnp.take_along_axis(x_BxLxD, at_BxE[..., None], axis=1)
-        logits_BxExV = model.head(params, x_BxExD, m, rt)
         target_BxE = jnp.take_along_axis(ids_BxL, at_BxE + 1, axis=1)
-        picked_BxE = jnp.take_along_axis(logits_BxExV, target_BxE[..., None], axis=-1)[..., 0]
-        nll_BxE = jax.nn.logsumexp(logits_BxExV, axis=-1) - picked_BxE
+        nll_BxE = model.token_nll(params, x_BxExD, target_BxE, m, rt)
         return (nll_BxE * w_BxE).sum(axis=1), w_BxE.sum(axis=1)
 
     return jax.jit(score)

@@ -24,6 +24,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+from nanogptx import kernels
 from nanogptx.config import ModelConfig
 from nanogptx.runtime import Runtime
 
@@ -33,6 +34,13 @@ Params = dict[str, Any]
 # the slots as a ring. sample.init_cache makes it; attention writes into it.
 Cache = tuple[jax.Array, jax.Array]
 DEFAULT = Runtime()
+# model.remat: what the backward of each block recomputes rather than keeps (jax.checkpoint's
+# policy; "none" keeps everything). block: only the block's input is kept; dots: the outputs of
+# the matmuls without batch dimensions (the linear layers) are kept, the rest recomputed.
+REMAT = {
+    "block": jax.checkpoint_policies.nothing_saveable,
+    "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+}
 
 
 # ---------------------------------------------------------------- parameters
@@ -306,20 +314,55 @@ def block(
     return x_BxLxD + dropout(y_BxLxD, cfg.dropout, keys[2]), cache, most
 
 
+def head_spec(cfg: ModelConfig, rt: Runtime) -> kernels.Head:
+    """What the output layer applies to its logits: model.logit_softcap, model.z_loss, the
+    padding rows past model.vocab_size, and the runtime's chunk of logits for the loss."""
+    return kernels.Head(cfg.logit_softcap, cfg.z_loss, cfg.vocab_size, rt.loss_chunk)
+
+
+def head_weights(params: Params) -> jax.Array:
+    """The output layer's V x D matrix: wte when tied, else head_w transposed."""
+    return params["head_w"].T if "head_w" in params else params["wte"]
+
+
+def final_norm(params: Params, x_BxLxD: jax.Array, cfg: ModelConfig, rt: Runtime) -> jax.Array:
+    """The final norm, in float32 from here on so that logits and loss keep precision."""
+    return norm(x_BxLxD, params, "lnf", cfg, rt).astype(jnp.float32)
+
+
 def head(params: Params, x_BxLxD: jax.Array, cfg: ModelConfig, rt: Runtime) -> jax.Array:
-    """Final norm and the output head (wte transposed when tied), in float32 so that logits
-    and loss keep precision; soft-capped when model.logit_softcap is set. Rows past
-    model.vocab_size (model.vocab_multiple's padding) get logit -inf: never any probability."""
-    x_BxLxD = norm(x_BxLxD, params, "lnf", cfg, rt).astype(jnp.float32)
-    if cfg.tie_embeddings:
-        logits = x_BxLxD @ params["wte"].T
-    else:
-        logits = x_BxLxD @ params["head_w"]
-    if cfg.logit_softcap:
-        logits = cfg.logit_softcap * jnp.tanh(logits / cfg.logit_softcap)
-    if 0 < cfg.vocab_size < logits.shape[-1]:
-        logits = jnp.where(jnp.arange(logits.shape[-1]) < cfg.vocab_size, logits, -jnp.inf)
-    return logits
+    """Final norm and the output head (wte transposed when tied), in float32; soft-capped when
+    model.logit_softcap is set. Rows past model.vocab_size (model.vocab_multiple's padding) get
+    logit -inf: never any probability. The whole logits: for a loss, cross_entropy holds less."""
+    x_BxLxD = final_norm(params, x_BxLxD, cfg, rt)
+    return kernels.logits(x_BxLxD, head_weights(params), head_spec(cfg, rt))
+
+
+def cross_entropy(
+    params: Params, x_BxLxD: jax.Array, targets_BxL: jax.Array, cfg: ModelConfig, rt: Runtime
+) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
+    """The final norm, the output head and the mean next-token loss from the residual stream,
+    with the primitive of the runtime (FAST: chunks of positions, never the whole logits):
+    (loss, cross-entropy, mean log Z^2, mean log Z); the loss is the cross-entropy plus
+    model.z_loss * mean log Z^2, and the only output with a gradient."""
+    B, L, D = x_BxLxD.shape
+    x_TxD = final_norm(params, x_BxLxD, cfg, rt).reshape(B * L, D)
+    return rt.kernels.cross_entropy(
+        x_TxD, head_weights(params), targets_BxL.reshape(B * L), head_spec(cfg, rt)
+    )
+
+
+def token_nll(
+    params: Params, x_BxLxD: jax.Array, targets_BxL: jax.Array, cfg: ModelConfig, rt: Runtime
+) -> jax.Array:
+    """The next-token nll at each position from the residual stream (final norm, head), over
+    chunks of positions: for scoring (not differentiated), never the whole logits."""
+    B, L, D = x_BxLxD.shape
+    x_TxD = final_norm(params, x_BxLxD, cfg, rt).reshape(B * L, D)
+    nll_T, _ = kernels.token_losses(
+        x_TxD, head_weights(params), targets_BxL.reshape(B * L), head_spec(cfg, rt)
+    )
+    return nll_T.reshape(B, L)
 
 
 # ---------------------------------------------------------------- the model
@@ -337,8 +380,9 @@ def trunk(
 ) -> tuple[jax.Array, jax.Array | None]:
     """The residual stream after the last block (before the final norm), and with `stats` the
     largest attention logit of each layer (N, else None). Dropout only where a dropout_key is
-    given. With rope, a sequence longer than block_size attends block_size positions back (what
-    sampling's sliding cache computes)."""
+    given; each block rematerialised in the backward as the runtime's remat says. With rope, a
+    sequence longer than block_size attends block_size positions back (what sampling's sliding
+    cache computes)."""
     keys = None if dropout_key is None else jax.random.split(dropout_key, cfg.n_layer + 1)
     x_BxLxD = embed(params, ids_BxL, 0)
     x_BxLxD = dropout(x_BxLxD, cfg.dropout, None if keys is None else keys[-1])
@@ -349,6 +393,8 @@ def trunk(
         x_BxLxD, _, most = block(x_BxLxD, p, cfg, rt, key, compute_dtype, stats=stats)
         return x_BxLxD, most
 
+    if rt.remat != "none":
+        step = jax.checkpoint(step, policy=REMAT[rt.remat], prevent_cse=False)
     layer_keys = None if keys is None else keys[:-1]
     return jax.lax.scan(step, x_BxLxD, (params["blocks"], layer_keys), unroll=rt.unroll)
 
@@ -419,23 +465,20 @@ def loss_terms(
     stats: bool = False,
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
     """The training loss (cross-entropy plus model.z_loss * mean(log Z^2)) and its parts:
-    "ce" (mean next-token cross-entropy, float32), "z_loss" (the auxiliary term) when the model
-    has one, and with `stats` "log_z" (mean log Z of the logits) and "attn_logit_max" (N)."""
-    logits_BxLxV, most_N = forward_with_stats(
+    "ce" (mean next-token cross-entropy, float32), "log_z" (the mean log Z of the logits),
+    "z_loss" (the auxiliary term) when the model has one, and with `stats` "attn_logit_max"
+    (the largest attention logit of each layer, N)."""
+    x_BxLxD, most_N = trunk(
         params, ids_BxL, cfg, rt=rt, dropout_key=dropout_key, compute_dtype=compute_dtype,
         stats=stats,
     )  # fmt: skip
-    logp_BxLxV = jax.nn.log_softmax(logits_BxLxV, axis=-1)
-    nll_BxL = -jnp.take_along_axis(logp_BxLxV, targets_BxL[..., None], axis=-1)[..., 0]
-    ce = nll_BxL.mean()
-    parts = {"ce": ce}
-    if cfg.z_loss or stats:
-        log_z_BxL = jax.nn.logsumexp(logits_BxLxV, axis=-1)
+    loss, ce, z2, log_z = cross_entropy(params, x_BxLxD, targets_BxL, cfg, rt)
+    parts = {"ce": ce, "log_z": log_z}
     if cfg.z_loss:
-        parts["z_loss"] = cfg.z_loss * jnp.square(log_z_BxL).mean()
+        parts["z_loss"] = cfg.z_loss * z2
     if stats:
-        parts |= {"log_z": log_z_BxL.mean(), "attn_logit_max": most_N}
-    return (ce + parts["z_loss"] if cfg.z_loss else ce), parts
+        parts["attn_logit_max"] = most_N
+    return loss, parts
 
 
 def loss_fn(

@@ -20,6 +20,10 @@ from nanogptx import kernels
 from nanogptx.config import ModelConfig
 
 ATTENTION = ("einsum", "xla", "cudnn")
+# Logits per chunk of the loss, by platform: on CPU 2^23 (128 positions of GPT-2's 50,304 rows,
+# 32 MiB of float32, measured fastest: benchmarks/bench_model.py --loss); on accelerators 2^27
+# (2,048 positions: 0.5 GiB, few enough chunks that a step's loop adds little).
+LOSS_CHUNK = {"cpu": 1 << 23, "gpu": 1 << 27, "tpu": 1 << 27}
 
 
 @dataclass(frozen=True)
@@ -32,9 +36,14 @@ class Runtime:
     # implementation. Attention dropout always takes the einsum path.
     attention: str = "einsum"
     unroll: int = 1  # layers per lax.scan iteration
+    # Logits (positions x vocabulary rows) per chunk of the output layer's loss (kernels.FAST
+    # never holds more of them at once).
+    loss_chunk: int = LOSS_CHUNK["cpu"]
+    remat: str = "none"  # model.remat: what the backward recomputes (model.REMAT)
 
     def describe(self) -> dict[str, Any]:
-        return {"kernels": self.kernels.name, "attention": self.attention, "unroll": self.unroll}
+        return {"kernels": self.kernels.name, "attention": self.attention, "unroll": self.unroll,
+                "loss_chunk": self.loss_chunk, "remat": self.remat}  # fmt: skip
 
     def explain(self, cfg: ModelConfig, platform: str) -> str:
         """The log line of the choice: what runs, and what it was chosen from."""
@@ -53,7 +62,9 @@ def choose(cfg: ModelConfig, platform: str, compute_dtype: str = "float32") -> R
       as sampling and evaluation compute;
     - unroll: every layer on CPU, where XLA cannot fuse or schedule across a while loop's
       iterations (a 4-layer model trains about 1.5x faster unrolled); one elsewhere, to keep
-      compiles short."""
+      compiles short;
+    - loss_chunk: LOSS_CHUNK of the platform;
+    - remat: model.remat as it is."""
     k = kernels.FAST if cfg.kernels == "auto" else kernels.BY_NAME[cfg.kernels]
     attention = cfg.attention
     sixteen_bit = compute_dtype in ("bfloat16", "float16")
@@ -65,7 +76,7 @@ def choose(cfg: ModelConfig, platform: str, compute_dtype: str = "float32") -> R
     elif attention == "cudnn" and not sixteen_bit:
         attention = "xla"
     unroll = cfg.n_layer if platform == "cpu" else 1
-    return Runtime(k, attention, unroll)
+    return Runtime(k, attention, unroll, LOSS_CHUNK.get(platform, LOSS_CHUNK["gpu"]), cfg.remat)
 
 
 def for_diagnostics(rt: Runtime) -> Runtime:

@@ -43,6 +43,8 @@ PROGRAM_KEYS = (
     "sharding",
 )
 State = dict[str, Any]
+# Rows of the step's first micro-batch whose forward gives the diagnostics' attention logits.
+STATS_ROWS = 8
 # jax.distributed: seconds to wait for every process to join, and after which a process that
 # stopped sending heartbeats (crashed, node lost) fails the others (JAX's default is 100 s).
 JOIN_TIMEOUT_S, HEARTBEAT_TIMEOUT_S = 300, 30
@@ -189,12 +191,14 @@ def make_train_step(
     """(state, x_AxBxL, y_AxBxL, step, key) -> (state, stats): gradients averaged over the A
     micro-batches (lax.scan), then one optimizer update. stats: "loss" (the cross-entropy),
     "grad_norm", and "z_loss" where the model has it. With `diagnostics`, also "diag":
-    layer_rms of the parameters, gradients and update, the largest attention logit per
-    layer and the mean log Z (the same step otherwise, with einsum attention)."""
+    layer_rms of the parameters, gradients and update and the mean log Z of the step's
+    logits (the same step otherwise), and the largest attention logit per layer from a forward
+    of the first micro-batch's first STATS_ROWS rows with einsum attention (the one
+    implementation whose logits the model reads; on the whole step it would hold B x H x L x L
+    of them per layer for the backward)."""
     dtype = jnp.dtype(cfg.train.compute_dtype)
     rt = make_runtime(cfg)
-    if diagnostics:
-        rt = runtime.for_diagnostics(rt)
+    rt_stats = runtime.for_diagnostics(rt)
     dropout = cfg.model.dropout > 0
 
     def train_step(
@@ -207,9 +211,8 @@ def make_train_step(
             x_BxL, y_BxL, m = batch
             k = jax.random.fold_in(jax.random.fold_in(key, step), m) if dropout else None
             (_, parts), g = grad_fn(
-                params, x_BxL, y_BxL, cfg.model, rt=rt, dropout_key=k, compute_dtype=dtype,
-                stats=diagnostics,
-            )  # fmt: skip
+                params, x_BxL, y_BxL, cfg.model, rt=rt, dropout_key=k, compute_dtype=dtype
+            )
             return jax.tree.map(jnp.add, grads, g), parts
 
         A = x_AxBxL.shape[0]
@@ -219,20 +222,22 @@ def make_train_step(
         else:
             grads, parts_A = jax.lax.scan(micro, zeros, (x_AxBxL, y_AxBxL, jnp.arange(A)))
             grads = jax.tree.map(lambda g: g / A, grads)
-            parts = {
-                k: v.max(0) if k == "attn_logit_max" else v.mean(0) for k, v in parts_A.items()
-            }
+            parts = jax.tree.map(lambda v: v.mean(0), parts_A)
         grad_norm = optax.tree.norm(grads)
         updates, opt_state = optimizer.update(grads, state["opt"], params)
         stats = {"loss": parts["ce"], "grad_norm": grad_norm}
         if "z_loss" in parts:
             stats["z_loss"] = parts["z_loss"]
         if diagnostics:
+            rows_KxL = x_AxBxL[0, :STATS_ROWS]
+            most_N = model.trunk(
+                params, rows_KxL, cfg.model, rt=rt_stats, compute_dtype=dtype, stats=True
+            )[1]
             stats["diag"] = {
                 "param_rms": layer_rms(params),
                 "grad_rms": layer_rms(grads),
                 "update_rms": layer_rms(updates),
-                "attn_logit_max": parts["attn_logit_max"],
+                "attn_logit_max": most_N,
                 "log_z": parts["log_z"],
             }
         params = optax.apply_updates(params, updates)
@@ -614,9 +619,10 @@ def _train(
     rt = make_runtime(cfg)
     log(rt.explain(m, jax.default_backend()))
     rt_stats = runtime.for_diagnostics(rt) if cfg.logging.stats_interval else None
-    if rt_stats is not None and rt_stats != rt:
+    if rt_stats is not None:
         log(f"diagnostics steps (every logging.stats_interval = {cfg.logging.stats_interval}): "
-            f"runtime {rt_stats.describe()}")  # fmt: skip
+            f"attention logits from a forward of rows 0-{min(STATS_ROWS, t.batch_size) - 1} "
+            f"of the step's first micro-batch, runtime {rt_stats.describe()}")  # fmt: skip
 
     # Resume from the latest checkpoint, or start fresh (from scratch or pretrained weights,
     # whose sha256 is an input of the run either way).
