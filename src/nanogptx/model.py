@@ -394,7 +394,9 @@ def trunk(
         return x_BxLxD, most
 
     if rt.remat != "none":
-        step = jax.checkpoint(step, policy=REMAT[rt.remat], prevent_cse=False)
+        # Unrolled layers (CPU) share one loop iteration, where XLA would merge the recomputed
+        # forward with the first one (common subexpressions) and undo the remat.
+        step = jax.checkpoint(step, policy=REMAT[rt.remat], prevent_cse=rt.unroll > 1)
     layer_keys = None if keys is None else keys[:-1]
     return jax.lax.scan(step, x_BxLxD, (params["blocks"], layer_keys), unroll=rt.unroll)
 
