@@ -1,84 +1,155 @@
-"""ms/iter of nanoGPT's CPU recipe: ours against nanoGPT's own train.py (eager and with
-torch.compile), each a subprocess, alternating in one run, best of --repeats.
+"""ms/iter of nanoGPT's CPU recipes: ours against nanoGPT's own train.py (eager and with
+torch.compile), each a subprocess, alternating in one run, best of --repeats; with the user and
+system CPU time of each run.
 
     pip install torch==2.13.0   # any CPU build; not a dependency of nanogptx
     git clone https://github.com/karpathy/nanoGPT ~/nanoGPT
-    python benchmarks/bench_nanogpt.py --nanogpt ~/nanoGPT [--steps 300] [--repeats 3]
+    python benchmarks/bench_nanogpt.py --nanogpt ~/nanoGPT [--recipes char,gpt2] [--repeats 3]
 
-nanoGPT runs its README's CPU command (`train.py config/train_shakespeare_char.py --device=cpu
---compile=False --eval_iters=20 --log_interval=1 --block_size=64 --batch_size=12 --n_layer=4
---n_head=4 --n_embd=128 --max_iters=N --lr_decay_iters=N --dropout=0.0`) on Tiny Shakespeare from
-../shared/assets (its prepare.py downloads nothing when input.txt is there); ours runs
-benchmarks/bench_train.py on config/shakespeare-char.toml, the same recipe. Each side's figure
-is the median ms/iter of its steps after the first 10 (nanoGPT's printed `time`, ours the
-train stage's). MFU is ours, against the float32 matmul peak the train stage measures in the
-same run.
+Two recipes, the same shapes and data on both sides:
+  - char: nanoGPT's README CPU command (`train.py config/train_shakespeare_char.py
+    --device=cpu --compile=False --eval_iters=20 --log_interval=1 --block_size=64
+    --batch_size=12 --n_layer=4 --n_head=4 --n_embd=128 --max_iters=N --lr_decay_iters=N
+    --dropout=0.0`) on Tiny Shakespeare characters; ours: config/shakespeare-char.toml.
+  - gpt2: the same command with `--dataset=shakespeare --block_size=128`: Tiny Shakespeare in
+    GPT-2 tokens (nanoGPT's data/shakespeare), its vocabulary padded to 50,304 rows (nanoGPT
+    does that without a meta.pkl); ours: config/shakespeare-gpt2.toml (vocab_multiple 64).
+nanoGPT's data preparation (data/*/prepare.py) downloads only when input.txt is missing: this
+copies ../shared/assets/tinyshakespeare/input.txt there first. Its GPT-2 prepare.py asks
+tiktoken for the GPT-2 files; offline, TIKTOKEN_CACHE_DIR must hold them (README, "Offline
+use"): where it is unset this seeds a temporary one from ../shared/assets/tiktoken with
+`nanogptx.tokenizer.seed_tiktoken_cache` and passes it to both sides. nanoGPT's prepare.py then
+writes train.bin (301,966 tokens) and val.bin (36,059); our prepare stage tokenizes the same text
+the same way (plus the end-of-text separator: 301,967 and 36,060).
+Each side's figure is the median ms/iter of its steps after the first 10 (nanoGPT's printed
+`time`, ours the train stage's). The CPU time of each run is that of its whole process (start,
+compile, data, evaluation at step 0, the steps): user and system seconds, and the system share.
+MFU is ours, against the float32 matmul peak the train stage measures in the same run.
+
+Measured 2026-12-07 (2-core AMD EPYC, jax 0.10.2, torch 2.13.0+cpu; the machine shared with
+other jobs, load average 2-9), where the gpt2 recipe's time went, by timing its parts in one
+process (CPU milliseconds per call, user + system):
+  - before the chunked loss: the train step 1,520 (690 of it system time); the output layer and
+    loss alone 1,425 (689 system): every step XLA allocated fresh the 309 MB of logits and as much
+    for their gradient, above glibc's mmap threshold (runtime.keep_freed_memory keeps blocks up to
+    64 MiB), so each was page-faulted in anew; the eval step's forward 642 (415 system);
+    the blocks' forward and backward 171, AdamW over the 6.4M-row embedding 28, the embedding
+    gradient's scatter 46 (44 system);
+  - with kernels.cross_entropy (chunks of 128 positions, gradients in the forward): the train
+    step 657 (80 system), the output layer and loss 535 (28 system: its three matmuls of 19.8
+    GFLOP each are now nearly all of its time), the eval step 212 (13 system), the scatter 3.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import re
+import resource
 import shutil
 import statistics
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 ASSETS = ROOT.parent / "shared" / "assets"
+# recipe: (our config, nanoGPT's data directory, nanoGPT's overrides beyond the common ones,
+# default steps)
+RECIPES = {
+    "char": ("shakespeare-char.toml", "shakespeare_char", ["--block_size=64"], 300),
+    "gpt2": ("shakespeare-gpt2.toml", "shakespeare", ["--dataset=shakespeare",
+                                                      "--block_size=128"], 100),
+}  # fmt: skip
 
 
-def nanogpt(checkout: Path, steps: int, compile: bool) -> float:
+def timed(cmd: list[str], **kwargs: object) -> tuple[str, float, float]:
+    """Run cmd; its stdout, and the user and system CPU seconds of it and its children."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True, **kwargs).stdout
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return out, after.ru_utime - before.ru_utime, after.ru_stime - before.ru_stime
+
+
+def nanogpt(checkout: Path, recipe: str, steps: int, compile: bool) -> tuple[float, float, float]:
     cmd = [
         sys.executable, "train.py", "config/train_shakespeare_char.py", "--device=cpu",
-        f"--compile={compile}", "--eval_iters=20", "--log_interval=1", "--block_size=64",
-        "--batch_size=12", "--n_layer=4", "--n_head=4", "--n_embd=128", f"--max_iters={steps}",
+        f"--compile={compile}", "--eval_iters=20", "--log_interval=1", "--batch_size=12",
+        "--n_layer=4", "--n_head=4", "--n_embd=128", f"--max_iters={steps}",
         f"--lr_decay_iters={steps}", "--dropout=0.0", f"--eval_interval={steps + 1}",
-        "--out_dir=/tmp/nanogptx-bench-nanogpt-out",
+        "--out_dir=/tmp/nanogptx-bench-nanogpt-out", *RECIPES[recipe][2],
     ]  # fmt: skip
-    out = subprocess.run(cmd, cwd=checkout, capture_output=True, text=True, check=True).stdout
+    out, user, system = timed(cmd, cwd=checkout)
     ms = [float(t) for i, t in re.findall(r"iter (\d+): loss [\d.]+, time ([\d.]+)ms", out)
           if int(i) >= 10]  # fmt: skip
-    return statistics.median(ms)
+    return statistics.median(ms), user, system
 
 
-def ours(steps: int) -> tuple[float, str]:
+def ours(recipe: str, data: Path, steps: int) -> tuple[float, float, float, str]:
     cmd = [sys.executable, str(ROOT / "benchmarks" / "bench_train.py"), "--steps", str(steps),
+           "--recipe", str(ROOT / "config" / RECIPES[recipe][0]), "--data", str(data),
            "--measure-peak", "logging.stats_interval=100"]  # fmt: skip
-    out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+    out, user, system = timed(cmd)
     ms, mfu = re.search(r"median ([\d.]+) ms/iter, [\d,]+ tokens/s, (MFU [\d.]+%)", out).groups()
     peak = re.search(r"peak for MFU: (\d+) GFLOP/s", out).group(1)
-    return float(ms), f"{mfu} of a measured {peak} GFLOP/s"
+    return float(ms), user, system, f"{mfu} of a measured {peak} GFLOP/s"
+
+
+def prepare(checkout: Path, recipe: str, work: Path) -> Path:
+    """nanoGPT's train.bin and val.bin for the recipe (made offline), and our prepared data;
+    returns our prepared directory."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import bench_train
+
+    data = checkout / "data" / RECIPES[recipe][1]
+    if not (data / "train.bin").exists():
+        shutil.copy(ASSETS / "tinyshakespeare" / "input.txt", data / "input.txt")
+        subprocess.run([sys.executable, "prepare.py"], cwd=data, check=True, capture_output=True)
+    prepared = bench_train.prepare_recipe(ROOT / "config" / RECIPES[recipe][0])
+    return Path(shutil.copytree(prepared, work / recipe))
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--nanogpt", type=Path, required=True, help="a nanoGPT checkout")
-    parser.add_argument("--steps", type=int, default=300)
+    parser.add_argument("--recipes", default="char,gpt2", help="comma-separated: char, gpt2")
+    parser.add_argument("--steps", type=int, help="steps per run (default: char 300, gpt2 100)")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--no-compile", action="store_true", help="skip torch.compile")
     args = parser.parse_args()
-    data = args.nanogpt / "data" / "shakespeare_char"
-    if not (data / "train.bin").exists():
-        shutil.copy(ASSETS / "tinyshakespeare" / "input.txt", data / "input.txt")
-        subprocess.run([sys.executable, "prepare.py"], cwd=data, check=True, capture_output=True)
+    work = Path(tempfile.mkdtemp(prefix="nanogptx-bench-nanogpt-"))
+    if not os.environ.get("TIKTOKEN_CACHE_DIR"):
+        from nanogptx import tokenizer
+
+        os.environ["TIKTOKEN_CACHE_DIR"] = str(work / "tiktoken")
+        tokenizer.seed_tiktoken_cache(ASSETS / "tiktoken", work / "tiktoken")
+    recipes = args.recipes.split(",")
+    data = {r: prepare(args.nanogpt, r, work) for r in recipes}
     sides = ["ours", "nanoGPT eager"] + ([] if args.no_compile else ["nanoGPT torch.compile"])
-    best: dict[str, float] = {}
-    mfu = ""
-    for i in range(args.repeats):
-        for side in sides:
-            if side == "ours":
-                ms, how = ours(args.steps)
-                mfu = how if ms < best.get(side, 1e9) else mfu
-            else:
-                ms = nanogpt(args.nanogpt, args.steps, compile="compile" in side)
-            print(f"#{i} {side}: median {ms:.1f} ms/iter", flush=True)
-            best[side] = min(best.get(side, 1e9), ms)
-    print(f"\nbest of {args.repeats} (median ms/iter over {args.steps} steps):")
-    for side, ms in best.items():
-        print(f"  {side}: {ms:.1f} ms/iter, {best[side] / best['ours']:.2f}x ours")
-    print(f"  ours: {mfu}")
+    for recipe in recipes:
+        steps = args.steps or RECIPES[recipe][3]
+        best: dict[str, tuple[float, float, float]] = {}
+        mfu = ""
+        for i in range(args.repeats):
+            for side in sides:
+                if side == "ours":
+                    ms, user, system, how = ours(recipe, data[recipe], steps)
+                    mfu = how if ms < best.get(side, (1e9,))[0] else mfu
+                else:
+                    compile = "compile" in side
+                    ms, user, system = nanogpt(args.nanogpt, recipe, steps, compile)
+                share = system / (user + system)
+                print(f"{recipe} #{i} {side}: median {ms:.1f} ms/iter; CPU user {user:.1f} s, "
+                      f"system {system:.1f} s ({100 * share:.0f}%)", flush=True)  # fmt: skip
+                if ms < best.get(side, (1e9,))[0]:
+                    best[side] = (ms, user, system)
+        print(f"\n{recipe}: best of {args.repeats} (median ms/iter over {steps} steps):")
+        for side, (ms, user, system) in best.items():
+            print(f"  {side}: {ms:.1f} ms/iter, {ms / best['ours'][0]:.2f}x ours; that run's "
+                  f"CPU: user {user:.1f} s, system {system:.1f} s "
+                  f"({100 * system / (user + system):.0f}%)")  # fmt: skip
+        print(f"  ours: {mfu}\n", flush=True)
 
 
 if __name__ == "__main__":

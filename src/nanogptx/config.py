@@ -272,8 +272,9 @@ class LoggingConfig:
     stats_interval: int = _f(
         100,
         "every this many steps, record diagnostics (kind stats in metrics.jsonl): per layer the "
-        "RMS of parameters, gradients and updates and the largest attention logit, and the "
-        "output logits' mean log Z (0: none)",
+        "RMS of parameters, gradients and updates (of the whole step) and the largest attention "
+        "logit (in a forward of rows 0-7 of the step's first micro-batch, without dropout), and "
+        "the output logits' mean log Z over the whole step (0: none)",
     )
     wandb_mode: str = _f("disabled", "wandb logging", ("disabled", "offline", "online"))
     wandb_project: str = _f("nanogptx", "wandb project")
