@@ -2,6 +2,7 @@
 replaced, each a runtime (primitives, attention, unrolling) of the one model.py.
 
     python benchmarks/bench_model.py [--rounds 8] [--iters 10] [--quick]
+    python benchmarks/bench_model.py --loss [--rounds 6]
 
 The recipe: shakespeare-char, n_layer 4, n_head 4, n_embd 128, block_size 64, batch_size 12,
 vocab 65, dropout 0, AdamW + global-norm clipping (optax, train state donated). For each
@@ -11,6 +12,17 @@ and prints the median and best ms/iter, tokens/s (median), and MFU: FLOPs per it
 model.flops_per_token (nanoGPT's 6 N + 12 L H K T per token, a third of it for the forward)
 against the median speed of a 2048x2048 float32 matmul timed in the same rounds, and against
 200 GFLOP/s. On a busy machine the medians suffer; the best times are the quiet-machine figures.
+
+With --loss, the output layer and its loss alone (forward and backward, gradients for x and
+the V x D matrix) at the shapes of config/shakespeare-gpt2.toml's step (1,536 positions, width
+128, 50,304 rows): kernels.REFERENCE (the whole logits) against kernels.FAST over chunks of
+2^21 to 2^25 logits (runtime.LOSS_CHUNK), wall ms and the user and system CPU ms per call.
+Measured 2026-12-07 (load average 6.7, `--loss --rounds 5`), wall median (best) and CPU user +
+system ms per call: whole logits 1388 (1150), 486 + 378: fresh pages for 309 MB of logits and
+as much gradient every call; chunks of 32 positions 1090 (821), 668 + 51; 64: 657 (554),
+539 + 10; 128: 660 (517), 487 + 9; 256: 744 (542), 487 + 40; 512: 888 (731), 473 + 87. 128
+positions (2^23 logits, 25.8 MB of float32 per chunk) is the CPU's runtime.LOSS_CHUNK; from 256
+the chunks' buffers page-fault again. Its three matmuls (19.8 GFLOP each) are most of its time.
 
 What we found (jax/jaxlib 0.10.2, XLA's CPU backend with its YNNPACK dot fusions, 2-core AMD EPYC):
   - glibc returns large freed blocks to the kernel, and XLA allocates every step's buffers
@@ -182,6 +194,50 @@ def _time(fn: Callable[[], Any]) -> float:
     return time.perf_counter() - t0
 
 
+def bench_loss(rounds: int, iters: int) -> None:
+    """The output layer and loss at shakespeare-gpt2's shapes: whole logits against chunks."""
+    import resource
+
+    runtime.keep_freed_memory()
+    T, D, V, vocab = 12 * 128, 128, 50304, 50257
+    ks = jax.random.split(jax.random.key(0), 3)
+    x_TxD = jax.random.normal(ks[0], (T, D))
+    w_VxD = 0.02 * jax.random.normal(ks[1], (V, D))
+    targets_T = jax.random.randint(ks[2], (T,), 0, vocab)
+    cases = {"whole logits (kernels.REFERENCE)": (kernels.REFERENCE, kernels.Head(vocab=vocab))}
+    for log2 in range(21, 26):
+        C = kernels.chunks(T, V, 1 << log2)[0]
+        head = kernels.Head(vocab=vocab, chunk=1 << log2)
+        cases[f"chunks of 2^{log2} logits ({C} positions, kernels.FAST)"] = (kernels.FAST, head)
+    fns = {}
+    for name, (k, head) in cases.items():
+        loss = functools.partial(k.cross_entropy, targets_T=targets_T, head=head)
+        fns[name] = jax.jit(jax.value_and_grad(lambda x, w, f=loss: f(x, w)[0], argnums=(0, 1)))
+    want = fns[next(iter(fns))](x_TxD, w_VxD)
+    for name, f in fns.items():  # compile, and the same loss and gradients everywhere
+        got = f(x_TxD, w_VxD)
+        for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
+            assert jnp.allclose(a, b, rtol=1e-4, atol=1e-8), name
+    times: dict[str, list[tuple[float, float, float]]] = {name: [] for name in fns}
+    for _ in range(rounds):
+        for name, f in fns.items():
+            r0, t0 = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
+            for _ in range(iters):
+                jax.block_until_ready(f(x_TxD, w_VxD))
+            t1, r1 = time.perf_counter(), resource.getrusage(resource.RUSAGE_SELF)
+            user, system = r1.ru_utime - r0.ru_utime, r1.ru_stime - r0.ru_stime
+            times[name].append(((t1 - t0) / iters, user / iters, system / iters))
+    print(f"output layer + loss, forward and backward: {T} positions, width {D}, {V} rows; "
+          f"load average {os.getloadavg()[0]:.1f}")  # fmt: skip
+    print(f"{'formulation':56s} {'median':>7s} {'best':>7s} {'user':>7s} {'system':>7s} (ms)")
+    for name, t in times.items():
+        wall = [a for a, _, _ in t]
+        user = statistics.median(b for _, b, _ in t)
+        system = statistics.median(c for _, _, c in t)
+        print(f"{name:56s} {statistics.median(wall) * 1e3:7.1f} {min(wall) * 1e3:7.1f} "
+              f"{user * 1e3:7.1f} {system * 1e3:7.1f}")  # fmt: skip
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=8, help="interleaved rounds")
@@ -189,7 +245,11 @@ def main() -> None:
     parser.add_argument(
         "--quick", action="store_true", help="only the straightforward and nanogptx formulations"
     )
+    parser.add_argument("--loss", action="store_true", help="the output layer and loss alone")
     args = parser.parse_args()
+    if args.loss:
+        bench_loss(args.rounds, max(1, args.iters // 5))
+        return
 
     params = model.init_params(CFG, VOCAB, jax.random.key(0))
     n_params = model.count_params(params)

@@ -20,10 +20,12 @@ Measured with `python benchmarks/bench_model.py` (nanoGPT's CPU recipe, one trai
     autodiff their gradient); FAST never does. It runs over chunks of positions and, when
     differentiated, computes the loss and both gradients in one pass in the forward (softmax
     minus one-hot, then p @ w and an accumulated p^T x: three matmuls, no recompute), which the
-    backward only scales. The shakespeare-gpt2 step's output layer (1,536 positions, 50,304
-    rows): 592 -> 483 ms with a sixth of the system time (fresh pages for 309 MB of logits and
-    their gradient every step), and GPT-2 124M at 64 x 1024 on one H100 compiles to a third of
-    the memory (README, "Memory on a GPU").
+    backward only scales. At the shakespeare-gpt2 step's shapes (1,536 positions, 50,304 rows;
+    `bench_model.py --loss`) 1388 -> 660 ms, its system time 378 -> 9 ms (no fresh pages for
+    309 MB of logits and their gradient every step); GPT-2 124M at 64 x 1024 on one H100
+    compiles to half the memory (README, "Memory on a GPU"). This is a primitive rather than
+    model code because it has the two forms: the whole-logits one is the definition, with
+    every JAX transformation; the chunked one is what training runs.
 """
 
 from __future__ import annotations

@@ -21,8 +21,8 @@ from nanogptx.config import ModelConfig
 
 ATTENTION = ("einsum", "xla", "cudnn")
 # Logits per chunk of the loss, by platform: on CPU 2^23 (128 positions of GPT-2's 50,304 rows,
-# 32 MiB of float32, measured fastest: benchmarks/bench_model.py --loss); on accelerators 2^27
-# (2,048 positions: 0.5 GiB, few enough chunks that a step's loop adds little).
+# 26 MB of float32, measured fastest: benchmarks/bench_model.py --loss); on accelerators 2^27
+# (2,048 positions: 0.5 GiB, few enough chunks that a step's loop adds little; not measured).
 LOSS_CHUNK = {"cpu": 1 << 23, "gpu": 1 << 27, "tpu": 1 << 27}
 
 
