@@ -565,6 +565,7 @@ def train(
     """Train (or resume) and write the final model into out_dir; returns a summary. Process 0
     holds both directories (a second training on them is refused at start) and first removes
     what an interrupted run left there."""
+    runtime.keep_freed_memory()  # XLA's CPU buffers stay in the heap between steps
     initialize_distributed()
     make_runtime(cfg)  # an impossible one is refused here, before any file is read
     out_dir, ckpt_dir = Path(out_dir), Path(ckpt_dir)
@@ -590,7 +591,6 @@ def _train(
     init: Path | None,
     channel: progress.Channel | None,
 ) -> dict[str, Any]:
-    runtime.keep_freed_memory()  # XLA's CPU buffers stay in the heap between steps
     record = provenance.Record.start("train", config.sections(cfg, config.STAGE_SECTIONS["train"]))
     started = time.perf_counter()  # eval records' wall_s: seconds since this run's start
     m, t = cfg.model, cfg.train
