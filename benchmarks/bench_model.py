@@ -26,9 +26,10 @@ the chunks' buffers page-fault again. Its three matmuls (19.8 GFLOP each) are mo
 
 What we found (jax/jaxlib 0.10.2, XLA's CPU backend with its YNNPACK dot fusions, 2-core AMD EPYC):
   - glibc returns large freed blocks to the kernel, and XLA allocates every step's buffers
-    anew, so each step page-faults several MB back in: 30-45% of the step. model.
-    keep_freed_memory() (mallopt M_MMAP_THRESHOLD 64 MiB, M_TRIM_THRESHOLD 256 MiB) keeps them.
-    Either knob alone does nothing. The rows marked "glibc" run with the default 128 KiB.
+    anew, so each step page-faults several MB back in: 30-45% of the step. runtime.
+    keep_freed_memory() (mallopt M_MMAP_THRESHOLD 64 MiB, M_TRIM_THRESHOLD 256 MiB, then; since
+    issue 23 1 GiB each and one arena, for the GPT-2 vocabulary's larger blocks) keeps them.
+    Either threshold alone does nothing. The rows marked "glibc" run with the default 128 KiB.
   - lax.scan over the layers: XLA cannot fuse or schedule across a while loop's iterations,
     and the backward loop stacks every saved activation with dynamic-update-slices into
     buffers it zero-fills with broadcasts first (the broadcasts alone cost 9 ms a step, page

@@ -26,18 +26,24 @@ Each side's figure is the median ms/iter of its steps after the first 10 (nanoGP
 compile, data, evaluation at step 0, the steps): user and system seconds, and the system share.
 MFU is ours, against the float32 matmul peak the train stage measures in the same run.
 
-Measured 2026-12-07 (2-core AMD EPYC, jax 0.10.2, torch 2.13.0+cpu; the machine shared with
-other jobs, load average 2-9), where the gpt2 recipe's time went, by timing its parts in one
-process (CPU milliseconds per call, user + system):
-  - before the chunked loss: the train step 1,520 (690 of it system time); the output layer and
-    loss alone 1,425 (689 system): every step XLA allocated fresh the 309 MB of logits and as much
-    for their gradient, above glibc's mmap threshold (runtime.keep_freed_memory keeps blocks up to
-    64 MiB), so each was page-faulted in anew; the eval step's forward 642 (415 system);
-    the blocks' forward and backward 171, AdamW over the 6.4M-row embedding 28, the embedding
-    gradient's scatter 46 (44 system);
-  - with kernels.cross_entropy (chunks of 128 positions, gradients in the forward): the train
-    step 657 (80 system), the output layer and loss 535 (28 system: its three matmuls of 19.8
-    GFLOP each are now nearly all of its time), the eval step 212 (13 system), the scatter 3.
+Where the gpt2 recipe's time went (2026-12-07, 2-core AMD EPYC, jax 0.10.2; the machine shared
+with other jobs, load average 7-9), from timing the step's parts in one process, CPU ms per call
+(user + system):
+  - before: the train step 1,520 (690 of it system time). The output layer and loss 1,425 (689
+    system): XLA allocated the 309 MB of logits and as much for their gradient fresh every
+    step, above glibc's mmap threshold, so each was page-faulted in anew. The eval step's
+    forward 642 (415 system), the blocks' forward and backward 171 (100 system), AdamW over
+    the 6.4M-row embedding 28 (21 system), the embedding gradient's scatter into 50,304 rows 46
+    (44 system).
+  - with kernels.cross_entropy (chunks of 128 positions, gradients computed in the forward):
+    the train step 657 (80 system), the output layer and loss 535 (28 system), the eval step
+    212 (13). The 80 ms left: a step's temporaries are one 182 MB block, which XLA's worker
+    threads allocated from their own malloc arenas (at most 64 MiB each), so it was mapped anew
+    every step (46,600 page faults).
+  - with one malloc arena (runtime.keep_freed_memory): the train step 584 (3.6 system), the
+    output layer and loss 501 (1.7), the blocks 72 (0), AdamW 11, the scatter 1.3, the eval
+    step 206 (1.5). The output layer's three matmuls (19.8 GFLOP each, at 200 GFLOP/s about 300
+    ms of the two cores) are now most of the step: what is left is compute.
 """
 
 from __future__ import annotations
