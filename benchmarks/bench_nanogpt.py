@@ -73,9 +73,11 @@ RECIPES = {
 def timed(cmd: list[str], **kwargs: object) -> tuple[str, float, float]:
     """Run cmd; its stdout, and the user and system CPU seconds of it and its children."""
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    out = subprocess.run(cmd, capture_output=True, text=True, check=True, **kwargs).stdout
+    run = subprocess.run(cmd, capture_output=True, text=True, **kwargs)
+    if run.returncode:
+        sys.exit(f"{' '.join(cmd)} failed ({run.returncode}):\n{run.stderr[-3000:]}")
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return out, after.ru_utime - before.ru_utime, after.ru_stime - before.ru_stime
+    return run.stdout, after.ru_utime - before.ru_utime, after.ru_stime - before.ru_stime
 
 
 def nanogpt(checkout: Path, recipe: str, steps: int, compile: bool) -> tuple[float, float, float]:

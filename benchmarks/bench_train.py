@@ -189,8 +189,9 @@ def main() -> None:
 
     import jax
 
-    from nanogptx import config, train
+    from nanogptx import config, runtime, train
 
+    runtime.keep_freed_memory()  # before JAX runs anything here (the peak's matmul), as train does
     recipe = args.recipe.stem
     work = Path(tempfile.mkdtemp(prefix="nanogptx-bench-"))
     if args.data:
