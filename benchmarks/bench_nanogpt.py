@@ -80,13 +80,15 @@ def timed(cmd: list[str], **kwargs: object) -> tuple[str, float, float]:
     return run.stdout, after.ru_utime - before.ru_utime, after.ru_stime - before.ru_stime
 
 
-def nanogpt(checkout: Path, recipe: str, steps: int, compile: bool) -> tuple[float, float, float]:
+def nanogpt(
+    checkout: Path, recipe: str, steps: int, compile: bool, out: Path
+) -> tuple[float, float, float]:
     cmd = [
         sys.executable, "train.py", "config/train_shakespeare_char.py", "--device=cpu",
         f"--compile={compile}", "--eval_iters=20", "--log_interval=1", "--batch_size=12",
         "--n_layer=4", "--n_head=4", "--n_embd=128", f"--max_iters={steps}",
         f"--lr_decay_iters={steps}", "--dropout=0.0", f"--eval_interval={steps + 1}",
-        "--out_dir=/tmp/nanogptx-bench-nanogpt-out", *RECIPES[recipe][2],
+        f"--out_dir={out}", *RECIPES[recipe][2],
     ]  # fmt: skip
     out, user, system = timed(cmd, cwd=checkout)
     ms = [float(t) for i, t in re.findall(r"iter (\d+): loss [\d.]+, time ([\d.]+)ms", out)
@@ -146,7 +148,8 @@ def main() -> None:
                     mfu = how if ms < best.get(side, (1e9,))[0] else mfu
                 else:
                     compile = "compile" in side
-                    ms, user, system = nanogpt(args.nanogpt, recipe, steps, compile)
+                    out = work / "nanogpt-out"  # this run's own (another may run beside it)
+                    ms, user, system = nanogpt(args.nanogpt, recipe, steps, compile, out)
                 share = system / (user + system)
                 print(f"{recipe} #{i} {side}: median {ms:.1f} ms/iter; CPU user {user:.1f} s, "
                       f"system {system:.1f} s ({100 * share:.0f}%)", flush=True)  # fmt: skip
