@@ -5,6 +5,7 @@ system CPU time of each run.
     pip install torch==2.13.0   # any CPU build; not a dependency of nanogptx
     git clone https://github.com/karpathy/nanoGPT ~/nanoGPT
     python benchmarks/bench_nanogpt.py --nanogpt ~/nanoGPT [--recipes char,gpt2] [--repeats 3]
+    python benchmarks/bench_nanogpt.py --nanogpt ~/nanoGPT --baseline ~/nanogptx-before/src
 
 Two recipes, the same shapes and data on both sides:
   - char: nanoGPT's README CPU command (`train.py config/train_shakespeare_char.py
@@ -24,7 +25,9 @@ the same way (plus the end-of-text separator: 301,967 and 36,060).
 Each side's figure is the median ms/iter of its steps after the first 10 (nanoGPT's printed
 `time`, ours the train stage's). The CPU time of each run is that of its whole process (start,
 compile, data, evaluation at step 0, the steps): user and system seconds, and the system share.
-MFU is ours, against the float32 matmul peak the train stage measures in the same run.
+MFU is ours, against the float32 matmul peak the train stage measures in the same run. With
+--baseline, another nanogptx source tree (a checkout of an earlier commit: its src/) runs as one
+more side, so a change is measured against nanoGPT before and after in the same run.
 
 Where the gpt2 recipe's time went (2026-12-07, 2-core AMD EPYC, jax 0.10.2; the machine shared
 with other jobs, load average 7-9), from timing the step's parts in one process, CPU ms per call
@@ -96,11 +99,15 @@ def nanogpt(
     return statistics.median(ms), user, system
 
 
-def ours(recipe: str, data: Path, steps: int) -> tuple[float, float, float, str]:
+def ours(
+    recipe: str, data: Path, steps: int, src: Path | None = None
+) -> tuple[float, float, float, str]:
+    """Our train stage through bench_train.py; with src, nanogptx from that source tree."""
     cmd = [sys.executable, str(ROOT / "benchmarks" / "bench_train.py"), "--steps", str(steps),
            "--recipe", str(ROOT / "config" / RECIPES[recipe][0]), "--data", str(data),
            "--measure-peak", "logging.stats_interval=100"]  # fmt: skip
-    out, user, system = timed(cmd)
+    env = None if src is None else {**os.environ, "PYTHONPATH": str(src)}
+    out, user, system = timed(cmd, env=env)
     ms, mfu = re.search(r"median ([\d.]+) ms/iter, [\d,]+ tokens/s, (MFU [\d.]+%)", out).groups()
     peak = re.search(r"peak for MFU: (\d+) GFLOP/s", out).group(1)
     return float(ms), user, system, f"{mfu} of a measured {peak} GFLOP/s"
@@ -127,6 +134,10 @@ def main() -> None:
     parser.add_argument("--steps", type=int, help="steps per run (default: char 300, gpt2 100)")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--no-compile", action="store_true", help="skip torch.compile")
+    parser.add_argument(
+        "--baseline", type=Path,
+        help="another nanogptx source tree (its src/), run as a side of its own: before/after",
+    )  # fmt: skip
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="nanogptx-bench-nanogpt-"))
     if not os.environ.get("TIKTOKEN_CACHE_DIR"):
@@ -136,7 +147,8 @@ def main() -> None:
         tokenizer.seed_tiktoken_cache(ASSETS / "tiktoken", work / "tiktoken")
     recipes = args.recipes.split(",")
     data = {r: prepare(args.nanogpt, r, work) for r in recipes}
-    sides = ["ours", "nanoGPT eager"] + ([] if args.no_compile else ["nanoGPT torch.compile"])
+    sides = ["ours", *(["baseline"] if args.baseline else []), "nanoGPT eager"]
+    sides += [] if args.no_compile else ["nanoGPT torch.compile"]
     for recipe in recipes:
         steps = args.steps or RECIPES[recipe][3]
         best: dict[str, tuple[float, float, float]] = {}
@@ -146,6 +158,8 @@ def main() -> None:
                 if side == "ours":
                     ms, user, system, how = ours(recipe, data[recipe], steps)
                     mfu = how if ms < best.get(side, (1e9,))[0] else mfu
+                elif side == "baseline":
+                    ms, user, system, _ = ours(recipe, data[recipe], steps, args.baseline)
                 else:
                     compile = "compile" in side
                     out = work / "nanogpt-out"  # this run's own (another may run beside it)
