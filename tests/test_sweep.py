@@ -151,8 +151,8 @@ def test_a_sweeps_cost_counts_every_points_tokens_and_the_shipped_gpu_sweep_says
     monkeypatch.chdir(Path(__file__).parents[1])
     sweep.main(["lr-sensitivity-gpu", "--cost"])
     total = capsys.readouterr().out.splitlines()[-1]
-    assert total.startswith("54 points, 1.13e+19 FLOPs: 10.6 device hours at 30%"), total
+    assert total.startswith("54 points, 1.14e+19 FLOPs: 10.7 device hours at 30%"), total
     assert (
-        "10.6 GPU\n# hours on H100s at 30% MFU"
+        "10.7 GPU\n# hours on H100s at 30% MFU"
         in Path("config/sweeps/lr-sensitivity-gpu.toml").read_text()
     )

@@ -134,8 +134,10 @@ class ModelConfig:
     attention: str = _f(
         "auto",
         "attention implementation: einsum, xla or cudnn (jax.nn.dot_product_attention; cudnn "
-        "needs a GPU and a 16-bit train.compute_dtype, and sampling and evaluation, in float32, "
-        "run xla instead); auto: einsum on CPU, on GPU cudnn for 16-bit compute, else xla",
+        "needs a GPU of compute capability 8.0 or later, a 16-bit train.compute_dtype and a "
+        "head width n_embd / n_head that is a multiple of 8 of at most 128, or 256 on 9.0 "
+        "(Hopper) and later; sampling and evaluation, in float32, run xla instead); auto: "
+        "einsum on CPU, on GPU cudnn where it can run, else xla (the log says why)",
         ("auto", "einsum", "xla", "cudnn"),
     )
 
@@ -143,11 +145,17 @@ class ModelConfig:
 @dataclass(frozen=True)
 class TrainConfig:
     seed: int = _f(1337, "seed of parameters, batches and dropout")
-    batch_size: int = _f(12, "sequences per micro-batch, over all devices")
+    batch_size: int = _f(
+        12,
+        "sequences per micro-batch, over all devices; 0: auto, the largest that divides the "
+        "rows of a step (total_batch_tokens / block_size) and whose compiled programs fit the "
+        "devices' memory (on a CPU: at most 8192 tokens per device), chosen before any data "
+        "is read (python -m nanogptx.plan shows it)",
+    )
     total_batch_tokens: int = _f(
         0,
         "tokens per optimizer step; a multiple of batch_size * block_size, accumulated "
-        "over micro-batches (0: one micro-batch)",
+        "over micro-batches (0: one micro-batch; needed by batch_size = 0)",
     )
     max_iters: int = _f(600_000, "optimizer steps")
     learning_rate: float = _f(6e-4, "peak learning rate")
@@ -299,6 +307,9 @@ EVAL_TASKS = ("val_loss", "hellaswag")
 NOT_DATA_IDENTITY = ("data.allow_unverified",)
 # Model settings of how it runs, not what it computes: a checkpoint resumes under any of them.
 RUNTIME_KEYS = ("kernels", "attention")
+# cuDNN's flash attention (JAX 0.10): head widths that are a multiple of this, and at most this
+# on any GPU (256 from compute capability 9.0, 128 before: runtime.cudnn_refusal).
+CUDNN_HEAD_MULTIPLE, CUDNN_MAX_HEAD = 8, 256
 # Train settings a resumed run must share with its checkpoint. With the model and the data they
 # name the checkpoint directory (checkpoint_id): raising max_iters or lr_decay_iters, or editing
 # evaluation, checkpointing or logging, resumes; editing one of these starts afresh.
@@ -516,8 +527,25 @@ def _check_values(cfg: Config, source: str) -> None:
         "auto, einsum or xla with train.compute_dtype = 'float32' (cuDNN's attention runs "
         "bfloat16 or float16)",
     )
-    need(t.batch_size > 0, "train.batch_size", t.batch_size, "> 0")
-    micro = t.batch_size * m.block_size
+    K = m.n_embd // m.n_head
+    need(
+        m.attention != "cudnn" or (K % CUDNN_HEAD_MULTIPLE == 0 and K <= CUDNN_MAX_HEAD),
+        "model.attention",
+        m.attention,
+        f"auto, einsum or xla with a head width n_embd / n_head = {K} (cuDNN's attention needs "
+        f"a multiple of {CUDNN_HEAD_MULTIPLE} of at most {CUDNN_MAX_HEAD}, and at most 128 "
+        "before compute capability 9.0)",
+    )
+    need(t.batch_size >= 0, "train.batch_size", t.batch_size, ">= 0 (0: auto)")
+    if t.batch_size == 0:
+        need(
+            t.total_batch_tokens > 0 and t.total_batch_tokens % m.block_size == 0,
+            "train.total_batch_tokens",
+            t.total_batch_tokens,
+            f"a multiple of model.block_size = {m.block_size} with train.batch_size = 0 (auto "
+            "divides the rows of a step into micro-batches)",
+        )
+    micro = max(t.batch_size, 1) * m.block_size
     need(
         t.total_batch_tokens >= 0 and t.total_batch_tokens % micro == 0,
         "train.total_batch_tokens",
@@ -618,10 +646,19 @@ def _parse_override(item: str) -> tuple[str, str, Any]:
     return section, key, value
 
 
-def micro_batches(cfg: Config) -> int:
-    """Micro-batches (gradient accumulation) per step: train.total_batch_tokens over batch_size x
-    block_size tokens, at least 1."""
-    return max(1, cfg.train.total_batch_tokens // (cfg.train.batch_size * cfg.model.block_size))
+def step_rows(cfg: Config) -> int:
+    """Sequences per optimizer step: train.total_batch_tokens / block_size, or one micro-batch."""
+    t = cfg.train
+    return t.total_batch_tokens // cfg.model.block_size if t.total_batch_tokens else t.batch_size
+
+
+def micro_batches(cfg: Config, batch_size: int = 0) -> int:
+    """Micro-batches (gradient accumulation) per step: the step's rows over micro-batches of
+    batch_size (default train.batch_size; auto's, 0, must be resolved first), at least 1."""
+    b = batch_size or cfg.train.batch_size
+    if b <= 0:
+        raise ValueError("train.batch_size = 0 (auto): resolve the micro-batch first")
+    return max(1, step_rows(cfg) // b)
 
 
 def load(path: str | Path | None = None, overrides: typing.Sequence[str] = ()) -> Config:

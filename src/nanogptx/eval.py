@@ -93,6 +93,15 @@ def make_scorer(m: ModelConfig, rt: runtime.Runtime) -> Any:
     return jax.jit(score)
 
 
+def scorer_shapes(task: str, m: ModelConfig, e: EvalConfig) -> tuple[int, int, int]:
+    """The largest (rows, ids per row, scored positions per row) a task calls the scorer with,
+    for nanogptx.plan: val_loss, eval.batch_size windows of block_size + 1 tokens with every
+    position scored; hellaswag, 4 rows per item, its longest bucket (block_size + 1, scoring
+    block_size)."""
+    rows = {"val_loss": e.batch_size, "hellaswag": 4 * e.batch_size}[task]
+    return rows, m.block_size + 1, m.block_size
+
+
 # ---------------------------------------------------------------- val loss
 
 
@@ -281,7 +290,7 @@ def evaluate(
     model_sha = checkpoint.check_model_hash(model_dir)
     m = mcfg.model
     tok = tokenizer.from_manifest(tok_dict)
-    rt = runtime.choose(m, jax.default_backend())
+    rt = runtime.choose_for(m, jax.local_devices()[0])
     log(rt.explain(m, jax.default_backend()))
     params = jax.tree.map(jnp.asarray, params)
     scorer = make_scorer(m, rt)

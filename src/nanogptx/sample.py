@@ -183,20 +183,23 @@ def generate(
     V = params["wte"].shape[0]
     if prompt_P.min() < 0 or prompt_P.max() >= V:
         raise SampleError(f"prompt token ids must lie in [0, {V})")
-    out = _generate(
-        params,
-        jnp.asarray(prompt_P),
-        jax.random.key(s.seed),
-        jnp.float32(s.temperature),
-        cfg=cfg,
-        rt=rt,
-        S=s.max_new_tokens,
-        B=s.num_samples,
-        top_k=s.top_k,
-        top_p=s.top_p,
-        shift=resolve_shift(cfg, s),
-    )
-    return np.asarray(out)
+    args, static = generate_args(params, jnp.asarray(prompt_P), cfg, s, rt)
+    return np.asarray(_generate(*args, **static))
+
+
+def generate_args(
+    params: model.Params,
+    prompt_P: jax.Array,
+    cfg: ModelConfig,
+    s: SampleConfig,
+    rt: runtime.Runtime,
+) -> tuple[tuple, dict]:
+    """The arguments and static settings of the compiled loop (_generate) for a prompt: the one
+    place they are made, for generate and for nanogptx.plan (which passes shapes)."""
+    args = (params, prompt_P, jax.random.key(s.seed), jnp.float32(s.temperature))
+    static = dict(cfg=cfg, rt=rt, S=s.max_new_tokens, B=s.num_samples, top_k=s.top_k,
+                  top_p=s.top_p, shift=resolve_shift(cfg, s))  # fmt: skip
+    return args, static
 
 
 # ---------------------------------------------------------------- the stage
@@ -242,7 +245,7 @@ def _sample(cfg: Config, model_dir: Path, out_dir: Path) -> list[str]:
         mcfg = dataclasses.replace(
             mcfg, model=dataclasses.replace(mcfg.model, vocab_size=tok.vocab_size)
         )
-    rt = runtime.choose(mcfg.model, jax.default_backend())
+    rt = runtime.choose_for(mcfg.model, jax.local_devices()[0])
     print(f"sample: runtime {rt.describe()}", file=sys.stderr)
     t0 = time.perf_counter()
     new_BxS = generate(params, prompt, mcfg.model, s, rt)

@@ -144,9 +144,10 @@ def cost(sweep: Sweep, vocab: int | None = None) -> dict[str, dict[str, float]]:
                                                               jax.random.key(0)))  # fmt: skip
         n = model.count_params(params, non_embedding=True)
         per_token = model.flops_per_token(m, n)
-        window = t.batch_size * m.block_size
-        tokens = t.max_iters * config.micro_batches(cfg) * window
-        # Evaluations at 0, eval_interval, ... before max_iters, and the last one.
+        tokens = t.max_iters * config.step_rows(cfg) * m.block_size
+        # Evaluations at 0, eval_interval, ... before max_iters, and the last one, of eval_iters
+        # micro-batches (train.batch_size = 0: auto's is at most a step's rows, counted as that).
+        window = (t.batch_size or config.step_rows(cfg)) * m.block_size
         evals = (-(-t.max_iters // t.eval_interval) + 1) * 2 * t.eval_iters * window
         out[name] = {"params": n, "tokens": tokens, "flops": per_token * (tokens + evals / 3)}
     return out
