@@ -38,6 +38,8 @@ TARGETS = {
 }
 # Fields newer than this jaxlib's parser of the description (it refuses the whole text).
 UNKNOWN_FIELDS = ("collective_memory_granularity",)
+# The stages whose programs a plan compiles.
+STAGES = ("train", "sample", "eval")
 # A char vocabulary is known once prepare has read the text: its size where none is given.
 CHAR_VOCAB = 256
 
@@ -202,11 +204,11 @@ def shaped(tree: Any, sharding: Any) -> Any:
 
 def make_plan(
     cfg: Config, devices: list[Any], memory_size: int | None, vocab: int, vocab_source: str,
-    config_name: str = "", target: str = "local",
+    config_name: str = "", target: str = "local", stages: tuple[str, ...] = STAGES,
 ) -> Plan:  # fmt: skip
-    """Compile every program of a run for `devices` (the training's mesh; sampling and the eval
-    stage run on the first, as their stages do) and measure each against the budget (a target's
-    memory_size, else the device's own limit)."""
+    """Compile every program of a run's stages for `devices` (the training's mesh; sampling and
+    the eval stage run on the first, as their stages do) and measure each against the budget (a
+    target's memory_size, else the device's own limit)."""
     import jax
     import numpy as np
     from jax.sharding import AxisType, Mesh, NamedSharding
@@ -226,7 +228,7 @@ def make_plan(
 
     # The training stage: its programs at the micro-batch it would run with.
     try:
-        micro = train.fit_micro_batch(cfg, V, mesh, budget)
+        micro = train.fit_micro_batch(cfg, V, mesh, budget) if "train" in stages else None
     except train.TrainError as e:
         plan.programs += [Program(name, "train", n, None, budget, None, "", 0, str(e))
                           for name in train.programs_of(cfg)]  # fmt: skip
@@ -248,22 +250,26 @@ def make_plan(
             plan.advice += train.advice(cfg, micro, n)
 
     # Sampling and the eval stage: float32 parameters on one device, their own processes.
+    if "sample" not in stages and "eval" not in stages:
+        return plan
     one = NamedSharding(Mesh(np.array(devices[:1]), ("data",)), P())
     rt = runtime.choose_for(m, devices[0])
     params_one = shaped(params_abs, one)  # the model file's: float32
     capability = runtime.capability_of(devices[0])
+    options = runtime.compiler_options(devices[0])
     s = cfg.sample
-    prompt = jax.ShapeDtypeStruct((m.block_size,), np.int32)  # the longest the stage keeps
-    args, static = sample.generate_args(params_abs, prompt, m, s, rt)
-    with runtime.cudnn_capability(capability):
-        traced = sample._generate.trace(*shaped(args, one), **static)
-    tokens = s.num_samples * s.max_new_tokens
-    plan.programs.append(Program(
-        "sample_loop", "sample", 1, memory.usage(traced.lower().compile()), budget,
-        per_token / 3 * s.num_samples * (m.block_size + s.max_new_tokens), "estimate", tokens,
-    ))  # fmt: skip
+    if "sample" in stages:
+        prompt = jax.ShapeDtypeStruct((m.block_size,), np.int32)  # the longest the stage keeps
+        args, static = sample.generate_args(params_abs, prompt, m, s, rt)
+        with runtime.cudnn_capability(capability):
+            traced = sample._generate.trace(*shaped(args, one), **static)
+        tokens = s.num_samples * s.max_new_tokens
+        plan.programs.append(Program(
+            "sample_loop", "sample", 1, memory.usage(traced.lower().compile(options)), budget,
+            per_token / 3 * s.num_samples * (m.block_size + s.max_new_tokens), "estimate", tokens,
+        ))  # fmt: skip
     scorer = eval_stage.make_scorer(m, rt)
-    for task in cfg.eval.tasks:
+    for task in cfg.eval.tasks if "eval" in stages else ():
         rows, width, E = eval_stage.scorer_shapes(task, m, cfg.eval)
         ids = jax.ShapeDtypeStruct((rows, width), np.int32, sharding=one)
         at = jax.ShapeDtypeStruct((rows, E), np.int32, sharding=one)
@@ -271,7 +277,7 @@ def make_plan(
         with runtime.cudnn_capability(capability):
             traced = scorer.trace(params_one, ids, at, w)
         plan.programs.append(Program(
-            f"eval_{task}", "eval", 1, memory.usage(traced.lower().compile()), budget,
+            f"eval_{task}", "eval", 1, memory.usage(traced.lower().compile(options)), budget,
             count_flops(traced.jaxpr.jaxpr), "traced", rows * E,
         ))  # fmt: skip
     for p in plan.misfits:
@@ -332,8 +338,8 @@ def report(plan: Plan) -> str:
 
 
 def plan_run(
-    cfg: Config, target: str | None, n_devices: int | None, vocab: int | None,
-    data: Path | None, config_name: str = "",
+    cfg: Config, target: str | None, n_devices: int | None, vocab: int | None = None,
+    data: Path | None = None, config_name: str = "", stages: tuple[str, ...] = STAGES,
 ) -> Plan:  # fmt: skip
     """The plan of a run for a --target (None: this machine's devices)."""
     import jax
@@ -362,10 +368,11 @@ def plan_run(
         if n > len(local):
             raise PlanError(f"--devices {n}: this machine has {len(local)} "
                             f"{local[0].platform} devices; name a --target for others")  # fmt: skip
-        return make_plan(cfg, local[:n], None, vocab, source, config_name, "local")
+        return make_plan(cfg, local[:n], None, vocab, source, config_name, "local", stages)
     text = target_text(target)
     devices = gpu_devices(text, n_devices or 1, target)
-    return make_plan(cfg, devices, target_memory(text, target), vocab, source, config_name, target)
+    memory_size = target_memory(text, target)
+    return make_plan(cfg, devices, memory_size, vocab, source, config_name, target, stages)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -185,6 +185,21 @@ def for_diagnostics(rt: Runtime) -> Runtime:
     return dataclasses.replace(rt, attention="einsum", why="")
 
 
+def compiler_options(device: Any) -> dict[str, Any] | None:
+    """XLA's options for compiling a program for a device: none, but for a compile-only GPU (a
+    plan's target) of compute capability below 9.0. There XLA 0.10, which cannot autotune
+    without the GPU, fails to tile some of its Triton GEMM fusions ("Couldn't find output tile
+    sizes", e.g. for the 768-wide layers of GPT-2 on an A6000 or A100), so those GEMMs go to
+    cuBLAS instead (on an H100, where both compile, a one-layer 768-wide model's train step
+    needed 7% fewer temporaries so: such a target's figures are close, not exact)."""
+    import jax
+
+    capability = capability_of(device)
+    if capability is None or capability >= (9, 0) or device in jax.devices():
+        return None
+    return {"xla_gpu_enable_triton_gemm": False}
+
+
 def keep_freed_memory() -> None:
     """Make glibc keep freed memory in the process. XLA's CPU runtime allocates every step's
     buffers anew, and glibc's defaults hand large freed blocks back to the kernel, so each

@@ -375,7 +375,8 @@ def compile_program(cfg: Config, V: int, A: int, mesh: Mesh, name: str) -> Any:
 
 @functools.lru_cache(maxsize=16)
 def _compile_program(cfg: Config, V: int, A: int, mesh: Mesh, name: str) -> Any:
-    return trace_program(cfg, V, A, mesh, name).lower().compile()
+    options = runtime.compiler_options(mesh.devices.flat[0])
+    return trace_program(cfg, V, A, mesh, name).lower().compile(options)
 
 
 def programs_of(cfg: Config) -> tuple[str, ...]:
@@ -478,7 +479,7 @@ def fit_micro_batch(cfg: Config, V: int, mesh: Mesh, budget: memory.Budget) -> M
     if budget.bytes is None:
         small = [b for b in candidates if b * m.block_size <= CPU_AUTO_TOKENS * n]
         how = f"{rule}, of at most {CPU_AUTO_TOKENS} tokens per device ({budget.rule})"
-        return measured((small or candidates)[-1], how)
+        return measured(small[-1] if small else candidates[0], how)
 
     def need(b: int) -> tuple[int, int]:
         usage = measured(b, "", order[:1]).memory[order[0]]
