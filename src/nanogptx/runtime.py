@@ -192,12 +192,18 @@ def compiler_options(device: Any) -> dict[str, Any] | None:
     sizes", e.g. for the 768-wide layers of GPT-2 on an A6000 or A100), so those GEMMs go to
     cuBLAS instead (on an H100, where both compile, a one-layer 768-wide model's train step
     needed 7% fewer temporaries so: such a target's figures are close, not exact)."""
-    import jax
-
     capability = capability_of(device)
-    if capability is None or capability >= (9, 0) or device in jax.devices():
+    if capability is None or capability >= (9, 0) or not compile_only(device):
         return None
     return {"xla_gpu_enable_triton_gemm": False}
+
+
+def compile_only(device: Any) -> bool:
+    """Whether a device only compiles (a GPU target's, made from its description) rather than
+    being one of this process's."""
+    import jax
+
+    return device not in jax.devices()
 
 
 def keep_freed_memory() -> None:
