@@ -193,7 +193,7 @@ def test_training_refuses_a_program_that_cannot_fit_before_it_reads_a_shard(
         train.train(tiny("train.batch_size=8"), data, tmp_path / "out", tmp_path / "ckpt")
     message = str(e.value)
     assert message.startswith("the train step at micro-batch 8 x 16 needs ")
-    assert "GiB per device (arguments " in message and "more than the 0.00 GiB budget" in message
+    assert "GiB per device (arguments " in message and "more than the budget of 0.00 GiB" in message
     assert "a smaller train.batch_size, or 0 (auto: the largest micro-batch that fits)" in message
     assert not (tmp_path / "out").exists() and not (tmp_path / "ckpt").exists()
 

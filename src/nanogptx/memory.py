@@ -138,5 +138,16 @@ def largest_fitting(
     return candidates[i]
 
 
+def shortfall(need: Usage, budget: Budget) -> str:
+    """'needs X GiB per device (its parts), more than the budget of Y GiB (its rule)'."""
+    parts = f"arguments {gib(need.arguments)}, temporaries {gib(need.temporaries)}"
+    if need.outputs - need.aliased >= 0.005 * GiB:
+        parts += f", outputs {gib(need.outputs - need.aliased)}"
+    if need.resident:
+        parts += f", the optimizer state beside it {gib(need.resident)}"
+    return (f"needs {gib(need.total)} GiB per device ({parts} GiB), more than the budget of "
+            f"{gib(budget.bytes)} GiB ({budget.rule})")  # fmt: skip
+
+
 def gib(n: int | None) -> str:
     return "-" if n is None else f"{n / GiB:.2f}"

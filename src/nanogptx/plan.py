@@ -417,15 +417,10 @@ def main(argv: list[str] | None = None) -> None:
         parser.exit(2, f"{parser.prog}: error: {e}\n")
     print(json.dumps(plan.as_dict(), indent=1) if args.json else report(plan))
     if plan.misfits:
-        from nanogptx import train
+        from nanogptx import memory
 
         for p in plan.misfits:
-            if p.error:
-                why = p.error
-            elif p.stage == "train" and plan.micro is not None and plan.micro.misfit == p.name:
-                why = train.misfit_message(cfg, plan.micro, plan.devices)
-            else:
-                why = f"needs {p.usage.total / 2**30:.2f} GiB per device, more than the budget"
+            why = p.error or memory.shortfall(p.usage, p.budget)
             print(f"{parser.prog}: {p.name} does not fit: {why}", file=sys.stderr)
         if plan.advice:
             print(f"{parser.prog}: change: " + "; ".join(dict.fromkeys(plan.advice)),

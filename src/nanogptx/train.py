@@ -496,18 +496,11 @@ def fit_micro_batch(cfg: Config, V: int, mesh: Mesh, budget: memory.Budget) -> M
 
 
 def misfit_message(cfg: Config, mb: MicroBatch, n_devices: int) -> str:
-    """Why mb's programs do not fit, with the numbers and what to change."""
+    """Why mb's programs do not fit: the first that does not, its numbers and what to change."""
     name = mb.misfit
-    u = mb.memory[name]
-    parts = f"arguments {memory.gib(u.arguments)}, temporaries {memory.gib(u.temporaries)}"
-    if u.outputs - u.aliased:
-        parts += f", outputs {memory.gib(u.outputs - u.aliased)}"
-    if u.resident:
-        parts += f", the optimizer state beside it {memory.gib(u.resident)}"
     return (
         f"the {name.replace('_', ' ')} at micro-batch {mb.batch_size} x {cfg.model.block_size} "
-        f"needs {memory.gib(u.total)} GiB per device ({parts} GiB), more than the "
-        f"{memory.gib(mb.budget.bytes)} GiB budget ({mb.budget.rule}); change: "
+        f"{memory.shortfall(mb.memory[name], mb.budget)}; change: "
         + "; ".join(advice(cfg, mb, n_devices))
     )
 
