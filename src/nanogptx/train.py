@@ -459,7 +459,8 @@ def fit_micro_batch(cfg: Config, V: int, mesh: Mesh, budget: memory.Budget) -> M
     m, t = cfg.model, cfg.train
     n, rows = mesh.size, config.step_rows(cfg)
     # The largest first: a micro-batch too large is refused after one compile.
-    order = tuple(p for p in PROGRAMS[1::-1] + PROGRAMS[2:] if p in programs_of(cfg))
+    largest_first = ("diagnostics_step", "train_step", "eval_step")
+    order = tuple(p for p in largest_first if p in programs_of(cfg))
 
     def measured(b: int, how: str, names: tuple[str, ...] = order) -> MicroBatch:
         usage = {} if budget.bytes is None else measure_programs(cfg, V, mesh, b, budget, names)
