@@ -62,9 +62,12 @@ def capability_of(device: Any) -> Capability | None:
     """The CUDA compute capability of a device (a GPU, or a compile-only GPU of a target);
     None for other devices."""
     text = getattr(device, "compute_capability", None)
-    if not text:
-        return None
-    major, minor = str(text).split(".")[:2]
+    return parse_capability(str(text)) if text else None
+
+
+def parse_capability(text: str) -> Capability:
+    """A compute capability's text ("9.0") as (9, 0)."""
+    major, minor = text.split(".")[:2]
     return int(major), int(minor)
 
 
@@ -86,7 +89,7 @@ def cudnn_refusal(
     on = (
         "a GPU of unknown compute capability"
         if capability is None
-        else (f"compute capability {capability[0]}.{capability[1]}")
+        else f"compute capability {capability[0]}.{capability[1]}"
     )
     if compute_dtype not in SIXTEEN_BIT:
         return (
@@ -121,13 +124,9 @@ def cudnn_capability(capability: Capability | None) -> Iterator[None]:
         yield
         return
 
-    def parse(text: str) -> Capability:
-        major, minor = text.split(".")[:2]
-        return int(major), int(minor)
-
     saved = {n: getattr(fa, n) for n in names}
-    fa.check_compute_capability = lambda c: capability >= parse(c)
-    fa.is_cuda_compute_capability_equal = lambda c: capability == parse(c)
+    fa.check_compute_capability = lambda c: capability >= parse_capability(c)
+    fa.is_cuda_compute_capability_equal = lambda c: capability == parse_capability(c)
     try:
         yield
     finally:
