@@ -412,3 +412,38 @@ def test_a_sweep_runs_to_its_report_with_a_diverged_point_and_an_added_point_run
         assert slurm == planned
     finally:
         path.unlink()
+
+
+@pytest.mark.slow  # about 30 s
+def test_a_sweeps_strings_reach_every_file_through_the_workflow_character_for_character(
+    tiny: Path,
+) -> None:
+    # Sweep values pass to the stages as shell words of the workflow's commands; train writes
+    # them into the model's config.toml (which every later stage loads) and provenance.json.
+    from nanogptx import config, sweep
+
+    starts = ['ROMEO 😀: e\u0301 "q" \\n\n', "a b", "a_b"]
+    name = "run 😀 \t\\ 'x'"
+    path = tiny / "config/sweeps/strings.toml"
+    path.write_text(
+        f'base = "tiny"\n[axes]\n"train.max_iters" = [2]\n"sample.start" = '
+        f"[{', '.join(map(config._toml_value, starts))}]\n"
+        f'"logging.wandb_run_name" = [{config._toml_value(name)}]\n'
+    )
+    points = sweep.expand(sweep.load("strings", tiny / "config/sweeps"))
+    try:
+        assert len(points) == 3
+        snakemake(tiny, "train", "--config", "sweep=strings")
+        found = []
+        for run in points:
+            model = tiny / "results" / run / "model"
+            cfg = config.load(model / "config.toml")
+            assert cfg.logging.wandb_run_name == name
+            recorded = json.loads((model / "provenance.json").read_text())["config"]
+            assert recorded["logging"]["wandb_run_name"] == name
+            found.append(cfg.sample.start)
+        assert sorted(found) == sorted(starts)
+    finally:
+        path.unlink()
+        for run in points:
+            shutil.rmtree(tiny / "results" / run, ignore_errors=True)

@@ -174,3 +174,32 @@ def test_a_sweep_report_name_stays_short_however_many_runs(tmp_path: Path) -> No
     assert re.fullmatch(r"loss-40-runs-[0-9a-f]{10}\.svg", report), report
     out = snakemake(workdir, "-n", "--config", "runs=[tiny,shakespeare-char]").stdout
     assert "results/report/loss-tiny+shakespeare-char.svg" in out  # short: the names
+
+
+def test_a_config_typo_is_one_line_naming_the_key_and_the_closest(tmp_path: Path) -> None:
+    workdir = make_workdir(tmp_path)
+    for args, line in [
+        (["run=tiny"], "config: unknown key 'run' (did you mean 'runs'?); known keys: runs, "
+         "sweep, mirror, paths"),
+        (["runs=tiny", "paths={data: d, result: r}"], "config: unknown key 'paths.result' (did "
+         "you mean 'results'?); known keys of paths: data, results, lock"),
+        (["runs=tiny", "mirror=5"], "config mirror = 5: 5 is not of type 'string'"),
+    ]:  # fmt: skip
+        r = snakemake(workdir, "-n", "--config", *args, check=False)
+        out = r.stdout + r.stderr
+        assert r.returncode != 0 and line in out, out
+        assert "Failed validating" not in out and "On instance" not in out, out  # no dump
+
+
+def test_a_sweep_with_long_point_names_plans_with_them_cut(tmp_path: Path) -> None:
+    # A point name over 255 bytes once ended `snakemake -n` in an OSError (a file name too
+    # long) once results/ existed.
+    workdir = make_workdir(tmp_path)
+    names = ["".join(chr(97 + (i * 7 + j) % 26) for i in range(300)) for j in range(2)]
+    (workdir / "config/sweeps/long.toml").write_text(
+        f'base = "tiny"\n[axes]\n"logging.wandb_run_name" = ["{names[0]}", "{names[1]}"]\n'
+    )
+    (workdir / "results/logs/train").mkdir(parents=True)
+    out = snakemake(workdir, "-n", "train", "--config", "sweep=long").stdout
+    runs = set(re.findall(r"--out results/(long\.[^/]+)/model ", out))
+    assert len(runs) == 2 and all(len(run) <= 200 for run in runs), runs

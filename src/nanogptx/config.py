@@ -191,9 +191,17 @@ class TrainConfig:
         "fail",
         "a NaN or inf loss or gradient norm: fail stops the stage with an error (the last good "
         "checkpoint kept); stop (a sweep's points) makes a divergence a result: that, or a "
-        "training loss above the step-0 loss after the warmup, ends the training there and "
-        "writes the model marked diverged, with its step, in provenance.json and metrics.jsonl",
+        "training loss above the step-0 loss at each of divergence_steps consecutive steps "
+        "after the warmup, ends the training there and writes the model marked diverged, with "
+        "its step, in provenance.json and metrics.jsonl",
         ("fail", "stop"),
+    )
+    divergence_steps: int = _f(
+        50,
+        "with on_divergence = stop: how many consecutive steps after the warmup the training "
+        "loss must stay above the step-0 loss for the run to count as diverged. A loss spike "
+        "the run recovers from (one noisy batch, or a few steps of instability) is not a "
+        "divergence: Wortsman et al. (2023) score such a run by its final loss",
     )
     eval_interval: int = _f(2000, "evaluate every this many steps")
     eval_iters: int = _f(200, "validation (and train-estimate) batches per evaluation")
@@ -426,7 +434,22 @@ def _check_type(value: Any, tp: Any, where: str) -> Any:
         raise ConfigError(f"{where}: expected {tp.__name__}, got {type(value).__name__} {value!r}")
     if tp is float and not math.isfinite(value):
         raise ConfigError(f"{where}: expected a finite number, got {value!r}")
+    if tp is str and not _is_text(value):
+        raise ConfigError(
+            f"{where}: {value!r} holds a lone surrogate, which no file can hold as text (an "
+            "argument with bytes that are not UTF-8?): expected Unicode text"
+        )
     return value
+
+
+def _is_text(s: str) -> bool:
+    """Whether s is Unicode text, which UTF-8 (and so TOML and JSON files) can hold: no lone
+    surrogates (Python's stand-ins for undecodable bytes of a command line)."""
+    try:
+        s.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _suggest(name: str, known: typing.Iterable[str]) -> str:
@@ -478,6 +501,13 @@ def _check_values(cfg: Config, source: str) -> None:
     for key in ("n_layer", "n_head", "n_embd", "block_size"):
         need(getattr(m, key) > 0, f"model.{key}", getattr(m, key), "> 0")
     need(m.vocab_size >= 0, "model.vocab_size", m.vocab_size, ">= 0 (0: the tokenizer's)")
+    gpt2 = GPT2_ARCHITECTURE["vocab_size"]
+    need(
+        cfg.tokenizer.name != "gpt2" or m.vocab_size == 0 or m.vocab_size >= gpt2,
+        "model.vocab_size",
+        m.vocab_size,
+        f"0 or at least {gpt2}, the gpt2 tokenizer's vocabulary",
+    )
     need(m.vocab_multiple >= 0, "model.vocab_multiple", m.vocab_multiple, ">= 0 (0: no padding)")
     need(
         m.init_from not in GPT2_CHECKPOINTS or cfg.tokenizer.name == "gpt2",
@@ -524,7 +554,7 @@ def _check_values(cfg: Config, source: str) -> None:
         t.total_batch_tokens,
         f"0 or a multiple of train.batch_size * model.block_size = {micro}",
     )
-    for key in ("eval_iters", "eval_interval", "keep_checkpoints"):
+    for key in ("eval_iters", "eval_interval", "keep_checkpoints", "divergence_steps"):
         need(getattr(t, key) > 0, f"train.{key}", getattr(t, key), "> 0")
     need(t.max_iters >= 0, "train.max_iters", t.max_iters, ">= 0 (0: no step, the initial model)")
     for key in ("warmup_iters", "lr_decay_iters", "checkpoint_interval", "profile_start"):
@@ -563,11 +593,20 @@ def _check_values(cfg: Config, source: str) -> None:
     need(s.temperature > 0, "sample.temperature", s.temperature, "> 0")
     need(s.top_k >= 0, "sample.top_k", s.top_k, ">= 0")
     need(0 < s.top_p <= 1, "sample.top_p", s.top_p, "in (0, 1]")
-    need(s.window_shift >= 0, "sample.window_shift", s.window_shift, ">= 0 (0: block_size // 4)")
+    need(
+        0 <= s.window_shift <= m.block_size,
+        "sample.window_shift",
+        s.window_shift,
+        f"0 (block_size // 4) to model.block_size = {m.block_size}",
+    )
+    need(s.start != "FILE:", "sample.start", s.start, "text, or FILE:path with a path")
+    for key, seed in (("train.seed", t.seed), ("sample.seed", s.seed)):
+        need(0 <= seed < 2**32, key, seed, f"0 to {2**32 - 1} (a JAX key holds 32 bits)")
     e = cfg.eval
     for task in e.tasks:
         need(task in EVAL_TASKS, "eval.tasks", task, f"one of {list(EVAL_TASKS)}")
     need(len(set(e.tasks)) == len(e.tasks), "eval.tasks", list(e.tasks), "no task twice")
+    need(len(e.tasks) > 0, "eval.tasks", list(e.tasks), f"at least one of {list(EVAL_TASKS)}")
     need(e.batch_size > 0, "eval.batch_size", e.batch_size, "> 0")
     need(e.max_windows >= 0, "eval.max_windows", e.max_windows, ">= 0 (0: all)")
     need(e.max_items >= 0, "eval.max_items", e.max_items, ">= 0 (0: all)")
@@ -613,7 +652,9 @@ def _parse_override(item: str) -> tuple[str, str, Any]:
     section, key = lhs.strip().split(".", 1)
     try:
         value = tomllib.loads(f"v = {raw}")["v"]
-    except tomllib.TOMLDecodeError:
+    except tomllib.TOMLDecodeError as e:
+        if raw.lstrip()[:1] in ("'", '"', "[", "{"):  # meant as TOML: never read as its text
+            raise ConfigError(f"override {item!r}: not a valid TOML value: {e}") from None
         value = raw  # a bare string: data.dataset=fineweb
     return section, key, value
 
@@ -721,13 +762,27 @@ def check_run_name(name: str) -> str:
     return name
 
 
+# What a TOML basic string cannot hold as itself: the quote, the backslash and the control
+# characters but tab (toml.io/en/v1.0.0#string). Every other character is written as itself, in
+# UTF-8: json.dumps would write U+1F600 as the surrogate pair \ud83d\ude00, which TOML lacks.
+_TOML_ESCAPES = {'"': '\\"', "\\": "\\\\", "\b": "\\b", "\t": "\\t", "\n": "\\n", "\f": "\\f",
+                 "\r": "\\r"}  # fmt: skip
+_TOML_ESCAPED = re.compile(r'["\\\x00-\x1f\x7f]')
+
+
+def _toml_escape(m: re.Match[str]) -> str:
+    return _TOML_ESCAPES.get(m[0], f"\\u{ord(m[0]):04x}")
+
+
 def _toml_value(v: Any) -> str:
+    """v as a TOML value (a basic string, a number, a boolean or an array) that tomllib reads
+    back equal, every string character for character."""
     if isinstance(v, bool):
         return "true" if v else "false"
     if isinstance(v, (list, tuple)):
         return "[" + ", ".join(_toml_value(x) for x in v) + "]"
     if isinstance(v, str):
-        return json.dumps(v)
+        return '"' + _TOML_ESCAPED.sub(_toml_escape, v) + '"'
     return repr(v)
 
 

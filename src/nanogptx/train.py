@@ -367,8 +367,6 @@ def check_setup(cfg: Config, data: loader.Prepared, n_devices: int) -> int:
                 f"model.block_size = {m.block_size} is longer than the {split} split of "
                 f"{data.dir} ({n} tokens): expected at most {n - 1}"
             )
-    if t.seed < 0:
-        raise TrainError(f"train.seed = {t.seed}: expected >= 0 (it seeds numpy's batch streams)")
     if t.batch_size % n_devices:
         raise TrainError(
             f"train.batch_size = {t.batch_size} is not divisible by the {n_devices} devices"
@@ -729,14 +727,28 @@ def _train(
     diverged: dict[str, Any] = {}  # with train.on_divergence = "stop": where and why
 
     warmed = max(1, t.warmup_iters if t.decay_lr else 0)  # the first step after the warmup
+    # The first of the latest steps whose training loss is above L0 (None: the last step's is
+    # not); checkpoints keep it, so a resumed run stops where an uninterrupted one would.
+    above = {"since": (meta or {}).get("loss_above_L0_since")}
 
     def divergence(step: int, loss: float, grad_norm: float) -> str | None:
+        """Why the run has diverged at step, or None: a loss or gradient norm that is not
+        finite; with on_divergence = stop, also a training loss above L0 at each of the last
+        divergence_steps steps after the warmup (a spike it recovers from is not one)."""
         if not (np.isfinite(loss) and np.isfinite(grad_norm)):
             return f"loss is {loss} (grad norm {grad_norm})"
         L0 = initial_loss(metrics.records)
-        if t.on_divergence == "stop" and step >= warmed and L0 is not None and loss > L0:
-            return f"training loss {loss:.4f} is above the step-0 loss {L0:.4f} after the warmup"
-        return None
+        if t.on_divergence != "stop" or step < warmed or L0 is None:
+            return None
+        if loss <= L0:
+            above["since"] = None
+            return None
+        since = above["since"] = step if above["since"] is None else above["since"]
+        if step - since + 1 < t.divergence_steps:
+            return None
+        return (f"the training loss stayed above the step-0 loss {L0:.4f} for the "
+                f"{step - since + 1} steps {since} to {step} after the warmup (train."
+                f"divergence_steps = {t.divergence_steps}; now {loss:.4f})")  # fmt: skip
 
     def last_good(step: int) -> Path | None:
         """The newest checkpoint before `step`: step's loss is that of the state checkpoint
@@ -840,6 +852,7 @@ def _train(
             },
             "data": {"next_batch": step * A, "schedule": schedule},
             "wandb_run_id": run_id,
+            "loss_above_L0_since": above["since"],
         }
         files = {"metrics.jsonl": metrics.dump()}
         checkpoint.save(ckpt_dir, step, tensors, ckpt_meta, files, keep=t.keep_checkpoints)

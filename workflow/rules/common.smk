@@ -18,6 +18,46 @@ from nanogptx import config as nconfig
 from nanogptx import datasets
 from nanogptx import sweep as nsweep
 
+
+def check_config(config, schema):
+    """One line for what is wrong in the config: an unknown key with the closest known one, or a
+    value and what the schema expects there (not Snakemake's dump of the whole schema).
+    """
+    import difflib
+    import jsonschema
+    import yaml
+
+    tree = yaml.safe_load(schema.read_text())
+    errors = jsonschema.Draft202012Validator(tree).iter_errors(config)
+    error = jsonschema.exceptions.best_match(errors)
+    if error is None:
+        return
+    where = "".join(
+        f"[{k}]" if isinstance(k, int) else f".{k}" for k in error.absolute_path
+    )
+    where = where.lstrip(".")
+    if error.validator == "additionalProperties":
+        node = functools.reduce(
+            lambda n, k: n["properties"][k], error.absolute_path, tree
+        )
+        known = list(node["properties"])
+        unknown = sorted(set(error.instance) - set(known))[0]
+        close = difflib.get_close_matches(unknown, known, n=1)
+        raise WorkflowError(
+            f"config: unknown key {'.'.join(filter(None, [where, unknown]))!r}"
+            + (f" (did you mean {close[0]!r}?)" if close else "")
+            + f"; known keys{' of ' + where if where else ''}: {', '.join(known)}"
+        )
+    about = error.schema.get("description")
+    value = f" {where} = {error.instance!r}" if where else ""
+    raise WorkflowError(
+        f"config{value}: {error.message}" + (f" ({about})" if about else "")
+    )
+
+
+check_config(
+    config, Path(workflow.basedir) / "workflow" / "schemas" / "config.schema.yaml"
+)
 validate(config, "../schemas/config.schema.yaml")
 
 
@@ -285,10 +325,15 @@ def progress_args(wildcards, resources, threads):
 def sweep_name(runs):
     """The sweep report's file name: the runs' names joined while short, else their count and
     a hash of the list (a file name may hold 255 bytes; a long sweep passes that); for
-    --config sweep=NAME, the sweep's name."""
+    --config sweep=NAME, the sweep's name (cut, with a hash, where long)."""
+    digest = lambda text: hashlib.sha256(text.encode()).hexdigest()[:10]
     if SWEEP:
-        return f"sweep-{SWEEP}"
+        return (
+            f"sweep-{SWEEP}"
+            if len(SWEEP) <= 80
+            else f"sweep-{SWEEP[:60]}-{digest(SWEEP)}"
+        )
     joined = "+".join(runs)
     if len(joined) <= 80:
         return joined
-    return f"{len(runs)}-runs-{hashlib.sha256(joined.encode()).hexdigest()[:10]}"
+    return f"{len(runs)}-runs-{digest(joined)}"
