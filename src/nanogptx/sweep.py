@@ -173,8 +173,8 @@ def expand(sweep: Sweep) -> dict[str, list[str]]:
                       strict=True) if a != b]  # fmt: skip
             raise config.ConfigError(
                 f"sweep {sweep.name!r}: two points would be one run {name!r} ({', '.join(differ)}"
-                "): give them values that differ in more than case and the characters a run "
-                "name cannot hold"
+                "; names that differ only in case are one directory where the file system "
+                "ignores case): make these values differ otherwise"
             )
         runs[name] = [f"{k}={config._toml_value(v)}" for k, v in pairs] + fixed
     return runs
