@@ -5,6 +5,10 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import html
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import jax
@@ -251,6 +255,15 @@ def test_a_prompt_and_names_outside_the_bmp_round_trip_through_every_file(
         assert (out / "samples.txt").read_bytes().startswith(prompt.encode())
         assert provenance.read(out)["settings"]["start"] == start
     assert capsys.readouterr().out.startswith(prompt)
+    # The report's pages of the samples and of the model's config, made where the locale's
+    # encoding is ASCII: the files are UTF-8 whatever the locale.
+    env = {**os.environ, "LC_ALL": "C", "PYTHONUTF8": "0", "PYTHONCOERCECLOCALE": "0"}
+    for name, text in (("samples 0 😀/samples.txt", prompt), ("my models 😀/m/config.toml",
+                       config._toml_value(prompt))):  # fmt: skip
+        page = tmp_path / "page.html"
+        subprocess.run([sys.executable, "-m", "nanogptx.report", "text", "--out", str(page),
+                        str(tmp_path / name)], env=env, check=True)  # fmt: skip
+        assert html.escape(text) in page.read_text("utf-8"), name
 
 
 def test_a_lone_surrogate_in_an_old_vocabulary_never_crashes_the_output(

@@ -343,7 +343,7 @@ def hf_architecture(path: Path) -> dict[str, Any]:
     """The [model] keys of a Hugging Face GPT-2 config.json; anything GPT-2 in our model cannot
     be (another architecture, another norm epsilon, scaled attention variants) raises."""
     try:
-        c = json.loads(Path(path).read_text())
+        c = json.loads(Path(path).read_text("utf-8"))
     except FileNotFoundError:
         raise ConfigError(f"{path} does not exist: expected a Hugging Face GPT-2 config") from None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:

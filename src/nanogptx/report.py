@@ -261,7 +261,7 @@ def chain_html(run: str, raw: Path, data: Path, model: Path, samples: Path) -> s
     if resolved.exists():
         parts.append(
             "<h2>resolved config of the run</h2><pre>"
-            + html.escape(resolved.read_text())
+            + html.escape(resolved.read_text("utf-8"))
             + "</pre>"
         )
     style = (
@@ -538,7 +538,7 @@ def main(argv: Sequence[str] | None = None) -> None:
                 provenance.write_bytes_atomic(args.csv, points_csv(points).encode())
             text = sensitivity_svg(result, args.title)
         elif args.what == "text":
-            text = text_html(args.file.read_text(errors="backslashreplace"), args.title)
+            text = text_html(args.file.read_text("utf-8", "backslashreplace"), args.title)
         elif args.what == "evals":
             runs = {}
             for item in args.metrics:

@@ -86,7 +86,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--runs", help="comma-separated run names (default: config/config.yaml)")
     args = parser.parse_args(argv)
     try:
-        workflow = yaml.safe_load(Path("config/config.yaml").read_text())
+        workflow = yaml.safe_load(Path("config/config.yaml").read_text("utf-8"))
     except OSError as e:
         parser.exit(1, f"{parser.prog}: error: run it in the checkout ({e})\n")
     runs = args.runs.split(",") if args.runs else workflow["runs"]

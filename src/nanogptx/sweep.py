@@ -46,7 +46,7 @@ def _value_text(value: Any) -> str:
     """A value as its point's name shows it: a boolean, an integer or a float as TOML writes it
     (a float as short as reads back equal: 0.001, 1e-05, 0.0010000001), a string as itself. A
     text with characters a run name cannot hold has them as '_' and a hash of the value after
-    it, so that values differing only there ("a b", "a_b", "ROMEO 😀") keep distinct names."""
+    it, so that values differing only there ("a b", "a_b", an emoji) keep distinct names."""
     if isinstance(value, bool):
         text = "true" if value else "false"
     elif isinstance(value, float):
