@@ -434,8 +434,10 @@ def _suggest(name: str, known: typing.Iterable[str]) -> str:
     return f" (did you mean {close[0]!r}?)" if close else ""
 
 
-def _check_values(cfg: Config, source: str) -> None:
-    """Impossible values and combinations, each named with its key and the file."""
+def _check_values(cfg: Config, source: str, tokenizer_known: bool = True) -> None:
+    """Impossible values and combinations, each named with its key and the file.
+    tokenizer_known: the config says which tokenizer the model has (a run's file does; the
+    defaults with overrides of a stage run alone may not, and the stage checks its model)."""
     m, t, d, s = cfg.model, cfg.train, cfg.data, cfg.sample
 
     def need(ok: bool, key: str, value: Any, expected: str) -> None:
@@ -568,6 +570,12 @@ def _check_values(cfg: Config, source: str) -> None:
     for task in e.tasks:
         need(task in EVAL_TASKS, "eval.tasks", task, f"one of {list(EVAL_TASKS)}")
     need(len(set(e.tasks)) == len(e.tasks), "eval.tasks", list(e.tasks), "no task twice")
+    if tokenizer_known and "hellaswag" in e.tasks and cfg.tokenizer.name != "gpt2":
+        raise ConfigError(
+            f"{source}: eval.tasks has hellaswag, which is scored in GPT-2 tokens, but "
+            f'tokenizer.name = {cfg.tokenizer.name!r}: set tokenizer.name = "gpt2" or remove '
+            "hellaswag from eval.tasks"
+        )
     need(e.batch_size > 0, "eval.batch_size", e.batch_size, "> 0")
     need(e.max_windows >= 0, "eval.max_windows", e.max_windows, ">= 0 (0: all)")
     need(e.max_items >= 0, "eval.max_items", e.max_items, ">= 0 (0: all)")
@@ -576,7 +584,7 @@ def _check_values(cfg: Config, source: str) -> None:
          ">= 0 (0: none)")  # fmt: skip
 
 
-def from_dict(tree: dict[str, Any], source: str = "<dict>") -> Config:
+def from_dict(tree: dict[str, Any], source: str = "<dict>", tokenizer_known: bool = True) -> Config:
     """Build a Config from a {section: {key: value}} tree of differences from the defaults."""
     sections = {}
     for name, values in tree.items():
@@ -602,7 +610,7 @@ def from_dict(tree: dict[str, Any], source: str = "<dict>") -> Config:
             values[key] = _check_type(value, hints[key], f"{source}: {name}.{key}")
         sections[name] = cls(**values)
     cfg = _resolve_init(Config(**sections), tree.get("model", {}), source)
-    _check_values(cfg, source)
+    _check_values(cfg, source, tokenizer_known)
     return cfg
 
 
@@ -656,7 +664,7 @@ def load(path: str | Path | None = None, overrides: typing.Sequence[str] = ()) -
         tree[section][key] = value
     if overrides:
         source += " + overrides " + " ".join(overrides)
-    return from_dict(tree, source)
+    return from_dict(tree, source, tokenizer_known=path is not None or "tokenizer" in tree)
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:

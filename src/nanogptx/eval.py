@@ -11,6 +11,9 @@ Tasks ([eval] tasks):
 - hellaswag: each item's context followed by each of its 4 endings (" " + ending), scored
   completion-style as llm.c and build-nanogpt do: the sum and the mean of the endings' token
   log-probabilities after the context; acc picks the largest sum, acc_norm the largest mean.
+  A context and ending longer than block_size + 1 tokens loses context from the left (as
+  lm-evaluation-harness and nanochat); an ending longer than block_size, an empty context and
+  a model whose tokenizer is not GPT-2's are refused before any work.
 Batched and compiled: one program per padded length bucket, every item of it through one jit.
 """
 
@@ -141,8 +144,9 @@ def val_loss(
 
 
 def read_hellaswag(path: Path, max_items: int = 0) -> list[dict[str, Any]]:
-    """The items of a HellaSwag jsonl file: {"ctx", "endings" (4 strings), "label" (0-3)}; a
-    line that is not JSON or lacks a key is an EvalError naming file, line and key."""
+    """The items of a HellaSwag jsonl file: {"ctx", "endings" (4 strings), "label" (0-3),
+    "where" (file:line)}; a line that is not JSON, lacks a key or has an empty context is an
+    EvalError naming file, line and key."""
     items = []
     try:
         f = open(path, encoding="utf-8")  # noqa: SIM115 (closed below)
@@ -170,9 +174,12 @@ def read_hellaswag(path: Path, max_items: int = 0) -> list[dict[str, Any]]:
                 raise EvalError(f"{where}: endings: expected a list of 4 strings, got {ends!r}")
             if not isinstance(item["ctx"], str):
                 raise EvalError(f"{where}: ctx: expected a string, got {item['ctx']!r}")
+            if not item["ctx"].strip():  # the first ending token would be predicted from nothing
+                raise EvalError(f"{where}: ctx is empty: an ending is scored after its context, "
+                                "so an item needs one")  # fmt: skip
             if isinstance(label, bool) or not isinstance(label, int) or not 0 <= label < 4:
                 raise EvalError(f"{where}: label: expected 0, 1, 2 or 3, got {label!r}")
-            items.append({"ctx": item["ctx"], "endings": ends, "label": label})
+            items.append({"ctx": item["ctx"], "endings": ends, "label": label, "where": where})
             if max_items and len(items) == max_items:
                 break
     if not items:
@@ -180,17 +187,24 @@ def read_hellaswag(path: Path, max_items: int = 0) -> list[dict[str, Any]]:
     return items
 
 
-def render(item: dict[str, Any], tok: Any, L: int) -> tuple[list[list[int]], list[int]]:
-    """The 4 rows (context + ending tokens) of an item and where each ending starts; a row
-    longer than L + 1 drops context tokens from the left."""
+def render(item: dict[str, Any], tok: Any, L: int) -> tuple[list[list[int]], list[int], bool]:
+    """The 4 rows (context + ending tokens) of an item, where each ending starts, and whether
+    the context was cropped: a row longer than L + 1 drops context tokens from the left, as
+    lm-evaluation-harness and nanochat do. An ending of more than L tokens cannot follow even
+    one context token in the model's window: an EvalError naming the item's file and line."""
     ctx = tok.encode(item["ctx"])
-    rows, starts = [], []
-    for ending in item["endings"]:
+    rows, starts, longest = [], [], 0
+    for i, ending in enumerate(item["endings"]):
         end = tok.encode(" " + ending)
+        if len(end) > L:
+            raise EvalError(f"{item['where']}: ending {i} is {len(end)} tokens, more than the "
+                            f"model's window holds after a context token (model.block_size = "
+                            f"{L}): this item cannot be scored by this model")  # fmt: skip
         row = (ctx + end)[-(L + 1) :]
         rows.append(row)
         starts.append(len(row) - len(end))
-    return rows, starts
+        longest = max(longest, len(end))
+    return rows, starts, len(ctx) + longest > L + 1
 
 
 def buckets(lengths: list[tuple[int, int]], L: int) -> dict[tuple[int, int], list[int]]:
@@ -203,18 +217,28 @@ def buckets(lengths: list[tuple[int, int]], L: int) -> dict[tuple[int, int], lis
     return dict(sorted(out.items()))
 
 
+class HellaSwag:
+    """HellaSwag's items read, checked and tokenized for a model (before any scoring, so that a
+    bad item stops the stage before it has done any work)."""
+
+    def __init__(self, path: Path, e: EvalConfig, tok: Any, L: int) -> None:
+        self.path = path
+        self.items = read_hellaswag(path, e.max_items)
+        try:
+            self.rendered = [render(item, tok, L) for item in self.items]
+        except tokenizer.TokenizerError as err:
+            raise EvalError(f"hellaswag: the model's tokenizer ({tok.name}) cannot encode an "
+                            f"item: {err}; HellaSwag needs GPT-2 tokens") from None  # fmt: skip
+        self.cropped = sum(cropped for *_, cropped in self.rendered)
+
+
 def hellaswag(
-    params: Any, m: ModelConfig, e: EvalConfig, path: Path, tok: Any, scorer: Any
+    params: Any, m: ModelConfig, e: EvalConfig, task: HellaSwag, scorer: Any
 ) -> dict[str, Any]:
-    items = read_hellaswag(path, e.max_items)
-    try:
-        rendered = [render(item, tok, m.block_size) for item in items]
-    except tokenizer.TokenizerError as err:
-        raise EvalError(f"hellaswag: the model's tokenizer ({tok.name}) cannot encode an "
-                        f"item: {err}; HellaSwag needs GPT-2 tokens") from None  # fmt: skip
+    items, rendered = task.items, task.rendered
     lengths = [
         (max(len(r) for r in rows), max(len(r) - s for r, s in zip(rows, starts, strict=True)))
-        for rows, starts in rendered
+        for rows, starts, _ in rendered
     ]
     groups = buckets(lengths, m.block_size)
     sums = np.zeros((len(items), 4))
@@ -229,7 +253,7 @@ def hellaswag(
             at = np.zeros((4 * B, E), np.int32)  # the positions whose next token is the ending's
             weights = np.zeros((4 * B, E), np.float32)
             for j, i in enumerate(chunk):
-                rows, starts = rendered[i]
+                rows, starts, _ = rendered[i]
                 for r, (row, start) in enumerate(zip(rows, starts, strict=True)):
                     ids[4 * j + r, : len(row)] = row
                     n = len(row) - start
@@ -253,6 +277,7 @@ def hellaswag(
         "items": len(items),
         "all_items": len(items) == HELLASWAG_ITEMS,
         "items_per_second": rate,
+        "cropped_items": task.cropped,
         "buckets": {f"{w}x{e}": len(v) for (w, e), v in groups.items()},
         "method": HELLASWAG_METHOD,
     }
@@ -278,9 +303,17 @@ def evaluate(
         if need[task] is None:
             raise EvalError(f"eval.tasks has {task}: pass {flags[task]}")
     params, mcfg, tok_dict = checkpoint.load_model(model_dir)
+    if "hellaswag" in e.tasks and tok_dict.get("name") != "gpt2":
+        raise EvalError(f"eval.tasks has hellaswag, which is scored in GPT-2 tokens, but the "
+                        f"model in {model_dir} uses the {tok_dict.get('name')!r} tokenizer "
+                        f"({model_dir / 'tokenizer.json'}): remove hellaswag from eval.tasks "
+                        "or train with tokenizer.name = \"gpt2\"")  # fmt: skip
     model_sha = checkpoint.check_model_hash(model_dir)
     m = mcfg.model
     tok = tokenizer.from_manifest(tok_dict)
+    swag = None  # its items read and checked now: a bad one stops the stage before any work
+    if "hellaswag" in e.tasks:
+        swag = HellaSwag(Path(hellaswag_dir) / HELLASWAG_FILE, e, tok, m.block_size)
     rt = runtime.choose(m, jax.default_backend())
     log(rt.explain(m, jax.default_backend()))
     params = jax.tree.map(jnp.asarray, params)
@@ -302,12 +335,12 @@ def evaluate(
                 log(f"val_loss: {r['loss']:.4f} over {r['windows']} windows ({r['tokens']:,} "
                     f"tokens), {r['bits_per_byte']:.4f} bits per byte")  # fmt: skip
             else:
-                path = Path(hellaswag_dir) / HELLASWAG_FILE
-                results[task] = hellaswag(params, m, e, path, tok, scorer)
-                inputs.append(provenance.file_entry(path))
+                results[task] = hellaswag(params, m, e, swag, scorer)
+                inputs.append(provenance.file_entry(swag.path))
                 r = results[task]
                 log(f"hellaswag: acc {r['acc']:.4f}, acc_norm {r['acc_norm']:.4f} over "
-                    f"{r['items']} items")  # fmt: skip
+                    f"{r['items']} items ({r['cropped_items']} with their context cropped "
+                    f"from the left to fit model.block_size = {m.block_size})")  # fmt: skip
             results[task]["seconds"] = round(time.perf_counter() - t0, 3)
         metrics = {"model_sha256": model_sha, **results}
         path = out_dir / "metrics.json"
