@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+import report_browser
 from test_workflow import ROOT, edit, make_workdir, planned_jobs, snakemake
 
 
@@ -269,7 +270,11 @@ def test_report_holds_curves_samples_configs_and_provenance_chain(tiny: Path) ->
     assert html.escape(first) in (tiny / "results/tiny/report/samples.html").read_text()
     assert "[model]" in (tiny / "results/tiny/report/config.html").read_text()
     svg = (tiny / "results/tiny/report/loss.svg").read_text()
-    assert 'width="100%" viewBox=' in svg  # scales to the window's width
+    # Its size in pixels (an <img> in the report has none otherwise), narrowed to the window.
+    w, h = re.search(r'width="(\d+)" height="(\d+)" viewBox="0 0 (\1) (\2)"', svg).groups()[:2]
+    assert int(w) > 900 and int(h) > 500 and "max-width:100%" in svg
+    # The home page names the runs as words, not as a Python list.
+    assert re.search(r"of this report,(\s|\\n)+tiny:", page) and "['tiny']" not in page
     # Train and val against steps and against tokens; the diagnostics (logging.stats_interval)
     # below them: attention logit, parameter, gradient and relative update RMS for each of the
     # 2 layers, and log Z.
@@ -283,6 +288,35 @@ def test_report_holds_curves_samples_configs_and_provenance_chain(tiny: Path) ->
     )
     assert raw_sha in chain and params_sha in chain
     assert re.search(r"train_000000\.npy", chain)
+
+
+@pytest.fixture(scope="session")
+def chromium() -> str:
+    exe = report_browser.chromium()
+    if exe is None:
+        pytest.skip("chromium is not installed: the report's figures are checked as a reader "
+                    "sees them, in headless Chromium (Debian: apt-get install chromium; .ci/run "
+                    "installs it)")  # fmt: skip
+    return exe
+
+
+def check_shown(report: Path, expected: set[str]) -> None:
+    """Every result of the report, opened in Chromium as its buttons open it, is shown at a
+    visible size; every figure has drawn pixels (a loss figure was a 0 x 0 <img>)."""
+    shown = report_browser.measure(report)
+    assert expected <= {r["path"] for r in shown}, shown
+    for r in shown:
+        assert r["found"] and r["width"] >= 400 and r["height"] >= 200, r
+        if r["figure"]:
+            assert r["drawn"] >= 0.01 * r["width"] * r["height"], r
+
+
+def test_every_figure_and_page_of_the_report_is_shown_in_a_browser(
+    tiny: Path, chromium: str
+) -> None:
+    snakemake(tiny, "--config", "runs=tiny", "--report", "report-browser.html")
+    pages = ("loss.svg", "samples.html", "config.html", "eval.html", "provenance.html")
+    check_shown(tiny / "report-browser.html", {f"results/tiny/report/{p}" for p in pages})
 
 
 def test_lint_is_clean(tiny: Path) -> None:
@@ -410,5 +444,25 @@ def test_a_sweep_runs_to_its_report_with_a_diverged_point_and_an_added_point_run
         # The same plan as SLURM jobs (the cluster profile; a dry run submits nothing).
         slurm = planned_jobs(tiny, "--profile", "profiles/slurm", "sweep", "--config", "sweep=mini")
         assert slurm == planned
+    finally:
+        path.unlink()
+
+
+@pytest.mark.slow  # about 40 s
+def test_every_figure_of_a_sweep_report_is_shown_in_a_browser(tiny: Path, chromium: str) -> None:
+    """The sweep's figures (loss curves side by side, final loss against learning rate, its
+    diagnostics) in the report, as a reader opens them."""
+    path = tiny / "config/sweeps/figures.toml"
+    path.parent.mkdir(exist_ok=True)
+    path.write_text('base = "tiny"\n[axes]\n"train.max_iters" = [30]\n'
+                    '"logging.stats_interval" = [10]\n"train.learning_rate" = [1e-2, 3e-3]\n')  # fmt: skip
+    try:
+        snakemake(tiny, "sweep", "--config", "sweep=figures")
+        snakemake(tiny, "sweep", "--config", "sweep=figures", "--report", "sweep.html")
+        check_shown(tiny / "sweep.html", {
+            "results/report/loss-sweep-figures.svg",
+            "results/report/lr-sensitivity-sweep-figures.svg",
+            "results/report/lr-sensitivity-sweep-figures-diagnostics.svg",
+        })  # fmt: skip
     finally:
         path.unlink()

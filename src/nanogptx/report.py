@@ -49,9 +49,12 @@ def _fmt(v: float) -> str:
 
 
 def _svg(width: int, height: int, title: str, parts: list[str]) -> str:
-    """A figure: its parts in a viewBox of width x height that scales to the page's width."""
+    """A figure: its parts in a viewBox of width x height. Its size in pixels is stated, for
+    an <img> that shrinks to fit its content (the Snakemake report's) has none otherwise and
+    shows it at 0 x 0; opened alone it still narrows to the window (max-width)."""
     return (
-        f'<svg xmlns="http://www.w3.org/2000/svg" width="100%" viewBox="0 0 {width} {height}" '
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
+        f'viewBox="0 0 {width} {height}" style="max-width:100%;height:auto" '
         f'font-family="sans-serif" font-size="11"><title>{html.escape(title)}</title>'
         + "".join(parts)
         + "</svg>\n"
@@ -425,12 +428,9 @@ def sweep_stats_svg(points: list[dict[str, Any]], title: str, high: int = 2) -> 
             pts = [(r["step"], math.log10(v)) for r, v in zip(stats, largest, strict=True) if v]
             logits.append((p["run"], color, f"layer{top.index(p['lr'])}", pts))
     if not any(pts for *_, pts in log_z):  # the figure says why it is empty
-        return (
-            f'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {2 * W} 40" '
-            f'font-family="sans-serif" font-size="12"><title>{html.escape(title)}</title>'
-            '<text x="10" y="24">No diagnostics in these runs\' metrics: set '
-            "logging.stats_interval &gt; 0 in the sweep's base run.</text></svg>\n"
-        )
+        why = ('<text x="10" y="24">No diagnostics in these runs\' metrics: set '
+               "logging.stats_interval &gt; 0 in the sweep's base run.</text>")  # fmt: skip
+        return _svg(2 * W, 40, title, [why])
     body = _panel(logits, "step", 0, "log10 largest attention logit") + _panel(
         log_z, "step", W, "mean log Z of the output"
     )

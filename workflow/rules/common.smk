@@ -44,6 +44,8 @@ def _sweep(name):
 SWEEP = config.get("sweep", "")
 POINTS, SWEEP_BASE, SWEEP_AXES = _sweep(SWEEP) if SWEEP else ({}, None, [])
 RUNS = list(POINTS) if SWEEP else _runs(config["runs"])
+# The report's captions name the runs of this invocation (a sweep's points too) as words.
+config["run_names"] = ", ".join(RUNS)
 # The mirror reaches download through the environment, not a param: where the bytes come from
 # changes nothing (they are hash-checked), so switching mirrors must not rerun anything.
 os.environ.update(NANOGPTX_MIRROR=config["mirror"])
