@@ -132,6 +132,24 @@ def test_a_directory_another_process_writes_is_refused_and_left_alone(
     assert not live.exists()
 
 
+def test_the_holder_of_a_directory_is_named_while_it_lives_and_the_probe_takes_nothing(
+    tmp_path: Path,
+) -> None:
+    """What the workflow asks before it starts jobs (README: Reliability)."""
+    out = tmp_path / "out"
+    assert provenance.holder(out) is None  # no directory yet
+    holder = subprocess.Popen([sys.executable, "-c", HOLD, str(out)], stdout=subprocess.PIPE)
+    try:
+        assert holder.stdout.readline() == b"held\n"
+        assert provenance.holder(out).startswith(f"pid {holder.pid} on ")
+    finally:
+        holder.kill()  # SIGKILL: its lock file stays behind, its lock does not
+        holder.wait()
+    assert provenance.lock_file(out).exists() and provenance.holder(out) is None
+    with provenance.exclusive(out, "test"):  # the probe left the lock free to take
+        assert provenance.holder(out).startswith(f"pid {os.getpid()} on ")
+
+
 @pytest.mark.parametrize("stage", ["train", "sample"])
 def test_out_pointing_at_a_file_is_refused_before_any_work(
     finished: dict[str, Path], tmp_path: Path, stage: str, capsys: pytest.CaptureFixture

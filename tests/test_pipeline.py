@@ -454,8 +454,8 @@ def test_every_figure_of_a_sweep_report_is_shown_in_a_browser(tiny: Path, chromi
     diagnostics) in the report, as a reader opens them."""
     path = tiny / "config/sweeps/figures.toml"
     path.parent.mkdir(exist_ok=True)
-    path.write_text('base = "tiny"\n[axes]\n"train.max_iters" = [30]\n'
-                    '"logging.stats_interval" = [10]\n"train.learning_rate" = [1e-2, 3e-3]\n')  # fmt: skip
+    axes = '"train.max_iters" = [30]\n"logging.stats_interval" = [10]\n'
+    path.write_text(f'base = "tiny"\n[axes]\n{axes}"train.learning_rate" = [1e-2, 3e-3]\n')
     try:
         snakemake(tiny, "sweep", "--config", "sweep=figures")
         snakemake(tiny, "sweep", "--config", "sweep=figures", "--report", "sweep.html")
@@ -466,3 +466,45 @@ def test_every_figure_of_a_sweep_report_is_shown_in_a_browser(tiny: Path, chromi
         })  # fmt: skip
     finally:
         path.unlink()
+
+
+@pytest.mark.slow  # about 35 s
+def test_a_second_snakemake_leaves_a_running_jobs_log_and_metrics_alone(tiny: Path) -> None:
+    """With a training running, `snakemake --unlock` (what Snakemake's lock message suggests)
+    and the same command again: the second Snakemake refuses before it starts any job. (Its job
+    used to start: Snakemake deleted the running job's log and metrics.jsonl as that job's
+    outputs, and the refused stage's log replaced the log.)"""
+    run = tiny / "config/tiny-busy.toml"
+    run.write_text((tiny / "config/tiny.toml").read_text().replace(
+        "max_iters = 300", "max_iters = 1000000"))  # fmt: skip
+    log = tiny / "results/logs/train/tiny-busy.log"
+    metrics = tiny / "results/tiny-busy/model/metrics.jsonl"
+    cmd = ["train", "--config", "runs=tiny-busy"]
+    first = subprocess.Popen([sys.executable, "-m", "snakemake", "--cores", "2", *cmd],
+                             cwd=tiny, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                             start_new_session=True)  # fmt: skip
+    try:
+        deadline = time.time() + 300
+        while not (metrics.exists() and '"train"' in metrics.read_text()):
+            assert first.poll() is None and time.time() < deadline
+            time.sleep(0.2)
+        before_log, before_metrics = log.read_text(), metrics.read_text()
+        snakemake(tiny, "--unlock")
+        r = snakemake(tiny, *cmd, check=False)
+        assert r.returncode != 0
+        out = r.stdout + r.stderr
+        assert re.search(r"still writing into results/tiny-busy/model, \S+ \(held by pid \d+", out)
+        assert "Nothing was changed" in out
+        time.sleep(3)  # the first one goes on writing into the same files
+        assert first.poll() is None
+        assert log.read_text().startswith(before_log) and metrics.read_text().startswith(
+            before_metrics
+        )
+        steps = [json.loads(line)["step"] for line in metrics.read_text().splitlines()]
+        assert len(steps) > len(before_metrics.splitlines()) and steps == sorted(steps)
+    finally:
+        os.killpg(first.pid, signal.SIGKILL)
+        first.wait()
+        snakemake(tiny, "--unlock")
+        run.unlink()
+        shutil.rmtree(tiny / "results/tiny-busy", ignore_errors=True)

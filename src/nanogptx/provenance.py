@@ -122,7 +122,7 @@ def exclusive(path: str | Path, what: str, flag: str = "--out") -> Iterator[list
     remove what an interrupted run left (temporary files and directories; see _TEMPORARY),
     which no live process can still be writing; the removed paths are yielded."""
     root = output_dir(path, flag)
-    lock = root / LOCK_FILE
+    lock = lock_file(root)
     while True:
         fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o666)
         try:
@@ -146,6 +146,30 @@ def exclusive(path: str | Path, what: str, flag: str = "--out") -> Iterator[list
         yield remove_temporaries(root)
     finally:
         lock.unlink(missing_ok=True)  # before the release: a waiter then sees a removed file
+        os.close(fd)
+
+
+def lock_file(root: Path) -> Path:
+    """The file whose flock a stage holds while it writes into directory root."""
+    return root / LOCK_FILE
+
+
+def holder(path: str | Path) -> str | None:
+    """Who holds directory path ("pid N on HOST since TIME") while a stage writes there, or None.
+    The workflow asks before it starts any job: a job's start deletes its outputs and its log,
+    which a live stage (of another Snakemake, or run by hand) may be writing."""
+    try:
+        fd = os.open(lock_file(Path(path)), os.O_RDONLY)
+    except OSError:  # no lock file: nobody holds it
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)  # held for a moment only
+    except OSError:
+        return os.pread(fd, 200, 0).decode(errors="replace").strip() or "a process"
+    else:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return None
+    finally:
         os.close(fd)
 
 

@@ -1,5 +1,6 @@
 # Helpers of the workflow: the runs, their resolved configs, and the paths they map to.
-# Only nanogptx.config and nanogptx.datasets (standard library) are imported: parsing stays fast.
+# Only nanogptx modules that need nothing but the standard library are imported (config,
+# datasets, provenance, sweep): parsing stays fast.
 
 import ast
 import dataclasses
@@ -16,6 +17,7 @@ from snakemake.utils import validate
 
 from nanogptx import config as nconfig
 from nanogptx import datasets
+from nanogptx import provenance
 from nanogptx import sweep as nsweep
 
 validate(config, "../schemas/config.schema.yaml")
@@ -294,3 +296,34 @@ def sweep_name(runs):
     if len(joined) <= 80:
         return joined
     return f"{len(runs)}-runs-{hashlib.sha256(joined.encode()).hexdigest()[:10]}"
+
+
+def run_dirs(run):
+    """Every directory the stages of a run write into, each held by its stage while it writes."""
+    cfg = CFG[run]
+    used = [cfg.data.dataset, nconfig.init_dataset(cfg.model.init_from)]
+    used += ["hellaswag"] if "hellaswag" in cfg.eval.tasks else []
+    ckpt = f"{RESULTS}/{run}/checkpoints/{nconfig.checkpoint_id(cfg)}"
+    outs = [
+        f"{RESULTS}/{run}/{stage}"
+        for stage in ("model", "samples", "eval", "export/hf")
+    ]
+    return [*outs, ckpt, prepared_dir(run), *(f"{DATA}/raw/{d}" for d in used if d)]
+
+
+def refuse_if_in_use():
+    """Before any job starts (starting one deletes its outputs and its log): refuse while a live
+    stage holds a directory of the selected runs. It belongs to another Snakemake in this
+    directory (say, after `snakemake --unlock` while one still ran) or to a stage run by hand.
+    """
+    held = {}
+    for d in dict.fromkeys(d for run in RUNS for d in run_dirs(run)):
+        if who := provenance.holder(d):
+            held.setdefault(who, []).append(d)
+    if held:
+        what = "; ".join(f"{', '.join(ds)} (held by {who})" for who, ds in held.items())
+        raise WorkflowError(
+            f"a stage is still writing into {what}. Starting jobs now would delete its "
+            "outputs and its log: wait until it finishes (python -m nanogptx.status shows "
+            "where it stands), then run this command again. Nothing was changed."
+        )
