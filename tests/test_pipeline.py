@@ -56,6 +56,13 @@ def test_the_terminal_shows_training_progress_and_the_log_path(tiny: Path) -> No
     assert re.search(r"download tinyshakespeare: \S+/input.txt: done.*sha256", terminal)
     prepare = r"prepare tinyshakespeare-char-\w+: [\d,]+ tokens, [\d,]+ documents, [\d,]+ tokens/s"
     assert re.search(prepare, terminal), terminal[-3000:]
+    # Sample and eval too, from their start (they were silent through their compiles).
+    sample = "sample tiny (log results/logs/sample/tiny.log): "
+    assert f"{sample}compiling the generation loop ..." in terminal, terminal[-3000:]
+    generating = "generating 2 samples of 200 tokens after a prompt of 1 token: done in 0:0"
+    assert f"{sample}{generating}" in terminal
+    evals = "eval tiny (log results/logs/eval/tiny.log): val_loss windows: "
+    assert f"{evals}0/1,742, 0:00 in" in terminal and f"{evals}1,742/1,742 (" in terminal
 
 
 def test_the_eval_stage_measures_the_whole_val_split(tiny: Path) -> None:

@@ -625,3 +625,15 @@ def test_eight_devices_match_one_device_in_dp_and_fsdp(
     got = losses(tmp_path / "r")
     np.testing.assert_allclose([got[4], got[5]], [ref[4], ref[5]], rtol=2e-5)
     assert resumed["val_loss"] == pytest.approx(one["val_loss"], rel=1e-4)
+
+
+def test_help_opens_with_every_optimizer_and_schedule(capsys: pytest.CaptureFixture) -> None:
+    """`python -m nanogptx.train --help` began "AdamW with warmup + cosine decay" after the
+    optimizers and schedules became settings."""
+    with pytest.raises(SystemExit):
+        train.main(["--help"])
+    description = capsys.readouterr().out.split("\n\n")[1]  # after the usage lines
+    fields = {f.name: f for f in dataclasses.fields(config.TrainConfig)}
+    for key in ("optimizer", "lr_schedule"):
+        for choice in fields[key].metadata["choices"]:
+            assert choice in description, (key, choice, description)

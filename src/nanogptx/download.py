@@ -413,10 +413,11 @@ class Progress:
     def _line(self, now: float) -> str:
         done = sum(self.done.values())
         rate = self.moved / max(now - self.t0, 1e-9)
-        line = f"{self.dataset}: {self.finished}/{len(self.done)} files, {_mb(done)}"
+        files = progress.plural(len(self.done), "file")
+        line = f"{self.dataset}: {self.finished}/{files}, {_mb(done)}"
         if all(t is not None for t in self.totals.values()):
             total = sum(t or 0 for t in self.totals.values())
-            eta = _duration((total - done) / rate) if rate > 0 else "?"
+            eta = progress.duration((total - done) / rate) if rate > 0 else "?"
             return line + f" of {_mb(total)}, {_mb(rate)}/s, ETA {eta}"
         return line + f", {_mb(rate)}/s"
 
@@ -433,11 +434,6 @@ class Progress:
 
 def _mb(n: float) -> str:
     return f"{n / 1e6:.1f} MB"
-
-
-def _duration(s: float) -> str:
-    s = int(s)
-    return f"{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}"
 
 
 # ---------------------------------------------------------------------------------------------

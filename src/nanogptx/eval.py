@@ -31,7 +31,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from nanogptx import checkpoint, config, loader, model, provenance, runtime, tokenizer
+from nanogptx import checkpoint, config, loader, model, progress, provenance, runtime, tokenizer
 from nanogptx.config import Config, EvalConfig, ModelConfig
 
 HELLASWAG_FILE = "hellaswag_val.jsonl"
@@ -58,26 +58,6 @@ def log(msg: str) -> None:
     print(msg, flush=True)
 
 
-class Progress:
-    """Items done, rate and ETA, as a line every few seconds (logs read it as it grows)."""
-
-    def __init__(self, what: str, total: int, every_s: float = 5.0) -> None:
-        self.what, self.total, self.every_s = what, total, every_s
-        self.t0 = self.last = time.perf_counter()
-
-    def update(self, done: int) -> None:
-        now = time.perf_counter()
-        if now - self.last < self.every_s and done < self.total:
-            return
-        self.last = now
-        rate = done / max(now - self.t0, 1e-9)
-        eta = (self.total - done) / rate if rate else float("inf")
-        log(f"{self.what}: {done}/{self.total} ({rate:,.1f}/s, ETA {eta:.0f} s)")
-
-    def rate(self, done: int) -> float:
-        return done / max(time.perf_counter() - self.t0, 1e-9)
-
-
 def make_scorer(m: ModelConfig, rt: runtime.Runtime) -> Any:
     """jit of (params, ids_BxL, at_BxE, weights_BxE) -> per row (sum of weight * nll, sum of
     weights): the nll of token at + 1 after tokens ..at, for the E positions `at` of each row
@@ -100,7 +80,13 @@ def make_scorer(m: ModelConfig, rt: runtime.Runtime) -> Any:
 
 
 def val_loss(
-    params: Any, m: ModelConfig, e: EvalConfig, data: loader.Prepared, tok: Any, scorer: Any
+    params: Any,
+    m: ModelConfig,
+    e: EvalConfig,
+    data: loader.Prepared,
+    tok: Any,
+    scorer: Any,
+    channel: progress.Channel | None = None,
 ) -> dict[str, Any]:
     """Loss and bits per byte over the whole val split, tiled into windows of block_size targets."""
     stream = data.split("val")
@@ -115,7 +101,7 @@ def val_loss(
     B = e.batch_size
     total_nll, total_tokens, total_bytes = 0.0, 0, 0
     at_BxL = np.broadcast_to(np.arange(L, dtype=np.int32), (B, L))  # every position is scored
-    progress = Progress("val_loss windows", n)
+    meter = progress.Meter("val_loss windows", n, channel)
     for lo in range(0, n, B):
         k = min(B, n - lo)
         ids = np.zeros((B, L + 1), np.int32)
@@ -127,7 +113,8 @@ def val_loss(
         total_nll += float(np.asarray(nll, np.float64).sum())
         total_tokens += int(np.asarray(count).sum())
         total_bytes += int(nbytes[ids[:k, 1:]].sum())
-        progress.update(lo + k)
+        meter.update(lo + k)
+    meter.close()
     loss = total_nll / total_tokens
     return {
         "loss": loss,
@@ -233,7 +220,12 @@ class HellaSwag:
 
 
 def hellaswag(
-    params: Any, m: ModelConfig, e: EvalConfig, task: HellaSwag, scorer: Any
+    params: Any,
+    m: ModelConfig,
+    e: EvalConfig,
+    task: HellaSwag,
+    scorer: Any,
+    channel: progress.Channel | None = None,
 ) -> dict[str, Any]:
     items, rendered = task.items, task.rendered
     lengths = [
@@ -243,7 +235,7 @@ def hellaswag(
     groups = buckets(lengths, m.block_size)
     sums = np.zeros((len(items), 4))
     means = np.zeros((len(items), 4))
-    progress = Progress("hellaswag items", len(items))
+    meter = progress.Meter("hellaswag items", len(items), channel)
     done = 0
     for (width, E), members in groups.items():
         B = e.batch_size
@@ -267,10 +259,11 @@ def hellaswag(
             sums[chunk] = -nll
             means[chunk] = -nll / count
             done += k
-            progress.update(done)
+            meter.update(done)
+    meter.close()
     labels = np.array([item["label"] for item in items])
-    rate = progress.rate(done)
-    log(f"hellaswag: {len(items)} items at {rate:,.1f} items/s")
+    rate = meter.rate()
+    log(f"hellaswag: {progress.plural(len(items), 'item')} at {rate:,.1f} items/s")
     return {
         "acc": float((sums.argmax(1) == labels).mean()),
         "acc_norm": float((means.argmax(1) == labels).mean()),
@@ -292,8 +285,10 @@ def evaluate(
     data_dir: str | Path | None,
     out_dir: str | Path,
     hellaswag_dir: str | Path | None = None,
+    channel: progress.Channel | None = None,
 ) -> dict[str, Any]:
-    """Run cfg.eval.tasks on the model in model_dir; write metrics.json and provenance.json."""
+    """Run cfg.eval.tasks on the model in model_dir; write metrics.json and provenance.json.
+    channel: progress lines for a person watching (the workflow's terminal)."""
     model_dir, out_dir = Path(model_dir), Path(out_dir)
     e = cfg.eval
     record = provenance.Record.start("eval", config.sections(cfg, config.STAGE_SECTIONS["eval"]))
@@ -328,19 +323,21 @@ def evaluate(
                 if data.manifest["tokenizer"].get("vocab_sha256") != tok_dict.get("vocab_sha256"):
                     raise EvalError(f"{data.dir}: tokenized with another vocabulary than the "
                                     f"model's ({model_dir / 'tokenizer.json'})")  # fmt: skip
-                results[task] = val_loss(params, m, e, data, tok, scorer)
+                results[task] = val_loss(params, m, e, data, tok, scorer, channel)
                 inputs += [provenance.file_entry(data.dir / "manifest.json",
                                                  data.manifest_sha256)]  # fmt: skip
                 r = results[task]
-                log(f"val_loss: {r['loss']:.4f} over {r['windows']} windows ({r['tokens']:,} "
-                    f"tokens), {r['bits_per_byte']:.4f} bits per byte")  # fmt: skip
+                log(f"val_loss: {r['loss']:.4f} over {progress.plural(r['windows'], 'window')} "
+                    f"({progress.plural(r['tokens'], 'token')}), "
+                    f"{r['bits_per_byte']:.4f} bits per byte")  # fmt: skip
             else:
-                results[task] = hellaswag(params, m, e, swag, scorer)
+                results[task] = hellaswag(params, m, e, swag, scorer, channel)
                 inputs.append(provenance.file_entry(swag.path))
                 r = results[task]
                 log(f"hellaswag: acc {r['acc']:.4f}, acc_norm {r['acc_norm']:.4f} over "
-                    f"{r['items']} items ({r['cropped_items']} with their context cropped "
-                    f"from the left to fit model.block_size = {m.block_size})")  # fmt: skip
+                    f"{progress.plural(r['items'], 'item')} ({r['cropped_items']:,} with "
+                    f"their context cropped from the left to fit model.block_size = "
+                    f"{m.block_size})")  # fmt: skip
             results[task]["seconds"] = round(time.perf_counter() - t0, 3)
         metrics = {"model_sha256": model_sha, **results}
         path = out_dir / "metrics.json"
@@ -363,10 +360,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--data", type=Path, help="prepared data directory (val_loss)")
     parser.add_argument("--hellaswag", type=Path, help="directory of hellaswag_val.jsonl")
     parser.add_argument("--out", type=Path, required=True, help="directory for metrics.json")
+    progress.add_arguments(parser, "eval")
     args = parser.parse_intermixed_args(argv)
     cfg = config.from_args(args, parser)
     try:
-        evaluate(cfg, args.model, args.data, args.out, args.hellaswag)
+        evaluate(cfg, args.model, args.data, args.out, args.hellaswag, progress.from_args(args))
     except (
         EvalError, checkpoint.CheckpointError, loader.DataError, tokenizer.TokenizerError,
         provenance.HashMismatch, provenance.OutputError, OSError,

@@ -460,7 +460,8 @@ def _say(msg: str) -> None:
 def rate_line(shards: dict[str, Shards], n_docs: int, started: float) -> str:
     done = sum(s.tokens for s in shards.values())
     seconds = time.perf_counter() - started
-    return f"{done:,} tokens, {n_docs:,} documents, {done / seconds:,.0f} tokens/s"
+    return (f"{progress.plural(done, 'token')}, {progress.plural(n_docs, 'document')}, "
+            f"{done / seconds:,.0f} tokens/s")  # fmt: skip
 
 
 def prepare(
@@ -549,7 +550,7 @@ def _prepare(
                 channel.say(rate_line(shards, n_docs_seen, started))
             if bar is not None:
                 bar.update(len(tokens))
-                bar.set_postfix_str(f"{n_docs_seen:,} documents", refresh=False)
+                bar.set_postfix_str(progress.plural(n_docs_seen, "document"), refresh=False)
             elif time.perf_counter() - last > 10:
                 last = time.perf_counter()
                 _say(rate_line(shards, n_docs_seen, started))
@@ -606,11 +607,13 @@ def _prepare(
     for s in SPLITS:
         info = manifest["splits"][s]
         _say(
-            f"{s}: {info['tokens']:,} tokens, {info['documents']:,} documents, "
-            f"{info['shards']} shards"
+            f"{s}: {progress.plural(info['tokens'], 'token')}, "
+            f"{progress.plural(info['documents'], 'document')}, "
+            f"{progress.plural(info['shards'], 'shard')}"
         )
     _say(
-        f"{tok.name} vocabulary of {tok.vocab_size:,}; {seconds:.1f} s, {threads} threads -> {out}"
+        f"{tok.name} vocabulary of {tok.vocab_size:,}; {seconds:.1f} s, "
+        f"{progress.plural(threads, 'thread')} -> {out}"
     )
     return manifest
 

@@ -16,7 +16,7 @@ from typing import Any
 
 import yaml  # Snakemake's own dependency: config/config.yaml is YAML
 
-from nanogptx import checkpoint, config
+from nanogptx import checkpoint, config, progress
 
 
 def last_records(metrics: Path) -> dict[str, dict[str, Any]]:
@@ -70,7 +70,9 @@ def run_status(run: str, data: Path, results: Path) -> list[str]:
                  "bits/byte, whole split)"] if "val_loss" in ev else []  # fmt: skip
         if "hellaswag" in ev:
             h = ev["hellaswag"]
-            parts.append(f"HellaSwag acc_norm {h['acc_norm']:.4f} over {h['items']} items")
+            parts.append(
+                f"HellaSwag acc_norm {h['acc_norm']:.4f} over {progress.plural(h['items'], 'item')}"
+            )
         lines.append(f"  eval: {'; '.join(parts)}")
     ckpt_dir = results / run / "checkpoints" / config.checkpoint_id(cfg)
     usable = [p for s, p in checkpoint.list_checkpoints(ckpt_dir) if s <= t.max_iters]

@@ -1,4 +1,6 @@
-"""Train a GPT: one device mesh, AdamW with warmup + cosine decay, a jitted step, evaluation, logs.
+"""Train a GPT: one device mesh, a jitted step, evaluation, checkpoints, logs; the optimizer
+(train.optimizer: adamw, muon, lion, adafactor) and its learning-rate schedule after a warmup
+(train.lr_schedule: cosine, wsd, linear, constant) are settings.
 
     python -m nanogptx.train --config config/shakespeare-char.toml --data data/prepared/<data_id> \
         --out results/<run>/model --checkpoints results/<run>/checkpoints
@@ -81,9 +83,9 @@ class Progress:
             self.bar.update(done - self.bar.n)
             self.bar.set_postfix_str(f"loss {loss:.4f}, {tok_s:,.0f} tok/s", refresh=False)
         elif self.channel is not None and (self.channel.due() or done == self.total):
-            eta = (self.total - done) * s_per_step
+            eta = progress.duration((self.total - done) * s_per_step)
             self.channel.say(f"step {done}/{self.total}, loss {loss:.4f}, {tok_s:,.0f} tok/s, "
-                             f"ETA {eta // 60:.0f}:{eta % 60:02.0f}")  # fmt: skip
+                             f"ETA {eta}")  # fmt: skip
 
     def close(self) -> None:
         if self.bar is not None:
@@ -607,8 +609,8 @@ def _train(
     opt_bytes = bytes_per_device(opt_abs, state_sh["opt"])
     log(
         f"model: {n_params / 1e6:.2f}M parameters ({n_flops_params / 1e6:.2f}M without position "
-        f"embeddings), vocab {V}; per device ({t.sharding}, {n_dev} devices): parameters "
-        f"{fmt_bytes(param_bytes)}, optimizer state {fmt_bytes(opt_bytes)}"
+        f"embeddings), vocab {V}; per device ({t.sharding}, {progress.plural(n_dev, 'device')}): "
+        f"parameters {fmt_bytes(param_bytes)}, optimizer state {fmt_bytes(opt_bytes)}"
     )
     log(f"{tokens_per_step} tokens per step ({A} x {t.batch_size} x {m.block_size})")
     rt = make_runtime(cfg)

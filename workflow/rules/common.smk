@@ -277,13 +277,23 @@ def srun_prefix(wildcards, resources, threads):
     return f"srun --ntasks={tasks} --cpus-per-task={threads} --kill-on-bad-exit=1 "
 
 
+def _progress(stage, run):
+    label = f"{stage} {run} (log {LOGS}/{stage}/{run}.log)"
+    return f"--progress-fd 3 --progress-label {shlex.quote(label)}"
+
+
 def progress_args(wildcards, resources, threads):
     """train's progress lines to fd 3 (the job's stderr), except for tasks srun starts: fd 3
     there is not the job's (srun passes on stdin, stdout and stderr only)."""
     if srun_prefix(wildcards, resources, threads):
         return ""
-    label = f"train {wildcards.run} (log {LOGS}/train/{wildcards.run}.log)"
-    return f"--progress-fd 3 --progress-label {shlex.quote(label)}"
+    return _progress("train", wildcards.run)
+
+
+def stage_progress(stage):
+    """A param of sample and eval: their progress lines to fd 3, as train's (derived, as it
+    takes `input`: how a job talks to the terminal never reruns it)."""
+    return lambda wildcards, input: _progress(stage, wildcards.run)
 
 
 def sweep_name(runs):
