@@ -217,6 +217,39 @@ def test_an_extended_run_resumes_from_its_checkpoints_and_says_so(tiny: Path) ->
     run.unlink()
 
 
+def status(workdir: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "nanogptx.status", *args], cwd=workdir,
+                          capture_output=True, text=True, check=check)  # fmt: skip
+
+
+def test_status_takes_the_runs_as_snakemake_does(tiny: Path) -> None:
+    """`--config runs=...` or `sweep=NAME` (it showed config/config.yaml's runs only)."""
+    from nanogptx import config, sweep
+
+    out = status(tiny, "--config", "runs=[tiny]").stdout
+    assert out.startswith("tiny: download done, prepare done, train done, sample done, eval done")
+    assert (
+        status(tiny, "--config", "runs=tiny").stdout == out == status(tiny, "--runs", "tiny").stdout
+    )
+    path = tiny / "config/sweeps/status.toml"
+    path.parent.mkdir(exist_ok=True)
+    path.write_text('base = "tiny"\n[axes]\n"train.learning_rate" = [1e-3, 3e-3]\n')
+    try:
+        out = status(tiny, "--config", "sweep=status").stdout
+        points = sweep.expand(sweep.load("status", path.parent))
+        for name, overrides in points.items():  # each point with its own settings
+            ckpt = config.checkpoint_id(config.load(tiny / "config/tiny.toml", overrides))
+            assert f"{name}: download done, prepare done, train -" in out
+            assert f"no checkpoint in results/{name}/checkpoints/{ckpt}:" in out, out
+    finally:
+        path.unlink()
+    r = status(tiny, "--config", "run=tiny", check=False)
+    assert (
+        r.returncode == 2
+        and "--config run=tiny: expected KEY=VALUE with KEY one of runs" in r.stderr
+    )
+
+
 def test_sample_and_eval_declare_every_file_they_read(tiny: Path) -> None:
     tokenizer = tiny / "results/tiny/model/tokenizer.json"
     original = tokenizer.read_bytes()
