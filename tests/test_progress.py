@@ -32,7 +32,7 @@ def test_a_progress_channel_writes_labelled_lines_when_due_and_stops_when_it_fai
 @pytest.mark.parametrize(
     ("seconds", "shown"),
     [(0, "0:00"), (59.4, "0:59"), (59.6, "1:00"), (119.7, "2:00"), (3599.5, "1:00:00"),
-     (3725, "1:02:05")],
+     (3725, "1:02:05"), (86_400, "1 day 0:00:00"), (56_360_761, "652 days 7:46:01")],
 )  # fmt: skip
 def test_a_duration_is_whole_seconds_never_sixty(seconds: float, shown: str) -> None:
     assert progress.duration(seconds) == shown

@@ -48,10 +48,12 @@ def plural(n: int, word: str) -> str:
 
 
 def duration(seconds: float) -> str:
-    """M:SS, or H:MM:SS from an hour on; whole seconds (rounded first, so never 0:60)."""
+    """M:SS, H:MM:SS from an hour on, "N days H:MM:SS" from a day on; whole seconds (rounded
+    first, so never 0:60)."""
     s = max(0, round(seconds))
-    h, m, s = s // 3600, s // 60 % 60, s % 60
-    return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
+    d, h, m, s = s // 86400, s // 3600 % 24, s // 60 % 60, s % 60
+    days = f"{plural(d, 'day')} " if d else ""
+    return f"{days}{h}:{m:02d}:{s:02d}" if d or h else f"{m}:{s:02d}"
 
 
 class _Ticker:
