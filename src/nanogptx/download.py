@@ -617,7 +617,7 @@ def _attempt(
         if want.size is not None and stream.total is not None and stream.total != want.size:
             part.unlink(missing_ok=True)
             raise HashMismatch(
-                f"{what}: {stream.url} has {stream.total} bytes, expected "
+                f"{what}: {stream.url} has {progress.plural(stream.total, 'byte')}, expected "
                 f"{want.size} ({want.check})"
             )
         if stream.offset != offset:  # the server ignored Range: start again from zero
@@ -627,7 +627,9 @@ def _attempt(
     finally:
         stream.close()
     if stream.total is not None and offset != stream.total:
-        raise _Transient(f"connection closed after {offset} of {stream.total} bytes")
+        raise _Transient(
+            f"connection closed after {offset:,} of {progress.plural(stream.total, 'byte')}"
+        )
     return h.hexdigest(), offset, resumed
 
 

@@ -93,7 +93,8 @@ def val_loss(
     L = m.block_size
     n = (stream.n_tokens - 1) // L
     if n == 0:
-        raise EvalError(f"{data.dir}: the val split has {stream.n_tokens} tokens, fewer than "
+        raise EvalError(f"{data.dir}: the val split has "
+                        f"{progress.plural(stream.n_tokens, 'token')}, fewer than "
                         f"model.block_size + 1 = {L + 1}")  # fmt: skip
     if e.max_windows:
         n = min(n, e.max_windows)

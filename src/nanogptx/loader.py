@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from nanogptx import provenance
+from nanogptx import progress, provenance
 
 FORMAT = "nanogptx-shards/1"
 # Name and version of the batch function: bump the version when `batch` changes its output.
@@ -197,7 +197,8 @@ def window_starts(
     """
     if n_tokens < block_size + 1:
         raise DataError(
-            f"split {split!r} has {n_tokens} tokens, fewer than block_size + 1 = {block_size + 1}"
+            f"split {split!r} has {progress.plural(n_tokens, 'token')}, fewer than block_size + 1 "
+            f"= {block_size + 1}"
         )
     if order == "random":
         return _rng(seed, stream, split, step).integers(0, n_tokens - block_size, batch_size)

@@ -316,9 +316,9 @@ def long_plan(cfg: Config, steps: int, flops: float, peak: float, n_dev: int, so
         f"{flops:.3g} FLOPs: at least {progress.duration(at_peak)} on "
         f"{progress.plural(n_dev, 'device')} at their peak ({peak / 1e12:.3g} TFLOP/s, {source}), "
         f"about {progress.duration(at_peak / 0.4)} at a typical 40% MFU, for a model of "
-        f"{m.n_layer} layers {m.n_embd} wide. Is this the run you meant? A run's file holds "
-        "only what differs from the defaults (GPT-2 124M, 600,000 steps): start it from a "
-        "recipe in config/ (README: Adding a dataset)"
+        f"{progress.plural(m.n_layer, 'layer')} {m.n_embd} wide. Is this the run you meant? A "
+        "run's file holds only what differs from the defaults (GPT-2 124M, 600,000 steps): "
+        "start it from a recipe in config/ (README: Adding a dataset)"
     )
 
 
