@@ -386,8 +386,8 @@ def test_a_plan_longer_than_an_hour_at_the_peak_is_warned_before_compiling(
     out = capsys.readouterr().out
     warning = re.search(r"warning: the 2 steps planned \(train.max_iters = 2\) are [\d.e+]+ "
                         r"FLOPs: at least (\d+):\d\d:\d\d on 1 device at their peak \(1e-09 "
-                        r"TFLOP/s, train.peak_flops\), about (\d+ days? )?\d+:\d\d:\d\d at a typical 40% MFU",
-                        out)  # fmt: skip
+                        r"TFLOP/s, train.peak_flops\), about (\d+ days? )?\d+:\d\d:\d\d at a "
+                        r"typical 40% MFU", out)  # fmt: skip
     assert warning and int(warning.group(1)) >= 1, out
     assert out.index("warning: the 2 steps") < out.index("compiled train and eval steps")
     assert "(README: Adding a dataset)" in out

@@ -432,6 +432,10 @@ class Progress:
             self.bar.close()
 
 
+def _bytes(n: int) -> str:
+    return progress.plural(n, "byte")  # the module: functions below name their Progress so
+
+
 def _mb(n: float) -> str:
     return f"{n / 1e6:.1f} MB"
 
@@ -617,7 +621,7 @@ def _attempt(
         if want.size is not None and stream.total is not None and stream.total != want.size:
             part.unlink(missing_ok=True)
             raise HashMismatch(
-                f"{what}: {stream.url} has {progress.plural(stream.total, 'byte')}, expected "
+                f"{what}: {stream.url} has {_bytes(stream.total)}, expected "
                 f"{want.size} ({want.check})"
             )
         if stream.offset != offset:  # the server ignored Range: start again from zero
@@ -627,9 +631,7 @@ def _attempt(
     finally:
         stream.close()
     if stream.total is not None and offset != stream.total:
-        raise _Transient(
-            f"connection closed after {offset:,} of {progress.plural(stream.total, 'byte')}"
-        )
+        raise _Transient(f"connection closed after {offset:,} of {_bytes(stream.total)}")
     return h.hexdigest(), offset, resumed
 
 
