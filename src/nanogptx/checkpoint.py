@@ -24,7 +24,7 @@ import numpy as np
 import safetensors.numpy
 from safetensors import safe_open
 
-from nanogptx import config, model, provenance
+from nanogptx import config, model, provenance, tokenizer
 
 FORMAT = "nanogptx-checkpoint/2"  # /2: meta.json records the sha256 of every file
 MODEL_FORMAT = "nanogptx-params/1"
@@ -263,7 +263,7 @@ def save_model(
     out_dir: str | Path,
     params: Any,
     cfg: config.Config,
-    tokenizer: dict[str, Any],
+    tok: dict[str, Any],
     step: int,
 ) -> list[Path]:
     """params.safetensors (float32, flat "." keys), config.toml (vocab_size resolved; init_from
@@ -284,7 +284,7 @@ def save_model(
     paths = [out / name for name in MODEL_FILES]
     provenance.write_bytes_atomic(paths[0], blob)
     provenance.write_bytes_atomic(paths[1], config.dump(cfg).encode())
-    provenance.write_bytes_atomic(paths[2], (json.dumps(tokenizer, indent=2) + "\n").encode())
+    provenance.write_bytes_atomic(paths[2], (json.dumps(tok, indent=2) + "\n").encode())
     return paths
 
 
@@ -301,11 +301,12 @@ def load_model(model_dir: str | Path) -> tuple[Any, config.Config, dict[str, Any
         cfg = config.load(root / "config.toml", registry=False)
     except config.ConfigError as e:
         raise CheckpointError(f"model directory {root}: config.toml: {e}") from None
-    tokenizer = provenance.read_json(root / "tokenizer.json", CheckpointError, "tokenizer")
-    if not isinstance(tokenizer, dict) or not isinstance(tokenizer.get("name"), str):
-        raise CheckpointError(
-            f"tokenizer {root / 'tokenizer.json'}: expected an object with a name (char, gpt2)"
-        )
+    tok_path = root / "tokenizer.json"
+    tok = provenance.read_json(tok_path, CheckpointError, "tokenizer")
+    try:  # what it describes is a tokenizer this code has
+        tokenizer.from_manifest(tok if isinstance(tok, dict) else {"name": None})
+    except tokenizer.TokenizerError as e:
+        raise CheckpointError(f"tokenizer {tok_path}: {e}") from None
     path = root / MODEL_FILES[0]
     try:
         with safe_open(str(path), "np") as f:
@@ -321,7 +322,7 @@ def load_model(model_dir: str | Path) -> tuple[Any, config.Config, dict[str, Any
     rows = model.vocab_rows(cfg.model)
     abstract = jax.eval_shape(lambda: model.init_params(cfg.model, rows, jax.random.key(0)))
     params = unflatten_like(abstract, tensors, where=f"{path} (against {root / 'config.toml'})")
-    return params, cfg, tokenizer
+    return params, cfg, tok
 
 
 def check_model_hash(model_dir: Path) -> str:
