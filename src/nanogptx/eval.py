@@ -287,8 +287,8 @@ def evaluate(
     scorer = make_scorer(m, rt)
     inputs = [provenance.file_entry(model_dir / checkpoint.MODEL_FILES[0], model_sha)]
     results: dict[str, Any] = {}
-    inputs = [("--model", model_dir), ("--data", data_dir), ("--hellaswag", hellaswag_dir)]
-    with provenance.exclusive(out_dir, "evaluation", inputs=inputs):
+    reads = [("--model", model_dir), ("--data", data_dir), ("--hellaswag", hellaswag_dir)]
+    with provenance.exclusive(out_dir, "evaluation", inputs=reads):
         for task in e.tasks:
             t0 = time.perf_counter()
             if task == "val_loss":

@@ -42,8 +42,9 @@ _LEFTOVER = re.compile(r"\.nanogptx-(tmp|tmpdir|trash)\.\d+\.[0-9a-f]{8}\..+")
 _OLD_TEMPORARY = re.compile(
     r"\..+\.\d+\.[0-9a-f]{8}\.tmp|\.(tmp|trash)-step_\d{8}-\d+-[0-9a-f]{8}|\..+\.part"
 )
-# The output directories this process holds (exclusive) and their identity (device, inode).
-_HELD: dict[Path, tuple[int, int]] = {}
+# The output directories this process holds (exclusive): an open descriptor of each, which
+# keeps its inode from being reused, so that a directory deleted and made again is told apart.
+_HELD: dict[Path, int] = {}
 
 
 class HashMismatch(ValueError):
@@ -195,7 +196,10 @@ def check_held(out_dir: str | Path) -> None:
     """Raise OutputError if out_dir, held by this process (exclusive), was deleted or replaced
     since: what was written there is lost, and a record of it would lie."""
     root = Path(out_dir).resolve()
-    if root in _HELD and _identity(root) != _HELD[root]:
+    if root not in _HELD:
+        return
+    held = os.fstat(_HELD[root])
+    if held.st_nlink == 0 or _identity(root) != (held.st_dev, held.st_ino):
         raise OutputError(
             f"{out_dir} was deleted or replaced while this process wrote into it (by another "
             "process: a second Snakemake, a user?): its outputs are incomplete; run the stage "
@@ -218,11 +222,13 @@ def exclusive(
     be the one locked (check_held)."""
     check_apart(path, flag, inputs)
     root = output_dir(path, flag)
-    lock = lock_path(root)
+    key, lock = root.resolve(), lock_path(root)
+    made = os.open(key, os.O_RDONLY | os.O_DIRECTORY)  # what this process writes (check_held)
     while True:
         try:
             fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o666)
         except OSError as e:
+            os.close(made)
             raise OutputError(
                 f"{flag} {path}: cannot create its lock {lock}: {e.strerror}"
             ) from None
@@ -231,6 +237,7 @@ def exclusive(
         except OSError:
             holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "unknown"
             os.close(fd)
+            os.close(made)
             raise OutputError(
                 f"{root} is in use by another {what} ({holder}): wait for it to finish or use "
                 "another directory"
@@ -241,17 +248,18 @@ def exclusive(
         except FileNotFoundError:
             pass
         os.close(fd)
-    key = root.resolve()
+    _HELD[key] = made
     try:
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()} since {_now()}\n".encode(), 0)
-        _HELD[key] = _identity(key)  # type: ignore[assignment]
+        check_held(key)  # not deleted before the lock was ours
         yield remove_temporaries(root)
         check_held(key)
     finally:
         _HELD.pop(key, None)
         lock.unlink(missing_ok=True)  # before the release: a waiter then sees a removed file
         os.close(fd)
+        os.close(made)
 
 
 def _say(msg: str) -> None:
