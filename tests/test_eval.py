@@ -85,9 +85,10 @@ def hf_scores(hf_dir: Path, items: list[dict]) -> tuple[float, float]:
 
 
 def test_hellaswag_scores_equal_an_independent_hf_scorer(gpt2_model: Path, tmp_path: Path) -> None:
-    path = hellaswag_file(tmp_path / eval.HELLASWAG_FILE, 30)
+    (tmp_path / "hs").mkdir()  # apart from --out: a stage never writes where it reads
+    path = hellaswag_file(tmp_path / "hs" / eval.HELLASWAG_FILE, 30)
     cfg = config.load(None, ['eval.tasks=["hellaswag"]', "eval.batch_size=4"])
-    out = eval.evaluate(cfg, gpt2_model / "model", None, tmp_path / "out", tmp_path)
+    out = eval.evaluate(cfg, gpt2_model / "model", None, tmp_path / "out", path.parent)
     r = out["hellaswag"]
     items = eval.read_hellaswag(path)
     acc, acc_norm = hf_scores(gpt2_model / "hf", items)
@@ -101,7 +102,7 @@ def test_hellaswag_scores_equal_an_independent_hf_scorer(gpt2_model: Path, tmp_p
     # eval.max_items: the first items only.
     cfg = config.load(None, ['eval.tasks=["hellaswag"]', "eval.max_items=7"])
     assert (
-        eval.evaluate(cfg, gpt2_model / "model", None, tmp_path / "o2", tmp_path)["hellaswag"][
+        eval.evaluate(cfg, gpt2_model / "model", None, tmp_path / "o2", path.parent)["hellaswag"][
             "items"
         ]
         == 7
@@ -151,7 +152,8 @@ def test_val_loss_covers_every_window_of_the_split_and_gives_bits_per_byte(
 def test_a_bad_hellaswag_line_names_file_line_and_key_and_writes_nothing(
     tmp_path: Path, line: str, error: str
 ) -> None:
-    path = tmp_path / eval.HELLASWAG_FILE
+    (tmp_path / "hs").mkdir()  # apart from --out: a stage never writes where it reads
+    path = tmp_path / "hs" / eval.HELLASWAG_FILE
     good = {"ctx": "A man", "endings": ["a", "b", "c", "d"], "label": 1}
     path.write_text(json.dumps(good) + "\n" + line + "\n")
     with pytest.raises(eval.EvalError, match=f"{path.name}{error}"):
@@ -165,5 +167,5 @@ def test_a_bad_hellaswag_line_names_file_line_and_key_and_writes_nothing(
     checkpoint.save_model(tmp_path / "model", params, m, data.manifest["tokenizer"], 0)
     cfg = config.load(None, ['eval.tasks=["val_loss", "hellaswag"]'])
     with pytest.raises(eval.EvalError):
-        eval.evaluate(cfg, tmp_path / "model", data_dir, tmp_path / "out", tmp_path)
+        eval.evaluate(cfg, tmp_path / "model", data_dir, tmp_path / "out", path.parent)
     assert not (tmp_path / "out" / "metrics.json").exists()

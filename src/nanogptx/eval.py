@@ -287,7 +287,8 @@ def evaluate(
     scorer = make_scorer(m, rt)
     inputs = [provenance.file_entry(model_dir / checkpoint.MODEL_FILES[0], model_sha)]
     results: dict[str, Any] = {}
-    with provenance.exclusive(out_dir, "evaluation"):
+    reads = [("--model", model_dir), ("--data", data_dir), ("--hellaswag", hellaswag_dir)]
+    with provenance.exclusive(out_dir, "evaluation", inputs=reads):
         for task in e.tasks:
             t0 = time.perf_counter()
             if task == "val_loss":
@@ -331,12 +332,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--hellaswag", type=Path, help="directory of hellaswag_val.jsonl")
     parser.add_argument("--out", type=Path, required=True, help="directory for metrics.json")
     args = parser.parse_intermixed_args(argv)
-    cfg = config.from_args(args, parser)
+    cfg = config.from_args(args, parser, registry=False)  # the data is --data, as prepared
     try:
         evaluate(cfg, args.model, args.data, args.out, args.hellaswag)
     except (
         EvalError, checkpoint.CheckpointError, loader.DataError, tokenizer.TokenizerError,
-        provenance.HashMismatch, provenance.OutputError, OSError,
+        provenance.HashMismatch, provenance.OutputError, provenance.FileError, OSError,
     ) as err:  # fmt: skip
         print(f"{parser.prog}: error: {err}", file=sys.stderr)
         sys.exit(1)

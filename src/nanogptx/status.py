@@ -16,7 +16,7 @@ from typing import Any
 
 import yaml  # Snakemake's own dependency: config/config.yaml is YAML
 
-from nanogptx import checkpoint, config
+from nanogptx import checkpoint, config, provenance
 
 
 def last_records(metrics: Path) -> dict[str, dict[str, Any]]:
@@ -39,7 +39,8 @@ def last_records(metrics: Path) -> dict[str, dict[str, Any]]:
 def run_status(run: str, data: Path, results: Path) -> list[str]:
     """Lines describing one run."""
     try:
-        cfg = config.load(Path("config") / f"{config.check_run_name(run)}.toml")
+        # The registry is not read: a broken dataset file must not hide where the runs stand.
+        cfg = config.load(Path("config") / f"{config.check_run_name(run)}.toml", registry=False)
     except config.ConfigError as e:
         return [f"{run}: config error: {e}"]
     model, t = results / run / "model", cfg.train
@@ -65,7 +66,11 @@ def run_status(run: str, data: Path, results: Path) -> list[str]:
             text += f"; val loss {evaluation['val_loss']:.4f} at step {evaluation['step']}"
         lines.append(text)
     if stages["eval"].exists():
-        ev = json.loads(stages["eval"].read_text())
+        try:
+            ev = provenance.read_json(stages["eval"], what="eval metrics")
+            ev = ev if isinstance(ev, dict) else {}
+        except provenance.FileError as e:
+            return [*lines, f"  eval: {e}"]
         parts = [f"val loss {ev['val_loss']['loss']:.4f} ({ev['val_loss']['bits_per_byte']:.4f} "
                  "bits/byte, whole split)"] if "val_loss" in ev else []  # fmt: skip
         if "hellaswag" in ev:
