@@ -88,13 +88,14 @@ def hf_scores(hf_dir: Path, items: list[dict]) -> tuple[float, float]:
 
 
 def test_hellaswag_scores_equal_an_independent_hf_scorer(gpt2_model: Path, tmp_path: Path) -> None:
-    path = hellaswag_file(tmp_path / eval.HELLASWAG_FILE, 30)
+    (tmp_path / "hs").mkdir()  # apart from --out: a stage never writes where it reads
+    path = hellaswag_file(tmp_path / "hs" / eval.HELLASWAG_FILE, 30)
     with open(path, "a") as f:  # contexts longer than the model's 64 positions: cropped
         for i in range(3):
             ctx = " ".join(CONTEXTS[i:] * 3)
             f.write(json.dumps({"ctx": ctx, "endings": ENDINGS[i : i + 4], "label": i}) + "\n")
     cfg = config.load(None, ['eval.tasks=["hellaswag"]', "eval.batch_size=4"])
-    out = eval.evaluate(cfg, gpt2_model / "model", None, tmp_path / "out", tmp_path)
+    out = eval.evaluate(cfg, gpt2_model / "model", None, tmp_path / "out", path.parent)
     r = out["hellaswag"]
     items = eval.read_hellaswag(path)
     acc, acc_norm = hf_scores(gpt2_model / "hf", items)
@@ -108,7 +109,7 @@ def test_hellaswag_scores_equal_an_independent_hf_scorer(gpt2_model: Path, tmp_p
     # eval.max_items: the first items only.
     cfg = config.load(None, ['eval.tasks=["hellaswag"]', "eval.max_items=7"])
     assert (
-        eval.evaluate(cfg, gpt2_model / "model", None, tmp_path / "o2", tmp_path)["hellaswag"][
+        eval.evaluate(cfg, gpt2_model / "model", None, tmp_path / "o2", path.parent)["hellaswag"][
             "items"
         ]
         == 7
@@ -132,7 +133,8 @@ def test_an_ending_longer_than_the_window_is_refused_naming_file_and_line(
     """block_size 16: a context of any length is cropped from the left, but an ending of more
     than 16 tokens cannot follow a context token in the window (it crashed with a numpy
     broadcast error)."""
-    path = tmp_path / eval.HELLASWAG_FILE
+    (tmp_path / "hs").mkdir()  # apart from --out: a stage never writes where it reads
+    path = tmp_path / "hs" / eval.HELLASWAG_FILE
     long_ctx = {"ctx": " ".join(CONTEXTS), "endings": ENDINGS[:4], "label": 0}
     too_long = {"ctx": "A man", "endings": ["a", " ".join(ENDINGS), "b", "c"], "label": 1}
     path.write_text(json.dumps(long_ctx) + "\n" + json.dumps(too_long) + "\n")
@@ -140,10 +142,10 @@ def test_an_ending_longer_than_the_window_is_refused_naming_file_and_line(
     with pytest.raises(
         eval.EvalError, match=rf"{path.name}:2: ending 1 is \d+ tokens.*block_size = 16"
     ):
-        eval.evaluate(cfg, gpt2_tiny, None, tmp_path / "out", tmp_path)
+        eval.evaluate(cfg, gpt2_tiny, None, tmp_path / "out", path.parent)
     assert not (tmp_path / "out" / "metrics.json").exists()
     path.write_text(json.dumps(long_ctx) + "\n")  # the long context alone: cropped, scored
-    r = eval.evaluate(cfg, gpt2_tiny, None, tmp_path / "out", tmp_path)["hellaswag"]
+    r = eval.evaluate(cfg, gpt2_tiny, None, tmp_path / "out", path.parent)["hellaswag"]
     assert (r["items"], r["cropped_items"]) == (1, 1)
 
 
@@ -158,7 +160,8 @@ def test_a_model_without_gpt2_tokens_is_refused_hellaswag_before_any_work(
         config.load(run)
     with pytest.raises(config.ConfigError, match="tokenizer.name = 'char'"):
         config.load(None, ['eval.tasks=["hellaswag"]', "tokenizer.name=char"])
-    hellaswag_file(tmp_path / eval.HELLASWAG_FILE, 3)
+    (tmp_path / "hs").mkdir()  # apart from --out
+    hellaswag_file(tmp_path / "hs" / eval.HELLASWAG_FILE, 3)
     data_dir = write_prepared(tmp_path / "data", synthetic_text(3000), 2000)
     data = loader.open_prepared(data_dir)
     m = config.load(None, ["model.n_layer=1", "model.n_head=1", "model.n_embd=8",
@@ -168,7 +171,7 @@ def test_a_model_without_gpt2_tokens_is_refused_hellaswag_before_any_work(
     cfg = config.load(None, ['eval.tasks=["val_loss", "hellaswag"]'])  # the model decides
     capsys.readouterr()
     with pytest.raises(eval.EvalError, match=r"hellaswag.*GPT-2 tokens.*'char' tokenizer"):
-        eval.evaluate(cfg, tmp_path / "model", data_dir, tmp_path / "out", tmp_path)
+        eval.evaluate(cfg, tmp_path / "model", data_dir, tmp_path / "out", tmp_path / "hs")
     assert "val_loss" not in capsys.readouterr().out  # nothing was scored
     assert not (tmp_path / "out").exists()
 
@@ -219,7 +222,8 @@ def test_val_loss_covers_every_window_of_the_split_and_gives_bits_per_byte(
 def test_a_bad_hellaswag_line_names_file_line_and_key_and_writes_nothing(
     tmp_path: Path, gpt2_tiny: Path, line: str, error: str
 ) -> None:
-    path = tmp_path / eval.HELLASWAG_FILE
+    (tmp_path / "hs").mkdir()  # apart from --out: a stage never writes where it reads
+    path = tmp_path / "hs" / eval.HELLASWAG_FILE
     good = {"ctx": "A man", "endings": ["a", "b", "c", "d"], "label": 1}
     path.write_text(json.dumps(good) + "\n" + line + "\n")
     with pytest.raises(eval.EvalError, match=f"{path.name}{error}"):
@@ -227,5 +231,5 @@ def test_a_bad_hellaswag_line_names_file_line_and_key_and_writes_nothing(
     # Through the stage: the error comes before any work, and nothing is written.
     cfg = config.load(None, ['eval.tasks=["hellaswag"]'])
     with pytest.raises(eval.EvalError, match=f"{path.name}{error}"):
-        eval.evaluate(cfg, gpt2_tiny, None, tmp_path / "out", tmp_path)
+        eval.evaluate(cfg, gpt2_tiny, None, tmp_path / "out", path.parent)
     assert not (tmp_path / "out").exists()

@@ -415,14 +415,18 @@ def test_a_dataset_is_a_data_file_adding_one_reruns_nothing_else_and_local_files
 
 
 def test_a_malformed_dataset_file_is_refused_naming_file_and_key(tiny: Path) -> None:
+    # Refused for the runs that use it; the others go on (it blocked every run).
     entry = tiny / "config/datasets/broken.toml"
     entry.write_text('reader = "txt"\n[[files]]\nurl = "https://example.org/a.txt"\n')
+    (tiny / "config/uses-it.toml").write_text('[data]\ndataset = "broken"\n')
     try:
-        r = snakemake(tiny, "-n", "--config", "runs=tiny", check=False)
+        assert planned_jobs(tiny, "--config", "runs=tiny") == {}
+        r = snakemake(tiny, "-n", "--config", "runs=[tiny,uses-it]", check=False)
         assert r.returncode != 0
         assert "config/datasets/broken.toml: reader = 'txt': expected one of" in r.stdout + r.stderr
     finally:
         entry.unlink()
+        (tiny / "config/uses-it.toml").unlink()
 
 
 @pytest.mark.slow  # about 35-45 s; tests/test_sweep.py runs by default

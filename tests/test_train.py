@@ -539,7 +539,8 @@ def test_inconsistent_config_and_data_are_refused_before_any_work(
     with pytest.raises(train.TrainError, match="train.seed = -1"):
         train.train(tiny("train.seed=-1"), data_dir, tmp_path / "m", tmp_path / "c")
     assert not (tmp_path / "c").exists() and not (tmp_path / "m").exists()
-    args = ["--data", str(data_dir), "--out", str(tmp_path / "m"), "--checkpoints", str(tmp_path)]
+    out, ckpt = str(tmp_path / "m"), str(tmp_path / "c")
+    args = ["--data", str(data_dir), "--out", out, "--checkpoints", ckpt]
     with pytest.raises(SystemExit) as e:
         train.main([*args, "model.n_embd=30", "model.n_head=4"])
     assert e.value.code == 2 and "model.n_embd = 30" in capsys.readouterr().err

@@ -316,7 +316,8 @@ def evaluate(
     scorer = make_scorer(m, rt)
     inputs = [provenance.file_entry(model_dir / checkpoint.MODEL_FILES[0], model_sha)]
     results: dict[str, Any] = {}
-    with provenance.exclusive(out_dir, "evaluation"):
+    reads = [("--model", model_dir), ("--data", data_dir), ("--hellaswag", hellaswag_dir)]
+    with provenance.exclusive(out_dir, "evaluation", inputs=reads):
         for task in e.tasks:
             t0 = time.perf_counter()
             if task == "val_loss":
@@ -363,12 +364,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, required=True, help="directory for metrics.json")
     progress.add_arguments(parser, "eval")
     args = parser.parse_intermixed_args(argv)
-    cfg = config.from_args(args, parser)
+    cfg = config.from_args(args, parser, registry=False)  # the data is --data, as prepared
     try:
         evaluate(cfg, args.model, args.data, args.out, args.hellaswag, progress.from_args(args))
     except (
         EvalError, checkpoint.CheckpointError, loader.DataError, tokenizer.TokenizerError,
-        provenance.HashMismatch, provenance.OutputError, OSError,
+        provenance.HashMismatch, provenance.OutputError, provenance.FileError, OSError,
     ) as err:  # fmt: skip
         print(f"{parser.prog}: error: {err}", file=sys.stderr)
         sys.exit(1)

@@ -28,7 +28,20 @@ W, H, PAD = 460, 300, 48  # one panel, in pixels
 
 
 def read_metrics(path: str | Path) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+    """The records of a metrics.jsonl; a line that is not a JSON object raises ValueError
+    naming the file and line."""
+    records = []
+    for i, line in enumerate(Path(path).read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except ValueError as e:
+            raise ValueError(f"{path}:{i}: not a JSON record: {e}") from None
+        if not isinstance(record, dict):
+            raise ValueError(f"{path}:{i}: expected a JSON object")
+        records.append(record)
+    return records
 
 
 def _ticks(lo: float, hi: float, n: int = 5) -> list[float]:
@@ -368,7 +381,7 @@ def sweep_points(runs: dict[str, Path], lr_key: str, axes: list[str]) -> list[di
     from nanogptx import config
 
     def run_settings(root: Path) -> dict[str, str]:
-        cfg = config.load(root / "model" / "config.toml")
+        cfg = config.load(root / "model" / "config.toml", registry=False)
         return dict(s.split("=", 1) for s in config.settings(cfg, config.SECTIONS))
 
     points = []
@@ -379,7 +392,7 @@ def sweep_points(runs: dict[str, Path], lr_key: str, axes: list[str]) -> list[di
         variant = ", ".join(f"{k}={settings[name][k]}" for k in varied) or "all"
         records = read_metrics(root / "model" / "metrics.jsonl")
         first = next(r for r in records if r.get("kind") == "eval")
-        final = json.loads((root / "eval" / "metrics.json").read_text())["val_loss"]["loss"]
+        final = provenance.read_json(root / "eval" / "metrics.json")["val_loss"]["loss"]
         diverged = provenance.read(root / "model").get("summary", {}).get("diverged")
         stats = [r for r in records if r.get("kind") == "stats"]
         logits = [v for r in stats for v in r["attn_logit_max"] if _finite(v)]
@@ -543,7 +556,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             runs = {}
             for item in args.metrics:
                 name, _, path = item.partition("=")
-                runs[name] = json.loads(Path(path).read_text())
+                runs[name] = provenance.read_json(path, what="eval metrics")
             text = evals_html(runs, args.title)
         elif args.what == "curves":
             runs = {}

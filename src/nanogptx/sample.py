@@ -242,7 +242,10 @@ def sample(
     """Load the model in model_dir, write samples.txt and provenance.json into out_dir (held for
     the while: a second sampling into it is refused; an interrupted one's leftovers go).
     channel: progress lines for a person watching (the workflow's terminal)."""
-    with provenance.exclusive(out_dir, "sampling"):
+    start = cfg.sample.start
+    prompt = start.removeprefix("FILE:") if start.startswith("FILE:") else None
+    inputs = [("--model", model_dir), ("the prompt file of sample.start", prompt)]
+    with provenance.exclusive(out_dir, "sampling", inputs=inputs):
         return _sample(cfg, Path(model_dir), Path(out_dir), channel)
 
 
@@ -323,12 +326,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, required=True, help="directory for samples.txt")
     progress.add_arguments(parser, "sample")
     args = parser.parse_intermixed_args(argv)
-    cfg = config.from_args(args, parser)
+    cfg = config.from_args(args, parser, registry=False)  # the data is not read here
     try:
         samples = sample(cfg, args.model, args.out, progress.from_args(args))
     except (
         SampleError, checkpoint.CheckpointError, tokenizer.TokenizerError,
-        provenance.HashMismatch, provenance.OutputError, OSError,
+        provenance.HashMismatch, provenance.OutputError, provenance.FileError, OSError,
     ) as e:  # fmt: skip
         print(f"{parser.prog}: error: {e}", file=sys.stderr)
         sys.exit(1)

@@ -19,7 +19,7 @@ from typing import Any
 
 import yaml  # Snakemake's own dependency: config/config.yaml is YAML
 
-from nanogptx import checkpoint, config, progress
+from nanogptx import checkpoint, config, progress, provenance
 from nanogptx import sweep as nsweep
 
 
@@ -44,7 +44,8 @@ def run_status(run: str, data: Path, results: Path, base: str = "", overrides=()
     """Lines describing one run (a sweep's point: its base run's file and its overrides)."""
     try:
         path = Path("config") / f"{config.check_run_name(base or run)}.toml"
-        cfg = config.load(path, overrides)
+        # The registry is not read: a broken dataset file must not hide where the runs stand.
+        cfg = config.load(path, overrides, registry=False)
     except config.ConfigError as e:
         return [f"{run}: config error: {e}"]
     model, t = results / run / "model", cfg.train
@@ -70,7 +71,11 @@ def run_status(run: str, data: Path, results: Path, base: str = "", overrides=()
             text += f"; val loss {evaluation['val_loss']:.4f} at step {evaluation['step']}"
         lines.append(text)
     if stages["eval"].exists():
-        ev = json.loads(stages["eval"].read_text())
+        try:
+            ev = provenance.read_json(stages["eval"], what="eval metrics")
+            ev = ev if isinstance(ev, dict) else {}
+        except provenance.FileError as e:
+            return [*lines, f"  eval: {e}"]
         parts = [f"val loss {ev['val_loss']['loss']:.4f} ({ev['val_loss']['bits_per_byte']:.4f} "
                  "bits/byte, whole split)"] if "val_loss" in ev else []  # fmt: skip
         if "hellaswag" in ev:

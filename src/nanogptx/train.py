@@ -596,13 +596,21 @@ def train(
     initialize_distributed()
     make_runtime(cfg)  # an impossible one is refused here, before any file is read
     out_dir, ckpt_dir = Path(out_dir), Path(ckpt_dir)
-    data = loader.open_prepared(data_dir)  # shard hashes checked here
+    inputs = [("--data", data_dir), ("--init", init)]
+    for path, flag in ((out_dir, "--out"), (ckpt_dir, "--checkpoints")):
+        provenance.check_apart(path, flag, inputs)  # before any work
+    if out_dir.resolve() == ckpt_dir.resolve():
+        raise provenance.OutputError(
+            f"--out {out_dir} and --checkpoints {ckpt_dir} are one directory: give each its own"
+        )
+    data = loader.open_prepared(data_dir)  # manifest and shard hashes checked here
     check_setup(cfg, data, jax.device_count())
     cfg = resolve_vocab(cfg, data)
     with contextlib.ExitStack() as held:
         if jax.process_index() == 0:
             for path, flag in ((out_dir, "--out"), (ckpt_dir, "--checkpoints")):
-                removed = held.enter_context(provenance.exclusive(path, "training", flag))
+                held_dir = provenance.exclusive(path, "training", flag, inputs)
+                removed = held.enter_context(held_dir)
                 if removed:
                     names = ", ".join(p.name for p in removed)
                     log(f"removed what an interrupted run left in {path}: {names}")
@@ -1016,7 +1024,7 @@ def main(argv: list[str] | None = None) -> None:
         train(cfg, args.data, args.out, args.checkpoints, args.init, progress.from_args(args))
     except (
         TrainError, loader.DataError, provenance.HashMismatch, provenance.OutputError,
-        checkpoint.CheckpointError, OSError,
+        provenance.FileError, checkpoint.CheckpointError, OSError,
     ) as e:  # fmt: skip
         print(f"{parser.prog}: error: {e}", file=sys.stderr)
         leave(1)

@@ -1,11 +1,12 @@
 # Helpers of the workflow: the runs, their resolved configs, and the paths they map to.
-# Only nanogptx modules that need nothing but the standard library are imported (config,
-# datasets, provenance, sweep): parsing stays fast.
+# Only modules of nanogptx that use the standard library alone are imported (config, datasets,
+# provenance, sweep): parsing stays fast.
 
 import ast
 import dataclasses
 import functools
 import hashlib
+import json
 import os
 import re
 import shlex
@@ -16,8 +17,7 @@ from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
 
 from nanogptx import config as nconfig
-from nanogptx import datasets
-from nanogptx import provenance
+from nanogptx import datasets, provenance
 from nanogptx import sweep as nsweep
 
 validate(config, "../schemas/config.schema.yaml")
@@ -113,13 +113,40 @@ def dataset_entry(wildcards):
     return hashlib.sha256(text).hexdigest()
 
 
+LOCAL_SHA256 = Path(DATA) / "raw" / f"{provenance.MARKER}local-sha256.json"
+
+
 def local_files(wildcards):
-    """The dataset's files already on disk (file: URLs): inputs, so an edit reruns download."""
-    return [
+    """A param of download: "path sha256" of each of the dataset's files on disk (file: URLs,
+    local_dir). An edit of one reruns the download; a new modification time of the same bytes
+    (a copy, a checkout, touch) reruns nothing, as it would as an input. The sha256 are kept in
+    LOCAL_SHA256 by path, size, modification time and inode: a file is read again only when
+    one of these changes."""
+    paths = [
         urllib.parse.unquote(urllib.parse.urlsplit(f.url).path)
         for f in _dataset(wildcards.dataset).files
         if f.local
     ]
+    return [f"{p} {_content_sha256(p)}" for p in paths]
+
+
+def _content_sha256(path):
+    try:
+        st = os.stat(path)
+    except OSError as e:
+        raise WorkflowError(f"dataset file on disk {path}: {e.strerror}")
+    key = [st.st_size, st.st_mtime_ns, st.st_ino]
+    try:
+        cache = json.loads(LOCAL_SHA256.read_text())
+    except (OSError, ValueError):
+        cache = {}  # none yet, or damaged: the files are hashed again
+    cache = cache if isinstance(cache, dict) else {}
+    entry = cache.get(path)
+    if isinstance(entry, dict) and entry.get("stat") == key:
+        return entry.get("sha256")
+    cache[path] = {"stat": key, "sha256": provenance.sha256_file(path)}
+    provenance.write_json_atomic(LOCAL_SHA256, cache)
+    return cache[path]["sha256"]
 
 
 def prepared_dir(run):
