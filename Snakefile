@@ -22,6 +22,10 @@ include: "workflow/rules/model.smk"
 include: "workflow/rules/report.smk"
 
 
+onstart:
+    refuse_if_in_use()
+
+
 rule all:
     default_target: True
     input:

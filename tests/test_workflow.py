@@ -6,6 +6,7 @@ Data comes through the mirror setting from ../shared/assets, as an offline user 
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -203,3 +204,38 @@ def test_a_sweep_with_long_point_names_plans_with_them_cut(tmp_path: Path) -> No
     out = snakemake(workdir, "-n", "train", "--config", "sweep=long").stdout
     runs = set(re.findall(r"--out results/(long\.[^/]+)/model ", out))
     assert len(runs) == 2 and all(len(run) <= 200 for run in runs), runs
+
+
+def test_a_local_file_touched_but_unchanged_reruns_nothing_and_an_edit_reruns_its_download(
+    tmp_path: Path, assets: Path
+) -> None:
+    # A new modification time of the same bytes (a copy, a checkout) replanned download,
+    # prepare, train, sample and eval, and overwrote the training's benchmark record. Over 1 MB,
+    # as Tiny Shakespeare: Snakemake compares smaller inputs by checksum itself.
+    workdir = make_workdir(tmp_path)
+    corpus = workdir / "corpus.txt"
+    corpus.write_bytes((assets / "tinyshakespeare" / "input.txt").read_bytes())
+    (workdir / "config/datasets/mine.toml").write_text(
+        'reader = "text"\n[[files]]\nname = "input.txt"\nurl = "file:corpus.txt"\n'
+    )
+    (workdir / "config/mine.toml").write_text('[data]\ndataset = "mine"\n')
+    snakemake(workdir, "download", "--config", "runs=mine")
+    stamp = corpus.stat().st_mtime_ns + 10**9
+    os.utime(corpus, ns=(stamp, stamp))
+    assert planned_jobs(workdir, "download", "--config", "runs=mine") == {}
+    corpus.write_bytes(corpus.read_bytes().replace(b"ROMEO", b"RomeO", 1))
+    assert planned_jobs(workdir, "download", "--config", "runs=mine") == {
+        "download_dataset": 1, "download": 1,
+    }  # fmt: skip
+
+
+def test_a_broken_dataset_file_blocks_only_the_runs_that_use_it(tmp_path: Path) -> None:
+    # local_dir = 5 ended every snakemake -n in a TypeError in common.smk, whatever the runs.
+    workdir = make_workdir(tmp_path)
+    (workdir / "config/datasets/broken.toml").write_text('reader = "text"\nlocal_dir = 5\n')
+    assert "download_dataset" in planned_jobs(workdir, "download", "--config", "runs=tiny")
+    (workdir / "config/uses-it.toml").write_text('[data]\ndataset = "broken"\n')
+    r = snakemake(workdir, "-n", "--config", "runs=uses-it", check=False)
+    assert r.returncode != 0 and "TypeError" not in r.stdout + r.stderr
+    says = "config/datasets/broken.toml: local_dir = 5: expected a directory path"
+    assert says in r.stdout + r.stderr, r.stdout[-2000:]

@@ -457,8 +457,13 @@ def _suggest(name: str, known: typing.Iterable[str]) -> str:
     return f" (did you mean {close[0]!r}?)" if close else ""
 
 
-def _check_values(cfg: Config, source: str) -> None:
-    """Impossible values and combinations, each named with its key and the file."""
+def _check_values(
+    cfg: Config, source: str, registry: bool = True, tokenizer_known: bool = True
+) -> None:
+    """Impossible values and combinations, each named with its key and the file; with
+    registry, data.dataset against its dataset file (config/datasets/NAME.toml).
+    tokenizer_known: the config says which tokenizer the model has (a run's file does; the
+    defaults with overrides of a stage run alone may not, and the stage checks its model)."""
     m, t, d, s = cfg.model, cfg.train, cfg.data, cfg.sample
 
     def need(ok: bool, key: str, value: Any, expected: str) -> None:
@@ -472,13 +477,8 @@ def _check_values(cfg: Config, source: str) -> None:
             choices = f.metadata.get("choices")
             if choices:
                 need(value in choices, f"{name}.{f.name}", value, f"one of {list(choices)}")
-    from nanogptx import datasets  # light: the registry is plain data
-
-    try:
-        use = datasets.get(d.dataset).use
-    except (datasets.UnknownDataset, datasets.RegistryError) as e:
-        raise ConfigError(f"{source}: data.dataset: {e}") from None
-    need(use == "train", "data.dataset", d.dataset, f"a dataset of text, not {use} data")
+    if registry:
+        check_dataset(d.dataset, source)
     from_cleaning = {"normalize_newlines", "strip", "drop_short"}
     for c in d.cleaning:
         need(
@@ -607,6 +607,12 @@ def _check_values(cfg: Config, source: str) -> None:
         need(task in EVAL_TASKS, "eval.tasks", task, f"one of {list(EVAL_TASKS)}")
     need(len(set(e.tasks)) == len(e.tasks), "eval.tasks", list(e.tasks), "no task twice")
     need(len(e.tasks) > 0, "eval.tasks", list(e.tasks), f"at least one of {list(EVAL_TASKS)}")
+    if tokenizer_known and "hellaswag" in e.tasks and cfg.tokenizer.name != "gpt2":
+        raise ConfigError(
+            f"{source}: eval.tasks has hellaswag, which is scored in GPT-2 tokens, but "
+            f'tokenizer.name = {cfg.tokenizer.name!r}: set tokenizer.name = "gpt2" or remove '
+            "hellaswag from eval.tasks"
+        )
     need(e.batch_size > 0, "eval.batch_size", e.batch_size, "> 0")
     need(e.max_windows >= 0, "eval.max_windows", e.max_windows, ">= 0 (0: all)")
     need(e.max_items >= 0, "eval.max_items", e.max_items, ">= 0 (0: all)")
@@ -615,8 +621,31 @@ def _check_values(cfg: Config, source: str) -> None:
          ">= 0 (0: none)")  # fmt: skip
 
 
-def from_dict(tree: dict[str, Any], source: str = "<dict>") -> Config:
-    """Build a Config from a {section: {key: value}} tree of differences from the defaults."""
+def check_dataset(name: str, source: str) -> None:
+    """data.dataset must name a dataset of text in the registry (its file only is read)."""
+    from nanogptx import datasets  # light: the registry is plain data
+
+    try:
+        ds = datasets.get(name)
+    except (datasets.UnknownDataset, datasets.RegistryError) as e:
+        raise ConfigError(f"{source}: data.dataset: {e}") from None
+    if ds.use != "train" or ds.reader == "none":
+        what = f"{ds.use} data" if ds.use != "train" else "files no reader reads (reader none)"
+        raise ConfigError(
+            f"{source}: data.dataset = {name!r}: expected a dataset of text a reader makes "
+            f"documents of, not {what} ({datasets.entry_file(name)})"
+        )
+
+
+def from_dict(
+    tree: dict[str, Any],
+    source: str = "<dict>",
+    registry: bool = True,
+    tokenizer_known: bool = True,
+) -> Config:
+    """Build a Config from a {section: {key: value}} tree of differences from the defaults;
+    registry=False: data.dataset is not looked up (a trained model's own config);
+    tokenizer_known: see _check_values."""
     sections = {}
     for name, values in tree.items():
         if name not in SECTIONS and not isinstance(values, dict):
@@ -641,7 +670,7 @@ def from_dict(tree: dict[str, Any], source: str = "<dict>") -> Config:
             values[key] = _check_type(value, hints[key], f"{source}: {name}.{key}")
         sections[name] = cls(**values)
     cfg = _resolve_init(Config(**sections), tree.get("model", {}), source)
-    _check_values(cfg, source)
+    _check_values(cfg, source, registry, tokenizer_known)
     return cfg
 
 
@@ -665,8 +694,12 @@ def micro_batches(cfg: Config) -> int:
     return max(1, cfg.train.total_batch_tokens // (cfg.train.batch_size * cfg.model.block_size))
 
 
-def load(path: str | Path | None = None, overrides: typing.Sequence[str] = ()) -> Config:
-    """Defaults, then the TOML file at path, then `section.key=value` overrides."""
+def load(
+    path: str | Path | None = None, overrides: typing.Sequence[str] = (), registry: bool = True
+) -> Config:
+    """Defaults, then the TOML file at path, then `section.key=value` overrides. registry=False
+    for what does not read data: a model directory's config.toml, the run file of a stage that
+    uses other sections (a broken or removed dataset file then blocks nothing)."""
     tree: dict[str, dict[str, Any]] = {}
     source = "defaults"
     if path is not None:
@@ -697,7 +730,8 @@ def load(path: str | Path | None = None, overrides: typing.Sequence[str] = ()) -
         tree[section][key] = value
     if overrides:
         source += " + overrides " + " ".join(overrides)
-    return from_dict(tree, source)
+    known = path is not None or "tokenizer" in tree  # else the stage checks its model
+    return from_dict(tree, source, registry, tokenizer_known=known)
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:
@@ -830,9 +864,12 @@ def add_arguments(parser: argparse.ArgumentParser, names: typing.Iterable[str]) 
     )
 
 
-def from_args(args: argparse.Namespace, parser: argparse.ArgumentParser) -> Config:
-    """Load the config named by parsed args; a bad config exits with the message (code 2)."""
+def from_args(
+    args: argparse.Namespace, parser: argparse.ArgumentParser, registry: bool = True
+) -> Config:
+    """Load the config named by parsed args; a bad config exits with the message (code 2).
+    registry=False for a stage that reads no data (see load)."""
     try:
-        return load(args.config, args.overrides)
+        return load(args.config, args.overrides, registry)
     except ConfigError as e:
         parser.exit(2, f"{parser.prog}: config error: {e}\n")

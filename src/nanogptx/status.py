@@ -1,7 +1,10 @@
 """Where every configured run stands: which stages are done, how far its training has come
 (from metrics.jsonl, also while it runs) and the checkpoint a rerun would resume from.
 
-    python -m nanogptx.status [--runs a,b]    # in the checkout; default: config/config.yaml's runs
+    python -m nanogptx.status                           # config/config.yaml's runs
+    python -m nanogptx.status --config runs=[a,b]       # the runs as snakemake takes them
+    python -m nanogptx.status --config sweep=NAME       # a sweep's points
+    python -m nanogptx.status --runs a,b                # the same as --config runs=a,b
 
 Reads files only: it starts nothing and changes nothing, and needs no Snakemake.
 """
@@ -16,7 +19,8 @@ from typing import Any
 
 import yaml  # Snakemake's own dependency: config/config.yaml is YAML
 
-from nanogptx import checkpoint, config
+from nanogptx import checkpoint, config, progress, provenance
+from nanogptx import sweep as nsweep
 
 
 def last_records(metrics: Path) -> dict[str, dict[str, Any]]:
@@ -36,10 +40,12 @@ def last_records(metrics: Path) -> dict[str, dict[str, Any]]:
     return newest
 
 
-def run_status(run: str, data: Path, results: Path) -> list[str]:
-    """Lines describing one run."""
+def run_status(run: str, data: Path, results: Path, base: str = "", overrides=()) -> list[str]:
+    """Lines describing one run (a sweep's point: its base run's file and its overrides)."""
     try:
-        cfg = config.load(Path("config") / f"{config.check_run_name(run)}.toml")
+        path = Path("config") / f"{config.check_run_name(base or run)}.toml"
+        # The registry is not read: a broken dataset file must not hide where the runs stand.
+        cfg = config.load(path, overrides, registry=False)
     except config.ConfigError as e:
         return [f"{run}: config error: {e}"]
     model, t = results / run / "model", cfg.train
@@ -65,12 +71,18 @@ def run_status(run: str, data: Path, results: Path) -> list[str]:
             text += f"; val loss {evaluation['val_loss']:.4f} at step {evaluation['step']}"
         lines.append(text)
     if stages["eval"].exists():
-        ev = json.loads(stages["eval"].read_text())
+        try:
+            ev = provenance.read_json(stages["eval"], what="eval metrics")
+            ev = ev if isinstance(ev, dict) else {}
+        except provenance.FileError as e:
+            return [*lines, f"  eval: {e}"]
         parts = [f"val loss {ev['val_loss']['loss']:.4f} ({ev['val_loss']['bits_per_byte']:.4f} "
                  "bits/byte, whole split)"] if "val_loss" in ev else []  # fmt: skip
         if "hellaswag" in ev:
             h = ev["hellaswag"]
-            parts.append(f"HellaSwag acc_norm {h['acc_norm']:.4f} over {h['items']} items")
+            parts.append(
+                f"HellaSwag acc_norm {h['acc_norm']:.4f} over {progress.plural(h['items'], 'item')}"
+            )
         lines.append(f"  eval: {'; '.join(parts)}")
     ckpt_dir = results / run / "checkpoints" / config.checkpoint_id(cfg)
     usable = [p for s, p in checkpoint.list_checkpoints(ckpt_dir) if s <= t.max_iters]
@@ -79,21 +91,57 @@ def run_status(run: str, data: Path, results: Path) -> list[str]:
     return lines
 
 
+# The keys of config/config.yaml that `snakemake --config` may set (the workflow's schema).
+WORKFLOW_KEYS = ("runs", "sweep", "mirror", "paths")
+
+
+def workflow_config(pairs: list[str]) -> dict[str, Any]:
+    """config/config.yaml with `--config KEY=VALUE` pairs on top, each value read as YAML, as
+    snakemake reads them (runs=[a,b], runs=a,b, sweep=NAME)."""
+    workflow = yaml.safe_load(Path("config/config.yaml").read_text("utf-8"))
+    for pair in pairs:
+        key, eq, value = pair.partition("=")
+        if not eq or key not in WORKFLOW_KEYS:
+            raise ValueError(f"--config {pair}: expected KEY=VALUE with KEY one of "
+                             f"{', '.join(WORKFLOW_KEYS)}")  # fmt: skip
+        workflow[key] = yaml.safe_load(value) if value else ""
+    return workflow
+
+
+def selected_runs(workflow: dict[str, Any]) -> dict[str, tuple[str, list[str]]]:
+    """{run: (base run, overrides)} as the Snakefile selects them: a sweep's points, else the
+    runs (a list, or names separated by commas)."""
+    if workflow.get("sweep"):
+        s = nsweep.load(str(workflow["sweep"]))
+        return {run: (s.base, overrides) for run, overrides in nsweep.expand(s).items()}
+    runs = workflow["runs"]
+    names = runs if isinstance(runs, list) else str(runs).split(",")
+    return {str(n).strip(): ("", []) for n in names if str(n).strip()}
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
-        prog="python -m nanogptx.status", description=__doc__.split("\n\n")[0]
-    )
-    parser.add_argument("--runs", help="comma-separated run names (default: config/config.yaml)")
+        prog="python -m nanogptx.status", description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=__doc__.split("\n\n")[1],
+    )  # fmt: skip
+    parser.add_argument("--config", nargs="+", default=[], metavar="KEY=VALUE",
+                        help="the runs as snakemake takes them: runs=[a,b] or runs=a,b, or "
+                        "sweep=NAME (default: config/config.yaml's)")  # fmt: skip
+    parser.add_argument("--runs", help="comma-separated run names (as --config runs=a,b)")
     args = parser.parse_args(argv)
+    pairs = args.config + ([f"runs={args.runs}", "sweep="] if args.runs else [])
     try:
-        workflow = yaml.safe_load(Path("config/config.yaml").read_text("utf-8"))
+        workflow = workflow_config(pairs)
+        runs = selected_runs(workflow)
     except OSError as e:
         parser.exit(1, f"{parser.prog}: error: run it in the checkout ({e})\n")
-    runs = args.runs.split(",") if args.runs else workflow["runs"]
-    runs = runs.split(",") if isinstance(runs, str) else runs
-    paths = workflow["paths"]
-    for run in runs:
-        print("\n".join(run_status(run.strip(), Path(paths["data"]), Path(paths["results"]))))
+    except (ValueError, config.ConfigError) as e:
+        parser.exit(2, f"{parser.prog}: error: {e}\n")
+    paths = {"data": "data", "results": "results", **(workflow.get("paths") or {})}
+    for run, (base, overrides) in runs.items():
+        lines = run_status(run, Path(paths["data"]), Path(paths["results"]), base, overrides)
+        print("\n".join(lines))
     sys.stdout.flush()
 
 

@@ -21,6 +21,8 @@ from typing import Any
 
 import numpy as np
 
+from nanogptx import provenance
+
 EOT_TEXT = "<|endoftext|>"
 MAX_CODEPOINT = 0x10FFFF
 
@@ -272,9 +274,7 @@ def seed_tiktoken_cache(src: Path, cache: Path) -> list[Path]:
                 f"expected {sha256} (tiktoken's own hash of {url})"
             )
         target = cache / hashlib.sha1(url.encode()).hexdigest()
-        tmp = target.with_suffix(".tmp")
-        tmp.write_bytes(data)
-        os.replace(tmp, target)
+        provenance.write_bytes_atomic(target, data)  # its temporary: provenance.MARKER
         written.append(target)
     return written
 
