@@ -65,6 +65,34 @@ def test_an_empty_wrong_or_project_local_dir_is_refused_naming_file_and_key(
         datasets.parse(path)
 
 
+@pytest.mark.parametrize("written", ["file:{abs}", "file://{abs}", "file:{rel}"])
+def test_a_file_url_is_the_path_as_written(project: Path, written: str) -> None:
+    # "file:/data/run #2/c.txt" was cut at '#' (a URL's fragment) and read /data/run, and a
+    # '%20' in a name became a space: another file, or a traceback naming neither key nor file.
+    folder = project / "my data #2?"
+    folder.mkdir()
+    target = folder / "corpus 100%20 ü.txt"
+    target.write_text("x")
+    (project / "my data ").mkdir()  # what the cut path named
+    url = written.format(abs=target, rel=target.relative_to(project))
+    path = write(project, "one", f'reader = "text"\n[[files]]\nname = "c.txt"\nurl = "{url}"\n')
+    assert local_paths(datasets.parse(path)) == [target]
+
+
+def test_a_file_url_must_name_a_file_and_a_name_from_it_says_so(project: Path) -> None:
+    files = 'reader = "text"\n[[files]]\nurl = "file:{}"\n'
+    path = write(project, "gone", files.format("gone.txt"))
+    with pytest.raises(datasets.RegistryError, match=rf"{path}: files\[0\]: url = 'file:gone.txt':"
+                       rf" expected file:PATH of a file that exists \({project / 'gone.txt'} is "
+                       "not one"):  # fmt: skip
+        datasets.parse(path)
+    (project / "my corpus.txt").write_text("x")
+    path = write(project, "spaced", files.format("my corpus.txt"))
+    says = r"name \(the url's last part; set name to choose one\) = 'my corpus.txt': expected a"
+    with pytest.raises(datasets.RegistryError, match=rf"files\[0\]: {says} file name"):
+        datasets.parse(path)
+
+
 def test_a_data_file_named_as_the_download_record_is_refused(project: Path) -> None:
     # It was overwritten by the download stage's own provenance.json.
     (project / "corpus").mkdir()
@@ -76,7 +104,8 @@ def test_a_data_file_named_as_the_download_record_is_refused(project: Path) -> N
     path = write(
         project, "url", 'reader = "text"\n[[files]]\nurl = "https://x.org/provenance.json"\n'
     )
-    with pytest.raises(datasets.RegistryError, match=r"files\[0\]: name = 'provenance.json'"):
+    with pytest.raises(datasets.RegistryError, match=r"files\[0\]: name \(the url's last part; "
+                       r"set name to choose one\) = 'provenance.json'"):  # fmt: skip
         datasets.parse(path)
 
 

@@ -160,6 +160,38 @@ def test_a_config_edit_is_named_with_its_values_in_the_dry_run(tiny: Path) -> No
         toml.write_text(original)
 
 
+def test_a_retraining_cut_short_reruns_with_the_stages_after_it(tiny: Path) -> None:
+    """An edit reruns train, and its job is cut short (here: its checkpoint directory is a file;
+    a kill or Ctrl-C does the same): Snakemake deletes the job's outputs, the model. Its samples
+    and evaluation of the earlier model were left, looked up to date, and the same command then
+    planned nothing: the edit was never trained. (README: After a kill.)"""
+    toml, model = tiny / "config/tiny.toml", tiny / "results/tiny/model"
+    meta, kept = tiny / ".snakemake/metadata", tiny / "kept"
+    original = toml.read_text()
+    # The model and Snakemake's records as they were (copy2 keeps the times), for the tests after.
+    shutil.copytree(model, kept / "model")
+    shutil.copytree(meta, kept / "metadata")
+    try:
+        edit(toml, "learning_rate = 1e-2", "learning_rate = 5e-3")
+        out = snakemake(tiny, "-n", "--config", "runs=tiny").stdout
+        cut = tiny / re.search(r"--checkpoints (results/tiny/checkpoints/\w+)", out)[1]
+        cut.parent.mkdir(parents=True, exist_ok=True)
+        cut.write_text("not a directory")
+        r = snakemake(tiny, "--config", "runs=tiny", check=False)
+        assert r.returncode != 0 and not (model / "params.safetensors").exists(), r.stdout
+        assert (tiny / "results/tiny/samples/samples.txt").exists()  # of the earlier model
+        cut.unlink()
+        for target in ([], ["sample"], ["eval"], ["train"]):
+            assert "train_run" in planned_jobs(tiny, *target, "--config", "runs=tiny"), target
+        assert {"sample_run", "eval_run"} <= set(planned_jobs(tiny, "--config", "runs=tiny"))
+    finally:
+        toml.write_text(original)
+        for path in (model, meta):
+            shutil.rmtree(path, ignore_errors=True)
+            (kept / path.name).rename(path)
+    assert planned_jobs(tiny, "--config", "runs=tiny") == {}
+
+
 @pytest.mark.slow  # about 14 s
 def test_prepared_data_is_shared_whatever_runs_are_selected(tiny: Path) -> None:
     """The prepared data of tiny is the same as shakespeare-char's and the sweep runs': no

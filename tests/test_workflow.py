@@ -185,6 +185,8 @@ def test_a_config_typo_is_one_line_naming_the_key_and_the_closest(tmp_path: Path
         (["runs=tiny", "paths={data: d, result: r}"], "config: unknown key 'paths.result' (did "
          "you mean 'results'?); known keys of paths: data, results, lock"),
         (["runs=tiny", "mirror=5"], "config mirror = 5: 5 is not of type 'string'"),
+        (["runs=tiny", "n_layer=3"], "config: unknown key 'n_layer'; known keys: runs, sweep, "
+         "mirror, paths; a run's settings go in its file config/RUN.toml"),
     ]:  # fmt: skip
         r = snakemake(workdir, "-n", "--config", *args, check=False)
         out = r.stdout + r.stderr

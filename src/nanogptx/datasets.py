@@ -177,14 +177,23 @@ def _file(entry: Any, where: str, project: Path) -> RemoteFile:
     _need(isinstance(url, str) and bool(url), where, "url", url, "an https:// or file: URL")
     scheme = urllib.parse.urlsplit(url).scheme
     _need(scheme in ("https", "file"), where, "url", url, "an https:// URL or file:PATH")
-    name = entry.get("name") or Path(urllib.parse.urlsplit(url).path).name
+    if scheme == "file":
+        # The path as written: '#', '?', '%' and spaces are characters of it (urlsplit cut a
+        # path at '#' and read another file). file:///abs, the URL form, is file:/abs.
+        path = url[len("file:") :]
+        path = path[2:] if path.startswith("//") else path
+        local = project / Path(path)  # a relative path: from the project, whatever the cwd
+        _need(local.is_file(), where, "url", url,
+              f"file:PATH of a file that exists ({local} is not one)")  # fmt: skip
+        url, last = f"file:{urllib.parse.quote(str(local))}", local.name
+    else:
+        last = Path(urllib.parse.urlsplit(url).path).name
+    name = entry.get("name", last)
+    name_key = "name" if "name" in entry else "name (the url's last part; set name to choose one)"
     ok = isinstance(name, str) and bool(NAME.fullmatch(name))
-    _need(ok, where, "name", name, "a file name: letters, digits, '.', '_', '-'")
-    _need(name not in RESERVED, where, "name", name,
+    _need(ok, where, name_key, name, "a file name: letters, digits, '.', '_', '-'")
+    _need(name not in RESERVED, where, name_key, name,
           f"a name other than {list(RESERVED)}: the download writes its record so")  # fmt: skip
-    if scheme == "file":  # a relative path: from the project, whatever the working directory
-        local = project / Path(urllib.parse.unquote(urllib.parse.urlsplit(url).path))
-        url = f"file:{urllib.parse.quote(str(local))}"
     for key in ("sha256", "git_sha1"):
         value = entry.get(key)
         ok = value is None or (isinstance(value, str) and bool(_HEX[key].fullmatch(value)))

@@ -109,9 +109,32 @@ def _gpt2_encoding() -> Any:
         return tiktoken.get_encoding("gpt2")
     except Exception as e:  # network (requests), a cached file with the wrong hash, ...
         raise TokenizerError(
-            f"cannot load tiktoken's GPT-2 files ({type(e).__name__}: {e}). Offline, set "
-            "TIKTOKEN_CACHE_DIR to a directory holding them (README: offline use)"
+            f"cannot load tiktoken's GPT-2 files ({type(e).__name__}: {e}). {_offline_hint()}"
         ) from e
+
+
+def _offline_hint() -> str:
+    """What to type on a machine without internet, given where $TIKTOKEN_CACHE_DIR points."""
+    cache = os.environ.get("TIKTOKEN_CACHE_DIR")
+    seed = f"python -m nanogptx.tokenizer --seed-tiktoken-cache DIR --cache {cache or 'CACHE'}"
+    names = ", ".join(TIKTOKEN_FILES)
+    if cache and any((Path(cache) / name).is_file() for name in TIKTOKEN_FILES):
+        # A directory of the files as shipped: tiktoken looks each up by sha1(URL) instead.
+        return (
+            f"TIKTOKEN_CACHE_DIR={cache} holds the files under their own names, which tiktoken "
+            f"does not read; copy them into its layout once with `python -m nanogptx.tokenizer "
+            f"--seed-tiktoken-cache {cache} --cache CACHE` and set TIKTOKEN_CACHE_DIR=CACHE "
+            "(README: Offline use)"
+        )
+    if cache:
+        return (
+            f"Offline, fill TIKTOKEN_CACHE_DIR={cache} once from a directory DIR holding "
+            f"{names}: `{seed}` (README: Offline use)"
+        )
+    return (
+        f"Offline, fill a cache directory CACHE once from a directory DIR holding {names}: "
+        f"`{seed}`, and set TIKTOKEN_CACHE_DIR=CACHE (README: Offline use)"
+    )
 
 
 @functools.cache

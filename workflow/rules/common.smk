@@ -45,10 +45,13 @@ def check_config(config, schema):
         known = list(node["properties"])
         unknown = sorted(set(error.instance) - set(known))[0]
         close = difflib.get_close_matches(unknown, known, n=1)
+        # A run's own setting (n_layer=3) is not a workflow key: say where it goes.
+        setting = not where and not close
         raise WorkflowError(
             f"config: unknown key {'.'.join(filter(None, [where, unknown]))!r}"
             + (f" (did you mean {close[0]!r}?)" if close else "")
             + f"; known keys{' of ' + where if where else ''}: {', '.join(known)}"
+            + ("; a run's settings go in its file config/RUN.toml" if setting else "")
         )
     about = error.schema.get("description")
     value = f" {where} = {error.instance!r}" if where else ""
