@@ -434,7 +434,7 @@ def _check_type(value: Any, tp: Any, where: str) -> Any:
         raise ConfigError(f"{where}: expected {tp.__name__}, got {type(value).__name__} {value!r}")
     if tp is float and not math.isfinite(value):
         raise ConfigError(f"{where}: expected a finite number, got {value!r}")
-    if tp is str and not _is_text(value):
+    if tp is str and not is_text(value):
         raise ConfigError(
             f"{where}: {value!r} holds a lone surrogate, which no file can hold as text (an "
             "argument with bytes that are not UTF-8?): expected Unicode text"
@@ -442,7 +442,7 @@ def _check_type(value: Any, tp: Any, where: str) -> Any:
     return value
 
 
-def _is_text(s: str) -> bool:
+def is_text(s: str) -> bool:
     """Whether s is Unicode text, which UTF-8 (and so TOML and JSON files) can hold: no lone
     surrogates (Python's stand-ins for undecodable bytes of a command line)."""
     try:
