@@ -3,6 +3,7 @@ paths on disk relative to the project, never to the working directory."""
 
 from __future__ import annotations
 
+import re
 import urllib.parse
 from pathlib import Path
 
@@ -103,3 +104,61 @@ def test_each_dataset_file_is_read_alone(project: Path) -> None:
     with pytest.raises(datasets.UnknownDataset, match=r"'god' \(did you mean 'good'\?\); known "
                        "datasets: broken, good"):  # fmt: skip
         datasets.get("god")
+
+
+@pytest.mark.parametrize(
+    ("url", "says"),
+    [
+        # The host was dropped without a word: file://corpus/a.txt read /a.txt.
+        ("file://corpus/a.txt", "a host"),
+        # '#' and '?' began a fragment and a query, dropped: file:da#ta.txt read da.
+        ("file:corpus/da#ta.txt", "a fragment"),
+        ("file:corpus/a.txt?raw=1", "a query"),
+        ("file:", "no path"),  # the project itself
+        ("file:corpus/a\u0000.txt", "a NUL character"),
+    ],
+)
+def test_a_file_url_that_is_not_one_path_on_this_machine_is_refused(
+    project: Path, url: str, says: str
+) -> None:
+    toml = config._toml_value(url)
+    path = write(project, "bad", f'reader = "text"\n[[files]]\nname = "a.txt"\nurl = {toml}\n')
+    with pytest.raises(datasets.RegistryError, match=rf"files\[0\]: url = {re.escape(repr(url))}: "
+                       f".*{says}"):  # fmt: skip
+        datasets.parse(path)
+
+
+def test_a_file_url_holds_any_file_name_escaped_and_localhost_is_this_machine(
+    project: Path,
+) -> None:
+    (project / "corpus").mkdir()
+    path = write(project, "ok", 'reader = "text"\n[[files]]\nname = "a.txt"\n'
+                 'url = "file:corpus/da%23ta%3F.txt"\n[[files]]\nname = "b.txt"\n'
+                 f'url = "file://localhost{project}/b.txt"\n')  # fmt: skip
+    assert local_paths(datasets.parse(path)) == [project / "corpus/da#ta?.txt", project / "b.txt"]
+
+
+def test_a_local_dir_with_a_broken_link_or_a_long_name_is_refused_naming_it(project: Path) -> None:
+    # A link to a file that is gone (an unmounted disk) was left out of the corpus unsaid.
+    (project / "corpus").mkdir()
+    (project / "corpus" / "a.txt").write_text("x")
+    (project / "corpus" / "b.txt").symlink_to(project / "nowhere.txt")
+    path = write(project, "dir", 'reader = "text"\nlocal_dir = "corpus"\n')
+    with pytest.raises(datasets.RegistryError, match=r"local_dir = 'corpus': .*b.txt is a link "
+                       r"to .*nowhere.txt, which does not exist"):  # fmt: skip
+        datasets.parse(path)
+    # A name the download cannot wrap in its temporaries (a file name holds 255 bytes) was
+    # refused only by the download, as "File name too long".
+    (project / "corpus" / "b.txt").unlink()
+    (project / "corpus" / ("é" * 101)).write_text("x")  # 202 bytes
+    with pytest.raises(datasets.RegistryError, match=r"local_dir = 'corpus': .*a name of at "
+                       r"most 200 bytes"):  # fmt: skip
+        datasets.parse(path)
+    path = write(project, "nul", 'reader = "text"\nlocal_dir = "corpus\\u0000"\n')
+    with pytest.raises(datasets.RegistryError, match=r"local_dir = 'corpus\\x00': expected a "
+                       "directory path"):  # fmt: skip  # a ValueError traceback (embedded null)
+        datasets.parse(path)
+    path = write(project, "url", f'reader = "text"\n[[files]]\nurl = "https://x.org/{"a" * 201}"\n')
+    with pytest.raises(datasets.RegistryError, match=r"files\[0\]: name = 'a{201}': .*at most "
+                       r"200 bytes"):  # fmt: skip
+        datasets.parse(path)
