@@ -271,6 +271,29 @@ def test_an_out_that_overlaps_an_input_is_refused_before_writing(
         assert "--checkpoints" in capsys.readouterr().err and snapshot(tmp_path) == before
 
 
+@pytest.mark.parametrize("stage", list(STAGES))
+def test_a_run_stopped_before_its_record_leaves_no_record_of_an_earlier_run(
+    finished: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, stage: str
+) -> None:
+    # Killed between its outputs and its record, sample (eval, export, train's model) left the
+    # earlier run's provenance.json beside the new outputs: a record of other bytes and settings.
+    dirs = copy_of(finished, tmp_path / "copy")
+    main, args = command(stage, dirs)
+    out = {"prepare": dirs["prepared"], "train": dirs["model"], "sample": dirs["samples"]}.get(
+        stage, tmp_path / "out")  # fmt: skip
+    if not (out / provenance.FILENAME).exists():
+        main([*args, "--out", str(out)])
+    assert (out / provenance.FILENAME).exists()
+
+    def killed(*args: Any, **kwargs: Any) -> None:
+        raise KeyboardInterrupt  # as a SIGINT (or SIGKILL) between the outputs and the record
+
+    monkeypatch.setattr(provenance.Record, "finish", killed)
+    with pytest.raises(KeyboardInterrupt):
+        main([*args, "--out", str(out), *([] if stage == "export" else ["sample.seed=7"])])
+    assert not (out / provenance.FILENAME).exists()
+
+
 def truncate(path: Path) -> None:
     path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
 

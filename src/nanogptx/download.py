@@ -786,7 +786,6 @@ def download(
     out, lock = Path(out), Path(lock)
     try:
         with provenance.exclusive(out, "download", inputs=_inputs(ds, mirror)):  # parts stay
-            (out / provenance.FILENAME).unlink(missing_ok=True)  # never describe a half-done run
             return _download(ds, data, rec, out, mirror, lock, threads, policy, channel)
     except provenance.OutputError as e:
         raise DownloadError(str(e)) from None

@@ -217,7 +217,8 @@ def exclusive(
     """Hold a lock on the directory path (flock on lock_path(path), removed when done) while a
     stage writes there; a second process is refused at once, naming the holder. The directory
     must be apart from the stage's inputs (check_apart), checked before anything is written.
-    Holding it, remove what an interrupted run left (remove_temporaries), which no live process
+    Holding it, remove an earlier run's provenance.json (the directory is the work of this run
+    from now on) and what an interrupted run left (remove_temporaries), which no live process
     can still be writing; the removed paths are yielded. On leaving, the directory must still
     be the one locked (check_held)."""
     check_apart(path, flag, inputs)
@@ -253,6 +254,9 @@ def exclusive(
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()} since {_now()}\n".encode(), 0)
         check_held(key)  # not deleted before the lock was ours
+        # An earlier run's record goes before any output is replaced: a run stopped before
+        # its own record (Record.finish) must not leave one that describes other bytes.
+        (root / FILENAME).unlink(missing_ok=True)
         yield remove_temporaries(root)
         check_held(key)
     finally:
