@@ -239,3 +239,42 @@ def test_a_broken_dataset_file_blocks_only_the_runs_that_use_it(tmp_path: Path) 
     assert r.returncode != 0 and "TypeError" not in r.stdout + r.stderr
     says = "config/datasets/broken.toml: local_dir = 5: expected a directory path"
     assert says in r.stdout + r.stderr, r.stdout[-2000:]
+
+
+def test_snakemake_and_status_take_the_same_config_and_refuse_the_same_in_one_line(
+    tmp_path: Path,
+) -> None:
+    # paths.data = "" wrote data/raw/... to /raw/... at the file system's root; status read
+    # values unlike snakemake and ended paths=x, paths={data: 5} or runs=[ in a traceback;
+    # runs=, selected nothing without a word; a sweep's name was taken as a path
+    # (sweep=../x) and a point that is not a run name was blamed instead of the sweep's.
+    workdir = make_workdir(tmp_path)
+    (workdir / "config/sweeps/my sweep.toml").write_text(
+        'base = "tiny"\n[axes]\n"train.seed" = [1]\n'
+    )
+    (workdir / "config/sweeps/case.toml").write_text(
+        'base = "tiny"\n[axes]\n"sample.start" = ["A", "a"]\n'
+    )
+    cases = [
+        ("paths={data: ''}", "config paths.data = '': '' should be non-empty"),
+        ("paths=x", "config paths = 'x': 'x' is not of type 'object'"),
+        ("paths={data: [1]}", "config paths.data = ['1']: ['1'] is not of type 'string'"),
+        ("runs=,", "runs = ',': expected at least one run name"),
+        ("runs=[", "run name '[': expected letters, digits"),
+        ("sweep=my sweep", "sweep name 'my sweep': expected letters, digits"),
+        ("sweep=../sweeps/case", "sweep name '../sweeps/case': expected letters, digits"),
+        ("sweep=case", "two points would be one run 'case.start-a'"),
+    ]
+    for pair, line in cases:
+        r = snakemake(workdir, "-n", "--config", pair, check=False)
+        out = r.stdout + r.stderr
+        assert r.returncode != 0 and line in out and "ConfigError in" not in out, (pair, out)
+        r = subprocess.run([sys.executable, "-m", "nanogptx.status", "--config", pair],
+                           cwd=workdir, capture_output=True, text=True)  # fmt: skip
+        assert r.returncode == 2 and line in r.stderr, (pair, r.stderr)
+        assert "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    # A run named twice is one run: no sweep report of one run with itself.
+    assert "report_sweep" not in planned_jobs(workdir, "--config", "runs=tiny,tiny")
+    r = subprocess.run([sys.executable, "-m", "nanogptx.status", "--config", "runs=tiny,tiny"],
+                       cwd=workdir, capture_output=True, text=True, check=True)  # fmt: skip
+    assert r.stdout.count("tiny: ") == 1, r.stdout

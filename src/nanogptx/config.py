@@ -796,6 +796,81 @@ def check_run_name(name: str) -> str:
     return name
 
 
+# ---- The workflow's config: config/config.yaml, with `snakemake --config KEY=VALUE` on top.
+# The Snakefile and `status` take it through these, so that both select the same runs.
+WORKFLOW_SCHEMA = Path("workflow/schemas/config.schema.yaml")
+
+
+def workflow_value(text: str) -> Any:
+    """A `--config KEY=VALUE` value as Snakemake reads it (snakemake.cli.parse_config): an
+    integer, a float, True or False, else YAML with every scalar a string (runs=[a,b]), else
+    the text itself; empty: None."""
+    if text == "":
+        return None
+    for parse in (int, float):
+        try:
+            return parse(text)
+        except ValueError:
+            pass
+    if text in ("True", "False"):
+        return text == "True"
+    import yaml  # Snakemake's own dependency, imported only here
+
+    try:
+        return yaml.load(text, Loader=yaml.loader.BaseLoader)
+    except yaml.YAMLError:
+        return text
+
+
+def update_workflow(tree: dict[str, Any], key: str, value: Any) -> None:
+    """tree[key] = value, merging a table into the one there (as Snakemake's update_config)."""
+    if isinstance(value, dict) and isinstance(tree.get(key), dict):
+        for k, v in value.items():
+            update_workflow(tree[key], k, v)
+    else:
+        tree[key] = value
+
+
+def check_workflow(tree: dict[str, Any], schema: Path = WORKFLOW_SCHEMA) -> None:
+    """ConfigError, in one line, for what the workflow's schema refuses in tree: an unknown key
+    with the closest known one, or a value and what the schema expects there."""
+    import jsonschema  # Snakemake's own dependencies, imported only here
+    import yaml
+
+    rules = yaml.safe_load(Path(schema).read_text("utf-8"))
+    error = jsonschema.exceptions.best_match(
+        jsonschema.Draft202012Validator(rules).iter_errors(tree)
+    )
+    if error is None:
+        return
+    path = list(error.absolute_path)
+    where = "".join(f"[{k}]" if isinstance(k, int) else f".{k}" for k in path).lstrip(".")
+    if error.validator == "additionalProperties":
+        node = rules
+        for k in path:
+            node = node["properties"][k]
+        known = list(node["properties"])
+        unknown = sorted(set(error.instance) - set(known))[0]
+        raise ConfigError(
+            f"config: unknown key {'.'.join(filter(None, [where, unknown]))!r}"
+            f"{_suggest(unknown, known)}; known keys{' of ' + where if where else ''}: "
+            f"{', '.join(known)}"
+        )
+    about = error.schema.get("description")
+    value = f" {where} = {error.instance!r}" if where else ""
+    raise ConfigError(f"config{value}: {error.message}" + (f" ({about})" if about else ""))
+
+
+def run_names(value: Any) -> list[str]:
+    """The runs of config `runs`: a list, or names separated by commas (runs=a,b); each checked
+    (it is a path and a shell word), each once, at least one."""
+    names = value if isinstance(value, list) else str(value).split(",")
+    runs = list(dict.fromkeys(check_run_name(str(n).strip()) for n in names if str(n).strip()))
+    if not runs:
+        raise ConfigError(f"runs = {value!r}: expected at least one run name (config/NAME.toml)")
+    return runs
+
+
 # What a TOML basic string cannot hold as itself: the quote, the backslash and the control
 # characters but tab (toml.io/en/v1.0.0#string). Every other character is written as itself, in
 # UTF-8: json.dumps would write U+1F600 as the surrogate pair \ud83d\ude00, which TOML lacks.

@@ -96,27 +96,27 @@ WORKFLOW_KEYS = ("runs", "sweep", "mirror", "paths")
 
 
 def workflow_config(pairs: list[str]) -> dict[str, Any]:
-    """config/config.yaml with `--config KEY=VALUE` pairs on top, each value read as YAML, as
-    snakemake reads them (runs=[a,b], runs=a,b, sweep=NAME)."""
+    """config/config.yaml with `--config KEY=VALUE` pairs on top, each value read as snakemake
+    reads it (runs=[a,b], runs=a,b, sweep=NAME), checked against the workflow's schema as the
+    Snakefile checks it."""
     workflow = yaml.safe_load(Path("config/config.yaml").read_text("utf-8"))
     for pair in pairs:
         key, eq, value = pair.partition("=")
         if not eq or key not in WORKFLOW_KEYS:
             raise ValueError(f"--config {pair}: expected KEY=VALUE with KEY one of "
                              f"{', '.join(WORKFLOW_KEYS)}")  # fmt: skip
-        workflow[key] = yaml.safe_load(value) if value else ""
+        config.update_workflow(workflow, key, config.workflow_value(value))
+    config.check_workflow(workflow)
     return workflow
 
 
 def selected_runs(workflow: dict[str, Any]) -> dict[str, tuple[str, list[str]]]:
     """{run: (base run, overrides)} as the Snakefile selects them: a sweep's points, else the
-    runs (a list, or names separated by commas)."""
+    runs (a list, or names separated by commas, each once)."""
     if workflow.get("sweep"):
         s = nsweep.load(str(workflow["sweep"]))
         return {run: (s.base, overrides) for run, overrides in nsweep.expand(s).items()}
-    runs = workflow["runs"]
-    names = runs if isinstance(runs, list) else str(runs).split(",")
-    return {str(n).strip(): ("", []) for n in names if str(n).strip()}
+    return {run: ("", []) for run in config.run_names(workflow["runs"])}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -130,7 +130,7 @@ def main(argv: list[str] | None = None) -> None:
                         "sweep=NAME (default: config/config.yaml's)")  # fmt: skip
     parser.add_argument("--runs", help="comma-separated run names (as --config runs=a,b)")
     args = parser.parse_args(argv)
-    pairs = args.config + ([f"runs={args.runs}", "sweep="] if args.runs else [])
+    pairs = args.config + ([f"runs={args.runs}", "sweep=''"] if args.runs else [])
     try:
         workflow = workflow_config(pairs)
         runs = selected_runs(workflow)

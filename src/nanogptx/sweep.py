@@ -78,6 +78,11 @@ def _short(name: str) -> str:
 def load(name: str, directory: Path = SWEEPS) -> Sweep:
     """config/sweeps/<name>.toml, checked: a base run that exists, axes of section.key = [values]
     whose keys the config knows (every point is checked when it is loaded as a run)."""
+    if not config.RUN_NAME.fullmatch(name):  # the start of every point's name, and a path
+        raise config.ConfigError(
+            f"sweep name {name!r}: expected letters, digits, '.', '_' and '-' only, starting with "
+            "a letter or digit (it names config/sweeps/NAME.toml and begins its points' names)"
+        )
     path = directory / f"{name}.toml"
     if not path.is_file():
         known = sorted(p.stem for p in directory.glob("*.toml")) if directory.is_dir() else []
