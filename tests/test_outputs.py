@@ -348,6 +348,32 @@ def test_status_names_a_damaged_eval_record(
         "Expecting value: line 1 column 14 (char 13)"  # fmt: skip
 
 
+def test_status_shows_a_diverged_run_and_skips_lines_that_are_no_record(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A run that diverged to NaN has its losses as null (strict JSON): status ended in a
+    # TypeError, as it did on a line that is JSON but no record, and on bytes not UTF-8.
+    (tmp_path / "config").mkdir()
+    (tmp_path / "config/run.toml").write_text("[train]\nmax_iters = 10\n")
+    (tmp_path / "results/run/eval").mkdir(parents=True)
+    (tmp_path / "results/run/model").mkdir()
+    (tmp_path / "results/run/model/metrics.jsonl").write_bytes(
+        b'{"kind": "train", "step": 3, "loss": 5.25}\n[1]\n"eval"\n\xff\xfe\n'
+        b'{"kind": "eval", "step": 4, "val_loss": null, "train_loss": null}\n'
+        b'{"kind": "train", "step": 4, "loss": null}\n{"kind": "train"\n'
+    )
+    (tmp_path / "results/run/eval/metrics.json").write_text(
+        '{"val_loss": {"loss": null, "bits_per_byte": null}, "hellaswag": {"acc_norm": null, '
+        '"items": 1}}'
+    )
+    monkeypatch.chdir(tmp_path)
+    lines = status.run_status("run", Path("data"), Path("results"))
+    assert lines[1] == "  training in progress or stopped: step 5 of 10, loss not finite; " \
+        "val loss not finite at step 4"  # fmt: skip
+    assert lines[2] == "  eval: val loss not finite (not finite bits/byte, whole split); " \
+        "HellaSwag acc_norm not finite over 1 item"  # fmt: skip
+
+
 def test_a_model_loads_without_its_dataset_file_and_despite_a_broken_one(
     finished: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture,
