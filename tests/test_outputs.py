@@ -6,12 +6,14 @@ named with what is wrong."""
 
 from __future__ import annotations
 
+import fcntl
 import os
 import shutil
 import signal
 import stat
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -198,6 +200,23 @@ def test_the_holder_of_a_directory_is_named_while_it_lives_and_the_probe_takes_n
     assert provenance.lock_path(out).exists() and provenance.holder(out) is None
     with provenance.exclusive(out, "test"):  # the probe left the lock free to take
         assert provenance.holder(out).startswith(f"pid {os.getpid()} on ")
+
+
+def test_a_probe_of_the_holder_never_makes_a_starting_stage_refuse(tmp_path: Path) -> None:
+    # The workflow's probe (holder) takes a shared lock for a moment: a stage starting in that
+    # moment refused, naming as the holder the dead process of a stale lock file.
+    out = tmp_path / "out"
+    lock = provenance.lock_path(out)
+    lock.write_text("pid 999999 on a host since 2026-01-01\n")  # left by a killed stage
+    fd = os.open(lock, os.O_RDONLY)
+    fcntl.flock(fd, fcntl.LOCK_SH)  # the probe, caught in its moment
+    release = threading.Timer(0.2, os.close, [fd])
+    release.start()
+    try:
+        with provenance.exclusive(out, "test"):
+            assert provenance.holder(out).startswith(f"pid {os.getpid()} on ")
+    finally:
+        release.join()
 
 
 @pytest.mark.parametrize("stage", ["train", "sample"])

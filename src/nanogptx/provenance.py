@@ -23,6 +23,7 @@ import socket
 import stat
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -233,9 +234,7 @@ def exclusive(
             raise OutputError(
                 f"{flag} {path}: cannot create its lock {lock}: {e.strerror}"
             ) from None
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
+        if not _lock_now(fd):
             holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "unknown"
             os.close(fd)
             os.close(made)
@@ -264,6 +263,24 @@ def exclusive(
         lock.unlink(missing_ok=True)  # before the release: a waiter then sees a removed file
         os.close(fd)
         os.close(made)
+
+
+# How long a stage tries for its lock before it refuses: holder() probes it with a shared lock
+# for a moment (the workflow, before it starts jobs), which is no holder.
+_PROBE_S = 1.0
+
+
+def _lock_now(fd: int) -> bool:
+    """Whether an exclusive flock on fd was taken: at once, or within _PROBE_S."""
+    deadline = time.monotonic() + _PROBE_S
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return True
+        except OSError:
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.02)
 
 
 def holder(path: str | Path) -> str | None:
