@@ -125,8 +125,8 @@ def local_files(wildcards):
     """A param of download: "path sha256" of each of the dataset's files on disk (file: URLs,
     local_dir). An edit of one reruns the download; a new modification time of the same bytes
     (a copy, a checkout, touch) reruns nothing, as it would as an input. The sha256 are kept in
-    LOCAL_SHA256 by path, size, modification time and inode: a file is read again only when
-    one of these changes."""
+    LOCAL_SHA256 by path, size, modification and status change times and inode: a file is read
+    again only when one of these changes."""
     paths = [
         urllib.parse.unquote(urllib.parse.urlsplit(f.url).path)
         for f in _dataset(wildcards.dataset).files
@@ -140,7 +140,9 @@ def _content_sha256(path):
         st = os.stat(path)
     except OSError as e:
         raise WorkflowError(f"dataset file on disk {path}: {e.strerror}")
-    key = [st.st_size, st.st_mtime_ns, st.st_ino]
+    # The status change time too: other bytes with the modification time put back (tar
+    # --overwrite of an archive with fixed times) keep size, mtime and inode, never ctime.
+    key = [st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino]
     try:
         cache = json.loads(LOCAL_SHA256.read_text())
     except (OSError, ValueError):
