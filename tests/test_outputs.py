@@ -313,6 +313,32 @@ def test_a_run_stopped_before_its_record_leaves_no_record_of_an_earlier_run(
     assert not (out / provenance.FILENAME).exists()
 
 
+def test_an_out_that_is_an_input_through_a_bind_mount_is_refused(
+    finished: dict[str, Path], tmp_path: Path
+) -> None:
+    # A directory has other paths than its symlinks: through a bind mount (as cluster home and
+    # scratch directories often are) the paths differ, and export --out wrote into --model,
+    # replacing the training's provenance.json.
+    if shutil.which("unshare") is None or subprocess.run(["unshare", "-rm", "true"]).returncode:
+        pytest.skip("no user and mount namespaces here (unshare -rm)")
+    copy, view = tmp_path / "copy", tmp_path / "view"
+    copy_of(finished, copy)
+    view.mkdir()
+    before = snapshot(copy)
+    outs = {"is": view / "model", "inside": view / "model" / "hf", "holds": view}
+    script = f"mount --bind {copy} {view}" + "".join(
+        f"; {sys.executable} -m nanogptx.export --model {copy / 'model'} --out {out}"
+        for out in outs.values()
+    )
+    r = subprocess.run(["unshare", "-rm", "sh", "-c", script], capture_output=True, text=True)
+    for how, out in outs.items():
+        said = {"is": "is", "inside": "lies inside", "holds": "contains"}[how]
+        assert f"--out {out} {said} --model {copy / 'model'} (one directory under two paths" \
+            in r.stderr, r.stderr  # fmt: skip
+    assert r.stderr.count("a stage never writes where it reads") == 3, r.stderr
+    assert snapshot(copy) == before
+
+
 def truncate(path: Path) -> None:
     path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
 

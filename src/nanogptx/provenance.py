@@ -141,26 +141,39 @@ def check_apart(
     out: str | Path, flag: str, inputs: Iterable[tuple[str, str | Path | None]]
 ) -> None:
     """Raise OutputError unless the output directory out is apart from every input (flag or
-    description, path): not the same directory, not inside it, not holding it, symlinks
-    resolved. Writing there would overwrite or delete what the stage reads (its record too)."""
+    description, path): not the same directory, not inside it, not holding it, by path with
+    symlinks resolved and by identity (device and inode), which also sees one directory under
+    two paths (a bind mount, a case-insensitive file system). Writing there would overwrite or
+    delete what the stage reads (its record too)."""
     mine = Path(out).resolve()
+    mine_id, above_mine = _identity(mine), _identities(mine.parents)
     for what, path in inputs:
         if path is None:
             continue
         theirs = Path(path).resolve()
-        if mine == theirs:
+        theirs_id = _identity(theirs)
+        if mine == theirs or (mine_id is not None and mine_id == theirs_id):
             how = "is"
-        elif mine.is_relative_to(theirs):
+        elif mine.is_relative_to(theirs) or theirs_id in above_mine:
             how = "lies inside"
-        elif theirs.is_relative_to(mine):
+        elif theirs.is_relative_to(mine) or (mine_id is not None and
+                                            mine_id in _identities(theirs.parents)):  # fmt: skip
             how = "contains"
         else:
             continue
         same = "" if str(mine) == str(out) and str(theirs) == str(path) else f" ({mine})"
+        by_path = mine == theirs or mine.is_relative_to(theirs) or theirs.is_relative_to(mine)
+        other = "" if by_path else " (one directory under two paths: a mount, or a file system "
+        other += "" if by_path else "that ignores case)"
         raise OutputError(
-            f"{flag} {out}{same} {how} {what} {path}: a stage never writes where it reads; "
-            "choose another output directory"
+            f"{flag} {out}{same} {how} {what} {path}{other}: a stage never writes where it "
+            "reads; choose another output directory"
         )
+
+
+def _identities(paths: Iterable[Path]) -> set[tuple[int, int]]:
+    """The (device, inode) of each of paths that exists."""
+    return {ident for p in paths if (ident := _identity(p)) is not None}
 
 
 def output_dir(path: str | Path, flag: str = "--out") -> Path:
