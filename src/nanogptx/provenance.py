@@ -201,7 +201,7 @@ def lock_path(root: str | Path) -> Path:
 def _identity(path: Path) -> tuple[int, int] | None:
     try:
         st = os.stat(path)
-    except FileNotFoundError:
+    except (OSError, ValueError):  # missing, under a file, unreadable, a NUL in the path
         return None
     return st.st_dev, st.st_ino
 
