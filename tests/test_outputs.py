@@ -290,6 +290,29 @@ def test_an_out_that_overlaps_an_input_is_refused_before_writing(
         assert "--checkpoints" in capsys.readouterr().err and snapshot(tmp_path) == before
 
 
+@pytest.mark.parametrize(("stage", "into"), [("export", "samples"), ("sample", "prepared"),
+                                           ("eval", "model"), ("train", "raw")])  # fmt: skip
+def test_an_out_that_holds_another_stages_outputs_is_refused_before_writing(
+    finished: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture, stage: str, into: str
+) -> None:
+    # export --out results/RUN/samples replaced sample's record with export's; sample --out
+    # data/prepared/ID replaced prepare's, and train then refused the data as unverified.
+    dirs = copy_of(finished, tmp_path / "copy")
+    main, args = command(stage, dirs)
+    if stage == "eval":  # its input is the prepared data; the model of the run is another's
+        args = ["--model", str(dirs["model"]), "--data", str(dirs["prepared"]), *SETTINGS]
+        dirs["model2"] = Path(shutil.copytree(dirs["model"], tmp_path / "copy" / "model2"))
+        into = "model2"
+    before = snapshot(tmp_path / "copy")
+    with pytest.raises(SystemExit) as e:
+        main([*args, "--out", str(dirs[into])])
+    err = capsys.readouterr().err
+    theirs = {"samples": "sample", "prepared": "prepare", "model2": "train", "raw": "download"}
+    assert e.value.code == 1 and f"--out {dirs[into]} holds the outputs of the {theirs[into]} " \
+        "stage" in err, err  # fmt: skip
+    assert snapshot(tmp_path / "copy") == before
+
+
 @pytest.mark.parametrize("stage", list(STAGES))
 def test_a_run_stopped_before_its_record_leaves_no_record_of_an_earlier_run(
     finished: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, stage: str

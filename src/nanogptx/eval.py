@@ -326,7 +326,7 @@ def evaluate(
     inputs = [provenance.file_entry(model_dir / checkpoint.MODEL_FILES[0], model_sha)]
     results: dict[str, Any] = {}
     reads = [("--model", model_dir), ("--data", data_dir), ("--hellaswag", hellaswag_dir)]
-    with provenance.exclusive(out_dir, "evaluation", inputs=reads):
+    with provenance.exclusive(out_dir, "evaluation", inputs=reads, stage="eval"):
         for task in e.tasks:
             t0 = time.perf_counter()
             if task == "val_loss":

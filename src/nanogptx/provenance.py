@@ -171,6 +171,21 @@ def check_apart(
         )
 
 
+def check_own(out: str | Path, flag: str, stage: str) -> None:
+    """Raise OutputError if the directory out holds the record of another stage: writing there
+    would replace that record (and the files it vouches for) with this stage's."""
+    try:
+        record = json.loads((Path(out) / FILENAME).read_bytes())
+    except (OSError, ValueError):
+        return  # no record there (or none that names a stage): nothing to lose but bytes
+    theirs = record.get("stage") if isinstance(record, dict) else None
+    if isinstance(theirs, str) and theirs != stage:
+        raise OutputError(
+            f"{flag} {out} holds the outputs of the {theirs} stage (its {FILENAME}): a stage "
+            "writes only into a directory of its own; choose another output directory"
+        )
+
+
 def _identities(paths: Iterable[Path]) -> set[tuple[int, int]]:
     """The (device, inode) of each of paths that exists."""
     return {ident for p in paths if (ident := _identity(p)) is not None}
@@ -227,6 +242,7 @@ def exclusive(
     what: str,
     flag: str = "--out",
     inputs: Iterable[tuple[str, str | Path | None]] = (),
+    stage: str | None = None,
 ) -> Iterator[list[Path]]:
     """Hold a lock on the directory path (flock on lock_path(path), removed when done) while a
     stage writes there; a second process is refused at once, naming the holder. The directory
@@ -234,8 +250,11 @@ def exclusive(
     Holding it, remove an earlier run's provenance.json (the directory is the work of this run
     from now on) and what an interrupted run left (remove_temporaries), which no live process
     can still be writing; the removed paths are yielded. On leaving, the directory must still
-    be the one locked (check_held)."""
+    be the one locked (check_held). stage: the stage's name, as its record gives it; a
+    directory that holds another stage's record is refused (check_own)."""
     check_apart(path, flag, inputs)
+    if stage is not None:
+        check_own(path, flag, stage)
     root = output_dir(path, flag)
     key, lock = root.resolve(), lock_path(root)
     made = os.open(key, os.O_RDONLY | os.O_DIRECTORY)  # what this process writes (check_held)
