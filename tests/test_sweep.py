@@ -92,6 +92,11 @@ def test_a_sweep_file_names_what_is_wrong(tmp_path: Path, monkeypatch: pytest.Mo
 
     refused('base = "nope"\n[axes]\n"train.learning_rate" = [1e-3]\n',
             r"s.toml: base = 'nope': expected a run")  # fmt: skip
+    # A path to another TOML file of config/ was taken as the base run's file.
+    refused('base = "sweeps/s"\n[axes]\n"train.learning_rate" = [1e-3]\n',
+            r"s.toml: base = 'sweeps/s': expected a run")  # fmt: skip
+    with pytest.raises(config.ConfigError, match=r"sweep name '../sweeps/s': expected letters"):
+        sweep.load("../sweeps/s", d)
     refused('base = "base"\n[axes]\n"train.learnin_rate" = [1e-3]\n',
             r"axes.'train.learnin_rate': not a config key")  # fmt: skip
     refused('base = "base"\n[axes]\n"train.learning_rate" = [1e-3, 1e-3]\n', r"distinct values")

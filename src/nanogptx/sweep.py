@@ -95,7 +95,8 @@ def load(name: str, directory: Path = SWEEPS) -> Sweep:
     if extra:
         raise config.ConfigError(f"{path}: unknown keys {sorted(extra)}; expected base and [axes]")
     base = tree.get("base")
-    if not isinstance(base, str) or not (Path("config") / f"{base}.toml").is_file():
+    run = isinstance(base, str) and config.RUN_NAME.fullmatch(base)
+    if not run or not (Path("config") / f"{base}.toml").is_file():
         raise config.ConfigError(f"{path}: base = {base!r}: expected a run of config/ (NAME.toml)")
     axes = tree.get("axes")
     if not isinstance(axes, dict) or not axes:
