@@ -241,3 +241,14 @@ def test_the_cost_arguments_are_checked_naming_the_flag(
         sweep.main(["lr-tiny", "--cost", f"{flag}={value}"])
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert e.value.code == 2 and f"argument {flag}: '{value}': expected {expected}" in err, err
+
+
+def test_cost_flags_in_range_whose_product_is_not_are_refused(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Each flag in range, their product 0.0: a ZeroDivisionError traceback.
+    monkeypatch.chdir(Path(__file__).parents[1])
+    with pytest.raises(SystemExit) as e:
+        sweep.main(["lr-tiny", "--cost", "--peak-flops=1e-320", "--mfu=1e-10", "--vocab=65"])
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert e.value.code == 2 and "FLOP/s: expected a rate above 0 that a float holds" in err, err

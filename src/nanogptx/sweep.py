@@ -264,6 +264,9 @@ def main(argv: list[str] | None = None) -> None:
 
     peak = args.peak_flops or PEAK_FLOPS["H100"]
     rate = peak * args.mfu
+    if not 0 < rate < math.inf:  # each in range, their product not (1e-320 x 0.1 is 0.0)
+        p.error(f"--peak-flops {peak:g} x --mfu {args.mfu:g} = {rate:g} FLOP/s: expected a "
+                "rate above 0 that a float holds")  # fmt: skip
     total = sum(p["flops"] for p in points.values())
     for name, p in points.items():
         print(f"{name}: {p['params'] / 1e6:.2f}M parameters, {p['tokens'] / 1e9:.3g}B tokens, "
