@@ -287,3 +287,25 @@ def test_snakemake_and_status_take_the_same_config_and_refuse_the_same_in_one_li
     r = subprocess.run([sys.executable, "-m", "nanogptx.status", "--config", "runs=tiny,tiny"],
                        cwd=workdir, capture_output=True, text=True, check=True)  # fmt: skip
     assert r.stdout.count("tiny: ") == 1, r.stdout
+
+
+def test_a_run_that_starts_from_its_own_export_is_refused(tmp_path: Path) -> None:
+    # model.init_from = results/RUN/export/hf planned: each `snakemake export` wrote the export
+    # anew, which made the training out of date, which trained again from the new export.
+    workdir = make_workdir(tmp_path)
+    hf = workdir / "results/self/export/hf"
+    hf.mkdir(parents=True)
+    (hf / "config.json").write_text(json.dumps({
+        "model_type": "gpt2", "n_layer": 1, "n_head": 1, "n_embd": 8, "n_positions": 8,
+        "vocab_size": 50257,
+    }))  # fmt: skip
+    (hf / "model.safetensors").write_bytes(b"")
+    (workdir / "config/self.toml").write_text(
+        '[tokenizer]\nname = "gpt2"\n[model]\ninit_from = "results/self/export/hf"\n'
+    )
+    r = snakemake(workdir, "-n", "--config", "runs=self", check=False)
+    assert r.returncode != 0 and "lies in the run's own results" in r.stdout + r.stderr, r.stderr
+    (workdir / "config/other.toml").write_text(
+        '[tokenizer]\nname = "gpt2"\n[model]\ninit_from = "results/self/export/hf"\n'
+    )
+    assert "train_run" in planned_jobs(workdir, "--config", "runs=other")  # another run's: fine

@@ -169,6 +169,12 @@ def init_weights(run):
         return []
     if nconfig.init_dataset(init):
         return [f"{DATA}/raw/{nconfig.init_dataset(init)}/provenance.json"]
+    if Path(init).resolve().is_relative_to(Path(RESULTS, run).resolve()):
+        raise WorkflowError(
+            f"run {run!r}: model.init_from = {init!r} lies in the run's own results "
+            f"({RESULTS}/{run}): a run cannot start from its own outputs (each export would "
+            "train it again from the last); start from a copy, or from another run's"
+        )
     return [f"{init}/config.json", f"{init}/model.safetensors"]
 
 
