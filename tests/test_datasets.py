@@ -132,3 +132,30 @@ def test_each_dataset_file_is_read_alone(project: Path) -> None:
     with pytest.raises(datasets.UnknownDataset, match=r"'god' \(did you mean 'good'\?\); known "
                        "datasets: broken, good"):  # fmt: skip
         datasets.get("god")
+
+
+def test_a_local_dir_with_a_broken_link_or_a_long_name_is_refused_naming_it(project: Path) -> None:
+    # A link to a file that is gone (an unmounted disk) was left out of the corpus unsaid.
+    (project / "corpus").mkdir()
+    (project / "corpus" / "a.txt").write_text("x")
+    (project / "corpus" / "b.txt").symlink_to(project / "nowhere.txt")
+    path = write(project, "dir", 'reader = "text"\nlocal_dir = "corpus"\n')
+    with pytest.raises(datasets.RegistryError, match=r"local_dir = 'corpus': .*b.txt is a link "
+                       r"to .*nowhere.txt, which does not exist"):  # fmt: skip
+        datasets.parse(path)
+    # A name the download cannot wrap in its temporaries (a file name holds 255 bytes) was
+    # refused only by the download, as "File name too long".
+    (project / "corpus" / "b.txt").unlink()
+    (project / "corpus" / ("é" * 101)).write_text("x")  # 202 bytes
+    with pytest.raises(datasets.RegistryError, match=r"local_dir = 'corpus': .*a name of at "
+                       r"most 200 bytes"):  # fmt: skip
+        datasets.parse(path)
+    path = write(project, "nul", 'reader = "text"\nlocal_dir = "corpus\\u0000"\n')
+    with pytest.raises(datasets.RegistryError, match=r"local_dir = 'corpus\\x00': expected a "
+                       "directory path"):  # fmt: skip  # a ValueError traceback (embedded null)
+        datasets.parse(path)
+    path = write(project, "url", f'reader = "text"\n[[files]]\nurl = "https://x.org/{"a" * 201}"\n')
+    with pytest.raises(datasets.RegistryError, match=r"files\[0\]: name \(the url's last "
+                       r"part; set name to choose one\) = 'a{201}': .*at most "
+                       r"200 bytes"):  # fmt: skip
+        datasets.parse(path)

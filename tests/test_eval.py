@@ -233,3 +233,28 @@ def test_a_bad_hellaswag_line_names_file_line_and_key_and_writes_nothing(
     with pytest.raises(eval.EvalError, match=f"{path.name}{error}"):
         eval.evaluate(cfg, gpt2_tiny, None, tmp_path / "out", path.parent)
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(
+    "line, error",
+    [
+        (b'{"ctx": "caf\xe9", "endings": ["a", "b", "c", "d"], "label": 0}', r":2: not UTF-8 "
+         r"text \(byte 12 of the line\)"),
+        # Valid JSON, but no character: it was scored as U+FFFD without a word.
+        (b'{"ctx": "A man \\ud800", "endings": ["a", "b", "c", "d"], "label": 0}',
+         r":2: ctx holds a lone surrogate"),
+        (b'{"ctx": "A man", "endings": ["a", "\\udc00", "c", "d"], "label": 0}',
+         r":2: endings\[1\] holds a lone surrogate"),
+    ],
+)  # fmt: skip
+def test_a_hellaswag_line_that_is_not_text_names_file_and_line(
+    tmp_path: Path, line: bytes, error: str
+) -> None:
+    # Bytes that are not UTF-8 ended the stage in a UnicodeDecodeError traceback.
+    path = tmp_path / eval.HELLASWAG_FILE
+    good = {"ctx": "A man \u00e9 \U0001f600", "endings": ["a", "b", "c", "d"], "label": 1}
+    path.write_bytes(json.dumps(good).encode() + b"\n" + line + b"\n")
+    with pytest.raises(eval.EvalError, match=f"{path.name}{error}"):
+        eval.read_hellaswag(path)
+    path.write_bytes(json.dumps(good).encode() + b"\n")
+    assert eval.read_hellaswag(path)[0]["ctx"] == "A man \u00e9 \U0001f600"

@@ -6,12 +6,14 @@ named with what is wrong."""
 
 from __future__ import annotations
 
+import fcntl
 import os
 import shutil
 import signal
 import stat
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -200,6 +202,23 @@ def test_the_holder_of_a_directory_is_named_while_it_lives_and_the_probe_takes_n
         assert provenance.holder(out).startswith(f"pid {os.getpid()} on ")
 
 
+def test_a_probe_of_the_holder_never_makes_a_starting_stage_refuse(tmp_path: Path) -> None:
+    # The workflow's probe (holder) takes a shared lock for a moment: a stage starting in that
+    # moment refused, naming as the holder the dead process of a stale lock file.
+    out = tmp_path / "out"
+    lock = provenance.lock_path(out)
+    lock.write_text("pid 999999 on a host since 2026-01-01\n")  # left by a killed stage
+    fd = os.open(lock, os.O_RDONLY)
+    fcntl.flock(fd, fcntl.LOCK_SH)  # the probe, caught in its moment
+    release = threading.Timer(0.2, os.close, [fd])
+    release.start()
+    try:
+        with provenance.exclusive(out, "test"):
+            assert provenance.holder(out).startswith(f"pid {os.getpid()} on ")
+    finally:
+        release.join()
+
+
 @pytest.mark.parametrize("stage", ["train", "sample"])
 def test_out_pointing_at_a_file_is_refused_before_any_work(
     finished: dict[str, Path], tmp_path: Path, stage: str, capsys: pytest.CaptureFixture
@@ -271,6 +290,78 @@ def test_an_out_that_overlaps_an_input_is_refused_before_writing(
         assert "--checkpoints" in capsys.readouterr().err and snapshot(tmp_path) == before
 
 
+@pytest.mark.parametrize(("stage", "into"), [("export", "samples"), ("sample", "prepared"),
+                                           ("eval", "model"), ("train", "raw")])  # fmt: skip
+def test_an_out_that_holds_another_stages_outputs_is_refused_before_writing(
+    finished: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture, stage: str, into: str
+) -> None:
+    # export --out results/RUN/samples replaced sample's record with export's; sample --out
+    # data/prepared/ID replaced prepare's, and train then refused the data as unverified.
+    dirs = copy_of(finished, tmp_path / "copy")
+    main, args = command(stage, dirs)
+    if stage == "eval":  # its input is the prepared data; the model of the run is another's
+        args = ["--model", str(dirs["model"]), "--data", str(dirs["prepared"]), *SETTINGS]
+        dirs["model2"] = Path(shutil.copytree(dirs["model"], tmp_path / "copy" / "model2"))
+        into = "model2"
+    before = snapshot(tmp_path / "copy")
+    with pytest.raises(SystemExit) as e:
+        main([*args, "--out", str(dirs[into])])
+    err = capsys.readouterr().err
+    theirs = {"samples": "sample", "prepared": "prepare", "model2": "train", "raw": "download"}
+    assert e.value.code == 1 and f"--out {dirs[into]} holds the outputs of the {theirs[into]} " \
+        "stage" in err, err  # fmt: skip
+    assert snapshot(tmp_path / "copy") == before
+
+
+@pytest.mark.parametrize("stage", list(STAGES))
+def test_a_run_stopped_before_its_record_leaves_no_record_of_an_earlier_run(
+    finished: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, stage: str
+) -> None:
+    # Killed between its outputs and its record, sample (eval, export, train's model) left the
+    # earlier run's provenance.json beside the new outputs: a record of other bytes and settings.
+    dirs = copy_of(finished, tmp_path / "copy")
+    main, args = command(stage, dirs)
+    out = {"prepare": dirs["prepared"], "train": dirs["model"], "sample": dirs["samples"]}.get(
+        stage, tmp_path / "out")  # fmt: skip
+    if not (out / provenance.FILENAME).exists():
+        main([*args, "--out", str(out)])
+    assert (out / provenance.FILENAME).exists()
+
+    def killed(*args: Any, **kwargs: Any) -> None:
+        raise KeyboardInterrupt  # as a SIGINT (or SIGKILL) between the outputs and the record
+
+    monkeypatch.setattr(provenance.Record, "finish", killed)
+    with pytest.raises(KeyboardInterrupt):
+        main([*args, "--out", str(out), *([] if stage == "export" else ["sample.seed=7"])])
+    assert not (out / provenance.FILENAME).exists()
+
+
+def test_an_out_that_is_an_input_through_a_bind_mount_is_refused(
+    finished: dict[str, Path], tmp_path: Path
+) -> None:
+    # A directory has other paths than its symlinks: through a bind mount (as cluster home and
+    # scratch directories often are) the paths differ, and export --out wrote into --model,
+    # replacing the training's provenance.json.
+    if shutil.which("unshare") is None or subprocess.run(["unshare", "-rm", "true"]).returncode:
+        pytest.skip("no user and mount namespaces here (unshare -rm)")
+    copy, view = tmp_path / "copy", tmp_path / "view"
+    copy_of(finished, copy)
+    view.mkdir()
+    before = snapshot(copy)
+    outs = {"is": view / "model", "inside": view / "model" / "hf", "holds": view}
+    script = f"mount --bind {copy} {view}" + "".join(
+        f"; {sys.executable} -m nanogptx.export --model {copy / 'model'} --out {out}"
+        for out in outs.values()
+    )
+    r = subprocess.run(["unshare", "-rm", "sh", "-c", script], capture_output=True, text=True)
+    for how, out in outs.items():
+        said = {"is": "is", "inside": "lies inside", "holds": "contains"}[how]
+        assert f"--out {out} {said} --model {copy / 'model'} (one directory under two paths" \
+            in r.stderr, r.stderr  # fmt: skip
+    assert r.stderr.count("a stage never writes where it reads") == 3, r.stderr
+    assert snapshot(copy) == before
+
+
 def truncate(path: Path) -> None:
     path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
 
@@ -323,6 +414,32 @@ def test_status_names_a_damaged_eval_record(
     lines = status.run_status("run", Path("data"), Path("results"))
     assert lines[-1] == "  eval: eval metrics results/run/eval/metrics.json: not valid JSON: " \
         "Expecting value: line 1 column 14 (char 13)"  # fmt: skip
+
+
+def test_status_shows_a_diverged_run_and_skips_lines_that_are_no_record(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A run that diverged to NaN has its losses as null (strict JSON): status ended in a
+    # TypeError, as it did on a line that is JSON but no record, and on bytes not UTF-8.
+    (tmp_path / "config").mkdir()
+    (tmp_path / "config/run.toml").write_text("[train]\nmax_iters = 10\n")
+    (tmp_path / "results/run/eval").mkdir(parents=True)
+    (tmp_path / "results/run/model").mkdir()
+    (tmp_path / "results/run/model/metrics.jsonl").write_bytes(
+        b'{"kind": "train", "step": 3, "loss": 5.25}\n[1]\n"eval"\n\xff\xfe\n'
+        b'{"kind": "eval", "step": 4, "val_loss": null, "train_loss": null}\n'
+        b'{"kind": "train", "step": 4, "loss": null}\n{"kind": "train"\n'
+    )
+    (tmp_path / "results/run/eval/metrics.json").write_text(
+        '{"val_loss": {"loss": null, "bits_per_byte": null}, "hellaswag": {"acc_norm": null, '
+        '"items": 1}}'
+    )
+    monkeypatch.chdir(tmp_path)
+    lines = status.run_status("run", Path("data"), Path("results"))
+    assert lines[1] == "  training in progress or stopped: step 5 of 10, loss not finite; " \
+        "val loss not finite at step 4"  # fmt: skip
+    assert lines[2] == "  eval: val loss not finite (not finite bits/byte, whole split); " \
+        "HellaSwag acc_norm not finite over 1 item"  # fmt: skip
 
 
 def test_a_model_loads_without_its_dataset_file_and_despite_a_broken_one(

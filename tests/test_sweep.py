@@ -92,6 +92,11 @@ def test_a_sweep_file_names_what_is_wrong(tmp_path: Path, monkeypatch: pytest.Mo
 
     refused('base = "nope"\n[axes]\n"train.learning_rate" = [1e-3]\n',
             r"s.toml: base = 'nope': expected a run")  # fmt: skip
+    # A path to another TOML file of config/ was taken as the base run's file.
+    refused('base = "sweeps/s"\n[axes]\n"train.learning_rate" = [1e-3]\n',
+            r"s.toml: base = 'sweeps/s': expected a run")  # fmt: skip
+    with pytest.raises(config.ConfigError, match=r"sweep name '../sweeps/s': expected letters"):
+        sweep.load("../sweeps/s", d)
     refused('base = "base"\n[axes]\n"train.learnin_rate" = [1e-3]\n',
             r"axes.'train.learnin_rate': not a config key")  # fmt: skip
     refused('base = "base"\n[axes]\n"train.learning_rate" = [1e-3, 1e-3]\n', r"distinct values")
@@ -236,3 +241,14 @@ def test_the_cost_arguments_are_checked_naming_the_flag(
         sweep.main(["lr-tiny", "--cost", f"{flag}={value}"])
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert e.value.code == 2 and f"argument {flag}: '{value}': expected {expected}" in err, err
+
+
+def test_cost_flags_in_range_whose_product_is_not_are_refused(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Each flag in range, their product 0.0: a ZeroDivisionError traceback.
+    monkeypatch.chdir(Path(__file__).parents[1])
+    with pytest.raises(SystemExit) as e:
+        sweep.main(["lr-tiny", "--cost", "--peak-flops=1e-320", "--mfu=1e-10", "--vocab=65"])
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert e.value.code == 2 and "FLOP/s: expected a rate above 0 that a float holds" in err, err

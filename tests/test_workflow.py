@@ -225,6 +225,15 @@ def test_a_local_file_touched_but_unchanged_reruns_nothing_and_an_edit_reruns_it
     stamp = corpus.stat().st_mtime_ns + 10**9
     os.utime(corpus, ns=(stamp, stamp))
     assert planned_jobs(workdir, "download", "--config", "runs=mine") == {}
+    # Other bytes of the same size in the same file, its modification time put back (as
+    # `tar --overwrite` of an archive with fixed times does): the kept sha256 was taken as the
+    # file's, and nothing reran. The status change time tells.
+    with open(corpus, "r+b") as f:
+        f.write(b"ROMEO".lower())
+    os.utime(corpus, ns=(stamp, stamp))
+    assert planned_jobs(workdir, "download", "--config", "runs=mine") == {
+        "download_dataset": 1, "download": 1,
+    }  # fmt: skip
     corpus.write_bytes(corpus.read_bytes().replace(b"ROMEO", b"RomeO", 1))
     assert planned_jobs(workdir, "download", "--config", "runs=mine") == {
         "download_dataset": 1, "download": 1,
@@ -241,3 +250,64 @@ def test_a_broken_dataset_file_blocks_only_the_runs_that_use_it(tmp_path: Path) 
     assert r.returncode != 0 and "TypeError" not in r.stdout + r.stderr
     says = "config/datasets/broken.toml: local_dir = 5: expected a directory path"
     assert says in r.stdout + r.stderr, r.stdout[-2000:]
+
+
+def test_snakemake_and_status_take_the_same_config_and_refuse_the_same_in_one_line(
+    tmp_path: Path,
+) -> None:
+    # paths.data = "" wrote data/raw/... to /raw/... at the file system's root; status read
+    # values unlike snakemake and ended paths=x, paths={data: 5} or runs=[ in a traceback;
+    # runs=, selected nothing without a word; a sweep's name was taken as a path
+    # (sweep=../x) and a point that is not a run name was blamed instead of the sweep's.
+    workdir = make_workdir(tmp_path)
+    (workdir / "config/sweeps/my sweep.toml").write_text(
+        'base = "tiny"\n[axes]\n"train.seed" = [1]\n'
+    )
+    (workdir / "config/sweeps/case.toml").write_text(
+        'base = "tiny"\n[axes]\n"sample.start" = ["A", "a"]\n'
+    )
+    cases = [
+        ("paths={data: ''}", "config paths.data = '': '' should be non-empty"),
+        ("paths=x", "config paths = 'x': 'x' is not of type 'object'"),
+        ("paths={data: [1]}", "config paths.data = ['1']: ['1'] is not of type 'string'"),
+        ("runs=,", "runs = ',': expected at least one run name"),
+        ("runs=[", "run name '[': expected letters, digits"),
+        ("sweep=my sweep", "sweep name 'my sweep': expected letters, digits"),
+        ("sweep=../sweeps/case", "sweep name '../sweeps/case': expected letters, digits"),
+        ("sweep=case", "two points would be one run 'case.start-a'"),
+    ]
+    for pair, line in cases:
+        r = snakemake(workdir, "-n", "--config", pair, check=False)
+        out = r.stdout + r.stderr
+        assert r.returncode != 0 and line in out and "ConfigError in" not in out, (pair, out)
+        r = subprocess.run([sys.executable, "-m", "nanogptx.status", "--config", pair],
+                           cwd=workdir, capture_output=True, text=True)  # fmt: skip
+        assert r.returncode == 2 and line in r.stderr, (pair, r.stderr)
+        assert "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    # A run named twice is one run: no sweep report of one run with itself.
+    assert "report_sweep" not in planned_jobs(workdir, "--config", "runs=tiny,tiny")
+    r = subprocess.run([sys.executable, "-m", "nanogptx.status", "--config", "runs=tiny,tiny"],
+                       cwd=workdir, capture_output=True, text=True, check=True)  # fmt: skip
+    assert r.stdout.count("tiny: ") == 1, r.stdout
+
+
+def test_a_run_that_starts_from_its_own_export_is_refused(tmp_path: Path) -> None:
+    # model.init_from = results/RUN/export/hf planned: each `snakemake export` wrote the export
+    # anew, which made the training out of date, which trained again from the new export.
+    workdir = make_workdir(tmp_path)
+    hf = workdir / "results/self/export/hf"
+    hf.mkdir(parents=True)
+    (hf / "config.json").write_text(json.dumps({
+        "model_type": "gpt2", "n_layer": 1, "n_head": 1, "n_embd": 8, "n_positions": 8,
+        "vocab_size": 50257,
+    }))  # fmt: skip
+    (hf / "model.safetensors").write_bytes(b"")
+    (workdir / "config/self.toml").write_text(
+        '[tokenizer]\nname = "gpt2"\n[model]\ninit_from = "results/self/export/hf"\n'
+    )
+    r = snakemake(workdir, "-n", "--config", "runs=self", check=False)
+    assert r.returncode != 0 and "lies in the run's own results" in r.stdout + r.stderr, r.stderr
+    (workdir / "config/other.toml").write_text(
+        '[tokenizer]\nname = "gpt2"\n[model]\ninit_from = "results/self/export/hf"\n'
+    )
+    assert "train_run" in planned_jobs(workdir, "--config", "runs=other")  # another run's: fine

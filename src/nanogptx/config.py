@@ -434,7 +434,7 @@ def _check_type(value: Any, tp: Any, where: str) -> Any:
         raise ConfigError(f"{where}: expected {tp.__name__}, got {type(value).__name__} {value!r}")
     if tp is float and not math.isfinite(value):
         raise ConfigError(f"{where}: expected a finite number, got {value!r}")
-    if tp is str and not _is_text(value):
+    if tp is str and not is_text(value):
         raise ConfigError(
             f"{where}: {value!r} holds a lone surrogate, which no file can hold as text (an "
             "argument with bytes that are not UTF-8?): expected Unicode text"
@@ -442,7 +442,7 @@ def _check_type(value: Any, tp: Any, where: str) -> Any:
     return value
 
 
-def _is_text(s: str) -> bool:
+def is_text(s: str) -> bool:
     """Whether s is Unicode text, which UTF-8 (and so TOML and JSON files) can hold: no lone
     surrogates (Python's stand-ins for undecodable bytes of a command line)."""
     try:
@@ -794,6 +794,83 @@ def check_run_name(name: str) -> str:
             "letter or digit (it names config/NAME.toml and results/NAME/)"
         )
     return name
+
+
+# ---- The workflow's config: config/config.yaml, with `snakemake --config KEY=VALUE` on top.
+# The Snakefile and `status` take it through these, so that both select the same runs.
+WORKFLOW_SCHEMA = Path("workflow/schemas/config.schema.yaml")
+
+
+def workflow_value(text: str) -> Any:
+    """A `--config KEY=VALUE` value as Snakemake reads it (snakemake.cli.parse_config): an
+    integer, a float, True or False, else YAML with every scalar a string (runs=[a,b]), else
+    the text itself; empty: None."""
+    if text == "":
+        return None
+    for parse in (int, float):
+        try:
+            return parse(text)
+        except ValueError:
+            pass
+    if text in ("True", "False"):
+        return text == "True"
+    import yaml  # Snakemake's own dependency, imported only here
+
+    try:
+        return yaml.load(text, Loader=yaml.loader.BaseLoader)
+    except yaml.YAMLError:
+        return text
+
+
+def update_workflow(tree: dict[str, Any], key: str, value: Any) -> None:
+    """tree[key] = value, merging a table into the one there (as Snakemake's update_config)."""
+    if isinstance(value, dict) and isinstance(tree.get(key), dict):
+        for k, v in value.items():
+            update_workflow(tree[key], k, v)
+    else:
+        tree[key] = value
+
+
+def check_workflow(tree: dict[str, Any], schema: Path = WORKFLOW_SCHEMA) -> None:
+    """ConfigError, in one line, for what the workflow's schema refuses in tree: an unknown key
+    with the closest known one, or a value and what the schema expects there."""
+    import jsonschema  # Snakemake's own dependencies, imported only here
+    import yaml
+
+    rules = yaml.safe_load(Path(schema).read_text("utf-8"))
+    error = jsonschema.exceptions.best_match(
+        jsonschema.Draft202012Validator(rules).iter_errors(tree)
+    )
+    if error is None:
+        return
+    path = list(error.absolute_path)
+    where = "".join(f"[{k}]" if isinstance(k, int) else f".{k}" for k in path).lstrip(".")
+    if error.validator == "additionalProperties":
+        node = rules
+        for k in path:
+            node = node["properties"][k]
+        known = list(node["properties"])
+        unknown = sorted(set(error.instance) - set(known))[0]
+        hint = _suggest(unknown, known)
+        # A run's own setting (n_layer=3) is not a workflow key: say where it goes.
+        setting = "; a run's settings go in its file config/RUN.toml" if not (where or hint) else ""
+        raise ConfigError(
+            f"config: unknown key {'.'.join(filter(None, [where, unknown]))!r}{hint}; known "
+            f"keys{' of ' + where if where else ''}: {', '.join(known)}{setting}"
+        )
+    about = error.schema.get("description")
+    value = f" {where} = {error.instance!r}" if where else ""
+    raise ConfigError(f"config{value}: {error.message}" + (f" ({about})" if about else ""))
+
+
+def run_names(value: Any) -> list[str]:
+    """The runs of config `runs`: a list, or names separated by commas (runs=a,b); each checked
+    (it is a path and a shell word), each once, at least one."""
+    names = value if isinstance(value, list) else str(value).split(",")
+    runs = list(dict.fromkeys(check_run_name(str(n).strip()) for n in names if str(n).strip()))
+    if not runs:
+        raise ConfigError(f"runs = {value!r}: expected at least one run name (config/NAME.toml)")
+    return runs
 
 
 # What a TOML basic string cannot hold as itself: the quote, the backslash and the control

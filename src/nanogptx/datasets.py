@@ -20,8 +20,10 @@ its pinned git blob id, and its sha256 is recorded in config/download.lock.json.
 (file: URLs, or local_dir) need no hash: theirs is recorded in the download's provenance. A
 relative path there is relative to the project, the directory two levels above the dataset file
 (the one holding config/datasets/), never to the working directory; a local_dir that is the
-project itself, or holds it, is refused. local_dir takes every file in it but hidden ones (.*).
-No data file may be named provenance.json: the download stage writes its record beside them.
+project itself, or holds it, is refused. A file: URL is a path only (no host, query or fragment:
+a '#' or '?' of a name is %23, %3F). local_dir takes every file in it but hidden ones (.*); a
+link in it to nothing is refused. No data file may be named provenance.json (the download stage
+writes its record beside them), and none has a name over 200 bytes.
 
 The registry's directory: $NANOGPTX_DATASETS, else config/datasets under the working directory
 (Snakemake's: the clone), else the one beside this package's source (an editable install).
@@ -71,6 +73,10 @@ READERS = ("text", "parquet", "jsonl", "jsonl.zst", "bin", "none")
 USES = ("train", "init", "eval")
 READER_OPTIONS = {"parquet": ("column",), "jsonl": ("field",), "jsonl.zst": ("field",)}
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+# A data file's name, in bytes: its temporaries (.nanogptx-part.NAME, .nanogptx-tmp.PID.HEX.
+# .nanogptx-source.NAME) must fit the 255 bytes of a file name.
+NAME_MAX = 200
+_LONG = f"a name of at most {NAME_MAX} bytes (the download's temporaries add to it)"
 # Names the download stage writes beside the data files (nanogptx.provenance.FILENAME); its
 # temporaries are hidden (.nanogptx-*), which no registry file name can be.
 RESERVED = ("provenance.json",)
@@ -136,9 +142,7 @@ def parse(path: Path) -> Dataset:
     local = None
     if "local_dir" in tree:
         local = _local_dir(tree["local_dir"], where, project)
-        files += [RemoteFile(p.name, f"file:{urllib.parse.quote(str(p))}")
-                  for p in sorted(local.iterdir())
-                  if p.is_file() and not p.name.startswith(".")]  # fmt: skip
+        files += _local_files(local, tree["local_dir"], where)
         reserved = [f.name for f in files if f.name in RESERVED]
         _need(not reserved, where, "local_dir", tree["local_dir"],
               f"a directory without {reserved}: the download stage writes its record under "
@@ -158,7 +162,7 @@ def project_dir(dataset_file: Path) -> Path:
 
 
 def _local_dir(value: Any, where: str, project: Path) -> Path:
-    ok = isinstance(value, str) and value.strip() != ""
+    ok = isinstance(value, str) and value.strip() != "" and "\0" not in value
     _need(ok, where, "local_dir", value, "a directory path (absolute, or relative to the "
           f"project {project})")  # fmt: skip
     local = (project / Path(value).expanduser()).resolve()
@@ -166,6 +170,23 @@ def _local_dir(value: Any, where: str, project: Path) -> Path:
     _need(not project.is_relative_to(local), where, "local_dir", value,
           f"a directory of data, not the project {project} or one holding it")  # fmt: skip
     return local
+
+
+def _local_files(local: Path, value: str, where: str) -> list[RemoteFile]:
+    """Every file of a local_dir but hidden ones, in name order. A link to nothing is refused
+    (a file meant for the corpus, on a disk not mounted, say), not left out unsaid."""
+    files = []
+    for p in sorted(local.iterdir()):
+        if p.name.startswith("."):
+            continue
+        if p.is_symlink() and not p.exists():
+            _need(False, where, "local_dir", value, f"a directory of files: {p.name} is a link "
+                  f"to {os.readlink(p)}, which does not exist")  # fmt: skip
+        if p.is_file():
+            _need(len(os.fsencode(p.name)) <= NAME_MAX, where, "local_dir", value,
+                  f"files of {_LONG}: {p.name}")  # fmt: skip
+            files.append(RemoteFile(p.name, f"file:{urllib.parse.quote(str(p))}"))
+    return files
 
 
 def _file(entry: Any, where: str, project: Path) -> RemoteFile:
@@ -192,6 +213,7 @@ def _file(entry: Any, where: str, project: Path) -> RemoteFile:
     name_key = "name" if "name" in entry else "name (the url's last part; set name to choose one)"
     ok = isinstance(name, str) and bool(NAME.fullmatch(name))
     _need(ok, where, name_key, name, "a file name: letters, digits, '.', '_', '-'")
+    _need(len(name) <= NAME_MAX, where, name_key, name, _LONG)
     _need(name not in RESERVED, where, name_key, name,
           f"a name other than {list(RESERVED)}: the download writes its record so")  # fmt: skip
     for key in ("sha256", "git_sha1"):

@@ -785,8 +785,9 @@ def download(
         raise DownloadError(str(e)) from None
     out, lock = Path(out), Path(lock)
     try:
-        with provenance.exclusive(out, "download", inputs=_inputs(ds, mirror)):  # parts stay
-            (out / provenance.FILENAME).unlink(missing_ok=True)  # never describe a half-done run
+        with provenance.exclusive(
+            out, "download", inputs=_inputs(ds, mirror), stage="download"
+        ):  # parts stay
             return _download(ds, data, rec, out, mirror, lock, threads, policy, channel)
     except provenance.OutputError as e:
         raise DownloadError(str(e)) from None

@@ -137,14 +137,18 @@ def read_hellaswag(path: Path, max_items: int = 0) -> list[dict[str, Any]]:
     EvalError naming file, line and key."""
     items = []
     try:
-        f = open(path, encoding="utf-8")  # noqa: SIM115 (closed below)
+        f = open(path, "rb")  # noqa: SIM115 (closed below)
     except FileNotFoundError:
         raise EvalError(f"{path} does not exist: download dataset hellaswag first") from None
     with f:
-        for lineno, line in enumerate(f, 1):
+        for lineno, raw in enumerate(f, 1):
+            where = f"{path}:{lineno}"
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as err:
+                raise EvalError(f"{where}: not UTF-8 text (byte {err.start} of the line)") from None
             if not line.strip():
                 continue
-            where = f"{path}:{lineno}"
             try:
                 item = json.loads(line)
             except json.JSONDecodeError as err:
@@ -167,6 +171,11 @@ def read_hellaswag(path: Path, max_items: int = 0) -> list[dict[str, Any]]:
                                 "so an item needs one")  # fmt: skip
             if isinstance(label, bool) or not isinstance(label, int) or not 0 <= label < 4:
                 raise EvalError(f"{where}: label: expected 0, 1, 2 or 3, got {label!r}")
+            texts = {"ctx": item["ctx"], **{f"endings[{i}]": e for i, e in enumerate(ends)}}
+            for key, text in texts.items():  # valid JSON ("\\ud800"), but no character
+                if not config.is_text(text):
+                    raise EvalError(f"{where}: {key} holds a lone surrogate ({text!r}), which "
+                                    "is no character: expected Unicode text")  # fmt: skip
             items.append({"ctx": item["ctx"], "endings": ends, "label": label, "where": where})
             if max_items and len(items) == max_items:
                 break
@@ -317,7 +326,7 @@ def evaluate(
     inputs = [provenance.file_entry(model_dir / checkpoint.MODEL_FILES[0], model_sha)]
     results: dict[str, Any] = {}
     reads = [("--model", model_dir), ("--data", data_dir), ("--hellaswag", hellaswag_dir)]
-    with provenance.exclusive(out_dir, "evaluation", inputs=reads):
+    with provenance.exclusive(out_dir, "evaluation", inputs=reads, stage="eval"):
         for task in e.tasks:
             t0 = time.perf_counter()
             if task == "val_loss":

@@ -29,7 +29,7 @@ def export(model_dir: str | Path, out_dir: str | Path, fmt: str = "hf") -> list[
     params, cfg, _ = checkpoint.load_model(model_dir)
     sha = checkpoint.check_model_hash(model_dir)
     hf.check_expressible(cfg.model, str(model_dir))  # before the directory is made
-    with provenance.exclusive(out_dir, "export", inputs=[("--model", model_dir)]):
+    with provenance.exclusive(out_dir, "export", inputs=[("--model", model_dir)], stage="export"):
         paths = hf.save(params, cfg.model, out_dir)
         record.finish(
             out_dir,

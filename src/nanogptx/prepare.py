@@ -478,7 +478,7 @@ def prepare(
     return the manifest. chunk_chars and piece_chars tune task and text-piece sizes (tests).
     out is held for the while: a second prepare into it is refused, and an interrupted one's
     temporary files are removed first."""
-    with provenance.exclusive(out, "prepare", inputs=[("--raw", raw)]) as removed:
+    with provenance.exclusive(out, "prepare", inputs=[("--raw", raw)], stage="prepare") as removed:
         if removed:
             _say(f"removed what an interrupted run left in {out}: {len(removed)} temporary files")
         return _prepare(cfg, Path(raw), Path(out), threads, dataset, chunk_chars, piece_chars,

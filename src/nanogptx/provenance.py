@@ -23,6 +23,7 @@ import socket
 import stat
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -140,26 +141,54 @@ def check_apart(
     out: str | Path, flag: str, inputs: Iterable[tuple[str, str | Path | None]]
 ) -> None:
     """Raise OutputError unless the output directory out is apart from every input (flag or
-    description, path): not the same directory, not inside it, not holding it, symlinks
-    resolved. Writing there would overwrite or delete what the stage reads (its record too)."""
+    description, path): not the same directory, not inside it, not holding it, by path with
+    symlinks resolved and by identity (device and inode), which also sees one directory under
+    two paths (a bind mount, a case-insensitive file system). Writing there would overwrite or
+    delete what the stage reads (its record too)."""
     mine = Path(out).resolve()
+    mine_id, above_mine = _identity(mine), _identities(mine.parents)
     for what, path in inputs:
         if path is None:
             continue
         theirs = Path(path).resolve()
-        if mine == theirs:
+        theirs_id = _identity(theirs)
+        if mine == theirs or (mine_id is not None and mine_id == theirs_id):
             how = "is"
-        elif mine.is_relative_to(theirs):
+        elif mine.is_relative_to(theirs) or theirs_id in above_mine:
             how = "lies inside"
-        elif theirs.is_relative_to(mine):
+        elif theirs.is_relative_to(mine) or (mine_id is not None and
+                                            mine_id in _identities(theirs.parents)):  # fmt: skip
             how = "contains"
         else:
             continue
         same = "" if str(mine) == str(out) and str(theirs) == str(path) else f" ({mine})"
+        by_path = mine == theirs or mine.is_relative_to(theirs) or theirs.is_relative_to(mine)
+        other = "" if by_path else " (one directory under two paths: a mount, or a file system "
+        other += "" if by_path else "that ignores case)"
         raise OutputError(
-            f"{flag} {out}{same} {how} {what} {path}: a stage never writes where it reads; "
-            "choose another output directory"
+            f"{flag} {out}{same} {how} {what} {path}{other}: a stage never writes where it "
+            "reads; choose another output directory"
         )
+
+
+def check_own(out: str | Path, flag: str, stage: str) -> None:
+    """Raise OutputError if the directory out holds the record of another stage: writing there
+    would replace that record (and the files it vouches for) with this stage's."""
+    try:
+        record = json.loads((Path(out) / FILENAME).read_bytes())
+    except (OSError, ValueError):
+        return  # no record there (or none that names a stage): nothing to lose but bytes
+    theirs = record.get("stage") if isinstance(record, dict) else None
+    if isinstance(theirs, str) and theirs != stage:
+        raise OutputError(
+            f"{flag} {out} holds the outputs of the {theirs} stage (its {FILENAME}): a stage "
+            "writes only into a directory of its own; choose another output directory"
+        )
+
+
+def _identities(paths: Iterable[Path]) -> set[tuple[int, int]]:
+    """The (device, inode) of each of paths that exists."""
+    return {ident for p in paths if (ident := _identity(p)) is not None}
 
 
 def output_dir(path: str | Path, flag: str = "--out") -> Path:
@@ -187,7 +216,7 @@ def lock_path(root: str | Path) -> Path:
 def _identity(path: Path) -> tuple[int, int] | None:
     try:
         st = os.stat(path)
-    except FileNotFoundError:
+    except (OSError, ValueError):  # missing, under a file, unreadable, a NUL in the path
         return None
     return st.st_dev, st.st_ino
 
@@ -213,14 +242,19 @@ def exclusive(
     what: str,
     flag: str = "--out",
     inputs: Iterable[tuple[str, str | Path | None]] = (),
+    stage: str | None = None,
 ) -> Iterator[list[Path]]:
     """Hold a lock on the directory path (flock on lock_path(path), removed when done) while a
     stage writes there; a second process is refused at once, naming the holder. The directory
     must be apart from the stage's inputs (check_apart), checked before anything is written.
-    Holding it, remove what an interrupted run left (remove_temporaries), which no live process
+    Holding it, remove an earlier run's provenance.json (the directory is the work of this run
+    from now on) and what an interrupted run left (remove_temporaries), which no live process
     can still be writing; the removed paths are yielded. On leaving, the directory must still
-    be the one locked (check_held)."""
+    be the one locked (check_held). stage: the stage's name, as its record gives it; a
+    directory that holds another stage's record is refused (check_own)."""
     check_apart(path, flag, inputs)
+    if stage is not None:
+        check_own(path, flag, stage)
     root = output_dir(path, flag)
     key, lock = root.resolve(), lock_path(root)
     made = os.open(key, os.O_RDONLY | os.O_DIRECTORY)  # what this process writes (check_held)
@@ -232,9 +266,7 @@ def exclusive(
             raise OutputError(
                 f"{flag} {path}: cannot create its lock {lock}: {e.strerror}"
             ) from None
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
+        if not _lock_now(fd):
             holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "unknown"
             os.close(fd)
             os.close(made)
@@ -253,6 +285,9 @@ def exclusive(
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()} since {_now()}\n".encode(), 0)
         check_held(key)  # not deleted before the lock was ours
+        # An earlier run's record goes before any output is replaced: a run stopped before
+        # its own record (Record.finish) must not leave one that describes other bytes.
+        (root / FILENAME).unlink(missing_ok=True)
         yield remove_temporaries(root)
         check_held(key)
     finally:
@@ -260,6 +295,24 @@ def exclusive(
         lock.unlink(missing_ok=True)  # before the release: a waiter then sees a removed file
         os.close(fd)
         os.close(made)
+
+
+# How long a stage tries for its lock before it refuses: holder() probes it with a shared lock
+# for a moment (the workflow, before it starts jobs), which is no holder.
+_PROBE_S = 1.0
+
+
+def _lock_now(fd: int) -> bool:
+    """Whether an exclusive flock on fd was taken: at once, or within _PROBE_S."""
+    deadline = time.monotonic() + _PROBE_S
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return True
+        except OSError:
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.02)
 
 
 def holder(path: str | Path) -> str | None:

@@ -245,7 +245,7 @@ def sample(
     start = cfg.sample.start
     prompt = start.removeprefix("FILE:") if start.startswith("FILE:") else None
     inputs = [("--model", model_dir), ("the prompt file of sample.start", prompt)]
-    with provenance.exclusive(out_dir, "sampling", inputs=inputs):
+    with provenance.exclusive(out_dir, "sampling", inputs=inputs, stage="sample"):
         return _sample(cfg, Path(model_dir), Path(out_dir), channel)
 
 

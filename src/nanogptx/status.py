@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from pathlib import Path
 from typing import Any
@@ -25,9 +26,9 @@ from nanogptx import sweep as nsweep
 
 def last_records(metrics: Path) -> dict[str, dict[str, Any]]:
     """The newest record of each kind in a metrics.jsonl (none if it is missing), skipping a
-    line still being written."""
+    line still being written, or damaged: status shows where a run stands, whatever it finds."""
     try:
-        lines = metrics.read_text().splitlines()
+        lines = metrics.read_bytes().decode("utf-8", "replace").splitlines()
     except OSError:
         return {}
     newest = {}
@@ -36,8 +37,16 @@ def last_records(metrics: Path) -> dict[str, dict[str, Any]]:
             record = json.loads(line)
         except ValueError:
             continue
-        newest[record.get("kind")] = record
+        if isinstance(record, dict) and isinstance(record.get("step", 0), int):
+            newest[record.get("kind")] = record
     return newest
+
+
+def _figure(value: Any) -> str:
+    """A loss or an accuracy, 4 decimals; a value that is not a finite number (NaN and inf are
+    written to JSON as null) says so."""
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    return f"{value:.4f}" if ok else "not finite"
 
 
 def run_status(run: str, data: Path, results: Path, base: str = "", overrides=()) -> list[str]:
@@ -61,14 +70,15 @@ def run_status(run: str, data: Path, results: Path, base: str = "", overrides=()
     lines = [f"{run}: {', '.join(done)}"]
     newest = last_records(model / "metrics.jsonl")
     if (train := newest.get("train")) is not None:
-        step = train["step"] + 1
+        step = train.get("step", -1) + 1
         finished = stages["train"].exists() and step >= t.max_iters
         text = (f"  training {'finished' if finished else 'in progress or stopped'}: step {step} "
-                f"of {t.max_iters}, loss {train['loss']:.4f}")  # fmt: skip
-        if train.get("ms_per_iter"):
-            text += f", {train['ms_per_iter']:.1f} ms/iter"
+                f"of {t.max_iters}, loss {_figure(train.get('loss'))}")  # fmt: skip
+        if isinstance(ms := train.get("ms_per_iter"), (int, float)) and ms:
+            text += f", {ms:.1f} ms/iter"
         if (evaluation := newest.get("eval")) is not None:
-            text += f"; val loss {evaluation['val_loss']:.4f} at step {evaluation['step']}"
+            text += (f"; val loss {_figure(evaluation.get('val_loss'))} at step "
+                     f"{evaluation.get('step')}")  # fmt: skip
         lines.append(text)
     if stages["eval"].exists():
         try:
@@ -76,12 +86,14 @@ def run_status(run: str, data: Path, results: Path, base: str = "", overrides=()
             ev = ev if isinstance(ev, dict) else {}
         except provenance.FileError as e:
             return [*lines, f"  eval: {e}"]
-        parts = [f"val loss {ev['val_loss']['loss']:.4f} ({ev['val_loss']['bits_per_byte']:.4f} "
-                 "bits/byte, whole split)"] if "val_loss" in ev else []  # fmt: skip
-        if "hellaswag" in ev:
-            h = ev["hellaswag"]
+        v, h = ev.get("val_loss"), ev.get("hellaswag")
+        parts = [f"val loss {_figure(v.get('loss'))} ({_figure(v.get('bits_per_byte'))} "
+                 "bits/byte, whole split)"] if isinstance(v, dict) else []  # fmt: skip
+        if isinstance(h, dict):
+            items = h.get("items") if isinstance(h.get("items"), int) else 0
             parts.append(
-                f"HellaSwag acc_norm {h['acc_norm']:.4f} over {progress.plural(h['items'], 'item')}"
+                f"HellaSwag acc_norm {_figure(h.get('acc_norm'))} over "
+                f"{progress.plural(items, 'item')}"
             )
         lines.append(f"  eval: {'; '.join(parts)}")
     ckpt_dir = results / run / "checkpoints" / config.checkpoint_id(cfg)
@@ -96,27 +108,27 @@ WORKFLOW_KEYS = ("runs", "sweep", "mirror", "paths")
 
 
 def workflow_config(pairs: list[str]) -> dict[str, Any]:
-    """config/config.yaml with `--config KEY=VALUE` pairs on top, each value read as YAML, as
-    snakemake reads them (runs=[a,b], runs=a,b, sweep=NAME)."""
+    """config/config.yaml with `--config KEY=VALUE` pairs on top, each value read as snakemake
+    reads it (runs=[a,b], runs=a,b, sweep=NAME), checked against the workflow's schema as the
+    Snakefile checks it."""
     workflow = yaml.safe_load(Path("config/config.yaml").read_text("utf-8"))
     for pair in pairs:
         key, eq, value = pair.partition("=")
         if not eq or key not in WORKFLOW_KEYS:
             raise ValueError(f"--config {pair}: expected KEY=VALUE with KEY one of "
                              f"{', '.join(WORKFLOW_KEYS)}")  # fmt: skip
-        workflow[key] = yaml.safe_load(value) if value else ""
+        config.update_workflow(workflow, key, config.workflow_value(value))
+    config.check_workflow(workflow)
     return workflow
 
 
 def selected_runs(workflow: dict[str, Any]) -> dict[str, tuple[str, list[str]]]:
     """{run: (base run, overrides)} as the Snakefile selects them: a sweep's points, else the
-    runs (a list, or names separated by commas)."""
+    runs (a list, or names separated by commas, each once)."""
     if workflow.get("sweep"):
         s = nsweep.load(str(workflow["sweep"]))
         return {run: (s.base, overrides) for run, overrides in nsweep.expand(s).items()}
-    runs = workflow["runs"]
-    names = runs if isinstance(runs, list) else str(runs).split(",")
-    return {str(n).strip(): ("", []) for n in names if str(n).strip()}
+    return {run: ("", []) for run in config.run_names(workflow["runs"])}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -130,7 +142,7 @@ def main(argv: list[str] | None = None) -> None:
                         "sweep=NAME (default: config/config.yaml's)")  # fmt: skip
     parser.add_argument("--runs", help="comma-separated run names (as --config runs=a,b)")
     args = parser.parse_args(argv)
-    pairs = args.config + ([f"runs={args.runs}", "sweep="] if args.runs else [])
+    pairs = args.config + ([f"runs={args.runs}", "sweep=''"] if args.runs else [])
     try:
         workflow = workflow_config(pairs)
         runs = selected_runs(workflow)

@@ -78,6 +78,11 @@ def _short(name: str) -> str:
 def load(name: str, directory: Path = SWEEPS) -> Sweep:
     """config/sweeps/<name>.toml, checked: a base run that exists, axes of section.key = [values]
     whose keys the config knows (every point is checked when it is loaded as a run)."""
+    if not config.RUN_NAME.fullmatch(name):  # the start of every point's name, and a path
+        raise config.ConfigError(
+            f"sweep name {name!r}: expected letters, digits, '.', '_' and '-' only, starting with "
+            "a letter or digit (it names config/sweeps/NAME.toml and begins its points' names)"
+        )
     path = directory / f"{name}.toml"
     if not path.is_file():
         known = sorted(p.stem for p in directory.glob("*.toml")) if directory.is_dir() else []
@@ -90,7 +95,8 @@ def load(name: str, directory: Path = SWEEPS) -> Sweep:
     if extra:
         raise config.ConfigError(f"{path}: unknown keys {sorted(extra)}; expected base and [axes]")
     base = tree.get("base")
-    if not isinstance(base, str) or not (Path("config") / f"{base}.toml").is_file():
+    run = isinstance(base, str) and config.RUN_NAME.fullmatch(base)
+    if not run or not (Path("config") / f"{base}.toml").is_file():
         raise config.ConfigError(f"{path}: base = {base!r}: expected a run of config/ (NAME.toml)")
     axes = tree.get("axes")
     if not isinstance(axes, dict) or not axes:
@@ -258,6 +264,9 @@ def main(argv: list[str] | None = None) -> None:
 
     peak = args.peak_flops or PEAK_FLOPS["H100"]
     rate = peak * args.mfu
+    if not 0 < rate < math.inf:  # each in range, their product not (1e-320 x 0.1 is 0.0)
+        p.error(f"--peak-flops {peak:g} x --mfu {args.mfu:g} = {rate:g} FLOP/s: expected a "
+                "rate above 0 that a float holds")  # fmt: skip
     total = sum(p["flops"] for p in points.values())
     for name, p in points.items():
         print(f"{name}: {p['params'] / 1e6:.2f}M parameters, {p['tokens'] / 1e9:.3g}B tokens, "

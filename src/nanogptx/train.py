@@ -607,7 +607,7 @@ def train(
     with contextlib.ExitStack() as held:
         if jax.process_index() == 0:
             for path, flag in ((out_dir, "--out"), (ckpt_dir, "--checkpoints")):
-                held_dir = provenance.exclusive(path, "training", flag, inputs)
+                held_dir = provenance.exclusive(path, "training", flag, inputs, stage="train")
                 removed = held.enter_context(held_dir)
                 if removed:
                     names = ", ".join(p.name for p in removed)

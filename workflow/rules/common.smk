@@ -20,58 +20,20 @@ from nanogptx import config as nconfig
 from nanogptx import datasets, provenance
 from nanogptx import sweep as nsweep
 
-
-def check_config(config, schema):
-    """One line for what is wrong in the config: an unknown key with the closest known one, or a
-    value and what the schema expects there (not Snakemake's dump of the whole schema).
-    """
-    import difflib
-    import jsonschema
-    import yaml
-
-    tree = yaml.safe_load(schema.read_text())
-    errors = jsonschema.Draft202012Validator(tree).iter_errors(config)
-    error = jsonschema.exceptions.best_match(errors)
-    if error is None:
-        return
-    where = "".join(
-        f"[{k}]" if isinstance(k, int) else f".{k}" for k in error.absolute_path
+try:  # one line for what is wrong (not Snakemake's dump of the whole schema)
+    nconfig.check_workflow(
+        config, Path(workflow.basedir) / "workflow" / "schemas" / "config.schema.yaml"
     )
-    where = where.lstrip(".")
-    if error.validator == "additionalProperties":
-        node = functools.reduce(
-            lambda n, k: n["properties"][k], error.absolute_path, tree
-        )
-        known = list(node["properties"])
-        unknown = sorted(set(error.instance) - set(known))[0]
-        close = difflib.get_close_matches(unknown, known, n=1)
-        # A run's own setting (n_layer=3) is not a workflow key: say where it goes.
-        setting = not where and not close
-        raise WorkflowError(
-            f"config: unknown key {'.'.join(filter(None, [where, unknown]))!r}"
-            + (f" (did you mean {close[0]!r}?)" if close else "")
-            + f"; known keys{' of ' + where if where else ''}: {', '.join(known)}"
-            + ("; a run's settings go in its file config/RUN.toml" if setting else "")
-        )
-    about = error.schema.get("description")
-    value = f" {where} = {error.instance!r}" if where else ""
-    raise WorkflowError(
-        f"config{value}: {error.message}" + (f" ({about})" if about else "")
-    )
-
-
-check_config(
-    config, Path(workflow.basedir) / "workflow" / "schemas" / "config.schema.yaml"
-)
+except nconfig.ConfigError as e:
+    raise WorkflowError(str(e))
 validate(config, "../schemas/config.schema.yaml")
 
 
 def _runs(value):
     """config runs: a list, or a string of comma-separated names (--config runs=a,b); each name
-    checked, so that it is safe as a path and a shell word."""
-    names = value if isinstance(value, list) else str(value).split(",")
+    checked, so that it is safe as a path and a shell word, each once."""
     try:
-        return [nconfig.check_run_name(n.strip()) for n in names if n.strip()]
+        return nconfig.run_names(value)
     except nconfig.ConfigError as e:
         raise WorkflowError(f"config runs: {e}")
 
@@ -80,9 +42,9 @@ def _sweep(name):
     """Sweep `name` (config/sweeps/NAME.toml): its runs {run: overrides}, base and axes."""
     try:
         s = nsweep.load(name)
+        return nsweep.expand(s), s.base, nsweep.keys(s)
     except nconfig.ConfigError as e:
         raise WorkflowError(f"config sweep: {e}")
-    return nsweep.expand(s), s.base, nsweep.keys(s)
 
 
 # --config sweep=NAME: the runs are the sweep's points (the base run's file plus overrides).
@@ -163,8 +125,8 @@ def local_files(wildcards):
     """A param of download: "path sha256" of each of the dataset's files on disk (file: URLs,
     local_dir). An edit of one reruns the download; a new modification time of the same bytes
     (a copy, a checkout, touch) reruns nothing, as it would as an input. The sha256 are kept in
-    LOCAL_SHA256 by path, size, modification time and inode: a file is read again only when
-    one of these changes."""
+    LOCAL_SHA256 by path, size, modification and status change times and inode: a file is read
+    again only when one of these changes."""
     paths = [
         urllib.parse.unquote(urllib.parse.urlsplit(f.url).path)
         for f in _dataset(wildcards.dataset).files
@@ -178,7 +140,9 @@ def _content_sha256(path):
         st = os.stat(path)
     except OSError as e:
         raise WorkflowError(f"dataset file on disk {path}: {e.strerror}")
-    key = [st.st_size, st.st_mtime_ns, st.st_ino]
+    # The status change time too: other bytes with the modification time put back (tar
+    # --overwrite of an archive with fixed times) keep size, mtime and inode, never ctime.
+    key = [st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino]
     try:
         cache = json.loads(LOCAL_SHA256.read_text())
     except (OSError, ValueError):
@@ -205,6 +169,12 @@ def init_weights(run):
         return []
     if nconfig.init_dataset(init):
         return [f"{DATA}/raw/{nconfig.init_dataset(init)}/provenance.json"]
+    if Path(init).resolve().is_relative_to(Path(RESULTS, run).resolve()):
+        raise WorkflowError(
+            f"run {run!r}: model.init_from = {init!r} lies in the run's own results "
+            f"({RESULTS}/{run}): a run cannot start from its own outputs (each export would "
+            "train it again from the last); start from a copy, or from another run's"
+        )
     return [f"{init}/config.json", f"{init}/model.safetensors"]
 
 
