@@ -184,10 +184,12 @@ def test_auto_with_a_budget_takes_the_largest_micro_batch_whose_compiled_program
 def test_training_refuses_a_program_that_cannot_fit_before_it_reads_a_shard(
     data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # A GPU's budget on this CPU: 1 MB per device. The data's shards are not even there.
+    # A GPU's budget on this CPU: 1 MB per device. The data's shards are not even there (its
+    # manifest and prepare's record of it are).
     data = tmp_path / "data"
     data.mkdir()
-    (data / "manifest.json").write_bytes((data_dir / "manifest.json").read_bytes())
+    for name in ("manifest.json", "provenance.json"):
+        (data / name).write_bytes((data_dir / name).read_bytes())
     monkeypatch.setattr(memory, "budget_of", lambda device: memory.Budget(10**6, "a test's"))
     with pytest.raises(train.TrainError) as e:
         train.train(tiny("train.batch_size=8"), data, tmp_path / "out", tmp_path / "ckpt")

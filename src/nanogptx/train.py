@@ -1,4 +1,6 @@
-"""Train a GPT: one device mesh, AdamW with warmup + cosine decay, a jitted step, evaluation, logs.
+"""Train a GPT: one device mesh, a jitted step, evaluation, checkpoints, logs; the optimizer
+(train.optimizer: adamw, muon, lion, adafactor) and its learning-rate schedule after a warmup
+(train.lr_schedule: cosine, wsd, linear, constant) are settings.
 
     python -m nanogptx.train --config config/shakespeare-char.toml --data data/prepared/<data_id> \
         --out results/<run>/model --checkpoints results/<run>/checkpoints
@@ -61,6 +63,9 @@ PROGRAMS = ("train_step", "diagnostics_step", "eval_step")
 # train.batch_size = 0 on a device with no memory limit known (a CPU): micro-batches of at most
 # this many tokens per device.
 CPU_AUTO_TOKENS = 8192
+# A plan longer than this at the devices' peak gets a warning before anything compiles; a plan
+# that is shorter even at SLOWEST_FLOPS per device needs no peak measured to say so.
+LONG_PLAN_S, SLOWEST_FLOPS = 3600.0, 1e9
 # jax.distributed: seconds to wait for every process to join, and after which a process that
 # stopped sending heartbeats (crashed, node lost) fails the others (JAX's default is 100 s).
 JOIN_TIMEOUT_S, HEARTBEAT_TIMEOUT_S = 300, 30
@@ -99,9 +104,9 @@ class Progress:
             self.bar.update(done - self.bar.n)
             self.bar.set_postfix_str(f"loss {loss:.4f}, {tok_s:,.0f} tok/s", refresh=False)
         elif self.channel is not None and (self.channel.due() or done == self.total):
-            eta = (self.total - done) * s_per_step
+            eta = progress.duration((self.total - done) * s_per_step)
             self.channel.say(f"step {done}/{self.total}, loss {loss:.4f}, {tok_s:,.0f} tok/s, "
-                             f"ETA {eta // 60:.0f}:{eta % 60:02.0f}")  # fmt: skip
+                             f"ETA {eta}")  # fmt: skip
 
     def close(self) -> None:
         if self.bar is not None:
@@ -310,6 +315,34 @@ def peak_flops(t: TrainConfig) -> tuple[float | None, str]:
     if t.measure_peak:
         return measure_flops(jnp.dtype(t.compute_dtype)), f"measured, {t.compute_dtype} matmul"
     return None, f"unknown for {kind}: set train.peak_flops or train.measure_peak"
+
+
+def plan_peak(t: TrainConfig, flops: float, n_dev: int) -> tuple[float | None, str]:
+    """peak_flops, measured where no setting or table gives it but the plan of `flops` could
+    take longer than LONG_PLAN_S (a second spent to tell the user, and then MFU)."""
+    peak, source = peak_flops(t)
+    if peak is None and flops / (SLOWEST_FLOPS * n_dev) > LONG_PLAN_S:
+        dtype = jnp.dtype(t.compute_dtype)
+        peak, source = measure_flops(dtype), f"measured, {dtype} matmul, for the plan's estimate"
+    return peak, source
+
+
+def long_plan(cfg: Config, steps: int, flops: float, peak: float, n_dev: int, source: str) -> str:
+    """A warning for a training of `flops` that would take more than LONG_PLAN_S on these
+    devices even at their peak (empty: it would not), with the estimate."""
+    at_peak = flops / (peak * n_dev)
+    if at_peak <= LONG_PLAN_S:
+        return ""
+    m = cfg.model
+    return (
+        f"warning: the {steps:,} steps planned (train.max_iters = {cfg.train.max_iters:,}) are "
+        f"{flops:.3g} FLOPs: at least {progress.duration(at_peak)} on "
+        f"{progress.plural(n_dev, 'device')} at their peak ({peak / 1e12:.3g} TFLOP/s, {source}), "
+        f"about {progress.duration(at_peak / 0.4)} at a typical 40% MFU, for a model of "
+        f"{progress.plural(m.n_layer, 'layer')} {m.n_embd} wide. Is this the run you meant? A "
+        "run's file holds only what differs from the defaults (GPT-2 124M, 600,000 steps): "
+        "start it from a recipe in config/ (README: Adding a dataset)"
+    )
 
 
 def plan_state(cfg: Config, V: int, mesh: Mesh) -> tuple[State, Any]:
@@ -556,8 +589,6 @@ def check_setup(cfg: Config, data: loader.Prepared, n_devices: int) -> int:
                 f"model.block_size = {m.block_size} is longer than the {split} split of "
                 f"{data.dir} ({n} tokens): expected at most {n - 1}"
             )
-    if t.seed < 0:
-        raise TrainError(f"train.seed = {t.seed}: expected >= 0 (it seeds numpy's batch streams)")
     if t.batch_size % n_devices:
         raise TrainError(
             f"train.batch_size = {t.batch_size} is not divisible by the {n_devices} devices"
@@ -752,17 +783,27 @@ def train(
     initialize_distributed()
     make_runtime(cfg)  # an impossible one is refused here, before any file is read
     out_dir, ckpt_dir = Path(out_dir), Path(ckpt_dir)
-    # The vocabulary from the manifest alone: the micro-batch is chosen, and the programs
-    # checked against the devices' memory, before a shard is read or any state allocated.
-    vocab = int(loader.read_manifest(data_dir)["tokenizer"]["vocab_size"])
-    cfg = resolve_vocab(cfg, vocab)
+    inputs = [("--data", data_dir), ("--init", init)]
+    for path, flag in ((out_dir, "--out"), (ckpt_dir, "--checkpoints")):
+        provenance.check_apart(path, flag, inputs)  # before any work
+    if out_dir.resolve() == ckpt_dir.resolve():
+        raise provenance.OutputError(
+            f"--out {out_dir} and --checkpoints {ckpt_dir} are one directory: give each its own"
+        )
+    # The vocabulary from the manifest alone (checked against prepare's record): the
+    # micro-batch is chosen, and the programs checked against the devices' memory, before a
+    # shard is read or any state allocated.
+    manifest = loader.read_manifest(data_dir)
+    loader.verify_manifest(data_dir)
+    cfg = resolve_vocab(cfg, int(manifest["tokenizer"]["vocab_size"]))
     micro = plan_micro_batch(cfg, make_mesh())
-    data = loader.open_prepared(data_dir)  # shard hashes checked here
+    data = loader.open_prepared(data_dir)  # manifest and shard hashes checked here
     check_setup(cfg, data, jax.device_count())
     with contextlib.ExitStack() as held:
         if jax.process_index() == 0:
             for path, flag in ((out_dir, "--out"), (ckpt_dir, "--checkpoints")):
-                removed = held.enter_context(provenance.exclusive(path, "training", flag))
+                held_dir = provenance.exclusive(path, "training", flag, inputs, stage="train")
+                removed = held.enter_context(held_dir)
                 if removed:
                     names = ", ".join(p.name for p in removed)
                     log(f"removed what an interrupted run left in {path}: {names}")
@@ -822,8 +863,8 @@ def _train(
     opt_bytes = bytes_per_device(opt_abs, state_sh["opt"])
     log(
         f"model: {n_params / 1e6:.2f}M parameters ({n_flops_params / 1e6:.2f}M without position "
-        f"embeddings), vocab {V}; per device ({t.sharding}, {n_dev} devices): parameters "
-        f"{fmt_bytes(param_bytes)}, optimizer state {fmt_bytes(opt_bytes)}"
+        f"embeddings), vocab {V}; per device ({t.sharding}, {progress.plural(n_dev, 'device')}): "
+        f"parameters {fmt_bytes(param_bytes)}, optimizer state {fmt_bytes(opt_bytes)}"
     )
     log(f"{tokens_per_step} tokens per step ({A} x {B} x {m.block_size})")
     rt = make_runtime(cfg)
@@ -886,6 +927,17 @@ def _train(
                 f"each step's rows are drawn as {A} micro-batches of {B}, as a run started "
                 "here would")  # fmt: skip
 
+    flops_per_token = model.flops_per_token(m, n_flops_params)
+    if not t.eval_only:  # the peak, for MFU and for the plan: a warning before any compile
+        planned = flops_per_token * tokens_per_step * max(0, t.max_iters - start)
+        peak, source = plan_peak(t, planned, n_dev)
+        log(f"MFU against a peak of {peak / 1e12:.3g} TFLOP/s per device ({source})" if peak
+            else f"no MFU: peak FLOP/s {source}")  # fmt: skip
+        if peak and (warning := long_plan(cfg, t.max_iters - start, planned, peak, n_dev, source)):
+            log(warning)
+            if channel is not None and jax.process_index() == 0:  # snakemake's terminal too
+                channel.say(warning)
+
     run_id = wandb_run_id(ckpt_dir, meta)
     out_dir.mkdir(parents=True, exist_ok=True)
     metrics = Metrics(
@@ -939,25 +991,35 @@ def _train(
             metrics.wandb_run.finish()
         return {"step": start, "train_loss": losses["train"], "val_loss": losses["val"]}
 
-    peak, source = peak_flops(t)
-    log(f"MFU against a peak of {peak / 1e12:.3g} TFLOP/s per device ({source})" if peak
-        else f"no MFU: peak FLOP/s {source}")  # fmt: skip
     rate = {"peak": peak, "source": source}  # the peak MFU is against (raised by a faster step)
-    flops_per_token = model.flops_per_token(m, n_flops_params)
     pending: list[tuple[int, dict[str, jax.Array]]] = []
     diagnosed: list[tuple[int, dict[str, Any]]] = []
     clock = {"seconds": 0.0, "steps": 0, "since": time.perf_counter()}  # since the last report
     diverged: dict[str, Any] = {}  # with train.on_divergence = "stop": where and why
 
     warmed = max(1, t.warmup_iters if t.decay_lr else 0)  # the first step after the warmup
+    # The first of the latest steps whose training loss is above L0 (None: the last step's is
+    # not); checkpoints keep it, so a resumed run stops where an uninterrupted one would.
+    above = {"since": (meta or {}).get("loss_above_L0_since")}
 
     def divergence(step: int, loss: float, grad_norm: float) -> str | None:
+        """Why the run has diverged at step, or None: a loss or gradient norm that is not
+        finite; with on_divergence = stop, also a training loss above L0 at each of the last
+        divergence_steps steps after the warmup (a spike it recovers from is not one)."""
         if not (np.isfinite(loss) and np.isfinite(grad_norm)):
             return f"loss is {loss} (grad norm {grad_norm})"
         L0 = initial_loss(metrics.records)
-        if t.on_divergence == "stop" and step >= warmed and L0 is not None and loss > L0:
-            return f"training loss {loss:.4f} is above the step-0 loss {L0:.4f} after the warmup"
-        return None
+        if t.on_divergence != "stop" or step < warmed or L0 is None:
+            return None
+        if loss <= L0:
+            above["since"] = None
+            return None
+        since = above["since"] = step if above["since"] is None else above["since"]
+        if step - since + 1 < t.divergence_steps:
+            return None
+        return (f"the training loss stayed above the step-0 loss {L0:.4f} for the "
+                f"{step - since + 1} steps {since} to {step} after the warmup (train."
+                f"divergence_steps = {t.divergence_steps}; now {loss:.4f})")  # fmt: skip
 
     def last_good(step: int) -> Path | None:
         """The newest checkpoint before `step`: step's loss is that of the state checkpoint
@@ -1061,6 +1123,7 @@ def _train(
             },
             "data": {"next_batch": step * A, "schedule": schedule},
             "wandb_run_id": run_id,
+            "loss_above_L0_since": above["since"],
         }
         files = {"metrics.jsonl": metrics.dump()}
         checkpoint.save(ckpt_dir, step, tensors, ckpt_meta, files, keep=t.keep_checkpoints)
@@ -1198,7 +1261,7 @@ def main(argv: list[str] | None = None) -> None:
         train(cfg, args.data, args.out, args.checkpoints, args.init, progress.from_args(args))
     except (
         TrainError, loader.DataError, provenance.HashMismatch, provenance.OutputError,
-        checkpoint.CheckpointError, OSError,
+        provenance.FileError, checkpoint.CheckpointError, OSError,
     ) as e:  # fmt: skip
         print(f"{parser.prog}: error: {e}", file=sys.stderr)
         leave(1)
