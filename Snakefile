@@ -22,9 +22,27 @@ include: "workflow/rules/model.smk"
 include: "workflow/rules/report.smk"
 
 
+onstart:
+    refuse_if_in_use()
+
+
+# Each target asks for the outputs of every stage before its own too. Snakemake builds a missing
+# file only when something asks for it: a job cut short (a kill, Ctrl-C, a crash) has had its
+# outputs deleted, and the samples and evaluation of the model it was replacing then looked up
+# to date, so that the same command planned nothing (README: After a kill).
+DOWNLOADED = [
+    *(raw_provenance(run) for run in RUNS),
+    *(f for run in RUNS for f in init_weights(run)),
+    *(eval_inputs(run).get("hellaswag", []) for run in RUNS),
+]
+PREPARED = [*DOWNLOADED, *(prepared_dir(run) for run in RUNS)]
+TRAINED = [*PREPARED, *expand(rules.train_run.output.params, run=RUNS)]
+
+
 rule all:
     default_target: True
     input:
+        TRAINED,
         samples=expand(rules.sample_run.output.samples, run=RUNS),
         evals=expand(rules.eval_run.output.metrics, run=RUNS),
         reports=expand(rules.report_run.output, run=RUNS),
@@ -33,33 +51,34 @@ rule all:
 
 rule download:
     input:
-        raw=[raw_provenance(run) for run in RUNS],
-        init=[init_weights(run) for run in RUNS],
-        eval=[eval_inputs(run).get("hellaswag", []) for run in RUNS],
+        DOWNLOADED,
 
 
 rule prepare:
     input:
-        prepared=[prepared_dir(run) for run in RUNS],
+        PREPARED,
 
 
 rule train:
     input:
-        params=expand(rules.train_run.output.params, run=RUNS),
+        TRAINED,
 
 
 rule sample:
     input:
+        TRAINED,
         samples=expand(rules.sample_run.output.samples, run=RUNS),
 
 
 rule eval:
     input:
+        TRAINED,
         metrics=expand(rules.eval_run.output.metrics, run=RUNS),
 
 
 rule export:
     input:
+        TRAINED,
         hf=expand(rules.export_run.output.weights, run=RUNS),
 
 

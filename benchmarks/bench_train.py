@@ -57,7 +57,7 @@ def prepare_recipe(recipe: Path = RECIPE, mirror: Path = ASSETS) -> Path:
 
 def synthetic_prepared(out: Path, vocab_size: int, n_tokens: int = 1 << 22, seed: int = 0) -> Path:
     """A prepared directory of uniformly random token ids (train, and a tenth as many for val),
-    with a manifest as the prepare stage writes it."""
+    with a manifest and its record (provenance.json) as the prepare stage writes them."""
     from nanogptx import prepare, provenance
 
     rng = np.random.default_rng(seed)
@@ -76,6 +76,10 @@ def synthetic_prepared(out: Path, vocab_size: int, n_tokens: int = 1 << 22, seed
         "shard_format": "npy", "dtype": dtype.name, "splits": splits, "shards": shards,
     }  # fmt: skip
     (out / "manifest.json").write_text(json.dumps(manifest, indent=2))
+    # Training checks the manifest against prepare's record of it.
+    outputs = [provenance.file_entry(out / s["file"], s["sha256"]) for s in shards]
+    outputs.append(provenance.file_entry(out / "manifest.json"))
+    provenance.Record.start("prepare", {}).finish(out, inputs=[], outputs=outputs)
     return out
 
 

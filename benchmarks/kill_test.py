@@ -116,7 +116,7 @@ def train_test(work: Path, assets: Path, kills: int, rng: np.random.Generator) -
     for k in range(kills):
         proc = run("killed")
         if k % 2 == 0:  # aimed at a checkpoint write: its temporary directory exists
-            writing = lambda: any(p.name.startswith(".tmp-") for p in ckpt.glob(".*"))  # noqa: E731
+            writing = lambda: any(p.name.startswith(".nanogptx-tmpdir.") for p in ckpt.glob(".*"))  # noqa: E731
             hit = kill_when(proc, writing, whole_s)
         else:
             hit = kill_when(proc, after(rng.uniform(1.0, 8.0)), whole_s)
@@ -124,7 +124,7 @@ def train_test(work: Path, assets: Path, kills: int, rng: np.random.Generator) -
             ended += 1
             continue
         aimed, random = aimed + (k % 2 == 0), random + (k % 2 == 1)
-        inside += any(".tmp" in n for n in leftovers(ckpt, work / "killed" / "model"))
+        inside += any(".nanogptx-tmp" in n for n in leftovers(ckpt, work / "killed" / "model"))
     finish(run("killed"))
     same = sha256(work / "whole/model/params.safetensors") == sha256(
         work / "killed/model/params.safetensors"
@@ -235,7 +235,7 @@ def download_test(work: Path, assets: Path, kills: int, rng: np.random.Generator
         return stage("download", "--out", str(out), "--mirror", mirror, "--lock",
                      str(work / "lock.json"))  # fmt: skip
 
-    part = out / ".input.txt.part"
+    part = out / ".nanogptx-part.input.txt"
     sizes = []
     for _ in range(kills):
         if not kill_when(run(), after(rng.uniform(0.3, 1.0)), 10):
@@ -247,7 +247,7 @@ def download_test(work: Path, assets: Path, kills: int, rng: np.random.Generator
     size = (out / "input.txt").stat().st_size
     server.shutdown()
     print(
-        f"download: {len(sizes)} kills; .part sizes after them (bytes): {sizes};\n  final file "
+        f"download: {len(sizes)} kills; part sizes after them (bytes): {sizes};\n  final file "
         f"sha256 {got} {'==' if got == expected else '!='} the registry's; served "
         f"{server.served:,} bytes for a {size:,}-byte file (resumed, not restarted: "
         f"{server.served < 2 * size}); leftovers: {leftovers(out)}"

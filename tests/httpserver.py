@@ -30,12 +30,15 @@ class Served:
     ignore_range: bool = False  # answer 200 with the whole file even to a Range request
     delay_s: float = 0.0  # wait before answering (to observe parallel requests)
     redirect_to: str | None = None  # answer 302 to this path (with the ETag, like HF)
+    validator: str | None = None  # sent as ETag (a quoted string) or Last-Modified (a date),
+    # and compared with a request's If-Range: another value gets the whole file (200)
 
 
 @dataclass
 class Hit:
     path: str
     range: str | None
+    if_range: str | None = None
 
 
 class FileServer:
@@ -81,7 +84,9 @@ def _handler(server: FileServer) -> type[BaseHTTPRequestHandler]:
 
         def do_GET(self) -> None:
             with server.lock:
-                server.hits.append(Hit(self.path, self.headers.get("Range")))
+                server.hits.append(
+                    Hit(self.path, self.headers.get("Range"), self.headers.get("If-Range"))
+                )
                 server.active += 1
                 server.max_active = max(server.max_active, server.active)
             try:
@@ -109,6 +114,9 @@ def _handler(server: FileServer) -> type[BaseHTTPRequestHandler]:
                 return None
             start = 0
             m = re.fullmatch(r"bytes=(\d+)-", self.headers.get("Range") or "")
+            if_range = self.headers.get("If-Range")
+            if m and if_range is not None and if_range != f.validator:
+                m = None  # RFC 9110 13.1.5: the file changed since, here is all of it
             if m and not f.ignore_range:
                 start = int(m[1])
                 if start >= len(f.data):
@@ -121,6 +129,9 @@ def _handler(server: FileServer) -> type[BaseHTTPRequestHandler]:
             self.send_header("Content-Length", str(len(body)))
             if f.etag and not f.redirect_to:
                 self.send_header("X-Linked-ETag", f.etag)
+            if f.validator:
+                quoted = f.validator.startswith('"')
+                self.send_header("ETag" if quoted else "Last-Modified", f.validator)
             self.end_headers()
             if f.drop_after is not None and f.drops > 0:
                 f.drops -= 1

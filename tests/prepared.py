@@ -1,5 +1,6 @@
-"""Test helper: a prepared data directory (npy or parquet shards + manifest.json) written the way
-the prepare stage writes it, from text or from token ids, without running prepare."""
+"""Test helper: a prepared data directory (npy or parquet shards, manifest.json, provenance.json)
+written the way the prepare stage writes it, from text or from token ids, without running
+prepare."""
 
 from __future__ import annotations
 
@@ -8,6 +9,8 @@ import json
 from pathlib import Path
 
 import numpy as np
+
+from nanogptx import provenance
 
 
 def synthetic_text(n_chars: int = 40_000, seed: int = 0) -> str:
@@ -71,4 +74,7 @@ def write_prepared(
         "shards": shards,
     }
     (out / "manifest.json").write_text(json.dumps(manifest, indent=2))
+    outputs = [provenance.file_entry(out / s["file"], s["sha256"]) for s in shards]
+    outputs.append(provenance.file_entry(out / "manifest.json"))
+    provenance.Record.start("prepare", {}).finish(out, inputs=[], outputs=outputs)
     return out

@@ -15,7 +15,7 @@ import numpy as np
 import optax
 import pytest
 
-from nanogptx import checkpoint, config, model
+from nanogptx import checkpoint, config, model, provenance, tokenizer
 
 CFG = config.load(None, ["model.n_layer=2", "model.n_head=2", "model.n_embd=16",
                          "model.block_size=8"])  # fmt: skip
@@ -57,7 +57,7 @@ def test_save_keeps_the_last_k_and_ignores_half_written_ones(tmp_path: Path) -> 
         checkpoint.save(tmp_path, step, tensors, {"note": step}, {"m.txt": b"hi"}, keep=2)
     assert [s for s, _ in checkpoint.list_checkpoints(tmp_path)] == [20, 30]
     # What a kill in the middle of a save leaves: a temp dir, ignored, then cleaned.
-    half = tmp_path / ".tmp-step_00000040-abc"
+    half = tmp_path / provenance.temp_name("tmpdir", "step_00000040")
     half.mkdir()
     (half / checkpoint.STATE_FILE).write_bytes(b"\x00" * 10)
     assert checkpoint.latest(tmp_path) == tmp_path / "step_00000030"
@@ -134,7 +134,7 @@ def test_sigkill_at_any_instant_leaves_a_loadable_checkpoint(tmp_path: Path) -> 
 
 def test_save_model_and_load_model_round_trip(tmp_path: Path) -> None:
     params = jax.device_get(tiny_state()["params"])
-    tok = {"name": "char", "vocab_size": 11, "chars": "abcdefghijk"}
+    tok = tokenizer.CharTokenizer("abcdefghijk").identity()
     paths = checkpoint.save_model(tmp_path / "m", params, CFG, tok, step=42)
     assert [p.name for p in paths] == ["params.safetensors", "config.toml", "tokenizer.json"]
     loaded, cfg, tok2 = checkpoint.load_model(tmp_path / "m")
@@ -152,7 +152,8 @@ def test_load_model_refuses_missing_or_mismatched_models(tmp_path: Path) -> None
     with pytest.raises(checkpoint.CheckpointError, match="does not exist"):
         checkpoint.load_model(tmp_path / "nothing")
     params = jax.device_get(tiny_state()["params"])
-    checkpoint.save_model(tmp_path / "m", params, CFG, {"name": "char"}, step=1)
+    tok = tokenizer.CharTokenizer("abcdefghijk").identity()
+    checkpoint.save_model(tmp_path / "m", params, CFG, tok, step=1)
     toml = (tmp_path / "m" / "config.toml").read_text()
     (tmp_path / "m" / "config.toml").write_text(toml.replace("n_embd = 16", "n_embd = 32"))
     with pytest.raises(

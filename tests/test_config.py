@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -86,6 +87,22 @@ def test_dump_round_trips(tmp_path: Path) -> None:
         ("[sample]\ntemperature = nan\n", ["sample.temperature", "finite number, got nan"]),
         ("n_layer = 4\n", ["key 'n_layer' is outside any [section]", "under [model]"]),
         ("\ufeff[model]\nn_layer = 4\n", ["run.toml starts with a UTF-8 byte-order mark"]),
+        # Impossible in themselves: refused when the run is loaded (by the Snakefile, before
+        # download and prepare), not when their stage starts.
+        ("[train]\nseed = -1\n", ["train.seed = -1", "0 to 4294967295"]),
+        ("[train]\nseed = 4294967296\n", ["train.seed = 4294967296", "a JAX key holds 32 bits"]),
+        ("[sample]\nseed = -2\n", ["sample.seed = -2", "0 to 4294967295"]),
+        (
+            "[model]\nblock_size = 64\n[sample]\nwindow_shift = 65\n",
+            ["sample.window_shift = 65", "to model.block_size = 64"],
+        ),
+        ("[eval]\ntasks = []\n", ["eval.tasks = []", "at least one of ['val_loss', 'hellaswag']"]),
+        ("[sample]\nstart = 'FILE:'\n", ["sample.start = 'FILE:'", "FILE:path with a path"]),
+        (
+            "[tokenizer]\nname = 'gpt2'\n[model]\nvocab_size = 50000\n",
+            ["model.vocab_size = 50000", "at least 50257"],
+        ),
+        ("[train]\ndivergence_steps = 0\n", ["train.divergence_steps = 0", "> 0"]),
     ],
 )
 def test_bad_values_are_named_with_file_key_and_expectation(
@@ -97,6 +114,45 @@ def test_bad_values_are_named_with_file_key_and_expectation(
         config.load(run)
     for part in expected:
         assert part in str(e.value)
+
+
+# Strings a user gives (prompts, names, paths): outside the Basic Multilingual Plane, combining
+# characters, quotes, backslashes, control characters, newlines, spaces.
+NASTY = ["ROMEO 😀", "e\u0301 (e and a combining acute) and \u00e9", 'say "hi"', "C:\\dir\\n",
+         "two\nlines\r\n\ttab", "\x00\x1b\x7f", "FILE:/tmp/my prompts 😀/p.txt", ""]  # fmt: skip
+
+
+@pytest.mark.parametrize("text", NASTY)
+def test_every_string_round_trips_through_a_config_file_and_an_override(
+    tmp_path: Path, text: str
+) -> None:
+    # As an override (a TOML value, as sweeps and the workflow pass them), then in the
+    # config.toml that train writes of a model, which every later stage loads.
+    value = config._toml_value(text)
+    cfg = config.load(None, [f"sample.start={value}", f"logging.wandb_run_name={value}"])
+    assert cfg.sample.start == text and cfg.logging.wandb_run_name == text
+    (tmp_path / "config.toml").write_bytes(config.dump(cfg).encode("utf-8"))
+    again = config.load(tmp_path / "config.toml")
+    assert again == cfg and again.sample.start.encode() == text.encode()
+    # Characters TOML holds as they are are written as they are: the file reads as its text.
+    if text.isprintable() and not {'"', "\\"} & set(text):
+        assert f'start = "{text}"' in (tmp_path / "config.toml").read_text("utf-8")
+    # The same as a shell word of the workflow's commands.
+    out = subprocess.run(["bash", "-c", f"printf %s {shlex.quote(f'sample.start={value}')}"],
+                         capture_output=True, check=True).stdout  # fmt: skip
+    assert config.load(None, [out.decode()]).sample.start == text
+
+
+def test_a_quoted_override_that_is_not_toml_is_refused_not_taken_as_text() -> None:
+    # It once became the string with its quotes and escapes: "ROMEO \ud83d\ude00".
+    with pytest.raises(config.ConfigError, match=r"override .*: not a valid TOML value"):
+        config.load(None, ['sample.start="ROMEO \\ud83d\\ude00"'])
+    with pytest.raises(config.ConfigError, match=r"not a valid TOML value"):
+        config.load(None, ["data.cleaning=['strip'"])
+    assert config.load(None, ["data.dataset=tinyshakespeare"]).data.dataset == "tinyshakespeare"
+    # A lone surrogate (a command line's byte that is not UTF-8) cannot be written to a file.
+    with pytest.raises(config.ConfigError, match=r"sample.start: .* lone surrogate"):
+        config.load(None, ["sample.start=abc\udcff"])
 
 
 def test_non_finite_override_and_a_directory_for_a_file_are_refused(tmp_path: Path) -> None:

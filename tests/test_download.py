@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import random
 import re
+import shutil
 import socket
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -135,7 +138,7 @@ def test_part_file_from_an_earlier_run_is_resumed(server, tmp_path, monkeypatch)
     server.add("/toy/a.bin", data)
     out = tmp_path / "raw"
     out.mkdir()
-    (out / ".a.bin.part").write_bytes(data[:MB])
+    download.part_path(out, "a.bin").write_bytes(data[:MB])
     run(server, tmp_path)
     assert [h.range for h in server.hits] == [f"bytes={MB}-"]
     assert (out / "a.bin").read_bytes() == data and leftovers(out) == ["a.bin", "provenance.json"]
@@ -149,7 +152,7 @@ def test_stale_part_file_that_does_not_verify_is_downloaded_from_zero(
     server.add("/toy/a.bin", data)
     out = tmp_path / "raw"
     out.mkdir()
-    (out / ".a.bin.part").write_bytes(blob(MB, seed=1))  # bytes of some other file
+    download.part_path(out, "a.bin").write_bytes(blob(MB, seed=1))  # bytes of another file
     run(server, tmp_path)
     assert [h.range for h in server.hits] == [f"bytes={MB}-", None]
     assert (out / "a.bin").read_bytes() == data
@@ -375,7 +378,7 @@ def test_progress_shows_bytes_rate_and_eta_in_lines_for_logs(capsys):
     progress.add("a.bin", 1_500_000)
     progress.finish("b.bin", 1_000_000, "toy/b.bin: done")
     err = capsys.readouterr().err
-    assert re.search(r"toy: 0/2 files, 1\.5 MB of 3\.0 MB, [\d.]+ MB/s, ETA \d+:\d\d:\d\d", err)
+    assert re.search(r"toy: 0/2 files, 1\.5 MB of 3\.0 MB, [\d.]+ MB/s, ETA (\d+:)?\d+:\d\d", err)
     assert err.count("\n") == 2
 
 
@@ -424,3 +427,136 @@ def test_a_git_blob_id_pins_a_file_and_its_sha256_goes_into_the_lock(
     with pytest.raises(download.HashMismatch, match=f"git blob id {blob_id}"):
         run(server, tmp_path, out="raw2")
     assert not (tmp_path / "raw2" / "val.jsonl").exists()
+
+
+def interrupted_local(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, data: bytes) -> Path:
+    """A download of the file on disk source.bin (no hash) cut short, as a kill leaves it: its
+    part holds the first bytes. (Another file of the dataset fails at once, which stops it.)"""
+    source = tmp_path / "source.bin"
+    source.write_bytes(data)
+    files = (datasets.RemoteFile("a.bin", f"file:{source}"),
+             datasets.RemoteFile("gone.bin", f"file:{tmp_path / 'gone.bin'}"))  # fmt: skip
+    monkeypatch.setitem(datasets.REGISTRY, "toy", datasets.Dataset("toy", files, "text", "t"))
+    with pytest.raises(download.DownloadError, match="gone.bin does not exist"):
+        run(None, tmp_path)  # type: ignore[arg-type]
+    part = download.part_path(tmp_path / "raw", "a.bin")
+    assert 0 < part.stat().st_size < len(data)
+    (tmp_path / "gone.bin").write_bytes(b"here now\n")
+    return source
+
+
+@pytest.mark.parametrize("mtime", ["new", "restored"])
+def test_a_resumed_local_file_whose_source_was_replaced_is_copied_anew(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture, mtime: str
+) -> None:
+    # The raw file was the old part followed by the new file's bytes, recorded as the file's.
+    old, new = blob(8 * MB), blob(8 * MB, seed=5)
+    source = interrupted_local(tmp_path, monkeypatch, old)
+    stamp = source.stat().st_mtime_ns
+    source.write_bytes(new)  # same size, other bytes
+    if mtime == "restored":  # as `cp -p` or a tar extraction would: only the bytes tell
+        os.utime(source, ns=(stamp, stamp))
+    fetched = {f.name: f for f in run(None, tmp_path)}  # type: ignore[arg-type]
+    assert (tmp_path / "raw" / "a.bin").read_bytes() == new
+    assert fetched["a.bin"].sha256 == sha(new) and fetched["a.bin"].check == "local"
+    err = capsys.readouterr().err
+    said = "has changed since" if mtime == "new" else "resumed bytes do not verify"
+    assert said in err, err
+    assert leftovers(tmp_path / "raw") == ["a.bin", "gone.bin", "provenance.json"]
+
+
+def test_a_resumed_local_file_whose_source_is_unchanged_continues_where_it_stopped(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    data = blob(8 * MB)
+    interrupted_local(tmp_path, monkeypatch, data)
+    run(None, tmp_path)  # type: ignore[arg-type]
+    assert (tmp_path / "raw" / "a.bin").read_bytes() == data
+    err = capsys.readouterr().err
+    assert "from zero" not in err and "do not verify" not in err
+
+
+def interrupted_http(server: FileServer, tmp_path: Path, data: bytes, **served: Any) -> None:
+    """A download of toy/a.bin (no hash: allow_unverified) cut short after 1 MB: the server
+    stalls, and meanwhile toy/b.bin fails, which stops the dataset's download."""
+    server.add("/toy/a.bin", data, stall_after=MB, stall_s=0.6, **served)
+    server.add("/toy/b.bin", b"b", delay_s=0.2, fail=[404])
+    with pytest.raises(download.DownloadError, match="HTTP 404"):
+        run(server, tmp_path, allow_unverified=True)
+    assert download.part_path(tmp_path / "raw", "a.bin").stat().st_size == MB
+
+
+@pytest.mark.parametrize("validator", ['"v1"', "Tue, 01 Jul 2025 10:00:00 GMT"])
+def test_a_resumed_http_download_is_validated_with_if_range(
+    server: FileServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, validator: str
+) -> None:
+    old, new = blob(3 * MB), blob(3 * MB, seed=6)
+    register(monkeypatch, {"a.bin": old, "b.bin": b"b"}, pin=False)
+    interrupted_http(server, tmp_path, old, validator=validator)
+    # Unchanged upstream: resumed, with the version it started from as If-Range.
+    run(server, tmp_path, allow_unverified=True)
+    assert (server.hits_for("/toy/a.bin")[-1].range, server.hits_for("/toy/a.bin")[-1].if_range) \
+        == (f"bytes={MB}-", validator)  # fmt: skip
+    assert (tmp_path / "raw" / "a.bin").read_bytes() == old
+    # Changed upstream (same size): the server answers If-Range with the whole new file.
+    shutil.rmtree(tmp_path / "raw")
+    interrupted_http(server, tmp_path, old, validator=validator)
+    other = '"v2"' if validator.startswith('"') else "Wed, 02 Jul 2025 10:00:00 GMT"
+    server.add("/toy/a.bin", new, validator=other)
+    [a, _] = run(server, tmp_path, allow_unverified=True)
+    assert server.hits_for("/toy/a.bin")[-1].if_range == validator
+    assert (tmp_path / "raw" / "a.bin").read_bytes() == new and a.sha256 == sha(new)
+
+
+def test_a_resumed_http_download_without_a_validator_or_hash_starts_over(
+    server: FileServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
+) -> None:
+    old, new = blob(3 * MB), blob(3 * MB, seed=7)
+    register(monkeypatch, {"a.bin": old, "b.bin": b"b"}, pin=False)
+    interrupted_http(server, tmp_path, old)
+    server.add("/toy/a.bin", new)  # nothing tells the two apart but their bytes
+    [a, _] = run(server, tmp_path, allow_unverified=True)
+    assert (tmp_path / "raw" / "a.bin").read_bytes() == new and a.sha256 == sha(new)
+    assert "cannot be shown to be the source of the partial file" in capsys.readouterr().err
+    assert server.hits_for("/toy/a.bin")[-1].range is None
+
+
+def test_an_unresolvable_host_is_retried_once_and_the_hint_names_both_mirror_settings(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # It was retried for 31 s (5 retries with backoff) before the hint, which named only the
+    # stage's --mirror flag where a workflow user needs --config mirror=...
+    entry = datasets.RemoteFile("a.bin", "https://nanogptx-test.invalid/a.bin", sha(b"x"), 1)
+    monkeypatch.setitem(datasets.REGISTRY, "toy", datasets.Dataset("toy", (entry,), "text", "t"))
+    policy = download.Policy(retries=5, backoff=0.01, backoff_max=0.05)
+    with pytest.raises(download.DownloadError) as e:
+        run(None, tmp_path, policy=policy)  # type: ignore[arg-type]
+    msg = str(e.value)
+    assert "giving up after 2 failed attempts: cannot resolve the host of" in msg, msg
+    assert "--config mirror=DIR_OR_URL (snakemake)" in msg and "--mirror DIR_OR_URL" in msg
+
+
+@pytest.mark.parametrize("where", ["same", "inside", "holding", "symlink", "mirror"])
+def test_an_out_that_overlaps_what_the_download_reads_is_refused_before_writing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, where: str
+) -> None:
+    # --out equal to the local_dir copied every file onto itself and wrote its record there.
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    (corpus / "a.txt").write_text("mine\n")
+    files = (datasets.RemoteFile("a.txt", f"file:{corpus / 'a.txt'}"),)
+    ds = datasets.Dataset("toy", files, "text", "t", local_dir=str(corpus))
+    monkeypatch.setitem(datasets.REGISTRY, "toy", ds)
+    (tmp_path / "link").symlink_to(corpus)
+    out = {"same": corpus, "inside": corpus / "raw", "holding": tmp_path,
+           "symlink": tmp_path / "link", "mirror": tmp_path / "m" / "toy"}[where]  # fmt: skip
+    mirror = None
+    if where == "mirror":  # a mirror directory holds <mirror>/<dataset>/<file>
+        mirror = str(tmp_path / "m")
+        register(monkeypatch, {"a.txt": b"x"})
+        (tmp_path / "m" / "toy").mkdir(parents=True)
+        (tmp_path / "m" / "toy" / "a.txt").write_text("x")
+    before = sorted(tmp_path.rglob("*"))
+    with pytest.raises(download.DownloadError, match="a stage never writes where it reads"):
+        download.download(DataConfig(dataset="toy"), out, mirror=mirror, lock=tmp_path / "l.json")
+    assert sorted(tmp_path.rglob("*")) == before

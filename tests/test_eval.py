@@ -60,23 +60,26 @@ def gpt2_model(tmp_path_factory: pytest.TempPathFactory, gpt2_offline: None) -> 
 
 def hf_scores(hf_dir: Path, items: list[dict]) -> tuple[float, float]:
     """An independent scorer: one item at a time through HF's torch model, the ending's
-    log-probabilities summed and averaged (llm.c's rule), with tiktoken's GPT-2 tokens."""
+    log-probabilities summed and averaged (llm.c's rule), with tiktoken's GPT-2 tokens; a
+    context too long for the model's positions loses its first tokens (lm-evaluation-harness's
+    rule: the last n_positions + 1 tokens, of which the last n_positions are scored)."""
     import tiktoken
     import torch
     import transformers
 
     enc = tiktoken.get_encoding("gpt2")
     m = transformers.GPT2LMHeadModel.from_pretrained(hf_dir).eval()
+    L = m.config.n_positions
     right = right_norm = 0
     for item in items:
-        ctx = enc.encode_ordinary(item["ctx"])
         sums, means = [], []
         for ending in item["endings"]:
             end = enc.encode_ordinary(" " + ending)
-            ids = torch.tensor([ctx + end])
+            ids = torch.tensor([(enc.encode_ordinary(item["ctx"]) + end)[-(L + 1) :]])
             with torch.no_grad():
-                logp = torch.log_softmax(m(ids).logits[0, :-1].double(), -1)
-            picked = logp[torch.arange(len(ctx) - 1, ids.shape[1] - 1), ids[0, len(ctx) :]]
+                logp = torch.log_softmax(m(ids[:, :-1]).logits[0].double(), -1)
+            n = ids.shape[1]
+            picked = logp[torch.arange(n - len(end) - 1, n - 1), ids[0, n - len(end) :]]
             sums.append(picked.sum().item())
             means.append(picked.mean().item())
         right += int(np.argmax(sums) == item["label"])
@@ -85,13 +88,18 @@ def hf_scores(hf_dir: Path, items: list[dict]) -> tuple[float, float]:
 
 
 def test_hellaswag_scores_equal_an_independent_hf_scorer(gpt2_model: Path, tmp_path: Path) -> None:
-    path = hellaswag_file(tmp_path / eval.HELLASWAG_FILE, 30)
+    (tmp_path / "hs").mkdir()  # apart from --out: a stage never writes where it reads
+    path = hellaswag_file(tmp_path / "hs" / eval.HELLASWAG_FILE, 30)
+    with open(path, "a") as f:  # contexts longer than the model's 64 positions: cropped
+        for i in range(3):
+            ctx = " ".join(CONTEXTS[i:] * 3)
+            f.write(json.dumps({"ctx": ctx, "endings": ENDINGS[i : i + 4], "label": i}) + "\n")
     cfg = config.load(None, ['eval.tasks=["hellaswag"]', "eval.batch_size=4"])
-    out = eval.evaluate(cfg, gpt2_model / "model", None, tmp_path / "out", tmp_path)
+    out = eval.evaluate(cfg, gpt2_model / "model", None, tmp_path / "out", path.parent)
     r = out["hellaswag"]
     items = eval.read_hellaswag(path)
     acc, acc_norm = hf_scores(gpt2_model / "hf", items)
-    assert (r["acc"], r["acc_norm"], r["items"]) == (acc, acc_norm, 30)
+    assert (r["acc"], r["acc_norm"], r["items"], r["cropped_items"]) == (acc, acc_norm, 33, 3)
     assert r["acc"] != r["acc_norm"] or acc == acc_norm  # the two rules are both computed
     assert "completion-style" in r["method"] and r["items_per_second"] > 0
     written = json.loads((tmp_path / "out" / "metrics.json").read_text())
@@ -101,11 +109,71 @@ def test_hellaswag_scores_equal_an_independent_hf_scorer(gpt2_model: Path, tmp_p
     # eval.max_items: the first items only.
     cfg = config.load(None, ['eval.tasks=["hellaswag"]', "eval.max_items=7"])
     assert (
-        eval.evaluate(cfg, gpt2_model / "model", None, tmp_path / "o2", tmp_path)["hellaswag"][
+        eval.evaluate(cfg, gpt2_model / "model", None, tmp_path / "o2", path.parent)["hellaswag"][
             "items"
         ]
         == 7
     )
+
+
+@pytest.fixture(scope="module")
+def gpt2_tiny(tmp_path_factory: pytest.TempPathFactory, gpt2_offline: None) -> Path:
+    """A tiny random model in GPT-2 tokens (block_size 16), without torch."""
+    root = tmp_path_factory.mktemp("gpt2-tiny")
+    m = config.load(None, ["model.n_layer=1", "model.n_head=1", "model.n_embd=8",
+                           "model.block_size=16", "model.vocab_size=50257"])  # fmt: skip
+    params = model.init_params(m.model, 50257, jax.random.key(0))
+    checkpoint.save_model(root / "model", params, m, tokenizer.gpt2().identity(), 0)
+    return root / "model"
+
+
+def test_an_ending_longer_than_the_window_is_refused_naming_file_and_line(
+    gpt2_tiny: Path, tmp_path: Path
+) -> None:
+    """block_size 16: a context of any length is cropped from the left, but an ending of more
+    than 16 tokens cannot follow a context token in the window (it crashed with a numpy
+    broadcast error)."""
+    (tmp_path / "hs").mkdir()  # apart from --out: a stage never writes where it reads
+    path = tmp_path / "hs" / eval.HELLASWAG_FILE
+    long_ctx = {"ctx": " ".join(CONTEXTS), "endings": ENDINGS[:4], "label": 0}
+    too_long = {"ctx": "A man", "endings": ["a", " ".join(ENDINGS), "b", "c"], "label": 1}
+    path.write_text(json.dumps(long_ctx) + "\n" + json.dumps(too_long) + "\n")
+    cfg = config.load(None, ['eval.tasks=["hellaswag"]'])
+    with pytest.raises(
+        eval.EvalError, match=rf"{path.name}:2: ending 1 is \d+ tokens.*block_size = 16"
+    ):
+        eval.evaluate(cfg, gpt2_tiny, None, tmp_path / "out", path.parent)
+    assert not (tmp_path / "out" / "metrics.json").exists()
+    path.write_text(json.dumps(long_ctx) + "\n")  # the long context alone: cropped, scored
+    r = eval.evaluate(cfg, gpt2_tiny, None, tmp_path / "out", path.parent)["hellaswag"]
+    assert (r["items"], r["cropped_items"]) == (1, 1)
+
+
+def test_a_model_without_gpt2_tokens_is_refused_hellaswag_before_any_work(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """In config, where the run's file names the tokenizer (snakemake -n refuses the run); at
+    the eval stage's start where only the model says it (it used to score val_loss first)."""
+    run = tmp_path / "run.toml"
+    run.write_text('[tokenizer]\nname = "char"\n\n[eval]\ntasks = ["val_loss", "hellaswag"]\n')
+    with pytest.raises(config.ConfigError, match=rf"{run}: eval.tasks has hellaswag.*'char'"):
+        config.load(run)
+    with pytest.raises(config.ConfigError, match="tokenizer.name = 'char'"):
+        config.load(None, ['eval.tasks=["hellaswag"]', "tokenizer.name=char"])
+    (tmp_path / "hs").mkdir()  # apart from --out
+    hellaswag_file(tmp_path / "hs" / eval.HELLASWAG_FILE, 3)
+    data_dir = write_prepared(tmp_path / "data", synthetic_text(3000), 2000)
+    data = loader.open_prepared(data_dir)
+    m = config.load(None, ["model.n_layer=1", "model.n_head=1", "model.n_embd=8",
+                           "model.block_size=8"])  # fmt: skip
+    params = model.init_params(m.model, data.vocab_size, jax.random.key(0))
+    checkpoint.save_model(tmp_path / "model", params, m, data.manifest["tokenizer"], 0)
+    cfg = config.load(None, ['eval.tasks=["val_loss", "hellaswag"]'])  # the model decides
+    capsys.readouterr()
+    with pytest.raises(eval.EvalError, match=r"hellaswag.*GPT-2 tokens.*'char' tokenizer"):
+        eval.evaluate(cfg, tmp_path / "model", data_dir, tmp_path / "out", tmp_path / "hs")
+    assert "val_loss" not in capsys.readouterr().out  # nothing was scored
+    assert not (tmp_path / "out").exists()
 
 
 def test_val_loss_covers_every_window_of_the_split_and_gives_bits_per_byte(
@@ -147,24 +215,47 @@ def test_val_loss_covers_every_window_of_the_split_and_gives_bits_per_byte(
         ('{"ctx": "A man", "label": 0}', r":2: key 'endings' is missing"),
         ('{"ctx": "A man", "endings": ["a", "b"], "label": 0}', r":2: endings: expected a list"),
         ('{"ctx": "A man", "endings": ["a", "b", "c", "d"], "label": 7}', r":2: label: expected"),
+        # No context: the first ending token would be scored from a padding slot.
+        ('{"ctx": "", "endings": ["a", "b", "c", "d"], "label": 0}', r":2: ctx is empty"),
+        ('{"ctx": " ", "endings": ["a", "b", "c", "d"], "label": 0}', r":2: ctx is empty"),
     ],
 )
 def test_a_bad_hellaswag_line_names_file_line_and_key_and_writes_nothing(
-    tmp_path: Path, line: str, error: str
+    tmp_path: Path, gpt2_tiny: Path, line: str, error: str
 ) -> None:
-    path = tmp_path / eval.HELLASWAG_FILE
+    (tmp_path / "hs").mkdir()  # apart from --out: a stage never writes where it reads
+    path = tmp_path / "hs" / eval.HELLASWAG_FILE
     good = {"ctx": "A man", "endings": ["a", "b", "c", "d"], "label": 1}
     path.write_text(json.dumps(good) + "\n" + line + "\n")
     with pytest.raises(eval.EvalError, match=f"{path.name}{error}"):
         eval.read_hellaswag(path)
-    # Through the stage: the error comes before metrics.json exists.
-    data_dir = write_prepared(tmp_path / "data", synthetic_text(3000), 2000)
-    data = loader.open_prepared(data_dir)
-    m = config.load(None, ["model.n_layer=1", "model.n_head=1", "model.n_embd=8",
-                           "model.block_size=8"])  # fmt: skip
-    params = model.init_params(m.model, data.vocab_size, jax.random.key(0))
-    checkpoint.save_model(tmp_path / "model", params, m, data.manifest["tokenizer"], 0)
-    cfg = config.load(None, ['eval.tasks=["val_loss", "hellaswag"]'])
-    with pytest.raises(eval.EvalError):
-        eval.evaluate(cfg, tmp_path / "model", data_dir, tmp_path / "out", tmp_path)
-    assert not (tmp_path / "out" / "metrics.json").exists()
+    # Through the stage: the error comes before any work, and nothing is written.
+    cfg = config.load(None, ['eval.tasks=["hellaswag"]'])
+    with pytest.raises(eval.EvalError, match=f"{path.name}{error}"):
+        eval.evaluate(cfg, gpt2_tiny, None, tmp_path / "out", path.parent)
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(
+    "line, error",
+    [
+        (b'{"ctx": "caf\xe9", "endings": ["a", "b", "c", "d"], "label": 0}', r":2: not UTF-8 "
+         r"text \(byte 12 of the line\)"),
+        # Valid JSON, but no character: it was scored as U+FFFD without a word.
+        (b'{"ctx": "A man \\ud800", "endings": ["a", "b", "c", "d"], "label": 0}',
+         r":2: ctx holds a lone surrogate"),
+        (b'{"ctx": "A man", "endings": ["a", "\\udc00", "c", "d"], "label": 0}',
+         r":2: endings\[1\] holds a lone surrogate"),
+    ],
+)  # fmt: skip
+def test_a_hellaswag_line_that_is_not_text_names_file_and_line(
+    tmp_path: Path, line: bytes, error: str
+) -> None:
+    # Bytes that are not UTF-8 ended the stage in a UnicodeDecodeError traceback.
+    path = tmp_path / eval.HELLASWAG_FILE
+    good = {"ctx": "A man \u00e9 \U0001f600", "endings": ["a", "b", "c", "d"], "label": 1}
+    path.write_bytes(json.dumps(good).encode() + b"\n" + line + b"\n")
+    with pytest.raises(eval.EvalError, match=f"{path.name}{error}"):
+        eval.read_hellaswag(path)
+    path.write_bytes(json.dumps(good).encode() + b"\n")
+    assert eval.read_hellaswag(path)[0]["ctx"] == "A man \u00e9 \U0001f600"

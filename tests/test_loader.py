@@ -119,7 +119,8 @@ def test_missing_or_malformed_data_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(loader.DataError, match="manifest.json is missing"):
         loader.open_prepared(tmp_path)
     d = write_prepared(tmp_path / "d", TEXT)
-    manifest = json.loads((d / "manifest.json").read_text())
+    original = (d / "manifest.json").read_bytes()
+    manifest = json.loads(original)
     (d / "manifest.json").write_text(json.dumps({**manifest, "format": "other/2"}))
     with pytest.raises(loader.DataError, match="format"):
         loader.open_prepared(d)
@@ -132,7 +133,7 @@ def test_missing_or_malformed_data_is_a_clear_error(tmp_path: Path) -> None:
         (d / "manifest.json").write_text(json.dumps(bad))
         with pytest.raises(loader.DataError, match=says):
             loader.open_prepared(d)
-    (d / "manifest.json").write_text(json.dumps(manifest))
+    (d / "manifest.json").write_bytes(original)
     (d / "val_000000.npy").unlink()
     with pytest.raises(loader.DataError, match="val_000000.npy.*missing"):
         loader.open_prepared(d)
@@ -143,8 +144,8 @@ def test_token_ids_outside_the_vocabulary_are_refused(tmp_path: Path) -> None:
     manifest = json.loads((d / "manifest.json").read_text())
     manifest["tokenizer"]["vocab_size"] = 3
     (d / "manifest.json").write_text(json.dumps(manifest))
-    with pytest.raises(loader.DataError, match="outside"):
-        loader.batch(loader.open_prepared(d), "train", 0, 0, 4, 8)
+    with pytest.raises(loader.DataError, match="outside"):  # unchecked: as if prepare wrote it
+        loader.batch(loader.open_prepared(d, verify=False), "train", 0, 0, 4, 8)
 
 
 def test_split_shorter_than_a_window_is_refused(data_dir: Path) -> None:
@@ -152,3 +153,24 @@ def test_split_shorter_than_a_window_is_refused(data_dir: Path) -> None:
     n = data.split("val").n_tokens
     with pytest.raises(loader.DataError, match="fewer than block_size"):
         loader.batch(data, "val", 0, 0, 2, n)
+
+
+@pytest.mark.parametrize("change", ["splits swapped", "vocabulary changed"])
+def test_a_manifest_edited_after_prepare_is_refused(tmp_path: Path, change: str) -> None:
+    # prepare's provenance.json records the manifest's sha256, which nothing checked: an edited
+    # manifest (well formed, its shards intact) was trained on.
+    d = write_prepared(tmp_path / "d", TEXT)
+    recorded = provenance.sha256_file(d / "manifest.json")
+    manifest = json.loads((d / "manifest.json").read_text())
+    if change == "splits swapped":
+        for shard in manifest["shards"]:
+            shard["split"] = {"train": "val", "val": "train"}[shard["split"]]
+    else:
+        manifest["tokenizer"]["vocab_size"] += 1
+    (d / "manifest.json").write_text(json.dumps(manifest, indent=2))
+    says = rf"manifest.json: sha256 is \w+, but {d / 'provenance.json'} records {recorded}"
+    with pytest.raises(provenance.HashMismatch, match=says):
+        loader.open_prepared(d)
+    (d / "provenance.json").unlink()  # no record: not finished by prepare
+    with pytest.raises(loader.DataError, match="provenance.json is missing: the prepare stage"):
+        loader.open_prepared(d)

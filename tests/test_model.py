@@ -515,11 +515,11 @@ def test_rope_attends_to_relative_positions_only() -> None:
 
 @pytest.mark.parametrize("name", every_variant())
 def test_every_variant_saves_and_reloads_as_a_model_directory(name: str, tmp_path: Path) -> None:
-    from nanogptx import checkpoint, config
+    from nanogptx import checkpoint, config, tokenizer
 
     cfg = config.Config(model=variant(name))
     params = jax.device_get(spread(init(cfg.model, V, jax.random.key(0))))
-    tok = {"name": "char", "vocab_size": V, "chars": "".join(map(chr, range(65, 65 + V)))}
+    tok = tokenizer.CharTokenizer("".join(map(chr, range(65, 65 + V)))).identity()
     checkpoint.save_model(tmp_path / "m", params, cfg, tok, step=7)
     loaded, cfg2, _ = checkpoint.load_model(tmp_path / "m")
     assert cfg2.model == dataclasses.replace(cfg.model, vocab_size=cfg2.model.vocab_size)

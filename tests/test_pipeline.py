@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+import report_browser
 from test_workflow import ROOT, edit, make_workdir, planned_jobs, snakemake
 
 
@@ -55,6 +56,13 @@ def test_the_terminal_shows_training_progress_and_the_log_path(tiny: Path) -> No
     assert re.search(r"download tinyshakespeare: \S+/input.txt: done.*sha256", terminal)
     prepare = r"prepare tinyshakespeare-char-\w+: [\d,]+ tokens, [\d,]+ documents, [\d,]+ tokens/s"
     assert re.search(prepare, terminal), terminal[-3000:]
+    # Sample and eval too, from their start (they were silent through their compiles).
+    sample = "sample tiny (log results/logs/sample/tiny.log): "
+    assert f"{sample}compiling the generation loop ..." in terminal, terminal[-3000:]
+    generating = "generating 2 samples of 200 tokens after a prompt of 1 token: done in 0:0"
+    assert f"{sample}{generating}" in terminal
+    evals = "eval tiny (log results/logs/eval/tiny.log): val_loss windows: "
+    assert f"{evals}0/1,742, 0:00 in" in terminal and f"{evals}1,742/1,742 (" in terminal
 
 
 def test_the_eval_stage_measures_the_whole_val_split(tiny: Path) -> None:
@@ -152,6 +160,38 @@ def test_a_config_edit_is_named_with_its_values_in_the_dry_run(tiny: Path) -> No
         toml.write_text(original)
 
 
+def test_a_retraining_cut_short_reruns_with_the_stages_after_it(tiny: Path) -> None:
+    """An edit reruns train, and its job is cut short (here: its checkpoint directory is a file;
+    a kill or Ctrl-C does the same): Snakemake deletes the job's outputs, the model. Its samples
+    and evaluation of the earlier model were left, looked up to date, and the same command then
+    planned nothing: the edit was never trained. (README: After a kill.)"""
+    toml, model = tiny / "config/tiny.toml", tiny / "results/tiny/model"
+    meta, kept = tiny / ".snakemake/metadata", tiny / "kept"
+    original = toml.read_text()
+    # The model and Snakemake's records as they were (copy2 keeps the times), for the tests after.
+    shutil.copytree(model, kept / "model")
+    shutil.copytree(meta, kept / "metadata")
+    try:
+        edit(toml, "learning_rate = 1e-2", "learning_rate = 5e-3")
+        out = snakemake(tiny, "-n", "--config", "runs=tiny").stdout
+        cut = tiny / re.search(r"--checkpoints (results/tiny/checkpoints/\w+)", out)[1]
+        cut.parent.mkdir(parents=True, exist_ok=True)
+        cut.write_text("not a directory")
+        r = snakemake(tiny, "--config", "runs=tiny", check=False)
+        assert r.returncode != 0 and not (model / "params.safetensors").exists(), r.stdout
+        assert (tiny / "results/tiny/samples/samples.txt").exists()  # of the earlier model
+        cut.unlink()
+        for target in ([], ["sample"], ["eval"], ["train"]):
+            assert "train_run" in planned_jobs(tiny, *target, "--config", "runs=tiny"), target
+        assert {"sample_run", "eval_run"} <= set(planned_jobs(tiny, "--config", "runs=tiny"))
+    finally:
+        toml.write_text(original)
+        for path in (model, meta):
+            shutil.rmtree(path, ignore_errors=True)
+            (kept / path.name).rename(path)
+    assert planned_jobs(tiny, "--config", "runs=tiny") == {}
+
+
 @pytest.mark.slow  # about 14 s
 def test_prepared_data_is_shared_whatever_runs_are_selected(tiny: Path) -> None:
     """The prepared data of tiny is the same as shakespeare-char's and the sweep runs': no
@@ -207,6 +247,39 @@ def test_an_extended_run_resumes_from_its_checkpoints_and_says_so(tiny: Path) ->
     log = (tiny / "results/logs/train/tiny-extended.log").read_text()
     assert "at step 300 of 300" in log and "logging.log_interval: 25 -> 50" in log
     run.unlink()
+
+
+def status(workdir: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "nanogptx.status", *args], cwd=workdir,
+                          capture_output=True, text=True, check=check)  # fmt: skip
+
+
+def test_status_takes_the_runs_as_snakemake_does(tiny: Path) -> None:
+    """`--config runs=...` or `sweep=NAME` (it showed config/config.yaml's runs only)."""
+    from nanogptx import config, sweep
+
+    out = status(tiny, "--config", "runs=[tiny]").stdout
+    assert out.startswith("tiny: download done, prepare done, train done, sample done, eval done")
+    assert (
+        status(tiny, "--config", "runs=tiny").stdout == out == status(tiny, "--runs", "tiny").stdout
+    )
+    path = tiny / "config/sweeps/status.toml"
+    path.parent.mkdir(exist_ok=True)
+    path.write_text('base = "tiny"\n[axes]\n"train.learning_rate" = [1e-3, 3e-3]\n')
+    try:
+        out = status(tiny, "--config", "sweep=status").stdout
+        points = sweep.expand(sweep.load("status", path.parent))
+        for name, overrides in points.items():  # each point with its own settings
+            ckpt = config.checkpoint_id(config.load(tiny / "config/tiny.toml", overrides))
+            assert f"{name}: download done, prepare done, train -" in out
+            assert f"no checkpoint in results/{name}/checkpoints/{ckpt}:" in out, out
+    finally:
+        path.unlink()
+    r = status(tiny, "--config", "run=tiny", check=False)
+    assert (
+        r.returncode == 2
+        and "--config run=tiny: expected KEY=VALUE with KEY one of runs" in r.stderr
+    )
 
 
 def test_sample_and_eval_declare_every_file_they_read(tiny: Path) -> None:
@@ -269,7 +342,11 @@ def test_report_holds_curves_samples_configs_and_provenance_chain(tiny: Path) ->
     assert html.escape(first) in (tiny / "results/tiny/report/samples.html").read_text()
     assert "[model]" in (tiny / "results/tiny/report/config.html").read_text()
     svg = (tiny / "results/tiny/report/loss.svg").read_text()
-    assert 'width="100%" viewBox=' in svg  # scales to the window's width
+    # Its size in pixels (an <img> in the report has none otherwise), narrowed to the window.
+    w, h = re.search(r'width="(\d+)" height="(\d+)" viewBox="0 0 (\1) (\2)"', svg).groups()[:2]
+    assert int(w) > 900 and int(h) > 500 and "max-width:100%" in svg
+    # The home page names the runs as words, not as a Python list.
+    assert re.search(r"of this report,(\s|\\n)+tiny:", page) and "['tiny']" not in page
     # Train and val against steps and against tokens; the diagnostics (logging.stats_interval)
     # below them: attention logit, parameter, gradient and relative update RMS for each of the
     # 2 layers, and log Z.
@@ -283,6 +360,35 @@ def test_report_holds_curves_samples_configs_and_provenance_chain(tiny: Path) ->
     )
     assert raw_sha in chain and params_sha in chain
     assert re.search(r"train_000000\.npy", chain)
+
+
+@pytest.fixture(scope="session")
+def chromium() -> str:
+    exe = report_browser.chromium()
+    if exe is None:
+        pytest.skip("chromium is not installed: the report's figures are checked as a reader "
+                    "sees them, in headless Chromium (Debian: apt-get install chromium; .ci/run "
+                    "installs it)")  # fmt: skip
+    return exe
+
+
+def check_shown(report: Path, expected: set[str]) -> None:
+    """Every result of the report, opened in Chromium as its buttons open it, is shown at a
+    visible size; every figure has drawn pixels (a loss figure was a 0 x 0 <img>)."""
+    shown = report_browser.measure(report)
+    assert expected <= {r["path"] for r in shown}, shown
+    for r in shown:
+        assert r["found"] and r["width"] >= 400 and r["height"] >= 200, r
+        if r["figure"]:
+            assert r["drawn"] >= 0.01 * r["width"] * r["height"], r
+
+
+def test_every_figure_and_page_of_the_report_is_shown_in_a_browser(
+    tiny: Path, chromium: str
+) -> None:
+    snakemake(tiny, "--config", "runs=tiny", "--report", "report-browser.html")
+    pages = ("loss.svg", "samples.html", "config.html", "eval.html", "provenance.html")
+    check_shown(tiny / "report-browser.html", {f"results/tiny/report/{p}" for p in pages})
 
 
 def test_lint_is_clean(tiny: Path) -> None:
@@ -341,14 +447,18 @@ def test_a_dataset_is_a_data_file_adding_one_reruns_nothing_else_and_local_files
 
 
 def test_a_malformed_dataset_file_is_refused_naming_file_and_key(tiny: Path) -> None:
+    # Refused for the runs that use it; the others go on (it blocked every run).
     entry = tiny / "config/datasets/broken.toml"
     entry.write_text('reader = "txt"\n[[files]]\nurl = "https://example.org/a.txt"\n')
+    (tiny / "config/uses-it.toml").write_text('[data]\ndataset = "broken"\n')
     try:
-        r = snakemake(tiny, "-n", "--config", "runs=tiny", check=False)
+        assert planned_jobs(tiny, "--config", "runs=tiny") == {}
+        r = snakemake(tiny, "-n", "--config", "runs=[tiny,uses-it]", check=False)
         assert r.returncode != 0
         assert "config/datasets/broken.toml: reader = 'txt': expected one of" in r.stdout + r.stderr
     finally:
         entry.unlink()
+        (tiny / "config/uses-it.toml").unlink()
 
 
 @pytest.mark.slow  # about 35-45 s; tests/test_sweep.py runs by default
@@ -412,3 +522,100 @@ def test_a_sweep_runs_to_its_report_with_a_diverged_point_and_an_added_point_run
         assert slurm == planned
     finally:
         path.unlink()
+
+
+@pytest.mark.slow  # about 30 s
+def test_a_sweeps_strings_reach_every_file_through_the_workflow_character_for_character(
+    tiny: Path,
+) -> None:
+    # Sweep values pass to the stages as shell words of the workflow's commands; train writes
+    # them into the model's config.toml (which every later stage loads) and provenance.json.
+    from nanogptx import config, sweep
+
+    starts = ['ROMEO 😀: e\u0301 "q" \\n\n', "a b", "a_b"]
+    name = "run 😀 \t\\ 'x'"
+    path = tiny / "config/sweeps/strings.toml"
+    path.write_text(
+        f'base = "tiny"\n[axes]\n"train.max_iters" = [2]\n"sample.start" = '
+        f"[{', '.join(map(config._toml_value, starts))}]\n"
+        f'"logging.wandb_run_name" = [{config._toml_value(name)}]\n'
+    )
+    points = sweep.expand(sweep.load("strings", tiny / "config/sweeps"))
+    try:
+        assert len(points) == 3
+        snakemake(tiny, "train", "--config", "sweep=strings")
+        found = []
+        for run in points:
+            model = tiny / "results" / run / "model"
+            cfg = config.load(model / "config.toml")
+            assert cfg.logging.wandb_run_name == name
+            recorded = json.loads((model / "provenance.json").read_text())["config"]
+            assert recorded["logging"]["wandb_run_name"] == name
+            found.append(cfg.sample.start)
+        assert sorted(found) == sorted(starts)
+    finally:
+        path.unlink()
+        for run in points:
+            shutil.rmtree(tiny / "results" / run, ignore_errors=True)
+
+
+@pytest.mark.slow  # about 40 s
+def test_every_figure_of_a_sweep_report_is_shown_in_a_browser(tiny: Path, chromium: str) -> None:
+    """The sweep's figures (loss curves side by side, final loss against learning rate, its
+    diagnostics) in the report, as a reader opens them."""
+    path = tiny / "config/sweeps/figures.toml"
+    path.parent.mkdir(exist_ok=True)
+    axes = '"train.max_iters" = [30]\n"logging.stats_interval" = [10]\n'
+    path.write_text(f'base = "tiny"\n[axes]\n{axes}"train.learning_rate" = [1e-2, 3e-3]\n')
+    try:
+        snakemake(tiny, "sweep", "--config", "sweep=figures")
+        snakemake(tiny, "sweep", "--config", "sweep=figures", "--report", "sweep.html")
+        check_shown(tiny / "sweep.html", {
+            "results/report/loss-sweep-figures.svg",
+            "results/report/lr-sensitivity-sweep-figures.svg",
+            "results/report/lr-sensitivity-sweep-figures-diagnostics.svg",
+        })  # fmt: skip
+    finally:
+        path.unlink()
+
+
+@pytest.mark.slow  # about 35 s
+def test_a_second_snakemake_leaves_a_running_jobs_log_and_metrics_alone(tiny: Path) -> None:
+    """With a training running, `snakemake --unlock` (what Snakemake's lock message suggests)
+    and the same command again: the second Snakemake refuses before it starts any job. (Its job
+    used to start: Snakemake deleted the running job's log and metrics.jsonl as that job's
+    outputs, and the refused stage's log replaced the log.)"""
+    run = tiny / "config/tiny-busy.toml"
+    run.write_text((tiny / "config/tiny.toml").read_text().replace(
+        "max_iters = 300", "max_iters = 1000000"))  # fmt: skip
+    log = tiny / "results/logs/train/tiny-busy.log"
+    metrics = tiny / "results/tiny-busy/model/metrics.jsonl"
+    cmd = ["train", "--config", "runs=tiny-busy"]
+    first = subprocess.Popen([sys.executable, "-m", "snakemake", "--cores", "2", *cmd],
+                             cwd=tiny, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                             start_new_session=True)  # fmt: skip
+    try:
+        deadline = time.time() + 300
+        while not (metrics.exists() and '"train"' in metrics.read_text()):
+            assert first.poll() is None and time.time() < deadline
+            time.sleep(0.2)
+        before_log, before_metrics = log.read_text(), metrics.read_text()
+        snakemake(tiny, "--unlock")
+        r = snakemake(tiny, *cmd, check=False)
+        assert r.returncode != 0
+        out = r.stdout + r.stderr
+        assert re.search(r"still writing into results/tiny-busy/model, \S+ \(held by pid \d+", out)
+        assert "Nothing was changed" in out
+        time.sleep(3)  # the first one goes on writing into the same files
+        assert first.poll() is None
+        assert log.read_text().startswith(before_log) and metrics.read_text().startswith(
+            before_metrics
+        )
+        steps = [json.loads(line)["step"] for line in metrics.read_text().splitlines()]
+        assert len(steps) > len(before_metrics.splitlines()) and steps == sorted(steps)
+    finally:
+        os.killpg(first.pid, signal.SIGKILL)
+        first.wait()
+        snakemake(tiny, "--unlock")
+        run.unlink()
+        shutil.rmtree(tiny / "results/tiny-busy", ignore_errors=True)

@@ -440,7 +440,9 @@ def test_cli(shakespeare, tmp_path: Path, capsys) -> None:
         "val_000000.npy",
         "manifest.json",
     ]
-    assert "train: 1,003,854 tokens" in capsys.readouterr().err
+    err = capsys.readouterr().err  # one document (one file), nouns that agree with counts
+    assert "train: 1,003,854 tokens, 1 document, 3 shards" in err
+    assert "val: 111,540 tokens, 1 document, 1 shard\n" in err and "2 threads" in err
     with pytest.raises(SystemExit) as e:
         main(["--raw", str(tmp_path), "--out", str(tmp_path / "o2")])
     assert e.value.code == 1

@@ -5,6 +5,10 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import html
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import jax
@@ -223,6 +227,44 @@ def test_stage_writes_samples_and_provenance(tmp_path: Path, capsys: pytest.Capt
                  f"sample.start='FILE:{prompt}'", "sample.num_samples=3",
                  "sample.max_new_tokens=40", "sample.seed=3"])  # fmt: skip
     assert (tmp_path / "again" / "samples.txt").read_text() == text
+
+
+def test_a_prompt_and_names_outside_the_bmp_round_trip_through_every_file(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    # A model in a directory with spaces and an emoji, whose config holds a prompt and a run
+    # name outside the Basic Multilingual Plane, with a combining accent, quotes, a backslash,
+    # a tab and newlines; its config.toml once was not TOML, so no stage could load the model.
+    prompt = 'ROMEO 😀: e\u0301 "q" \\n\tx\n'
+    tok = tokenizer.CharTokenizer("".join(sorted(set(CHARS + '😀\u0301"\\\t'))))
+    mcfg = dataclasses.replace(CFG, vocab_size=tok.vocab_size)
+    cfg = config.load(None, [f"sample.start={config._toml_value(prompt)}",
+                             f"logging.wandb_run_name={config._toml_value(prompt)}"])  # fmt: skip
+    cfg = dataclasses.replace(cfg, model=mcfg)
+    params = model.init_params(mcfg, tok.vocab_size, jax.random.key(0))
+    model_dir = tmp_path / "my models 😀" / "m"
+    checkpoint.save_model(model_dir, params, cfg, tok.identity(), step=1)
+    saved = checkpoint.load_model(model_dir)[1]
+    assert saved.sample.start == prompt and saved.logging.wandb_run_name == prompt
+    # The prompt given on the command line and as a FILE: under a path with spaces.
+    (tmp_path / "my prompts 😀").mkdir()
+    (tmp_path / "my prompts 😀" / "p.txt").write_bytes(prompt.encode())
+    for i, start in enumerate([prompt, f"FILE:{tmp_path}/my prompts 😀/p.txt"]):
+        out = tmp_path / f"samples {i} 😀"
+        args = [f"sample.start={config._toml_value(start)}", "sample.max_new_tokens=5"]
+        sample.main(["--model", str(model_dir), "--out", str(out), "sample.num_samples=1", *args])
+        assert (out / "samples.txt").read_bytes().startswith(prompt.encode())
+        assert provenance.read(out)["settings"]["start"] == start
+    assert capsys.readouterr().out.startswith(prompt)
+    # The report's pages of the samples and of the model's config, made where the locale's
+    # encoding is ASCII: the files are UTF-8 whatever the locale.
+    env = {**os.environ, "LC_ALL": "C", "PYTHONUTF8": "0", "PYTHONCOERCECLOCALE": "0"}
+    for name, text in (("samples 0 😀/samples.txt", prompt), ("my models 😀/m/config.toml",
+                       config._toml_value(prompt))):  # fmt: skip
+        page = tmp_path / "page.html"
+        subprocess.run([sys.executable, "-m", "nanogptx.report", "text", "--out", str(page),
+                        str(tmp_path / name)], env=env, check=True)  # fmt: skip
+        assert html.escape(text) in page.read_text("utf-8"), name
 
 
 def test_a_lone_surrogate_in_an_old_vocabulary_never_crashes_the_output(

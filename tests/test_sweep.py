@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 from pathlib import Path
 
 import pytest
@@ -91,6 +92,11 @@ def test_a_sweep_file_names_what_is_wrong(tmp_path: Path, monkeypatch: pytest.Mo
 
     refused('base = "nope"\n[axes]\n"train.learning_rate" = [1e-3]\n',
             r"s.toml: base = 'nope': expected a run")  # fmt: skip
+    # A path to another TOML file of config/ was taken as the base run's file.
+    refused('base = "sweeps/s"\n[axes]\n"train.learning_rate" = [1e-3]\n',
+            r"s.toml: base = 'sweeps/s': expected a run")  # fmt: skip
+    with pytest.raises(config.ConfigError, match=r"sweep name '../sweeps/s': expected letters"):
+        sweep.load("../sweeps/s", d)
     refused('base = "base"\n[axes]\n"train.learnin_rate" = [1e-3]\n',
             r"axes.'train.learnin_rate': not a config key")  # fmt: skip
     refused('base = "base"\n[axes]\n"train.learning_rate" = [1e-3, 1e-3]\n', r"distinct values")
@@ -151,8 +157,98 @@ def test_a_sweeps_cost_counts_every_points_tokens_and_the_shipped_gpu_sweep_says
     monkeypatch.chdir(Path(__file__).parents[1])
     sweep.main(["lr-sensitivity-gpu", "--cost"])
     total = capsys.readouterr().out.splitlines()[-1]
-    assert total.startswith("54 points, 1.13e+19 FLOPs: 10.6 device hours at 30%"), total
+    assert total.startswith("54 points, 1.14e+19 FLOPs: 10.7 device hours at 30%"), total
     assert (
-        "10.6 GPU\n# hours on H100s at 30% MFU"
+        "10.7 GPU\n# hours on H100s at 30% MFU"
         in Path("config/sweeps/lr-sensitivity-gpu.toml").read_text()
     )
+
+
+def _sweep(tmp_path: Path, axes: str) -> dict[str, list[str]]:
+    """The points of a sweep of config/base.toml (empty) with these [axes] lines."""
+    (tmp_path / "config/sweeps").mkdir(parents=True, exist_ok=True)
+    (tmp_path / "config/base.toml").write_text("")
+    (tmp_path / "config/sweeps/s.toml").write_text(f'base = "base"\n[axes]\n{axes}')
+    return sweep.expand(sweep.load("s", tmp_path / "config/sweeps"))
+
+
+def test_every_point_of_the_product_has_its_own_name_or_the_sweep_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+
+    def settings(runs: dict[str, list[str]], key: str) -> list:
+        section, field = key.split(".")
+        return [getattr(getattr(config.load(None, o), section), field) for o in runs.values()]
+
+    # Values that read back apart keep apart, however close: floats as short as round-trips,
+    # strings with characters a run name cannot hold as those and a hash of the exact value.
+    runs = _sweep(tmp_path, '"train.learning_rate" = [1e-3, 1.0000001e-3, 1e16]\n')
+    assert list(runs) == ["s.learning_rate-0.001", "s.learning_rate-0.0010000001",
+                          "s.learning_rate-1e16"]  # fmt: skip
+    assert settings(runs, "train.learning_rate") == [1e-3, 1.0000001e-3, 1e16]
+    starts = ["a b", "a_b", "ROMEO 😀", "ROMEO 😃", "", "e\u0301", 'say "hi"\\n\n']
+    runs = _sweep(tmp_path, f'"sample.start" = [{", ".join(map(config._toml_value, starts))}]\n')
+    assert len(runs) == len(starts) and "s.start-a_b" in runs
+    assert len({name.casefold() for name in runs}) == len(starts)
+    assert settings(runs, "sample.start") == starts  # character for character
+    # Values that make one point, or names that differ only in case, are refused by name.
+    with pytest.raises(config.ConfigError, match=r"1 and 1.0 are the same value of "
+                       r"train.learning_rate"):  # fmt: skip
+        _sweep(tmp_path, '"train.learning_rate" = [1, 1.0]\n')
+    with pytest.raises(config.ConfigError, match=r"'s.start-romeo'.*sample.start = 'Romeo' and "
+                       r"'romeo'"):  # fmt: skip
+        _sweep(tmp_path, '"sample.start" = ["Romeo", "romeo"]\n')
+    two = '"sample.start" = ["x.wandb_run_name-y", "x"]\n"logging.wandb_run_name" = ["z", "y.wandb_run_name-z"]\n'  # noqa: E501
+    with pytest.raises(config.ConfigError, match=r"two points would be one run 's.start-x."
+                       r"wandb_run_name-y.wandb_run_name-z'"):  # fmt: skip
+        _sweep(tmp_path, two)
+    with pytest.raises(config.ConfigError, match=r"axes.train.seed: expected int, got str"):
+        _sweep(tmp_path, '"train.seed" = [1, "2"]\n')
+
+
+def test_a_long_point_name_is_cut_and_ends_in_a_hash(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    long = ["".join(chr(97 + (i * 7 + j) % 26) for i in range(300)) for j in range(2)]
+    names = list(_sweep(tmp_path, f'"logging.wandb_run_name" = {long!r}\n'.replace("'", '"')))
+    assert len(set(names)) == 2 and all(len(n) <= sweep.NAME_MAX for n in names)
+    assert all(re.fullmatch(r"s\.wandb_run_name-[a-z]+-[0-9a-f]{10}", n) for n in names), names
+    # Snakemake takes a name ending in a part repeated 20 times for an endless recursion.
+    (name,) = _sweep(tmp_path, '"logging.wandb_run_name" = ["' + "ab" * 30 + '"]\n')
+    assert re.fullmatch(r"s\.wandb_run_name-(ab){30}-[0-9a-f]{10}", name), name
+
+
+@pytest.mark.parametrize(
+    ("flag", "value", "expected"),
+    [
+        ("--mfu", "0", "a share of the peak in (0, 1]"),
+        ("--mfu", "1.5", "a share of the peak in (0, 1]"),
+        ("--mfu", "nan", "a share of the peak in (0, 1]"),
+        ("--peak-flops", "-1e15", "a number of FLOP/s > 0"),
+        ("--peak-flops", "inf", "a number of FLOP/s > 0"),
+        ("--vocab", "0", "an integer > 0"),
+        ("--vocab", "6.5", "an integer > 0"),
+    ],
+)
+def test_the_cost_arguments_are_checked_naming_the_flag(
+    flag: str, value: str, expected: str, capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    monkeypatch.chdir(Path(__file__).parents[1])
+    with pytest.raises(SystemExit) as e:
+        sweep.main(["lr-tiny", "--cost", f"{flag}={value}"])
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert e.value.code == 2 and f"argument {flag}: '{value}': expected {expected}" in err, err
+
+
+def test_cost_flags_in_range_whose_product_is_not_are_refused(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Each flag in range, their product 0.0: a ZeroDivisionError traceback.
+    monkeypatch.chdir(Path(__file__).parents[1])
+    with pytest.raises(SystemExit) as e:
+        sweep.main(["lr-tiny", "--cost", "--peak-flops=1e-320", "--mfu=1e-10", "--vocab=65"])
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert e.value.code == 2 and "FLOP/s: expected a rate above 0 that a float holds" in err, err

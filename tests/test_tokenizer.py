@@ -164,3 +164,34 @@ def test_seeding_refuses_a_file_with_the_wrong_hash(tmp_path: Path, assets: Path
     (src / "gpt2_vocab.bpe").write_text("not the BPE file")
     with pytest.raises(tokenizer.TokenizerError, match="gpt2_vocab.bpe: sha256 is"):
         tokenizer.seed_tiktoken_cache(src, tmp_path / "cache")
+
+
+@pytest.mark.parametrize("cache", ["shipped", "empty", "unset"])
+def test_gpt2_offline_error_says_how_to_seed_the_cache(
+    tmp_path: Path, assets: Path, cache: str
+) -> None:
+    # A user pointing TIKTOKEN_CACHE_DIR at the files as shipped (or at nothing) got "set
+    # TIKTOKEN_CACHE_DIR to a directory holding them", which that directory already did.
+    env = {k: v for k, v in os.environ.items() if k != "TIKTOKEN_CACHE_DIR"}
+    env["HTTPS_PROXY"] = "http://127.0.0.1:9"  # no network route: tiktoken fails at once
+    (tmp_path / "empty").mkdir()
+    dirs = {"shipped": assets / "tiktoken", "empty": tmp_path / "empty"}
+    if cache in dirs:
+        env["TIKTOKEN_CACHE_DIR"] = str(dirs[cache])
+    r = subprocess.run(
+        [sys.executable, "-c", "from nanogptx import tokenizer; tokenizer.gpt2()"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+        cwd=tmp_path,
+    )
+    assert r.returncode != 0
+    assert "cannot load tiktoken's GPT-2 files" in r.stderr
+    assert "--seed-tiktoken-cache" in r.stderr, r.stderr
+    if cache == "shipped":
+        assert f"--seed-tiktoken-cache {assets / 'tiktoken'} --cache CACHE" in r.stderr
+    elif cache == "empty":
+        assert f"--cache {tmp_path / 'empty'}" in r.stderr
+    else:
+        assert "set TIKTOKEN_CACHE_DIR=CACHE" in r.stderr

@@ -6,6 +6,7 @@ Data comes through the mirror setting from ../shared/assets, as an offline user 
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -174,3 +175,139 @@ def test_a_sweep_report_name_stays_short_however_many_runs(tmp_path: Path) -> No
     assert re.fullmatch(r"loss-40-runs-[0-9a-f]{10}\.svg", report), report
     out = snakemake(workdir, "-n", "--config", "runs=[tiny,shakespeare-char]").stdout
     assert "results/report/loss-tiny+shakespeare-char.svg" in out  # short: the names
+
+
+def test_a_config_typo_is_one_line_naming_the_key_and_the_closest(tmp_path: Path) -> None:
+    workdir = make_workdir(tmp_path)
+    for args, line in [
+        (["run=tiny"], "config: unknown key 'run' (did you mean 'runs'?); known keys: runs, "
+         "sweep, mirror, paths"),
+        (["runs=tiny", "paths={data: d, result: r}"], "config: unknown key 'paths.result' (did "
+         "you mean 'results'?); known keys of paths: data, results, lock"),
+        (["runs=tiny", "mirror=5"], "config mirror = 5: 5 is not of type 'string'"),
+        (["runs=tiny", "n_layer=3"], "config: unknown key 'n_layer'; known keys: runs, sweep, "
+         "mirror, paths; a run's settings go in its file config/RUN.toml"),
+    ]:  # fmt: skip
+        r = snakemake(workdir, "-n", "--config", *args, check=False)
+        out = r.stdout + r.stderr
+        assert r.returncode != 0 and line in out, out
+        assert "Failed validating" not in out and "On instance" not in out, out  # no dump
+
+
+def test_a_sweep_with_long_point_names_plans_with_them_cut(tmp_path: Path) -> None:
+    # A point name over 255 bytes once ended `snakemake -n` in an OSError (a file name too
+    # long) once results/ existed.
+    workdir = make_workdir(tmp_path)
+    names = ["".join(chr(97 + (i * 7 + j) % 26) for i in range(300)) for j in range(2)]
+    (workdir / "config/sweeps/long.toml").write_text(
+        f'base = "tiny"\n[axes]\n"logging.wandb_run_name" = ["{names[0]}", "{names[1]}"]\n'
+    )
+    (workdir / "results/logs/train").mkdir(parents=True)
+    out = snakemake(workdir, "-n", "train", "--config", "sweep=long").stdout
+    runs = set(re.findall(r"--out results/(long\.[^/]+)/model ", out))
+    assert len(runs) == 2 and all(len(run) <= 200 for run in runs), runs
+
+
+def test_a_local_file_touched_but_unchanged_reruns_nothing_and_an_edit_reruns_its_download(
+    tmp_path: Path, assets: Path
+) -> None:
+    # A new modification time of the same bytes (a copy, a checkout) replanned download,
+    # prepare, train, sample and eval, and overwrote the training's benchmark record. Over 1 MB,
+    # as Tiny Shakespeare: Snakemake compares smaller inputs by checksum itself.
+    workdir = make_workdir(tmp_path)
+    corpus = workdir / "corpus.txt"
+    corpus.write_bytes((assets / "tinyshakespeare" / "input.txt").read_bytes())
+    (workdir / "config/datasets/mine.toml").write_text(
+        'reader = "text"\n[[files]]\nname = "input.txt"\nurl = "file:corpus.txt"\n'
+    )
+    (workdir / "config/mine.toml").write_text('[data]\ndataset = "mine"\n')
+    snakemake(workdir, "download", "--config", "runs=mine")
+    stamp = corpus.stat().st_mtime_ns + 10**9
+    os.utime(corpus, ns=(stamp, stamp))
+    assert planned_jobs(workdir, "download", "--config", "runs=mine") == {}
+    # Other bytes of the same size in the same file, its modification time put back (as
+    # `tar --overwrite` of an archive with fixed times does): the kept sha256 was taken as the
+    # file's, and nothing reran. The status change time tells.
+    with open(corpus, "r+b") as f:
+        f.write(b"ROMEO".lower())
+    os.utime(corpus, ns=(stamp, stamp))
+    assert planned_jobs(workdir, "download", "--config", "runs=mine") == {
+        "download_dataset": 1, "download": 1,
+    }  # fmt: skip
+    corpus.write_bytes(corpus.read_bytes().replace(b"ROMEO", b"RomeO", 1))
+    assert planned_jobs(workdir, "download", "--config", "runs=mine") == {
+        "download_dataset": 1, "download": 1,
+    }  # fmt: skip
+
+
+def test_a_broken_dataset_file_blocks_only_the_runs_that_use_it(tmp_path: Path) -> None:
+    # local_dir = 5 ended every snakemake -n in a TypeError in common.smk, whatever the runs.
+    workdir = make_workdir(tmp_path)
+    (workdir / "config/datasets/broken.toml").write_text('reader = "text"\nlocal_dir = 5\n')
+    assert "download_dataset" in planned_jobs(workdir, "download", "--config", "runs=tiny")
+    (workdir / "config/uses-it.toml").write_text('[data]\ndataset = "broken"\n')
+    r = snakemake(workdir, "-n", "--config", "runs=uses-it", check=False)
+    assert r.returncode != 0 and "TypeError" not in r.stdout + r.stderr
+    says = "config/datasets/broken.toml: local_dir = 5: expected a directory path"
+    assert says in r.stdout + r.stderr, r.stdout[-2000:]
+
+
+def test_snakemake_and_status_take_the_same_config_and_refuse_the_same_in_one_line(
+    tmp_path: Path,
+) -> None:
+    # paths.data = "" wrote data/raw/... to /raw/... at the file system's root; status read
+    # values unlike snakemake and ended paths=x, paths={data: 5} or runs=[ in a traceback;
+    # runs=, selected nothing without a word; a sweep's name was taken as a path
+    # (sweep=../x) and a point that is not a run name was blamed instead of the sweep's.
+    workdir = make_workdir(tmp_path)
+    (workdir / "config/sweeps/my sweep.toml").write_text(
+        'base = "tiny"\n[axes]\n"train.seed" = [1]\n'
+    )
+    (workdir / "config/sweeps/case.toml").write_text(
+        'base = "tiny"\n[axes]\n"sample.start" = ["A", "a"]\n'
+    )
+    cases = [
+        ("paths={data: ''}", "config paths.data = '': '' should be non-empty"),
+        ("paths=x", "config paths = 'x': 'x' is not of type 'object'"),
+        ("paths={data: [1]}", "config paths.data = ['1']: ['1'] is not of type 'string'"),
+        ("runs=,", "runs = ',': expected at least one run name"),
+        ("runs=[", "run name '[': expected letters, digits"),
+        ("sweep=my sweep", "sweep name 'my sweep': expected letters, digits"),
+        ("sweep=../sweeps/case", "sweep name '../sweeps/case': expected letters, digits"),
+        ("sweep=case", "two points would be one run 'case.start-a'"),
+    ]
+    for pair, line in cases:
+        r = snakemake(workdir, "-n", "--config", pair, check=False)
+        out = r.stdout + r.stderr
+        assert r.returncode != 0 and line in out and "ConfigError in" not in out, (pair, out)
+        r = subprocess.run([sys.executable, "-m", "nanogptx.status", "--config", pair],
+                           cwd=workdir, capture_output=True, text=True)  # fmt: skip
+        assert r.returncode == 2 and line in r.stderr, (pair, r.stderr)
+        assert "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    # A run named twice is one run: no sweep report of one run with itself.
+    assert "report_sweep" not in planned_jobs(workdir, "--config", "runs=tiny,tiny")
+    r = subprocess.run([sys.executable, "-m", "nanogptx.status", "--config", "runs=tiny,tiny"],
+                       cwd=workdir, capture_output=True, text=True, check=True)  # fmt: skip
+    assert r.stdout.count("tiny: ") == 1, r.stdout
+
+
+def test_a_run_that_starts_from_its_own_export_is_refused(tmp_path: Path) -> None:
+    # model.init_from = results/RUN/export/hf planned: each `snakemake export` wrote the export
+    # anew, which made the training out of date, which trained again from the new export.
+    workdir = make_workdir(tmp_path)
+    hf = workdir / "results/self/export/hf"
+    hf.mkdir(parents=True)
+    (hf / "config.json").write_text(json.dumps({
+        "model_type": "gpt2", "n_layer": 1, "n_head": 1, "n_embd": 8, "n_positions": 8,
+        "vocab_size": 50257,
+    }))  # fmt: skip
+    (hf / "model.safetensors").write_bytes(b"")
+    (workdir / "config/self.toml").write_text(
+        '[tokenizer]\nname = "gpt2"\n[model]\ninit_from = "results/self/export/hf"\n'
+    )
+    r = snakemake(workdir, "-n", "--config", "runs=self", check=False)
+    assert r.returncode != 0 and "lies in the run's own results" in r.stdout + r.stderr, r.stderr
+    (workdir / "config/other.toml").write_text(
+        '[tokenizer]\nname = "gpt2"\n[model]\ninit_from = "results/self/export/hf"\n'
+    )
+    assert "train_run" in planned_jobs(workdir, "--config", "runs=other")  # another run's: fine

@@ -15,7 +15,6 @@ import hashlib
 import json
 import os
 import re
-import secrets
 import shutil
 from pathlib import Path
 from typing import Any
@@ -25,7 +24,7 @@ import numpy as np
 import safetensors.numpy
 from safetensors import safe_open
 
-from nanogptx import config, model, provenance
+from nanogptx import config, model, provenance, tokenizer
 
 FORMAT = "nanogptx-checkpoint/2"  # /2: meta.json records the sha256 of every file
 MODEL_FORMAT = "nanogptx-params/1"
@@ -113,7 +112,8 @@ def latest(ckpt_dir: str | Path) -> Path | None:
 
 
 def clean(ckpt_dir: str | Path) -> list[Path]:
-    """Remove what a killed save or prune left behind (.tmp-* and .trash-* directories)."""
+    """Remove what a killed save or prune left behind (.nanogptx-tmpdir.* and .nanogptx-trash.*
+    directories of files; see provenance.remove_temporaries)."""
     root = Path(ckpt_dir)
     return provenance.remove_temporaries(root) if root.is_dir() else []
 
@@ -136,15 +136,15 @@ def save(
     """Write ckpt_dir/step_<step>/ atomically (temp dir, fsync, rename), then keep the last `keep`.
 
     meta.json records the sha256 of every file and of its own content, which `load` checks. A kill
-    at any instant leaves either the complete new checkpoint or none of it (a .tmp-* directory
+    at any instant leaves either the complete new checkpoint or none of it (a temporary directory
     that `clean` removes); older checkpoints stay intact. A damaged checkpoint of the same step
     (one that `restore` skipped) is replaced.
     """
     root = Path(ckpt_dir)
     root.mkdir(parents=True, exist_ok=True)
     final = step_path(root, step)
-    tag = f"{os.getpid()}-{secrets.token_hex(4)}"
-    tmp, trash = root / f".tmp-{final.name}-{tag}", root / f".trash-{final.name}-{tag}"
+    tmp = root / provenance.temp_name("tmpdir", final.name)
+    trash = root / provenance.temp_name("trash", final.name)
     os.mkdir(tmp, 0o777)  # the umask decides, as for any directory (mkdtemp would give 0700)
     try:
         host = {k: np.asarray(v, order="C") for k, v in tensors.items()}
@@ -166,7 +166,7 @@ def save(
         raise
     shutil.rmtree(trash, ignore_errors=True)
     for _, old in list_checkpoints(root)[:-keep]:
-        gone = root / f".trash-{old.name}-{tag}"
+        gone = root / provenance.temp_name("trash", old.name)
         os.rename(old, gone)
         shutil.rmtree(gone)
     return final
@@ -263,7 +263,7 @@ def save_model(
     out_dir: str | Path,
     params: Any,
     cfg: config.Config,
-    tokenizer: dict[str, Any],
+    tok: dict[str, Any],
     step: int,
 ) -> list[Path]:
     """params.safetensors (float32, flat "." keys), config.toml (vocab_size resolved; init_from
@@ -284,7 +284,7 @@ def save_model(
     paths = [out / name for name in MODEL_FILES]
     provenance.write_bytes_atomic(paths[0], blob)
     provenance.write_bytes_atomic(paths[1], config.dump(cfg).encode())
-    provenance.write_bytes_atomic(paths[2], (json.dumps(tokenizer, indent=2) + "\n").encode())
+    provenance.write_bytes_atomic(paths[2], (json.dumps(tok, indent=2) + "\n").encode())
     return paths
 
 
@@ -297,11 +297,16 @@ def load_model(model_dir: str | Path) -> tuple[Any, config.Config, dict[str, Any
     for name in MODEL_FILES:
         if not (root / name).is_file():
             raise CheckpointError(f"model directory {root}: {name} is missing")
-    try:
-        cfg = config.load(root / "config.toml")
+    try:  # the model's own description: no dataset registry needed (a model stands alone)
+        cfg = config.load(root / "config.toml", registry=False)
     except config.ConfigError as e:
         raise CheckpointError(f"model directory {root}: config.toml: {e}") from None
-    tokenizer = json.loads((root / "tokenizer.json").read_text())
+    tok_path = root / "tokenizer.json"
+    tok = provenance.read_json(tok_path, CheckpointError, "tokenizer")
+    try:  # what it describes is a tokenizer this code has
+        tokenizer.from_manifest(tok if isinstance(tok, dict) else {"name": None})
+    except tokenizer.TokenizerError as e:
+        raise CheckpointError(f"tokenizer {tok_path}: {e}") from None
     path = root / MODEL_FILES[0]
     try:
         with safe_open(str(path), "np") as f:
@@ -317,7 +322,7 @@ def load_model(model_dir: str | Path) -> tuple[Any, config.Config, dict[str, Any
     rows = model.vocab_rows(cfg.model)
     abstract = jax.eval_shape(lambda: model.init_params(cfg.model, rows, jax.random.key(0)))
     params = unflatten_like(abstract, tensors, where=f"{path} (against {root / 'config.toml'})")
-    return params, cfg, tokenizer
+    return params, cfg, tok
 
 
 def check_model_hash(model_dir: Path) -> str:
@@ -325,13 +330,14 @@ def check_model_hash(model_dir: Path) -> str:
     path = Path(model_dir) / MODEL_FILES[0]
     sha = provenance.sha256_file(path)
     try:
-        record = provenance.read(model_dir)
+        recorded = provenance.recorded_sha256(model_dir, path.name)
     except FileNotFoundError:
         return sha  # a model saved by a user's own code: nothing recorded to check against
-    for entry in record.get("outputs", []):
-        if Path(entry.get("path", "")).name == path.name and entry.get("sha256") != sha:
-            raise provenance.HashMismatch(
-                f"{path}: sha256 is {sha}, but {model_dir / provenance.FILENAME} records "
-                f"{entry.get('sha256')}: the model changed after training"
-            )
+    except provenance.FileError as e:
+        raise CheckpointError(str(e)) from None
+    if recorded is not None and recorded != sha:
+        raise provenance.HashMismatch(
+            f"{path}: sha256 is {sha}, but {Path(model_dir) / provenance.FILENAME} records "
+            f"{recorded}: the model changed after training"
+        )
     return sha

@@ -134,8 +134,10 @@ class ModelConfig:
     attention: str = _f(
         "auto",
         "attention implementation: einsum, xla or cudnn (jax.nn.dot_product_attention; cudnn "
-        "needs a GPU and a 16-bit train.compute_dtype, and sampling and evaluation, in float32, "
-        "run xla instead); auto: einsum on CPU, on GPU cudnn for 16-bit compute, else xla",
+        "needs a GPU of compute capability 8.0 or later, a 16-bit train.compute_dtype and a "
+        "head width n_embd / n_head that is a multiple of 8 of at most 128, or 256 on 9.0 "
+        "(Hopper) and later; sampling and evaluation, in float32, run xla instead); auto: "
+        "einsum on CPU, on GPU cudnn where it can run, else xla (the log says why)",
         ("auto", "einsum", "xla", "cudnn"),
     )
     remat: str = _f(
@@ -152,11 +154,17 @@ class ModelConfig:
 @dataclass(frozen=True)
 class TrainConfig:
     seed: int = _f(1337, "seed of parameters, batches and dropout")
-    batch_size: int = _f(12, "sequences per micro-batch, over all devices")
+    batch_size: int = _f(
+        12,
+        "sequences per micro-batch, over all devices; 0: auto, the largest that divides the "
+        "rows of a step (total_batch_tokens / block_size) and whose compiled programs fit the "
+        "devices' memory (on a CPU: at most 8192 tokens per device), chosen before any data "
+        "is read (python -m nanogptx.plan shows it)",
+    )
     total_batch_tokens: int = _f(
         0,
         "tokens per optimizer step; a multiple of batch_size * block_size, accumulated "
-        "over micro-batches (0: one micro-batch)",
+        "over micro-batches (0: one micro-batch; needed by batch_size = 0)",
     )
     max_iters: int = _f(600_000, "optimizer steps")
     learning_rate: float = _f(6e-4, "peak learning rate")
@@ -200,9 +208,17 @@ class TrainConfig:
         "fail",
         "a NaN or inf loss or gradient norm: fail stops the stage with an error (the last good "
         "checkpoint kept); stop (a sweep's points) makes a divergence a result: that, or a "
-        "training loss above the step-0 loss after the warmup, ends the training there and "
-        "writes the model marked diverged, with its step, in provenance.json and metrics.jsonl",
+        "training loss above the step-0 loss at each of divergence_steps consecutive steps "
+        "after the warmup, ends the training there and writes the model marked diverged, with "
+        "its step, in provenance.json and metrics.jsonl",
         ("fail", "stop"),
+    )
+    divergence_steps: int = _f(
+        50,
+        "with on_divergence = stop: how many consecutive steps after the warmup the training "
+        "loss must stay above the step-0 loss for the run to count as diverged. A loss spike "
+        "the run recovers from (one noisy batch, or a few steps of instability) is not a "
+        "divergence: Wortsman et al. (2023) score such a run by its final loss",
     )
     eval_interval: int = _f(2000, "evaluate every this many steps")
     eval_iters: int = _f(200, "validation (and train-estimate) batches per evaluation")
@@ -309,6 +325,9 @@ EVAL_TASKS = ("val_loss", "hellaswag")
 NOT_DATA_IDENTITY = ("data.allow_unverified",)
 # Model settings of how it runs, not what it computes: a checkpoint resumes under any of them.
 RUNTIME_KEYS = ("kernels", "attention", "remat")
+# cuDNN's flash attention (JAX 0.10): head widths that are a multiple of this, and at most this
+# on any GPU (256 from compute capability 9.0, 128 before: runtime.cudnn_refusal).
+CUDNN_HEAD_MULTIPLE, CUDNN_MAX_HEAD = 8, 256
 # Train settings a resumed run must share with its checkpoint. With the model and the data they
 # name the checkpoint directory (checkpoint_id): raising max_iters or lr_decay_iters, or editing
 # evaluation, checkpointing or logging, resumes; editing one of these starts afresh.
@@ -345,7 +364,7 @@ def hf_architecture(path: Path) -> dict[str, Any]:
     """The [model] keys of a Hugging Face GPT-2 config.json; anything GPT-2 in our model cannot
     be (another architecture, another norm epsilon, scaled attention variants) raises."""
     try:
-        c = json.loads(Path(path).read_text())
+        c = json.loads(Path(path).read_text("utf-8"))
     except FileNotFoundError:
         raise ConfigError(f"{path} does not exist: expected a Hugging Face GPT-2 config") from None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
@@ -436,7 +455,22 @@ def _check_type(value: Any, tp: Any, where: str) -> Any:
         raise ConfigError(f"{where}: expected {tp.__name__}, got {type(value).__name__} {value!r}")
     if tp is float and not math.isfinite(value):
         raise ConfigError(f"{where}: expected a finite number, got {value!r}")
+    if tp is str and not is_text(value):
+        raise ConfigError(
+            f"{where}: {value!r} holds a lone surrogate, which no file can hold as text (an "
+            "argument with bytes that are not UTF-8?): expected Unicode text"
+        )
     return value
+
+
+def is_text(s: str) -> bool:
+    """Whether s is Unicode text, which UTF-8 (and so TOML and JSON files) can hold: no lone
+    surrogates (Python's stand-ins for undecodable bytes of a command line)."""
+    try:
+        s.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _suggest(name: str, known: typing.Iterable[str]) -> str:
@@ -444,8 +478,13 @@ def _suggest(name: str, known: typing.Iterable[str]) -> str:
     return f" (did you mean {close[0]!r}?)" if close else ""
 
 
-def _check_values(cfg: Config, source: str) -> None:
-    """Impossible values and combinations, each named with its key and the file."""
+def _check_values(
+    cfg: Config, source: str, registry: bool = True, tokenizer_known: bool = True
+) -> None:
+    """Impossible values and combinations, each named with its key and the file; with
+    registry, data.dataset against its dataset file (config/datasets/NAME.toml).
+    tokenizer_known: the config says which tokenizer the model has (a run's file does; the
+    defaults with overrides of a stage run alone may not, and the stage checks its model)."""
     m, t, d, s = cfg.model, cfg.train, cfg.data, cfg.sample
 
     def need(ok: bool, key: str, value: Any, expected: str) -> None:
@@ -459,13 +498,8 @@ def _check_values(cfg: Config, source: str) -> None:
             choices = f.metadata.get("choices")
             if choices:
                 need(value in choices, f"{name}.{f.name}", value, f"one of {list(choices)}")
-    from nanogptx import datasets  # light: the registry is plain data
-
-    try:
-        use = datasets.get(d.dataset).use
-    except (datasets.UnknownDataset, datasets.RegistryError) as e:
-        raise ConfigError(f"{source}: data.dataset: {e}") from None
-    need(use == "train", "data.dataset", d.dataset, f"a dataset of text, not {use} data")
+    if registry:
+        check_dataset(d.dataset, source)
     from_cleaning = {"normalize_newlines", "strip", "drop_short"}
     for c in d.cleaning:
         need(
@@ -488,6 +522,13 @@ def _check_values(cfg: Config, source: str) -> None:
     for key in ("n_layer", "n_head", "n_embd", "block_size"):
         need(getattr(m, key) > 0, f"model.{key}", getattr(m, key), "> 0")
     need(m.vocab_size >= 0, "model.vocab_size", m.vocab_size, ">= 0 (0: the tokenizer's)")
+    gpt2 = GPT2_ARCHITECTURE["vocab_size"]
+    need(
+        cfg.tokenizer.name != "gpt2" or m.vocab_size == 0 or m.vocab_size >= gpt2,
+        "model.vocab_size",
+        m.vocab_size,
+        f"0 or at least {gpt2}, the gpt2 tokenizer's vocabulary",
+    )
     need(m.vocab_multiple >= 0, "model.vocab_multiple", m.vocab_multiple, ">= 0 (0: no padding)")
     need(
         m.init_from not in GPT2_CHECKPOINTS or cfg.tokenizer.name == "gpt2",
@@ -526,15 +567,32 @@ def _check_values(cfg: Config, source: str) -> None:
         "auto, einsum or xla with train.compute_dtype = 'float32' (cuDNN's attention runs "
         "bfloat16 or float16)",
     )
-    need(t.batch_size > 0, "train.batch_size", t.batch_size, "> 0")
-    micro = t.batch_size * m.block_size
+    K = m.n_embd // m.n_head
+    need(
+        m.attention != "cudnn" or (K % CUDNN_HEAD_MULTIPLE == 0 and K <= CUDNN_MAX_HEAD),
+        "model.attention",
+        m.attention,
+        f"auto, einsum or xla with a head width n_embd / n_head = {K} (cuDNN's attention needs "
+        f"a multiple of {CUDNN_HEAD_MULTIPLE} of at most {CUDNN_MAX_HEAD}, and at most 128 "
+        "before compute capability 9.0)",
+    )
+    need(t.batch_size >= 0, "train.batch_size", t.batch_size, ">= 0 (0: auto)")
+    if t.batch_size == 0:
+        need(
+            t.total_batch_tokens > 0 and t.total_batch_tokens % m.block_size == 0,
+            "train.total_batch_tokens",
+            t.total_batch_tokens,
+            f"a multiple of model.block_size = {m.block_size} with train.batch_size = 0 (auto "
+            "divides the rows of a step into micro-batches)",
+        )
+    micro = max(t.batch_size, 1) * m.block_size
     need(
         t.total_batch_tokens >= 0 and t.total_batch_tokens % micro == 0,
         "train.total_batch_tokens",
         t.total_batch_tokens,
         f"0 or a multiple of train.batch_size * model.block_size = {micro}",
     )
-    for key in ("eval_iters", "eval_interval", "keep_checkpoints"):
+    for key in ("eval_iters", "eval_interval", "keep_checkpoints", "divergence_steps"):
         need(getattr(t, key) > 0, f"train.{key}", getattr(t, key), "> 0")
     need(t.max_iters >= 0, "train.max_iters", t.max_iters, ">= 0 (0: no step, the initial model)")
     for key in ("warmup_iters", "lr_decay_iters", "checkpoint_interval", "profile_start"):
@@ -573,11 +631,26 @@ def _check_values(cfg: Config, source: str) -> None:
     need(s.temperature > 0, "sample.temperature", s.temperature, "> 0")
     need(s.top_k >= 0, "sample.top_k", s.top_k, ">= 0")
     need(0 < s.top_p <= 1, "sample.top_p", s.top_p, "in (0, 1]")
-    need(s.window_shift >= 0, "sample.window_shift", s.window_shift, ">= 0 (0: block_size // 4)")
+    need(
+        0 <= s.window_shift <= m.block_size,
+        "sample.window_shift",
+        s.window_shift,
+        f"0 (block_size // 4) to model.block_size = {m.block_size}",
+    )
+    need(s.start != "FILE:", "sample.start", s.start, "text, or FILE:path with a path")
+    for key, seed in (("train.seed", t.seed), ("sample.seed", s.seed)):
+        need(0 <= seed < 2**32, key, seed, f"0 to {2**32 - 1} (a JAX key holds 32 bits)")
     e = cfg.eval
     for task in e.tasks:
         need(task in EVAL_TASKS, "eval.tasks", task, f"one of {list(EVAL_TASKS)}")
     need(len(set(e.tasks)) == len(e.tasks), "eval.tasks", list(e.tasks), "no task twice")
+    need(len(e.tasks) > 0, "eval.tasks", list(e.tasks), f"at least one of {list(EVAL_TASKS)}")
+    if tokenizer_known and "hellaswag" in e.tasks and cfg.tokenizer.name != "gpt2":
+        raise ConfigError(
+            f"{source}: eval.tasks has hellaswag, which is scored in GPT-2 tokens, but "
+            f'tokenizer.name = {cfg.tokenizer.name!r}: set tokenizer.name = "gpt2" or remove '
+            "hellaswag from eval.tasks"
+        )
     need(e.batch_size > 0, "eval.batch_size", e.batch_size, "> 0")
     need(e.max_windows >= 0, "eval.max_windows", e.max_windows, ">= 0 (0: all)")
     need(e.max_items >= 0, "eval.max_items", e.max_items, ">= 0 (0: all)")
@@ -586,8 +659,31 @@ def _check_values(cfg: Config, source: str) -> None:
          ">= 0 (0: none)")  # fmt: skip
 
 
-def from_dict(tree: dict[str, Any], source: str = "<dict>") -> Config:
-    """Build a Config from a {section: {key: value}} tree of differences from the defaults."""
+def check_dataset(name: str, source: str) -> None:
+    """data.dataset must name a dataset of text in the registry (its file only is read)."""
+    from nanogptx import datasets  # light: the registry is plain data
+
+    try:
+        ds = datasets.get(name)
+    except (datasets.UnknownDataset, datasets.RegistryError) as e:
+        raise ConfigError(f"{source}: data.dataset: {e}") from None
+    if ds.use != "train" or ds.reader == "none":
+        what = f"{ds.use} data" if ds.use != "train" else "files no reader reads (reader none)"
+        raise ConfigError(
+            f"{source}: data.dataset = {name!r}: expected a dataset of text a reader makes "
+            f"documents of, not {what} ({datasets.entry_file(name)})"
+        )
+
+
+def from_dict(
+    tree: dict[str, Any],
+    source: str = "<dict>",
+    registry: bool = True,
+    tokenizer_known: bool = True,
+) -> Config:
+    """Build a Config from a {section: {key: value}} tree of differences from the defaults;
+    registry=False: data.dataset is not looked up (a trained model's own config);
+    tokenizer_known: see _check_values."""
     sections = {}
     for name, values in tree.items():
         if name not in SECTIONS and not isinstance(values, dict):
@@ -612,7 +708,7 @@ def from_dict(tree: dict[str, Any], source: str = "<dict>") -> Config:
             values[key] = _check_type(value, hints[key], f"{source}: {name}.{key}")
         sections[name] = cls(**values)
     cfg = _resolve_init(Config(**sections), tree.get("model", {}), source)
-    _check_values(cfg, source)
+    _check_values(cfg, source, registry, tokenizer_known)
     return cfg
 
 
@@ -623,19 +719,34 @@ def _parse_override(item: str) -> tuple[str, str, Any]:
     section, key = lhs.strip().split(".", 1)
     try:
         value = tomllib.loads(f"v = {raw}")["v"]
-    except tomllib.TOMLDecodeError:
+    except tomllib.TOMLDecodeError as e:
+        if raw.lstrip()[:1] in ("'", '"', "[", "{"):  # meant as TOML: never read as its text
+            raise ConfigError(f"override {item!r}: not a valid TOML value: {e}") from None
         value = raw  # a bare string: data.dataset=fineweb
     return section, key, value
 
 
-def micro_batches(cfg: Config) -> int:
-    """Micro-batches (gradient accumulation) per step: train.total_batch_tokens over batch_size x
-    block_size tokens, at least 1."""
-    return max(1, cfg.train.total_batch_tokens // (cfg.train.batch_size * cfg.model.block_size))
+def step_rows(cfg: Config) -> int:
+    """Sequences per optimizer step: train.total_batch_tokens / block_size, or one micro-batch."""
+    t = cfg.train
+    return t.total_batch_tokens // cfg.model.block_size if t.total_batch_tokens else t.batch_size
 
 
-def load(path: str | Path | None = None, overrides: typing.Sequence[str] = ()) -> Config:
-    """Defaults, then the TOML file at path, then `section.key=value` overrides."""
+def micro_batches(cfg: Config, batch_size: int = 0) -> int:
+    """Micro-batches (gradient accumulation) per step: the step's rows over micro-batches of
+    batch_size (default train.batch_size; auto's, 0, must be resolved first), at least 1."""
+    b = batch_size or cfg.train.batch_size
+    if b <= 0:
+        raise ValueError("train.batch_size = 0 (auto): resolve the micro-batch first")
+    return max(1, step_rows(cfg) // b)
+
+
+def load(
+    path: str | Path | None = None, overrides: typing.Sequence[str] = (), registry: bool = True
+) -> Config:
+    """Defaults, then the TOML file at path, then `section.key=value` overrides. registry=False
+    for what does not read data: a model directory's config.toml, the run file of a stage that
+    uses other sections (a broken or removed dataset file then blocks nothing)."""
     tree: dict[str, dict[str, Any]] = {}
     source = "defaults"
     if path is not None:
@@ -666,7 +777,8 @@ def load(path: str | Path | None = None, overrides: typing.Sequence[str] = ()) -
         tree[section][key] = value
     if overrides:
         source += " + overrides " + " ".join(overrides)
-    return from_dict(tree, source)
+    known = path is not None or "tokenizer" in tree  # else the stage checks its model
+    return from_dict(tree, source, registry, tokenizer_known=known)
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:
@@ -731,13 +843,104 @@ def check_run_name(name: str) -> str:
     return name
 
 
+# ---- The workflow's config: config/config.yaml, with `snakemake --config KEY=VALUE` on top.
+# The Snakefile and `status` take it through these, so that both select the same runs.
+WORKFLOW_SCHEMA = Path("workflow/schemas/config.schema.yaml")
+
+
+def workflow_value(text: str) -> Any:
+    """A `--config KEY=VALUE` value as Snakemake reads it (snakemake.cli.parse_config): an
+    integer, a float, True or False, else YAML with every scalar a string (runs=[a,b]), else
+    the text itself; empty: None."""
+    if text == "":
+        return None
+    for parse in (int, float):
+        try:
+            return parse(text)
+        except ValueError:
+            pass
+    if text in ("True", "False"):
+        return text == "True"
+    import yaml  # Snakemake's own dependency, imported only here
+
+    try:
+        return yaml.load(text, Loader=yaml.loader.BaseLoader)
+    except yaml.YAMLError:
+        return text
+
+
+def update_workflow(tree: dict[str, Any], key: str, value: Any) -> None:
+    """tree[key] = value, merging a table into the one there (as Snakemake's update_config)."""
+    if isinstance(value, dict) and isinstance(tree.get(key), dict):
+        for k, v in value.items():
+            update_workflow(tree[key], k, v)
+    else:
+        tree[key] = value
+
+
+def check_workflow(tree: dict[str, Any], schema: Path = WORKFLOW_SCHEMA) -> None:
+    """ConfigError, in one line, for what the workflow's schema refuses in tree: an unknown key
+    with the closest known one, or a value and what the schema expects there."""
+    import jsonschema  # Snakemake's own dependencies, imported only here
+    import yaml
+
+    rules = yaml.safe_load(Path(schema).read_text("utf-8"))
+    error = jsonschema.exceptions.best_match(
+        jsonschema.Draft202012Validator(rules).iter_errors(tree)
+    )
+    if error is None:
+        return
+    path = list(error.absolute_path)
+    where = "".join(f"[{k}]" if isinstance(k, int) else f".{k}" for k in path).lstrip(".")
+    if error.validator == "additionalProperties":
+        node = rules
+        for k in path:
+            node = node["properties"][k]
+        known = list(node["properties"])
+        unknown = sorted(set(error.instance) - set(known))[0]
+        hint = _suggest(unknown, known)
+        # A run's own setting (n_layer=3) is not a workflow key: say where it goes.
+        setting = "; a run's settings go in its file config/RUN.toml" if not (where or hint) else ""
+        raise ConfigError(
+            f"config: unknown key {'.'.join(filter(None, [where, unknown]))!r}{hint}; known "
+            f"keys{' of ' + where if where else ''}: {', '.join(known)}{setting}"
+        )
+    about = error.schema.get("description")
+    value = f" {where} = {error.instance!r}" if where else ""
+    raise ConfigError(f"config{value}: {error.message}" + (f" ({about})" if about else ""))
+
+
+def run_names(value: Any) -> list[str]:
+    """The runs of config `runs`: a list, or names separated by commas (runs=a,b); each checked
+    (it is a path and a shell word), each once, at least one."""
+    names = value if isinstance(value, list) else str(value).split(",")
+    runs = list(dict.fromkeys(check_run_name(str(n).strip()) for n in names if str(n).strip()))
+    if not runs:
+        raise ConfigError(f"runs = {value!r}: expected at least one run name (config/NAME.toml)")
+    return runs
+
+
+# What a TOML basic string cannot hold as itself: the quote, the backslash and the control
+# characters but tab (toml.io/en/v1.0.0#string). Every other character is written as itself, in
+# UTF-8: json.dumps would write U+1F600 as the surrogate pair \ud83d\ude00, which TOML lacks.
+_TOML_ESCAPES = {'"': '\\"', "\\": "\\\\", "\b": "\\b", "\t": "\\t", "\n": "\\n", "\f": "\\f",
+                 "\r": "\\r"}  # fmt: skip
+_TOML_ESCAPED = re.compile(r'["\\\x00-\x1f\x7f]')
+
+
+def _toml_escape(m: re.Match[str]) -> str:
+    return _TOML_ESCAPES.get(m[0], f"\\u{ord(m[0]):04x}")
+
+
 def _toml_value(v: Any) -> str:
+    """v as a TOML value (a basic string, a number, a boolean or an array) that tomllib reads
+    back equal, every string character for character."""
     if isinstance(v, bool):
         return "true" if v else "false"
     if isinstance(v, (list, tuple)):
         return "[" + ", ".join(_toml_value(x) for x in v) + "]"
     if isinstance(v, str):
-        return json.dumps(v)
+        return '"' + _TOML_ESCAPED.sub(_toml_escape, v) + '"'
     return repr(v)
 
 
@@ -785,9 +988,12 @@ def add_arguments(parser: argparse.ArgumentParser, names: typing.Iterable[str]) 
     )
 
 
-def from_args(args: argparse.Namespace, parser: argparse.ArgumentParser) -> Config:
-    """Load the config named by parsed args; a bad config exits with the message (code 2)."""
+def from_args(
+    args: argparse.Namespace, parser: argparse.ArgumentParser, registry: bool = True
+) -> Config:
+    """Load the config named by parsed args; a bad config exits with the message (code 2).
+    registry=False for a stage that reads no data (see load)."""
     try:
-        return load(args.config, args.overrides)
+        return load(args.config, args.overrides, registry)
     except ConfigError as e:
         parser.exit(2, f"{parser.prog}: config error: {e}\n")

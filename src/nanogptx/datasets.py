@@ -17,10 +17,17 @@ editing one dataset's file reruns only the stages of runs that use it.
 
 A file without sha256 is checked against the sha256 the server announces for Git LFS files, or
 its pinned git blob id, and its sha256 is recorded in config/download.lock.json. Files on disk
-(file: URLs, or local_dir) need no hash: theirs is recorded in the download's provenance.
+(file: URLs, or local_dir) need no hash: theirs is recorded in the download's provenance. A
+relative path there is relative to the project, the directory two levels above the dataset file
+(the one holding config/datasets/), never to the working directory; a local_dir that is the
+project itself, or holds it, is refused. A file: URL is a path only (no host, query or fragment:
+a '#' or '?' of a name is %23, %3F). local_dir takes every file in it but hidden ones (.*); a
+link in it to nothing is refused. No data file may be named provenance.json (the download stage
+writes its record beside them), and none has a name over 200 bytes.
 
 The registry's directory: $NANOGPTX_DATASETS, else config/datasets under the working directory
 (Snakemake's: the clone), else the one beside this package's source (an editable install).
+Only the file of the dataset asked for is read: a broken file blocks only its own dataset.
 Standard library only: the Snakefile and config.py read it.
 """
 
@@ -59,12 +66,20 @@ class Dataset:
     about: str
     use: str = "train"  # train (data.dataset) | init (model.init_from) | eval (the eval stage)
     options: tuple[tuple[str, str], ...] = ()  # the reader's keyword arguments
+    local_dir: str | None = None  # the directory of a local_dir entry, resolved
 
 
 READERS = ("text", "parquet", "jsonl", "jsonl.zst", "bin", "none")
 USES = ("train", "init", "eval")
 READER_OPTIONS = {"parquet": ("column",), "jsonl": ("field",), "jsonl.zst": ("field",)}
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+# A data file's name, in bytes: its temporaries (.nanogptx-part.NAME, .nanogptx-tmp.PID.HEX.
+# .nanogptx-source.NAME) must fit the 255 bytes of a file name.
+NAME_MAX = 200
+_LONG = f"a name of at most {NAME_MAX} bytes (the download's temporaries add to it)"
+# Names the download stage writes beside the data files (nanogptx.provenance.FILENAME); its
+# temporaries are hidden (.nanogptx-*), which no registry file name can be.
+RESERVED = ("provenance.json",)
 _HEX = {"sha256": re.compile(r"[0-9a-f]{64}"), "git_sha1": re.compile(r"[0-9a-f]{40}")}
 
 
@@ -107,6 +122,10 @@ def parse(path: Path) -> Dataset:
     reader, use = tree.get("reader"), tree.get("use", "train")
     _need(reader in READERS, where, "reader", reader, f"one of {list(READERS)}")
     _need(use in USES, where, "use", use, f"one of {list(USES)}")
+    readers = [r for r in READERS if r != "none"]
+    _need(use != "train" or reader != "none", where, "reader", reader,
+          f"one of {readers} for a dataset of text (use = 'train'); none is for use = "
+          "'init' or 'eval'")  # fmt: skip
     about = tree.get("about", "")
     _need(isinstance(about, str), where, "about", about, "a string")
     options = tree.get("options", {})
@@ -116,22 +135,61 @@ def parse(path: Path) -> Dataset:
         _need(key in allowed, where, f"options.{key}", value,
               f"an option of reader {reader!r}: {list(allowed) or 'none'}")  # fmt: skip
         _need(isinstance(value, str), where, f"options.{key}", value, "a string")
-    files = []
-    for i, entry in enumerate(tree.get("files", [])):
-        files.append(_file(entry, f"{where}: files[{i}]"))
+    project = project_dir(path)
+    entries = tree.get("files", [])
+    _need(isinstance(entries, list), where, "files", entries, "a list of [[files]] tables")
+    files = [_file(entry, f"{where}: files[{i}]", project) for i, entry in enumerate(entries)]
+    local = None
     if "local_dir" in tree:
-        local = Path(tree["local_dir"])
-        _need(local.is_dir(), where, "local_dir", tree["local_dir"], "a directory that exists")
-        files += [RemoteFile(p.name, f"file:{urllib.parse.quote(str(p))}")
-                  for p in sorted(local.iterdir()) if p.is_file()]  # fmt: skip
+        local = _local_dir(tree["local_dir"], where, project)
+        files += _local_files(local, tree["local_dir"], where)
+        reserved = [f.name for f in files if f.name in RESERVED]
+        _need(not reserved, where, "local_dir", tree["local_dir"],
+              f"a directory without {reserved}: the download stage writes its record under "
+              "that name beside the data files; rename the file")  # fmt: skip
     _need(bool(files), where, "files", tree.get("files"), "at least one file (or local_dir)")
     names = [f.name for f in files]
     dup = sorted({n for n in names if names.count(n) > 1})
     _need(not dup, where, "files", dup, "each file name once")
-    return Dataset(name, tuple(files), reader, about, use, tuple(sorted(options.items())))
+    return Dataset(name, tuple(files), reader, about, use, tuple(sorted(options.items())),
+                   None if local is None else str(local))  # fmt: skip
 
 
-def _file(entry: Any, where: str) -> RemoteFile:
+def project_dir(dataset_file: Path) -> Path:
+    """The base of a dataset file's relative paths: two levels above it (the project, for
+    config/datasets/NAME.toml), so that they mean the same from any working directory."""
+    return dataset_file.resolve().parent.parent.parent
+
+
+def _local_dir(value: Any, where: str, project: Path) -> Path:
+    ok = isinstance(value, str) and value.strip() != "" and "\0" not in value
+    _need(ok, where, "local_dir", value, "a directory path (absolute, or relative to the "
+          f"project {project})")  # fmt: skip
+    local = (project / Path(value).expanduser()).resolve()
+    _need(local.is_dir(), where, "local_dir", value, f"a directory that exists ({local} does not)")
+    _need(not project.is_relative_to(local), where, "local_dir", value,
+          f"a directory of data, not the project {project} or one holding it")  # fmt: skip
+    return local
+
+
+def _local_files(local: Path, value: str, where: str) -> list[RemoteFile]:
+    """Every file of a local_dir but hidden ones, in name order. A link to nothing is refused
+    (a file meant for the corpus, on a disk not mounted, say), not left out unsaid."""
+    files = []
+    for p in sorted(local.iterdir()):
+        if p.name.startswith("."):
+            continue
+        if p.is_symlink() and not p.exists():
+            _need(False, where, "local_dir", value, f"a directory of files: {p.name} is a link "
+                  f"to {os.readlink(p)}, which does not exist")  # fmt: skip
+        if p.is_file():
+            _need(len(os.fsencode(p.name)) <= NAME_MAX, where, "local_dir", value,
+                  f"files of {_LONG}: {p.name}")  # fmt: skip
+            files.append(RemoteFile(p.name, f"file:{urllib.parse.quote(str(p))}"))
+    return files
+
+
+def _file(entry: Any, where: str, project: Path) -> RemoteFile:
     _need(isinstance(entry, dict), where, "entry", entry, "a table with name and url")
     known = {"name", "url", "sha256", "size", "git_sha1"}
     for key in entry:
@@ -140,9 +198,24 @@ def _file(entry: Any, where: str) -> RemoteFile:
     _need(isinstance(url, str) and bool(url), where, "url", url, "an https:// or file: URL")
     scheme = urllib.parse.urlsplit(url).scheme
     _need(scheme in ("https", "file"), where, "url", url, "an https:// URL or file:PATH")
-    name = entry.get("name") or Path(urllib.parse.urlsplit(url).path).name
+    if scheme == "file":
+        # The path as written: '#', '?', '%' and spaces are characters of it (urlsplit cut a
+        # path at '#' and read another file). file:///abs, the URL form, is file:/abs.
+        path = url[len("file:") :]
+        path = path[2:] if path.startswith("//") else path
+        local = project / Path(path)  # a relative path: from the project, whatever the cwd
+        _need(local.is_file(), where, "url", url,
+              f"file:PATH of a file that exists ({local} is not one)")  # fmt: skip
+        url, last = f"file:{urllib.parse.quote(str(local))}", local.name
+    else:
+        last = Path(urllib.parse.urlsplit(url).path).name
+    name = entry.get("name", last)
+    name_key = "name" if "name" in entry else "name (the url's last part; set name to choose one)"
     ok = isinstance(name, str) and bool(NAME.fullmatch(name))
-    _need(ok, where, "name", name, "a file name: letters, digits, '.', '_', '-'")
+    _need(ok, where, name_key, name, "a file name: letters, digits, '.', '_', '-'")
+    _need(len(name) <= NAME_MAX, where, name_key, name, _LONG)
+    _need(name not in RESERVED, where, name_key, name,
+          f"a name other than {list(RESERVED)}: the download writes its record so")  # fmt: skip
     for key in ("sha256", "git_sha1"):
         value = entry.get(key)
         ok = value is None or (isinstance(value, str) and bool(_HEX[key].fullmatch(value)))
@@ -153,35 +226,28 @@ def _file(entry: Any, where: str) -> RemoteFile:
     return RemoteFile(name, url, entry.get("sha256"), size, entry.get("git_sha1"))
 
 
-def load(directory: Path | None = None) -> dict[str, Dataset]:
-    """Every dataset of the registry directory, by name (its file's stem)."""
-    directory = registry_dir() if directory is None else directory
-    if not directory.is_dir():
-        return {}
-    return {p.stem: parse(p) for p in sorted(directory.glob("*.toml"))}
-
-
 def entry_file(name: str) -> Path:
     return registry_dir() / f"{name}.toml"
 
 
-# Filled from registry_dir() on the first get() (entries put in before, as tests do, stay).
+# Each dataset's entry, parsed from its file on the first get() of it (entries put in before,
+# as tests do, stay).
 REGISTRY: dict[str, Dataset] = {}
-_loaded: list[Path] = []
 
 
 def get(name: str) -> Dataset:
-    """The registry entry for name; an unknown name raises with the list of known ones, a
-    malformed registry file RegistryError naming it."""
-    if not _loaded:
-        for key, ds in load().items():
-            REGISTRY.setdefault(key, ds)
-        _loaded.append(registry_dir())
+    """The registry entry for name, from its file alone; an unknown name raises with the list
+    of known ones, a malformed file RegistryError naming it (other files are not read)."""
     if name not in REGISTRY:
-        close = difflib.get_close_matches(name, list(REGISTRY), n=1)
-        hint = f" (did you mean {close[0]!r}?)" if close else ""
-        raise UnknownDataset(
-            f"unknown dataset {name!r}{hint}; known datasets: {', '.join(sorted(REGISTRY))} "
-            f"(files in {registry_dir()})"
-        )
+        path = entry_file(name)
+        if not (NAME.fullmatch(name) and path.is_file()):
+            directory = registry_dir()
+            known = sorted({*REGISTRY, *(p.stem for p in directory.glob("*.toml"))})
+            close = difflib.get_close_matches(name, known, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise UnknownDataset(
+                f"unknown dataset {name!r}{hint}; known datasets: {', '.join(known)} "
+                f"(files in {directory})"
+            )
+        REGISTRY[name] = parse(path)
     return REGISTRY[name]

@@ -5,6 +5,10 @@
         [--threads N]
 
 Writes <out>/<file name> for every file and <out>/provenance.json saying which check applied.
+A file in the making is <out>/.nanogptx-part.<name>, resumed by a later run only when its source
+is provably the one it started from (.nanogptx-source.<name>: a local file's size and
+modification time, a server's ETag or Last-Modified, sent back as If-Range), or when the whole
+file's sha256 is known beforehand; a resumed local file is checked against its source's sha256.
 """
 
 from __future__ import annotations
@@ -57,10 +61,12 @@ class _Transient(Exception):
         msg: str,
         retry_after: float | None = None,
         discard_part: bool = False,
+        retries: int | None = None,
     ) -> None:
         super().__init__(msg)
         self.retry_after = retry_after  # seconds the server asked us to wait
         self.discard_part = discard_part  # the .part cannot be resumed
+        self.retries = retries  # at most this many retries for it (None: the policy's)
 
 
 class _Cancelled(Exception):
@@ -88,6 +94,11 @@ class _Stream:
     announced: str | None  # sha256 announced by the server (Git LFS X-Linked-ETag)
     read: Callable[[int], bytes]
     close: Callable[[], None]
+    # What identifies this version of the file: a local file's modification time, a server's
+    # strong ETag and Last-Modified (each None where the source gives none).
+    mtime_ns: int | None = None
+    etag: str | None = None
+    last_modified: str | None = None
 
 
 @dataclass(frozen=True)
@@ -165,8 +176,8 @@ def _network_error(e: BaseException, url: str) -> Exception:
     netloc = urllib.parse.urlsplit(url).netloc
     if isinstance(e, ConnectionRefusedError):
         return _Transient(f"connection refused by {netloc}")
-    if isinstance(e, socket.gaierror):
-        return _Transient(f"cannot resolve the host of {netloc}: {e.strerror}")
+    if isinstance(e, socket.gaierror):  # offline, or a wrong name: one retry is enough
+        return _Transient(f"cannot resolve the host of {netloc}: {e.strerror}", retries=1)
     if isinstance(e, TimeoutError):
         return _Transient("timed out")
     return _Transient(f"{type(e).__name__}: {e}" if str(e) else type(e).__name__)
@@ -185,8 +196,11 @@ def _retry_after(resp: http.client.HTTPResponse) -> float | None:
     return float(value) if value.isdigit() else None  # an HTTP date: our own backoff
 
 
-def _open_http(url: str, offset: int, policy: Policy, schemes: tuple[str, ...]) -> _Stream:
-    """GET url from offset, following redirects; an announced hash may sit on any hop (HF)."""
+def _open_http(
+    url: str, offset: int, policy: Policy, schemes: tuple[str, ...], if_range: str | None
+) -> _Stream:
+    """GET url from offset (if_range: only if the file is still that version, else all of it),
+    following redirects; an announced hash may sit on any hop (HF)."""
     announced = None
     for _ in range(MAX_REDIRECTS + 1):
         parts = urllib.parse.urlsplit(url)
@@ -195,6 +209,8 @@ def _open_http(url: str, offset: int, policy: Policy, schemes: tuple[str, ...]) 
         headers = {"User-Agent": USER_AGENT, "Accept-Encoding": "identity"}
         if offset:
             headers["Range"] = f"bytes={offset}-"
+            if if_range:
+                headers["If-Range"] = if_range
         target = urllib.parse.urlunsplit(("", "", parts.path or "/", parts.query, ""))
         conn = None
         try:
@@ -258,7 +274,10 @@ def _http_stream(
         except (OSError, http.client.HTTPException) as e:
             raise _network_error(e, url) from None
 
-    return _Stream(url, start, total, announced, read, conn.close)
+    etag = resp.getheader("ETag")
+    etag = etag if etag and not etag.startswith("W/") else None  # If-Range takes strong ones
+    return _Stream(url, start, total, announced, read, conn.close,
+                   etag=etag, last_modified=resp.getheader("Last-Modified"))  # fmt: skip
 
 
 def _open_file(path: Path, offset: int) -> _Stream:
@@ -268,21 +287,28 @@ def _open_file(path: Path, offset: int) -> _Stream:
         raise DownloadError(f"mirror file {path} does not exist") from None
     except OSError as e:
         raise DownloadError(f"cannot read mirror file {path}: {e.strerror}") from None
-    total = os.fstat(f.fileno()).st_size
-    f.seek(min(offset, total))
-    return _Stream(str(path), min(offset, total), total, None, f.read, f.close)
+    st = os.fstat(f.fileno())
+    f.seek(min(offset, st.st_size))
+    return _Stream(str(path), min(offset, st.st_size), st.st_size, None, f.read, f.close,
+                   mtime_ns=st.st_mtime_ns)  # fmt: skip
 
 
-def _open(source: str, offset: int, policy: Policy, mirrored: bool) -> _Stream:
+def local_path(source: str) -> Path | None:
+    """The file a source names on this machine (a path or file: URL); None for http(s)."""
+    parts = urllib.parse.urlsplit(source)
+    if parts.scheme == "file":
+        return Path(urllib.request.url2pathname(parts.path))
+    return None if parts.scheme in ("http", "https") else Path(source)
+
+
+def _open(
+    source: str, offset: int, policy: Policy, mirrored: bool, if_range: str | None = None
+) -> _Stream:
+    if (path := local_path(source)) is not None:
+        return _open_file(path, offset)
     scheme = urllib.parse.urlsplit(source).scheme
-    if scheme == "file":
-        return _open_file(
-            Path(urllib.request.url2pathname(urllib.parse.urlsplit(source).path)), offset
-        )
-    if scheme not in ("http", "https"):
-        return _open_file(Path(source), offset)
     schemes = ("http", "https") if mirrored and scheme == "http" else ("https",)
-    return _open_http(source, offset, policy, schemes)
+    return _open_http(source, offset, policy, schemes, if_range)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -413,10 +439,11 @@ class Progress:
     def _line(self, now: float) -> str:
         done = sum(self.done.values())
         rate = self.moved / max(now - self.t0, 1e-9)
-        line = f"{self.dataset}: {self.finished}/{len(self.done)} files, {_mb(done)}"
+        files = progress.plural(len(self.done), "file")
+        line = f"{self.dataset}: {self.finished}/{files}, {_mb(done)}"
         if all(t is not None for t in self.totals.values()):
             total = sum(t or 0 for t in self.totals.values())
-            eta = _duration((total - done) / rate) if rate > 0 else "?"
+            eta = progress.duration((total - done) / rate) if rate > 0 else "?"
             return line + f" of {_mb(total)}, {_mb(rate)}/s, ETA {eta}"
         return line + f", {_mb(rate)}/s"
 
@@ -431,13 +458,12 @@ class Progress:
             self.bar.close()
 
 
+def _bytes(n: int) -> str:
+    return progress.plural(n, "byte")  # the module: functions below name their Progress so
+
+
 def _mb(n: float) -> str:
     return f"{n / 1e6:.1f} MB"
-
-
-def _duration(s: float) -> str:
-    s = int(s)
-    return f"{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -503,7 +529,7 @@ def _fetch(job: _Job, progress: Progress, cancel: threading.Event) -> Fetched:
     """Bring one file to job.out/<name>, verified, or raise DownloadError; see the module doc."""
     f, policy = job.file, job.policy
     what = f"{job.dataset}/{f.name}"
-    dest, part = job.out / f.name, job.out / f".{f.name}.part"
+    dest, part = job.out / f.name, part_path(job.out, f.name)
     want = _expect(job)
 
     def done(sha: str, downloaded: bool) -> Fetched:
@@ -532,16 +558,17 @@ def _fetch(job: _Job, progress: Progress, cancel: threading.Event) -> Fetched:
             # a server sends again from zero (ignoring Range) are not new.
             failures = 0 if _size(part) > had else failures + 1
             if e.discard_part:
-                part.unlink(missing_ok=True)
-            if failures > policy.retries:
-                hint = "" if job.mirrored else "; offline? use a mirror (--mirror DIR_OR_URL)"
+                _discard(part)
+            retries = policy.retries if e.retries is None else min(e.retries, policy.retries)
+            if failures > retries:
                 raise DownloadError(
-                    f"{what}: giving up after {failures} failed attempts: {e} ({job.source}){hint}"
+                    f"{what}: giving up after {failures} failed attempts: {e} ({job.source})"
+                    + ("" if job.mirrored else OFFLINE_HINT)
                 ) from None
             wait = min(policy.backoff * 2 ** max(failures - 1, 0), policy.backoff_max)
             if e.retry_after is not None:
                 wait = min(max(wait, e.retry_after), policy.backoff_max)
-            again = f"retry {failures} of {policy.retries}" if failures else "resuming"
+            again = f"retry {failures} of {retries}" if failures else "resuming"
             progress.log(f"{what}: {e}; {again} in {wait:.1f} s")
             if cancel.wait(wait):
                 raise _Cancelled from None
@@ -551,8 +578,12 @@ def _fetch(job: _Job, progress: Progress, cancel: threading.Event) -> Fetched:
         actual, nbytes, resumed = result
         bad_size = want.size is not None and nbytes != want.size
         bad_blob = want.git_sha1 is not None and git_blob_sha1(part) != want.git_sha1
-        if bad_size or bad_blob or (want.sha256 and actual != want.sha256):
-            part.unlink()  # resuming from bytes that do not verify is pointless
+        # A resumed copy of a file on disk, no hash known: against the file itself.
+        known = want.sha256 or want.git_sha1
+        source = None if known or not resumed else local_path(job.source)
+        bad_copy = source is not None and provenance.sha256_file(source) != actual
+        if bad_size or bad_blob or bad_copy or (want.sha256 and actual != want.sha256):
+            _discard(part)  # resuming from bytes that do not verify is pointless
             if resumed and not restarted:
                 restarted = True
                 progress.log(f"{what}: resumed bytes do not verify; downloading from zero")
@@ -565,7 +596,55 @@ def _fetch(job: _Job, progress: Progress, cancel: threading.Event) -> Fetched:
                 f"{' with '.join(expected)} ({want.check}) from {job.source}; nothing was kept"
             )
         os.replace(part, dest)
+        origin_path(part).unlink(missing_ok=True)
         return done(actual, True)
+
+
+OFFLINE_HINT = (
+    "; offline? fetch from a mirror directory or URL instead: --config mirror=DIR_OR_URL "
+    "(snakemake), --mirror DIR_OR_URL (python -m nanogptx.download)"
+)
+
+
+def part_path(out: Path, name: str) -> Path:
+    """The file in the making: .nanogptx-part.NAME (provenance.MARKER; resumed, not removed)."""
+    return out / f"{provenance.MARKER}part.{name}"
+
+
+def origin_path(part: Path) -> Path:
+    """Beside a part: which source, of which size and version, its bytes came from (JSON)."""
+    return part.with_name(part.name.replace("-part.", "-source.", 1))
+
+
+def _discard(part: Path) -> None:
+    part.unlink(missing_ok=True)
+    origin_path(part).unlink(missing_ok=True)
+
+
+def _origin(job: _Job, stream: _Stream) -> dict[str, Any]:
+    return {"source": job.source, "bytes": stream.total, "mtime_ns": stream.mtime_ns,
+            "etag": stream.etag, "last_modified": stream.last_modified}  # fmt: skip
+
+
+def _read_origin(part: Path) -> dict[str, Any] | None:
+    try:
+        origin = json.loads(origin_path(part).read_text())
+    except (OSError, ValueError):
+        return None  # missing or damaged: where the part's bytes came from is unknown
+    return origin if isinstance(origin, dict) else None
+
+
+def _same_origin(origin: dict[str, Any] | None, now: dict[str, Any]) -> bool | None:
+    """True: a part's source is provably the file now opened (same size, and the same
+    modification time, ETag or Last-Modified); False: provably another; None: unknown."""
+    if origin is None or origin.get("source") != now["source"]:
+        return None
+    if None not in (origin.get("bytes"), now["bytes"]) and origin["bytes"] != now["bytes"]:
+        return False
+    for key in ("mtime_ns", "etag", "last_modified"):
+        if None not in (origin.get(key), now[key]):
+            return bool(origin[key] == now[key])
+    return None
 
 
 def _size(path: Path) -> int:
@@ -587,11 +666,25 @@ def _attempt(
     what = f"{job.dataset}/{job.file.name}"
     h, offset = _rehash(part) if part.exists() else (hashlib.sha256(), 0)
     if want.size is not None and offset > want.size:
-        part.unlink()
+        _discard(part)
         h, offset = hashlib.sha256(), 0
     if want.sha256 and offset > 0 and offset == want.size:
         return h.hexdigest(), offset, True  # a complete .part from an earlier run: verify it
-    stream = _open(job.source, offset, job.policy, job.mirrored)
+    # Bytes appended to a part must come from the file its bytes came from. A known hash of
+    # the whole file catches a mixture at the end; else the source must prove it is the same.
+    verified = bool(want.sha256 or want.git_sha1)
+    origin = _read_origin(part) if offset else None
+    if_range = origin and (origin.get("etag") or origin.get("last_modified"))
+    stream = _open(job.source, offset, job.policy, job.mirrored, if_range or None)
+    if offset and stream.offset == offset:
+        same = _same_origin(origin, _origin(job, stream))
+        if same is False or (same is None and not (verified or stream.announced)):
+            stream.close()
+            why = "has changed since" if same is False else "cannot be shown to be the source of"
+            progress.log(f"{what}: {stream.url} {why} the partial file; downloading from zero")
+            _discard(part)
+            h, offset = hashlib.sha256(), 0
+            stream = _open(job.source, 0, job.policy, job.mirrored)
     try:
         if want.check == "git-blob":  # checked over the whole file, before it is kept
             if dest.exists() and _matches(dest, want):
@@ -612,26 +705,28 @@ def _attempt(
             if want.sha256 and dest.exists() and _matches(dest, want):
                 return None
         elif stream.announced and stream.announced != want.sha256:
-            part.unlink(missing_ok=True)
+            _discard(part)
             where = "the registry" if want.check == "pinned" else str(job.lock_path)
             raise HashMismatch(
                 f"{what}: {stream.url} announces sha256 {stream.announced}, but {where} "
                 f"expects {want.sha256}; the file changed upstream"
             )
         if want.size is not None and stream.total is not None and stream.total != want.size:
-            part.unlink(missing_ok=True)
+            _discard(part)
             raise HashMismatch(
-                f"{what}: {stream.url} has {stream.total} bytes, expected "
+                f"{what}: {stream.url} has {_bytes(stream.total)}, expected "
                 f"{want.size} ({want.check})"
             )
-        if stream.offset != offset:  # the server ignored Range: start again from zero
+        if stream.offset != offset:  # Range ignored, or If-Range: changed. From zero again
             h, offset = hashlib.sha256(), 0
+        if offset == 0:  # a new part: where its bytes come from, before the first of them
+            provenance.write_json_atomic(origin_path(part), _origin(job, stream))
         resumed = offset > 0
         offset = _stream_to(stream, part, h, offset, job.file.name, progress, cancel)
     finally:
         stream.close()
     if stream.total is not None and offset != stream.total:
-        raise _Transient(f"connection closed after {offset} of {stream.total} bytes")
+        raise _Transient(f"connection closed after {offset:,} of {_bytes(stream.total)}")
     return h.hexdigest(), offset, resumed
 
 
@@ -690,11 +785,22 @@ def download(
         raise DownloadError(str(e)) from None
     out, lock = Path(out), Path(lock)
     try:
-        with provenance.exclusive(out, "download"):  # .part files stay: they are resumed
-            (out / provenance.FILENAME).unlink(missing_ok=True)  # never describe a half-done run
+        with provenance.exclusive(
+            out, "download", inputs=_inputs(ds, mirror), stage="download"
+        ):  # parts stay
             return _download(ds, data, rec, out, mirror, lock, threads, policy, channel)
     except provenance.OutputError as e:
         raise DownloadError(str(e)) from None
+
+
+def _inputs(ds: datasets.Dataset, mirror: str | None) -> list[tuple[str, Path | None]]:
+    """What the download reads on this machine, which --out must be apart from: the files on
+    disk, a local_dir, a mirror directory's folder of the dataset."""
+    found: list[tuple[str, Path | None]] = [("local_dir", ds.local_dir and Path(ds.local_dir))]
+    found += [("the file", local_path(f.url)) for f in ds.files if f.local]
+    if mirror is not None and (path := local_path(mirror)) is not None:
+        found.append(("the mirror's", path / ds.name))
+    return found
 
 
 def _download(

@@ -11,6 +11,9 @@ Tasks ([eval] tasks):
 - hellaswag: each item's context followed by each of its 4 endings (" " + ending), scored
   completion-style as llm.c and build-nanogpt do: the sum and the mean of the endings' token
   log-probabilities after the context; acc picks the largest sum, acc_norm the largest mean.
+  A context and ending longer than block_size + 1 tokens loses context from the left (as
+  lm-evaluation-harness and nanochat); an ending longer than block_size, an empty context and
+  a model whose tokenizer is not GPT-2's are refused before any work.
 Batched and compiled: one program per padded length bucket, every item of it through one jit.
 """
 
@@ -28,7 +31,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from nanogptx import checkpoint, config, loader, model, provenance, runtime, tokenizer
+from nanogptx import checkpoint, config, loader, model, progress, provenance, runtime, tokenizer
 from nanogptx.config import Config, EvalConfig, ModelConfig
 
 HELLASWAG_FILE = "hellaswag_val.jsonl"
@@ -55,26 +58,6 @@ def log(msg: str) -> None:
     print(msg, flush=True)
 
 
-class Progress:
-    """Items done, rate and ETA, as a line every few seconds (logs read it as it grows)."""
-
-    def __init__(self, what: str, total: int, every_s: float = 5.0) -> None:
-        self.what, self.total, self.every_s = what, total, every_s
-        self.t0 = self.last = time.perf_counter()
-
-    def update(self, done: int) -> None:
-        now = time.perf_counter()
-        if now - self.last < self.every_s and done < self.total:
-            return
-        self.last = now
-        rate = done / max(now - self.t0, 1e-9)
-        eta = (self.total - done) / rate if rate else float("inf")
-        log(f"{self.what}: {done}/{self.total} ({rate:,.1f}/s, ETA {eta:.0f} s)")
-
-    def rate(self, done: int) -> float:
-        return done / max(time.perf_counter() - self.t0, 1e-9)
-
-
 def make_scorer(m: ModelConfig, rt: runtime.Runtime) -> Any:
     """jit of (params, ids_BxL, at_BxE, weights_BxE) -> per row (sum of weight * nll, sum of
     weights): the nll of token at + 1 after tokens ..at, for the E positions `at` of each row
@@ -91,18 +74,34 @@ def make_scorer(m: ModelConfig, rt: runtime.Runtime) -> Any:
     return jax.jit(score)
 
 
+def scorer_shapes(task: str, m: ModelConfig, e: EvalConfig) -> tuple[int, int, int]:
+    """The largest (rows, ids per row, scored positions per row) a task calls the scorer with,
+    for nanogptx.plan: val_loss, eval.batch_size windows of block_size + 1 tokens with every
+    position scored; hellaswag, 4 rows per item, its longest bucket (block_size + 1, scoring
+    block_size)."""
+    rows = {"val_loss": e.batch_size, "hellaswag": 4 * e.batch_size}[task]
+    return rows, m.block_size + 1, m.block_size
+
+
 # ---------------------------------------------------------------- val loss
 
 
 def val_loss(
-    params: Any, m: ModelConfig, e: EvalConfig, data: loader.Prepared, tok: Any, scorer: Any
+    params: Any,
+    m: ModelConfig,
+    e: EvalConfig,
+    data: loader.Prepared,
+    tok: Any,
+    scorer: Any,
+    channel: progress.Channel | None = None,
 ) -> dict[str, Any]:
     """Loss and bits per byte over the whole val split, tiled into windows of block_size targets."""
     stream = data.split("val")
     L = m.block_size
     n = (stream.n_tokens - 1) // L
     if n == 0:
-        raise EvalError(f"{data.dir}: the val split has {stream.n_tokens} tokens, fewer than "
+        raise EvalError(f"{data.dir}: the val split has "
+                        f"{progress.plural(stream.n_tokens, 'token')}, fewer than "
                         f"model.block_size + 1 = {L + 1}")  # fmt: skip
     if e.max_windows:
         n = min(n, e.max_windows)
@@ -110,7 +109,7 @@ def val_loss(
     B = e.batch_size
     total_nll, total_tokens, total_bytes = 0.0, 0, 0
     at_BxL = np.broadcast_to(np.arange(L, dtype=np.int32), (B, L))  # every position is scored
-    progress = Progress("val_loss windows", n)
+    meter = progress.Meter("val_loss windows", n, channel)
     for lo in range(0, n, B):
         k = min(B, n - lo)
         ids = np.zeros((B, L + 1), np.int32)
@@ -122,7 +121,8 @@ def val_loss(
         total_nll += float(np.asarray(nll, np.float64).sum())
         total_tokens += int(np.asarray(count).sum())
         total_bytes += int(nbytes[ids[:k, 1:]].sum())
-        progress.update(lo + k)
+        meter.update(lo + k)
+    meter.close()
     loss = total_nll / total_tokens
     return {
         "loss": loss,
@@ -139,18 +139,23 @@ def val_loss(
 
 
 def read_hellaswag(path: Path, max_items: int = 0) -> list[dict[str, Any]]:
-    """The items of a HellaSwag jsonl file: {"ctx", "endings" (4 strings), "label" (0-3)}; a
-    line that is not JSON or lacks a key is an EvalError naming file, line and key."""
+    """The items of a HellaSwag jsonl file: {"ctx", "endings" (4 strings), "label" (0-3),
+    "where" (file:line)}; a line that is not JSON, lacks a key or has an empty context is an
+    EvalError naming file, line and key."""
     items = []
     try:
-        f = open(path, encoding="utf-8")  # noqa: SIM115 (closed below)
+        f = open(path, "rb")  # noqa: SIM115 (closed below)
     except FileNotFoundError:
         raise EvalError(f"{path} does not exist: download dataset hellaswag first") from None
     with f:
-        for lineno, line in enumerate(f, 1):
+        for lineno, raw in enumerate(f, 1):
+            where = f"{path}:{lineno}"
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as err:
+                raise EvalError(f"{where}: not UTF-8 text (byte {err.start} of the line)") from None
             if not line.strip():
                 continue
-            where = f"{path}:{lineno}"
             try:
                 item = json.loads(line)
             except json.JSONDecodeError as err:
@@ -168,9 +173,17 @@ def read_hellaswag(path: Path, max_items: int = 0) -> list[dict[str, Any]]:
                 raise EvalError(f"{where}: endings: expected a list of 4 strings, got {ends!r}")
             if not isinstance(item["ctx"], str):
                 raise EvalError(f"{where}: ctx: expected a string, got {item['ctx']!r}")
+            if not item["ctx"].strip():  # the first ending token would be predicted from nothing
+                raise EvalError(f"{where}: ctx is empty: an ending is scored after its context, "
+                                "so an item needs one")  # fmt: skip
             if isinstance(label, bool) or not isinstance(label, int) or not 0 <= label < 4:
                 raise EvalError(f"{where}: label: expected 0, 1, 2 or 3, got {label!r}")
-            items.append({"ctx": item["ctx"], "endings": ends, "label": label})
+            texts = {"ctx": item["ctx"], **{f"endings[{i}]": e for i, e in enumerate(ends)}}
+            for key, text in texts.items():  # valid JSON ("\\ud800"), but no character
+                if not config.is_text(text):
+                    raise EvalError(f"{where}: {key} holds a lone surrogate ({text!r}), which "
+                                    "is no character: expected Unicode text")  # fmt: skip
+            items.append({"ctx": item["ctx"], "endings": ends, "label": label, "where": where})
             if max_items and len(items) == max_items:
                 break
     if not items:
@@ -178,17 +191,24 @@ def read_hellaswag(path: Path, max_items: int = 0) -> list[dict[str, Any]]:
     return items
 
 
-def render(item: dict[str, Any], tok: Any, L: int) -> tuple[list[list[int]], list[int]]:
-    """The 4 rows (context + ending tokens) of an item and where each ending starts; a row
-    longer than L + 1 drops context tokens from the left."""
+def render(item: dict[str, Any], tok: Any, L: int) -> tuple[list[list[int]], list[int], bool]:
+    """The 4 rows (context + ending tokens) of an item, where each ending starts, and whether
+    the context was cropped: a row longer than L + 1 drops context tokens from the left, as
+    lm-evaluation-harness and nanochat do. An ending of more than L tokens cannot follow even
+    one context token in the model's window: an EvalError naming the item's file and line."""
     ctx = tok.encode(item["ctx"])
-    rows, starts = [], []
-    for ending in item["endings"]:
+    rows, starts, longest = [], [], 0
+    for i, ending in enumerate(item["endings"]):
         end = tok.encode(" " + ending)
+        if len(end) > L:
+            raise EvalError(f"{item['where']}: ending {i} is {len(end)} tokens, more than the "
+                            f"model's window holds after a context token (model.block_size = "
+                            f"{L}): this item cannot be scored by this model")  # fmt: skip
         row = (ctx + end)[-(L + 1) :]
         rows.append(row)
         starts.append(len(row) - len(end))
-    return rows, starts
+        longest = max(longest, len(end))
+    return rows, starts, len(ctx) + longest > L + 1
 
 
 def buckets(lengths: list[tuple[int, int]], L: int) -> dict[tuple[int, int], list[int]]:
@@ -201,23 +221,38 @@ def buckets(lengths: list[tuple[int, int]], L: int) -> dict[tuple[int, int], lis
     return dict(sorted(out.items()))
 
 
+class HellaSwag:
+    """HellaSwag's items read, checked and tokenized for a model (before any scoring, so that a
+    bad item stops the stage before it has done any work)."""
+
+    def __init__(self, path: Path, e: EvalConfig, tok: Any, L: int) -> None:
+        self.path = path
+        self.items = read_hellaswag(path, e.max_items)
+        try:
+            self.rendered = [render(item, tok, L) for item in self.items]
+        except tokenizer.TokenizerError as err:
+            raise EvalError(f"hellaswag: the model's tokenizer ({tok.name}) cannot encode an "
+                            f"item: {err}; HellaSwag needs GPT-2 tokens") from None  # fmt: skip
+        self.cropped = sum(cropped for *_, cropped in self.rendered)
+
+
 def hellaswag(
-    params: Any, m: ModelConfig, e: EvalConfig, path: Path, tok: Any, scorer: Any
+    params: Any,
+    m: ModelConfig,
+    e: EvalConfig,
+    task: HellaSwag,
+    scorer: Any,
+    channel: progress.Channel | None = None,
 ) -> dict[str, Any]:
-    items = read_hellaswag(path, e.max_items)
-    try:
-        rendered = [render(item, tok, m.block_size) for item in items]
-    except tokenizer.TokenizerError as err:
-        raise EvalError(f"hellaswag: the model's tokenizer ({tok.name}) cannot encode an "
-                        f"item: {err}; HellaSwag needs GPT-2 tokens") from None  # fmt: skip
+    items, rendered = task.items, task.rendered
     lengths = [
         (max(len(r) for r in rows), max(len(r) - s for r, s in zip(rows, starts, strict=True)))
-        for rows, starts in rendered
+        for rows, starts, _ in rendered
     ]
     groups = buckets(lengths, m.block_size)
     sums = np.zeros((len(items), 4))
     means = np.zeros((len(items), 4))
-    progress = Progress("hellaswag items", len(items))
+    meter = progress.Meter("hellaswag items", len(items), channel)
     done = 0
     for (width, E), members in groups.items():
         B = e.batch_size
@@ -227,7 +262,7 @@ def hellaswag(
             at = np.zeros((4 * B, E), np.int32)  # the positions whose next token is the ending's
             weights = np.zeros((4 * B, E), np.float32)
             for j, i in enumerate(chunk):
-                rows, starts = rendered[i]
+                rows, starts, _ = rendered[i]
                 for r, (row, start) in enumerate(zip(rows, starts, strict=True)):
                     ids[4 * j + r, : len(row)] = row
                     n = len(row) - start
@@ -241,16 +276,18 @@ def hellaswag(
             sums[chunk] = -nll
             means[chunk] = -nll / count
             done += k
-            progress.update(done)
+            meter.update(done)
+    meter.close()
     labels = np.array([item["label"] for item in items])
-    rate = progress.rate(done)
-    log(f"hellaswag: {len(items)} items at {rate:,.1f} items/s")
+    rate = meter.rate()
+    log(f"hellaswag: {progress.plural(len(items), 'item')} at {rate:,.1f} items/s")
     return {
         "acc": float((sums.argmax(1) == labels).mean()),
         "acc_norm": float((means.argmax(1) == labels).mean()),
         "items": len(items),
         "all_items": len(items) == HELLASWAG_ITEMS,
         "items_per_second": rate,
+        "cropped_items": task.cropped,
         "buckets": {f"{w}x{e}": len(v) for (w, e), v in groups.items()},
         "method": HELLASWAG_METHOD,
     }
@@ -265,8 +302,10 @@ def evaluate(
     data_dir: str | Path | None,
     out_dir: str | Path,
     hellaswag_dir: str | Path | None = None,
+    channel: progress.Channel | None = None,
 ) -> dict[str, Any]:
-    """Run cfg.eval.tasks on the model in model_dir; write metrics.json and provenance.json."""
+    """Run cfg.eval.tasks on the model in model_dir; write metrics.json and provenance.json.
+    channel: progress lines for a person watching (the workflow's terminal)."""
     model_dir, out_dir = Path(model_dir), Path(out_dir)
     e = cfg.eval
     record = provenance.Record.start("eval", config.sections(cfg, config.STAGE_SECTIONS["eval"]))
@@ -276,16 +315,25 @@ def evaluate(
         if need[task] is None:
             raise EvalError(f"eval.tasks has {task}: pass {flags[task]}")
     params, mcfg, tok_dict = checkpoint.load_model(model_dir)
+    if "hellaswag" in e.tasks and tok_dict.get("name") != "gpt2":
+        raise EvalError(f"eval.tasks has hellaswag, which is scored in GPT-2 tokens, but the "
+                        f"model in {model_dir} uses the {tok_dict.get('name')!r} tokenizer "
+                        f"({model_dir / 'tokenizer.json'}): remove hellaswag from eval.tasks "
+                        "or train with tokenizer.name = \"gpt2\"")  # fmt: skip
     model_sha = checkpoint.check_model_hash(model_dir)
     m = mcfg.model
     tok = tokenizer.from_manifest(tok_dict)
-    rt = runtime.choose(m, jax.default_backend())
+    swag = None  # its items read and checked now: a bad one stops the stage before any work
+    if "hellaswag" in e.tasks:
+        swag = HellaSwag(Path(hellaswag_dir) / HELLASWAG_FILE, e, tok, m.block_size)
+    rt = runtime.choose_for(m, jax.local_devices()[0])
     log(rt.explain(m, jax.default_backend()))
     params = jax.tree.map(jnp.asarray, params)
     scorer = make_scorer(m, rt)
     inputs = [provenance.file_entry(model_dir / checkpoint.MODEL_FILES[0], model_sha)]
     results: dict[str, Any] = {}
-    with provenance.exclusive(out_dir, "evaluation"):
+    reads = [("--model", model_dir), ("--data", data_dir), ("--hellaswag", hellaswag_dir)]
+    with provenance.exclusive(out_dir, "evaluation", inputs=reads, stage="eval"):
         for task in e.tasks:
             t0 = time.perf_counter()
             if task == "val_loss":
@@ -293,19 +341,21 @@ def evaluate(
                 if data.manifest["tokenizer"].get("vocab_sha256") != tok_dict.get("vocab_sha256"):
                     raise EvalError(f"{data.dir}: tokenized with another vocabulary than the "
                                     f"model's ({model_dir / 'tokenizer.json'})")  # fmt: skip
-                results[task] = val_loss(params, m, e, data, tok, scorer)
+                results[task] = val_loss(params, m, e, data, tok, scorer, channel)
                 inputs += [provenance.file_entry(data.dir / "manifest.json",
                                                  data.manifest_sha256)]  # fmt: skip
                 r = results[task]
-                log(f"val_loss: {r['loss']:.4f} over {r['windows']} windows ({r['tokens']:,} "
-                    f"tokens), {r['bits_per_byte']:.4f} bits per byte")  # fmt: skip
+                log(f"val_loss: {r['loss']:.4f} over {progress.plural(r['windows'], 'window')} "
+                    f"({progress.plural(r['tokens'], 'token')}), "
+                    f"{r['bits_per_byte']:.4f} bits per byte")  # fmt: skip
             else:
-                path = Path(hellaswag_dir) / HELLASWAG_FILE
-                results[task] = hellaswag(params, m, e, path, tok, scorer)
-                inputs.append(provenance.file_entry(path))
+                results[task] = hellaswag(params, m, e, swag, scorer, channel)
+                inputs.append(provenance.file_entry(swag.path))
                 r = results[task]
                 log(f"hellaswag: acc {r['acc']:.4f}, acc_norm {r['acc_norm']:.4f} over "
-                    f"{r['items']} items")  # fmt: skip
+                    f"{progress.plural(r['items'], 'item')} ({r['cropped_items']:,} with "
+                    f"their context cropped from the left to fit model.block_size = "
+                    f"{m.block_size})")  # fmt: skip
             results[task]["seconds"] = round(time.perf_counter() - t0, 3)
         metrics = {"model_sha256": model_sha, **results}
         path = out_dir / "metrics.json"
@@ -328,13 +378,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--data", type=Path, help="prepared data directory (val_loss)")
     parser.add_argument("--hellaswag", type=Path, help="directory of hellaswag_val.jsonl")
     parser.add_argument("--out", type=Path, required=True, help="directory for metrics.json")
+    progress.add_arguments(parser, "eval")
     args = parser.parse_intermixed_args(argv)
-    cfg = config.from_args(args, parser)
+    cfg = config.from_args(args, parser, registry=False)  # the data is --data, as prepared
     try:
-        evaluate(cfg, args.model, args.data, args.out, args.hellaswag)
+        evaluate(cfg, args.model, args.data, args.out, args.hellaswag, progress.from_args(args))
     except (
         EvalError, checkpoint.CheckpointError, loader.DataError, tokenizer.TokenizerError,
-        provenance.HashMismatch, provenance.OutputError, OSError,
+        provenance.HashMismatch, provenance.OutputError, provenance.FileError, OSError,
     ) as err:  # fmt: skip
         print(f"{parser.prog}: error: {err}", file=sys.stderr)
         sys.exit(1)

@@ -25,10 +25,11 @@ def export(model_dir: str | Path, out_dir: str | Path, fmt: str = "hf") -> list[
         raise hf.HFError(f"--format {fmt!r}: expected one of {list(FORMATS)}")
     model_dir, out_dir = Path(model_dir), Path(out_dir)
     record = provenance.Record.start("export", {"format": fmt})
+    provenance.check_apart(out_dir, "--out", [("--model", model_dir)])  # before any work
     params, cfg, _ = checkpoint.load_model(model_dir)
     sha = checkpoint.check_model_hash(model_dir)
     hf.check_expressible(cfg.model, str(model_dir))  # before the directory is made
-    with provenance.exclusive(out_dir, "export"):
+    with provenance.exclusive(out_dir, "export", inputs=[("--model", model_dir)], stage="export"):
         paths = hf.save(params, cfg.model, out_dir)
         record.finish(
             out_dir,
@@ -50,7 +51,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         paths = export(args.model, args.out, args.format)
     except (hf.HFError, checkpoint.CheckpointError, provenance.HashMismatch,
-            provenance.OutputError, OSError) as e:  # fmt: skip
+            provenance.OutputError, provenance.FileError, OSError) as e:  # fmt: skip
         print(f"{parser.prog}: error: {e}", file=sys.stderr)
         sys.exit(1)
     print(f"wrote {', '.join(str(p) for p in paths)}")

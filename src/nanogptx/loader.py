@@ -1,6 +1,6 @@
 """Prepared token shards -> batches that are a pure function of (seed, step), placed on devices.
 
-    data = open_prepared("data/prepared/<data_id>")   # manifest.json, shard hashes checked
+    data = open_prepared("data/prepared/<data_id>")   # manifest (against provenance), shards
     x_BxL, y_BxL = batch(data, "train", seed=1337, step=0, batch_size=12, block_size=64)
 
 Training micro-batch i of a run is batch(data, "train", seed, i, ...), so any step's batch can be
@@ -9,7 +9,6 @@ recomputed from the schedule in provenance.json (`schedule`).
 
 from __future__ import annotations
 
-import json
 import re
 import zlib
 from collections.abc import Callable
@@ -19,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from nanogptx import provenance
+from nanogptx import progress, provenance
 
 FORMAT = "nanogptx-shards/1"
 # Name and version of the batch function: bump the version when `batch` changes its output.
@@ -80,12 +79,9 @@ class Prepared:
 
 def read_manifest(data_dir: str | Path) -> dict[str, Any]:
     path = Path(data_dir) / "manifest.json"
-    try:
-        manifest = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise DataError(f"{path} is missing: run the prepare stage for this data first") from None
-    except json.JSONDecodeError as e:
-        raise DataError(f"{path}: not valid JSON: {e}") from None
+    if not path.exists():
+        raise DataError(f"{path} is missing: run the prepare stage for this data first")
+    manifest = provenance.read_json(path, DataError, "manifest")
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         fmt = manifest.get("format") if isinstance(manifest, dict) else manifest
         raise DataError(f"{path}: format is {fmt!r}, expected {FORMAT!r}")
@@ -128,6 +124,31 @@ def _check_manifest(path: Path, manifest: dict[str, Any]) -> None:
              f"shards[{i}].sha256", sha, "64 hexadecimal digits")  # fmt: skip
 
 
+def verify_manifest(data_dir: str | Path) -> str:
+    """sha256 of manifest.json, checked against what the prepare stage recorded for it in
+    provenance.json (HashMismatch: a manifest edited since, splits swapped, vocabulary...)."""
+    data_dir = Path(data_dir)
+    path, record = data_dir / "manifest.json", data_dir / provenance.FILENAME
+    sha = provenance.sha256_file(path)
+    try:
+        recorded = provenance.recorded_sha256(data_dir, path.name)
+    except FileNotFoundError:
+        raise DataError(
+            f"{record} is missing: the prepare stage writes it last, so this data was not "
+            "finished (or not made by prepare); run prepare for it"
+        ) from None
+    except provenance.FileError as e:
+        raise DataError(str(e)) from None
+    if recorded is None:
+        raise DataError(f"{record}: records no {path.name} among its outputs")
+    if recorded != sha:
+        raise provenance.HashMismatch(
+            f"{path}: sha256 is {sha}, but {record} records {recorded}: the manifest changed "
+            "after the prepare stage wrote it; run prepare again"
+        )
+    return sha
+
+
 def verify_shards(data_dir: str | Path, manifest: dict[str, Any]) -> None:
     """Refuse a shard whose sha256 differs from the manifest's (HashMismatch names both)."""
     for entry in manifest["shards"]:
@@ -150,10 +171,12 @@ def _load_shard(path: Path, shard_format: str) -> np.ndarray:
 
 
 def open_prepared(data_dir: str | Path, verify: bool = True) -> Prepared:
-    """Read manifest.json, check every shard's hash (unless verify=False) and map the shards."""
+    """Read manifest.json, check it against prepare's record and every shard's hash against it
+    (unless verify=False) and map the shards."""
     data_dir = Path(data_dir)
     manifest = read_manifest(data_dir)
     if verify:
+        verify_manifest(data_dir)
         verify_shards(data_dir, manifest)
     splits: dict[str, list[np.ndarray]] = {name: [] for name in manifest["splits"]}
     for entry in manifest["shards"]:
@@ -197,7 +220,8 @@ def window_starts(
     """
     if n_tokens < block_size + 1:
         raise DataError(
-            f"split {split!r} has {n_tokens} tokens, fewer than block_size + 1 = {block_size + 1}"
+            f"split {split!r} has {progress.plural(n_tokens, 'token')}, fewer than block_size + 1 "
+            f"= {block_size + 1}"
         )
     if order == "random":
         return _rng(seed, stream, split, step).integers(0, n_tokens - block_size, batch_size)

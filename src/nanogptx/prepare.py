@@ -14,7 +14,6 @@ import argparse
 import bisect
 import functools
 import itertools
-import json
 import os
 import re
 import sys
@@ -95,15 +94,15 @@ def verify_raw(raw: Path, files: list[Path], threads: int = 1) -> list[dict[str,
     """Check each file's sha256 against <raw>/provenance.json; return their file entries."""
     record_path = raw / provenance.FILENAME
     try:
-        record = json.loads(record_path.read_text())
+        record = provenance.read(raw)
     except FileNotFoundError:
         raise PrepareError(
             f"{record_path} is missing: run the download stage first "
             f"(python -m nanogptx.download --out {raw})"
         ) from None
-    except (OSError, json.JSONDecodeError) as e:
-        raise PrepareError(f"{record_path}: not a readable provenance record ({e})") from None
-    recorded = {Path(o.get("path", "")).name: o for o in record.get("outputs", [])}
+    except provenance.FileError as e:
+        raise PrepareError(str(e)) from None
+    recorded = {Path(str(o.get("path", ""))).name: o for o in record["outputs"]}
     for p in files:
         entry = recorded.get(p.name)
         if not entry or not entry.get("sha256"):
@@ -460,7 +459,8 @@ def _say(msg: str) -> None:
 def rate_line(shards: dict[str, Shards], n_docs: int, started: float) -> str:
     done = sum(s.tokens for s in shards.values())
     seconds = time.perf_counter() - started
-    return f"{done:,} tokens, {n_docs:,} documents, {done / seconds:,.0f} tokens/s"
+    return (f"{progress.plural(done, 'token')}, {progress.plural(n_docs, 'document')}, "
+            f"{done / seconds:,.0f} tokens/s")  # fmt: skip
 
 
 def prepare(
@@ -478,7 +478,7 @@ def prepare(
     return the manifest. chunk_chars and piece_chars tune task and text-piece sizes (tests).
     out is held for the while: a second prepare into it is refused, and an interrupted one's
     temporary files are removed first."""
-    with provenance.exclusive(out, "prepare") as removed:
+    with provenance.exclusive(out, "prepare", inputs=[("--raw", raw)], stage="prepare") as removed:
         if removed:
             _say(f"removed what an interrupted run left in {out}: {len(removed)} temporary files")
         return _prepare(cfg, Path(raw), Path(out), threads, dataset, chunk_chars, piece_chars,
@@ -549,7 +549,7 @@ def _prepare(
                 channel.say(rate_line(shards, n_docs_seen, started))
             if bar is not None:
                 bar.update(len(tokens))
-                bar.set_postfix_str(f"{n_docs_seen:,} documents", refresh=False)
+                bar.set_postfix_str(progress.plural(n_docs_seen, "document"), refresh=False)
             elif time.perf_counter() - last > 10:
                 last = time.perf_counter()
                 _say(rate_line(shards, n_docs_seen, started))
@@ -606,11 +606,13 @@ def _prepare(
     for s in SPLITS:
         info = manifest["splits"][s]
         _say(
-            f"{s}: {info['tokens']:,} tokens, {info['documents']:,} documents, "
-            f"{info['shards']} shards"
+            f"{s}: {progress.plural(info['tokens'], 'token')}, "
+            f"{progress.plural(info['documents'], 'document')}, "
+            f"{progress.plural(info['shards'], 'shard')}"
         )
     _say(
-        f"{tok.name} vocabulary of {tok.vocab_size:,}; {seconds:.1f} s, {threads} threads -> {out}"
+        f"{tok.name} vocabulary of {tok.vocab_size:,}; {seconds:.1f} s, "
+        f"{progress.plural(threads, 'thread')} -> {out}"
     )
     return manifest
 
@@ -649,7 +651,7 @@ def main(argv: list[str] | None = None) -> None:
         prepare(cfg, args.raw, args.out, args.threads, channel=progress.from_args(args))
     except (
         PrepareError, ReadError, TokenizerError, provenance.HashMismatch, provenance.OutputError,
-        OSError,
+        provenance.FileError, OSError,
     ) as e:  # fmt: skip
         parser.exit(1, f"{parser.prog}: error: {e}\n")
 

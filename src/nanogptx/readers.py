@@ -123,7 +123,8 @@ def read_text(
         yield Batch([pending] if pending else [], joins_prev=not first and bool(pending))
     if forced:
         print(
-            f"prepare: {path}: cut {forced} times where no space or newline lay between "
+            f"prepare: {path}: cut {'once' if forced == 1 else f'{forced:,} times'} where no "
+            "space or newline lay between "
             f"non-space characters within {2 * piece_chars:,} characters; GPT-2 tokens at those "
             "cuts may differ from tokenizing the whole",
             file=sys.stderr,

@@ -28,7 +28,20 @@ W, H, PAD = 460, 300, 48  # one panel, in pixels
 
 
 def read_metrics(path: str | Path) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+    """The records of a metrics.jsonl; a line that is not a JSON object raises ValueError
+    naming the file and line."""
+    records = []
+    for i, line in enumerate(Path(path).read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except ValueError as e:
+            raise ValueError(f"{path}:{i}: not a JSON record: {e}") from None
+        if not isinstance(record, dict):
+            raise ValueError(f"{path}:{i}: expected a JSON object")
+        records.append(record)
+    return records
 
 
 def _ticks(lo: float, hi: float, n: int = 5) -> list[float]:
@@ -49,9 +62,12 @@ def _fmt(v: float) -> str:
 
 
 def _svg(width: int, height: int, title: str, parts: list[str]) -> str:
-    """A figure: its parts in a viewBox of width x height that scales to the page's width."""
+    """A figure: its parts in a viewBox of width x height. Its size in pixels is stated, for
+    an <img> that shrinks to fit its content (the Snakemake report's) has none otherwise and
+    shows it at 0 x 0; opened alone it still narrows to the window (max-width)."""
     return (
-        f'<svg xmlns="http://www.w3.org/2000/svg" width="100%" viewBox="0 0 {width} {height}" '
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
+        f'viewBox="0 0 {width} {height}" style="max-width:100%;height:auto" '
         f'font-family="sans-serif" font-size="11"><title>{html.escape(title)}</title>'
         + "".join(parts)
         + "</svg>\n"
@@ -261,7 +277,7 @@ def chain_html(run: str, raw: Path, data: Path, model: Path, samples: Path) -> s
     if resolved.exists():
         parts.append(
             "<h2>resolved config of the run</h2><pre>"
-            + html.escape(resolved.read_text())
+            + html.escape(resolved.read_text("utf-8"))
             + "</pre>"
         )
     style = (
@@ -365,7 +381,7 @@ def sweep_points(runs: dict[str, Path], lr_key: str, axes: list[str]) -> list[di
     from nanogptx import config
 
     def run_settings(root: Path) -> dict[str, str]:
-        cfg = config.load(root / "model" / "config.toml")
+        cfg = config.load(root / "model" / "config.toml", registry=False)
         return dict(s.split("=", 1) for s in config.settings(cfg, config.SECTIONS))
 
     points = []
@@ -376,7 +392,7 @@ def sweep_points(runs: dict[str, Path], lr_key: str, axes: list[str]) -> list[di
         variant = ", ".join(f"{k}={settings[name][k]}" for k in varied) or "all"
         records = read_metrics(root / "model" / "metrics.jsonl")
         first = next(r for r in records if r.get("kind") == "eval")
-        final = json.loads((root / "eval" / "metrics.json").read_text())["val_loss"]["loss"]
+        final = provenance.read_json(root / "eval" / "metrics.json")["val_loss"]["loss"]
         diverged = provenance.read(root / "model").get("summary", {}).get("diverged")
         stats = [r for r in records if r.get("kind") == "stats"]
         logits = [v for r in stats for v in r["attn_logit_max"] if _finite(v)]
@@ -425,12 +441,9 @@ def sweep_stats_svg(points: list[dict[str, Any]], title: str, high: int = 2) -> 
             pts = [(r["step"], math.log10(v)) for r, v in zip(stats, largest, strict=True) if v]
             logits.append((p["run"], color, f"layer{top.index(p['lr'])}", pts))
     if not any(pts for *_, pts in log_z):  # the figure says why it is empty
-        return (
-            f'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {2 * W} 40" '
-            f'font-family="sans-serif" font-size="12"><title>{html.escape(title)}</title>'
-            '<text x="10" y="24">No diagnostics in these runs\' metrics: set '
-            "logging.stats_interval &gt; 0 in the sweep's base run.</text></svg>\n"
-        )
+        why = ('<text x="10" y="24">No diagnostics in these runs\' metrics: set '
+               "logging.stats_interval &gt; 0 in the sweep's base run.</text>")  # fmt: skip
+        return _svg(2 * W, 40, title, [why])
     body = _panel(logits, "step", 0, "log10 largest attention logit") + _panel(
         log_z, "step", W, "mean log Z of the output"
     )
@@ -538,12 +551,12 @@ def main(argv: Sequence[str] | None = None) -> None:
                 provenance.write_bytes_atomic(args.csv, points_csv(points).encode())
             text = sensitivity_svg(result, args.title)
         elif args.what == "text":
-            text = text_html(args.file.read_text(errors="backslashreplace"), args.title)
+            text = text_html(args.file.read_text("utf-8", "backslashreplace"), args.title)
         elif args.what == "evals":
             runs = {}
             for item in args.metrics:
                 name, _, path = item.partition("=")
-                runs[name] = json.loads(Path(path).read_text())
+                runs[name] = provenance.read_json(path, what="eval metrics")
             text = evals_html(runs, args.title)
         elif args.what == "curves":
             runs = {}

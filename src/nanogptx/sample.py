@@ -24,13 +24,15 @@ import dataclasses
 import functools
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from nanogptx import checkpoint, config, model, provenance, runtime, tokenizer
+from nanogptx import checkpoint, config, model, progress, provenance, runtime, tokenizer
 from nanogptx.config import Config, ModelConfig, SampleConfig
 
 SEPARATOR = "---------------"
@@ -168,6 +170,40 @@ def _generate(
     return tokens_BxU[:, P : P + S]
 
 
+def generate_args(
+    params: model.Params,
+    prompt_P: jax.Array,
+    cfg: ModelConfig,
+    s: SampleConfig,
+    rt: runtime.Runtime,
+) -> tuple[tuple, dict[str, Any]]:
+    """The arguments and static settings of the compiled loop (_generate) for a checked prompt:
+    the one place they are made, for generate, compile_generate and nanogptx.plan (which passes
+    shapes)."""
+    args = (params, prompt_P, jax.random.key(s.seed), jnp.float32(s.temperature))
+    static = dict(cfg=cfg, rt=rt, S=s.max_new_tokens, B=s.num_samples, top_k=s.top_k,
+                  top_p=s.top_p, shift=resolve_shift(cfg, s))  # fmt: skip
+    return args, static
+
+
+def _arguments(
+    params: model.Params,
+    prompt: list[int] | np.ndarray,
+    cfg: ModelConfig,
+    s: SampleConfig,
+    rt: runtime.Runtime,
+) -> tuple[tuple, dict[str, Any]]:
+    """generate_args of a prompt, checked; a prompt longer than block_size is cropped to its
+    last block_size tokens, as nanoGPT does."""
+    prompt_P = np.asarray(prompt, np.int32)[-cfg.block_size :]
+    if prompt_P.size == 0:
+        raise SampleError("the prompt is empty: give at least one token (sample.start)")
+    V = params["wte"].shape[0]
+    if prompt_P.min() < 0 or prompt_P.max() >= V:
+        raise SampleError(f"prompt token ids must lie in [0, {V})")
+    return generate_args(params, jnp.asarray(prompt_P), cfg, s, rt)
+
+
 def generate(
     params: model.Params,
     prompt: list[int] | np.ndarray,
@@ -177,26 +213,22 @@ def generate(
 ) -> np.ndarray:
     """s.num_samples continuations of s.max_new_tokens tokens each, as one batch. A prompt
     longer than block_size is cropped to its last block_size tokens, as nanoGPT does."""
-    prompt_P = np.asarray(prompt, np.int32)[-cfg.block_size :]
-    if prompt_P.size == 0:
-        raise SampleError("the prompt is empty: give at least one token (sample.start)")
-    V = params["wte"].shape[0]
-    if prompt_P.min() < 0 or prompt_P.max() >= V:
-        raise SampleError(f"prompt token ids must lie in [0, {V})")
-    out = _generate(
-        params,
-        jnp.asarray(prompt_P),
-        jax.random.key(s.seed),
-        jnp.float32(s.temperature),
-        cfg=cfg,
-        rt=rt,
-        S=s.max_new_tokens,
-        B=s.num_samples,
-        top_k=s.top_k,
-        top_p=s.top_p,
-        shift=resolve_shift(cfg, s),
-    )
-    return np.asarray(out)
+    args, static = _arguments(params, prompt, cfg, s, rt)
+    return np.asarray(_generate(*args, **static))
+
+
+def compile_generate(
+    params: model.Params,
+    prompt: list[int] | np.ndarray,
+    cfg: ModelConfig,
+    s: SampleConfig,
+    rt: runtime.Runtime = model.DEFAULT,
+) -> Callable[[], np.ndarray]:
+    """What `generate` runs, compiled (the long part of a short sampling run, so the stage can
+    say which it is in): call the result to generate."""
+    args, static = _arguments(params, prompt, cfg, s, rt)
+    compiled = _generate.lower(*args, **static).compile()
+    return lambda: np.asarray(compiled(*args))
 
 
 # ---------------------------------------------------------------- the stage
@@ -213,14 +245,26 @@ def read_prompt(start: str) -> str:
         raise SampleError(f"sample.start = {start!r}: cannot read the prompt file: {e}") from None
 
 
-def sample(cfg: Config, model_dir: Path, out_dir: Path) -> list[str]:
+def log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)  # stdout is the samples'
+
+
+def sample(
+    cfg: Config, model_dir: Path, out_dir: Path, channel: progress.Channel | None = None
+) -> list[str]:
     """Load the model in model_dir, write samples.txt and provenance.json into out_dir (held for
-    the while: a second sampling into it is refused; an interrupted one's leftovers go)."""
-    with provenance.exclusive(out_dir, "sampling"):
-        return _sample(cfg, Path(model_dir), Path(out_dir))
+    the while: a second sampling into it is refused; an interrupted one's leftovers go).
+    channel: progress lines for a person watching (the workflow's terminal)."""
+    start = cfg.sample.start
+    prompt = start.removeprefix("FILE:") if start.startswith("FILE:") else None
+    inputs = [("--model", model_dir), ("the prompt file of sample.start", prompt)]
+    with provenance.exclusive(out_dir, "sampling", inputs=inputs, stage="sample"):
+        return _sample(cfg, Path(model_dir), Path(out_dir), channel)
 
 
-def _sample(cfg: Config, model_dir: Path, out_dir: Path) -> list[str]:
+def _sample(
+    cfg: Config, model_dir: Path, out_dir: Path, channel: progress.Channel | None
+) -> list[str]:
     runtime.keep_freed_memory()
     # The model is described by its own config.toml (recorded below as model_config).
     record = provenance.Record.start(
@@ -242,10 +286,16 @@ def _sample(cfg: Config, model_dir: Path, out_dir: Path) -> list[str]:
         mcfg = dataclasses.replace(
             mcfg, model=dataclasses.replace(mcfg.model, vocab_size=tok.vocab_size)
         )
-    rt = runtime.choose(mcfg.model, jax.default_backend())
-    print(f"sample: runtime {rt.describe()}", file=sys.stderr)
+    rt = runtime.choose_for(mcfg.model, jax.local_devices()[0])
+    log(f"sample: runtime {rt.describe()}")
+    with progress.busy("compiling the generation loop", channel, log):
+        run = compile_generate(params, prompt, mcfg.model, s, rt)
     t0 = time.perf_counter()
-    new_BxS = generate(params, prompt, mcfg.model, s, rt)
+    what = (f"generating {progress.plural(s.num_samples, 'sample')} of "
+            f"{progress.plural(s.max_new_tokens, 'token')} after a prompt of "
+            f"{progress.plural(len(prompt), 'token')}")  # fmt: skip
+    with progress.busy(what, channel, log):
+        new_BxS = run()
     seconds = time.perf_counter() - t0
     samples = [tok.decode(list(prompt) + row.tolist()) for row in new_BxS]
 
@@ -287,13 +337,14 @@ def main(argv: list[str] | None = None) -> None:
     config.add_arguments(parser, ["sample"])
     parser.add_argument("--model", type=Path, required=True, help="trained model directory")
     parser.add_argument("--out", type=Path, required=True, help="directory for samples.txt")
+    progress.add_arguments(parser, "sample")
     args = parser.parse_intermixed_args(argv)
-    cfg = config.from_args(args, parser)
+    cfg = config.from_args(args, parser, registry=False)  # the data is not read here
     try:
-        samples = sample(cfg, args.model, args.out)
+        samples = sample(cfg, args.model, args.out, progress.from_args(args))
     except (
         SampleError, checkpoint.CheckpointError, tokenizer.TokenizerError,
-        provenance.HashMismatch, provenance.OutputError, OSError,
+        provenance.HashMismatch, provenance.OutputError, provenance.FileError, OSError,
     ) as e:  # fmt: skip
         print(f"{parser.prog}: error: {e}", file=sys.stderr)
         sys.exit(1)

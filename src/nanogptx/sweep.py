@@ -20,9 +20,12 @@ finished ones as they are. A point that diverges stops early and is recorded as 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import itertools
+import math
 import re
 import tomllib
+import typing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -40,16 +43,46 @@ class Sweep:
 
 
 def _value_text(value: Any) -> str:
+    """A value as its point's name shows it: a boolean, an integer or a float as TOML writes it
+    (a float as short as reads back equal: 0.001, 1e-05, 0.0010000001), a string as itself. A
+    text with characters a run name cannot hold has them as '_' and a hash of the value after
+    it, so that values differing only there ("a b", "a_b", an emoji) keep distinct names."""
     if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, float):
-        return f"{value:g}"
-    return re.sub(r"[^A-Za-z0-9._-]", "_", str(value))
+        text = "true" if value else "false"
+    elif isinstance(value, float):
+        text = f"{value:g}" if float(f"{value:g}") == value else repr(value)
+        text = text.replace("e+", "e")  # 1e16: a '+' is not a run name's
+    elif isinstance(value, (list, tuple)):
+        text = ",".join(map(str, value))
+    else:
+        text = str(value)
+    safe = re.sub(r"[^A-Za-z0-9._-]", "_", text)
+    if text and safe == text:
+        return text
+    return f"{safe}_{hashlib.sha256(config._toml_value(value).encode()).hexdigest()[:8]}"
+
+
+# A point's name names its directory (results/NAME/) and files (NAME.log): a file name holds
+# 255 bytes, so a longer name is cut and ends in a hash of the whole, as is one that ends in a
+# part repeated 20 times (Snakemake takes such a wildcard value for an endless recursion).
+NAME_MAX = 200
+_PERIODIC = re.compile(r"(.+)\1{19,}$")
+
+
+def _short(name: str) -> str:
+    if len(name) <= NAME_MAX and not _PERIODIC.search(name):
+        return name
+    return f"{name[: NAME_MAX - 11]}-{hashlib.sha256(name.encode()).hexdigest()[:10]}"
 
 
 def load(name: str, directory: Path = SWEEPS) -> Sweep:
     """config/sweeps/<name>.toml, checked: a base run that exists, axes of section.key = [values]
     whose keys the config knows (every point is checked when it is loaded as a run)."""
+    if not config.RUN_NAME.fullmatch(name):  # the start of every point's name, and a path
+        raise config.ConfigError(
+            f"sweep name {name!r}: expected letters, digits, '.', '_' and '-' only, starting with "
+            "a letter or digit (it names config/sweeps/NAME.toml and begins its points' names)"
+        )
     path = directory / f"{name}.toml"
     if not path.is_file():
         known = sorted(p.stem for p in directory.glob("*.toml")) if directory.is_dir() else []
@@ -62,7 +95,8 @@ def load(name: str, directory: Path = SWEEPS) -> Sweep:
     if extra:
         raise config.ConfigError(f"{path}: unknown keys {sorted(extra)}; expected base and [axes]")
     base = tree.get("base")
-    if not isinstance(base, str) or not (Path("config") / f"{base}.toml").is_file():
+    run = isinstance(base, str) and config.RUN_NAME.fullmatch(base)
+    if not run or not (Path("config") / f"{base}.toml").is_file():
         raise config.ConfigError(f"{path}: base = {base!r}: expected a run of config/ (NAME.toml)")
     axes = tree.get("axes")
     if not isinstance(axes, dict) or not axes:
@@ -77,15 +111,25 @@ def load(name: str, directory: Path = SWEEPS) -> Sweep:
                 what = "" if len(group) == 1 else f" {k!r} is"
                 raise config.ConfigError(f"{path}: axes.{key!r}:{what} not a config key "
                                          "(section.key)")  # fmt: skip
-        if not isinstance(values, list) or not values or len(set(map(repr, values))) < len(values):
+        if not isinstance(values, list) or not values:
             raise config.ConfigError(f"{path}: axes.{key}: expected a list of distinct values")
         if len(group) > 1:
             bad = [v for v in values if not isinstance(v, list) or len(v) != len(group)]
             if bad:
                 raise config.ConfigError(f"{path}: axes.{key!r}: {bad[0]!r}: expected a list of "
                                          f"{len(group)} values, one per key")  # fmt: skip
-            values = [tuple(v) for v in values]
-        out.append((key, tuple(values)))
+        # Each value as the config takes it (1 for a float key is 1.0), so that two values that
+        # make one point are seen here.
+        typed = [_typed(group, v if len(group) > 1 else [v], f"{path}: axes.{key}")
+                 for v in values]  # fmt: skip
+        for i, v in enumerate(typed):
+            if v in typed[:i]:
+                first = values[typed.index(v)]
+                raise config.ConfigError(
+                    f"{path}: axes.{key!r}: {first!r} and {values[i]!r} are the same value of "
+                    f"{key} (one point): expected a list of distinct values"
+                )
+        out.append((key, tuple(v if len(group) > 1 else v[0] for v in typed)))
     sweep = Sweep(name, base, tuple(out))
     varied = keys(sweep)
     twice = sorted({k for k in varied if varied.count(k) > 1})
@@ -93,6 +137,16 @@ def load(name: str, directory: Path = SWEEPS) -> Sweep:
         raise config.ConfigError(f"{path}: {', '.join(twice)}: in more than one axis (a point "
                                  "would set it twice)")  # fmt: skip
     return sweep
+
+
+def _typed(group: list[str], values: list[Any], where: str) -> tuple[Any, ...]:
+    """values of the keys in group as the config types them (a type that is wrong raises)."""
+    out = []
+    for k, v in zip(group, values, strict=True):
+        section, _, field = k.partition(".")
+        tp = typing.get_type_hints(config.SECTIONS[section])[field]
+        out.append(config._check_type(v, tp, where if len(group) == 1 else f"{where} ({k})"))
+    return tuple(out)
 
 
 def keys(sweep: Sweep) -> list[str]:
@@ -111,13 +165,23 @@ def expand(sweep: Sweep) -> dict[str, list[str]]:
     runs = {}
     varied = keys(sweep)
     fixed = [f"{k}={config._toml_value(v)}" for k, v in POINT_SETTINGS.items() if k not in varied]
+    named: dict[str, list[tuple[str, Any]]] = {}  # case-folded name: the point's settings
     for point in itertools.product(*(values for _, values in sweep.axes)):
         pairs = []
         for (key, _), value in zip(sweep.axes, point, strict=True):
             group = key.split(",")
             pairs += zip(group, value if len(group) > 1 else [value], strict=True)
         parts = [f"{k.partition('.')[2]}-{_value_text(v)}" for k, v in pairs]
-        name = config.check_run_name(".".join([sweep.name, *parts]))
+        name = config.check_run_name(_short(".".join([sweep.name, *parts])))
+        # Names that differ only in case are one directory on a case-insensitive file system.
+        if (other := named.setdefault(name.casefold(), pairs)) is not pairs:
+            differ = [f"{k} = {a!r} and {b!r}" for (k, a), (_, b) in zip(other, pairs,
+                      strict=True) if a != b]  # fmt: skip
+            raise config.ConfigError(
+                f"sweep {sweep.name!r}: two points would be one run {name!r} ({', '.join(differ)}"
+                "; names that differ only in case are one directory where the file system "
+                "ignores case): make these values differ otherwise"
+            )
         runs[name] = [f"{k}={config._toml_value(v)}" for k, v in pairs] + fixed
     return runs
 
@@ -144,12 +208,31 @@ def cost(sweep: Sweep, vocab: int | None = None) -> dict[str, dict[str, float]]:
                                                               jax.random.key(0)))  # fmt: skip
         n = model.count_params(params, non_embedding=True)
         per_token = model.flops_per_token(m, n)
-        window = t.batch_size * m.block_size
-        tokens = t.max_iters * config.micro_batches(cfg) * window
-        # Evaluations at 0, eval_interval, ... before max_iters, and the last one.
+        tokens = t.max_iters * config.step_rows(cfg) * m.block_size
+        # Evaluations at 0, eval_interval, ... before max_iters, and the last one, of eval_iters
+        # micro-batches (train.batch_size = 0: auto's is at most a step's rows, counted as that).
+        window = (t.batch_size or config.step_rows(cfg)) * m.block_size
         evals = (-(-t.max_iters // t.eval_interval) + 1) * 2 * t.eval_iters * window
         out[name] = {"params": n, "tokens": tokens, "flops": per_token * (tokens + evals / 3)}
     return out
+
+
+def _number(tp: type, expected: str, above: float, most: float | None) -> Any:
+    """An argparse type: a finite number of type tp, > above and <= most; a bad one names the
+    flag (argparse adds it) and what is expected."""
+    import argparse
+
+    def parse(text: str) -> Any:
+        try:
+            value = tp(text)
+        except ValueError:
+            value = None
+        if value is None or not math.isfinite(value) or value <= above or (
+                most is not None and value > most):  # fmt: skip
+            raise argparse.ArgumentTypeError(f"{text!r}: expected {expected}")
+        return value
+
+    return parse
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -161,11 +244,13 @@ def main(argv: list[str] | None = None) -> None:
     )
     p.add_argument("sweep", help="config/sweeps/NAME.toml")
     p.add_argument("--cost", action="store_true", help="FLOPs and device hours per point")
-    p.add_argument("--peak-flops", type=float,
+    p.add_argument("--peak-flops", type=_number(float, "a number of FLOP/s > 0", 0, None),
                    help="the device's peak FLOP/s (default: an H100's bfloat16 dense, from "
                    "train.PEAK_FLOPS)")  # fmt: skip
-    p.add_argument("--mfu", type=float, default=0.3, help="the share of the peak assumed")
-    p.add_argument("--vocab", type=int, help="vocabulary size (default: GPT-2's with gpt2)")
+    p.add_argument("--mfu", type=_number(float, "a share of the peak in (0, 1]", 0, 1), default=0.3,
+                   help="the share of the peak assumed (0.3: 30%%)")  # fmt: skip
+    p.add_argument("--vocab", type=_number(int, "an integer > 0", 0, None),
+                   help="vocabulary size (default: GPT-2's with gpt2)")  # fmt: skip
     args = p.parse_args(argv)
     try:
         s = load(args.sweep)
@@ -180,6 +265,9 @@ def main(argv: list[str] | None = None) -> None:
 
     peak = args.peak_flops or PEAK_FLOPS["H100"]
     rate = peak * args.mfu
+    if not 0 < rate < math.inf:  # each in range, their product not (1e-320 x 0.1 is 0.0)
+        p.error(f"--peak-flops {peak:g} x --mfu {args.mfu:g} = {rate:g} FLOP/s: expected a "
+                "rate above 0 that a float holds")  # fmt: skip
     total = sum(p["flops"] for p in points.values())
     for name, p in points.items():
         print(f"{name}: {p['params'] / 1e6:.2f}M parameters, {p['tokens'] / 1e9:.3g}B tokens, "

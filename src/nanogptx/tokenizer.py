@@ -21,6 +21,8 @@ from typing import Any
 
 import numpy as np
 
+from nanogptx import provenance
+
 EOT_TEXT = "<|endoftext|>"
 MAX_CODEPOINT = 0x10FFFF
 
@@ -107,9 +109,32 @@ def _gpt2_encoding() -> Any:
         return tiktoken.get_encoding("gpt2")
     except Exception as e:  # network (requests), a cached file with the wrong hash, ...
         raise TokenizerError(
-            f"cannot load tiktoken's GPT-2 files ({type(e).__name__}: {e}). Offline, set "
-            "TIKTOKEN_CACHE_DIR to a directory holding them (README: offline use)"
+            f"cannot load tiktoken's GPT-2 files ({type(e).__name__}: {e}). {_offline_hint()}"
         ) from e
+
+
+def _offline_hint() -> str:
+    """What to type on a machine without internet, given where $TIKTOKEN_CACHE_DIR points."""
+    cache = os.environ.get("TIKTOKEN_CACHE_DIR")
+    seed = f"python -m nanogptx.tokenizer --seed-tiktoken-cache DIR --cache {cache or 'CACHE'}"
+    names = ", ".join(TIKTOKEN_FILES)
+    if cache and any((Path(cache) / name).is_file() for name in TIKTOKEN_FILES):
+        # A directory of the files as shipped: tiktoken looks each up by sha1(URL) instead.
+        return (
+            f"TIKTOKEN_CACHE_DIR={cache} holds the files under their own names, which tiktoken "
+            f"does not read; copy them into its layout once with `python -m nanogptx.tokenizer "
+            f"--seed-tiktoken-cache {cache} --cache CACHE` and set TIKTOKEN_CACHE_DIR=CACHE "
+            "(README: Offline use)"
+        )
+    if cache:
+        return (
+            f"Offline, fill TIKTOKEN_CACHE_DIR={cache} once from a directory DIR holding "
+            f"{names}: `{seed}` (README: Offline use)"
+        )
+    return (
+        f"Offline, fill a cache directory CACHE once from a directory DIR holding {names}: "
+        f"`{seed}`, and set TIKTOKEN_CACHE_DIR=CACHE (README: Offline use)"
+    )
 
 
 @functools.cache
@@ -272,9 +297,7 @@ def seed_tiktoken_cache(src: Path, cache: Path) -> list[Path]:
                 f"expected {sha256} (tiktoken's own hash of {url})"
             )
         target = cache / hashlib.sha1(url.encode()).hexdigest()
-        tmp = target.with_suffix(".tmp")
-        tmp.write_bytes(data)
-        os.replace(tmp, target)
+        provenance.write_bytes_atomic(target, data)  # its temporary: provenance.MARKER
         written.append(target)
     return written
 

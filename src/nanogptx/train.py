@@ -1,4 +1,6 @@
-"""Train a GPT: one device mesh, AdamW with warmup + cosine decay, a jitted step, evaluation, logs.
+"""Train a GPT: one device mesh, a jitted step, evaluation, checkpoints, logs; the optimizer
+(train.optimizer: adamw, muon, lion, adafactor) and its learning-rate schedule after a warmup
+(train.lr_schedule: cosine, wsd, linear, constant) are settings.
 
     python -m nanogptx.train --config config/shakespeare-char.toml --data data/prepared/<data_id> \
         --out results/<run>/model --checkpoints results/<run>/checkpoints
@@ -21,6 +23,7 @@ import sys
 import time
 import traceback
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -31,7 +34,18 @@ import optax
 from jax.sharding import AxisType, Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from nanogptx import checkpoint, config, hf, loader, model, optim, progress, provenance, runtime
+from nanogptx import (
+    checkpoint,
+    config,
+    hf,
+    loader,
+    memory,
+    model,
+    optim,
+    progress,
+    provenance,
+    runtime,
+)
 from nanogptx.config import Config, TrainConfig
 
 # Peak dense bfloat16 FLOP/s of one device, by device kind, for MFU when train.peak_flops = 0.
@@ -45,6 +59,15 @@ PROGRAM_KEYS = (
 State = dict[str, Any]
 # Rows of the step's first micro-batch whose forward gives the diagnostics' attention logits.
 STATS_ROWS = 8
+# The training stage's compiled programs: the train step, the train step that also records
+# diagnostics (logging.stats_interval > 0) and the eval step.
+PROGRAMS = ("train_step", "diagnostics_step", "eval_step")
+# train.batch_size = 0 on a device with no memory limit known (a CPU): micro-batches of at most
+# this many tokens per device.
+CPU_AUTO_TOKENS = 8192
+# A plan longer than this at the devices' peak gets a warning before anything compiles; a plan
+# that is shorter even at SLOWEST_FLOPS per device needs no peak measured to say so.
+LONG_PLAN_S, SLOWEST_FLOPS = 3600.0, 1e9
 # jax.distributed: seconds to wait for every process to join, and after which a process that
 # stopped sending heartbeats (crashed, node lost) fails the others (JAX's default is 100 s).
 JOIN_TIMEOUT_S, HEARTBEAT_TIMEOUT_S = 300, 30
@@ -83,9 +106,9 @@ class Progress:
             self.bar.update(done - self.bar.n)
             self.bar.set_postfix_str(f"loss {loss:.4f}, {tok_s:,.0f} tok/s", refresh=False)
         elif self.channel is not None and (self.channel.due() or done == self.total):
-            eta = (self.total - done) * s_per_step
+            eta = progress.duration((self.total - done) * s_per_step)
             self.channel.say(f"step {done}/{self.total}, loss {loss:.4f}, {tok_s:,.0f} tok/s, "
-                             f"ETA {eta // 60:.0f}:{eta % 60:02.0f}")  # fmt: skip
+                             f"ETA {eta}")  # fmt: skip
 
     def close(self) -> None:
         if self.bar is not None:
@@ -175,18 +198,22 @@ def place(host_tree: Any, shardings: Any) -> Any:
 # ---------------------------------------------------------------- optimizer and steps
 
 
-def make_runtime(cfg: Config) -> runtime.Runtime:
-    """The model's runtime on this platform (runtime.choose); an impossible choice is a
-    TrainError naming the setting."""
-    platform = jax.default_backend()
-    rt = runtime.choose(cfg.model, platform, cfg.train.compute_dtype)
-    if rt.attention == "cudnn" and platform != "gpu":
-        raise TrainError(f"model.attention = 'cudnn' needs a GPU; this platform is {platform}")
-    return rt
+def make_runtime(cfg: Config, device: Any = None) -> runtime.Runtime:
+    """The model's runtime on a device (default: this process's first; a compile-only device of
+    a GPU target for the plan), from its platform and compute capability (runtime.choose); an
+    impossible choice is a TrainError naming the setting."""
+    try:
+        return runtime.choose_for(cfg.model, device or jax.local_devices()[0],
+                                  cfg.train.compute_dtype)  # fmt: skip
+    except runtime.Unsupported as e:
+        raise TrainError(str(e)) from None
 
 
 def make_train_step(
-    cfg: Config, optimizer: optax.GradientTransformation, diagnostics: bool = False
+    cfg: Config,
+    optimizer: optax.GradientTransformation,
+    diagnostics: bool = False,
+    rt: runtime.Runtime | None = None,
 ) -> Callable:
     """(state, x_AxBxL, y_AxBxL, step, key) -> (state, stats): gradients averaged over the A
     micro-batches (lax.scan), then one optimizer update. stats: "loss" (the cross-entropy),
@@ -195,9 +222,10 @@ def make_train_step(
     logits (the same step otherwise), and the largest attention logit per layer from a forward
     of the first micro-batch's first STATS_ROWS rows with einsum attention (the one
     implementation whose logits the model reads; on the whole step it would hold B x H x L x L
-    of them per layer for the backward)."""
+    of them per layer for the backward). rt: the runtime (default: make_runtime's on this
+    process's devices)."""
     dtype = jnp.dtype(cfg.train.compute_dtype)
-    rt = make_runtime(cfg)
+    rt = rt or make_runtime(cfg)
     rt_stats = runtime.for_diagnostics(rt)
     dropout = cfg.model.dropout > 0
 
@@ -255,9 +283,9 @@ def layer_rms(tree: model.Params) -> dict[str, jax.Array]:
     }
 
 
-def make_eval_step(cfg: Config) -> Callable:
+def make_eval_step(cfg: Config, rt: runtime.Runtime | None = None) -> Callable:
     dtype = jnp.dtype(cfg.train.compute_dtype)
-    rt = make_runtime(cfg)
+    rt = rt or make_runtime(cfg)
 
     def eval_step(params: Any, x_BxL: jax.Array, y_BxL: jax.Array) -> jax.Array:
         parts = model.loss_terms(params, x_BxL, y_BxL, cfg.model, rt=rt, compute_dtype=dtype)[1]
@@ -294,6 +322,34 @@ def peak_flops(t: TrainConfig) -> tuple[float | None, str]:
     return None, f"unknown for {kind}: set train.peak_flops or train.measure_peak"
 
 
+def plan_peak(t: TrainConfig, flops: float, n_dev: int) -> tuple[float | None, str]:
+    """peak_flops, measured where no setting or table gives it but the plan of `flops` could
+    take longer than LONG_PLAN_S (a second spent to tell the user, and then MFU)."""
+    peak, source = peak_flops(t)
+    if peak is None and flops / (SLOWEST_FLOPS * n_dev) > LONG_PLAN_S:
+        dtype = jnp.dtype(t.compute_dtype)
+        peak, source = measure_flops(dtype), f"measured, {dtype} matmul, for the plan's estimate"
+    return peak, source
+
+
+def long_plan(cfg: Config, steps: int, flops: float, peak: float, n_dev: int, source: str) -> str:
+    """A warning for a training of `flops` that would take more than LONG_PLAN_S on these
+    devices even at their peak (empty: it would not), with the estimate."""
+    at_peak = flops / (peak * n_dev)
+    if at_peak <= LONG_PLAN_S:
+        return ""
+    m = cfg.model
+    return (
+        f"warning: the {steps:,} steps planned (train.max_iters = {cfg.train.max_iters:,}) are "
+        f"{flops:.3g} FLOPs: at least {progress.duration(at_peak)} on "
+        f"{progress.plural(n_dev, 'device')} at their peak ({peak / 1e12:.3g} TFLOP/s, {source}), "
+        f"about {progress.duration(at_peak / 0.4)} at a typical 40% MFU, for a model of "
+        f"{progress.plural(m.n_layer, 'layer')} {m.n_embd} wide. Is this the run you meant? A "
+        "run's file holds only what differs from the defaults (GPT-2 124M, 600,000 steps): "
+        "start it from a recipe in config/ (README: Adding a dataset)"
+    )
+
+
 def plan_state(cfg: Config, V: int, mesh: Mesh) -> tuple[State, Any]:
     """Shapes of the train state (jax.eval_shape: nothing allocated) and its shardings."""
     params_abs = jax.eval_shape(lambda: model.init_params(cfg.model, V, jax.random.key(0)))
@@ -304,54 +360,220 @@ def plan_state(cfg: Config, V: int, mesh: Mesh) -> tuple[State, Any]:
     return state_abs, tree_shardings(state_abs, mesh, cfg.train.sharding)
 
 
-def compile_steps(cfg: Config, V: int, A: int, mesh: Mesh) -> tuple[Any, Any, Any]:
-    """The train and eval steps, and the train step with diagnostics (None when
-    logging.stats_interval is 0), compiled ahead of time with every sharding fixed; compiled
-    once per process for settings that give the same program (tests call train() many times)."""
-    keys = {k: getattr(cfg.train, k) for k in PROGRAM_KEYS}
-    program = Config(model=cfg.model, train=TrainConfig(**keys))
-    return _compile_steps(program, V, A, mesh, cfg.logging.stats_interval > 0)
-
-
-@functools.lru_cache(maxsize=4)
-def _compile_steps(
-    cfg: Config, V: int, A: int, mesh: Mesh, diagnostics: bool
-) -> tuple[Any, Any, Any]:
+def trace_program(cfg: Config, V: int, A: int, mesh: Mesh, name: str) -> jax.stages.Traced:
+    """One of the training stage's PROGRAMS, traced for the devices of mesh (this process's, or
+    a GPU target's compile-only ones) with every sharding fixed and the state donated: the one
+    builder of each, which training compiles and runs and nanogptx.plan measures. The batch
+    shapes are train.batch_size's (resolved: with_batch)."""
     m, t = cfg.model, cfg.train
+    device = mesh.devices.flat[0]
+    rt = make_runtime(cfg, device)
     state_abs, state_sh = plan_state(cfg, V, mesh)
     replicated = NamedSharding(mesh, P())
-    batch_sh = NamedSharding(mesh, P(None, "data", None))
-    eval_sh = NamedSharding(mesh, P("data", None))
-    x_abs = jax.ShapeDtypeStruct((A, t.batch_size, m.block_size), jnp.int32)
-    e_abs = jax.ShapeDtypeStruct((t.batch_size, m.block_size), jnp.int32)
-    key_abs = jax.eval_shape(lambda: jax.random.key(0))
-
-    def train_step(with_diagnostics: bool) -> Any:
-        return (
-            jax.jit(
-                make_train_step(cfg, optim.make(t), with_diagnostics),
-                in_shardings=(state_sh, batch_sh, batch_sh, replicated, replicated),
-                out_shardings=(state_sh, replicated),
-                donate_argnums=(0,),
-            )
-            .lower(state_abs, x_abs, x_abs, jax.ShapeDtypeStruct((), jnp.int32), key_abs)
-            .compile()
+    if name == "eval_step":
+        eval_sh = NamedSharding(mesh, P("data", None))
+        e_abs = jax.ShapeDtypeStruct((t.batch_size, m.block_size), jnp.int32)
+        jitted = jax.jit(
+            make_eval_step(cfg, rt),
+            in_shardings=(state_sh["params"], eval_sh, eval_sh),
+            out_shardings=replicated,
         )
+        args = (state_abs["params"], e_abs, e_abs)
+    elif name in ("train_step", "diagnostics_step"):
+        batch_sh = NamedSharding(mesh, P(None, "data", None))
+        x_abs = jax.ShapeDtypeStruct((A, t.batch_size, m.block_size), jnp.int32)
+        jitted = jax.jit(
+            make_train_step(cfg, optim.make(t), name == "diagnostics_step", rt),
+            in_shardings=(state_sh, batch_sh, batch_sh, replicated, replicated),
+            out_shardings=(state_sh, replicated),
+            donate_argnums=(0,),
+        )
+        step_abs = jax.ShapeDtypeStruct((), jnp.int32)
+        args = (state_abs, x_abs, x_abs, step_abs, jax.eval_shape(lambda: jax.random.key(0)))
+    else:
+        raise ValueError(f"program {name!r}: expected one of {PROGRAMS}")
+    with runtime.cudnn_capability(runtime.capability_of(device)):
+        return jitted.trace(*args)
 
-    eval_step = jax.jit(
-        make_eval_step(cfg),
-        in_shardings=(state_sh["params"], eval_sh, eval_sh),
-        out_shardings=replicated,
-    ).lower(state_abs["params"], e_abs, e_abs)
-    return train_step(False), eval_step.compile(), train_step(True) if diagnostics else None
+
+def program_config(cfg: Config) -> Config:
+    """The settings the compiled programs depend on (the model and PROGRAM_KEYS): the cache key
+    of compile_program."""
+    keys = {k: getattr(cfg.train, k) for k in PROGRAM_KEYS}
+    return Config(model=cfg.model, train=TrainConfig(**keys))
+
+
+def compile_program(cfg: Config, V: int, A: int, mesh: Mesh, name: str) -> Any:
+    """trace_program, lowered and compiled (for a GPU target's devices too: the platform comes
+    from the shardings); compiled once per process for settings that give the same program
+    (the plan's choice of a micro-batch and the training that follows share them, and tests
+    call train() many times)."""
+    return _compile_program(program_config(cfg), V, A, mesh, name)
+
+
+@functools.lru_cache(maxsize=16)
+def _compile_program(cfg: Config, V: int, A: int, mesh: Mesh, name: str) -> Any:
+    options = runtime.compiler_options(mesh.devices.flat[0])
+    return trace_program(cfg, V, A, mesh, name).lower().compile(options)
+
+
+def programs_of(cfg: Config) -> tuple[str, ...]:
+    """The PROGRAMS a training with cfg compiles."""
+    return tuple(p for p in PROGRAMS if p != "diagnostics_step" or cfg.logging.stats_interval > 0)
+
+
+def compile_steps(cfg: Config, V: int, A: int, mesh: Mesh) -> tuple[Any, Any, Any]:
+    """The train and eval steps, and the train step with diagnostics (None when
+    logging.stats_interval is 0), compiled ahead of time (compile_program)."""
+    names = programs_of(cfg)
+    steps = {name: compile_program(cfg, V, A, mesh, name) for name in names}
+    return steps["train_step"], steps["eval_step"], steps.get("diagnostics_step")
+
+
+# ---------------------------------------------------------------- the micro-batch that fits
+
+
+def with_batch(cfg: Config, batch_size: int) -> Config:
+    """cfg with train.batch_size set (auto's resolved): the programs' shapes."""
+    return dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, batch_size=batch_size))
+
+
+@dataclass(frozen=True)
+class MicroBatch:
+    """The micro-batch a training runs with, how it was chosen, and its programs' memory per
+    device against the budget (memory is empty where no budget is known: nothing measured)."""
+
+    batch_size: int  # rows per micro-batch, over all devices
+    micro_batches: int  # per optimizer step (gradient accumulation)
+    how: str
+    budget: memory.Budget
+    memory: dict[str, memory.Usage] = field(default_factory=dict)
+
+    @property
+    def misfit(self) -> str | None:
+        """The first program that does not fit the budget, or None."""
+        return next((n for n, u in self.memory.items() if not self.budget.fits(u)), None)
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "batch_size": self.batch_size, "micro_batches": self.micro_batches, "how": self.how,
+            "budget_bytes": self.budget.bytes, "budget_rule": self.budget.rule,
+            "memory_bytes": {n: u.total for n, u in self.memory.items()},
+        }  # fmt: skip
+
+
+def measure_programs(
+    cfg: Config,
+    V: int,
+    mesh: Mesh,
+    batch_size: int,
+    budget: memory.Budget,
+    names: tuple[str, ...] | None = None,
+    stop: bool = False,
+) -> dict[str, memory.Usage]:
+    """Each training program's memory per device at a micro-batch (compile_program; while an
+    evaluation runs, the optimizer state stays allocated: resident). stop: end at the first
+    that does not fit the budget (the largest first: the diagnostics step)."""
+    A = config.micro_batches(cfg, batch_size)
+    program = with_batch(cfg, batch_size)
+    state_abs, state_sh = plan_state(program, V, mesh)
+    opt_bytes = bytes_per_device(state_abs["opt"], state_sh["opt"])
+    out = {}
+    for name in names or programs_of(cfg):
+        compiled = compile_program(program, V, A, mesh, name)
+        out[name] = memory.usage(compiled, resident=opt_bytes if name == "eval_step" else 0)
+        if stop and not budget.fits(out[name]):
+            break
+    return out
+
+
+def fit_micro_batch(cfg: Config, V: int, mesh: Mesh, budget: memory.Budget) -> MicroBatch:
+    """The micro-batch of a training on mesh's devices: train.batch_size, or with 0 (auto) the
+    largest that divides the rows of a step, is a multiple of the device count and whose
+    programs all fit the budget (compiled: the same for the same device kind and count); where
+    no budget is known (a CPU), the largest of at most CPU_AUTO_TOKENS tokens per device. With
+    a budget, the programs are measured at the micro-batch (MicroBatch.misfit names one that
+    does not fit). A micro-batch the devices do not divide is a TrainError."""
+    m, t = cfg.model, cfg.train
+    n, rows = mesh.size, config.step_rows(cfg)
+    # The largest first: a micro-batch too large is refused after one compile.
+    largest_first = ("diagnostics_step", "train_step", "eval_step")
+    order = tuple(p for p in largest_first if p in programs_of(cfg))
+
+    def measured(b: int, how: str, names: tuple[str, ...] = order) -> MicroBatch:
+        usage = {} if budget.bytes is None else measure_programs(cfg, V, mesh, b, budget, names)
+        return MicroBatch(b, config.micro_batches(cfg, b), how, budget, usage)
+
+    if t.batch_size:
+        if t.batch_size % n:
+            raise TrainError(f"train.batch_size = {t.batch_size} is not divisible by the {n} "
+                             "devices (0: auto picks one that is)")  # fmt: skip
+        return measured(t.batch_size, "train.batch_size")
+    candidates = [b for b in range(n, rows + 1, n) if rows % b == 0]
+    if not candidates:
+        raise TrainError(f"train.total_batch_tokens / model.block_size = {rows} rows per "
+                         f"step cannot be split over the {n} devices: make it a multiple of "
+                         f"{n}")  # fmt: skip
+    rule = f"auto: the largest divisor of the step's {rows} rows, a multiple of the {n} devices"
+    if budget.bytes is None:
+        small = [b for b in candidates if b * m.block_size <= CPU_AUTO_TOKENS * n]
+        how = f"{rule}, of at most {CPU_AUTO_TOKENS} tokens per device ({budget.rule})"
+        return measured(small[-1] if small else candidates[0], how)
+
+    def need(b: int) -> tuple[int, int]:
+        usage = measured(b, "", order[:1]).memory[order[0]]
+        return usage.total, usage.arguments
+
+    # The largest program decides the search; then each is measured at its answer (and, should
+    # another not fit there, at the next smaller micro-batch).
+    found = memory.largest_fitting(candidates, need, budget.bytes)
+    for b in [] if found is None else [b for b in candidates if b <= found][::-1]:
+        micro = measured(b, f"{rule}, whose programs fit {memory.gib(budget.bytes)} GiB per device")
+        if not micro.misfit:
+            return micro
+    return measured(candidates[0], f"auto: none fits; the smallest, {candidates[0]} rows")
+
+
+def misfit_message(cfg: Config, mb: MicroBatch, n_devices: int) -> str:
+    """Why mb's programs do not fit: the first that does not, its numbers and what to change."""
+    name = mb.misfit
+    return (
+        f"the {name.replace('_', ' ')} at micro-batch {mb.batch_size} x {cfg.model.block_size} "
+        f"{memory.shortfall(mb.memory[name], mb.budget)}; change: "
+        + "; ".join(advice(cfg, mb, n_devices))
+    )
+
+
+def advice(cfg: Config, mb: MicroBatch, n_devices: int) -> list[str]:
+    """What would make a training fit, for the program that does not."""
+    t = cfg.train
+    out = []
+    if t.batch_size and mb.batch_size > n_devices:
+        out.append("a smaller train.batch_size, or 0 (auto: the largest micro-batch that fits)")
+    if mb.misfit == "diagnostics_step":
+        out.append("logging.stats_interval = 0 (no diagnostics steps)")
+    if "remat" in {f.name for f in dataclasses.fields(cfg.model)}:
+        out.append(
+            "model.remat (recompute activations in the backward pass: less memory, more FLOPs)"
+        )
+    if t.sharding == "dp" and n_devices > 1:
+        out.append(
+            "train.sharding = 'fsdp' (parameters and optimizer state split over the devices)"
+        )
+    out.append(
+        "more devices (the micro-batch is split over them; with train.sharding = "
+        "'fsdp' the state too)"
+    )
+    out.append("a larger share of the GPU for JAX (XLA_CLIENT_MEM_FRACTION=.9)")
+    return out
 
 
 # ---------------------------------------------------------------- checks before any allocation
 
 
-def resolve_vocab(cfg: Config, data: loader.Prepared) -> Config:
+def resolve_vocab(cfg: Config, tokenizer_vocab: int) -> Config:
     """cfg with model.vocab_size resolved: the tokenizer's where the run leaves it 0."""
-    vocab = cfg.model.vocab_size or data.vocab_size
+    vocab = cfg.model.vocab_size or tokenizer_vocab
     return dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, vocab_size=vocab))
 
 
@@ -372,8 +594,6 @@ def check_setup(cfg: Config, data: loader.Prepared, n_devices: int) -> int:
                 f"model.block_size = {m.block_size} is longer than the {split} split of "
                 f"{data.dir} ({n} tokens): expected at most {n - 1}"
             )
-    if t.seed < 0:
-        raise TrainError(f"train.seed = {t.seed}: expected >= 0 (it seeds numpy's batch streams)")
     if t.batch_size % n_devices:
         raise TrainError(
             f"train.batch_size = {t.batch_size} is not divisible by the {n_devices} devices"
@@ -569,18 +789,53 @@ def train(
     initialize_distributed()
     make_runtime(cfg)  # an impossible one is refused here, before any file is read
     out_dir, ckpt_dir = Path(out_dir), Path(ckpt_dir)
-    data = loader.open_prepared(data_dir)  # shard hashes checked here
+    inputs = [("--data", data_dir), ("--init", init)]
+    for path, flag in ((out_dir, "--out"), (ckpt_dir, "--checkpoints")):
+        provenance.check_apart(path, flag, inputs)  # before any work
+    if out_dir.resolve() == ckpt_dir.resolve():
+        raise provenance.OutputError(
+            f"--out {out_dir} and --checkpoints {ckpt_dir} are one directory: give each its own"
+        )
+    # The vocabulary from the manifest alone (checked against prepare's record): the
+    # micro-batch is chosen, and the programs checked against the devices' memory, before a
+    # shard is read or any state allocated.
+    manifest = loader.read_manifest(data_dir)
+    loader.verify_manifest(data_dir)
+    cfg = resolve_vocab(cfg, int(manifest["tokenizer"]["vocab_size"]))
+    micro = plan_micro_batch(cfg, make_mesh())
+    data = loader.open_prepared(data_dir)  # manifest and shard hashes checked here
     check_setup(cfg, data, jax.device_count())
-    cfg = resolve_vocab(cfg, data)
     with contextlib.ExitStack() as held:
         if jax.process_index() == 0:
             for path, flag in ((out_dir, "--out"), (ckpt_dir, "--checkpoints")):
-                removed = held.enter_context(provenance.exclusive(path, "training", flag))
+                held_dir = provenance.exclusive(path, "training", flag, inputs, stage="train")
+                removed = held.enter_context(held_dir)
                 if removed:
                     names = ", ".join(p.name for p in removed)
                     log(f"removed what an interrupted run left in {path}: {names}")
         init_path = None if init is None else Path(init)
-        return _train(cfg, data, out_dir, ckpt_dir, init_path, channel)
+        return _train(cfg, data, out_dir, ckpt_dir, init_path, channel, micro)
+
+
+def plan_micro_batch(cfg: Config, mesh: Mesh) -> MicroBatch:
+    """The micro-batch (fit_micro_batch, against this process's first device's budget), logged
+    where auto chose it or its programs were measured; one whose programs do not fit the budget
+    is a TrainError with the numbers."""
+    V = model.vocab_rows(cfg.model)
+    t0 = time.perf_counter()
+    micro = fit_micro_batch(cfg, V, mesh, memory.budget_of(jax.local_devices()[0]))
+    if micro.misfit:
+        raise TrainError(misfit_message(cfg, micro, mesh.size))
+    line = f"micro-batch {micro.batch_size} x {cfg.model.block_size}, {micro.micro_batches} per "
+    line += f"step ({micro.how})"
+    if micro.memory:
+        each = ", ".join(f"{n.replace('_', ' ')} {memory.gib(u.total)}"
+                         for n, u in micro.memory.items())  # fmt: skip
+        line += (f"; GiB per device: {each}, of {memory.gib(micro.budget.bytes)} (measured in "
+                 f"{time.perf_counter() - t0:.1f} s)")  # fmt: skip
+    if micro.memory or cfg.train.batch_size == 0:
+        log(line)
+    return micro
 
 
 def _train(
@@ -590,15 +845,16 @@ def _train(
     ckpt_dir: Path,
     init: Path | None,
     channel: progress.Channel | None,
+    micro: MicroBatch,
 ) -> dict[str, Any]:
     record = provenance.Record.start("train", config.sections(cfg, config.STAGE_SECTIONS["train"]))
     started = time.perf_counter()  # eval records' wall_s: seconds since this run's start
     m, t = cfg.model, cfg.train
     n_dev = jax.device_count()
     V = check_setup(cfg, data, n_dev)
-    A = config.micro_batches(cfg)
-    tokens_per_step = A * t.batch_size * m.block_size
-    schedule = loader.schedule(data, t.seed, t.batch_order, t.batch_size, m.block_size, A)
+    B, A = micro.batch_size, micro.micro_batches  # train.batch_size, or auto's choice
+    tokens_per_step = A * B * m.block_size
+    schedule = loader.schedule(data, t.seed, t.batch_order, B, m.block_size, A)
 
     # Shapes and bytes known before any allocation.
     mesh = make_mesh()
@@ -612,16 +868,16 @@ def _train(
     opt_bytes = bytes_per_device(opt_abs, state_sh["opt"])
     log(
         f"model: {n_params / 1e6:.2f}M parameters ({n_flops_params / 1e6:.2f}M without position "
-        f"embeddings), vocab {V}; per device ({t.sharding}, {n_dev} devices): parameters "
-        f"{fmt_bytes(param_bytes)}, optimizer state {fmt_bytes(opt_bytes)}"
+        f"embeddings), vocab {V}; per device ({t.sharding}, {progress.plural(n_dev, 'device')}): "
+        f"parameters {fmt_bytes(param_bytes)}, optimizer state {fmt_bytes(opt_bytes)}"
     )
-    log(f"{tokens_per_step} tokens per step ({A} x {t.batch_size} x {m.block_size})")
+    log(f"{tokens_per_step} tokens per step ({A} x {B} x {m.block_size})")
     rt = make_runtime(cfg)
     log(rt.explain(m, jax.default_backend()))
     rt_stats = runtime.for_diagnostics(rt) if cfg.logging.stats_interval else None
     if rt_stats is not None:
         log(f"diagnostics steps (every logging.stats_interval = {cfg.logging.stats_interval}): "
-            f"attention logits from a forward of rows 0-{min(STATS_ROWS, t.batch_size) - 1} "
+            f"attention logits from a forward of rows 0-{min(STATS_ROWS, B) - 1} "
             f"of the step's first micro-batch, runtime {rt_stats.describe()}")  # fmt: skip
 
     # Resume from the latest checkpoint, or start fresh (from scratch or pretrained weights,
@@ -670,6 +926,23 @@ def _train(
             log(f"settings changed since that checkpoint: {', '.join(changed)}")
         if note := schedule_change(meta, t, start):
             log(note)
+        before = meta.get("data", {}).get("schedule", {}).get("batch_size", B)
+        if before != B:
+            log(f"micro-batch {before} -> {B} (train.batch_size = 0: auto, on these "
+                f"devices): the same {tokens_per_step} tokens per step; from step {start} on "
+                f"each step's rows are drawn as {A} micro-batches of {B}, as a run started "
+                "here would")  # fmt: skip
+
+    flops_per_token = model.flops_per_token(m, n_flops_params)
+    if not t.eval_only:  # the peak, for MFU and for the plan: a warning before any compile
+        planned = flops_per_token * tokens_per_step * max(0, t.max_iters - start)
+        peak, source = plan_peak(t, planned, n_dev)
+        log(f"MFU against a peak of {peak / 1e12:.3g} TFLOP/s per device ({source})" if peak
+            else f"no MFU: peak FLOP/s {source}")  # fmt: skip
+        if peak and (warning := long_plan(cfg, t.max_iters - start, planned, peak, n_dev, source)):
+            log(warning)
+            if channel is not None and jax.process_index() == 0:  # snakemake's terminal too
+                channel.say(warning)
 
     run_id = wandb_run_id(ckpt_dir, meta)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -678,18 +951,18 @@ def _train(
     )
 
     t0 = time.perf_counter()
-    train_step, eval_step, diag_step = compile_steps(cfg, V, A, mesh)
+    train_step, eval_step, diag_step = compile_steps(with_batch(cfg, B), V, A, mesh)
     what = "train, eval and diagnostics steps" if diag_step else "train and eval steps"
     log(f"compiled {what} in {time.perf_counter() - t0:.1f} s")
     batch_sh = NamedSharding(mesh, P(None, "data", None))
     eval_sh = NamedSharding(mesh, P("data", None))
-    x_shape, e_shape = (A, t.batch_size, m.block_size), (t.batch_size, m.block_size)
+    x_shape, e_shape = (A, B, m.block_size), (B, m.block_size)
 
     def train_batch(step: int) -> tuple[jax.Array, ...]:
         def load(rows: slice) -> tuple[np.ndarray, np.ndarray]:
             xy = [
-                loader.batch(data, "train", t.seed, step * A + i, t.batch_size, m.block_size,
-                             t.batch_order, rows=rows)
+                loader.batch(data, "train", t.seed, step * A + i, B, m.block_size, t.batch_order,
+                             rows=rows)
                 for i in range(A)
             ]  # fmt: skip
             return np.stack([x for x, _ in xy]), np.stack([y for _, y in xy])
@@ -698,8 +971,8 @@ def _train(
 
     def eval_batch(split: str, k: int) -> tuple[jax.Array, ...]:
         def load(rows: slice) -> tuple[np.ndarray, np.ndarray]:
-            return loader.batch(data, split, t.seed, k, t.batch_size, m.block_size, "random",
-                                stream="eval", rows=rows)  # fmt: skip
+            return loader.batch(data, split, t.seed, k, B, m.block_size, "random", stream="eval",
+                                rows=rows)  # fmt: skip
 
         return loader.device_batch(eval_sh, e_shape, 0, load)
 
@@ -724,25 +997,35 @@ def _train(
             metrics.wandb_run.finish()
         return {"step": start, "train_loss": losses["train"], "val_loss": losses["val"]}
 
-    peak, source = peak_flops(t)
-    log(f"MFU against a peak of {peak / 1e12:.3g} TFLOP/s per device ({source})" if peak
-        else f"no MFU: peak FLOP/s {source}")  # fmt: skip
     rate = {"peak": peak, "source": source}  # the peak MFU is against (raised by a faster step)
-    flops_per_token = model.flops_per_token(m, n_flops_params)
     pending: list[tuple[int, dict[str, jax.Array]]] = []
     diagnosed: list[tuple[int, dict[str, Any]]] = []
     clock = {"seconds": 0.0, "steps": 0, "since": time.perf_counter()}  # since the last report
     diverged: dict[str, Any] = {}  # with train.on_divergence = "stop": where and why
 
     warmed = max(1, t.warmup_iters if t.decay_lr else 0)  # the first step after the warmup
+    # The first of the latest steps whose training loss is above L0 (None: the last step's is
+    # not); checkpoints keep it, so a resumed run stops where an uninterrupted one would.
+    above = {"since": (meta or {}).get("loss_above_L0_since")}
 
     def divergence(step: int, loss: float, grad_norm: float) -> str | None:
+        """Why the run has diverged at step, or None: a loss or gradient norm that is not
+        finite; with on_divergence = stop, also a training loss above L0 at each of the last
+        divergence_steps steps after the warmup (a spike it recovers from is not one)."""
         if not (np.isfinite(loss) and np.isfinite(grad_norm)):
             return f"loss is {loss} (grad norm {grad_norm})"
         L0 = initial_loss(metrics.records)
-        if t.on_divergence == "stop" and step >= warmed and L0 is not None and loss > L0:
-            return f"training loss {loss:.4f} is above the step-0 loss {L0:.4f} after the warmup"
-        return None
+        if t.on_divergence != "stop" or step < warmed or L0 is None:
+            return None
+        if loss <= L0:
+            above["since"] = None
+            return None
+        since = above["since"] = step if above["since"] is None else above["since"]
+        if step - since + 1 < t.divergence_steps:
+            return None
+        return (f"the training loss stayed above the step-0 loss {L0:.4f} for the "
+                f"{step - since + 1} steps {since} to {step} after the warmup (train."
+                f"divergence_steps = {t.divergence_steps}; now {loss:.4f})")  # fmt: skip
 
     def last_good(step: int) -> Path | None:
         """The newest checkpoint before `step`: step's loss is that of the state checkpoint
@@ -846,6 +1129,7 @@ def _train(
             },
             "data": {"next_batch": step * A, "schedule": schedule},
             "wandb_run_id": run_id,
+            "loss_above_L0_since": above["since"],
         }
         files = {"metrics.jsonl": metrics.dump()}
         checkpoint.save(ckpt_dir, step, tensors, ckpt_meta, files, keep=t.keep_checkpoints)
@@ -946,6 +1230,7 @@ def _train(
                 "checkpoints": str(ckpt_dir),
                 "runtime": rt.describe(),
                 "runtime_diagnostics": None if rt_stats is None else rt_stats.describe(),
+                "micro_batch": micro.describe(),
                 "init_from": m.init_from,
                 "wandb_run_id": run_id if cfg.logging.wandb_mode != "disabled" else None,
                 "summary": summary,
@@ -982,7 +1267,7 @@ def main(argv: list[str] | None = None) -> None:
         train(cfg, args.data, args.out, args.checkpoints, args.init, progress.from_args(args))
     except (
         TrainError, loader.DataError, provenance.HashMismatch, provenance.OutputError,
-        checkpoint.CheckpointError, OSError,
+        provenance.FileError, checkpoint.CheckpointError, OSError,
     ) as e:  # fmt: skip
         print(f"{parser.prog}: error: {e}", file=sys.stderr)
         leave(1)

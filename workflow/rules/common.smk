@@ -1,10 +1,12 @@
 # Helpers of the workflow: the runs, their resolved configs, and the paths they map to.
-# Only nanogptx.config and nanogptx.datasets (standard library) are imported: parsing stays fast.
+# Only modules of nanogptx that use the standard library alone are imported (config, datasets,
+# provenance, sweep): parsing stays fast.
 
 import ast
 import dataclasses
 import functools
 import hashlib
+import json
 import os
 import re
 import shlex
@@ -15,18 +17,23 @@ from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
 
 from nanogptx import config as nconfig
-from nanogptx import datasets
+from nanogptx import datasets, provenance
 from nanogptx import sweep as nsweep
 
+try:  # one line for what is wrong (not Snakemake's dump of the whole schema)
+    nconfig.check_workflow(
+        config, Path(workflow.basedir) / "workflow" / "schemas" / "config.schema.yaml"
+    )
+except nconfig.ConfigError as e:
+    raise WorkflowError(str(e))
 validate(config, "../schemas/config.schema.yaml")
 
 
 def _runs(value):
     """config runs: a list, or a string of comma-separated names (--config runs=a,b); each name
-    checked, so that it is safe as a path and a shell word."""
-    names = value if isinstance(value, list) else str(value).split(",")
+    checked, so that it is safe as a path and a shell word, each once."""
     try:
-        return [nconfig.check_run_name(n.strip()) for n in names if n.strip()]
+        return nconfig.run_names(value)
     except nconfig.ConfigError as e:
         raise WorkflowError(f"config runs: {e}")
 
@@ -35,15 +42,17 @@ def _sweep(name):
     """Sweep `name` (config/sweeps/NAME.toml): its runs {run: overrides}, base and axes."""
     try:
         s = nsweep.load(name)
+        return nsweep.expand(s), s.base, nsweep.keys(s)
     except nconfig.ConfigError as e:
         raise WorkflowError(f"config sweep: {e}")
-    return nsweep.expand(s), s.base, nsweep.keys(s)
 
 
 # --config sweep=NAME: the runs are the sweep's points (the base run's file plus overrides).
 SWEEP = config.get("sweep", "")
 POINTS, SWEEP_BASE, SWEEP_AXES = _sweep(SWEEP) if SWEEP else ({}, None, [])
 RUNS = list(POINTS) if SWEEP else _runs(config["runs"])
+# The report's captions name the runs of this invocation (a sweep's points too) as words.
+config["run_names"] = ", ".join(RUNS)
 # The mirror reaches download through the environment, not a param: where the bytes come from
 # changes nothing (they are hash-checked), so switching mirrors must not rerun anything.
 os.environ.update(NANOGPTX_MIRROR=config["mirror"])
@@ -109,13 +118,42 @@ def dataset_entry(wildcards):
     return hashlib.sha256(text).hexdigest()
 
 
+LOCAL_SHA256 = Path(DATA) / "raw" / f"{provenance.MARKER}local-sha256.json"
+
+
 def local_files(wildcards):
-    """The dataset's files already on disk (file: URLs): inputs, so an edit reruns download."""
-    return [
+    """A param of download: "path sha256" of each of the dataset's files on disk (file: URLs,
+    local_dir). An edit of one reruns the download; a new modification time of the same bytes
+    (a copy, a checkout, touch) reruns nothing, as it would as an input. The sha256 are kept in
+    LOCAL_SHA256 by path, size, modification and status change times and inode: a file is read
+    again only when one of these changes."""
+    paths = [
         urllib.parse.unquote(urllib.parse.urlsplit(f.url).path)
         for f in _dataset(wildcards.dataset).files
         if f.local
     ]
+    return [f"{p} {_content_sha256(p)}" for p in paths]
+
+
+def _content_sha256(path):
+    try:
+        st = os.stat(path)
+    except OSError as e:
+        raise WorkflowError(f"dataset file on disk {path}: {e.strerror}")
+    # The status change time too: other bytes with the modification time put back (tar
+    # --overwrite of an archive with fixed times) keep size, mtime and inode, never ctime.
+    key = [st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino]
+    try:
+        cache = json.loads(LOCAL_SHA256.read_text())
+    except (OSError, ValueError):
+        cache = {}  # none yet, or damaged: the files are hashed again
+    cache = cache if isinstance(cache, dict) else {}
+    entry = cache.get(path)
+    if isinstance(entry, dict) and entry.get("stat") == key:
+        return entry.get("sha256")
+    cache[path] = {"stat": key, "sha256": provenance.sha256_file(path)}
+    provenance.write_json_atomic(LOCAL_SHA256, cache)
+    return cache[path]["sha256"]
 
 
 def prepared_dir(run):
@@ -131,6 +169,12 @@ def init_weights(run):
         return []
     if nconfig.init_dataset(init):
         return [f"{DATA}/raw/{nconfig.init_dataset(init)}/provenance.json"]
+    if Path(init).resolve().is_relative_to(Path(RESULTS, run).resolve()):
+        raise WorkflowError(
+            f"run {run!r}: model.init_from = {init!r} lies in the run's own results "
+            f"({RESULTS}/{run}): a run cannot start from its own outputs (each export would "
+            "train it again from the last); start from a copy, or from another run's"
+        )
     return [f"{init}/config.json", f"{init}/model.safetensors"]
 
 
@@ -273,22 +317,68 @@ def srun_prefix(wildcards, resources, threads):
     return f"srun --ntasks={tasks} --cpus-per-task={threads} --kill-on-bad-exit=1 "
 
 
+def _progress(stage, run):
+    label = f"{stage} {run} (log {LOGS}/{stage}/{run}.log)"
+    return f"--progress-fd 3 --progress-label {shlex.quote(label)}"
+
+
 def progress_args(wildcards, resources, threads):
     """train's progress lines to fd 3 (the job's stderr), except for tasks srun starts: fd 3
     there is not the job's (srun passes on stdin, stdout and stderr only)."""
     if srun_prefix(wildcards, resources, threads):
         return ""
-    label = f"train {wildcards.run} (log {LOGS}/train/{wildcards.run}.log)"
-    return f"--progress-fd 3 --progress-label {shlex.quote(label)}"
+    return _progress("train", wildcards.run)
+
+
+def stage_progress(stage):
+    """A param of sample and eval: their progress lines to fd 3, as train's (derived, as it
+    takes `input`: how a job talks to the terminal never reruns it)."""
+    return lambda wildcards, input: _progress(stage, wildcards.run)
 
 
 def sweep_name(runs):
     """The sweep report's file name: the runs' names joined while short, else their count and
     a hash of the list (a file name may hold 255 bytes; a long sweep passes that); for
-    --config sweep=NAME, the sweep's name."""
+    --config sweep=NAME, the sweep's name (cut, with a hash, where long)."""
+    digest = lambda text: hashlib.sha256(text.encode()).hexdigest()[:10]
     if SWEEP:
-        return f"sweep-{SWEEP}"
+        return (
+            f"sweep-{SWEEP}"
+            if len(SWEEP) <= 80
+            else f"sweep-{SWEEP[:60]}-{digest(SWEEP)}"
+        )
     joined = "+".join(runs)
     if len(joined) <= 80:
         return joined
-    return f"{len(runs)}-runs-{hashlib.sha256(joined.encode()).hexdigest()[:10]}"
+    return f"{len(runs)}-runs-{digest(joined)}"
+
+
+def run_dirs(run):
+    """Every directory the stages of a run write into, each held by its stage while it writes."""
+    cfg = CFG[run]
+    used = [cfg.data.dataset, nconfig.init_dataset(cfg.model.init_from)]
+    used += ["hellaswag"] if "hellaswag" in cfg.eval.tasks else []
+    ckpt = f"{RESULTS}/{run}/checkpoints/{nconfig.checkpoint_id(cfg)}"
+    outs = [
+        f"{RESULTS}/{run}/{stage}"
+        for stage in ("model", "samples", "eval", "export/hf")
+    ]
+    return [*outs, ckpt, prepared_dir(run), *(f"{DATA}/raw/{d}" for d in used if d)]
+
+
+def refuse_if_in_use():
+    """Before any job starts (starting one deletes its outputs and its log): refuse while a live
+    stage holds a directory of the selected runs. It belongs to another Snakemake in this
+    directory (say, after `snakemake --unlock` while one still ran) or to a stage run by hand.
+    """
+    held = {}
+    for d in dict.fromkeys(d for run in RUNS for d in run_dirs(run)):
+        if who := provenance.holder(d):
+            held.setdefault(who, []).append(d)
+    if held:
+        what = "; ".join(f"{', '.join(ds)} (held by {who})" for who, ds in held.items())
+        raise WorkflowError(
+            f"a stage is still writing into {what}. Starting jobs now would delete its "
+            "outputs and its log: wait until it finishes (python -m nanogptx.status shows "
+            "where it stands), then run this command again. Nothing was changed."
+        )

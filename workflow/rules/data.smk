@@ -3,8 +3,6 @@
 
 
 rule download_dataset:
-    input:
-        local=local_files,
     output:
         provenance=f"{DATA}/raw/{{dataset}}/provenance.json",
     log:
@@ -19,6 +17,9 @@ rule download_dataset:
         allow=allow_unverified_arg,
         lock=LOCK,
         entry=dataset_entry,
+        # The files on disk by content: a param, not an input, so that a new modification time
+        # of the same bytes reruns nothing (an input would rerun download and all after it).
+        local=local_files,
         code=code_hash("download"),
         # Progress lines to snakemake's terminal (fd 3), as train's; the full log to the file
         # (its path is in snakemake's job description; not here: a param compared for reruns).

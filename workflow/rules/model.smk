@@ -65,9 +65,10 @@ rule sample_run:
         code=code_hash("sample"),
         model=lambda w, input: Path(input.params).parent,
         out=lambda w: f"{RESULTS}/{w.run}/samples",
+        progress=stage_progress("sample"),
     shell:
         "python -m nanogptx.sample --config {params.config:q} {params.overrides} --model {params.model:q}"
-        " --out {params.out:q} > {log:q} 2>&1"
+        " --out {params.out:q} {params.progress} 3>&2 > {log:q} 2>&1"
 
 
 rule eval_run:
@@ -97,9 +98,10 @@ rule eval_run:
         model=lambda w, input: Path(input.params).parent,
         out=lambda w: f"{RESULTS}/{w.run}/eval",
         inputs=eval_args,
+        progress=stage_progress("eval"),
     shell:
         "python -m nanogptx.eval --config {params.config:q} {params.overrides} --model {params.model:q}"
-        " {params.inputs} --out {params.out:q} > {log:q} 2>&1"
+        " {params.inputs} --out {params.out:q} {params.progress} 3>&2 > {log:q} 2>&1"
 
 
 # A GPT-2 the Hugging Face transformers library loads (GPT2LMHeadModel.from_pretrained).
