@@ -109,6 +109,8 @@ def float32(work: Path, data: Path, cpu: bool) -> tuple[bool, str]:
 def attention(cpu: bool) -> tuple[bool, str]:
     """One loss and its gradients with cuDNN's and XLA's attention in bfloat16 (with --cpu,
     XLA's and einsum), and a float32 reference."""
+    import dataclasses
+
     import jax
     import jax.numpy as jnp
     import numpy as np
@@ -127,7 +129,7 @@ def attention(cpu: bool) -> tuple[bool, str]:
     def loss_and_grads(attention: str, dtype: object) -> tuple[float, np.ndarray]:
         rt = dataclasses.replace(base, attention=attention)
         f = jax.jit(jax.value_and_grad(
-            lambda p: model.loss_fn(p, x, y, cfg, rt=rt, compute_dtype=dtype)))  # fmt: skip
+            lambda p: model.loss_fn(p, x, y, cfg, rt=rt, compute_dtype=dtype)[0]))  # fmt: skip
         with jax.default_matmul_precision("highest"):
             loss, g = f(params)
         flat = np.concatenate([np.asarray(v, np.float64).ravel() for v in jax.tree.leaves(g)])

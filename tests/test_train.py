@@ -257,7 +257,7 @@ def test_diagnostics_every_stats_interval(data_dir: Path, tmp_path: Path) -> Non
     assert train.STATS_ROWS < t.batch_size
     head_rows = model.trunk(p0, x[: train.STATS_ROWS], m, stats=True)[1]
     np.testing.assert_allclose(stats[0]["attn_logit_max"], head_rows, rtol=1e-5)
-    whole = model.loss_terms(p0, x, y, dataclasses.replace(m, vocab_size=data.vocab_size))[1]
+    whole = model.loss_fn(p0, x, y, dataclasses.replace(m, vocab_size=data.vocab_size))[1]
     assert stats[0]["log_z"] == pytest.approx(float(whole["log_z"]), rel=1e-5)
     # Records come in step order (wandb drops a step lower than one it has logged).
     lines = (tmp_path / "a" / "metrics.jsonl").read_text().splitlines()
@@ -340,7 +340,7 @@ def test_train_writes_the_model_dir_and_the_final_loss_recomputes(
     # The final validation loss recomputes from the saved model and the recorded schedule.
     val = np.mean([
         model.loss_fn(params, *loader.batch(data, "val", cfg.train.seed, k, 8, 16, stream="eval"),
-                      cfg_out.model)
+                      cfg_out.model)[0]
         for k in range(cfg.train.eval_iters)
     ])  # fmt: skip
     assert float(val) == pytest.approx(summary["val_loss"], rel=1e-5)

@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from nanogptx import config, datasets, progress, provenance
+from nanogptx.errors import UserError
 
 DEFAULT_LOCK = Path("config/download.lock.json")
 CHUNK = 1 << 20
@@ -45,7 +46,7 @@ _SHA256 = re.compile(r"[0-9a-f]{64}")
 _LOCK_MUTEX = threading.Lock()  # flock serializes processes; this serializes our own threads
 
 
-class DownloadError(Exception):
+class DownloadError(UserError):
     """An expected failure, reported as one line: 404, refused connection, bad hash, ..."""
 
 
@@ -911,7 +912,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         download(cfg, args.out, args.mirror, args.lock, args.threads, dataset=args.dataset,
                  channel=progress.from_args(args))  # fmt: skip
-    except DownloadError as e:
+    except UserError as e:
         parser.exit(1, f"{parser.prog}: error: {e}\n")
 
 

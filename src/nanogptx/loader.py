@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from nanogptx import progress, provenance
+from nanogptx.errors import UserError
 
 FORMAT = "nanogptx-shards/1"
 # Name and version of the batch function: bump the version when `batch` changes its output.
@@ -28,7 +29,7 @@ _SHARD_FILE = re.compile(r"[A-Za-z0-9_-]+\.(npy|parquet)")  # a plain name: no p
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
-class DataError(ValueError):
+class DataError(UserError, ValueError):
     """Prepared data that is missing, malformed or inconsistent with the manifest."""
 
 

@@ -28,6 +28,7 @@ from typing import Any
 
 from nanogptx import config
 from nanogptx.config import Config
+from nanogptx.errors import UserError
 
 # --target names: XLA's descriptions shipped in nanogptx/gpu_targets (Apache-2.0, The OpenXLA
 # Authors; see its README.md).
@@ -45,7 +46,7 @@ STAGES = ("train", "sample", "eval")
 CHAR_VOCAB = 256
 
 
-class PlanError(RuntimeError):
+class PlanError(UserError, RuntimeError):
     """A target or setting the plan cannot compile for."""
 
 

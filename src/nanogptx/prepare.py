@@ -28,8 +28,9 @@ import numpy as np
 
 from nanogptx import config, datasets, progress, provenance, readers
 from nanogptx.config import Config, DataConfig
+from nanogptx.errors import UserError
 from nanogptx.readers import Batch, ReadError
-from nanogptx.tokenizer import MAX_CODEPOINT, CharTokenizer, Tokenizer, TokenizerError, codepoints
+from nanogptx.tokenizer import MAX_CODEPOINT, CharTokenizer, Tokenizer, codepoints
 from nanogptx.tokenizer import gpt2 as gpt2_tokenizer
 
 FORMAT = "nanogptx-shards/1"
@@ -41,7 +42,7 @@ T = TypeVar("T")
 R = TypeVar("R")
 
 
-class PrepareError(ValueError):
+class PrepareError(UserError, ValueError):
     """Input or output that prepare refuses, with what was expected."""
 
 
@@ -649,10 +650,7 @@ def main(argv: list[str] | None = None) -> None:
         parser.error(f"--threads must be >= 1, got {args.threads}")
     try:
         prepare(cfg, args.raw, args.out, args.threads, channel=progress.from_args(args))
-    except (
-        PrepareError, ReadError, TokenizerError, provenance.HashMismatch, provenance.OutputError,
-        provenance.FileError, OSError,
-    ) as e:  # fmt: skip
+    except (UserError, OSError) as e:
         parser.exit(1, f"{parser.prog}: error: {e}\n")
 
 

@@ -47,6 +47,7 @@ from nanogptx import (
     runtime,
 )
 from nanogptx.config import Config, TrainConfig
+from nanogptx.errors import UserError
 
 # Peak dense bfloat16 FLOP/s of one device, by device kind, for MFU when train.peak_flops = 0.
 PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L40S": 362e12, "V100": 125e12}
@@ -73,7 +74,7 @@ LONG_PLAN_S, SLOWEST_FLOPS = 3600.0, 1e9
 JOIN_TIMEOUT_S, HEARTBEAT_TIMEOUT_S = 300, 30
 
 
-class TrainError(RuntimeError):
+class TrainError(UserError, RuntimeError):
     """An expected failure (inconsistent config and data, NaN loss, incompatible checkpoint)."""
 
 
@@ -233,7 +234,7 @@ def make_train_step(
         state: State, x_AxBxL: jax.Array, y_AxBxL: jax.Array, step: jax.Array, key: jax.Array
     ) -> tuple[State, dict[str, Any]]:
         params = state["params"]
-        grad_fn = jax.value_and_grad(model.loss_terms, has_aux=True)
+        grad_fn = jax.value_and_grad(model.loss_fn, has_aux=True)
 
         def micro(grads: Any, batch: tuple) -> tuple[Any, dict[str, jax.Array]]:
             x_BxL, y_BxL, m = batch
@@ -288,7 +289,7 @@ def make_eval_step(cfg: Config, rt: runtime.Runtime | None = None) -> Callable:
     rt = rt or make_runtime(cfg)
 
     def eval_step(params: Any, x_BxL: jax.Array, y_BxL: jax.Array) -> jax.Array:
-        parts = model.loss_terms(params, x_BxL, y_BxL, cfg.model, rt=rt, compute_dtype=dtype)[1]
+        parts = model.loss_fn(params, x_BxL, y_BxL, cfg.model, rt=rt, compute_dtype=dtype)[1]
         return parts["ce"]
 
     return eval_step
@@ -1265,10 +1266,7 @@ def main(argv: list[str] | None = None) -> None:
     cfg = config.from_args(args, parser)
     try:
         train(cfg, args.data, args.out, args.checkpoints, args.init, progress.from_args(args))
-    except (
-        TrainError, loader.DataError, provenance.HashMismatch, provenance.OutputError,
-        provenance.FileError, checkpoint.CheckpointError, OSError,
-    ) as e:  # fmt: skip
+    except (UserError, OSError) as e:
         print(f"{parser.prog}: error: {e}", file=sys.stderr)
         leave(1)
     except Exception:  # e.g. a collective whose peer process died
