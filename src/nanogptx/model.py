@@ -251,8 +251,9 @@ def attention_cached(
     def heads_first(t_BxLxJxK: jax.Array) -> jax.Array:
         return t_BxLxJxK.transpose(0, 2, 1, 3).reshape(B * J, L, K)
 
-    k_GxWxK = jax.lax.dynamic_update_slice(k_GxWxK, heads_first(k_BxLxJxK), (0, pos % W, 0))
-    v_GxWxK = jax.lax.dynamic_update_slice(v_GxWxK, heads_first(v_BxLxJxK), (0, pos % W, 0))
+    slot = pos % W
+    k_GxWxK = jax.lax.dynamic_update_slice(k_GxWxK, heads_first(k_BxLxJxK), (0, slot, 0))
+    v_GxWxK = jax.lax.dynamic_update_slice(v_GxWxK, heads_first(v_BxLxJxK), (0, slot, 0))
     # The queries of a group: its R heads' L positions each.
     q_GxQxK = q_BxLxHxK.reshape(B, L, J, R, K).transpose(0, 2, 3, 1, 4).reshape(B * J, R * L, K)
     at_Q = pos + jnp.tile(jnp.arange(L), R)
