@@ -180,12 +180,12 @@ def rope(x_BxLxHxK: jax.Array, positions_L: jax.Array, theta: float) -> jax.Arra
     return y.astype(x_BxLxHxK.dtype)
 
 
-def visible(at_Q: jax.Array, at_QxM: jax.Array, window: int) -> jax.Array:
-    """The causal mask, written once: query q sees the key at position at_QxM[q, m] when that
-    key is written (position >= 0), not after the query's at_Q[q], and fewer than `window`
-    positions back."""
-    back_QxM = at_Q[:, None] - at_QxM
-    return (at_QxM >= 0) & (back_QxM >= 0) & (back_QxM < window)
+def visible(offset_QxM: jax.Array, window: int | None = None) -> jax.Array:
+    """The attention mask's one test: an offset from 0 up to `window` (no limit without one).
+    Training passes how far back each key lies from its query (negative: after it); the cache,
+    the position each slot holds (negative: never written)."""
+    seen_QxM = offset_QxM >= 0
+    return seen_QxM & (offset_QxM < window) if window is not None else seen_QxM
 
 
 def attention(
@@ -214,19 +214,20 @@ def attention(
             q_BxLxHxK, k_BxLxJxK, v_BxLxJxK, is_causal=True, implementation=fused
         )
         return y, None
-    # Grouped: the R query heads of key/value head j side by side (R = 1 without GQA).
-    q_BxLxJxRxK = q_BxLxHxK.reshape(B, L, J, H // J, K)
-    att_BxJxRxLxM = jnp.einsum("bljrk,bmjk->bjrlm", q_BxLxJxRxK, k_BxLxJxK) * scale
-    att_BxHxLxM = att_BxJxRxLxM.reshape(B, H, L, L)
-    at_L = jnp.arange(L)
-    att_BxHxLxM = jnp.where(
-        visible(at_L, at_L[None, :], window), att_BxHxLxM.astype(jnp.float32), -jnp.inf
-    )
+    # The R query heads of a key/value head grouped (r); without GQA, the heads as they are
+    # (written so, XLA sums the gradients in the order they always had: the same results).
+    R = H // J
+    q_, kv, att_ = ("bljrk", "bmjk", "bjrlm") if R > 1 else ("blhk", "bmhk", "bhlm")
+    q = q_BxLxHxK.reshape(B, L, J, R, K) if R > 1 else q_BxLxHxK
+    att = jnp.einsum(f"{q_},{kv}->{att_}", q, k_BxLxJxK) * scale
+    att_BxHxLxM = att.reshape(B, H, L, L)
+    back_LxM = jnp.arange(L)[:, None] - jnp.arange(L)[None, :]  # how far back key m lies
+    visible_LxM = visible(back_LxM, window if window < L else None)
+    att_BxHxLxM = jnp.where(visible_LxM, att_BxHxLxM.astype(jnp.float32), -jnp.inf)
     most = att_BxHxLxM.max() if stats else None
     att_BxHxLxM = jax.nn.softmax(att_BxHxLxM, axis=-1).astype(q_BxLxHxK.dtype)
-    att_BxJxRxLxM = dropout(att_BxHxLxM, rate, key).reshape(B, J, H // J, L, L)
-    y_BxLxJxRxK = jnp.einsum("bjrlm,bmjk->bljrk", att_BxJxRxLxM, v_BxLxJxK)
-    return y_BxLxJxRxK.reshape(B, L, H, K), most
+    att = dropout(att_BxHxLxM, rate, key).reshape(att.shape)
+    return jnp.einsum(f"{att_},{kv}->{q_}", att, v_BxLxJxK).reshape(B, L, H, K), most
 
 
 def attention_cached(
@@ -236,7 +237,7 @@ def attention_cached(
     cache: Cache,
     pos: jax.Array | int,
 ) -> tuple[jax.Array, Cache]:
-    """attention of L new positions pos..pos+L-1 against a KV cache (sampling): their keys and
+    """Attention of L new positions pos..pos+L-1 against a KV cache (sampling): their keys and
     values are written into it, and each query attends to every cached position up to its own
     (slots not yet written, or from before the window, are masked). Returns the output and
     the cache. A multi-token write (a prompt, a re-encoding) starts at pos < W and does not
@@ -257,10 +258,11 @@ def attention_cached(
     # The queries of a group: its R heads' L positions each.
     q_GxQxK = q_BxLxHxK.reshape(B, L, J, R, K).transpose(0, 2, 3, 1, 4).reshape(B * J, R * L, K)
     at_Q = pos + jnp.tile(jnp.arange(L), R)
-    # Slot w holds the newest position p <= the query's with p = w (mod W).
-    at_QxW = at_Q[:, None] - (at_Q[:, None] - jnp.arange(W)[None, :]) % W
+    # Slot w holds the newest position p <= the query's with p = w (mod W): seen once written.
+    w_W = jnp.arange(W)
+    visible_QxW = visible(at_Q[:, None] - (at_Q[:, None] - w_W[None, :]) % W)
     att_GxQxW = jnp.einsum("gqk,gwk->gqw", q_GxQxK, k_GxWxK) * scale
-    att_GxQxW = jnp.where(visible(at_Q, at_QxW, W), att_GxQxW, -jnp.inf)
+    att_GxQxW = jnp.where(visible_QxW, att_GxQxW, -jnp.inf)
     att_GxQxW = jax.nn.softmax(att_GxQxW, axis=-1)
     y_GxQxK = jnp.einsum("gqw,gwk->gqk", att_GxQxW, v_GxWxK)
     y_BxLxHxK = y_GxQxK.reshape(B, J, R, L, K).transpose(0, 3, 1, 2, 4).reshape(B, L, H, K)
