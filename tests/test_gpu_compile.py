@@ -105,9 +105,10 @@ def test_every_variant_lowers_for_an_h100_in_bfloat16_with_cudnn_where_chosen(
     assert CUDNN_CALL in lowered.as_text()
     if variant in COMBINED:  # which hold every variant between them: compiled too
         lowered.compile()
-    # The diagnostics step reads the attention logits: einsum attention, no cuDNN.
+    # The diagnostics step is the same step (cuDNN's attention where chosen, no more calls of it)
+    # plus a forward of a few rows with einsum attention, whose logits it reads.
     diag = train.trace_program(cfg, 128, 1, mesh, "diagnostics_step").lower()
-    assert CUDNN_CALL not in diag.as_text()
+    assert diag.as_text().count(CUDNN_CALL) == lowered.as_text().count(CUDNN_CALL)
 
 
 def head_width(K: int, *overrides: str) -> config.Config:
