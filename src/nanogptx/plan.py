@@ -179,7 +179,7 @@ class Plan:
     vocab: int
     vocab_source: str
     budget: Any
-    micro: Any  # train.MicroBatch, None where the training cannot be planned
+    micro: Any  # microbatch.MicroBatch, None where the training cannot be planned
     programs: list[Program] = field(default_factory=list)
     advice: list[str] = field(default_factory=list)
 
@@ -218,9 +218,9 @@ def make_plan(
     from jax.sharding import PartitionSpec as P
 
     from nanogptx import eval as eval_stage
-    from nanogptx import memory, model, runtime, sample, train
+    from nanogptx import memory, microbatch, model, resume, runtime, sample, steps
 
-    cfg = train.resolve_vocab(cfg, vocab)
+    cfg = resume.resolve_vocab(cfg, vocab)
     m, n = cfg.model, len(devices)
     V = model.vocab_rows(m)
     mesh = Mesh(np.array(devices), ("data",), axis_types=(AxisType.Auto,))
@@ -231,26 +231,26 @@ def make_plan(
 
     # The training stage: its programs at the micro-batch it would run with.
     try:
-        micro = train.fit_micro_batch(cfg, V, mesh, budget) if "train" in stages else None
-    except train.TrainError as e:
+        micro = microbatch.fit_micro_batch(cfg, V, mesh, budget) if "train" in stages else None
+    except steps.TrainError as e:
         plan.programs += [Program(name, "train", n, None, budget, None, "", 0, str(e))
-                          for name in train.programs_of(cfg)]  # fmt: skip
+                          for name in steps.programs_of(cfg)]  # fmt: skip
         plan.advice.append(str(e))
         micro = None
     if micro is not None:
         plan.micro = micro
         B, A, L = micro.batch_size, micro.micro_batches, m.block_size
-        usage = micro.memory or train.measure_programs(cfg, V, mesh, B, budget)
-        program = train.with_batch(cfg, B)
-        for name in train.programs_of(cfg):
-            traced = train.trace_program(program, V, A, mesh, name)
+        usage = micro.memory or microbatch.measure_programs(cfg, V, mesh, B, budget)
+        program = steps.with_batch(cfg, B)
+        for name in steps.programs_of(cfg):
+            traced = steps.trace_program(program, V, A, mesh, name)
             tokens = B * L if name == "eval_step" else A * B * L
             flops = count_flops(traced.jaxpr.jaxpr)
             plan.programs.append(
                 Program(name, "train", n, usage[name], budget, flops, "traced", tokens)
             )
         if micro.misfit:
-            plan.advice += train.advice(cfg, micro, n)
+            plan.advice += microbatch.advice(cfg, micro, n)
 
     # Sampling and the eval stage: float32 parameters on one device, their own processes.
     if "sample" not in stages and "eval" not in stages:
