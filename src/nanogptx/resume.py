@@ -20,6 +20,16 @@ from nanogptx.logbook import log
 from nanogptx.steps import Layout, State, TrainError, place
 
 
+def check_outputs(out_dir: Path, ckpt_dir: Path, inputs: list[tuple[str, Any]]) -> None:
+    """--out and --checkpoints apart from the inputs and from each other."""
+    for path, flag in ((out_dir, "--out"), (ckpt_dir, "--checkpoints")):
+        provenance.check_apart(path, flag, inputs)
+    if out_dir.resolve() == ckpt_dir.resolve():
+        raise provenance.OutputError(
+            f"--out {out_dir} and --checkpoints {ckpt_dir} are one directory: give each its own"
+        )
+
+
 def resolve_vocab(cfg: Config, tokenizer_vocab: int) -> Config:
     """cfg with model.vocab_size resolved: the tokenizer's where the run leaves it 0."""
     vocab = cfg.model.vocab_size or tokenizer_vocab
@@ -263,3 +273,14 @@ def checkpoint_meta(
         "wandb_run_id": start.run_id,
         "loss_above_L0_since": above,
     }
+
+
+def save(
+    ckpt_dir: Path, step: int, host: State, meta: dict[str, Any], metrics: bytes, t: TrainConfig
+) -> None:
+    """Write the checkpoint of the train state (numpy) at step, with its meta and metrics."""
+    tensors = checkpoint.flatten(host["params"], "params.") | checkpoint.flatten(
+        host["opt"], "opt."
+    )
+    files = {"metrics.jsonl": metrics}
+    checkpoint.save(ckpt_dir, step, tensors, meta, files, keep=t.keep_checkpoints)

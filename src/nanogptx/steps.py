@@ -347,7 +347,8 @@ def compile_steps(cfg: Config, V: int, A: int, mesh: Mesh) -> Programs:
 class Layout:
     """Where and in what shapes a training runs: the mesh, the embedding rows V, micro-batches
     of B rows (A per step) of L positions, the train state's shapes and shardings, the model's
-    runtime (and the diagnostics' where they run) and the batch schedule provenance records."""
+    runtime (and the diagnostics' where they run), the batch schedule provenance records, and the
+    model's size and FLOPs per token."""
 
     mesh: Mesh
     V: int
@@ -359,6 +360,8 @@ class Layout:
     rt: runtime.Runtime
     rt_stats: runtime.Runtime | None
     schedule: dict[str, Any]
+    n_params: int
+    flops_per_token: float  # of a training step, model.flops_per_token (nanoGPT's estimate)
 
     @property
     def tokens_per_step(self) -> int:

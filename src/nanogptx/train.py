@@ -53,12 +53,7 @@ def train(
     steps.make_runtime(cfg)  # an impossible one is refused here, before any file is read
     out_dir, ckpt_dir = Path(out_dir), Path(ckpt_dir)
     inputs = [("--data", data_dir), ("--init", init)]
-    for path, flag in ((out_dir, "--out"), (ckpt_dir, "--checkpoints")):
-        provenance.check_apart(path, flag, inputs)  # before any work
-    if out_dir.resolve() == ckpt_dir.resolve():
-        raise provenance.OutputError(
-            f"--out {out_dir} and --checkpoints {ckpt_dir} are one directory: give each its own"
-        )
+    resume.check_outputs(out_dir, ckpt_dir, inputs)  # before any work
     # The vocabulary from the manifest alone (checked against prepare's record): the
     # micro-batch is chosen, and the programs checked against the devices' memory, before a
     # shard is read or any state allocated.
@@ -72,8 +67,7 @@ def train(
         if jax.process_index() == 0:
             for path, flag in ((out_dir, "--out"), (ckpt_dir, "--checkpoints")):
                 held_dir = provenance.exclusive(path, "training", flag, inputs, stage="train")
-                removed = held.enter_context(held_dir)
-                if removed:
+                if removed := held.enter_context(held_dir):
                     names = ", ".join(p.name for p in removed)
                     log(f"removed what an interrupted run left in {path}: {names}")
         init_path = None if init is None else Path(init)
@@ -93,6 +87,7 @@ class Run:
     start: resume.Start
     programs: steps.Programs
     metrics: logbook.Metrics
+    record: provenance.Record  # the stage's provenance, finished with the model
     started: float  # perf_counter at the stage's start: eval records' wall_s count from it
 
 
@@ -110,14 +105,15 @@ def _train(
     t = cfg.train
     lay = plan_run(cfg, data, micro)
     start = resume.restore_or_init(cfg, data, lay, ckpt_dir, init)
-    per_token, peak, source = flops_per_token(cfg, lay), None, ""
+    peak, source = None, ""
     if not t.eval_only:  # the peak MFU is against, and a warning before any compile
-        peak, source = logbook.mfu_peak(cfg, per_token * lay.tokens_per_step, start.step, channel)
+        flops = lay.flops_per_token * lay.tokens_per_step
+        peak, source = logbook.mfu_peak(cfg, flops, start.step, channel)
     out_dir.mkdir(parents=True, exist_ok=True)
     wandb_run = logbook.start_wandb(cfg, start.run_id, ckpt_dir, out_dir)
     metrics = logbook.Metrics(out_dir / "metrics.jsonl", start.records, wandb_run)
     programs = compile_programs(cfg, lay)
-    run = Run(cfg, data, out_dir, ckpt_dir, micro, lay, start, programs, metrics, started)
+    run = Run(cfg, data, out_dir, ckpt_dir, micro, lay, start, programs, metrics, record, started)
     if t.eval_only:
         losses = evaluate(run, start.state["params"], start.step)
         if metrics.wandb_run is not None:
@@ -125,13 +121,13 @@ def _train(
         return {"step": start.step, "train_loss": losses["train"], "val_loss": losses["val"]}
     book = logbook.Logbook(
         cfg, metrics, logbook.Progress(t.max_iters, start.step, channel), ckpt_dir,
-        lay.tokens_per_step, per_token, peak, source,
+        lay.tokens_per_step, lay.flops_per_token, peak, source,
         saved=start.step if start.path is not None else None,
         above_since=(start.meta or {}).get("loss_above_L0_since"),
     )  # fmt: skip
     state, done = loop(run, book)
     done, final = stop(run, book, state, done)
-    return finish(run, record, book, state, done, final)
+    return finish(run, book, state, done, final)
 
 
 # ---------------------------------------------------------------- plan and compile
@@ -148,9 +144,11 @@ def plan_run(cfg: Config, data: loader.Prepared, micro: microbatch.MicroBatch) -
     rt = steps.make_runtime(cfg)
     rt_stats = runtime.for_diagnostics(rt) if cfg.logging.stats_interval else None
     schedule = loader.schedule(data, t.seed, t.batch_order, B, m.block_size, A)
-    lay = steps.Layout(mesh, V, B, A, m.block_size, state_abs, state_sh, rt, rt_stats, schedule)
     n_params = model.count_params(state_abs["params"], non_embedding=False)
     n_flops_params = model.count_params(state_abs["params"], non_embedding=True)
+    flops = model.flops_per_token(m, n_flops_params)
+    lay = steps.Layout(mesh, V, B, A, m.block_size, state_abs, state_sh, rt, rt_stats, schedule,
+                       n_params, flops)  # fmt: skip
     log(
         f"model: {n_params / 1e6:.2f}M parameters ({n_flops_params / 1e6:.2f}M without position "
         f"embeddings), vocab {V}; per device ({t.sharding}, {progress.plural(n_dev, 'device')}): "
@@ -164,11 +162,6 @@ def plan_run(cfg: Config, data: loader.Prepared, micro: microbatch.MicroBatch) -
             f"attention logits from a forward of rows 0-{min(steps.STATS_ROWS, B) - 1} "
             f"of the step's first micro-batch, runtime {rt_stats.describe()}")  # fmt: skip
     return lay
-
-
-def flops_per_token(cfg: Config, lay: steps.Layout) -> float:
-    n_flops_params = model.count_params(lay.state_abs["params"], non_embedding=True)
-    return model.flops_per_token(cfg.model, n_flops_params)
 
 
 def compile_programs(cfg: Config, lay: steps.Layout) -> steps.Programs:
@@ -207,14 +200,9 @@ def save(run: Run, book: logbook.Logbook, state: State, step: int) -> None:
         return
     book.saved = step
     host = steps.to_host(state)
-    if jax.process_index() != 0:
-        return
-    tensors = checkpoint.flatten(host["params"], "params.") | checkpoint.flatten(
-        host["opt"], "opt."
-    )
-    meta = resume.checkpoint_meta(run.cfg, run.data, run.lay, run.start, step, book.above_since)
-    files = {"metrics.jsonl": run.metrics.dump()}
-    checkpoint.save(run.ckpt_dir, step, tensors, meta, files, keep=run.cfg.train.keep_checkpoints)
+    if jax.process_index() == 0:
+        meta = resume.checkpoint_meta(run.cfg, run.data, run.lay, run.start, step, book.above_since)
+        resume.save(run.ckpt_dir, step, host, meta, run.metrics.dump(), run.cfg.train)
 
 
 def loop(run: Run, book: logbook.Logbook) -> tuple[State, int]:
@@ -274,27 +262,21 @@ def stop(run: Run, book: logbook.Logbook, state: State, done: int) -> tuple[int,
 
 
 def finish(
-    run: Run, record: provenance.Record, book: logbook.Logbook, state: State, done: int,
-    final: dict[str, float],
-) -> dict[str, Any]:  # fmt: skip
+    run: Run, book: logbook.Logbook, state: State, done: int, final: dict[str, float]
+) -> dict[str, Any]:
     """Write the model directory, its metrics and provenance; returns the run's summary."""
+    lay, start = run.lay, run.start
+    measured = sum(x.addressable_shards[0].data.nbytes for x in jax.tree.leaves(state["params"]))
     summary = {
-        "step": done,
-        "diverged": book.diverged or None,
-        "train_loss": final["train"],
-        "val_loss": final["val"],
-        "n_params": model.count_params(run.lay.state_abs["params"], non_embedding=False),
-        "param_bytes_per_device": run.lay.param_bytes,
-        "opt_bytes_per_device": run.lay.opt_bytes,
-        "param_bytes_per_device_measured": sum(
-            x.addressable_shards[0].data.nbytes for x in jax.tree.leaves(state["params"])
-        ),
-        "devices": jax.device_count(),
-        "resumed_from": run.start.step if run.start.path is not None else None,
-    }
+        "step": done, "diverged": book.diverged or None,
+        "train_loss": final["train"], "val_loss": final["val"], "n_params": lay.n_params,
+        "param_bytes_per_device": lay.param_bytes, "opt_bytes_per_device": lay.opt_bytes,
+        "param_bytes_per_device_measured": measured, "devices": jax.device_count(),
+        "resumed_from": start.step if start.path is not None else None,
+    }  # fmt: skip
     params = steps.to_host(state["params"])
     if jax.process_index() == 0:
-        write_model(run, record, params, done, summary)
+        write_model(run, params, done, summary)
     if run.metrics.wandb_run is not None:
         ended = {"final/val_loss": final["val"], "diverged_at": book.diverged.get("step")}
         run.metrics.wandb_run.summary.update(ended)
@@ -303,9 +285,7 @@ def finish(
     return summary
 
 
-def write_model(
-    run: Run, record: provenance.Record, params: Any, done: int, summary: dict[str, Any]
-) -> None:
+def write_model(run: Run, params: Any, done: int, summary: dict[str, Any]) -> None:
     cfg, data, lay, start = run.cfg, run.data, run.lay, run.start
     outputs = checkpoint.save_model(run.out_dir, params, cfg, data.manifest["tokenizer"], done)
     provenance.write_bytes_atomic(run.out_dir / "metrics.jsonl", run.metrics.dump())
@@ -316,7 +296,7 @@ def write_model(
     inputs += [
         provenance.file_entry(data.dir / s["file"], s["sha256"]) for s in data.manifest["shards"]
     ]
-    record.finish(
+    run.record.finish(
         run.out_dir,
         inputs=inputs,
         outputs=[provenance.file_entry(p) for p in outputs],
@@ -341,9 +321,7 @@ def main(argv: list[str] | None = None) -> None:
     config.add_arguments(parser, config.STAGE_SECTIONS["train"])
     parser.add_argument("--data", type=Path, required=True, help="prepared data directory")
     parser.add_argument("--out", type=Path, required=True, help="directory of the final model")
-    parser.add_argument(
-        "--checkpoints", type=Path, required=True, help="checkpoint directory (resumed from)"
-    )
+    parser.add_argument("--checkpoints", type=Path, required=True, help="resumed from, saved to")
     progress.add_arguments(parser, "train")
     parser.add_argument(
         "--init",
