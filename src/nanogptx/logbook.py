@@ -20,7 +20,7 @@ import numpy as np
 
 from nanogptx import checkpoint, config, optim, progress, provenance
 from nanogptx.config import Config, TrainConfig
-from nanogptx.steps import TrainError
+from nanogptx.steps import Layout, TrainError
 
 # Peak dense bfloat16 FLOP/s of one device, by device kind, for MFU when train.peak_flops = 0.
 PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L40S": 362e12, "V100": 125e12}
@@ -63,8 +63,9 @@ class Progress:
             self.bar.set_postfix_str(f"loss {loss:.4f}, {tok_s:,.0f} tok/s", refresh=False)
         elif self.channel is not None and (self.channel.due() or done == self.total):
             eta = progress.duration((self.total - done) * s_per_step)
-            self.channel.say(f"step {done}/{self.total}, loss {loss:.4f}, {tok_s:,.0f} tok/s, "
-                             f"ETA {eta}")  # fmt: skip
+            self.channel.say(
+                f"step {done}/{self.total}, loss {loss:.4f}, {tok_s:,.0f} tok/s, ETA {eta}"
+            )
 
     def close(self) -> None:
         if self.bar is not None:
@@ -138,8 +139,11 @@ def mfu_peak(
     t, n_dev = cfg.train, jax.device_count()
     planned = flops_per_step * max(0, t.max_iters - start)
     peak, source = plan_peak(t, planned, n_dev)
-    log(f"MFU against a peak of {peak / 1e12:.3g} TFLOP/s per device ({source})" if peak
-        else f"no MFU: peak FLOP/s {source}")  # fmt: skip
+    log(
+        f"MFU against a peak of {peak / 1e12:.3g} TFLOP/s per device ({source})"
+        if peak
+        else f"no MFU: peak FLOP/s {source}"
+    )
     if peak and (warning := long_plan(cfg, t.max_iters - start, planned, peak, n_dev, source)):
         log(warning)
         if channel is not None and jax.process_index() == 0:  # snakemake's terminal too
@@ -223,8 +227,7 @@ class Logbook:
     metrics: Metrics
     progress: Progress
     ckpt_dir: Path
-    tokens_per_step: int
-    flops_per_token: float
+    lay: Layout
     peak: float | None  # FLOP/s per device that MFU is against (raised by a faster step)
     peak_source: str
     saved: int | None  # the newest step checkpointed (the one resumed from): not saved again
@@ -296,9 +299,11 @@ class Logbook:
         since = self.above_since = step if self.above_since is None else self.above_since
         if step - since + 1 < t.divergence_steps:
             return None
-        return (f"the training loss stayed above the step-0 loss {L0:.4f} for the "
-                f"{step - since + 1} steps {since} to {step} after the warmup (train."
-                f"divergence_steps = {t.divergence_steps}; now {loss:.4f})")  # fmt: skip
+        return (
+            f"the training loss stayed above the step-0 loss {L0:.4f} for the "
+            f"{step - since + 1} steps {since} to {step} after the warmup (train."
+            f"divergence_steps = {t.divergence_steps}; now {loss:.4f})"
+        )
 
     def diverge(self, step: int, stats: dict[str, Any], why: str) -> None:
         """Stop at a divergence: a TrainError (on_divergence = fail), else recorded as where the
@@ -312,26 +317,43 @@ class Logbook:
                 f"{good or 'none (none saved)'} (train.on_divergence = 'stop' would record "
                 "the divergence as the run's result)"
             )
-        self.diverged.update(step=step, reason=why, loss=float(stats["loss"]),
-                             grad_norm=float(stats["grad_norm"]),
-                             last_good_checkpoint=None if good is None else good.name)  # fmt: skip
+        self.diverged.update(
+            step=step,
+            reason=why,
+            loss=float(stats["loss"]),
+            grad_norm=float(stats["grad_norm"]),
+            last_good_checkpoint=None if good is None else good.name,
+        )
+
+    def stopped(self, done: int) -> None:
+        """Record the divergence, and that training stopped with `done` steps."""
+        self.fetch()
+        self.diverged["stopped_at"] = done
+        self.metrics.add({"kind": "diverged", **self.diverged})
+        log(
+            f"diverged at step {self.diverged['step']}: {self.diverged['reason']}; training "
+            f"stopped at step {done} of {self.cfg.train.max_iters} and its model is written as "
+            "the run's result (train.on_divergence = 'stop')"
+        )
 
     def report(self, step: int, stats: dict[str, Any]) -> None:
         """Log and record step's training stats, with the speed of the steps since the last
         report."""
-        t, n_dev, per_token = self.cfg.train, jax.device_count(), self.flops_per_token
+        t, n_dev, per_token = self.cfg.train, jax.device_count(), self.lay.flops_per_token
         dt = self.seconds / max(self.steps, 1)
-        tok_s = self.tokens_per_step / dt
+        tok_s = self.lay.tokens_per_step / dt
         mfu = None if self.peak is None else per_token * tok_s / (self.peak * n_dev)
         if mfu is not None and mfu > 1.0:  # a step cannot beat the peak: it was too low
-            log(f"step {step} ran at {per_token * tok_s / n_dev / 1e12:.3g} TFLOP/s per device, "
+            log(
+                f"step {step} ran at {per_token * tok_s / n_dev / 1e12:.3g} TFLOP/s per device, "
                 f"above the peak of {self.peak / 1e12:.3g} ({self.peak_source}): the peak was "
-                "underestimated; MFU is against this step's rate from here on")  # fmt: skip
+                "underestimated; MFU is against this step's rate from here on"
+            )
             self.peak, self.peak_source = per_token * tok_s / n_dev, f"step {step}'s rate"
             mfu = 1.0
         loss, grad_norm = float(stats["loss"]), float(stats["grad_norm"])
         self.metrics.add({
-            "kind": "train", "step": step, "tokens": (step + 1) * self.tokens_per_step,
+            "kind": "train", "step": step, "tokens": (step + 1) * self.lay.tokens_per_step,
             "loss": loss, "lr": optim.get_lr(step, t), "grad_norm": grad_norm,
             "ms_per_iter": 1e3 * dt, "tokens_per_s": tok_s, "mfu": mfu,
             **({"z_loss": float(stats["z_loss"])} if "z_loss" in stats else {}),

@@ -96,14 +96,18 @@ def fit_micro_batch(cfg: Config, V: int, mesh: Mesh, budget: memory.Budget) -> M
 
     if t.batch_size:
         if t.batch_size % n:
-            raise TrainError(f"train.batch_size = {t.batch_size} is not divisible by the {n} "
-                             "devices (0: auto picks one that is)")  # fmt: skip
+            raise TrainError(
+                f"train.batch_size = {t.batch_size} is not divisible by the {n} "
+                "devices (0: auto picks one that is)"
+            )
         return measured(t.batch_size, "train.batch_size")
     candidates = [b for b in range(n, rows + 1, n) if rows % b == 0]
     if not candidates:
-        raise TrainError(f"train.total_batch_tokens / model.block_size = {rows} rows per "
-                         f"step cannot be split over the {n} devices: make it a multiple of "
-                         f"{n}")  # fmt: skip
+        raise TrainError(
+            f"train.total_batch_tokens / model.block_size = {rows} rows per "
+            f"step cannot be split over the {n} devices: make it a multiple of "
+            f"{n}"
+        )
     rule = f"auto: the largest divisor of the step's {rows} rows, a multiple of the {n} devices"
     if budget.bytes is None:
         small = [b for b in candidates if b * m.block_size <= CPU_AUTO_TOKENS * n]
@@ -170,10 +174,13 @@ def plan_micro_batch(cfg: Config, mesh: Mesh) -> MicroBatch:
     line = f"micro-batch {micro.batch_size} x {cfg.model.block_size}, {micro.micro_batches} per "
     line += f"step ({micro.how})"
     if micro.memory:
-        each = ", ".join(f"{n.replace('_', ' ')} {memory.gib(u.total)}"
-                         for n, u in micro.memory.items())  # fmt: skip
-        line += (f"; GiB per device: {each}, of {memory.gib(micro.budget.bytes)} (measured in "
-                 f"{time.perf_counter() - t0:.1f} s)")  # fmt: skip
+        each = ", ".join(
+            f"{n.replace('_', ' ')} {memory.gib(u.total)}" for n, u in micro.memory.items()
+        )
+        line += (
+            f"; GiB per device: {each}, of {memory.gib(micro.budget.bytes)} (measured in "
+            f"{time.perf_counter() - t0:.1f} s)"
+        )
     if micro.memory or cfg.train.batch_size == 0:
         log(line)
     return micro

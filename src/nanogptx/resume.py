@@ -88,9 +88,10 @@ def resume_mismatch(meta: dict[str, Any], cfg: Config, manifest_sha: str, V: int
     saved = meta["config"]
     now = config.sections(cfg, ("model", "train"))
     keys = [
-        f"model.{k}" for k, v in now["model"].items()
+        f"model.{k}"
+        for k, v in now["model"].items()
         if saved["model"].get(k) != v and k not in config.RUNTIME_KEYS
-    ]  # fmt: skip
+    ]
     keys += [f"train.{k}" for k in config.RESUME_KEYS if saved["train"].get(k) != now["train"][k]]
     if meta["manifest_sha256"] != manifest_sha:
         keys.append("data (manifest sha256)")
@@ -115,8 +116,11 @@ def why_afresh(ckpt_dir: Path, cfg: Config) -> str | None:
     """Why a run with checkpoints beside ckpt_dir starts from step 0: under Snakemake those are
     the run's checkpoints for other settings (one directory per checkpoint_id); name the
     settings in which the newest of them differs."""
-    newest = [found[-1][1] for d in ckpt_dir.parent.iterdir()
-              if d != ckpt_dir and (found := checkpoint.list_checkpoints(d))]  # fmt: skip
+    newest = [
+        found[-1][1]
+        for d in ckpt_dir.parent.iterdir()
+        if d != ckpt_dir and (found := checkpoint.list_checkpoints(d))
+    ]
     if not newest:
         return None
     path = max(newest, key=lambda p: p.stat().st_mtime)
@@ -215,8 +219,17 @@ def restore_or_init(
     }
     key_dropout = jax.random.wrap_key_data(np.asarray(meta["rng"]["dropout_key"], np.uint32))
     records = [json.loads(line) for line in (path / "metrics.jsonl").read_text().splitlines()]
-    start = Start(place(host, lay.state_sh), meta["step"], records, key_dropout,
-                  wandb_run_id(ckpt_dir, meta), path, meta, init_path, init_sha)  # fmt: skip
+    start = Start(
+        place(host, lay.state_sh),
+        meta["step"],
+        records,
+        key_dropout,
+        wandb_run_id(ckpt_dir, meta),
+        path,
+        meta,
+        init_path,
+        init_sha,
+    )
     log_resume(cfg, lay, start)
     return start
 
@@ -234,8 +247,10 @@ def initial_state(
         )(key)
     pretrained = checkpoint.flatten(init_weights(cfg, init_path))
     params_abs = lay.state_abs["params"]
-    params = place(checkpoint.unflatten_like(params_abs, pretrained, where=str(init_path)),
-                   lay.state_sh["params"])  # fmt: skip
+    params = place(
+        checkpoint.unflatten_like(params_abs, pretrained, where=str(init_path)),
+        lay.state_sh["params"],
+    )
     opt = jax.jit(optimizer.init, out_shardings=lay.state_sh["opt"])(params)
     log(f"initialised from {cfg.model.init_from} ({init_path}, sha256 {init_sha[:12]}...)")
     return {"params": params, "opt": opt}
@@ -251,10 +266,12 @@ def log_resume(cfg: Config, lay: Layout, start: Start) -> None:
         log(note)
     before = meta.get("data", {}).get("schedule", {}).get("batch_size", lay.B)
     if before != lay.B:
-        log(f"micro-batch {before} -> {lay.B} (train.batch_size = 0: auto, on these devices): "
+        log(
+            f"micro-batch {before} -> {lay.B} (train.batch_size = 0: auto, on these devices): "
             f"the same {lay.tokens_per_step} tokens per step; from step {start.step} on each "
             f"step's rows are drawn as {lay.A} micro-batches of {lay.B}, as a run started here "
-            "would")  # fmt: skip
+            "would"
+        )
 
 
 def checkpoint_meta(

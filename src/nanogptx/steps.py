@@ -136,8 +136,9 @@ def make_runtime(cfg: Config, device: Any = None) -> runtime.Runtime:
     a GPU target for the plan), from its platform and compute capability (runtime.choose); an
     impossible choice is a TrainError naming the setting."""
     try:
-        return runtime.choose_for(cfg.model, device or jax.local_devices()[0],
-                                  cfg.train.compute_dtype)  # fmt: skip
+        return runtime.choose_for(
+            cfg.model, device or jax.local_devices()[0], cfg.train.compute_dtype
+        )
     except runtime.Unsupported as e:
         raise TrainError(str(e)) from None
 
@@ -195,9 +196,14 @@ def make_train_step(
 
 
 def diagnose(
-    cfg: Config, rt_stats: runtime.Runtime, params: model.Params, grads: Any, updates: Any,
-    rows_KxL: jax.Array, parts: dict[str, jax.Array],
-) -> dict[str, Any]:  # fmt: skip
+    cfg: Config,
+    rt_stats: runtime.Runtime,
+    params: model.Params,
+    grads: Any,
+    updates: Any,
+    rows_KxL: jax.Array,
+    parts: dict[str, jax.Array],
+) -> dict[str, Any]:
     """layer_rms of the parameters, gradients and update, the mean log Z of the step's logits,
     and the largest attention logit per layer from a forward of the first micro-batch's first
     STATS_ROWS rows with einsum attention (the one implementation whose logits the model reads;
@@ -336,8 +342,12 @@ def compile_steps(cfg: Config, V: int, A: int, mesh: Mesh) -> Programs:
     logging.stats_interval is 0), compiled ahead of time (compile_program)."""
     names = programs_of(cfg)
     steps = {name: compile_program(cfg, V, A, mesh, name) for name in names}
-    return Programs(steps["train_step"], steps["eval_step"], steps.get("diagnostics_step"),
-                    cfg.logging.stats_interval)  # fmt: skip
+    return Programs(
+        steps["train_step"],
+        steps["eval_step"],
+        steps.get("diagnostics_step"),
+        cfg.logging.stats_interval,
+    )
 
 
 # ---------------------------------------------------------------- the run's layout and batches
@@ -381,8 +391,10 @@ def train_batch(data: loader.Prepared, t: TrainConfig, lay: Layout, step: int) -
     A, B, L = lay.A, lay.B, lay.L
 
     def load(rows: slice) -> tuple[np.ndarray, np.ndarray]:
-        xy = [loader.batch(data, "train", t.seed, step * A + i, B, L, t.batch_order, rows=rows)
-              for i in range(A)]  # fmt: skip
+        xy = [
+            loader.batch(data, "train", t.seed, step * A + i, B, L, t.batch_order, rows=rows)
+            for i in range(A)
+        ]
         return np.stack([x for x, _ in xy]), np.stack([y for _, y in xy])
 
     batch_sh = NamedSharding(lay.mesh, P(None, "data", None))
@@ -393,7 +405,8 @@ def eval_batch(data: loader.Prepared, t: TrainConfig, lay: Layout, split: str, k
     """Evaluation batch k of split on the mesh."""
 
     def load(rows: slice) -> tuple[np.ndarray, np.ndarray]:
-        return loader.batch(data, split, t.seed, k, lay.B, lay.L, "random", stream="eval",
-                            rows=rows)  # fmt: skip
+        return loader.batch(
+            data, split, t.seed, k, lay.B, lay.L, "random", stream="eval", rows=rows
+        )
 
     return loader.device_batch(NamedSharding(lay.mesh, P("data", None)), (lay.B, lay.L), 0, load)

@@ -119,12 +119,10 @@ def _train(
         if metrics.wandb_run is not None:
             metrics.wandb_run.finish()
         return {"step": start.step, "train_loss": losses["train"], "val_loss": losses["val"]}
-    book = logbook.Logbook(
-        cfg, metrics, logbook.Progress(t.max_iters, start.step, channel), ckpt_dir,
-        lay.tokens_per_step, lay.flops_per_token, peak, source,
-        saved=start.step if start.path is not None else None,
-        above_since=(start.meta or {}).get("loss_above_L0_since"),
-    )  # fmt: skip
+    bar = logbook.Progress(t.max_iters, start.step, channel)
+    saved = start.step if start.path is not None else None  # not saved again
+    above = (start.meta or {}).get("loss_above_L0_since")
+    book = logbook.Logbook(cfg, metrics, bar, ckpt_dir, lay, peak, source, saved, above)
     state, done = loop(run, book)
     done, final = stop(run, book, state, done)
     return finish(run, book, state, done, final)
@@ -147,8 +145,9 @@ def plan_run(cfg: Config, data: loader.Prepared, micro: microbatch.MicroBatch) -
     n_params = model.count_params(state_abs["params"], non_embedding=False)
     n_flops_params = model.count_params(state_abs["params"], non_embedding=True)
     flops = model.flops_per_token(m, n_flops_params)
-    lay = steps.Layout(mesh, V, B, A, m.block_size, state_abs, state_sh, rt, rt_stats, schedule,
-                       n_params, flops)  # fmt: skip
+    lay = steps.Layout(
+        mesh, V, B, A, m.block_size, state_abs, state_sh, rt, rt_stats, schedule, n_params, flops
+    )
     log(
         f"model: {n_params / 1e6:.2f}M parameters ({n_flops_params / 1e6:.2f}M without position "
         f"embeddings), vocab {V}; per device ({t.sharding}, {progress.plural(n_dev, 'device')}): "
@@ -158,9 +157,11 @@ def plan_run(cfg: Config, data: loader.Prepared, micro: microbatch.MicroBatch) -
     log(f"{lay.tokens_per_step} tokens per step ({A} x {B} x {m.block_size})")
     log(rt.explain(m, jax.default_backend()))
     if rt_stats is not None:
-        log(f"diagnostics steps (every logging.stats_interval = {cfg.logging.stats_interval}): "
+        log(
+            f"diagnostics steps (every logging.stats_interval = {cfg.logging.stats_interval}): "
             f"attention logits from a forward of rows 0-{min(steps.STATS_ROWS, B) - 1} "
-            f"of the step's first micro-batch, runtime {rt_stats.describe()}")  # fmt: skip
+            f"of the step's first micro-batch, runtime {rt_stats.describe()}"
+        )
     return lay
 
 
@@ -252,12 +253,7 @@ def stop(run: Run, book: logbook.Logbook, state: State, done: int) -> tuple[int,
             save(run, book, state, t.max_iters)
         done = t.max_iters
     else:
-        book.fetch()
-        book.diverged["stopped_at"] = done
-        run.metrics.add({"kind": "diverged", **book.diverged})
-        log(f"diverged at step {book.diverged['step']}: {book.diverged['reason']}; training "
-            f"stopped at step {done} of {t.max_iters} and its model is written as the run's "
-            "result (train.on_divergence = 'stop')")  # fmt: skip
+        book.stopped(done)
     return done, evaluate(run, state["params"], done)
 
 
