@@ -10,7 +10,7 @@ machines for the CPU recipe; target <= 1.89).
 
 Prints median ms/iter, tokens/s and MFU (against --peak FLOP/s, by default the ~200 GFLOP/s of a
 float32 2048x2048 matmul measured on these 2-core CPUs; --measure-peak measures it here; on a GPU
-in the table of train.PEAK_FLOPS, --peak 0 uses the table). With --full, also the evaluations
+in the table of logbook.PEAK_FLOPS, --peak 0 uses the table). With --full, also the evaluations
 and the loss over the whole validation split at the end (every non-overlapping window, as
 against the estimate of eval_iters batches); with --seeds, one full run per seed and the spread
 of both figures across seeds. The data is the recipe's dataset, downloaded from --mirror (by
@@ -193,7 +193,7 @@ def main() -> None:
 
     import jax
 
-    from nanogptx import config, runtime, train
+    from nanogptx import config, logbook, runtime
 
     runtime.keep_freed_memory()  # before JAX runs anything here (the peak's matmul), as train does
     recipe = args.recipe.stem
@@ -208,7 +208,7 @@ def main() -> None:
     else:
         data = prepare_recipe(args.recipe, args.mirror)
     if args.measure_peak:
-        peak, how = train.measure_flops(), "measured, float32"
+        peak, how = logbook.measure_flops(), "measured, float32"
     elif args.peak is not None:
         peak, how = args.peak, "given"
     else:

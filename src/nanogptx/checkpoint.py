@@ -1,11 +1,8 @@
-"""Checkpoints of the train state, and the final model directory: safetensors + JSON, no pickle.
+"""Checkpoints of the train state and the final model directory: safetensors + JSON, no pickle;
+tensors named by key path ("opt.1.0.mu.blocks.attn_w"), so they restore onto any device count.
 
     save(ckpt_dir, step, tensors, meta, files, keep)   # atomic: ckpt_dir/step_00000100/
-    path, tensors, meta = restore(ckpt_dir)             # the newest, every sha256 checked
     save_model(out_dir, params, cfg, tokenizer, step); params, cfg, tokenizer = load_model(out_dir)
-
-Tensors are host numpy arrays named by their pytree key paths ("opt.1.0.mu.blocks.attn_w"), so a
-checkpoint restores onto any device count; `unflatten_like` rebuilds a tree and checks every leaf.
 """
 
 from __future__ import annotations
