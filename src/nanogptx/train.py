@@ -854,7 +854,8 @@ def _train(
     V = check_setup(cfg, data, n_dev)
     B, A = micro.batch_size, micro.micro_batches  # train.batch_size, or auto's choice
     tokens_per_step = A * B * m.block_size
-    schedule = loader.schedule(data, t.seed, t.batch_order, B, m.block_size, A)
+    train_batches = loader.BatchSpec("train", t.seed, B, m.block_size, t.batch_order)
+    schedule = loader.schedule(data, train_batches, A)
 
     # Shapes and bytes known before any allocation.
     mesh = make_mesh()
@@ -960,19 +961,15 @@ def _train(
 
     def train_batch(step: int) -> tuple[jax.Array, ...]:
         def load(rows: slice) -> tuple[np.ndarray, np.ndarray]:
-            xy = [
-                loader.batch(data, "train", t.seed, step * A + i, B, m.block_size, t.batch_order,
-                             rows=rows)
-                for i in range(A)
-            ]  # fmt: skip
+            xy = [loader.batch(data, train_batches, step * A + i, rows) for i in range(A)]
             return np.stack([x for x, _ in xy]), np.stack([y for _, y in xy])
 
         return loader.device_batch(batch_sh, x_shape, 1, load)
 
     def eval_batch(split: str, k: int) -> tuple[jax.Array, ...]:
         def load(rows: slice) -> tuple[np.ndarray, np.ndarray]:
-            return loader.batch(data, split, t.seed, k, B, m.block_size, "random", stream="eval",
-                                rows=rows)  # fmt: skip
+            spec = loader.BatchSpec(split, t.seed, B, m.block_size, stream="eval")
+            return loader.batch(data, spec, k, rows)
 
         return loader.device_batch(eval_sh, e_shape, 0, load)
 
