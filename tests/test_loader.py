@@ -135,6 +135,9 @@ def test_missing_or_malformed_data_is_a_clear_error(tmp_path: Path) -> None:
         (d / "manifest.json").write_text(json.dumps(bad))
         with pytest.raises(loader.DataError, match=says):
             loader.open_prepared(d)
+    (d / "manifest.json").write_text(json.dumps({**manifest, "shard_format": "csv"}))
+    with pytest.raises(loader.DataError, match=r"shard_format is 'csv' \(str\), expected npy or"):
+        loader.open_prepared(d)
     (d / "manifest.json").write_bytes(original)
     (d / "val_000000.npy").unlink()
     with pytest.raises(loader.DataError, match="val_000000.npy.*missing"):

@@ -191,12 +191,9 @@ class GPT2Tokenizer:
 
     def token_bytes(self) -> np.ndarray:
         """Bytes of text each token id stands for (the end-of-text token: 0), for bits per byte."""
-        eot = self.eot_token
-        return np.array(
-            [0 if i == eot else len(self._enc.decode_single_token_bytes(i))
-             for i in range(self.vocab_size)],
-            np.int64,
-        )  # fmt: skip
+        decode, eot = self._enc.decode_single_token_bytes, self.eot_token
+        sizes = [0 if i == eot else len(decode(i)) for i in range(self.vocab_size)]
+        return np.array(sizes, np.int64)
 
     def encode(self, text: str) -> list[int]:
         """Ordinary tokens: "<|endoftext|>" in the text is plain text, not the special token."""
@@ -331,8 +328,7 @@ def seed_tiktoken_cache(src: Path, cache: Path) -> list[Path]:
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         prog="python -m nanogptx.tokenizer",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Copy tiktoken's GPT-2 files into its cache, so that GPT-2 loads offline.",
     )
     parser.add_argument(
         "--seed-tiktoken-cache",
