@@ -372,7 +372,7 @@ def _prepare(
 ) -> dict[str, Any]:
     dc = cfg.data
     files = [raw / f.name for f in ds.files]
-    rec = provenance.Record.start("prepare", config.sections(cfg, ["data", "tokenizer"]))
+    rec = provenance.Record.start("prepare", config.sections(cfg, config.STAGE_SECTIONS["prepare"]))
     _check_settings(cfg, ds, files)
     _clear_out(out)
     started = time.perf_counter()
@@ -562,7 +562,7 @@ def main(argv: list[str] | None = None) -> None:
         prog="python -m nanogptx.prepare",
         description="Tokenize a downloaded dataset into shards, manifest.json and provenance.json.",
     )
-    config.add_arguments(parser, ["data", "tokenizer"])
+    config.add_arguments(parser, config.STAGE_SECTIONS["prepare"])
     parser.add_argument(
         "--raw",
         type=Path,
