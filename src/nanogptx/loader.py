@@ -200,8 +200,8 @@ def _rng(spec: BatchSpec, step: int) -> np.random.Generator:
         raise ValueError(f"seed and step must be >= 0, got seed {spec.seed}, step {step}")
     if spec.stream not in STREAMS:
         raise ValueError(f"stream {spec.stream!r}: expected one of {STREAMS}")
-    stream, split = STREAMS.index(spec.stream), zlib.crc32(spec.split.encode())
-    return np.random.default_rng([spec.seed, stream, split, step])
+    stream_id, split_id = STREAMS.index(spec.stream), zlib.crc32(spec.split.encode())
+    return np.random.default_rng([spec.seed, stream_id, split_id, step])
 
 
 def window_starts(n_tokens: int, spec: BatchSpec, step: int) -> np.ndarray:
