@@ -58,10 +58,11 @@ def prepare_recipe(recipe: Path = RECIPE, mirror: Path = ASSETS) -> Path:
 def synthetic_prepared(out: Path, vocab_size: int, n_tokens: int = 1 << 22, seed: int = 0) -> Path:
     """A prepared directory of uniformly random token ids (train, and a tenth as many for val),
     with a manifest and its record (provenance.json) as the prepare stage writes them."""
-    from nanogptx import prepare, provenance
+    from nanogptx import provenance
+    from nanogptx.shards import FORMAT, token_dtype
 
     rng = np.random.default_rng(seed)
-    dtype = prepare.token_dtype(vocab_size)
+    dtype = token_dtype(vocab_size)
     out.mkdir(parents=True)
     shards, splits = [], {}
     for split, n in (("train", n_tokens), ("val", n_tokens // 10)):
@@ -71,7 +72,7 @@ def synthetic_prepared(out: Path, vocab_size: int, n_tokens: int = 1 << 22, seed
         shards.append({"file": name, "split": split, "tokens": n, "sha256": sha})
         splits[split] = {"tokens": n, "documents": 1, "shards": 1}
     manifest = {
-        "format": prepare.FORMAT, "dataset": "synthetic", "data_config": {},
+        "format": FORMAT, "dataset": "synthetic", "data_config": {},
         "tokenizer": {"name": "synthetic", "vocab_size": vocab_size}, "sources": [],
         "shard_format": "npy", "dtype": dtype.name, "splits": splits, "shards": shards,
     }  # fmt: skip

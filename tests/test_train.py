@@ -195,7 +195,7 @@ def test_gradient_accumulation_equals_one_big_batch(data_dir: Path) -> None:
     opt = optax.sgd(1.0)  # the update is minus the gradient, to compare gradients exactly
     data = loader.open_prepared(data_dir)
     params = model.init_params(cfg.model, data.vocab_size, jax.random.key(0))
-    x, y = loader.batch(data, "train", 0, 0, 16, 16)
+    x, y = loader.batch(data, loader.BatchSpec("train", 0, 16, 16), 0)
     step = jax.jit(steps.make_train_step(cfg, opt))
     results = []
     for A in (1, 2):
@@ -253,7 +253,7 @@ def test_diagnostics_every_stats_interval(data_dir: Path, tmp_path: Path) -> Non
     data = loader.open_prepared(data_dir)
     V = model.vocab_rows(dataclasses.replace(m, vocab_size=data.vocab_size))
     p0 = model.init_params(m, V, jax.random.split(jax.random.key(t.seed))[0])
-    x, y = loader.batch(data, "train", t.seed, 0, t.batch_size, m.block_size)
+    x, y = loader.batch(data, loader.BatchSpec("train", t.seed, t.batch_size, m.block_size), 0)
     assert steps.STATS_ROWS < t.batch_size
     head_rows = model.trunk(p0, x[: steps.STATS_ROWS], m, stats=True)[1]
     np.testing.assert_allclose(stats[0]["attn_logit_max"], head_rows, rtol=1e-5)
@@ -338,9 +338,9 @@ def test_train_writes_the_model_dir_and_the_final_loss_recomputes(
     assert prov["runtime"] == {"kernels": "fast", "attention": "einsum", "unroll": 2,
                                "loss_chunk": 1 << 23, "remat": "none"}  # CPU  # fmt: skip
     # The final validation loss recomputes from the saved model and the recorded schedule.
+    eval_batches = loader.BatchSpec("val", cfg.train.seed, 8, 16, stream="eval")
     val = np.mean([
-        model.loss_fn(params, *loader.batch(data, "val", cfg.train.seed, k, 8, 16, stream="eval"),
-                      cfg_out.model)
+        model.loss_fn(params, *loader.batch(data, eval_batches, k), cfg_out.model)
         for k in range(cfg.train.eval_iters)
     ])  # fmt: skip
     assert float(val) == pytest.approx(summary["val_loss"], rel=1e-5)

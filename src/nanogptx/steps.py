@@ -388,13 +388,10 @@ class Layout:
 
 def train_batch(data: loader.Prepared, t: TrainConfig, lay: Layout, step: int) -> tuple:
     """Step's A micro-batches on the mesh (each process loads only its rows)."""
-    A, B, L = lay.A, lay.B, lay.L
+    A, spec = lay.A, loader.BatchSpec("train", t.seed, lay.B, lay.L, t.batch_order)
 
     def load(rows: slice) -> tuple[np.ndarray, np.ndarray]:
-        xy = [
-            loader.batch(data, "train", t.seed, step * A + i, B, L, t.batch_order, rows=rows)
-            for i in range(A)
-        ]
+        xy = [loader.batch(data, spec, step * A + i, rows) for i in range(A)]
         return np.stack([x for x, _ in xy]), np.stack([y for _, y in xy])
 
     batch_sh = NamedSharding(lay.mesh, P(None, "data", None))
@@ -404,9 +401,9 @@ def train_batch(data: loader.Prepared, t: TrainConfig, lay: Layout, step: int) -
 def eval_batch(data: loader.Prepared, t: TrainConfig, lay: Layout, split: str, k: int) -> tuple:
     """Evaluation batch k of split on the mesh."""
 
+    spec = loader.BatchSpec(split, t.seed, lay.B, lay.L, stream="eval")
+
     def load(rows: slice) -> tuple[np.ndarray, np.ndarray]:
-        return loader.batch(
-            data, split, t.seed, k, lay.B, lay.L, "random", stream="eval", rows=rows
-        )
+        return loader.batch(data, spec, k, rows)
 
     return loader.device_batch(NamedSharding(lay.mesh, P("data", None)), (lay.B, lay.L), 0, load)

@@ -141,7 +141,9 @@ def plan_run(cfg: Config, data: loader.Prepared, micro: microbatch.MicroBatch) -
     state_abs, state_sh = steps.plan_state(cfg, V, mesh)
     rt = steps.make_runtime(cfg)
     rt_stats = runtime.for_diagnostics(rt) if cfg.logging.stats_interval else None
-    schedule = loader.schedule(data, t.seed, t.batch_order, B, m.block_size, A)
+    schedule = loader.schedule(
+        data, loader.BatchSpec("train", t.seed, B, m.block_size, t.batch_order), A
+    )
     n_params = model.count_params(state_abs["params"], non_embedding=False)
     n_flops_params = model.count_params(state_abs["params"], non_embedding=True)
     flops = model.flops_per_token(m, n_flops_params)
