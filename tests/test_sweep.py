@@ -42,7 +42,8 @@ def test_lr_sensitivity_matches_a_hand_computation() -> None:
     # Every run diverged: no L*, no sensitivity (not a perfect 0).
     assert r["variants"]["bad"]["L_star"] is None and r["variants"]["bad"]["sensitivity"] is None
     svg = report.sensitivity_svg(r, "lr")
-    assert svg.count('<g id="curve-') == 3 and f"LR sensitivity {sensitivity:.4f} (L* 2.0000)" in svg
+    assert svg.count('<g id="curve-') == 3  # the figure's series: <g id="curve-N">, "band-N"
+    assert f"LR sensitivity {sensitivity:.4f} (L* 2.0000)" in svg
     assert "bad: every run diverged (no LR sensitivity)" in svg
     # The seeds of qk at 1e-2 span a band; no-qk has one seed per learning rate.
     assert qk["seeds"] == [1, 2, 1, 1] and svg.count('<g id="band-') == 1
