@@ -373,7 +373,7 @@ def test_plain_http_proxy_from_the_environment_is_used(server, tmp_path, monkeyp
 
 def test_progress_shows_bytes_rate_and_eta_in_lines_for_logs(capsys):
     progress = download.Progress("toy", {"a.bin": 2_000_000, "b.bin": 1_000_000}, tty=False)
-    progress.every = 0.0
+    progress.log_every_s = 0.0
     progress.start("a.bin", 0, 2_000_000)
     progress.add("a.bin", 1_500_000)
     progress.finish("b.bin", 1_000_000, "toy/b.bin: done")

@@ -25,7 +25,6 @@ import socket
 import ssl
 import sys
 import threading
-import time
 import urllib.parse
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -368,94 +367,53 @@ def record_lock(path: Path, dataset: str, name: str, sha256: str, size: int) -> 
 # Progress: a live line on a terminal, periodic plain lines in a log
 
 
-class Progress:
-    """Bytes, rate and ETA of a dataset's files: on a terminal a tqdm bar (bytes of all files,
-    with their rate), elsewhere a plain line every 15 s, as logs need; with a progress channel
-    (the workflow's terminal) also a line every 10 s with each file's bytes, and one per file
-    done."""
+class Progress(progress.Meter):
+    """Bytes, rate and ETA of a dataset's files, each file's bytes and one message per file
+    done (a progress.Meter: a tqdm bar of all their bytes on a terminal, else a line every
+    15 s on stderr; with a channel also to the workflow's terminal)."""
 
-    def __init__(
-        self,
-        dataset: str,
-        sizes: dict[str, int | None],
-        tty: bool | None = None,
-        channel: progress.Channel | None = None,
-    ) -> None:
-        self.dataset, self.channel = dataset, channel
-        self.tty = sys.stderr.isatty() if tty is None else tty
-        self.every = 0.25 if self.tty else 15.0
-        self.totals = dict(sizes)
-        self.done = dict.fromkeys(sizes, 0)
-        self.finished = 0
-        self.moved = 0  # bytes received by this process, for the rate
-        self.t0 = self.last = time.monotonic()
-        self.lock = threading.Lock()
-        self.bar = None
-        if self.tty:
-            from tqdm import tqdm
-
-            known = all(t is not None for t in sizes.values())
-            self.bar = tqdm(total=sum(t or 0 for t in sizes.values()) if known else None,
-                            unit="B", unit_scale=True, desc=dataset, leave=False)  # fmt: skip
+    def __init__(self, dataset: str, sizes: dict[str, int | None], tty: bool | None = None,
+                 channel: progress.Channel | None = None) -> None:  # fmt: skip
+        self.totals, self.got, self.finished = dict(sizes), dict.fromkeys(sizes, 0), 0
+        total = sum(t or 0 for t in sizes.values()) if None not in sizes.values() else None
+        super().__init__(dataset, total, channel, 15.0, tty, unit="B", scale=True,
+                         log=_stderr, text=Progress.files)  # fmt: skip
 
     def start(self, name: str, done: int, total: int | None) -> None:
         with self.lock:
-            if self.bar is not None and done:
-                self.bar.update(done - self.done[name])  # resumed bytes count as done
-            self.done[name] = done
+            self.skip(done - self.got[name])  # resumed bytes count as done, not in the rate
+            self.got[name] = done
             self.totals[name] = total if total is not None else self.totals[name]
+            if None not in self.totals.values():
+                self.total = sum(self.totals.values())  # type: ignore[arg-type]
 
-    def add(self, name: str, n: int) -> None:
+    def add(self, name: str, n: int) -> None:  # type: ignore[override]
         with self.lock:
-            self.done[name] += n
-            self.moved += n
-            now = time.monotonic()
-            if self.channel is not None and self.channel.due():
-                files = ", ".join(  # each file under way: its bytes (of its size)
-                    f"{f} {_mb(got)}" + (f" of {_mb(self.totals[f])}" if self.totals[f] else "")
-                    for f, got in self.done.items()
-                    if got and got != self.totals[f]
-                )
-                self.channel.say(self._line(now) + (f"; {files}" if files else ""))
-            if self.bar is not None:
-                self.bar.update(n)
-                return
-            if now - self.last >= self.every:
-                self.last = now
-                self._show(self._line(now))
+            self.got[name] += n
+            super().add(n)
 
     def finish(self, name: str, nbytes: int, msg: str) -> None:
         with self.lock:
-            self.done[name] = self.totals[name] = nbytes
+            self.skip(nbytes - self.got[name])
+            self.got[name] = self.totals[name] = nbytes
             self.finished += 1
-            self._show(msg, final=True)
-            if self.channel is not None:
-                self.channel.say(msg)
+            self.say(msg, channel=True)
 
-    def log(self, msg: str) -> None:
-        with self.lock:
-            self._show(msg, final=True)
+    def files(self) -> str:
+        """Files done, bytes (of the total), rate, ETA; each file under way: its bytes."""
+        line = f"{self.what}: {self.finished}/{progress.plural(len(self.got), 'file')}, "
+        line += _mb(self.done) + ("" if self.total is None else f" of {_mb(self.total)}")
+        line += f", {_mb(self.rate())}/s" + ("" if self.total is None else f", ETA {self.eta()}")
+        files = ", ".join(
+            f"{f} {_mb(got)}" + (f" of {_mb(self.totals[f])}" if self.totals[f] else "")
+            for f, got in self.got.items()
+            if got and got != self.totals[f]
+        )
+        return line + (f"; {files}" if files else "")
 
-    def _line(self, now: float) -> str:
-        done = sum(self.done.values())
-        rate = self.moved / max(now - self.t0, 1e-9)
-        files = progress.plural(len(self.done), "file")
-        line = f"{self.dataset}: {self.finished}/{files}, {_mb(done)}"
-        if all(t is not None for t in self.totals.values()):
-            total = sum(t or 0 for t in self.totals.values())
-            eta = progress.duration((total - done) / rate) if rate > 0 else "?"
-            return line + f" of {_mb(total)}, {_mb(rate)}/s, ETA {eta}"
-        return line + f", {_mb(rate)}/s"
 
-    def _show(self, msg: str, final: bool = False) -> None:
-        if self.bar is not None:  # a message above the bar, which stays at the bottom
-            self.bar.write(msg, file=sys.stderr)
-        else:
-            print(msg, file=sys.stderr, flush=True)
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
+def _stderr(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
 
 
 def _bytes(n: int) -> str:
@@ -545,7 +503,7 @@ def _fetch(job: _Job, progress: Progress, cancel: threading.Event) -> Fetched:
     if dest.exists() and want.sha256:
         if _matches(dest, want):
             return done(want.sha256, False)
-        progress.log(f"{what}: present but not sha256 {want.sha256} ({want.check}); replacing it")
+        progress.say(f"{what}: present but not sha256 {want.sha256} ({want.check}); replacing it")
         dest.unlink()
 
     failures, restarted = 0, False
@@ -569,7 +527,7 @@ def _fetch(job: _Job, progress: Progress, cancel: threading.Event) -> Fetched:
             if e.retry_after is not None:
                 wait = min(max(wait, e.retry_after), policy.backoff_max)
             again = f"retry {failures} of {retries}" if failures else "resuming"
-            progress.log(f"{what}: {e}; {again} in {wait:.1f} s")
+            progress.say(f"{what}: {e}; {again} in {wait:.1f} s")
             if cancel.wait(wait):
                 raise _Cancelled from None
             continue
@@ -586,7 +544,7 @@ def _fetch(job: _Job, progress: Progress, cancel: threading.Event) -> Fetched:
             _discard(part)  # resuming from bytes that do not verify is pointless
             if resumed and not restarted:
                 restarted = True
-                progress.log(f"{what}: resumed bytes do not verify; downloading from zero")
+                progress.say(f"{what}: resumed bytes do not verify; downloading from zero")
                 continue
             expected = [f"{want.size} bytes"] if want.size is not None else []
             expected += [f"sha256 {want.sha256}"] if want.sha256 else []
@@ -681,7 +639,7 @@ def _attempt(
         if same is False or (same is None and not (verified or stream.announced)):
             stream.close()
             why = "has changed since" if same is False else "cannot be shown to be the source of"
-            progress.log(f"{what}: {stream.url} {why} the partial file; downloading from zero")
+            progress.say(f"{what}: {stream.url} {why} the partial file; downloading from zero")
             _discard(part)
             h, offset = hashlib.sha256(), 0
             stream = _open(job.source, 0, job.policy, job.mirrored)
