@@ -111,11 +111,12 @@ def test_a_meter_of_unknown_size_logs_its_stages_words_and_ends_with_its_last(
         return progress.plural(m.done, "token") + (f", {m.note}" if m.note else "")
 
     channel = progress.Channel(w, "prepare d", every_s=3600)
-    meter = progress.Meter("prepare", None, channel, 0.0, unit="tok", log=logged.append, text=text)
-    meter.add(1000, "1 document")
-    meter.add(500, "2 documents")
-    meter.say("a message")
-    meter.close("1,500 tokens; writing the manifest")
+    with progress.Meter("prepare", None, channel, 0.0, unit="tok", log=logged.append,
+                        text=text) as meter:  # fmt: skip
+        meter.add(1000, "1 document")
+        meter.add(500, "2 documents")
+        meter.say("a message")
+        meter.close("1,500 tokens; writing the manifest")  # leaving the block: nothing more
     os.close(w)
     assert logged == ["1,000 tokens, 1 document", "1,500 tokens, 2 documents", "a message"]
     assert os.read(r, 1000).decode().splitlines() == [

@@ -465,11 +465,8 @@ def _download(
         for f in ds.files
     ]  # fmt: skip
     sizes = {j.file.name: expect(j.file, j.lock_entry).size for j in jobs}
-    watch = Progress(ds.name, sizes, channel=channel)
-    try:
+    with Progress(ds.name, sizes, channel=channel) as watch:
         results = _run_all(jobs, watch, threads)
-    finally:
-        watch.close()
     fetched = [results[f.name] for f in ds.files]
     outputs = [
         {**provenance.file_entry(r.path, r.sha256), "check": r.check, "source": r.source}

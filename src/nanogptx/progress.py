@@ -92,7 +92,7 @@ class Meter:
                  text: Callable[[Meter], str] | None = None) -> None:  # fmt: skip
         self.what, self.total, self.channel, self.log_every_s = what, total, channel, log_every_s
         self.done = self.base = initial  # base: done without work here (resumed, present)
-        self.note, self.eta_s, self.lock = "", None, threading.RLock()
+        self.note, self.eta_s, self.lock, self.closed = "", None, threading.RLock(), False
         self.log = log or (lambda line: print(line, flush=True))
         self.text = text or Meter.counts
         self.t0 = self.logged = time.monotonic()
@@ -169,12 +169,22 @@ class Meter:
                 self.channel.say(msg)
 
     def close(self, final: str | None = None) -> None:
-        """Stop; the channel gets final, or the last line."""
+        """Stop (once; leaving a with block closes too); the channel gets final, or the last
+        line."""
+        if self.closed:
+            return
+        self.closed = True
         self.ticker.close()
         if self.channel is not None:
             self.channel.say(final or self.line())
         if self.bar is not None:
             self.bar.close()
+
+    def __enter__(self) -> Meter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 def steps(total: int, start: int, channel: Channel | None, show: bool = True) -> Meter:
