@@ -56,6 +56,11 @@ def _finite(v: Any) -> bool:
     return isinstance(v, (int, float)) and math.isfinite(v)
 
 
+def _fmt(v: float) -> str:
+    """A tick: 20k, 1.5M from ten thousand on (steps, tokens), else as it is (-2.5, 300)."""
+    return f"{v / 1e6:g}M" if abs(v) >= 1e6 else f"{v / 1e3:g}k" if abs(v) >= 1e4 else f"{v:g}"
+
+
 def _svg(title: str, draw: Callable[[], Figure]) -> str:
     """The figure draw() makes, in STYLE, as SVG: each series titled with its label (a tooltip
     where the figure is opened alone), its size stated in pixels, for an <img> that shrinks to
@@ -113,9 +118,9 @@ def _panel(ax: Axes, series: list[Series], x_label: str, y_label: str = "loss") 
     if not drawn:
         ax.set_axis_off()
         return
-    from matplotlib.ticker import EngFormatter
+    from matplotlib.ticker import FuncFormatter
 
-    ax.xaxis.set_major_formatter(EngFormatter(sep=""))  # 20k, 1.5M: steps and tokens
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: _fmt(v)))
     ax.set_xlabel(x_label)
     ax.set_ylabel(y_label)
 
