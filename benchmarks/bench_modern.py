@@ -38,26 +38,26 @@ def run(name: str, data: Path, work: Path, overrides: list[str]) -> dict:
 
 
 def svg(results: dict[str, dict]) -> str:
-    from nanogptx import report
+    from nanogptx import figures
 
     series = [
-        (f"{name} val", report.COLORS[i], "val", r["wall_curve"])
+        (f"{name} val", figures.color(i), "val", r["wall_curve"])
         for i, (name, r) in enumerate(results.items())
     ]
     keys = [
         (f"{name}: {r['steps']} steps, {r['wall']:.0f} s, whole val {r['whole']:.4f}",
-         report.COLORS[i])
+         figures.color(i))
         for i, (name, r) in enumerate(results.items())
     ]  # fmt: skip
 
     def draw():  # one report panel and its key
-        fig = report._figure(report.W + 330, report.H)
-        report._panel(fig.subplots(), series, "wall seconds of the train stage",
+        fig = figures.figure(figures.W + 330, figures.H)
+        figures.panel(fig.subplots(), series, "wall seconds of the train stage",
                       "val loss (estimate)")  # fmt: skip
-        report._legend(fig, keys, loc="outside right upper")
+        figures.legend(fig, keys, loc="outside right upper")
         return fig
 
-    return report._svg("modern recipe against GPT-2's", draw)
+    return figures.svg("modern recipe against GPT-2's", draw)
 
 
 def main() -> None:

@@ -73,12 +73,26 @@ class Progress(progress.Meter):
     done (a progress.Meter: a tqdm bar of all their bytes on a terminal, else a line every
     15 s on stderr; with a channel also to the workflow's terminal)."""
 
-    def __init__(self, dataset: str, sizes: dict[str, int | None], tty: bool | None = None,
-                 channel: progress.Channel | None = None) -> None:  # fmt: skip
+    def __init__(
+        self,
+        dataset: str,
+        sizes: dict[str, int | None],
+        tty: bool | None = None,
+        channel: progress.Channel | None = None,
+    ) -> None:
         self.totals, self.got, self.finished = dict(sizes), dict.fromkeys(sizes, 0), 0
         total = sum(t or 0 for t in sizes.values()) if None not in sizes.values() else None
-        super().__init__(dataset, total, channel, 15.0, tty, unit="B", scale=True,
-                         log=_stderr, text=Progress.files)  # fmt: skip
+        super().__init__(
+            dataset,
+            total,
+            channel,
+            15.0,
+            tty,
+            unit="B",
+            scale=True,
+            log=_stderr,
+            text=Progress.files,
+        )
 
     def start(self, name: str, done: int, total: int | None) -> None:
         with self.lock:
@@ -261,8 +275,13 @@ def _discard(part: Path) -> None:
 
 
 def _origin(job: _Job, stream: Stream) -> dict[str, Any]:
-    return {"source": job.source, "bytes": stream.total, "mtime_ns": stream.mtime_ns,
-            "etag": stream.etag, "last_modified": stream.last_modified}  # fmt: skip
+    return {
+        "source": job.source,
+        "bytes": stream.total,
+        "mtime_ns": stream.mtime_ns,
+        "etag": stream.etag,
+        "last_modified": stream.last_modified,
+    }
 
 
 def _read_origin(part: Path) -> dict[str, Any] | None:
@@ -330,8 +349,9 @@ def _open_for(job: _Job, want: Expect, part: Path, offset: int, progress: Progre
         return stream
     stream.close()
     why = "has changed since" if same is False else "cannot be shown to be the source of"
-    progress.say(f"{job.dataset}/{job.file.name}: {stream.url} {why} the partial file; "
-                 "downloading from zero")  # fmt: skip
+    progress.say(
+        f"{job.dataset}/{job.file.name}: {stream.url} {why} the partial file; downloading from zero"
+    )
     _discard(part)
     return open_source(job.source, 0, job.policy, job.mirrored)
 
@@ -460,10 +480,19 @@ def _download(
 ) -> list[Fetched]:
     locked = read_lock(lock).get(ds.name, {})
     jobs = [
-        _Job(ds.name, f, source_for(ds.name, f, mirror), mirror is not None, out, lock,
-             locked.get(f.name), data.allow_unverified, policy)
+        _Job(
+            ds.name,
+            f,
+            source_for(ds.name, f, mirror),
+            mirror is not None,
+            out,
+            lock,
+            locked.get(f.name),
+            data.allow_unverified,
+            policy,
+        )
         for f in ds.files
-    ]  # fmt: skip
+    ]
     sizes = {j.file.name: expect(j.file, j.lock_entry).size for j in jobs}
     with Progress(ds.name, sizes, channel=channel) as watch:
         results = _run_all(jobs, watch, threads)
@@ -548,8 +577,15 @@ def main(argv: list[str] | None = None) -> None:
     if args.threads < 1:
         parser.error(f"--threads {args.threads}: expected >= 1")
     try:
-        download(cfg, args.out, args.mirror, args.lock, args.threads, dataset=args.dataset,
-                 channel=progress.from_args(args))  # fmt: skip
+        download(
+            cfg,
+            args.out,
+            args.mirror,
+            args.lock,
+            args.threads,
+            dataset=args.dataset,
+            channel=progress.from_args(args),
+        )
     except DownloadError as e:
         parser.exit(1, f"{parser.prog}: error: {e}\n")
 

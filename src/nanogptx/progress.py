@@ -85,11 +85,21 @@ class Meter:
     (log, default stdout) a line every log_every_s (None: the stage logs its own). A line is
     text(meter), by default done/total, rate and ETA. add() may be called from threads."""
 
-    def __init__(self, what: str, total: int | None, channel: Channel | None,
-                 log_every_s: float | None = 5.0, tty: bool | None = None, *, unit: str = "it",
-                 scale: bool = False, initial: int = 0, leave: bool = False,
-                 log: Callable[[str], None] | None = None,
-                 text: Callable[[Meter], str] | None = None) -> None:  # fmt: skip
+    def __init__(
+        self,
+        what: str,
+        total: int | None,
+        channel: Channel | None,
+        log_every_s: float | None = 5.0,
+        tty: bool | None = None,
+        *,
+        unit: str = "it",
+        scale: bool = False,
+        initial: int = 0,
+        leave: bool = False,
+        log: Callable[[str], None] | None = None,
+        text: Callable[[Meter], str] | None = None,
+    ) -> None:
         self.what, self.total, self.channel, self.log_every_s = what, total, channel, log_every_s
         self.done = self.base = initial  # base: done without work here (resumed, present)
         self.note, self.eta_s, self.lock, self.closed = "", None, threading.RLock(), False
@@ -100,8 +110,9 @@ class Meter:
         if channel is None and (sys.stderr.isatty() if tty is None else tty):
             from tqdm import tqdm
 
-            self.bar = tqdm(total=total, initial=initial, desc=what, unit=unit, unit_scale=scale,
-                            leave=leave)  # fmt: skip
+            self.bar = tqdm(
+                total=total, initial=initial, desc=what, unit=unit, unit_scale=scale, leave=leave
+            )
         self.ticker = _Ticker(channel, self.line)
 
     def elapsed(self) -> float:
@@ -197,8 +208,17 @@ def steps(total: int, start: int, channel: Channel | None, show: bool = True) ->
             return f"step {m.done}/{m.total}, {duration(m.elapsed())} in"
         return f"step {m.done}/{m.total}, {m.note}, ETA {m.eta()}"
 
-    return Meter("train", total, channel if show else None, None, None if show else False,
-                 unit="step", initial=start, leave=True, text=text)  # fmt: skip
+    return Meter(
+        "train",
+        total,
+        channel if show else None,
+        None,
+        None if show else False,
+        unit="step",
+        initial=start,
+        leave=True,
+        text=text,
+    )
 
 
 @contextlib.contextmanager
@@ -207,8 +227,9 @@ def busy(what: str, channel: Channel | None, log: Callable[[str], None]) -> Iter
     the log, and through the channel its start, then every channel interval how long it runs."""
     t0 = time.monotonic()
     log(f"{what} ...")
-    ticker = _Ticker(channel, lambda: f"{what}: {duration(time.monotonic() - t0)} so far",
-                     f"{what} ...")  # fmt: skip
+    ticker = _Ticker(
+        channel, lambda: f"{what}: {duration(time.monotonic() - t0)} so far", f"{what} ..."
+    )
     try:
         yield
     finally:

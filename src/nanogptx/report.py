@@ -13,26 +13,15 @@ import html
 import io
 import json
 import math
-import re
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from nanogptx import provenance
+from nanogptx import figures, provenance
+from nanogptx.figures import H, Series, W
 
 if TYPE_CHECKING:  # matplotlib is imported where a figure is drawn, not with the module
-    from matplotlib.axes import Axes
     from matplotlib.figure import Figure
-
-COLORS = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf"]
-W, H = 460, 300  # one panel, in pixels
-# Every figure's matplotlib settings (restyle here): text stays text (searchable, small), never
-# math ($ in a run name); a fixed salt and no date (in _svg) make reruns identical byte for byte.
-STYLE = {"svg.fonttype": "none", "svg.hashsalt": "nanogptx", "text.parse_math": False,
-         "font.size": 10, "font.sans-serif": ["DejaVu Sans"], "lines.scale_dashes": False,
-         "axes.grid": True, "grid.color": "#eeeeee", "legend.frameon": False}  # fmt: skip
-KINDS = ("curve", "band", "marks")  # what _panel draws, as SVG group ids: <g id="curve-3">
-Series = tuple[str, str, str, list[tuple[float, float]]]  # label, color, style, points
 
 
 def read_metrics(path: str | Path) -> list[dict[str, Any]]:
@@ -52,90 +41,8 @@ def read_metrics(path: str | Path) -> list[dict[str, Any]]:
     return records
 
 
-def _finite(v: Any) -> bool:
-    return isinstance(v, (int, float)) and math.isfinite(v)
-
-
-def _fmt(v: float) -> str:
-    """A tick: 20k, 1.5M from ten thousand on (steps, tokens), else as it is (-2.5, 300)."""
-    return f"{v / 1e6:g}M" if abs(v) >= 1e6 else f"{v / 1e3:g}k" if abs(v) >= 1e4 else f"{v:g}"
-
-
-def _svg(title: str, draw: Callable[[], Figure]) -> str:
-    """The figure draw() makes, in STYLE, as SVG: each series titled with its label (a tooltip
-    where the figure is opened alone), its size stated in pixels, for an <img> that shrinks to
-    fit its content (the Snakemake report's) has none otherwise; it narrows to the window."""
-    import matplotlib
-
-    with matplotlib.rc_context(STYLE):
-        fig = draw()
-        titles = {}
-        for i, artist in enumerate(fig.findobj(lambda a: a.get_gid() in KINDS)):
-            artist.set_gid(f"{artist.get_gid()}-{i}")
-            titles[artist.get_gid()] = artist.get_label()
-        buf = io.StringIO()
-        fig.savefig(buf, format="svg", metadata={"Date": None, "Title": title})
-    series = f'<g id="((?:{"|".join(KINDS)})-\\d+)">'
-    svg = re.sub(series, lambda m: f"{m[0]}<title>{html.escape(titles[m[1]])}</title>",
-                 buf.getvalue())  # fmt: skip
-    size = r'width="\1" height="\2" \3 style="max-width:100%;height:auto"'  # pt to px
-    return re.sub(r'width="([\d.]+)pt" height="([\d.]+)pt" (viewBox="[^"]*")', size, svg, count=1)
-
-
-def _figure(width: int, height: int) -> Figure:
-    """An empty figure of width x height pixels (drawn at 72 dpi: 1 pt is 1 px)."""
-    from matplotlib.figure import Figure  # not pyplot: no window, no global figure state
-
-    return Figure(figsize=(width / 72, height / 72), layout="constrained")
-
-
-def _dashes(style: str) -> dict[str, Any]:
-    """Train loss dashed and faint; layer i > 0 of a diagnostic in longer dashes."""
-    if style == "train":
-        return {"linestyle": (0, (4, 3)), "alpha": 0.6}
-    if style.startswith("layer") and int(style[5:]):
-        return {"linestyle": (0, (2 * int(style[5:]), 2))}
-    return {}
-
-
-def _panel(ax: Axes, series: list[Series], x_label: str, y_label: str = "loss") -> None:
-    """series on ax; style "train" is dashed, "val" solid, "layer<i>" solid with a dash
-    pattern per layer, "marks" a cross at each point, "band" a shaded polygon through the
-    points. Points that are not finite are left out; an axes with none is not shown."""
-    drawn = False
-    for label, color, style, points in series:
-        pts = [(x, y) for x, y in points if _finite(x) and _finite(y)]
-        if not pts:
-            continue
-        drawn, (xs, ys) = True, zip(*pts, strict=True)
-        if style == "band":
-            ax.fill(xs, ys, color=color, alpha=0.15, linewidth=0, gid="band", label=label)
-        elif style == "marks":
-            ax.plot(xs, ys, "x", color=color, markersize=10, markeredgewidth=2, gid="marks",
-                    label=label)  # fmt: skip
-        else:
-            ax.plot(xs, ys, color=color, linewidth=1.6, gid="curve", label=label, **_dashes(style))
-    if not drawn:
-        ax.set_axis_off()
-        return
-    from matplotlib.ticker import FuncFormatter
-
-    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: _fmt(v)))
-    ax.set_xlabel(x_label)
-    ax.set_ylabel(y_label)
-
-
-def _legend(where: Figure | Axes, keys: Sequence[tuple[str, str | None]], **kw: Any) -> None:
-    """A key of (label, color) entries: a line in that color, or none (a note: color None)."""
-    from matplotlib.lines import Line2D
-
-    handles = [Line2D([], [], color=color or "none", linewidth=2, label=label)
-               for label, color in keys]  # fmt: skip
-    where.legend(handles=handles, handlelength=2.5 if all(c for _, c in keys) else 1.5, **kw)
-
-
 def curves_svg(runs: dict[str, list[dict[str, Any]]], title: str) -> str:
-    return _svg(title, lambda: curves_figure(runs))
+    return figures.svg(title, lambda: curves_figure(runs))
 
 
 def curves_figure(runs: dict[str, list[dict[str, Any]]]) -> Figure:
@@ -145,7 +52,7 @@ def curves_figure(runs: dict[str, list[dict[str, Any]]]) -> Figure:
     for x_key in ("step", "tokens"):
         series = []
         for i, (name, records) in enumerate(runs.items()):
-            color = COLORS[i % len(COLORS)]
+            color = figures.color(i)
             train = [(r[x_key], r["loss"]) for r in records if r.get("kind") == "train"]
             val = [(r[x_key], r["val_loss"]) for r in records if r.get("kind") == "eval"]
             series += [(f"{name} train", color, "train", train)] if train else []
@@ -156,22 +63,22 @@ def curves_figure(runs: dict[str, list[dict[str, Any]]]) -> Figure:
     diagnostics = stats_panels(runs)
     columns, rows = (3 if diagnostics else 2), 1 + -(-len(diagnostics) // 3)
     key_width = 60 + 7 * max(26, *(len(name) for name in runs))
-    fig = _figure(2 * W + (max(W, key_width) if diagnostics else key_width), rows * H)
+    fig = figures.figure(2 * W + (max(W, key_width) if diagnostics else key_width), rows * H)
     grid = fig.subplots(rows, columns, squeeze=False)
     for ax, series, x_label in zip(grid[0], panels, ("step", "tokens"), strict=False):
-        _panel(ax, series, x_label)
+        figures.panel(ax, series, x_label)
     for ax, (series, y_label) in zip(grid[1:].flat, diagnostics, strict=False):
-        _panel(ax, series, "step", y_label)
+        figures.panel(ax, series, "step", y_label)
     for ax in grid.flat[columns + len(diagnostics) :]:
         ax.set_axis_off()
-    keys = [(name, COLORS[i % len(COLORS)]) for i, name in enumerate(runs)]
+    keys = [(name, figures.color(i)) for i, name in enumerate(runs)]
     keys.append(("solid: val, dashed: train", None))
     if diagnostics:
         keys.append(("below: diagnostics per layer (longer dashes: later layers)", None))
         grid[0][2].set_axis_off()
-        _legend(grid[0][2], keys, loc="upper left")
+        figures.legend(grid[0][2], keys, loc="upper left")
     else:
-        _legend(fig, keys, loc="outside right upper")
+        figures.legend(fig, keys, loc="outside right upper")
     return fig
 
 
@@ -184,7 +91,7 @@ def stats_panels(
     (update RMS over parameter RMS). Empty without such records."""
 
     def rms(r: dict[str, Any], kind: str, k: str, i: int) -> float:  # nan: not finite
-        return r[kind][k][i] if _finite(r[kind][k][i]) else math.nan
+        return r[kind][k][i] if figures.finite(r[kind][k][i]) else math.nan
 
     def ratio(r: dict[str, Any], k: str, i: int) -> float:
         u, p = rms(r, "update_rms", k, i), rms(r, "param_rms", k, i)
@@ -198,7 +105,7 @@ def stats_panels(
     logits, log_z = [], []
     per_layer: dict[str, list] = {label: [] for label in measures}
     for i, (name, records) in enumerate(runs.items()):
-        color = COLORS[i % len(COLORS)]
+        color = figures.color(i)
         stats = [r for r in records if r.get("kind") == "stats"]
         if not stats:
             continue
@@ -206,11 +113,18 @@ def stats_panels(
         names = [k for k in stats[0]["param_rms"] if k.startswith("blocks.") and k.endswith("_w")]
         for layer in range(len(stats[0]["attn_logit_max"])):
             label = f"{name} layer {layer}"
-            logits.append((label, color, f"layer{layer}",
-                           [(r["step"], r["attn_logit_max"][layer]) for r in stats]))  # fmt: skip
+            logits.append(
+                (
+                    label,
+                    color,
+                    f"layer{layer}",
+                    [(r["step"], r["attn_logit_max"][layer]) for r in stats],
+                )
+            )
             for measure, value in measures.items():
-                points = [(r["step"], sum(value(r, k, layer) for k in names) / len(names))
-                          for r in stats]  # fmt: skip
+                points = [
+                    (r["step"], sum(value(r, k, layer) for k in names) / len(names)) for r in stats
+                ]
                 per_layer[measure].append((label, color, f"layer{layer}", points))
     if not log_z:
         return []
@@ -283,7 +197,7 @@ def lr_sensitivity(points: list[dict[str, Any]]) -> dict[str, Any]:
     L0 = sum(p["initial"] for p in points) / len(points)
 
     def ok(p: dict[str, Any]) -> bool:
-        return p.get("diverged") is None and _finite(p["final"])
+        return p.get("diverged") is None and figures.finite(p["final"])
 
     variants: dict[str, dict[float, list[float]]] = {}
     for p in points:
@@ -295,57 +209,75 @@ def lr_sensitivity(points: list[dict[str, Any]]) -> dict[str, Any]:
         lrs = sorted(by_lr)
         losses = [sum(by_lr[lr]) / len(by_lr[lr]) for lr in lrs]
         best = min(losses) if v in trained else None
-        out[v] = {"lrs": lrs, "losses": losses, "seeds": [len(by_lr[lr]) for lr in lrs],
-                  "low": [min(by_lr[lr]) for lr in lrs], "high": [max(by_lr[lr]) for lr in lrs],
-                  "L_star": best,
-                  "sensitivity": None if best is None else sum(L - best for L in losses)
-                  / len(losses)}  # fmt: skip
+        out[v] = {
+            "lrs": lrs,
+            "losses": losses,
+            "seeds": [len(by_lr[lr]) for lr in lrs],
+            "low": [min(by_lr[lr]) for lr in lrs],
+            "high": [max(by_lr[lr]) for lr in lrs],
+            "L_star": best,
+            "sensitivity": None if best is None else sum(L - best for L in losses) / len(losses),
+        }
     finals = [p["final"] for p in points if ok(p)]
     return {"L0": L0, "best": min(finals) if finals else None, "variants": out, "points": points}
 
 
 def sensitivity_svg(result: dict[str, Any], title: str) -> str:
-    return _svg(title, lambda: sensitivity_figure(result))
+    return figures.svg(title, lambda: sensitivity_figure(result))
 
 
 def sensitivity_figure(result: dict[str, Any]) -> Figure:
     """Final loss (capped at L0) against log10 of the learning rate, one curve per variant (the
     mean over seeds, in a shaded band from their lowest to their highest), its sensitivity in
     the legend."""
+
+    def at(lrs: list[float], losses: list[float]) -> list[tuple[float, float]]:
+        return [(math.log10(lr), L) for lr, L in zip(lrs, losses, strict=True)]
+
     variants = result["variants"]
     bands = [
-        (f"{name}: seeds' range", COLORS[i % len(COLORS)], "band",
-         [(math.log10(lr), L) for lr, L in zip(v["lrs"], v["low"], strict=True)]
-         + [(math.log10(lr), L) for lr, L in reversed(list(zip(v["lrs"], v["high"],
-                                                              strict=True)))])
-        for i, (name, v) in enumerate(variants.items()) if v["low"] != v["high"]
-    ]  # fmt: skip
-    series = [
-        (name, COLORS[i % len(COLORS)], "val",
-         [(math.log10(lr), L) for lr, L in zip(v["lrs"], v["losses"], strict=True)])
+        (
+            f"{name}: seeds' range",
+            figures.color(i),
+            "band",
+            at(v["lrs"], v["low"]) + at(v["lrs"], v["high"])[::-1],
+        )
         for i, (name, v) in enumerate(variants.items())
-    ]  # fmt: skip
+        if v["low"] != v["high"]
+    ]
+    series = [
+        (name, figures.color(i), "val", at(v["lrs"], v["losses"]))
+        for i, (name, v) in enumerate(variants.items())
+    ]
     crosses = [
-        (f"{p['run']}: diverged at step {p['diverged']}", COLORS[i % len(COLORS)], "marks",
-         [(math.log10(p["lr"]), result["L0"])])
-        for i, name in enumerate(variants) for p in result["points"]
+        (
+            f"{p['run']}: diverged at step {p['diverged']}",
+            figures.color(i),
+            "marks",
+            at([p["lr"]], [result["L0"]]),
+        )
+        for i, name in enumerate(variants)
+        for p in result["points"]
         if p["variant"] == name and p.get("diverged") is not None
-    ]  # fmt: skip
-    fig = _figure(2 * W + 200, H)
-    _panel(fig.subplots(), bands + series + crosses, "log10 learning rate",
-           "final val loss (capped at L0)")  # fmt: skip
+    ]
+    fig = figures.figure(2 * W + 200, H)
+    axes = fig.subplots()
+    figures.panel(
+        axes, bands + series + crosses, "log10 learning rate", "final val loss (capped at L0)"
+    )
 
     def key(name: str, v: dict[str, Any]) -> str:
         if v["sensitivity"] is None:
             return f"{name}: every run diverged (no LR sensitivity)"
         return f"{name}: LR sensitivity {v['sensitivity']:.4f} (L* {v['L_star']:.4f})"
 
-    keys = [(key(name, v), COLORS[i % len(COLORS)]) for i, (name, v) in enumerate(variants.items())]
-    keys.append((f"L0 = {result['L0']:.4f} (at initialisation); L*: the variant's lowest point; "
-                 "sensitivity: the mean of its curve less L*", None))  # fmt: skip
-    if crosses:
-        keys.append(("x: a diverged run (counted as L0)", None))
-    _legend(fig, keys, loc="outside right upper")
+    keys = [(key(name, v), figures.color(i)) for i, (name, v) in enumerate(variants.items())]
+    notes = [
+        f"L0 = {result['L0']:.4f} (at initialisation); L*: the variant's lowest point; "
+        "sensitivity: the mean of its curve less L*"
+    ]
+    notes += ["x: a diverged run (counted as L0)"] if crosses else []
+    figures.legend(fig, keys + [(note, None) for note in notes], loc="outside right upper")
     return fig
 
 
@@ -364,8 +296,11 @@ def sweep_points(runs: dict[str, Path], lr_key: str, axes: list[str]) -> list[di
 
     points = []
     settings = {name: run_settings(root) for name, root in runs.items()}
-    varied = [k for k in axes if k not in (lr_key, "train.seed")
-              and len({s[k] for s in settings.values()}) > 1]  # fmt: skip
+    varied = [
+        k
+        for k in axes
+        if k not in (lr_key, "train.seed") and len({s[k] for s in settings.values()}) > 1
+    ]
     for name, root in runs.items():
         variant = ", ".join(f"{k}={settings[name][k]}" for k in varied) or "all"
         records = read_metrics(root / "model" / "metrics.jsonl")
@@ -373,15 +308,20 @@ def sweep_points(runs: dict[str, Path], lr_key: str, axes: list[str]) -> list[di
         final = provenance.read_json(root / "eval" / "metrics.json")["val_loss"]["loss"]
         diverged = provenance.read(root / "model").get("summary", {}).get("diverged")
         stats = [r for r in records if r.get("kind") == "stats"]
-        logits = [v for r in stats for v in r["attn_logit_max"] if _finite(v)]
-        points.append({
-            "run": name, "variant": variant, "lr": float(settings[name][lr_key]),
-            "final": final if _finite(final) else math.nan, "initial": first["val_loss"],
-            "diverged": None if diverged is None else diverged["step"],
-            "max_attn_logit": max(logits) if logits else None,
-            "final_log_z": stats[-1]["log_z"] if stats else None,
-            "records": records,
-        })  # fmt: skip
+        logits = [v for r in stats for v in r["attn_logit_max"] if figures.finite(v)]
+        points.append(
+            {
+                "run": name,
+                "variant": variant,
+                "lr": float(settings[name][lr_key]),
+                "final": final if figures.finite(final) else math.nan,
+                "initial": first["val_loss"],
+                "diverged": None if diverged is None else diverged["step"],
+                "max_attn_logit": max(logits) if logits else None,
+                "final_log_z": stats[-1]["log_z"] if stats else None,
+                "records": records,
+            }
+        )
     return points
 
 
@@ -400,7 +340,7 @@ def points_csv(points: list[dict[str, Any]]) -> str:
 
 
 def sweep_stats_svg(points: list[dict[str, Any]], title: str, high: int = 2) -> str:
-    return _svg(title, lambda: sweep_stats_figure(points, high))
+    return figures.svg(title, lambda: sweep_stats_figure(points, high))
 
 
 def sweep_stats_figure(points: list[dict[str, Any]], high: int = 2) -> Figure:
@@ -415,30 +355,37 @@ def sweep_stats_figure(points: list[dict[str, Any]], high: int = 2) -> Figure:
     logits, log_z = [], []
     for p in kept:
         stats = [r for r in p["records"] if r.get("kind") == "stats"]
-        color = COLORS[variants.index(p["variant"]) % len(COLORS)]
+        color = figures.color(variants.index(p["variant"]))
         log_z.append((p["run"], color, "val", [(r["step"], r["log_z"]) for r in stats]))
         if p["lr"] in top:
-            largest = [max((v for v in r["attn_logit_max"] if _finite(v) and v > 0), default=None)
-                       for r in stats]  # fmt: skip
+            largest = [
+                max((v for v in r["attn_logit_max"] if figures.finite(v) and v > 0), default=None)
+                for r in stats
+            ]
             pts = [(r["step"], math.log10(v)) for r, v in zip(stats, largest, strict=True) if v]
             logits.append((p["run"], color, f"layer{top.index(p['lr'])}", pts))
     if not any(pts for *_, pts in log_z):  # the figure says why it is empty
-        fig = _figure(2 * W, 40)
-        fig.text(0.01, 0.5, "No diagnostics in these runs' metrics: set "
-                 "logging.stats_interval > 0 in the sweep's base run.", va="center")  # fmt: skip
+        fig = figures.figure(2 * W, 40)
+        fig.text(
+            0.01,
+            0.5,
+            "No diagnostics in these runs' metrics: set "
+            "logging.stats_interval > 0 in the sweep's base run.",
+            va="center",
+        )
         return fig
-    fig = _figure(2 * W + 60 + 7 * max(40, *(len(v) for v in variants)), H)
+    fig = figures.figure(2 * W + 60 + 7 * max(40, *(len(v) for v in variants)), H)
     left, right = fig.subplots(1, 2)
-    _panel(left, logits, "step", "log10 largest attention logit")
-    _panel(right, log_z, "step", "mean log Z of the output")
-    keys: list[tuple[str, str | None]] = [(v, COLORS[i % len(COLORS)])
-                                          for i, v in enumerate(variants)]  # fmt: skip
+    figures.panel(left, logits, "step", "log10 largest attention logit")
+    figures.panel(right, log_z, "step", "mean log Z of the output")
+    keys: list[tuple[str, str | None]] = [(v, figures.color(i)) for i, v in enumerate(variants)]
     lrs = ", ".join(f"{lr:g}" for lr in top)
     keys.append((f"left: learning rates {lrs} (solid: the largest)", None))
     left_out = len(points) - len(kept)
-    keys.append((f"right: every run{f' but the {left_out} that diverged' if left_out else ''}",
-                  None))  # fmt: skip
-    _legend(fig, keys, loc="outside right upper")
+    keys.append(
+        (f"right: every run{f' but the {left_out} that diverged' if left_out else ''}", None)
+    )
+    figures.legend(fig, keys, loc="outside right upper")
     return fig
 
 
@@ -463,8 +410,12 @@ EVAL_COLUMNS = {
 def evals_html(runs: dict[str, dict[str, Any]], title: str) -> str:
     """The eval metrics of each run as one table, runs side by side (rows), with each task's
     method stated under it."""
-    cols = [(task, *c) for task, cs in EVAL_COLUMNS.items() for c in cs
-            if any(task in m for m in runs.values())]  # fmt: skip
+    cols = [
+        (task, *c)
+        for task, cs in EVAL_COLUMNS.items()
+        for c in cs
+        if any(task in m for m in runs.values())
+    ]
     head = "".join(f"<th>{html.escape(h)}</th>" for _, _, h, _ in cols)
     rows = []
     for name, metrics in runs.items():
@@ -551,12 +502,15 @@ def main(argv: Sequence[str] | None = None) -> None:
         elif args.what == "text":
             text = text_html(args.file.read_text("utf-8", "backslashreplace"), args.title)
         elif args.what == "evals":
-            runs = {name: provenance.read_json(path, what="eval metrics")
-                    for name, path in _pairs(args.metrics).items()}  # fmt: skip
+            runs = {
+                name: provenance.read_json(path, what="eval metrics")
+                for name, path in _pairs(args.metrics).items()
+            }
             text = evals_html(runs, args.title)
         elif args.what == "curves":
-            text = curves_svg({n: read_metrics(p) for n, p in _pairs(args.metrics).items()},
-                              args.title)  # fmt: skip
+            text = curves_svg(
+                {n: read_metrics(p) for n, p in _pairs(args.metrics).items()}, args.title
+            )
         else:
             text = chain_html(args.run, args.raw, args.data, args.model, args.samples)
     except (OSError, ValueError, KeyError) as e:

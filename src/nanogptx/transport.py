@@ -232,8 +232,16 @@ def _http_stream(
 
     etag = resp.getheader("ETag")
     etag = etag if etag and not etag.startswith("W/") else None  # If-Range takes strong ones
-    return Stream(url, start, total, announced, read, conn.close,
-                   etag=etag, last_modified=resp.getheader("Last-Modified"))  # fmt: skip
+    return Stream(
+        url,
+        start,
+        total,
+        announced,
+        read,
+        conn.close,
+        etag=etag,
+        last_modified=resp.getheader("Last-Modified"),
+    )
 
 
 def _open_file(path: Path, offset: int) -> Stream:
@@ -245,8 +253,15 @@ def _open_file(path: Path, offset: int) -> Stream:
         raise DownloadError(f"cannot read mirror file {path}: {e.strerror}") from None
     st = os.fstat(f.fileno())
     f.seek(min(offset, st.st_size))
-    return Stream(str(path), min(offset, st.st_size), st.st_size, None, f.read, f.close,
-                   mtime_ns=st.st_mtime_ns)  # fmt: skip
+    return Stream(
+        str(path),
+        min(offset, st.st_size),
+        st.st_size,
+        None,
+        f.read,
+        f.close,
+        mtime_ns=st.st_mtime_ns,
+    )
 
 
 def local_path(source: str) -> Path | None:
