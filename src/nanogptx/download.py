@@ -82,17 +82,8 @@ class Progress(progress.Meter):
     ) -> None:
         self.totals, self.got, self.finished = dict(sizes), dict.fromkeys(sizes, 0), 0
         total = sum(t or 0 for t in sizes.values()) if None not in sizes.values() else None
-        super().__init__(
-            dataset,
-            total,
-            channel,
-            15.0,
-            tty,
-            unit="B",
-            scale=True,
-            log=_stderr,
-            text=Progress.files,
-        )
+        shown = {"unit": "B", "scale": True, "log": _stderr, "text": Progress.files}
+        super().__init__(dataset, total, channel, 15.0, tty, **shown)
 
     def start(self, name: str, done: int, total: int | None) -> None:
         with self.lock:
@@ -560,9 +551,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--mirror",
         default=os.environ.get("NANOGPTX_MIRROR") or None,
-        help="fetch <mirror>/<dataset>/<file> from this directory or URL instead "
-        "(default: $NANOGPTX_MIRROR, which the workflow sets from its `mirror`; empty: the "
-        "registry URLs)",
+        help="fetch <mirror>/<dataset>/<file> from this directory or URL (default "
+        "$NANOGPTX_MIRROR, the workflow's `mirror`; empty: the registry URLs)",
     )
     parser.add_argument(
         "--lock",
@@ -577,6 +567,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.threads < 1:
         parser.error(f"--threads {args.threads}: expected >= 1")
     try:
+        channel = progress.from_args(args)
         download(
             cfg,
             args.out,
@@ -584,7 +575,7 @@ def main(argv: list[str] | None = None) -> None:
             args.lock,
             args.threads,
             dataset=args.dataset,
-            channel=progress.from_args(args),
+            channel=channel,
         )
     except DownloadError as e:
         parser.exit(1, f"{parser.prog}: error: {e}\n")
