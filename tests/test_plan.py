@@ -293,6 +293,30 @@ def test_a_gpu_target_without_the_cuda_extra_says_how_to_install_it(
     assert "--target 'h99': expected one of h100, h200, a100-80g, a6000" in capsys.readouterr().err
 
 
+def test_a_target_file_that_is_no_gpu_description_is_refused_naming_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Missing, a directory, not text, unreadable: exit 2 naming the file, never a traceback.
+    odd = tmp_path / "dir with spaces é"
+    odd.mkdir()
+    (odd / "g ü.txtpb").write_bytes(bytes(range(256)))
+    (odd / "locked.txtpb").write_text("gpu_device_info {}")
+    (odd / "locked.txtpb").chmod(0)
+    cases = {
+        str(odd / "missing.txtpb"): "(no such file)",
+        str(odd): "(a directory)",
+        str(odd / "g ü.txtpb"): "cannot read it as text ('utf-8' codec can't decode",
+    }
+    if os.geteuid() != 0:  # root reads any file
+        cases[str(odd / "locked.txtpb")] = "cannot read it as text ([Errno 13] Permission denied"
+    for target, why in cases.items():
+        with pytest.raises(SystemExit) as e:
+            plan.main(["--config", str(ROOT / "config" / "tiny.toml"), "--target", target])
+        err = capsys.readouterr().err
+        assert e.value.code == 2 and f"error: --target {target!r}: " in err and why in err, err
+        assert "Traceback" not in err
+
+
 def test_the_gpu_descriptions_ship_in_the_package_with_their_licence() -> None:
     for name, file in plan.TARGETS.items():
         text = plan.target_text(name)

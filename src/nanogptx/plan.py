@@ -70,11 +70,17 @@ def target_text(target: str) -> str:
         text = (files / TARGETS[target]).read_text()
     else:
         path = Path(target)
+        expected = (f"expected one of {', '.join(TARGETS)} or a file of XLA's GPU description "
+                    "(GpuTargetConfigProto text)")  # fmt: skip
         if not path.is_file():
-            raise PlanError(f"--target {target!r}: expected one of {', '.join(TARGETS)} "
-                            "or a file of XLA's GPU description (GpuTargetConfigProto "
-                            "text)")  # fmt: skip
-        text = path.read_text()
+            what = "a directory" if path.is_dir() else "no such file"
+            raise PlanError(f"--target {target!r}: {expected} ({what})")
+        try:
+            text = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeError) as e:  # unreadable, or not text (a binary file)
+            raise PlanError(
+                f"--target {target!r}: cannot read it as text ({e}): {expected}"
+            ) from None
     return "\n".join(
         line for line in text.splitlines() if line.split(":")[0].strip() not in UNKNOWN_FIELDS
     )
