@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -119,10 +120,35 @@ def test_the_budget_is_what_jax_hands_out(monkeypatch: pytest.MonkeyPatch) -> No
     monkeypatch.setenv("XLA_PYTHON_CLIENT_MEM_FRACTION", ".9")
     budget = memory.budget_of(cpu, h100)
     assert budget.bytes == int(0.9 * h100) and "XLA_PYTHON_CLIENT_MEM_FRACTION=.9" in budget.rule
-    monkeypatch.setenv("XLA_CLIENT_MEM_FRACTION", ".5")  # the newer name comes first
+    monkeypatch.delenv("XLA_PYTHON_CLIENT_MEM_FRACTION")
+    monkeypatch.setenv("XLA_CLIENT_MEM_FRACTION", ".5")  # its newer name
     assert memory.budget_of(cpu, h100).bytes == int(0.5 * h100)
     monkeypatch.setenv("XLA_PYTHON_CLIENT_ALLOCATOR", "platform")
     assert memory.budget_of(cpu, h100).bytes == h100
+
+
+@pytest.mark.parametrize(
+    "env, message",
+    [
+        ({"XLA_PYTHON_CLIENT_MEM_FRACTION": "abc"}, "_MEM_FRACTION='abc': expected the"),
+        ({"XLA_PYTHON_CLIENT_MEM_FRACTION": "1.5"}, "'1.5': expected the share of the GPU's"),
+        ({"XLA_PYTHON_CLIENT_MEM_FRACTION": "0"}, "'0': expected the share"),
+        ({"XLA_PYTHON_CLIENT_MEM_FRACTION": "-1"}, "'-1': expected the share"),
+        ({"XLA_CLIENT_MEM_FRACTION": "nan"}, "XLA_CLIENT_MEM_FRACTION='nan': expected"),
+        ({"XLA_CLIENT_MEM_FRACTION": ".5", "XLA_PYTHON_CLIENT_MEM_FRACTION": ".9"},
+         "both set, which JAX refuses"),
+        ({"XLA_PYTHON_CLIENT_ALLOCATOR": "cuda"}, "XLA_PYTHON_CLIENT_ALLOCATOR='cuda': expected"),
+    ],
+)  # fmt: skip
+def test_allocator_settings_that_give_no_budget_are_refused_naming_them(
+    env: dict[str, str], message: str
+) -> None:
+    # What JAX itself refuses (both names of the share, an unknown allocator) and a share that
+    # is no budget (JAX would preallocate nothing, or more than the GPU has): never a plan
+    # against it, nor a traceback.
+    with pytest.raises(memory.EnvError, match=re.escape(message)):
+        memory.allocator_share(env)
+    assert memory.allocator_share({"XLA_PYTHON_CLIENT_MEM_FRACTION": "1"})[0] == 1.0
 
 
 def test_the_search_finds_the_largest_that_fits_in_a_few_compiles() -> None:

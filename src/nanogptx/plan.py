@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from nanogptx import config
+from nanogptx import config, memory
 from nanogptx.config import Config
 
 # --target names: XLA's descriptions shipped in nanogptx/gpu_targets (Apache-2.0, The OpenXLA
@@ -224,7 +224,7 @@ def make_plan(
     from jax.sharding import PartitionSpec as P
 
     from nanogptx import eval as eval_stage
-    from nanogptx import memory, model, runtime, sample, train
+    from nanogptx import model, runtime, sample, train
 
     cfg = train.resolve_vocab(cfg, vocab)
     m, n = cfg.model, len(devices)
@@ -309,8 +309,6 @@ def make_plan(
 
 def report(plan: Plan) -> str:
     """The plan as text: a header, then one line per program, its name and total GiB first."""
-    from nanogptx import memory
-
     lines = [
         f"plan of {plan.config or 'the run'} on {plan.devices} x {plan.device_kind} "
         f"({'compile-only target ' + plan.target if plan.target != 'local' else 'this machine'})",
@@ -419,12 +417,10 @@ def main(argv: list[str] | None = None) -> None:
     try:
         plan = plan_run(cfg, args.target, args.devices, args.vocab, args.data,
                         str(args.config or "defaults"))  # fmt: skip
-    except PlanError as e:
+    except (PlanError, memory.EnvError) as e:
         parser.exit(2, f"{parser.prog}: error: {e}\n")
     print(json.dumps(plan.as_dict(), indent=1) if args.json else report(plan))
     if plan.misfits:
-        from nanogptx import memory
-
         for p in plan.misfits:
             why = p.error or memory.shortfall(p.usage, p.budget)
             print(f"{parser.prog}: {p.name} does not fit: {why}", file=sys.stderr)
