@@ -156,7 +156,7 @@ class TrainConfig:
     seed: int = _f(1337, "seed of parameters, batches and dropout")
     batch_size: int = _f(
         12,
-        "sequences per micro-batch, over all devices; 0: auto, the largest that divides the "
+        'sequences per micro-batch, over all devices; 0 (or "auto"): the largest that divides the '
         "rows of a step (total_batch_tokens / block_size) and whose compiled programs fit the "
         "devices' memory (on a CPU: at most 8192 tokens per device), chosen before any data "
         "is read (python -m nanogptx.plan shows it)",
@@ -325,6 +325,8 @@ EVAL_TASKS = ("val_loss", "hellaswag")
 NOT_DATA_IDENTITY = ("data.allow_unverified",)
 # Model settings of how it runs, not what it computes: a checkpoint resumes under any of them.
 RUNTIME_KEYS = ("kernels", "attention", "remat")
+# Keys whose 0 means "chosen for you", which a file or an override may also spell "auto".
+AUTO = {"train.batch_size": "auto"}
 # cuDNN's flash attention (JAX 0.10): head widths that are a multiple of this, and at most this
 # on any GPU (256 from compute capability 9.0, 128 before: runtime.cudnn_refusal).
 CUDNN_HEAD_MULTIPLE, CUDNN_MAX_HEAD = 8, 256
@@ -705,6 +707,11 @@ def from_dict(
                     f"{source}: unknown key {name}.{key}{_suggest(key, hints)}; "
                     f"known keys of [{name}]: {', '.join(hints)}"
                 )
+            if f"{name}.{key}" in AUTO and isinstance(value, str):
+                if value != AUTO[f"{name}.{key}"]:
+                    raise ConfigError(f"{source}: {name}.{key}: expected an int, or "
+                                      f"{AUTO[f'{name}.{key}']!r} (0), got {value!r}")  # fmt: skip
+                value = 0  # the word for 0: the same config, identity and checkpoints
             values[key] = _check_type(value, hints[key], f"{source}: {name}.{key}")
         sections[name] = cls(**values)
     cfg = _resolve_init(Config(**sections), tree.get("model", {}), source)
