@@ -185,6 +185,26 @@ def test_auto_on_a_cpu_takes_the_largest_divisor_of_at_most_8192_tokens_per_devi
         tiny("train.batch_size=0")
 
 
+def test_batches_past_int32_tokens_are_refused_and_auto_searches_any_step_quickly() -> None:
+    # A micro-batch of 2^31 tokens or more overflowed JAX's int32 positions deep in a compile
+    # (an OverflowError traceback from the plan); a step of 2^62 tokens set auto counting
+    # through every row of it. Both are refused at load, naming the key.
+    with pytest.raises(config.ConfigError, match=re.escape(
+            "train.batch_size = 134217728: expected at most 134217727 (a micro-batch holds at "
+            "most 2^31 - 1 tokens: batch_size * model.block_size = 2147483648)")):  # fmt: skip
+        tiny(f"train.batch_size={2**27}")
+    with pytest.raises(config.ConfigError, match=re.escape(
+            f"train.total_batch_tokens = {2**62}: expected at most 2^31 - 1")):  # fmt: skip
+        tiny("train.batch_size=0", f"train.total_batch_tokens={2**62}")
+    # The largest step allowed, a prime number of rows of one token: the divisors of its rows
+    # in about sqrt(rows) steps, not one per row.
+    cfg = tiny("model.block_size=1", "train.batch_size=0", f"train.total_batch_tokens={2**31 - 1}")
+    mb = train.fit_micro_batch(cfg, 64, one_device(), memory.budget_of(jax.devices()[0]))
+    assert (mb.batch_size, mb.micro_batches) == (1, 2**31 - 1)
+    assert train.divisors(360) == [d for d in range(1, 361) if 360 % d == 0]
+    assert train.divisors(1) == [1] and train.divisors(2**31 - 1) == [1, 2**31 - 1]
+
+
 def test_auto_with_a_budget_takes_the_largest_micro_batch_whose_compiled_programs_fit() -> None:
     cfg = tiny("train.batch_size=0", "train.total_batch_tokens=256")  # 16 rows per step
     mesh, V = one_device(), 64

@@ -325,6 +325,10 @@ EVAL_TASKS = ("val_loss", "hellaswag")
 NOT_DATA_IDENTITY = ("data.allow_unverified",)
 # Model settings of how it runs, not what it computes: a checkpoint resumes under any of them.
 RUNTIME_KEYS = ("kernels", "attention", "remat")
+# Tokens per micro-batch: a program indexes its positions in int32 (the loss's chunks); and per
+# step, the same bound (128x the largest published batches) keeps auto's search for a divisor
+# of the step's rows short.
+MAX_TOKENS = 2**31 - 1
 # Keys whose 0 means "chosen for you", which a file or an override may also spell "auto".
 AUTO = {"train.batch_size": "auto"}
 # cuDNN's flash attention (JAX 0.10): head widths that are a multiple of this, and at most this
@@ -588,6 +592,11 @@ def _check_values(
             "divides the rows of a step into micro-batches)",
         )
     micro = max(t.batch_size, 1) * m.block_size
+    need(micro <= MAX_TOKENS, "train.batch_size", t.batch_size,
+         f"at most {MAX_TOKENS // m.block_size} (a micro-batch holds at most 2^31 - 1 tokens: "
+         f"batch_size * model.block_size = {micro})")  # fmt: skip
+    need(t.total_batch_tokens <= MAX_TOKENS, "train.total_batch_tokens", t.total_batch_tokens,
+         f"at most 2^31 - 1 = {MAX_TOKENS}")  # fmt: skip
     need(
         t.total_batch_tokens >= 0 and t.total_batch_tokens % micro == 0,
         "train.total_batch_tokens",

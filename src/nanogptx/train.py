@@ -509,7 +509,7 @@ def fit_micro_batch(cfg: Config, V: int, mesh: Mesh, budget: memory.Budget) -> M
             raise TrainError(f"train.batch_size = {t.batch_size} is not divisible by the {n} "
                              "devices (0: auto picks one that is)")  # fmt: skip
         return measured(t.batch_size, "train.batch_size")
-    candidates = [b for b in range(n, rows + 1, n) if rows % b == 0]
+    candidates = [b for b in divisors(rows) if b % n == 0]
     if not candidates:
         raise TrainError(f"train.total_batch_tokens / model.block_size = {rows} rows per "
                          f"step cannot be split over the {n} devices: make it a multiple of "
@@ -532,6 +532,12 @@ def fit_micro_batch(cfg: Config, V: int, mesh: Mesh, budget: memory.Budget) -> M
         if not micro.misfit:
             return micro
     return measured(candidates[0], f"auto: none fits; the smallest, {candidates[0]} rows")
+
+
+def divisors(rows: int) -> list[int]:
+    """The divisors of rows, ascending (in about sqrt(rows) steps)."""
+    small = [d for d in range(1, math.isqrt(rows) + 1) if rows % d == 0]
+    return sorted({*small, *(rows // d for d in small)})
 
 
 def misfit_message(cfg: Config, mb: MicroBatch, n_devices: int) -> str:
