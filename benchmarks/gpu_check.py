@@ -33,6 +33,7 @@ einsum, gpt2-124m a two-layer model for 3 steps; cuDNN's rows say they need a GP
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import shutil
