@@ -212,7 +212,9 @@ def main() -> None:
     if unknown := [name for name in chosen if name not in ROWS]:
         parser.error(f"--only {args.only}: no row {', '.join(unknown)}; the rows: "
                      f"{','.join(ROWS)}")  # fmt: skip
-    if not args.cpu:
+    if args.cpu:  # and its subprocesses: JAX's CUDA plugin, where installed, looks for no GPU
+        os.environ.setdefault("JAX_PLATFORMS", "cpu")
+    else:
         import jax
 
         if jax.default_backend() != "gpu":
