@@ -151,6 +151,19 @@ def test_allocator_settings_that_give_no_budget_are_refused_naming_them(
     assert memory.allocator_share({"XLA_PYTHON_CLIENT_MEM_FRACTION": "1"})[0] == 1.0
 
 
+def test_the_plan_names_a_bad_allocator_setting_before_it_makes_a_target(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # JAX's CUDA plugin fails to start on XLA_PYTHON_CLIENT_MEM_FRACTION=abc, and XLA then
+    # said "topology not implemented for cuda" (without the plugin: install it): the variable
+    # is named first, whichever is installed.
+    monkeypatch.setenv("XLA_PYTHON_CLIENT_MEM_FRACTION", "abc")
+    with pytest.raises(SystemExit) as e:
+        plan.main(["--config", str(ROOT / "config" / "tiny.toml"), "--target", "h100"])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and "error: XLA_PYTHON_CLIENT_MEM_FRACTION='abc': expected" in err
+
+
 def test_the_search_finds_the_largest_that_fits_in_a_few_compiles() -> None:
     candidates = [1, 2, 4, 8, 16, 32, 64, 128, 256, 512]
     shapes = {

@@ -386,6 +386,9 @@ def plan_run(
                             f"{local[0].platform} devices; name a --target for others")  # fmt: skip
         return make_plan(cfg, local[:n], None, vocab, source, config_name, "local", stages)
     text = target_text(target)
+    # JAX's CUDA plugin reads the allocator's settings as it starts: one it refuses leaves no
+    # GPU target at all ("topology not implemented"), so they are checked first.
+    memory.allocator_share()
     devices = gpu_devices(text, n_devices or 1, target)
     memory_size = target_memory(text, target)
     return make_plan(cfg, devices, memory_size, vocab, source, config_name, target, stages)
