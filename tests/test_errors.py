@@ -11,7 +11,7 @@ import nanogptx
 from nanogptx.errors import UserError
 
 # Raised and caught inside download's transport: never reach a user.
-INTERNAL = {"nanogptx.download._Transient", "nanogptx.download._Cancelled"}
+INTERNAL = {"nanogptx.transport.Transient", "nanogptx.download._Cancelled"}
 
 
 def test_every_error_class_is_a_user_error() -> None:
