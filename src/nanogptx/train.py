@@ -120,13 +120,14 @@ def _train(
         if metrics.wandb_run is not None:
             metrics.wandb_run.finish()
         return {"step": start.step, "train_loss": losses["train"], "val_loss": losses["val"]}
-    bar = logbook.Progress(t.max_iters, start.step, channel)
     saved = start.step if start.path is not None else None  # not saved again
     above = (start.meta or {}).get("loss_above_L0_since")
-    book = logbook.Logbook(cfg, metrics, bar, ckpt_dir, lay, peak, source, saved, above)
-    state, done = loop(run, book)
-    done, final = stop(run, book, state, done)
-    return finish(run, book, state, done, final)
+    show = jax.process_index() == 0
+    with progress.steps(t.max_iters, start.step, channel, show) as bar:  # loop closes it
+        book = logbook.Logbook(cfg, metrics, bar, ckpt_dir, lay, peak, source, saved, above)
+        state, done = loop(run, book)
+        done, final = stop(run, book, state, done)
+        return finish(run, book, state, done, final)
 
 
 # ---------------------------------------------------------------- plan and compile
