@@ -29,7 +29,7 @@ onstart:
 # Each target asks for the outputs of every stage before its own too. Snakemake builds a missing
 # file only when something asks for it: a job cut short (a kill, Ctrl-C, a crash) has had its
 # outputs deleted, and the samples and evaluation of the model it was replacing then looked up
-# to date, so that the same command planned nothing (README: After a kill).
+# to date, so that the same command planned nothing (docs/workflow.md: After a kill).
 DOWNLOADED = [
     *(raw_provenance(run) for run in RUNS),
     *(f for run in RUNS for f in init_weights(run)),

@@ -29,8 +29,8 @@ matmul with a 2-D weight-gradient dot 24.5 -> 18.1 ms; the erf GELU with a one-p
 and LayerNorm's textbook gradient together 18.1 -> 17.0 ms (RMSNorm's is the same form;
 gelu_tanh, relu2 and silu are the reference ones, no faster form measured yet). The chunked
 cross_entropy, at the shakespeare-gpt2 step's shapes (--loss): 1388 -> 660 ms, system time
-378 -> 9 ms; GPT-2 124M at 64 x 1024 on one H100 compiles to half the memory (README, "Memory
-on a GPU").
+378 -> 9 ms; GPT-2 124M at 64 x 1024 on one H100 compiles to half the memory (docs/gpus.md,
+"Memory on a GPU").
 
 What we found (jax/jaxlib 0.10.2, XLA's CPU backend with its YNNPACK dot fusions, 2-core AMD EPYC):
   - glibc returns large freed blocks to the kernel, and XLA allocates every step's buffers

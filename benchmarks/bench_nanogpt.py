@@ -17,8 +17,8 @@ Two recipes, the same shapes and data on both sides:
     does that without a meta.pkl); ours: config/shakespeare-gpt2.toml (vocab_multiple 64).
 nanoGPT's data preparation (data/*/prepare.py) downloads only when input.txt is missing: this
 copies ../shared/assets/tinyshakespeare/input.txt there first. Its GPT-2 prepare.py asks
-tiktoken for the GPT-2 files; offline, TIKTOKEN_CACHE_DIR must hold them (README, "Offline
-use"): where it is unset this seeds a temporary one from ../shared/assets/tiktoken with
+tiktoken for the GPT-2 files; offline, TIKTOKEN_CACHE_DIR must hold them (docs/datasets.md,
+"Offline use"): where it is unset this seeds a temporary one from ../shared/assets/tiktoken with
 `nanogptx.tokenizer.seed_tiktoken_cache` and passes it to both sides. nanoGPT's prepare.py then
 writes train.bin (301,966 tokens) and val.bin (36,059); our prepare stage tokenizes the same text
 the same way (plus the end-of-text separator: 301,967 and 36,060).

@@ -265,7 +265,7 @@ def main() -> None:
     rng = np.random.default_rng(args.seed)
     work = Path(tempfile.mkdtemp(prefix="nanogptx-kill-"))
     if "TIKTOKEN_CACHE_DIR" not in os.environ and (args.assets / "tiktoken").is_dir():
-        from nanogptx import tokenizer  # offline: GPT-2's files from the assets (README)
+        from nanogptx import tokenizer  # offline: GPT-2's files from the assets (docs/datasets.md)
 
         tokenizer.seed_tiktoken_cache(args.assets / "tiktoken", work / "tiktoken")
         os.environ["TIKTOKEN_CACHE_DIR"] = str(work / "tiktoken")

@@ -1,4 +1,4 @@
-"""The README's table of the shipped runs' memory plans: each run on one H100, on eight and on
+"""The table (docs/gpus.md) of the shipped runs' memory plans: each run on one H100, on eight and on
 one A6000, compiled without a GPU (the cuda extra: pip install -e ".[cuda]"), with the
 micro-batch it runs with and the GiB per device of each program against the budget.
 

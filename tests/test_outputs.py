@@ -185,7 +185,7 @@ def test_a_directory_another_process_writes_is_refused_and_left_alone(
 def test_the_holder_of_a_directory_is_named_while_it_lives_and_the_probe_takes_nothing(
     tmp_path: Path,
 ) -> None:
-    """What the workflow asks before it starts jobs (README: Reliability)."""
+    """What the workflow asks before it starts jobs (docs/reliability.md)."""
     out = tmp_path / "out"
     assert provenance.holder(out) is None  # no directory yet
     holder = subprocess.Popen([sys.executable, "-c", HOLD, str(out)], stdout=subprocess.PIPE)

@@ -164,7 +164,7 @@ def test_a_retraining_cut_short_reruns_with_the_stages_after_it(tiny: Path) -> N
     """An edit reruns train, and its job is cut short (here: its checkpoint directory is a file;
     a kill or Ctrl-C does the same): Snakemake deletes the job's outputs, the model. Its samples
     and evaluation of the earlier model were left, looked up to date, and the same command then
-    planned nothing: the edit was never trained. (README: After a kill.)"""
+    planned nothing: the edit was never trained. (docs/workflow.md: After a kill.)"""
     toml, model = tiny / "config/tiny.toml", tiny / "results/tiny/model"
     meta, kept = tiny / ".snakemake/metadata", tiny / "kept"
     original = toml.read_text()
@@ -297,7 +297,7 @@ def test_sample_and_eval_declare_every_file_they_read(tiny: Path) -> None:
 @pytest.mark.slow  # about 20 s
 def test_killed_snakemake_then_the_same_command_resumes(tiny: Path) -> None:
     """SIGKILL to Snakemake and its jobs mid-training: after `snakemake --unlock` (the stale
-    lock is Snakemake's own; README), the same command reruns the cut job (the profile's
+    lock is Snakemake's own; docs/workflow.md), the same command reruns the cut job (the profile's
     rerun-incomplete), which resumes from its checkpoint."""
     run = tiny / "config/tiny-killed.toml"
     run.write_text(

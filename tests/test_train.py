@@ -406,7 +406,7 @@ def test_a_plan_longer_than_an_hour_at_the_peak_is_warned_before_compiling(
                         r"typical 40% MFU", out)  # fmt: skip
     assert warning and int(warning.group(1)) >= 1, out
     assert out.index("warning: the 2 steps") < out.index("compiled train and eval steps")
-    assert "(README: Adding a dataset)" in out
+    assert "(docs/datasets.md: Adding a dataset)" in out
     assert "t: warning: the 2 steps planned" in os.read(r, 10_000).decode()
     train.train(tiny("train.max_iters=2", "train.peak_flops=1e11"), data_dir, tmp_path / "m2",
                 tmp_path / "c2")  # fmt: skip

@@ -1,7 +1,7 @@
 """The dataset registry: one TOML file per dataset, config/datasets/<name>.toml, naming each
 file (URL, sha256, size) and the reader with its options. Being data, not code, editing one
-dataset's file reruns only the stages of runs that use it. README "Adding a dataset" walks
-through one; the schema is below, checked in `parse`. Standard library only: Snakefile reads it.
+dataset's file reruns only the stages of runs that use it; docs/datasets.md walks through one.
+The schema is below, checked in `parse`. Standard library only: Snakefile reads it.
 """
 
 from __future__ import annotations

@@ -92,7 +92,7 @@ def long_plan(cfg: Config, steps: int, flops: float, peak: float, n_dev: int, so
         f"about {progress.duration(at_peak / 0.4)} at a typical 40% MFU, for a model of "
         f"{progress.plural(m.n_layer, 'layer')} {m.n_embd} wide. Is this the run you meant? A "
         "run's file holds only what differs from the defaults (GPT-2 124M, 600,000 steps): "
-        "start it from a recipe in config/ (README: Adding a dataset)"
+        "start it from a recipe in config/ (docs/datasets.md: Adding a dataset)"
     )
 
 

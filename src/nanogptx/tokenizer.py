@@ -136,16 +136,16 @@ def _offline_hint() -> str:
             f"TIKTOKEN_CACHE_DIR={cache} holds the files under their own names, which tiktoken "
             f"does not read; copy them into its layout once with `python -m nanogptx.tokenizer "
             f"--seed-tiktoken-cache {cache} --cache CACHE` and set TIKTOKEN_CACHE_DIR=CACHE "
-            "(README: Offline use)"
+            "(docs/datasets.md: Offline use)"
         )
     if cache:
         return (
             f"Offline, fill TIKTOKEN_CACHE_DIR={cache} once from a directory DIR holding "
-            f"{names}: `{seed}` (README: Offline use)"
+            f"{names}: `{seed}` (docs/datasets.md: Offline use)"
         )
     return (
         f"Offline, fill a cache directory CACHE once from a directory DIR holding {names}: "
-        f"`{seed}`, and set TIKTOKEN_CACHE_DIR=CACHE (README: Offline use)"
+        f"`{seed}`, and set TIKTOKEN_CACHE_DIR=CACHE (docs/datasets.md: Offline use)"
     )
 
 
