@@ -75,8 +75,10 @@ class Task:
         """The report's columns: its metrics, the first heading led by the task's label."""
         known = {m.key: m for m in KINDS[self.kind].metrics}
         cols = [known[key] for key in self.metrics]
-        return [Metric(c.key, f"{self.label} {c.heading}" if i == 0 else c.heading, c.format)
-                for i, c in enumerate(cols)]  # fmt: skip
+        return [
+            Metric(c.key, f"{self.label} {c.heading}" if i == 0 else c.heading, c.format)
+            for i, c in enumerate(cols)
+        ]
 
     def tokens(self) -> str:
         """The tokens it is scored in, as a message names them."""
@@ -104,13 +106,23 @@ def _need(ok: bool, where: str, key: str, value: Any, expected: str) -> None:
 
 def _check_option(where: str, key: str, value: Any, default: Any) -> None:
     if isinstance(default, dict):
-        _need(isinstance(value, dict) and set(value) == set(default), where, key, value,
-              f"a table of {sorted(default)}")  # fmt: skip
+        _need(
+            isinstance(value, dict) and set(value) == set(default),
+            where,
+            key,
+            value,
+            f"a table of {sorted(default)}",
+        )
         for k, v in value.items():
             _need(isinstance(v, str) and v != "", where, f"{key}.{k}", v, "a key of the items")
     elif isinstance(default, int):
-        _need(isinstance(value, int) and not isinstance(value, bool) and value >= 0, where, key,
-              value, "a whole number >= 0")  # fmt: skip
+        _need(
+            isinstance(value, int) and not isinstance(value, bool) and value >= 0,
+            where,
+            key,
+            value,
+            "a whole number >= 0",
+        )
     else:
         _need(isinstance(value, str), where, key, value, "a string")
 
@@ -132,12 +144,22 @@ def parse(path: Path) -> Task:
         if key in KINDS[kind].keys:
             _check_option(where, key, value, keys[key])
     for key in ("about", "label"):
-        _need(isinstance(tree.get(key), str) and tree[key] != "", where, key, tree.get(key),
-              "a string, not empty")  # fmt: skip
+        _need(
+            isinstance(tree.get(key), str) and tree[key] != "",
+            where,
+            key,
+            tree.get(key),
+            "a string, not empty",
+        )
     known = [m.key for m in KINDS[kind].metrics]
     metrics = tree.get("metrics")
-    _need(isinstance(metrics, list) and metrics and all(m in known for m in metrics), where,
-          "metrics", metrics, f"a list of some of {known}")  # fmt: skip
+    _need(
+        isinstance(metrics, list) and metrics and all(m in known for m in metrics),
+        where,
+        "metrics",
+        metrics,
+        f"a list of some of {known}",
+    )
     if KINDS[kind].input == "dataset":
         for key in ("dataset", "file"):
             _need(bool(tree.get(key)), where, key, tree.get(key), "a name, not empty")
@@ -159,8 +181,10 @@ def get(name: str) -> Task:
         if not (NAME.fullmatch(name) and path.is_file()):
             close = difflib.get_close_matches(name, names(), n=1)
             hint = f" (did you mean {close[0]!r}?)" if close else ""
-            raise TaskError(f"unknown eval task {name!r}{hint}; known tasks: "
-                            f"{', '.join(names())} (files in {registry_dir()})")  # fmt: skip
+            raise TaskError(
+                f"unknown eval task {name!r}{hint}; known tasks: "
+                f"{', '.join(names())} (files in {registry_dir()})"
+            )
         REGISTRY[name] = parse(path)
     return REGISTRY[name]
 
@@ -175,6 +199,12 @@ def _order(name: str) -> tuple[int, str]:
 def names() -> list[str]:
     """Every task of the registry, in the order tables show them: by kind, then by name."""
     return sorted((p.stem for p in registry_dir().glob("*.toml")), key=_order)
+
+
+def in_order(tasks: list[str]) -> list[str]:
+    """tasks in the order tables show them (as names()), any the registry lacks last."""
+    rank = {name: i for i, name in enumerate(names())}
+    return sorted(tasks, key=lambda name: (rank.get(name, len(rank)), name))
 
 
 def problem(tasks: tuple[str, ...], tokenizer: str | None, registry: bool = True) -> str:
@@ -193,7 +223,9 @@ def problem(tasks: tuple[str, ...], tokenizer: str | None, registry: bool = True
             return f"eval.tasks: {e}"
         needs = task.options.get("tokenizer", "")
         if tokenizer is not None and needs not in ("", tokenizer):
-            return (f"eval.tasks has {name}, which is scored in {task.tokens()}, but "
-                    f'tokenizer.name = {tokenizer!r}: set tokenizer.name = "{needs}" or '
-                    f"remove {name} from eval.tasks")  # fmt: skip
+            return (
+                f"eval.tasks has {name}, which is scored in {task.tokens()}, but "
+                f'tokenizer.name = {tokenizer!r}: set tokenizer.name = "{needs}" or '
+                f"remove {name} from eval.tasks"
+            )
     return ""
