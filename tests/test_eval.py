@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from pathlib import Path
 
 import jax
@@ -265,3 +266,94 @@ def test_a_hellaswag_line_that_is_not_text_names_file_and_line(
         eval.read_items(path, HELLASWAG)
     path.write_bytes(json.dumps(good).encode() + b"\n")
     assert eval.read_items(path, HELLASWAG)[0]["context"] == "A man \u00e9 \U0001f600"
+
+
+def toy_task(registry: Path, **keys: object) -> Path:
+    """A multiple-choice task file of two choices, its items' keys named otherwise than
+    HellaSwag's: config/tasks/toy.toml in registry."""
+    entry = {
+        "about": '"a toy"', "kind": '"multiple_choice"', "label": '"toy"',
+        "dataset": '"toy-data"', "file": '"toy.jsonl"', "items": "3", "choices": "2",
+        "fields": '{context = "q", choices = "options", label = "answer"}',
+        "metrics": '["acc", "acc_norm"]', **keys,
+    }  # fmt: skip
+    registry.mkdir(parents=True, exist_ok=True)
+    path = registry / "toy.toml"
+    path.write_text("".join(f"{k} = {v}\n" for k, v in entry.items()))
+    return path
+
+
+def test_a_new_multiple_choice_task_is_a_file_and_scores_as_a_direct_computation(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A task of an existing kind is data: its file names the dataset, the items' keys, the
+    number of choices and the delimiter; its scores equal the log-probabilities of each choice
+    computed directly with model.forward, on a character model."""
+    shipped = evaltasks.entry_file("val_loss").read_bytes()
+    monkeypatch.setenv("NANOGPTX_TASKS", str(tmp_path / "tasks"))
+    monkeypatch.setattr(evaltasks, "REGISTRY", {})
+    toy_task(tmp_path / "tasks", delimiter='"."')
+    (tmp_path / "tasks/val_loss.toml").write_bytes(shipped)
+    data_dir = write_prepared(tmp_path / "data", synthetic_text(3000), 2000)
+    data = loader.open_prepared(data_dir)
+    m = config.load(None, ["model.n_layer=1", "model.n_head=1", "model.n_embd=8",
+                           "model.block_size=16"])  # fmt: skip
+    params = model.init_params(m.model, data.vocab_size, jax.random.key(5))
+    checkpoint.save_model(tmp_path / "model", params, m, data.manifest["tokenizer"], 0)
+    items = [("the king", ["shall be", "and thee"], 1), ("my lord", ["not", "queen to"], 0),
+             ("thee and the queen and the king and my lord", ["be", "to be"], 1)]  # fmt: skip
+    (tmp_path / "raw").mkdir()
+    (tmp_path / "raw/toy.jsonl").write_text("".join(
+        json.dumps({"q": q, "options": o, "answer": a}) + "\n" for q, o, a in items))  # fmt: skip
+    cfg = config.load(None, ['eval.tasks=["toy", "val_loss"]', "eval.batch_size=2"])
+    out = eval.evaluate(cfg, tmp_path / "model", data_dir, tmp_path / "out",
+                        {"toy-data": tmp_path / "raw"})  # fmt: skip
+    tok = tokenizer.from_manifest(data.manifest["tokenizer"])
+    right = right_norm = 0
+    for q, options, answer in items:
+        sums, means = [], []
+        for option in options:
+            end = tok.encode("." + option)
+            ids = (tok.encode(q) + end)[-17:]  # the last block_size + 1: context cut from the left
+            logp = jax.nn.log_softmax(model.forward(params, jnp.asarray([ids[:-1]]), m.model)[0])
+            picked = [float(logp[i - 1, ids[i]]) for i in range(len(ids) - len(end), len(ids))]
+            sums.append(sum(picked))
+            means.append(sum(picked) / len(picked))
+        right += int(np.argmax(sums) == answer)
+        right_norm += int(np.argmax(means) == answer)
+    r = out["toy"]
+    assert (r["acc"], r["acc_norm"]) == pytest.approx((right / 3, right_norm / 3))
+    assert (r["items"], r["all_items"], r["cropped_items"]) == (3, True, 1)
+    assert "'.' + ending" in r["method"] and list(out) == ["model_sha256", "toy", "val_loss"]
+    prov = json.loads((tmp_path / "out/provenance.json").read_text())
+    assert [Path(e["path"]).name for e in prov["inputs"]] == [
+        "params.safetensors", "toy.jsonl", "manifest.json",
+    ]  # fmt: skip
+    # The items' own keys name what is wrong.
+    (tmp_path / "raw/toy.jsonl").write_text('{"q": "the king", "options": ["a"], "answer": 0}\n')
+    with pytest.raises(eval.EvalError, match=r"toy.jsonl:1: options: expected a list of 2 strings"):
+        eval.evaluate(cfg, tmp_path / "model", data_dir, tmp_path / "o2",
+                      {"toy-data": tmp_path / "raw"})  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "keys, error",
+    [
+        ({"kind": '"multiple_choise"'}, r"kind = 'multiple_choise': expected one of"),
+        ({"choises": "2"}, r"key = 'choises': expected one of .* \(did you mean 'choices'\?\)"),
+        ({"metrics": '["acc", "loss"]'}, r"metrics = \['acc', 'loss'\]: expected a list of some"),
+        ({"choices": "1"}, r"choices = 1: expected >= 2"),
+        ({"fields": '{context = "q"}'}, r"fields = \{'context': 'q'\}: expected a table of"),
+        ({"dataset": '""'}, r"dataset = '': expected a name"),
+    ],
+)
+def test_a_malformed_task_file_is_refused_naming_file_and_key(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, keys: dict, error: str
+) -> None:
+    monkeypatch.setenv("NANOGPTX_TASKS", str(tmp_path / "tasks"))
+    monkeypatch.setattr(evaltasks, "REGISTRY", {})
+    path = toy_task(tmp_path / "tasks", **keys)
+    with pytest.raises(config.ConfigError, match=rf"eval.tasks: {re.escape(str(path))}: {error}"):
+        config.load(None, ['eval.tasks=["toy"]'])
+    with pytest.raises(config.ConfigError, match=r"eval.tasks = 'toi': expected one of \['toy'\]"):
+        config.load(None, ['eval.tasks=["toi"]'])

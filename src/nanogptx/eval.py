@@ -292,9 +292,10 @@ class MultipleChoice:
         try:
             self.rendered = [render(it, s.tok, s.m.block_size, o["delimiter"]) for it in self.items]
         except tokenizer.TokenizerError as err:
+            needs = f"; {task.label} needs {task.tokens()}" if o["tokenizer"] else ""
             raise EvalError(
                 f"{task.name}: the model's tokenizer ({s.tok.name}) cannot encode an item: "
-                f"{err}; {task.label} needs {task.tokens()}"
+                f"{err}{needs}"
             ) from None
         self.cropped = sum(cropped for *_, cropped in self.rendered)
 

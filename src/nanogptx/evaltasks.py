@@ -165,6 +165,8 @@ def parse(path: Path) -> Task:
             _need(bool(tree.get(key)), where, key, tree.get(key), "a name, not empty")
     if kind == "multiple_choice":
         _need(tree.get("choices", 0) >= 2, where, "choices", tree.get("choices"), ">= 2")
+        items = tree.get("items", 0)
+        _need(items >= 1, where, "items", items, "the number of items in its file (>= 1)")
     options = {key: tree.get(key, default) for key, default in KINDS[kind].keys.items()}
     return Task(path.stem, kind, tree["label"], tree["about"], tuple(metrics), options)
 
