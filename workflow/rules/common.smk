@@ -1,6 +1,7 @@
-# Helpers of the workflow: the runs, their resolved configs, and the paths they map to.
-# Only modules of nanogptx that use the standard library alone are imported (config, datasets,
-# evaltasks, provenance, sweep): parsing stays fast.
+# Helpers of the workflow: the runs, their resolved configs and the paths they map to, the
+# params every stage rule declares (stage_params), the eval tasks' inputs and the targets of
+# STAGES (in the Snakefile). The nanogptx modules imported here (config, datasets, evaltasks,
+# provenance, sweep) use the standard library only, so parsing never imports JAX.
 
 import ast
 import dataclasses
