@@ -32,12 +32,13 @@ from nanogptx import (
     tokenizer,
 )
 from nanogptx.config import Config, EvalConfig, ModelConfig
+from nanogptx.errors import UserError
 from nanogptx.evaltasks import Task
 
 BUCKET = 32  # multiple-choice rows are padded up to a multiple of this (one compiled shape each)
 
 
-class EvalError(RuntimeError):
+class EvalError(UserError, RuntimeError):
     """An expected failure: a missing input, a malformed item, a task the model's tokenizer
     cannot serve."""
 
@@ -494,10 +495,7 @@ def main(argv: list[str] | None = None) -> None:
     cfg = config.from_args(args, parser, registry=False)  # the data is --data, as prepared
     try:
         evaluate(cfg, args.model, args.data, args.out, datasets, progress.from_args(args))
-    except (
-        EvalError, checkpoint.CheckpointError, loader.DataError, tokenizer.TokenizerError,
-        provenance.HashMismatch, provenance.OutputError, provenance.FileError, OSError,
-    ) as err:  # fmt: skip
+    except (UserError, OSError) as err:
         print(f"{parser.prog}: error: {err}", file=sys.stderr)
         sys.exit(1)
 

@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from nanogptx.errors import UserError
+
 
 @dataclass(frozen=True)
 class Metric:
@@ -54,7 +56,7 @@ NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 TOKENS = {"gpt2": "GPT-2", "char": "character"}
 
 
-class TaskError(ValueError):
+class TaskError(UserError, ValueError):
     """An unknown task, or a task file that does not follow the schema (names file and key)."""
 
 
