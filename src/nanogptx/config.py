@@ -2,9 +2,8 @@
 
     cfg = load("config/shakespeare-char.toml", ["train.max_iters=100"])
 
-Every stage takes `--config FILE` and `section.key=value` overrides (see `add_arguments`).
-Unknown keys, wrong types and impossible values raise ConfigError before any work is done.
-This module is imported by the Snakefile, so it must stay light: standard library only.
+Each field declares its default, help, role (what an edit changes) and check, so that every
+identity (data_id, checkpoint_id, the compiled steps) is derived from the fields; stdlib only.
 """
 
 from __future__ import annotations
@@ -18,6 +17,7 @@ import math
 import re
 import tomllib
 import typing
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,274 +27,401 @@ class ConfigError(ValueError):
     """A config value that is unknown, of the wrong type, or impossible."""
 
 
-def _f(default: Any, help: str, choices: tuple | None = None) -> Any:
-    meta = {"help": help, "choices": choices}
+@dataclass(frozen=True)
+class Role:
+    """What editing a setting changes, declared at the field (as Marin's `versioned(...)`)."""
+
+    name: str
+    data: bool  # names the prepared data (data_id), and through it the checkpoint
+    resume: bool  # names the checkpoint a run may resume (checkpoint_id): an edit starts afresh
+    program: bool  # reaches the compiled train and eval steps: an edit recompiles
+    train: str = "yes, resumed"  # the rerun table's train column, where train reruns
+
+
+SOURCE = Role("source", True, True, False, "yes, afresh")  # what is downloaded, and all after
+DATA = Role("data", True, True, False, "yes, afresh")  # the prepared data
+PROGRAM = Role("program", False, True, True, "yes, afresh")  # the compiled steps and checkpoint
+RESUME = Role("resume", False, True, False, "yes, afresh")  # the checkpoint, not the steps
+SCHEDULE = Role("schedule", False, False, True, "yes, resumed on the new schedule")
+RUNTIME = Role("runtime", False, False, True, "yes, resumed (the same values)")  # how it runs
+OUTPUT = Role("output", False, False, False)  # only its stage's outputs, not the steps
+NOTHING = Role("nothing", False, False, False)  # nothing that is computed
+ROLES = (SOURCE, DATA, PROGRAM, RESUME, SCHEDULE, RUNTIME, OUTPUT, NOTHING)
+# A field declared without a role is in every identity: forgetting the mark costs a fresh start
+# and a recompile, never a resume or a compiled step that ignores the setting (a test refuses it).
+UNMARKED = Role("unmarked", True, True, True, "yes, afresh")
+
+Check = tuple[Callable[[Any], bool], str]  # a test of a field's value, and what it expects
+POSITIVE: Check = (lambda v: v > 0, "> 0")
+FRACTION: Check = (lambda v: 0 <= v < 1, "in [0, 1)")
+SHARE: Check = (lambda v: 0 < v <= 1, "in (0, 1]")
+SEED: Check = (lambda v: 0 <= v < 2**32, f"0 to {2**32 - 1} (a JAX key holds 32 bits)")
+
+
+def _at_least(low: int, note: str = "") -> Check:
+    return (lambda v: v >= low, f">= {low}" + (f" ({note})" if note else ""))
+
+
+def _f(
+    default: Any,
+    help: str,
+    role: Role = UNMARKED,
+    choices: tuple | None = None,
+    check: Check | None = None,
+) -> Any:
+    """A config field: its default, one or two lines of help, its role, and its own check
+    (choices: the values it may take; for a list, each item's)."""
+    meta = {"help": help, "role": role, "choices": choices, "check": check}
     if isinstance(default, (list, tuple)):
         return field(default=tuple(default), metadata=meta)
     return field(default=default, metadata=meta)
 
 
+# A section's rules across fields: (holds, key, what is expected) each.
+Rules = list[tuple[bool, str, str]]
+
+
+class Section:
+    def rules(self, cfg: Config) -> Rules:
+        """The section's rules across fields (and sections), checked after every field's own."""
+        return []
+
+
+CLEANING = ("normalize_newlines", "strip", "drop_short")
+EVAL_TASKS = ("val_loss", "hellaswag")
+
+
 @dataclass(frozen=True)
-class DataConfig:
-    dataset: str = _f("tinyshakespeare", "dataset name in the registry (nanogptx.datasets)")
+class DataConfig(Section):
+    # fmt: off
+    dataset: str = _f("tinyshakespeare", "dataset name in the registry (nanogptx.datasets)", SOURCE)
     cleaning: tuple[str, ...] = _f(
-        ("normalize_newlines",),
-        "cleaning functions applied to each document, in order "
-        "(normalize_newlines, strip, drop_short)",
+        ("normalize_newlines",), "cleaning functions applied to each document, in order", DATA,
+        CLEANING,
     )
-    min_chars: int = _f(0, "drop_short removes documents with fewer characters than this")
+    min_chars: int = _f(0, "drop_short drops documents of fewer characters", DATA, None,
+                        _at_least(0))
     decode_errors: str = _f(
-        "strict",
-        "what to do with bytes that are not UTF-8, or JSON text holding a lone surrogate "
-        "(\\ud800): strict (error naming file and offset or line) or replace (U+FFFD)",
-        ("strict", "replace"),
+        "strict", "bytes that are not UTF-8 (or JSON lone surrogates): strict (an error naming "
+        "file and offset or line) or replace (U+FFFD)", DATA, ("strict", "replace"),
     )
     split: str = _f(
-        "fraction",
-        "fraction: the last val_fraction of the text is val (nanoGPT); first_docs: the "
-        "first val_docs documents are val; files: files named *val* are val",
+        "fraction", "fraction: the last val_fraction of the text is val (nanoGPT); first_docs: "
+        "the first val_docs documents; files: files named *val*", DATA,
         ("fraction", "first_docs", "files"),
     )
-    val_fraction: float = _f(0.1, "share of the text that forms val when split = fraction")
-    val_docs: int = _f(0, "number of leading documents that form val when split = first_docs")
-    max_docs: int = _f(0, "read at most this many documents (0: all); for quick looks")
-    shard_tokens: int = _f(100_000_000, "tokens per shard")
-    shard_format: str = _f("npy", "shard file format", ("npy", "parquet"))
+    val_fraction: float = _f(0.1, "share of the text that is val with split = fraction", DATA,
+                             None, (lambda v: 0 < v < 1, "between 0 and 1"))
+    val_docs: int = _f(0, "leading documents that are val with split = first_docs", DATA, None,
+                       _at_least(0))
+    max_docs: int = _f(0, "read at most this many documents (0: all); for quick looks", DATA,
+                       None, _at_least(0))
+    shard_tokens: int = _f(100_000_000, "tokens per shard", DATA, None, POSITIVE)
+    shard_format: str = _f("npy", "shard file format", DATA, ("npy", "parquet"))
     allow_unverified: bool = _f(
-        False, "accept a download whose sha256 is neither pinned nor announced by the server"
+        False, "accept a download whose sha256 is neither pinned nor announced by the server",
+        NOTHING,
     )
+    # fmt: on
+
+    def rules(self, cfg: Config) -> Rules:
+        return [
+            (
+                self.split != "first_docs" or self.val_docs > 0,
+                "data.val_docs",
+                "> 0 when data.split = first_docs",
+            )
+        ]
 
 
 @dataclass(frozen=True)
-class TokenizerConfig:
-    name: str = _f(
-        "char", "char (vocabulary built from the data) or gpt2 (tiktoken)", ("char", "gpt2")
-    )
+class TokenizerConfig(Section):
+    # fmt: off
+    name: str = _f("char", "char (vocabulary built from the data) or gpt2 (tiktoken)", DATA,
+                   ("char", "gpt2"))
+    # fmt: on
+
+
+# cuDNN's flash attention (JAX 0.10): head widths that are a multiple of this, and at most this
+# on any GPU (256 from compute capability 9.0, 128 before: runtime.cudnn_refusal).
+CUDNN_HEAD_MULTIPLE, CUDNN_MAX_HEAD = 8, 256
 
 
 @dataclass(frozen=True)
-class ModelConfig:
-    n_layer: int = _f(12, "transformer blocks")
-    n_head: int = _f(12, "attention heads per block")
-    n_embd: int = _f(768, "residual stream width")
-    block_size: int = _f(1024, "context length in tokens")
-    vocab_size: int = _f(0, "vocabulary size: tokens the model predicts (0: the tokenizer's)")
+class ModelConfig(Section):
+    # fmt: off
+    n_layer: int = _f(12, "transformer blocks", PROGRAM, None, POSITIVE)
+    n_head: int = _f(12, "attention heads per block", PROGRAM, None, POSITIVE)
+    n_embd: int = _f(768, "residual stream width", PROGRAM, None, POSITIVE)
+    block_size: int = _f(1024, "context length in tokens", PROGRAM, None, POSITIVE)
+    vocab_size: int = _f(0, "tokens the model predicts (0: the tokenizer's)", PROGRAM, None,
+                         _at_least(0, "0: the tokenizer's"))
     vocab_multiple: int = _f(
-        0,
-        "round the embedding rows up to a multiple of this (64 or 128: a GPU speed knob); the "
-        "padded rows never get probability (their logits are masked) and export strips them",
+        0, "round the embedding rows up to a multiple of this (64 or 128: a GPU speed knob); "
+        "the padded rows are masked and export strips them", PROGRAM, None,
+        _at_least(0, "0: no padding"),
     )
     init_from: str = _f(
-        "scratch",
-        "scratch (random init); gpt2, gpt2-medium, gpt2-large or gpt2-xl: OpenAI's weights, "
-        "downloaded as dataset hf-<name> by the download stage; or a directory in Hugging "
-        "Face's GPT-2 layout (config.json + model.safetensors). A pretrained init sets the "
-        "architecture keys; a conflicting one is an error (block_size may be smaller: the "
-        "position embeddings are cropped)",
+        "scratch", "scratch; gpt2, gpt2-medium, gpt2-large or gpt2-xl (OpenAI's weights), or a "
+        "directory in HF's GPT-2 layout: it sets the architecture keys", PROGRAM,
     )
-    dropout: float = _f(0.0, "dropout rate in training (0 to 1)")
-    bias: bool = _f(True, "biases in Linear and LayerNorm layers, as GPT-2")
+    dropout: float = _f(0.0, "dropout rate in training", PROGRAM, None, FRACTION)
+    bias: bool = _f(True, "biases in Linear and LayerNorm layers, as GPT-2", PROGRAM)
     position: str = _f(
-        "learned",
-        "learned absolute position embeddings (GPT-2), or rope: rotary embeddings of q and k "
-        "(relative positions; sampling past block_size slides the KV cache)",
-        ("learned", "rope"),
+        "learned", "learned absolute position embeddings (GPT-2), or rope: rotary embeddings of "
+        "q and k", PROGRAM, ("learned", "rope"),
     )
-    rope_theta: float = _f(10_000.0, "rope's base: frequencies theta^(-2i/K) for head width K")
-    norm: str = _f(
-        "layernorm",
-        "layernorm (GPT-2) or rmsnorm (no centring, no bias), for every norm of the model",
-        ("layernorm", "rmsnorm"),
-    )
-    norm_gain: bool = _f(True, "learned gains (scales) in the norms; false: none")
-    qk_norm: bool = _f(
-        False,
-        "queries and keys normalised per head before attention (qk-layernorm; gains: norm_gain)",
-    )
+    rope_theta: float = _f(10_000.0, "rope's base: frequencies theta^(-2i/K)", PROGRAM, None,
+                           POSITIVE)
+    norm: str = _f("layernorm", "every norm: layernorm (GPT-2) or rmsnorm (no centring, no bias)",
+                   PROGRAM, ("layernorm", "rmsnorm"))
+    norm_gain: bool = _f(True, "learned gains (scales) in the norms; false: none", PROGRAM)
+    qk_norm: bool = _f(False, "queries and keys normalised per head before attention", PROGRAM)
     activation: str = _f(
-        "gelu",
-        "MLP: gelu (exact, nanoGPT), gelu_tanh (HF GPT-2's tanh form), relu2 (relu(x)^2, "
-        "modded-nanogpt), swiglu (silu(x W) * (x V), its width 8 D / 3 rounded up to 64)",
-        ("gelu", "gelu_tanh", "relu2", "swiglu"),
+        "gelu", "MLP: gelu (nanoGPT), gelu_tanh (HF GPT-2), relu2 (modded-nanogpt), swiglu "
+        "(width 8 D / 3 rounded up to 64)", PROGRAM, ("gelu", "gelu_tanh", "relu2", "swiglu"),
     )
-    mlp_width: int = _f(0, "MLP hidden width (0: 4 n_embd, or swiglu's rule)")
-    n_kv_head: int = _f(0, "key/value heads (grouped-query attention); 0: n_head")
-    tie_embeddings: bool = _f(True, "the output head is wte transposed (GPT-2); false: its own")
-    logit_softcap: float = _f(0.0, "cap * tanh(logits / cap) on the output logits (0: none)")
-    z_loss: float = _f(
-        0.0, "coefficient of PaLM's auxiliary loss mean(log(Z)^2) on the output logits (0: none)"
-    )
+    mlp_width: int = _f(0, "MLP hidden width (0: 4 n_embd, or swiglu's rule)", PROGRAM, None,
+                        _at_least(0, "0: the activation's rule"))
+    n_kv_head: int = _f(0, "key/value heads (grouped-query attention); 0: n_head", PROGRAM, None,
+                        _at_least(0, "0: n_head"))
+    tie_embeddings: bool = _f(True, "the output head is wte transposed (GPT-2)", PROGRAM)
+    logit_softcap: float = _f(0.0, "cap * tanh(logits / cap) on the output logits (0: none)",
+                              PROGRAM, None, _at_least(0, "0: none"))
+    z_loss: float = _f(0.0, "coefficient of PaLM's auxiliary loss mean(log(Z)^2) (0: none)",
+                       PROGRAM, None, _at_least(0))
     kernels: str = _f(
-        "auto",
-        "the primitives: fast (hand-written gradients, measured on XLA's CPU backend), reference "
-        "(plain jnp and JAX's own derivatives, so jax.jvp and jax.hessian work), auto (fast); "
-        "the same values to float32 rounding",
-        ("auto", "fast", "reference"),
+        "auto", "fast (hand-written gradients), reference (JAX's own: jvp and hessian work) or "
+        "auto (fast); the same values", RUNTIME, ("auto", "fast", "reference"),
     )
     attention: str = _f(
-        "auto",
-        "attention implementation: einsum, xla or cudnn (jax.nn.dot_product_attention; cudnn "
-        "needs a GPU of compute capability 8.0 or later, a 16-bit train.compute_dtype and a "
-        "head width n_embd / n_head that is a multiple of 8 of at most 128, or 256 on 9.0 "
-        "(Hopper) and later; sampling and evaluation, in float32, run xla instead); auto: "
-        "einsum on CPU, on GPU cudnn where it can run, else xla (the log says why)",
-        ("auto", "einsum", "xla", "cudnn"),
+        "auto", "einsum, xla or cudnn (16-bit compute, head width a multiple of 8); auto: einsum "
+        "on CPU, cudnn where it runs on GPU, else xla", RUNTIME, ("auto", "einsum", "xla", "cudnn"),
     )
     remat: str = _f(
-        "none",
-        "rematerialisation in training: none (every block's activations kept for the backward); "
-        "block (only each block's input kept, the block recomputed in the backward: the least "
-        "memory, one more forward of the blocks, 18% more FLOPs for GPT-2 124M); dots (the "
-        "linear layers' matmul outputs kept, the rest recomputed: 5% more FLOPs there). How it "
-        "runs, not what it computes: the same values, and a checkpoint resumes under another",
-        ("none", "block", "dots"),
+        "none", "recompute in the backward: none, block (each block: least memory) or dots (all "
+        "but the matmuls); the same values", RUNTIME, ("none", "block", "dots"),
     )
+    # fmt: on
+
+    def rules(self, cfg: Config) -> Rules:
+        K, gpt2 = self.n_embd // self.n_head, GPT2_ARCHITECTURE["vocab_size"]
+        tok = cfg.tokenizer.name
+        return [
+            (
+                tok != "gpt2" or self.vocab_size == 0 or self.vocab_size >= gpt2,
+                "model.vocab_size",
+                f"0 or at least {gpt2}, the gpt2 tokenizer's vocabulary",
+            ),
+            (
+                self.init_from not in GPT2_CHECKPOINTS or tok == "gpt2",
+                "tokenizer.name",
+                f"gpt2 with model.init_from = {self.init_from!r} (its vocabulary is GPT-2's)",
+            ),
+            (
+                self.n_embd % self.n_head == 0,
+                "model.n_embd",
+                f"a multiple of model.n_head = {self.n_head}",
+            ),
+            (
+                self.n_head % (self.n_kv_head or self.n_head) == 0,
+                "model.n_kv_head",
+                f"a divisor of model.n_head = {self.n_head}",
+            ),
+            (
+                self.position != "rope" or K % 2 == 0,
+                "model.n_head",
+                f"a head width n_embd / n_head = {K} that is even, for rope",
+            ),
+            (
+                self.attention != "cudnn" or cfg.train.compute_dtype != "float32",
+                "model.attention",
+                "auto, einsum or xla with train.compute_dtype = 'float32' (cuDNN's attention runs "
+                "bfloat16 or float16)",
+            ),
+            (
+                self.attention != "cudnn" or (K % CUDNN_HEAD_MULTIPLE == 0 and K <= CUDNN_MAX_HEAD),
+                "model.attention",
+                f"auto, einsum or xla with a head width n_embd / n_head = {K} "
+                f"(cuDNN's attention needs a multiple of {CUDNN_HEAD_MULTIPLE} of at most "
+                f"{CUDNN_MAX_HEAD}, and at most 128 before compute capability 9.0)",
+            ),
+        ]
 
 
 @dataclass(frozen=True)
-class TrainConfig:
-    seed: int = _f(1337, "seed of parameters, batches and dropout")
+class TrainConfig(Section):
+    # fmt: off
+    seed: int = _f(1337, "seed of parameters, batches and dropout", RESUME, None, SEED)
     batch_size: int = _f(
-        12,
-        "sequences per micro-batch, over all devices; 0: auto, the largest that divides the "
-        "rows of a step (total_batch_tokens / block_size) and whose compiled programs fit the "
-        "devices' memory (on a CPU: at most 8192 tokens per device), chosen before any data "
-        "is read (python -m nanogptx.plan shows it)",
+        12, "sequences per micro-batch, over all devices; 0: auto, the largest whose programs "
+        "fit the devices' memory (python -m nanogptx.plan)", PROGRAM, None,
+        _at_least(0, "0: auto"),
     )
     total_batch_tokens: int = _f(
-        0,
-        "tokens per optimizer step; a multiple of batch_size * block_size, accumulated "
-        "over micro-batches (0: one micro-batch; needed by batch_size = 0)",
+        0, "tokens per optimizer step, accumulated over micro-batches (0: one micro-batch)",
+        PROGRAM, None, _at_least(0),
     )
-    max_iters: int = _f(600_000, "optimizer steps")
-    learning_rate: float = _f(6e-4, "peak learning rate")
-    min_lr: float = _f(6e-5, "learning rate at the end of the decay (cosine, linear, wsd)")
-    warmup_iters: int = _f(2000, "steps of linear warmup")
-    lr_decay_iters: int = _f(600_000, "step where the decay reaches min_lr (cosine, linear, wsd)")
-    decay_lr: bool = _f(
-        True, "warmup, then lr_schedule; false: learning_rate from step 0 (nanoGPT's decay_lr)"
-    )
+    max_iters: int = _f(600_000, "optimizer steps", OUTPUT, None,
+                        _at_least(0, "0: no step, the initial model"))
+    learning_rate: float = _f(6e-4, "peak learning rate", PROGRAM, None, POSITIVE)
+    min_lr: float = _f(6e-5, "learning rate at the end of the decay", PROGRAM)
+    warmup_iters: int = _f(2000, "steps of linear warmup", PROGRAM, None, _at_least(0))
+    lr_decay_iters: int = _f(600_000, "step where the decay reaches min_lr", SCHEDULE, None,
+                             _at_least(0))
+    decay_lr: bool = _f(True, "warmup, then lr_schedule; false: learning_rate from step 0",
+                        PROGRAM)
     optimizer: str = _f(
-        "adamw",
-        "adamw; muon (Newton-Schulz orthogonalised momentum for the hidden matrices, AdamW for "
-        "embeddings, gains and biases); lion (about 10x smaller learning rates than adamw's); "
-        "adafactor (steps relative to each matrix's RMS: about 10x larger ones)",
+        "adamw", "adamw, muon (orthogonalised momentum for hidden matrices, AdamW elsewhere), "
+        "lion (~10x smaller lr) or adafactor (~10x larger)", PROGRAM,
         ("adamw", "muon", "lion", "adafactor"),
     )
-    muon_learning_rate: float = _f(
-        0.02, "peak learning rate of muon's matrices (the schedule's shape as learning_rate's)"
-    )
-    muon_momentum: float = _f(0.95, "muon's momentum (Nesterov)")
-    weight_decay: float = _f(0.1, "weight decay, on matrices only")
+    muon_learning_rate: float = _f(0.02, "muon's peak learning rate of the hidden matrices",
+                                   PROGRAM, None, POSITIVE)
+    muon_momentum: float = _f(0.95, "muon's momentum (Nesterov)", PROGRAM, None, FRACTION)
+    weight_decay: float = _f(0.1, "weight decay, on matrices only", PROGRAM, None, _at_least(0))
     weight_decay_mode: str = _f(
-        "decoupled",
-        "decoupled: each step subtracts lr * weight_decay * p (AdamW); independent: (lr / "
-        "learning_rate) * weight_decay * p, independent of the peak learning rate (Wortsman "
-        "et al. 2023)",
-        ("decoupled", "independent"),
+        "decoupled", "decoupled: lr * weight_decay * p per step (AdamW); independent: of the "
+        "peak learning rate (Wortsman et al. 2023)", PROGRAM, ("decoupled", "independent"),
     )
     lr_schedule: str = _f(
-        "cosine",
-        "after the warmup: cosine (nanoGPT) or linear decay to min_lr at lr_decay_iters; wsd: "
-        "constant, then a linear cooldown to min_lr over the last cooldown_frac of "
-        "lr_decay_iters; constant",
-        ("cosine", "wsd", "linear", "constant"),
+        "cosine", "after the warmup: cosine (nanoGPT), linear, wsd (a linear cooldown over the "
+        "last cooldown_frac) or constant", SCHEDULE, ("cosine", "wsd", "linear", "constant"),
     )
-    cooldown_frac: float = _f(0.2, "share of lr_decay_iters that wsd's cooldown takes")
-    beta1: float = _f(0.9, "beta1 of adamw, lion and muon's AdamW part (adafactor: unused)")
-    beta2: float = _f(0.95, "beta2 of adamw, lion and muon's AdamW part (adafactor: unused)")
-    grad_clip: float = _f(1.0, "clip gradients to this global norm (0: no clipping)")
+    cooldown_frac: float = _f(0.2, "share of lr_decay_iters that wsd's cooldown takes",
+                              SCHEDULE, None, SHARE)
+    beta1: float = _f(0.9, "beta1 of adamw, lion and muon's AdamW part", PROGRAM, None, FRACTION)
+    beta2: float = _f(0.95, "beta2 of adamw, lion and muon's AdamW part", PROGRAM, None,
+                      FRACTION)
+    grad_clip: float = _f(1.0, "clip gradients to this global norm (0: none)", PROGRAM, None,
+                          _at_least(0))
     on_divergence: str = _f(
-        "fail",
-        "a NaN or inf loss or gradient norm: fail stops the stage with an error (the last good "
-        "checkpoint kept); stop (a sweep's points) makes a divergence a result: that, or a "
-        "training loss above the step-0 loss at each of divergence_steps consecutive steps "
-        "after the warmup, ends the training there and writes the model marked diverged, with "
-        "its step, in provenance.json and metrics.jsonl",
-        ("fail", "stop"),
+        "fail", "a NaN or inf loss or gradient: fail (an error) or stop (a sweep's points: "
+        "also a loss above step 0's for divergence_steps; a result)", OUTPUT, ("fail", "stop"),
     )
-    divergence_steps: int = _f(
-        50,
-        "with on_divergence = stop: how many consecutive steps after the warmup the training "
-        "loss must stay above the step-0 loss for the run to count as diverged. A loss spike "
-        "the run recovers from (one noisy batch, or a few steps of instability) is not a "
-        "divergence: Wortsman et al. (2023) score such a run by its final loss",
-    )
-    eval_interval: int = _f(2000, "evaluate every this many steps")
-    eval_iters: int = _f(200, "validation (and train-estimate) batches per evaluation")
-    eval_only: bool = _f(False, "evaluate once and stop")
-    batch_order: str = _f(
-        "random", "random windows (nanoGPT) or sequential windows", ("random", "sequential")
-    )
-    compute_dtype: str = _f(
-        "float32", "dtype of activations and matmuls", ("float32", "bfloat16", "float16")
-    )
-    sharding: str = _f(
-        "dp",
-        "dp: batch sharded, parameters replicated; fsdp: parameters sharded too",
-        ("dp", "fsdp"),
-    )
-    checkpoint_interval: int = _f(1000, "save a checkpoint every this many steps (0: only final)")
+    divergence_steps: int = _f(50, "consecutive steps after the warmup above step 0's loss that "
+                               "make a divergence (stop)", OUTPUT, None, POSITIVE)
+    eval_interval: int = _f(2000, "evaluate every this many steps", OUTPUT, None, POSITIVE)
+    eval_iters: int = _f(200, "validation (and train-estimate) batches per evaluation", OUTPUT,
+                         None, POSITIVE)
+    eval_only: bool = _f(False, "evaluate once and stop", OUTPUT)
+    batch_order: str = _f("random", "random windows (nanoGPT) or sequential windows", RESUME,
+                          ("random", "sequential"))
+    compute_dtype: str = _f("float32", "dtype of activations and matmuls", PROGRAM,
+                            ("float32", "bfloat16", "float16"))
+    sharding: str = _f("dp", "dp: batch sharded, parameters replicated; fsdp: parameters too",
+                       RUNTIME, ("dp", "fsdp"))
+    checkpoint_interval: int = _f(1000, "save a checkpoint every this many steps (0: only final)",
+                                  OUTPUT, None, _at_least(0))
     resume: str = _f(
-        "latest",
-        "latest: resume from the newest checkpoint, and stop with an error if it is damaged; "
-        "latest_valid: resume from the newest intact one, saying which were skipped and why",
-        ("latest", "latest_valid"),
+        "latest", "latest: resume from the newest checkpoint (damaged: an error); latest_valid: "
+        "from the newest intact one", OUTPUT, ("latest", "latest_valid"),
     )
-    keep_checkpoints: int = _f(2, "checkpoints kept on disk")
-    peak_flops: float = _f(0.0, "peak FLOP/s of one device for MFU (0: a table by device kind)")
-    measure_peak: bool = _f(
-        False, "for a device the table lacks, measure the peak (a matmul) at start; else no MFU"
-    )
-    profile_start: int = _f(0, "first step of a jax.profiler trace (0: no trace)")
-    profile_steps: int = _f(5, "steps in the profiler trace")
+    keep_checkpoints: int = _f(2, "checkpoints kept on disk", OUTPUT, None, POSITIVE)
+    peak_flops: float = _f(0.0, "a device's peak FLOP/s for MFU (0: a table by device kind)",
+                           OUTPUT, None, _at_least(0))
+    measure_peak: bool = _f(False, "measure the peak of a device the table lacks (else no MFU)",
+                            OUTPUT)
+    profile_start: int = _f(0, "first step of a jax.profiler trace (0: no trace)", OUTPUT, None,
+                            _at_least(0))
+    profile_steps: int = _f(5, "steps in the profiler trace", OUTPUT, None, POSITIVE)
+    # fmt: on
+
+    def rules(self, cfg: Config) -> Rules:
+        block = cfg.model.block_size
+        micro = max(self.batch_size, 1) * block
+        tokens = self.total_batch_tokens
+        return [
+            (
+                self.batch_size > 0 or (tokens > 0 and tokens % block == 0),
+                "train.total_batch_tokens",
+                f"a multiple of model.block_size = {block} with "
+                "train.batch_size = 0 (auto divides the rows of a step into micro-batches)",
+            ),
+            (
+                tokens % micro == 0,
+                "train.total_batch_tokens",
+                f"0 or a multiple of train.batch_size * model.block_size = {micro}",
+            ),
+            (
+                0 <= self.min_lr <= self.learning_rate,
+                "train.min_lr",
+                f"between 0 and train.learning_rate = {self.learning_rate}",
+            ),
+            (
+                not self.decay_lr or self.lr_decay_iters > self.warmup_iters,
+                "train.lr_decay_iters",
+                f"> train.warmup_iters = {self.warmup_iters}",
+            ),
+            (
+                self.decay_lr or self.lr_schedule in ("cosine", "constant"),
+                "train.decay_lr",
+                f"true with train.lr_schedule = {self.lr_schedule!r} (false is a "
+                "constant learning rate from step 0, which no schedule follows; lr_schedule = "
+                "'constant' warms up first)",
+            ),
+        ]
 
 
 @dataclass(frozen=True)
-class SampleConfig:
-    start: str = _f("\n", "prompt text, or FILE:path to read it from a file")
-    num_samples: int = _f(10, "samples generated together as one batch")
-    max_new_tokens: int = _f(500, "tokens generated per sample")
-    temperature: float = _f(0.8, "softmax temperature (> 0)")
-    top_k: int = _f(200, "keep only the k most likely tokens (0: all)")
-    top_p: float = _f(1.0, "keep the smallest set of tokens with this total probability")
-    seed: int = _f(1337, "sampling seed")
+class SampleConfig(Section):
+    # fmt: off
+    start: str = _f("\n", "prompt text, or FILE:path to read it from a file", OUTPUT, None,
+                    (lambda v: v != "FILE:", "text, or FILE:path with a path"))
+    num_samples: int = _f(10, "samples generated together as one batch", OUTPUT, None, POSITIVE)
+    max_new_tokens: int = _f(500, "tokens generated per sample", OUTPUT, None, POSITIVE)
+    temperature: float = _f(0.8, "softmax temperature", OUTPUT, None, POSITIVE)
+    top_k: int = _f(200, "keep only the k most likely tokens (0: all)", OUTPUT, None, _at_least(0))
+    top_p: float = _f(1.0, "keep the smallest set of tokens with this total probability", OUTPUT,
+                      None, SHARE)
+    seed: int = _f(1337, "sampling seed", OUTPUT, None, SEED)
     window_shift: int = _f(
-        0,
-        "when prompt + samples outgrow model.block_size, drop this many of the oldest tokens "
-        "and re-encode the rest (learned positions rule out sliding the KV cache); 1 is "
-        "nanoGPT's exact crop, one full forward pass per token (0: block_size // 4); unused "
-        "with model.position = rope, whose cache slides",
+        0, "tokens dropped when a learned-position context outgrows block_size (1: nanoGPT's "
+        "crop; 0: block_size // 4)", OUTPUT, None, _at_least(0),
     )
+    # fmt: on
+
+    def rules(self, cfg: Config) -> Rules:
+        block = cfg.model.block_size
+        return [
+            (
+                self.window_shift <= block,
+                "sample.window_shift",
+                f"0 (block_size // 4) to model.block_size = {block}",
+            )
+        ]
 
 
 @dataclass(frozen=True)
-class EvalConfig:
+class EvalConfig(Section):
+    # fmt: off
     tasks: tuple[str, ...] = _f(
-        ("val_loss",),
-        "what the eval stage measures: val_loss (mean loss over the whole val split in "
-        "windows of block_size targets, and bits per byte) and hellaswag (its 10,042 "
-        "validation items scored completion-style, as llm.c; needs GPT-2 tokens and downloads "
-        "dataset hellaswag)",
+        ("val_loss",), "val_loss (the whole val split: loss, bits per byte) and hellaswag (its "
+        "validation items, as llm.c; GPT-2 tokens)", OUTPUT, EVAL_TASKS,
+        (lambda v: 0 < len(v) == len(set(v)), f"at least one of {list(EVAL_TASKS)}, none twice"),
     )
-    batch_size: int = _f(8, "windows (val_loss) or items (hellaswag, 4 rows each) per batch")
-    max_windows: int = _f(0, "val_loss: score at most this many windows (0: the whole split)")
-    max_items: int = _f(0, "hellaswag: score the first this many items (0: all); quick looks")
+    batch_size: int = _f(8, "windows (val_loss) or items (hellaswag) per batch", OUTPUT, None,
+                         POSITIVE)
+    max_windows: int = _f(0, "val_loss: score at most this many windows (0: all)", OUTPUT, None,
+                          _at_least(0, "0: all"))
+    max_items: int = _f(0, "hellaswag: score the first this many items (0: all)", OUTPUT, None,
+                        _at_least(0, "0: all"))
+    # fmt: on
 
 
 @dataclass(frozen=True)
-class LoggingConfig:
-    log_interval: int = _f(10, "print and record metrics every this many steps")
+class LoggingConfig(Section):
+    # fmt: off
+    log_interval: int = _f(10, "print and record metrics every this many steps", OUTPUT, None,
+                           POSITIVE)
     stats_interval: int = _f(
-        100,
-        "every this many steps, record diagnostics (kind stats in metrics.jsonl): per layer the "
-        "RMS of parameters, gradients and updates (of the whole step) and the largest attention "
-        "logit (in a forward of rows 0-7 of the step's first micro-batch, without dropout), and "
-        "the output logits' mean log Z over the whole step (0: none)",
+        100, "record diagnostics (kind stats: per-layer RMS of parameters, gradients, updates; "
+        "attention logit max; log Z) every this many steps", OUTPUT, None, _at_least(0, "0: none"),
     )
-    wandb_mode: str = _f("disabled", "wandb logging", ("disabled", "offline", "online"))
-    wandb_project: str = _f("nanogptx", "wandb project")
-    wandb_run_name: str = _f("", "wandb run name (empty: the run's name)")
+    wandb_mode: str = _f("disabled", "wandb logging", OUTPUT, ("disabled", "offline", "online"))
+    wandb_project: str = _f("nanogptx", "wandb project", OUTPUT)
+    wandb_run_name: str = _f("", "wandb run name (empty: the run's name)", OUTPUT)
+    # fmt: on
 
 
 @dataclass(frozen=True)
@@ -320,23 +447,25 @@ STAGE_SECTIONS: dict[str, tuple[str, ...]] = {
     "sample": ("sample",),
     "eval": ("eval",),
 }
-EVAL_TASKS = ("val_loss", "hellaswag")
-# Data settings that do not change the prepared bytes, so not the prepared data's identity.
-NOT_DATA_IDENTITY = ("data.allow_unverified",)
-# Model settings of how it runs, not what it computes: a checkpoint resumes under any of them.
-RUNTIME_KEYS = ("kernels", "attention", "remat")
-# cuDNN's flash attention (JAX 0.10): head widths that are a multiple of this, and at most this
-# on any GPU (256 from compute capability 9.0, 128 before: runtime.cudnn_refusal).
-CUDNN_HEAD_MULTIPLE, CUDNN_MAX_HEAD = 8, 256
-# Train settings a resumed run must share with its checkpoint. With the model and the data they
-# name the checkpoint directory (checkpoint_id): raising max_iters or lr_decay_iters, or editing
-# evaluation, checkpointing or logging, resumes; editing one of these starts afresh.
-RESUME_KEYS = (
-    "seed", "batch_size", "total_batch_tokens", "learning_rate", "min_lr", "warmup_iters",
-    "decay_lr", "weight_decay", "beta1", "beta2", "grad_clip", "batch_order", "compute_dtype",
-    "optimizer", "muon_learning_rate", "muon_momentum", "weight_decay_mode",
-)  # fmt: skip
 
+
+def role(f: dataclasses.Field) -> Role:
+    return f.metadata.get("role", UNMARKED)
+
+
+def keys_with(section: str, want: Callable[[Role], bool]) -> tuple[str, ...]:
+    """The keys of a section whose role `want` accepts, in definition order."""
+    return tuple(f.name for f in dataclasses.fields(SECTIONS[section]) if want(role(f)))
+
+
+# The identity sets, derived from the roles. The model's settings of how it runs, not what it
+# computes: a checkpoint resumes under any of them.
+RUNTIME_KEYS = keys_with("model", lambda r: r is RUNTIME)
+# Train settings a resumed run must share with its checkpoint (with the model and the data).
+RESUME_KEYS = keys_with("train", lambda r: r.resume)
+# Data settings that do not change the prepared bytes, so not the prepared data's identity.
+NOT_DATA_IDENTITY = tuple(f"{name}.{k}" for name in STAGE_SECTIONS["prepare"]
+                          for k in keys_with(name, lambda r: not r.data))  # fmt: skip
 
 # OpenAI's GPT-2 checkpoints (nanoGPT's table): layers, heads, width. Every one has 1024
 # positions, a vocabulary of 50257, biases, tanh GELU (HF GPT-2's "gelu_new") and a tied head.
@@ -478,185 +607,38 @@ def _suggest(name: str, known: typing.Iterable[str]) -> str:
     return f" (did you mean {close[0]!r}?)" if close else ""
 
 
-def _check_values(
-    cfg: Config, source: str, registry: bool = True, tokenizer_known: bool = True
-) -> None:
-    """Impossible values and combinations, each named with its key and the file; with
-    registry, data.dataset against its dataset file (config/datasets/NAME.toml).
-    tokenizer_known: the config says which tokenizer the model has (a run's file does; the
-    defaults with overrides of a stage run alone may not, and the stage checks its model)."""
-    m, t, d, s = cfg.model, cfg.train, cfg.data, cfg.sample
+def _check_field(f: dataclasses.Field, value: Any, key: str, source: str) -> None:
+    """A field's own check: its choices (a list's, each item's), then its check."""
+    choices, check = f.metadata.get("choices"), f.metadata.get("check")
+    for item in value if isinstance(value, tuple) and choices else [value] if choices else []:
+        if item not in choices:
+            expected = f"one of {list(choices)}{_suggest(str(item), map(str, choices))}"
+            raise ConfigError(f"{source}: {key} = {item!r}: expected {expected}")
+    if check and not check[0](value):
+        shown = list(value) if isinstance(value, tuple) else value
+        raise ConfigError(f"{source}: {key} = {shown!r}: expected {check[1]}")
 
-    def need(ok: bool, key: str, value: Any, expected: str) -> None:
-        if not ok:
-            raise ConfigError(f"{source}: {key} = {value!r}: expected {expected}")
 
-    for section in (d, m, t, s, cfg.eval, cfg.logging):
-        name = next(k for k, v in SECTIONS.items() if isinstance(section, v))
-        for f in dataclasses.fields(section):
-            value = getattr(section, f.name)
-            choices = f.metadata.get("choices")
-            if choices:
-                need(value in choices, f"{name}.{f.name}", value, f"one of {list(choices)}")
+def validate(cfg: Config, source: str, registry: bool = True, tokenizer_known: bool = True) -> None:
+    """Every field's own check, then each section's rules; with registry, data.dataset against
+    its dataset file. tokenizer_known: the config says which tokenizer the model has (a run's
+    file does; the defaults with a stage's overrides may not, and the stage checks its model)."""
+    for name in SECTIONS:
+        for f in dataclasses.fields(section := getattr(cfg, name)):
+            _check_field(f, getattr(section, f.name), f"{name}.{f.name}", source)
     if registry:
-        check_dataset(d.dataset, source)
-    from_cleaning = {"normalize_newlines", "strip", "drop_short"}
-    for c in d.cleaning:
-        need(
-            c in from_cleaning,
-            "data.cleaning",
-            c,
-            f"one of {sorted(from_cleaning)}" + _suggest(c, from_cleaning),
-        )
-    need(0.0 < d.val_fraction < 1.0, "data.val_fraction", d.val_fraction, "between 0 and 1")
-    need(d.val_docs >= 0, "data.val_docs", d.val_docs, ">= 0")
-    need(
-        d.split != "first_docs" or d.val_docs > 0,
-        "data.val_docs",
-        d.val_docs,
-        "> 0 when data.split = first_docs",
-    )
-    need(d.max_docs >= 0, "data.max_docs", d.max_docs, ">= 0")
-    need(d.min_chars >= 0, "data.min_chars", d.min_chars, ">= 0")
-    need(d.shard_tokens > 0, "data.shard_tokens", d.shard_tokens, "> 0")
-    for key in ("n_layer", "n_head", "n_embd", "block_size"):
-        need(getattr(m, key) > 0, f"model.{key}", getattr(m, key), "> 0")
-    need(m.vocab_size >= 0, "model.vocab_size", m.vocab_size, ">= 0 (0: the tokenizer's)")
-    gpt2 = GPT2_ARCHITECTURE["vocab_size"]
-    need(
-        cfg.tokenizer.name != "gpt2" or m.vocab_size == 0 or m.vocab_size >= gpt2,
-        "model.vocab_size",
-        m.vocab_size,
-        f"0 or at least {gpt2}, the gpt2 tokenizer's vocabulary",
-    )
-    need(m.vocab_multiple >= 0, "model.vocab_multiple", m.vocab_multiple, ">= 0 (0: no padding)")
-    need(
-        m.init_from not in GPT2_CHECKPOINTS or cfg.tokenizer.name == "gpt2",
-        "tokenizer.name",
-        cfg.tokenizer.name,
-        f"gpt2 with model.init_from = {m.init_from!r} (its vocabulary is GPT-2's)",
-    )
-    need(
-        m.n_embd % m.n_head == 0,
-        "model.n_embd",
-        m.n_embd,
-        f"a multiple of model.n_head = {m.n_head}",
-    )
-    need(0.0 <= m.dropout < 1.0, "model.dropout", m.dropout, "in [0, 1)")
-    need(m.n_kv_head >= 0, "model.n_kv_head", m.n_kv_head, ">= 0 (0: n_head)")
-    need(
-        m.n_head % (m.n_kv_head or m.n_head) == 0,
-        "model.n_kv_head",
-        m.n_kv_head,
-        f"a divisor of model.n_head = {m.n_head}",
-    )
-    need(
-        m.position != "rope" or (m.n_embd // m.n_head) % 2 == 0,
-        "model.n_head",
-        m.n_head,
-        f"a head width n_embd / n_head = {m.n_embd // m.n_head} that is even, for rope",
-    )
-    need(m.rope_theta > 0, "model.rope_theta", m.rope_theta, "> 0")
-    need(m.mlp_width >= 0, "model.mlp_width", m.mlp_width, ">= 0 (0: the activation's rule)")
-    need(m.logit_softcap >= 0, "model.logit_softcap", m.logit_softcap, ">= 0 (0: none)")
-    need(m.z_loss >= 0, "model.z_loss", m.z_loss, ">= 0")
-    need(
-        m.attention != "cudnn" or t.compute_dtype != "float32",
-        "model.attention",
-        m.attention,
-        "auto, einsum or xla with train.compute_dtype = 'float32' (cuDNN's attention runs "
-        "bfloat16 or float16)",
-    )
-    K = m.n_embd // m.n_head
-    need(
-        m.attention != "cudnn" or (K % CUDNN_HEAD_MULTIPLE == 0 and K <= CUDNN_MAX_HEAD),
-        "model.attention",
-        m.attention,
-        f"auto, einsum or xla with a head width n_embd / n_head = {K} (cuDNN's attention needs "
-        f"a multiple of {CUDNN_HEAD_MULTIPLE} of at most {CUDNN_MAX_HEAD}, and at most 128 "
-        "before compute capability 9.0)",
-    )
-    need(t.batch_size >= 0, "train.batch_size", t.batch_size, ">= 0 (0: auto)")
-    if t.batch_size == 0:
-        need(
-            t.total_batch_tokens > 0 and t.total_batch_tokens % m.block_size == 0,
-            "train.total_batch_tokens",
-            t.total_batch_tokens,
-            f"a multiple of model.block_size = {m.block_size} with train.batch_size = 0 (auto "
-            "divides the rows of a step into micro-batches)",
-        )
-    micro = max(t.batch_size, 1) * m.block_size
-    need(
-        t.total_batch_tokens >= 0 and t.total_batch_tokens % micro == 0,
-        "train.total_batch_tokens",
-        t.total_batch_tokens,
-        f"0 or a multiple of train.batch_size * model.block_size = {micro}",
-    )
-    for key in ("eval_iters", "eval_interval", "keep_checkpoints", "divergence_steps"):
-        need(getattr(t, key) > 0, f"train.{key}", getattr(t, key), "> 0")
-    need(t.max_iters >= 0, "train.max_iters", t.max_iters, ">= 0 (0: no step, the initial model)")
-    for key in ("warmup_iters", "lr_decay_iters", "checkpoint_interval", "profile_start"):
-        need(getattr(t, key) >= 0, f"train.{key}", getattr(t, key), ">= 0")
-    need(t.profile_steps > 0, "train.profile_steps", t.profile_steps, "> 0")
-    need(t.learning_rate > 0, "train.learning_rate", t.learning_rate, "> 0")
-    need(
-        0 <= t.min_lr <= t.learning_rate,
-        "train.min_lr",
-        t.min_lr,
-        f"between 0 and train.learning_rate = {t.learning_rate}",
-    )
-    need(
-        not t.decay_lr or t.lr_decay_iters > t.warmup_iters,
-        "train.lr_decay_iters",
-        t.lr_decay_iters,
-        f"> train.warmup_iters = {t.warmup_iters}",
-    )
-    need(
-        t.decay_lr or t.lr_schedule in ("cosine", "constant"),
-        "train.decay_lr",
-        t.decay_lr,
-        f"true with train.lr_schedule = {t.lr_schedule!r} (false is a constant learning rate "
-        "from step 0, which no schedule follows; lr_schedule = 'constant' warms up first)",
-    )
-    need(t.muon_learning_rate > 0, "train.muon_learning_rate", t.muon_learning_rate, "> 0")
-    need(0 <= t.muon_momentum < 1, "train.muon_momentum", t.muon_momentum, "in [0, 1)")
-    need(0 < t.cooldown_frac <= 1, "train.cooldown_frac", t.cooldown_frac, "in (0, 1]")
-    need(0 <= t.beta1 < 1, "train.beta1", t.beta1, "in [0, 1)")
-    need(0 <= t.beta2 < 1, "train.beta2", t.beta2, "in [0, 1)")
-    need(t.weight_decay >= 0, "train.weight_decay", t.weight_decay, ">= 0")
-    need(t.grad_clip >= 0, "train.grad_clip", t.grad_clip, ">= 0")
-    need(t.peak_flops >= 0, "train.peak_flops", t.peak_flops, ">= 0")
-    need(s.num_samples > 0, "sample.num_samples", s.num_samples, "> 0")
-    need(s.max_new_tokens > 0, "sample.max_new_tokens", s.max_new_tokens, "> 0")
-    need(s.temperature > 0, "sample.temperature", s.temperature, "> 0")
-    need(s.top_k >= 0, "sample.top_k", s.top_k, ">= 0")
-    need(0 < s.top_p <= 1, "sample.top_p", s.top_p, "in (0, 1]")
-    need(
-        0 <= s.window_shift <= m.block_size,
-        "sample.window_shift",
-        s.window_shift,
-        f"0 (block_size // 4) to model.block_size = {m.block_size}",
-    )
-    need(s.start != "FILE:", "sample.start", s.start, "text, or FILE:path with a path")
-    for key, seed in (("train.seed", t.seed), ("sample.seed", s.seed)):
-        need(0 <= seed < 2**32, key, seed, f"0 to {2**32 - 1} (a JAX key holds 32 bits)")
-    e = cfg.eval
-    for task in e.tasks:
-        need(task in EVAL_TASKS, "eval.tasks", task, f"one of {list(EVAL_TASKS)}")
-    need(len(set(e.tasks)) == len(e.tasks), "eval.tasks", list(e.tasks), "no task twice")
-    need(len(e.tasks) > 0, "eval.tasks", list(e.tasks), f"at least one of {list(EVAL_TASKS)}")
-    if tokenizer_known and "hellaswag" in e.tasks and cfg.tokenizer.name != "gpt2":
+        check_dataset(cfg.data.dataset, source)
+    for name in SECTIONS:
+        for ok, key, expected in getattr(cfg, name).rules(cfg):
+            if not ok:
+                value = getattr(getattr(cfg, key.split(".")[0]), key.split(".")[1])
+                raise ConfigError(f"{source}: {key} = {value!r}: expected {expected}")
+    if tokenizer_known and "hellaswag" in cfg.eval.tasks and cfg.tokenizer.name != "gpt2":
         raise ConfigError(
             f"{source}: eval.tasks has hellaswag, which is scored in GPT-2 tokens, but "
             f'tokenizer.name = {cfg.tokenizer.name!r}: set tokenizer.name = "gpt2" or remove '
             "hellaswag from eval.tasks"
         )
-    need(e.batch_size > 0, "eval.batch_size", e.batch_size, "> 0")
-    need(e.max_windows >= 0, "eval.max_windows", e.max_windows, ">= 0 (0: all)")
-    need(e.max_items >= 0, "eval.max_items", e.max_items, ">= 0 (0: all)")
-    need(cfg.logging.log_interval > 0, "logging.log_interval", cfg.logging.log_interval, "> 0")
-    need(cfg.logging.stats_interval >= 0, "logging.stats_interval", cfg.logging.stats_interval,
-         ">= 0 (0: none)")  # fmt: skip
 
 
 def check_dataset(name: str, source: str) -> None:
@@ -683,7 +665,7 @@ def from_dict(
 ) -> Config:
     """Build a Config from a {section: {key: value}} tree of differences from the defaults;
     registry=False: data.dataset is not looked up (a trained model's own config);
-    tokenizer_known: see _check_values."""
+    tokenizer_known: see validate."""
     sections = {}
     for name, values in tree.items():
         if name not in SECTIONS and not isinstance(values, dict):
@@ -708,7 +690,7 @@ def from_dict(
             values[key] = _check_type(value, hints[key], f"{source}: {name}.{key}")
         sections[name] = cls(**values)
     cfg = _resolve_init(Config(**sections), tree.get("model", {}), source)
-    _check_values(cfg, source, registry, tokenizer_known)
+    validate(cfg, source, registry, tokenizer_known)
     return cfg
 
 
@@ -808,8 +790,9 @@ def _sha256(items: typing.Iterable[str]) -> str:
 
 
 def data_settings(cfg: Config) -> list[str]:
-    """The settings that make the prepared bytes: [data] (but NOT_DATA_IDENTITY) and [tokenizer]."""
-    items = settings(cfg, ("data", "tokenizer"))
+    """The settings that make the prepared bytes: those of [data] and [tokenizer] whose role
+    names the data."""
+    items = settings(cfg, STAGE_SECTIONS["prepare"])
     return [item for item in items if item.split("=", 1)[0] not in NOT_DATA_IDENTITY]
 
 
@@ -819,15 +802,26 @@ def data_id(cfg: Config) -> str:
 
 
 def resume_settings(cfg: Config) -> list[str]:
-    """What a checkpoint must share with the run resuming from it: model, data, RESUME_KEYS."""
-    model = [s for s in settings(cfg, ("model",)) if s.split("=")[0][6:] not in RUNTIME_KEYS]
-    train = settings(cfg, ("train",), {f"train.{k}" for k in RESUME_KEYS})
-    return [*model, *train, f"data_id={data_id(cfg)}"]
+    """What a checkpoint must share with the run resuming from it: the data, and the settings
+    of the train stage whose role names the checkpoint (the model's, RESUME_KEYS)."""
+    names = STAGE_SECTIONS["train"]
+    keys = {f"{n}.{k}" for n in names for k in keys_with(n, lambda r: r.resume)}
+    return [*settings(cfg, names, keys), f"data_id={data_id(cfg)}"]
 
 
 def checkpoint_id(cfg: Config) -> str:
     """Directory name of a run's checkpoints: changes exactly when a resume would be refused."""
     return _sha256(resume_settings(cfg))[:10]
+
+
+def program_config(cfg: Config) -> Config:
+    """cfg with every setting whose role does not reach the compiled steps at its default: the
+    steps' cache key (an unmarked setting stays as set: a recompile, never a stale step)."""
+    out = {}
+    for name, cls in SECTIONS.items():
+        keep = {k: getattr(getattr(cfg, name), k) for k in keys_with(name, lambda r: r.program)}
+        out[name] = cls(**keep)
+    return Config(**out)
 
 
 # A run's name: its file config/NAME.toml, its results/NAME/ directory and its job names.

@@ -27,12 +27,12 @@ import numpy as np
 import optax
 from optax.contrib import MuonDimensionNumbers, scale_by_muon
 
-from nanogptx import model
+from nanogptx import config, model
 from nanogptx.config import TrainConfig
 
-# The train settings that name the learning rate at each step: a resumed run may change them
-# (it is then told how the learning rate goes on), unlike the others of config.RESUME_KEYS.
-SCHEDULE_KEYS = ("lr_schedule", "lr_decay_iters", "cooldown_frac")
+# The train settings that only shape the schedule (role schedule): a resumed run may change them,
+# and is told how the learning rate goes on.
+SCHEDULE_KEYS = config.keys_with("train", lambda r: r is config.SCHEDULE)
 
 
 def _lr(it: Any, t: TrainConfig, xp: Any) -> Any:
