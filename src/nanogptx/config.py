@@ -17,469 +17,38 @@ import math
 import re
 import tomllib
 import typing
-from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from nanogptx import schema
+
+# The schema's names that the stages use, as config.X.
+from nanogptx.schema import (  # noqa: F401
+    CUDNN_HEAD_MULTIPLE,
+    CUDNN_MAX_HEAD,
+    EVAL_TASKS,
+    GPT2_ARCHITECTURE,
+    GPT2_CHECKPOINTS,
+    NOT_DATA_IDENTITY,
+    RESUME_KEYS,
+    RUNTIME_KEYS,
+    SECTIONS,
+    STAGE_SECTIONS,
+    Config,
+    DataConfig,
+    EvalConfig,
+    LoggingConfig,
+    ModelConfig,
+    SampleConfig,
+    TokenizerConfig,
+    TrainConfig,
+)
 
 
 class ConfigError(ValueError):
     """A config value that is unknown, of the wrong type, or impossible."""
 
 
-@dataclass(frozen=True)
-class Role:
-    """What editing a setting changes, declared at the field (as Marin's `versioned(...)`)."""
-
-    name: str
-    data: bool  # names the prepared data (data_id), and through it the checkpoint
-    resume: bool  # names the checkpoint a run may resume (checkpoint_id): an edit starts afresh
-    program: bool  # reaches the compiled train and eval steps: an edit recompiles
-    train: str = "yes, resumed"  # the rerun table's train column, where train reruns
-
-
-SOURCE = Role("source", True, True, False, "yes, afresh")  # what is downloaded, and all after
-DATA = Role("data", True, True, False, "yes, afresh")  # the prepared data
-PROGRAM = Role("program", False, True, True, "yes, afresh")  # the compiled steps and checkpoint
-RESUME = Role("resume", False, True, False, "yes, afresh")  # the checkpoint, not the steps
-SCHEDULE = Role("schedule", False, False, True, "yes, resumed on the new schedule")
-RUNTIME = Role("runtime", False, False, True, "yes, resumed (the same values)")  # how it runs
-OUTPUT = Role("output", False, False, False)  # only its stage's outputs, not the steps
-NOTHING = Role("nothing", False, False, False)  # nothing that is computed
-ROLES = (SOURCE, DATA, PROGRAM, RESUME, SCHEDULE, RUNTIME, OUTPUT, NOTHING)
-# A field declared without a role is in every identity: forgetting the mark costs a fresh start
-# and a recompile, never a resume or a compiled step that ignores the setting (a test refuses it).
-UNMARKED = Role("unmarked", True, True, True, "yes, afresh")
-
-Check = tuple[Callable[[Any], bool], str]  # a test of a field's value, and what it expects
-POSITIVE: Check = (lambda v: v > 0, "> 0")
-FRACTION: Check = (lambda v: 0 <= v < 1, "in [0, 1)")
-SHARE: Check = (lambda v: 0 < v <= 1, "in (0, 1]")
-SEED: Check = (lambda v: 0 <= v < 2**32, f"0 to {2**32 - 1} (a JAX key holds 32 bits)")
-
-
-def _at_least(low: int, note: str = "") -> Check:
-    return (lambda v: v >= low, f">= {low}" + (f" ({note})" if note else ""))
-
-
-def _f(
-    default: Any,
-    help: str,
-    role: Role = UNMARKED,
-    choices: tuple | None = None,
-    check: Check | None = None,
-) -> Any:
-    """A config field: its default, one or two lines of help, its role, and its own check
-    (choices: the values it may take; for a list, each item's)."""
-    meta = {"help": help, "role": role, "choices": choices, "check": check}
-    if isinstance(default, (list, tuple)):
-        return field(default=tuple(default), metadata=meta)
-    return field(default=default, metadata=meta)
-
-
-# A section's rules across fields: (holds, key, what is expected) each.
-Rules = list[tuple[bool, str, str]]
-
-
-class Section:
-    def rules(self, cfg: Config) -> Rules:
-        """The section's rules across fields (and sections), checked after every field's own."""
-        return []
-
-
-CLEANING = ("normalize_newlines", "strip", "drop_short")
-EVAL_TASKS = ("val_loss", "hellaswag")
-
-
-@dataclass(frozen=True)
-class DataConfig(Section):
-    # fmt: off
-    dataset: str = _f("tinyshakespeare", "dataset name in the registry (nanogptx.datasets)", SOURCE)
-    cleaning: tuple[str, ...] = _f(
-        ("normalize_newlines",), "cleaning functions applied to each document, in order", DATA,
-        CLEANING,
-    )
-    min_chars: int = _f(0, "drop_short drops documents of fewer characters", DATA, None,
-                        _at_least(0))
-    decode_errors: str = _f(
-        "strict", "bytes that are not UTF-8 (or JSON lone surrogates): strict (an error naming "
-        "file and offset or line) or replace (U+FFFD)", DATA, ("strict", "replace"),
-    )
-    split: str = _f(
-        "fraction", "fraction: the last val_fraction of the text is val (nanoGPT); first_docs: "
-        "the first val_docs documents; files: files named *val*", DATA,
-        ("fraction", "first_docs", "files"),
-    )
-    val_fraction: float = _f(0.1, "share of the text that is val with split = fraction", DATA,
-                             None, (lambda v: 0 < v < 1, "between 0 and 1"))
-    val_docs: int = _f(0, "leading documents that are val with split = first_docs", DATA, None,
-                       _at_least(0))
-    max_docs: int = _f(0, "read at most this many documents (0: all); for quick looks", DATA,
-                       None, _at_least(0))
-    shard_tokens: int = _f(100_000_000, "tokens per shard", DATA, None, POSITIVE)
-    shard_format: str = _f("npy", "shard file format", DATA, ("npy", "parquet"))
-    allow_unverified: bool = _f(
-        False, "accept a download whose sha256 is neither pinned nor announced by the server",
-        NOTHING,
-    )
-    # fmt: on
-
-    def rules(self, cfg: Config) -> Rules:
-        return [
-            (
-                self.split != "first_docs" or self.val_docs > 0,
-                "data.val_docs",
-                "> 0 when data.split = first_docs",
-            )
-        ]
-
-
-@dataclass(frozen=True)
-class TokenizerConfig(Section):
-    # fmt: off
-    name: str = _f("char", "char (vocabulary built from the data) or gpt2 (tiktoken)", DATA,
-                   ("char", "gpt2"))
-    # fmt: on
-
-
-# cuDNN's flash attention (JAX 0.10): head widths that are a multiple of this, and at most this
-# on any GPU (256 from compute capability 9.0, 128 before: runtime.cudnn_refusal).
-CUDNN_HEAD_MULTIPLE, CUDNN_MAX_HEAD = 8, 256
-
-
-@dataclass(frozen=True)
-class ModelConfig(Section):
-    # fmt: off
-    n_layer: int = _f(12, "transformer blocks", PROGRAM, None, POSITIVE)
-    n_head: int = _f(12, "attention heads per block", PROGRAM, None, POSITIVE)
-    n_embd: int = _f(768, "residual stream width", PROGRAM, None, POSITIVE)
-    block_size: int = _f(1024, "context length in tokens", PROGRAM, None, POSITIVE)
-    vocab_size: int = _f(0, "tokens the model predicts (0: the tokenizer's)", PROGRAM, None,
-                         _at_least(0, "0: the tokenizer's"))
-    vocab_multiple: int = _f(
-        0, "round the embedding rows up to a multiple of this (64 or 128: a GPU speed knob); "
-        "the padded rows are masked and export strips them", PROGRAM, None,
-        _at_least(0, "0: no padding"),
-    )
-    init_from: str = _f(
-        "scratch", "scratch; gpt2, gpt2-medium, gpt2-large or gpt2-xl (OpenAI's weights), or a "
-        "directory in HF's GPT-2 layout: it sets the architecture keys", PROGRAM,
-    )
-    dropout: float = _f(0.0, "dropout rate in training", PROGRAM, None, FRACTION)
-    bias: bool = _f(True, "biases in Linear and LayerNorm layers, as GPT-2", PROGRAM)
-    position: str = _f(
-        "learned", "learned absolute position embeddings (GPT-2), or rope: rotary embeddings of "
-        "q and k", PROGRAM, ("learned", "rope"),
-    )
-    rope_theta: float = _f(10_000.0, "rope's base: frequencies theta^(-2i/K)", PROGRAM, None,
-                           POSITIVE)
-    norm: str = _f("layernorm", "every norm: layernorm (GPT-2) or rmsnorm (no centring, no bias)",
-                   PROGRAM, ("layernorm", "rmsnorm"))
-    norm_gain: bool = _f(True, "learned gains (scales) in the norms; false: none", PROGRAM)
-    qk_norm: bool = _f(False, "queries and keys normalised per head before attention", PROGRAM)
-    activation: str = _f(
-        "gelu", "MLP: gelu (nanoGPT), gelu_tanh (HF GPT-2), relu2 (modded-nanogpt), swiglu "
-        "(width 8 D / 3 rounded up to 64)", PROGRAM, ("gelu", "gelu_tanh", "relu2", "swiglu"),
-    )
-    mlp_width: int = _f(0, "MLP hidden width (0: 4 n_embd, or swiglu's rule)", PROGRAM, None,
-                        _at_least(0, "0: the activation's rule"))
-    n_kv_head: int = _f(0, "key/value heads (grouped-query attention); 0: n_head", PROGRAM, None,
-                        _at_least(0, "0: n_head"))
-    tie_embeddings: bool = _f(True, "the output head is wte transposed (GPT-2)", PROGRAM)
-    logit_softcap: float = _f(0.0, "cap * tanh(logits / cap) on the output logits (0: none)",
-                              PROGRAM, None, _at_least(0, "0: none"))
-    z_loss: float = _f(0.0, "coefficient of PaLM's auxiliary loss mean(log(Z)^2) (0: none)",
-                       PROGRAM, None, _at_least(0))
-    kernels: str = _f(
-        "auto", "fast (hand-written gradients), reference (JAX's own: jvp and hessian work) or "
-        "auto (fast); the same values", RUNTIME, ("auto", "fast", "reference"),
-    )
-    attention: str = _f(
-        "auto", "einsum, xla or cudnn (16-bit compute, head width a multiple of 8); auto: einsum "
-        "on CPU, cudnn where it runs on GPU, else xla", RUNTIME, ("auto", "einsum", "xla", "cudnn"),
-    )
-    remat: str = _f(
-        "none", "recompute in the backward: none, block (each block: least memory) or dots (all "
-        "but the matmuls); the same values", RUNTIME, ("none", "block", "dots"),
-    )
-    # fmt: on
-
-    def rules(self, cfg: Config) -> Rules:
-        K, gpt2 = self.n_embd // self.n_head, GPT2_ARCHITECTURE["vocab_size"]
-        tok = cfg.tokenizer.name
-        return [
-            (
-                tok != "gpt2" or self.vocab_size == 0 or self.vocab_size >= gpt2,
-                "model.vocab_size",
-                f"0 or at least {gpt2}, the gpt2 tokenizer's vocabulary",
-            ),
-            (
-                self.init_from not in GPT2_CHECKPOINTS or tok == "gpt2",
-                "tokenizer.name",
-                f"gpt2 with model.init_from = {self.init_from!r} (its vocabulary is GPT-2's)",
-            ),
-            (
-                self.n_embd % self.n_head == 0,
-                "model.n_embd",
-                f"a multiple of model.n_head = {self.n_head}",
-            ),
-            (
-                self.n_head % (self.n_kv_head or self.n_head) == 0,
-                "model.n_kv_head",
-                f"a divisor of model.n_head = {self.n_head}",
-            ),
-            (
-                self.position != "rope" or K % 2 == 0,
-                "model.n_head",
-                f"a head width n_embd / n_head = {K} that is even, for rope",
-            ),
-            (
-                self.attention != "cudnn" or cfg.train.compute_dtype != "float32",
-                "model.attention",
-                "auto, einsum or xla with train.compute_dtype = 'float32' (cuDNN's attention runs "
-                "bfloat16 or float16)",
-            ),
-            (
-                self.attention != "cudnn" or (K % CUDNN_HEAD_MULTIPLE == 0 and K <= CUDNN_MAX_HEAD),
-                "model.attention",
-                f"auto, einsum or xla with a head width n_embd / n_head = {K} "
-                f"(cuDNN's attention needs a multiple of {CUDNN_HEAD_MULTIPLE} of at most "
-                f"{CUDNN_MAX_HEAD}, and at most 128 before compute capability 9.0)",
-            ),
-        ]
-
-
-@dataclass(frozen=True)
-class TrainConfig(Section):
-    # fmt: off
-    seed: int = _f(1337, "seed of parameters, batches and dropout", RESUME, None, SEED)
-    batch_size: int = _f(
-        12, "sequences per micro-batch, over all devices; 0: auto, the largest whose programs "
-        "fit the devices' memory (python -m nanogptx.plan)", PROGRAM, None,
-        _at_least(0, "0: auto"),
-    )
-    total_batch_tokens: int = _f(
-        0, "tokens per optimizer step, accumulated over micro-batches (0: one micro-batch)",
-        PROGRAM, None, _at_least(0),
-    )
-    max_iters: int = _f(600_000, "optimizer steps", OUTPUT, None,
-                        _at_least(0, "0: no step, the initial model"))
-    learning_rate: float = _f(6e-4, "peak learning rate", PROGRAM, None, POSITIVE)
-    min_lr: float = _f(6e-5, "learning rate at the end of the decay", PROGRAM)
-    warmup_iters: int = _f(2000, "steps of linear warmup", PROGRAM, None, _at_least(0))
-    lr_decay_iters: int = _f(600_000, "step where the decay reaches min_lr", SCHEDULE, None,
-                             _at_least(0))
-    decay_lr: bool = _f(True, "warmup, then lr_schedule; false: learning_rate from step 0",
-                        PROGRAM)
-    optimizer: str = _f(
-        "adamw", "adamw, muon (orthogonalised momentum for hidden matrices, AdamW elsewhere), "
-        "lion (~10x smaller lr) or adafactor (~10x larger)", PROGRAM,
-        ("adamw", "muon", "lion", "adafactor"),
-    )
-    muon_learning_rate: float = _f(0.02, "muon's peak learning rate of the hidden matrices",
-                                   PROGRAM, None, POSITIVE)
-    muon_momentum: float = _f(0.95, "muon's momentum (Nesterov)", PROGRAM, None, FRACTION)
-    weight_decay: float = _f(0.1, "weight decay, on matrices only", PROGRAM, None, _at_least(0))
-    weight_decay_mode: str = _f(
-        "decoupled", "decoupled: lr * weight_decay * p per step (AdamW); independent: of the "
-        "peak learning rate (Wortsman et al. 2023)", PROGRAM, ("decoupled", "independent"),
-    )
-    lr_schedule: str = _f(
-        "cosine", "after the warmup: cosine (nanoGPT), linear, wsd (a linear cooldown over the "
-        "last cooldown_frac) or constant", SCHEDULE, ("cosine", "wsd", "linear", "constant"),
-    )
-    cooldown_frac: float = _f(0.2, "share of lr_decay_iters that wsd's cooldown takes",
-                              SCHEDULE, None, SHARE)
-    beta1: float = _f(0.9, "beta1 of adamw, lion and muon's AdamW part", PROGRAM, None, FRACTION)
-    beta2: float = _f(0.95, "beta2 of adamw, lion and muon's AdamW part", PROGRAM, None,
-                      FRACTION)
-    grad_clip: float = _f(1.0, "clip gradients to this global norm (0: none)", PROGRAM, None,
-                          _at_least(0))
-    on_divergence: str = _f(
-        "fail", "a NaN or inf loss or gradient: fail (an error) or stop (a sweep's points: "
-        "also a loss above step 0's for divergence_steps; a result)", OUTPUT, ("fail", "stop"),
-    )
-    divergence_steps: int = _f(50, "consecutive steps after the warmup above step 0's loss that "
-                               "make a divergence (stop)", OUTPUT, None, POSITIVE)
-    eval_interval: int = _f(2000, "evaluate every this many steps", OUTPUT, None, POSITIVE)
-    eval_iters: int = _f(200, "validation (and train-estimate) batches per evaluation", OUTPUT,
-                         None, POSITIVE)
-    eval_only: bool = _f(False, "evaluate once and stop", OUTPUT)
-    batch_order: str = _f("random", "random windows (nanoGPT) or sequential windows", RESUME,
-                          ("random", "sequential"))
-    compute_dtype: str = _f("float32", "dtype of activations and matmuls", PROGRAM,
-                            ("float32", "bfloat16", "float16"))
-    sharding: str = _f("dp", "dp: batch sharded, parameters replicated; fsdp: parameters too",
-                       RUNTIME, ("dp", "fsdp"))
-    checkpoint_interval: int = _f(1000, "save a checkpoint every this many steps (0: only final)",
-                                  OUTPUT, None, _at_least(0))
-    resume: str = _f(
-        "latest", "latest: resume from the newest checkpoint (damaged: an error); latest_valid: "
-        "from the newest intact one", OUTPUT, ("latest", "latest_valid"),
-    )
-    keep_checkpoints: int = _f(2, "checkpoints kept on disk", OUTPUT, None, POSITIVE)
-    peak_flops: float = _f(0.0, "a device's peak FLOP/s for MFU (0: a table by device kind)",
-                           OUTPUT, None, _at_least(0))
-    measure_peak: bool = _f(False, "measure the peak of a device the table lacks (else no MFU)",
-                            OUTPUT)
-    profile_start: int = _f(0, "first step of a jax.profiler trace (0: no trace)", OUTPUT, None,
-                            _at_least(0))
-    profile_steps: int = _f(5, "steps in the profiler trace", OUTPUT, None, POSITIVE)
-    # fmt: on
-
-    def rules(self, cfg: Config) -> Rules:
-        block = cfg.model.block_size
-        micro = max(self.batch_size, 1) * block
-        tokens = self.total_batch_tokens
-        return [
-            (
-                self.batch_size > 0 or (tokens > 0 and tokens % block == 0),
-                "train.total_batch_tokens",
-                f"a multiple of model.block_size = {block} with "
-                "train.batch_size = 0 (auto divides the rows of a step into micro-batches)",
-            ),
-            (
-                tokens % micro == 0,
-                "train.total_batch_tokens",
-                f"0 or a multiple of train.batch_size * model.block_size = {micro}",
-            ),
-            (
-                0 <= self.min_lr <= self.learning_rate,
-                "train.min_lr",
-                f"between 0 and train.learning_rate = {self.learning_rate}",
-            ),
-            (
-                not self.decay_lr or self.lr_decay_iters > self.warmup_iters,
-                "train.lr_decay_iters",
-                f"> train.warmup_iters = {self.warmup_iters}",
-            ),
-            (
-                self.decay_lr or self.lr_schedule in ("cosine", "constant"),
-                "train.decay_lr",
-                f"true with train.lr_schedule = {self.lr_schedule!r} (false is a "
-                "constant learning rate from step 0, which no schedule follows; lr_schedule = "
-                "'constant' warms up first)",
-            ),
-        ]
-
-
-@dataclass(frozen=True)
-class SampleConfig(Section):
-    # fmt: off
-    start: str = _f("\n", "prompt text, or FILE:path to read it from a file", OUTPUT, None,
-                    (lambda v: v != "FILE:", "text, or FILE:path with a path"))
-    num_samples: int = _f(10, "samples generated together as one batch", OUTPUT, None, POSITIVE)
-    max_new_tokens: int = _f(500, "tokens generated per sample", OUTPUT, None, POSITIVE)
-    temperature: float = _f(0.8, "softmax temperature", OUTPUT, None, POSITIVE)
-    top_k: int = _f(200, "keep only the k most likely tokens (0: all)", OUTPUT, None, _at_least(0))
-    top_p: float = _f(1.0, "keep the smallest set of tokens with this total probability", OUTPUT,
-                      None, SHARE)
-    seed: int = _f(1337, "sampling seed", OUTPUT, None, SEED)
-    window_shift: int = _f(
-        0, "tokens dropped when a learned-position context outgrows block_size (1: nanoGPT's "
-        "crop; 0: block_size // 4)", OUTPUT, None, _at_least(0),
-    )
-    # fmt: on
-
-    def rules(self, cfg: Config) -> Rules:
-        block = cfg.model.block_size
-        return [
-            (
-                self.window_shift <= block,
-                "sample.window_shift",
-                f"0 (block_size // 4) to model.block_size = {block}",
-            )
-        ]
-
-
-@dataclass(frozen=True)
-class EvalConfig(Section):
-    # fmt: off
-    tasks: tuple[str, ...] = _f(
-        ("val_loss",), "val_loss (the whole val split: loss, bits per byte) and hellaswag (its "
-        "validation items, as llm.c; GPT-2 tokens)", OUTPUT, EVAL_TASKS,
-        (lambda v: 0 < len(v) == len(set(v)), f"at least one of {list(EVAL_TASKS)}, none twice"),
-    )
-    batch_size: int = _f(8, "windows (val_loss) or items (hellaswag) per batch", OUTPUT, None,
-                         POSITIVE)
-    max_windows: int = _f(0, "val_loss: score at most this many windows (0: all)", OUTPUT, None,
-                          _at_least(0, "0: all"))
-    max_items: int = _f(0, "hellaswag: score the first this many items (0: all)", OUTPUT, None,
-                        _at_least(0, "0: all"))
-    # fmt: on
-
-
-@dataclass(frozen=True)
-class LoggingConfig(Section):
-    # fmt: off
-    log_interval: int = _f(10, "print and record metrics every this many steps", OUTPUT, None,
-                           POSITIVE)
-    stats_interval: int = _f(
-        100, "record diagnostics (kind stats: per-layer RMS of parameters, gradients, updates; "
-        "attention logit max; log Z) every this many steps", OUTPUT, None, _at_least(0, "0: none"),
-    )
-    wandb_mode: str = _f("disabled", "wandb logging", OUTPUT, ("disabled", "offline", "online"))
-    wandb_project: str = _f("nanogptx", "wandb project", OUTPUT)
-    wandb_run_name: str = _f("", "wandb run name (empty: the run's name)", OUTPUT)
-    # fmt: on
-
-
-@dataclass(frozen=True)
-class Config:
-    data: DataConfig = field(default_factory=DataConfig)
-    tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
-    model: ModelConfig = field(default_factory=ModelConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
-    sample: SampleConfig = field(default_factory=SampleConfig)
-    eval: EvalConfig = field(default_factory=EvalConfig)
-    logging: LoggingConfig = field(default_factory=LoggingConfig)
-
-
-SECTIONS: dict[str, type] = {
-    f.name: typing.get_type_hints(Config)[f.name] for f in dataclasses.fields(Config)
-}
-
-# Which sections each stage depends on: Snakemake reruns a stage when one of them changes.
-# (Data and tokenizer changes reach train and sample through their inputs' paths: data_id.)
-STAGE_SECTIONS: dict[str, tuple[str, ...]] = {
-    "prepare": ("data", "tokenizer"),
-    "train": ("model", "train", "logging"),
-    "sample": ("sample",),
-    "eval": ("eval",),
-}
-
-
-def role(f: dataclasses.Field) -> Role:
-    return f.metadata.get("role", UNMARKED)
-
-
-def keys_with(section: str, want: Callable[[Role], bool]) -> tuple[str, ...]:
-    """The keys of a section whose role `want` accepts, in definition order."""
-    return tuple(f.name for f in dataclasses.fields(SECTIONS[section]) if want(role(f)))
-
-
-# The identity sets, derived from the roles. The model's settings of how it runs, not what it
-# computes: a checkpoint resumes under any of them.
-RUNTIME_KEYS = keys_with("model", lambda r: r is RUNTIME)
-# Train settings a resumed run must share with its checkpoint (with the model and the data).
-RESUME_KEYS = keys_with("train", lambda r: r.resume)
-# Data settings that do not change the prepared bytes, so not the prepared data's identity.
-NOT_DATA_IDENTITY = tuple(f"{name}.{k}" for name in STAGE_SECTIONS["prepare"]
-                          for k in keys_with(name, lambda r: not r.data))  # fmt: skip
-
-# OpenAI's GPT-2 checkpoints (nanoGPT's table): layers, heads, width. Every one has 1024
-# positions, a vocabulary of 50257, biases, tanh GELU (HF GPT-2's "gelu_new") and a tied head.
-GPT2_CHECKPOINTS = {
-    "gpt2": (12, 12, 768),
-    "gpt2-medium": (24, 16, 1024),
-    "gpt2-large": (36, 20, 1280),
-    "gpt2-xl": (48, 25, 1600),
-}
-GPT2_ARCHITECTURE = {
-    "block_size": 1024, "vocab_size": 50257, "bias": True, "position": "learned",
-    "norm": "layernorm", "norm_gain": True, "qk_norm": False, "activation": "gelu_tanh",
-    "mlp_width": 0, "n_kv_head": 0, "tie_embeddings": True, "logit_softcap": 0.0,
-}  # fmt: skip
 # HF's activation_function names for the activations GPT-2 can have.
 HF_ACTIVATIONS = {"gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh", "gelu": "gelu"}
 
@@ -805,7 +374,7 @@ def resume_settings(cfg: Config) -> list[str]:
     """What a checkpoint must share with the run resuming from it: the data, and the settings
     of the train stage whose role names the checkpoint (the model's, RESUME_KEYS)."""
     names = STAGE_SECTIONS["train"]
-    keys = {f"{n}.{k}" for n in names for k in keys_with(n, lambda r: r.resume)}
+    keys = {f"{n}.{k}" for n in names for k in schema.keys_with(n, lambda r: r.resume)}
     return [*settings(cfg, names, keys), f"data_id={data_id(cfg)}"]
 
 
@@ -819,7 +388,9 @@ def program_config(cfg: Config) -> Config:
     steps' cache key (an unmarked setting stays as set: a recompile, never a stale step)."""
     out = {}
     for name, cls in SECTIONS.items():
-        keep = {k: getattr(getattr(cfg, name), k) for k in keys_with(name, lambda r: r.program)}
+        keep = {
+            k: getattr(getattr(cfg, name), k) for k in schema.keys_with(name, lambda r: r.program)
+        }
         out[name] = cls(**keep)
     return Config(**out)
 

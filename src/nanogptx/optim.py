@@ -27,12 +27,12 @@ import numpy as np
 import optax
 from optax.contrib import MuonDimensionNumbers, scale_by_muon
 
-from nanogptx import config, model
+from nanogptx import model, schema
 from nanogptx.config import TrainConfig
 
 # The train settings that only shape the schedule (role schedule): a resumed run may change them,
 # and is told how the learning rate goes on.
-SCHEDULE_KEYS = config.keys_with("train", lambda r: r is config.SCHEDULE)
+SCHEDULE_KEYS = schema.keys_with("train", lambda r: r is schema.SCHEDULE)
 
 
 def _lr(it: Any, t: TrainConfig, xp: Any) -> Any:
