@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from nanogptx import config
+from nanogptx import config, schema
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -351,3 +351,38 @@ def test_identity_of_every_edit_is_what_it_was_before_the_roles() -> None:
         # The compiled programs' cache key: the model and the program's train keys, as before.
         program = config.TrainConfig(**{k: getattr(cfg.train, k) for k in PINNED_PROGRAM})
         assert config.program_config(cfg) == config.Config(model=cfg.model, train=program), edit
+
+
+def test_every_setting_declares_its_role_and_short_help() -> None:
+    for name, cls in config.SECTIONS.items():
+        for f in dataclasses.fields(cls):
+            assert schema.role(f) in schema.ROLES, f"{name}.{f.name}: no role (schema.py)"
+            assert len(f.metadata["help"]) <= 160, f"{name}.{f.name}: help over two lines"
+
+
+def test_a_setting_left_unmarked_starts_afresh_and_recompiles(monkeypatch) -> None:
+    # Forgetting the role of a new setting must never resume a checkpoint made with another
+    # value of it, nor compile a step that sees its default: here train.max_iters and
+    # data.allow_unverified, as if declared without one.
+    for name, key in (("train", "max_iters"), ("data", "allow_unverified")):
+        f = config.SECTIONS[name].__dataclass_fields__[key]
+        monkeypatch.setattr(f, "metadata", {**f.metadata, "role": schema.UNMARKED})
+    base, edited = config.load(None), config.load(None, ["train.max_iters=5"])
+    assert config.checkpoint_id(edited) != config.checkpoint_id(base)
+    assert config.program_config(edited).train.max_iters == 5
+    unverified = config.load(None, ["data.allow_unverified=true"])
+    assert config.data_id(unverified) != config.data_id(base)
+    monkeypatch.undo()  # marked again: max_iters resumes and leaves the steps alone
+    assert config.checkpoint_id(edited) == config.checkpoint_id(base)
+    assert config.program_config(edited) == config.program_config(base)
+    assert config.data_id(unverified) == config.data_id(base)
+
+
+def test_the_readme_holds_the_rerun_rows_the_roles_make() -> None:
+    readme = (ROOT / "README.md").read_text("utf-8")
+    assert schema.rerun_table() in readme, "README: paste `python -m nanogptx.schema`"
+    # The rows say what the identities do: an edit of a resume key starts afresh, of a
+    # schedule key resumes.
+    rows = {row.split(" (")[0][2:]: row for row in schema.rerun_rows()}
+    assert "afresh" in rows["`train.seed`, `train.batch_order`"]
+    assert "resumed" in rows["`train.lr_decay_iters`, `train.lr_schedule`, `train.cooldown_frac`"]

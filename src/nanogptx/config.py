@@ -359,10 +359,10 @@ def _sha256(items: typing.Iterable[str]) -> str:
 
 
 def data_settings(cfg: Config) -> list[str]:
-    """The settings that make the prepared bytes: those of [data] and [tokenizer] whose role
-    names the data."""
-    items = settings(cfg, STAGE_SECTIONS["prepare"])
-    return [item for item in items if item.split("=", 1)[0] not in NOT_DATA_IDENTITY]
+    """The settings that make the prepared bytes: [data]'s and [tokenizer]'s whose role is data."""
+    names = STAGE_SECTIONS["prepare"]
+    keys = {f"{n}.{k}" for n in names for k in schema.keys_with(n, lambda r: r.data)}
+    return settings(cfg, names, keys)
 
 
 def data_id(cfg: Config) -> str:

@@ -21,21 +21,21 @@ class Role:
     data: bool  # names the prepared data (data_id), and through it the checkpoint
     resume: bool  # names the checkpoint a run may resume (checkpoint_id): an edit starts afresh
     program: bool  # reaches the compiled train and eval steps: an edit recompiles
-    train: str = "yes, resumed"  # the rerun table's train column, where train reruns
+    says: str  # what an edit changes, in words
 
 
-SOURCE = Role("source", True, True, False, "yes, afresh")  # what is downloaded, and all after
-DATA = Role("data", True, True, False, "yes, afresh")  # the prepared data
-PROGRAM = Role("program", False, True, True, "yes, afresh")  # the compiled steps and checkpoint
-RESUME = Role("resume", False, True, False, "yes, afresh")  # the checkpoint, not the steps
-SCHEDULE = Role("schedule", False, False, True, "yes, resumed on the new schedule")
-RUNTIME = Role("runtime", False, False, True, "yes, resumed (the same values)")  # how it runs
-OUTPUT = Role("output", False, False, False)  # only its stage's outputs, not the steps
-NOTHING = Role("nothing", False, False, False)  # nothing that is computed
+SOURCE = Role("source", True, True, False, "what is downloaded, and all that follows")
+DATA = Role("data", True, True, False, "the prepared data, and all that follows")
+PROGRAM = Role("program", False, True, True, "the compiled steps and the checkpoint's identity")
+RESUME = Role("resume", False, True, False, "the checkpoint's identity, not the compiled steps")
+SCHEDULE = Role("schedule", False, False, True, "only the learning rate from the step resumed")
+RUNTIME = Role("runtime", False, False, True, "only how the steps run: the same values")
+OUTPUT = Role("output", False, False, False, "only its stage's outputs, not the steps")
+NOTHING = Role("nothing", False, False, False, "nothing that is computed")
 ROLES = (SOURCE, DATA, PROGRAM, RESUME, SCHEDULE, RUNTIME, OUTPUT, NOTHING)
 # A field declared without a role is in every identity: forgetting the mark costs a fresh start
 # and a recompile, never a resume or a compiled step that ignores the setting (a test refuses it).
-UNMARKED = Role("unmarked", True, True, True, "yes, afresh")
+UNMARKED = Role("unmarked", True, True, True, "not declared: everything, to be safe")
 
 Check = tuple[Callable[[Any], bool], str]  # a test of a field's value, and what it expects
 POSITIVE: Check = (lambda v: v > 0, "> 0")
@@ -85,8 +85,8 @@ class DataConfig(Section):
         ("normalize_newlines",), "cleaning functions applied to each document, in order", DATA,
         CLEANING,
     )
-    min_chars: int = _f(0, "drop_short drops documents of fewer characters", DATA, None,
-                        _at_least(0))
+    min_chars: int = _f(0, "drop_short drops documents of fewer characters", DATA,
+                        check=_at_least(0))
     decode_errors: str = _f(
         "strict", "bytes that are not UTF-8 (or JSON lone surrogates): strict (an error naming "
         "file and offset or line) or replace (U+FFFD)", DATA, ("strict", "replace"),
@@ -98,11 +98,11 @@ class DataConfig(Section):
     )
     val_fraction: float = _f(0.1, "share of the text that is val with split = fraction", DATA,
                              None, (lambda v: 0 < v < 1, "between 0 and 1"))
-    val_docs: int = _f(0, "leading documents that are val with split = first_docs", DATA, None,
-                       _at_least(0))
+    val_docs: int = _f(0, "leading documents that are val with split = first_docs", DATA,
+                       check=_at_least(0))
     max_docs: int = _f(0, "read at most this many documents (0: all); for quick looks", DATA,
                        None, _at_least(0))
-    shard_tokens: int = _f(100_000_000, "tokens per shard", DATA, None, POSITIVE)
+    shard_tokens: int = _f(100_000_000, "tokens per shard", DATA, check=POSITIVE)
     shard_format: str = _f("npy", "shard file format", DATA, ("npy", "parquet"))
     allow_unverified: bool = _f(
         False, "accept a download whose sha256 is neither pinned nor announced by the server",
@@ -136,29 +136,29 @@ CUDNN_HEAD_MULTIPLE, CUDNN_MAX_HEAD = 8, 256
 @dataclass(frozen=True)
 class ModelConfig(Section):
     # fmt: off
-    n_layer: int = _f(12, "transformer blocks", PROGRAM, None, POSITIVE)
-    n_head: int = _f(12, "attention heads per block", PROGRAM, None, POSITIVE)
-    n_embd: int = _f(768, "residual stream width", PROGRAM, None, POSITIVE)
-    block_size: int = _f(1024, "context length in tokens", PROGRAM, None, POSITIVE)
-    vocab_size: int = _f(0, "tokens the model predicts (0: the tokenizer's)", PROGRAM, None,
-                         _at_least(0, "0: the tokenizer's"))
+    n_layer: int = _f(12, "transformer blocks", PROGRAM, check=POSITIVE)
+    n_head: int = _f(12, "attention heads per block", PROGRAM, check=POSITIVE)
+    n_embd: int = _f(768, "residual stream width", PROGRAM, check=POSITIVE)
+    block_size: int = _f(1024, "context length in tokens", PROGRAM, check=POSITIVE)
+    vocab_size: int = _f(0, "tokens the model predicts (0: the tokenizer's)", PROGRAM,
+                         check=_at_least(0, "0: the tokenizer's"))
     vocab_multiple: int = _f(
         0, "round the embedding rows up to a multiple of this (64 or 128: a GPU speed knob); "
-        "the padded rows are masked and export strips them", PROGRAM, None,
-        _at_least(0, "0: no padding"),
+        "the padded rows are masked and export strips them", PROGRAM,
+        check=_at_least(0, "0: no padding"),
     )
     init_from: str = _f(
         "scratch", "scratch; gpt2, gpt2-medium, gpt2-large or gpt2-xl (OpenAI's weights), or a "
         "directory in HF's GPT-2 layout: it sets the architecture keys", PROGRAM,
     )
-    dropout: float = _f(0.0, "dropout rate in training", PROGRAM, None, FRACTION)
+    dropout: float = _f(0.0, "dropout rate in training", PROGRAM, check=FRACTION)
     bias: bool = _f(True, "biases in Linear and LayerNorm layers, as GPT-2", PROGRAM)
     position: str = _f(
         "learned", "learned absolute position embeddings (GPT-2), or rope: rotary embeddings of "
         "q and k", PROGRAM, ("learned", "rope"),
     )
-    rope_theta: float = _f(10_000.0, "rope's base: frequencies theta^(-2i/K)", PROGRAM, None,
-                           POSITIVE)
+    rope_theta: float = _f(10_000.0, "rope's base: frequencies theta^(-2i/K)", PROGRAM,
+                           check=POSITIVE)
     norm: str = _f("layernorm", "every norm: layernorm (GPT-2) or rmsnorm (no centring, no bias)",
                    PROGRAM, ("layernorm", "rmsnorm"))
     norm_gain: bool = _f(True, "learned gains (scales) in the norms; false: none", PROGRAM)
@@ -167,15 +167,15 @@ class ModelConfig(Section):
         "gelu", "MLP: gelu (nanoGPT), gelu_tanh (HF GPT-2), relu2 (modded-nanogpt), swiglu "
         "(width 8 D / 3 rounded up to 64)", PROGRAM, ("gelu", "gelu_tanh", "relu2", "swiglu"),
     )
-    mlp_width: int = _f(0, "MLP hidden width (0: 4 n_embd, or swiglu's rule)", PROGRAM, None,
-                        _at_least(0, "0: the activation's rule"))
-    n_kv_head: int = _f(0, "key/value heads (grouped-query attention); 0: n_head", PROGRAM, None,
-                        _at_least(0, "0: n_head"))
+    mlp_width: int = _f(0, "MLP hidden width (0: 4 n_embd, or swiglu's rule)", PROGRAM,
+                        check=_at_least(0, "0: the activation's rule"))
+    n_kv_head: int = _f(0, "key/value heads (grouped-query attention); 0: n_head", PROGRAM,
+                        check=_at_least(0, "0: n_head"))
     tie_embeddings: bool = _f(True, "the output head is wte transposed (GPT-2)", PROGRAM)
     logit_softcap: float = _f(0.0, "cap * tanh(logits / cap) on the output logits (0: none)",
-                              PROGRAM, None, _at_least(0, "0: none"))
+                              PROGRAM, check=_at_least(0, "0: none"))
     z_loss: float = _f(0.0, "coefficient of PaLM's auxiliary loss mean(log(Z)^2) (0: none)",
-                       PROGRAM, None, _at_least(0))
+                       PROGRAM, check=_at_least(0))
     kernels: str = _f(
         "auto", "fast (hand-written gradients), reference (JAX's own: jvp and hessian work) or "
         "auto (fast); the same values", RUNTIME, ("auto", "fast", "reference"),
@@ -238,23 +238,23 @@ class ModelConfig(Section):
 @dataclass(frozen=True)
 class TrainConfig(Section):
     # fmt: off
-    seed: int = _f(1337, "seed of parameters, batches and dropout", RESUME, None, SEED)
+    seed: int = _f(1337, "seed of parameters, batches and dropout", RESUME, check=SEED)
     batch_size: int = _f(
         12, "sequences per micro-batch, over all devices; 0: auto, the largest whose programs "
-        "fit the devices' memory (python -m nanogptx.plan)", PROGRAM, None,
-        _at_least(0, "0: auto"),
+        "fit the devices' memory (python -m nanogptx.plan)", PROGRAM,
+        check=_at_least(0, "0: auto"),
     )
     total_batch_tokens: int = _f(
         0, "tokens per optimizer step, accumulated over micro-batches (0: one micro-batch)",
-        PROGRAM, None, _at_least(0),
+        PROGRAM, check=_at_least(0),
     )
-    max_iters: int = _f(600_000, "optimizer steps", OUTPUT, None,
-                        _at_least(0, "0: no step, the initial model"))
-    learning_rate: float = _f(6e-4, "peak learning rate", PROGRAM, None, POSITIVE)
+    max_iters: int = _f(600_000, "optimizer steps", OUTPUT,
+                        check=_at_least(0, "0: no step, the initial model"))
+    learning_rate: float = _f(6e-4, "peak learning rate", PROGRAM, check=POSITIVE)
     min_lr: float = _f(6e-5, "learning rate at the end of the decay", PROGRAM)
-    warmup_iters: int = _f(2000, "steps of linear warmup", PROGRAM, None, _at_least(0))
-    lr_decay_iters: int = _f(600_000, "step where the decay reaches min_lr", SCHEDULE, None,
-                             _at_least(0))
+    warmup_iters: int = _f(2000, "steps of linear warmup", PROGRAM, check=_at_least(0))
+    lr_decay_iters: int = _f(600_000, "step where the decay reaches min_lr", SCHEDULE,
+                             check=_at_least(0))
     decay_lr: bool = _f(True, "warmup, then lr_schedule; false: learning_rate from step 0",
                         PROGRAM)
     optimizer: str = _f(
@@ -263,9 +263,9 @@ class TrainConfig(Section):
         ("adamw", "muon", "lion", "adafactor"),
     )
     muon_learning_rate: float = _f(0.02, "muon's peak learning rate of the hidden matrices",
-                                   PROGRAM, None, POSITIVE)
-    muon_momentum: float = _f(0.95, "muon's momentum (Nesterov)", PROGRAM, None, FRACTION)
-    weight_decay: float = _f(0.1, "weight decay, on matrices only", PROGRAM, None, _at_least(0))
+                                   PROGRAM, check=POSITIVE)
+    muon_momentum: float = _f(0.95, "muon's momentum (Nesterov)", PROGRAM, check=FRACTION)
+    weight_decay: float = _f(0.1, "weight decay, on matrices only", PROGRAM, check=_at_least(0))
     weight_decay_mode: str = _f(
         "decoupled", "decoupled: lr * weight_decay * p per step (AdamW); independent: of the "
         "peak learning rate (Wortsman et al. 2023)", PROGRAM, ("decoupled", "independent"),
@@ -275,19 +275,19 @@ class TrainConfig(Section):
         "last cooldown_frac) or constant", SCHEDULE, ("cosine", "wsd", "linear", "constant"),
     )
     cooldown_frac: float = _f(0.2, "share of lr_decay_iters that wsd's cooldown takes",
-                              SCHEDULE, None, SHARE)
-    beta1: float = _f(0.9, "beta1 of adamw, lion and muon's AdamW part", PROGRAM, None, FRACTION)
-    beta2: float = _f(0.95, "beta2 of adamw, lion and muon's AdamW part", PROGRAM, None,
-                      FRACTION)
-    grad_clip: float = _f(1.0, "clip gradients to this global norm (0: none)", PROGRAM, None,
-                          _at_least(0))
+                              SCHEDULE, check=SHARE)
+    beta1: float = _f(0.9, "beta1 of adamw, lion and muon's AdamW part", PROGRAM, check=FRACTION)
+    beta2: float = _f(0.95, "beta2 of adamw, lion and muon's AdamW part", PROGRAM,
+                      check=FRACTION)
+    grad_clip: float = _f(1.0, "clip gradients to this global norm (0: none)", PROGRAM,
+                          check=_at_least(0))
     on_divergence: str = _f(
         "fail", "a NaN or inf loss or gradient: fail (an error) or stop (a sweep's points: "
         "also a loss above step 0's for divergence_steps; a result)", OUTPUT, ("fail", "stop"),
     )
     divergence_steps: int = _f(50, "consecutive steps after the warmup above step 0's loss that "
-                               "make a divergence (stop)", OUTPUT, None, POSITIVE)
-    eval_interval: int = _f(2000, "evaluate every this many steps", OUTPUT, None, POSITIVE)
+                               "make a divergence (stop)", OUTPUT, check=POSITIVE)
+    eval_interval: int = _f(2000, "evaluate every this many steps", OUTPUT, check=POSITIVE)
     eval_iters: int = _f(200, "validation (and train-estimate) batches per evaluation", OUTPUT,
                          None, POSITIVE)
     eval_only: bool = _f(False, "evaluate once and stop", OUTPUT)
@@ -298,19 +298,19 @@ class TrainConfig(Section):
     sharding: str = _f("dp", "dp: batch sharded, parameters replicated; fsdp: parameters too",
                        RUNTIME, ("dp", "fsdp"))
     checkpoint_interval: int = _f(1000, "save a checkpoint every this many steps (0: only final)",
-                                  OUTPUT, None, _at_least(0))
+                                  OUTPUT, check=_at_least(0))
     resume: str = _f(
         "latest", "latest: resume from the newest checkpoint (damaged: an error); latest_valid: "
         "from the newest intact one", OUTPUT, ("latest", "latest_valid"),
     )
-    keep_checkpoints: int = _f(2, "checkpoints kept on disk", OUTPUT, None, POSITIVE)
+    keep_checkpoints: int = _f(2, "checkpoints kept on disk", OUTPUT, check=POSITIVE)
     peak_flops: float = _f(0.0, "a device's peak FLOP/s for MFU (0: a table by device kind)",
-                           OUTPUT, None, _at_least(0))
+                           OUTPUT, check=_at_least(0))
     measure_peak: bool = _f(False, "measure the peak of a device the table lacks (else no MFU)",
                             OUTPUT)
-    profile_start: int = _f(0, "first step of a jax.profiler trace (0: no trace)", OUTPUT, None,
-                            _at_least(0))
-    profile_steps: int = _f(5, "steps in the profiler trace", OUTPUT, None, POSITIVE)
+    profile_start: int = _f(0, "first step of a jax.profiler trace (0: no trace)", OUTPUT,
+                            check=_at_least(0))
+    profile_steps: int = _f(5, "steps in the profiler trace", OUTPUT, check=POSITIVE)
     # fmt: on
 
     def rules(self, cfg: Config) -> Rules:
@@ -352,18 +352,18 @@ class TrainConfig(Section):
 @dataclass(frozen=True)
 class SampleConfig(Section):
     # fmt: off
-    start: str = _f("\n", "prompt text, or FILE:path to read it from a file", OUTPUT, None,
-                    (lambda v: v != "FILE:", "text, or FILE:path with a path"))
-    num_samples: int = _f(10, "samples generated together as one batch", OUTPUT, None, POSITIVE)
-    max_new_tokens: int = _f(500, "tokens generated per sample", OUTPUT, None, POSITIVE)
-    temperature: float = _f(0.8, "softmax temperature", OUTPUT, None, POSITIVE)
-    top_k: int = _f(200, "keep only the k most likely tokens (0: all)", OUTPUT, None, _at_least(0))
+    start: str = _f("\n", "prompt text, or FILE:path to read it from a file", OUTPUT,
+                    check=(lambda v: v != "FILE:", "text, or FILE:path with a path"))
+    num_samples: int = _f(10, "samples generated together as one batch", OUTPUT, check=POSITIVE)
+    max_new_tokens: int = _f(500, "tokens generated per sample", OUTPUT, check=POSITIVE)
+    temperature: float = _f(0.8, "softmax temperature", OUTPUT, check=POSITIVE)
+    top_k: int = _f(200, "keep only the k most likely tokens (0: all)", OUTPUT, check=_at_least(0))
     top_p: float = _f(1.0, "keep the smallest set of tokens with this total probability", OUTPUT,
                       None, SHARE)
-    seed: int = _f(1337, "sampling seed", OUTPUT, None, SEED)
+    seed: int = _f(1337, "sampling seed", OUTPUT, check=SEED)
     window_shift: int = _f(
         0, "tokens dropped when a learned-position context outgrows block_size (1: nanoGPT's "
-        "crop; 0: block_size // 4)", OUTPUT, None, _at_least(0),
+        "crop; 0: block_size // 4)", OUTPUT, check=_at_least(0),
     )
     # fmt: on
 
@@ -386,23 +386,23 @@ class EvalConfig(Section):
         "validation items, as llm.c; GPT-2 tokens)", OUTPUT, EVAL_TASKS,
         (lambda v: 0 < len(v) == len(set(v)), f"at least one of {list(EVAL_TASKS)}, none twice"),
     )
-    batch_size: int = _f(8, "windows (val_loss) or items (hellaswag) per batch", OUTPUT, None,
-                         POSITIVE)
-    max_windows: int = _f(0, "val_loss: score at most this many windows (0: all)", OUTPUT, None,
-                          _at_least(0, "0: all"))
-    max_items: int = _f(0, "hellaswag: score the first this many items (0: all)", OUTPUT, None,
-                        _at_least(0, "0: all"))
+    batch_size: int = _f(8, "windows (val_loss) or items (hellaswag) per batch", OUTPUT,
+                         check=POSITIVE)
+    max_windows: int = _f(0, "val_loss: score at most this many windows (0: all)", OUTPUT,
+                          check=_at_least(0, "0: all"))
+    max_items: int = _f(0, "hellaswag: score the first this many items (0: all)", OUTPUT,
+                        check=_at_least(0, "0: all"))
     # fmt: on
 
 
 @dataclass(frozen=True)
 class LoggingConfig(Section):
     # fmt: off
-    log_interval: int = _f(10, "print and record metrics every this many steps", OUTPUT, None,
-                           POSITIVE)
+    log_interval: int = _f(10, "print and record metrics every this many steps", OUTPUT,
+                           check=POSITIVE)
     stats_interval: int = _f(
         100, "record diagnostics (kind stats: per-layer RMS of parameters, gradients, updates; "
-        "attention logit max; log Z) every this many steps", OUTPUT, None, _at_least(0, "0: none"),
+        "attention logit max; log Z) every this many steps", OUTPUT, check=_at_least(0, "0: none"),
     )
     wandb_mode: str = _f("disabled", "wandb logging", OUTPUT, ("disabled", "offline", "online"))
     wandb_project: str = _f("nanogptx", "wandb project", OUTPUT)
@@ -466,3 +466,51 @@ GPT2_ARCHITECTURE = {
     "norm": "layernorm", "norm_gain": True, "qk_norm": False, "activation": "gelu_tanh",
     "mlp_width": 0, "n_kv_head": 0, "tie_embeddings": True, "logit_softcap": 0.0,
 }  # fmt: skip
+
+
+# ---- The README's rerun table (its rows for settings), from the roles: python -m nanogptx.schema
+STAGES = ("download", "prepare", "train", "sample", "eval")
+
+
+def _keys_cell(name: str, keys: tuple[str, ...]) -> str:
+    """`[model]`, `[model]` but `a`, `b`, or `train.a`, `train.b`: the shortest that is exact."""
+    every = [f.name for f in dataclasses.fields(SECTIONS[name])]
+    if len(keys) == len(every):
+        return f"`[{name}]`"
+    if len(keys) > len(every) / 2:
+        return f"`[{name}]` but " + ", ".join(f"`{k}`" for k in every if k not in keys)
+    return ", ".join(f"`{name}.{k}`" for k in keys)
+
+
+def _reruns(r: Role, stage: str) -> list[str]:
+    """What an edit of a setting of this role, read by this stage, reruns, stage by stage."""
+    train = r is not NOTHING and (r.data or stage == "train")
+    return [
+        "yes (new dataset)" if r is SOURCE else "",
+        "yes" if r.data else "",
+        ("yes, afresh" if r.resume else "yes, resumed") if train else "",
+        "yes" if train or (stage == "sample" and r is not NOTHING) else "",
+        "yes" if train or (stage == "eval" and r is not NOTHING) else "",
+    ]
+
+
+def rerun_rows() -> list[str]:
+    """One row per role and stage: its settings, and the stages an edit of one reruns."""
+    rows = []
+    for r in ROLES:
+        for stage, names in STAGE_SECTIONS.items():
+            keys = {n: keys_with(n, lambda x, r=r: x is r) for n in names}
+            cells = "; ".join(_keys_cell(n, ks) for n, ks in keys.items() if ks)
+            if cells:
+                marks = [f" {m} " if m else " " for m in _reruns(r, stage)]
+                rows.append("|".join(["", f" {cells} ({r.name}: {r.says}) ", *marks, ""]))
+    return rows
+
+
+def rerun_table() -> str:
+    head = f"| you edit | {' | '.join(STAGES)} |"
+    return "\n".join([head, "|---" * (len(STAGES) + 1) + "|", *rerun_rows()])
+
+
+if __name__ == "__main__":
+    print(rerun_table())
