@@ -1,9 +1,8 @@
-"""The typed config tree: frozen dataclasses with defaults; a run is a TOML file of differences.
+"""Loading, checking and the identities of a run's config (schema.py declares its settings).
 
     cfg = load("config/shakespeare-char.toml", ["train.max_iters=100"])
 
-Each field declares its default, help, role (what an edit changes) and check, so that every
-identity (data_id, checkpoint_id, the compiled steps) is derived from the fields; stdlib only.
+Identities (data_id, checkpoint_id, program_config) follow from the settings' roles; stdlib only.
 """
 
 from __future__ import annotations
@@ -51,6 +50,11 @@ class ConfigError(ValueError):
 
 # HF's activation_function names for the activations GPT-2 can have.
 HF_ACTIVATIONS = {"gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh", "gelu": "gelu"}
+# HF GPT-2 config.json's sizes, by our names; its attention variants that we only have as these.
+HF_SIZES = {"n_layer": "n_layer", "n_head": "n_head", "n_embd": "n_embd",
+            "n_positions": "block_size", "vocab_size": "vocab_size"}  # fmt: skip
+HF_FIXED = {"scale_attn_weights": True, "scale_attn_by_inverse_layer_idx": False,
+            "reorder_and_upcast_attn": False}  # fmt: skip
 
 
 def init_dataset(init_from: str) -> str | None:
@@ -77,8 +81,7 @@ def hf_architecture(path: Path) -> dict[str, Any]:
             f"'gpt2' with architectures among {list(known)}"
         )
     out: dict[str, Any] = {}
-    for key, ours in (("n_layer",) * 2, ("n_head",) * 2, ("n_embd",) * 2,
-                      ("n_positions", "block_size"), ("vocab_size",) * 2):  # fmt: skip
+    for key, ours in HF_SIZES.items():
         value = c.get(key)
         if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
             raise ConfigError(f"{path}: {key} = {value!r}: expected an integer > 0")
@@ -91,8 +94,7 @@ def hf_architecture(path: Path) -> dict[str, Any]:
     eps = c.get("layer_norm_epsilon", 1e-5)
     if eps != 1e-5:
         raise ConfigError(f"{path}: layer_norm_epsilon = {eps!r}: expected 1e-05 (ours)")
-    for key, want in (("scale_attn_weights", True), ("scale_attn_by_inverse_layer_idx", False),
-                      ("reorder_and_upcast_attn", False)):  # fmt: skip
+    for key, want in HF_FIXED.items():
         if c.get(key, want) != want:
             raise ConfigError(f"{path}: {key} = {c[key]!r}: only {want!r} is supported")
     n_inner = c.get("n_inner") or 0
@@ -523,14 +525,18 @@ def describe(names: typing.Iterable[str] = SECTIONS) -> str:
     """Every key of the named sections with its type, default, meaning and, where the values are
     fixed, its choices (for --help); a note when the stage reads only some sections."""
     names = list(names)
-    lines = ["config keys (set in the TOML file or as section.key=value):"]
+    head = (
+        "config keys (set in the TOML file or as section.key=value; [role]: what editing changes)"
+    )
+    lines = [head + ":"]
     for name in names:
         cls = SECTIONS[name]
         hints = typing.get_type_hints(cls)
         for f in dataclasses.fields(cls):
             tp = hints[f.name]
             tname = "list[str]" if typing.get_origin(tp) is tuple else tp.__name__
-            lines.append(f"  {name}.{f.name} ({tname}, default {_toml_value(f.default)})")
+            default, role = _toml_value(f.default), schema.role(f).name
+            lines.append(f"  {name}.{f.name} ({tname}, default {default}) [{role}]")
             lines.append(f"      {f.metadata['help']}")
             if f.metadata.get("choices"):
                 lines.append(f"      choices: {', '.join(map(str, f.metadata['choices']))}")

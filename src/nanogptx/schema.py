@@ -450,8 +450,11 @@ RUNTIME_KEYS = keys_with("model", lambda r: r is RUNTIME)
 # Train settings a resumed run must share with its checkpoint (with the model and the data).
 RESUME_KEYS = keys_with("train", lambda r: r.resume)
 # Data settings that do not change the prepared bytes, so not the prepared data's identity.
-NOT_DATA_IDENTITY = tuple(f"{name}.{k}" for name in STAGE_SECTIONS["prepare"]
-                          for k in keys_with(name, lambda r: not r.data))  # fmt: skip
+NOT_DATA_IDENTITY = tuple(
+    f"{name}.{k}"
+    for name in STAGE_SECTIONS["prepare"]
+    for k in keys_with(name, lambda r: not r.data)
+)
 
 # OpenAI's GPT-2 checkpoints (nanoGPT's table): layers, heads, width. Every one has 1024
 # positions, a vocabulary of 50257, biases, tanh GELU (HF GPT-2's "gelu_new") and a tied head.
