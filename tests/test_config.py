@@ -162,6 +162,18 @@ def test_non_finite_override_and_a_directory_for_a_file_are_refused(tmp_path: Pa
         config.load(tmp_path)
 
 
+def test_an_integer_past_64_bits_is_refused_for_every_integer_key() -> None:
+    # numpy and JAX hold at most 64 bits: such a value crashed a stage with an OverflowError.
+    defaults, keys = config.Config(), 0
+    for section in dataclasses.fields(defaults):
+        for f in dataclasses.fields(getattr(defaults, section.name)):
+            if f.type in (int, "int"):
+                key, keys = f"{section.name}.{f.name}", keys + 1
+                with pytest.raises(config.ConfigError, match=rf"{key}.*does not fit in 64 bits"):
+                    config.load(None, [f"{key}={2**64}"])
+    assert keys > 20  # the walk reached the integer keys
+
+
 def test_run_names_follow_one_pattern() -> None:
     for good in ("tiny", "sweep-lr-3e-4", "a.b_c"):
         assert config.check_run_name(good) == good

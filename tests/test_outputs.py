@@ -498,3 +498,15 @@ def test_two_prepares_into_one_directory_never_both_write_even_if_it_is_deleted_
     assert f"is in use by another prepare (pid {first.pid} on " in second.stderr
     assert first.returncode == 1 and str(out) in first_err.splitlines()[-1], first_err
     assert not (out / "provenance.json").exists()  # no record of a complete output
+
+
+def test_status_into_a_reader_that_stops_early_ends_without_a_traceback() -> None:
+    # `python -m nanogptx.status | head -1` ended in a BrokenPipeError traceback.
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "nanogptx.status", "--runs", "tiny,shakespeare-char"],
+        cwd=Path(__file__).resolve().parents[1], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    proc.stdout.close()  # the reader is gone before status writes
+    err = proc.stderr.read().decode()
+    proc.wait(timeout=120)
+    assert "Traceback" not in err and "BrokenPipe" not in err, err

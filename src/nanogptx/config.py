@@ -153,6 +153,8 @@ def _check_type(value: Any, tp: Any, where: str) -> Any:
         return float(value)
     if (tp is int and isinstance(value, bool)) or not isinstance(value, tp):
         raise ConfigError(f"{where}: expected {tp.__name__}, got {type(value).__name__} {value!r}")
+    if tp is int and not -(2**63) <= value < 2**63:  # numpy's and JAX's widest integer
+        raise ConfigError(f"{where}: {value} does not fit in 64 bits: expected a smaller integer")
     if tp is float and not math.isfinite(value):
         raise ConfigError(f"{where}: expected a finite number, got {value!r}")
     if tp is str and not is_text(value):
