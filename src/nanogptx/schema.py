@@ -97,11 +97,11 @@ class DataConfig(Section):
         ("fraction", "first_docs", "files"),
     )
     val_fraction: float = _f(0.1, "share of the text that is val with split = fraction", DATA,
-                             None, (lambda v: 0 < v < 1, "between 0 and 1"))
+                             check=(lambda v: 0 < v < 1, "between 0 and 1"))
     val_docs: int = _f(0, "leading documents that are val with split = first_docs", DATA,
                        check=_at_least(0))
     max_docs: int = _f(0, "read at most this many documents (0: all); for quick looks", DATA,
-                       None, _at_least(0))
+                       check=_at_least(0))
     shard_tokens: int = _f(100_000_000, "tokens per shard", DATA, check=POSITIVE)
     shard_format: str = _f("npy", "shard file format", DATA, ("npy", "parquet"))
     allow_unverified: bool = _f(
@@ -289,7 +289,7 @@ class TrainConfig(Section):
                                "make a divergence (stop)", OUTPUT, check=POSITIVE)
     eval_interval: int = _f(2000, "evaluate every this many steps", OUTPUT, check=POSITIVE)
     eval_iters: int = _f(200, "validation (and train-estimate) batches per evaluation", OUTPUT,
-                         None, POSITIVE)
+                         check=POSITIVE)
     eval_only: bool = _f(False, "evaluate once and stop", OUTPUT)
     batch_order: str = _f("random", "random windows (nanoGPT) or sequential windows", RESUME,
                           ("random", "sequential"))
@@ -359,7 +359,7 @@ class SampleConfig(Section):
     temperature: float = _f(0.8, "softmax temperature", OUTPUT, check=POSITIVE)
     top_k: int = _f(200, "keep only the k most likely tokens (0: all)", OUTPUT, check=_at_least(0))
     top_p: float = _f(1.0, "keep the smallest set of tokens with this total probability", OUTPUT,
-                      None, SHARE)
+                      check=SHARE)
     seed: int = _f(1337, "sampling seed", OUTPUT, check=SEED)
     window_shift: int = _f(
         0, "tokens dropped when a learned-position context outgrows block_size (1: nanoGPT's "
