@@ -20,7 +20,7 @@ Rows:
   2^-5 relative L2 (four steps' worth, 3%); and cuDNN must be no further from float32 than
   twice XLA's distance.
 - gpt2-124m: config/gpt2-124m-fineweb.toml as shipped, 50 steps on synthetic tokens at the
-  automatic micro-batch: tokens/s and MFU against the card's bfloat16 peak (train.PEAK_FLOPS),
+  automatic micro-batch: tokens/s and MFU against the card's bfloat16 peak (logbook.PEAK_FLOPS),
   and the peak memory the device measured (memory_stats' peak_bytes_in_use) against the plan's
   figure for the largest program (the micro-batch's record in provenance.json): at most 5%
   above it (the allocator's rounding, the next batch placed while a step runs), or the plan
@@ -109,6 +109,8 @@ def float32(work: Path, data: Path, cpu: bool) -> tuple[bool, str]:
 def attention(cpu: bool) -> tuple[bool, str]:
     """One loss and its gradients with cuDNN's and XLA's attention in bfloat16 (with --cpu,
     XLA's and einsum), and a float32 reference."""
+    import dataclasses
+
     import jax
     import jax.numpy as jnp
     import numpy as np
@@ -154,7 +156,7 @@ def gpt2(work: Path, cpu: bool) -> tuple[bool, str]:
     import jax
     from bench_train import synthetic_prepared
 
-    from nanogptx import config, memory, train
+    from nanogptx import config, logbook, memory, train
 
     data = synthetic_prepared(work / "synthetic-gpt2", 50257)
     steps = 3 if cpu else 50
@@ -181,7 +183,7 @@ def gpt2(work: Path, cpu: bool) -> tuple[bool, str]:
     within = peak is not None and planned is not None and peak <= PEAK_SLACK * planned
     ok = summary["step"] == steps and (cpu or within)
     mfu = f"MFU {100 * statistics.median(mfus):.1f}%" if mfus else "no MFU (peak unknown)"
-    peak_flops = train.peak_flops(cfg.train)[0]
+    peak_flops = logbook.peak_flops(cfg.train)[0]
     if peak_flops:
         mfu += f" of {peak_flops / 1e12:.0f} TFLOP/s"
     if peak is None or planned is None:

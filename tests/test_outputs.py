@@ -366,6 +366,16 @@ def truncate(path: Path) -> None:
     path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
 
 
+def cut_mid_value(path: Path) -> None:  # a file cut short inside a line
+    data = path.read_bytes()
+    path.write_bytes(data[: data.index(b"=", len(data) // 2) + 1])
+
+
+def drop_last_line(path: Path) -> None:  # a file cut short at a line's end: still TOML
+    lines = path.read_bytes().splitlines(keepends=True)
+    path.write_bytes(b"".join(lines[:-1]))
+
+
 def swap_splits(path: Path) -> None:
     path.write_text(path.read_text().replace('"train"', '"tmp"').replace('"val"', '"train"')
                     .replace('"tmp"', '"val"'))  # fmt: skip
@@ -376,7 +386,8 @@ DAMAGE = [  # stage, file, damage, what the error says after the path
     ("eval", "model/tokenizer.json", lambda p: p.write_text('{"name": "bpe"}'),
      "unknown tokenizer 'bpe'"),
     ("export", "model/provenance.json", truncate, "not valid JSON"),
-    ("sample", "model/config.toml", truncate, "not valid TOML"),
+    ("sample", "model/config.toml", cut_mid_value, "not valid TOML"),
+    ("sample", "model/config.toml", drop_last_line, "the model changed after training"),
     ("export", "model/params.safetensors", truncate, "cannot be read"),
     ("eval", "prepared/manifest.json", truncate, "not valid JSON"),
     ("train", "prepared/manifest.json", swap_splits, "sha256 is"),

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from jax.sharding import Mesh
 
-from nanogptx import config, memory, model, plan, runtime, train
+from nanogptx import config, memory, microbatch, model, plan, resume, runtime, steps, train
 from prepared import synthetic_text, write_prepared
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -151,7 +151,7 @@ def test_auto_on_a_cpu_takes_the_largest_divisor_of_at_most_8192_tokens_per_devi
     for rows, L, want in ((256, 64, 128), (96, 128, 48), (4, 4096, 2), (6, 16384, 1)):
         cfg = tiny(f"model.block_size={L}", "train.batch_size=0",
                    f"train.total_batch_tokens={rows * L}")  # fmt: skip
-        mb = train.fit_micro_batch(cfg, 64, one_device(), cpu)
+        mb = microbatch.fit_micro_batch(cfg, 64, one_device(), cpu)
         assert (mb.batch_size, mb.micro_batches) == (want, rows // want), (rows, L)
         assert mb.memory == {} and "8192 tokens per device" in mb.how
     with pytest.raises(config.ConfigError, match="train.total_batch_tokens = 0: expected a "
@@ -163,20 +163,20 @@ def test_auto_with_a_budget_takes_the_largest_micro_batch_whose_compiled_program
     cfg = tiny("train.batch_size=0", "train.total_batch_tokens=256")  # 16 rows per step
     mesh, V = one_device(), 64
     unlimited = memory.Budget(2**62, "test")
-    at = {b: train.measure_programs(cfg, V, mesh, b, unlimited) for b in (4, 8)}
+    at = {b: microbatch.measure_programs(cfg, V, mesh, b, unlimited) for b in (4, 8)}
     assert at[4]["train_step"].total < at[8]["train_step"].total
     # The figures are XLA's for the very program training runs.
-    compiled = train.compile_program(train.with_batch(cfg, 4), V, 4, mesh, "train_step")
+    compiled = steps.compile_program(steps.with_batch(cfg, 4), V, 4, mesh, "train_step")
     assert at[4]["train_step"] == memory.usage(compiled)
     assert at[4]["eval_step"].resident > 0  # the optimizer state stays while it evaluates
     between = memory.Budget(max(u.total for u in at[4].values()) + 1, "test")
-    mb = train.fit_micro_batch(cfg, V, mesh, between)
+    mb = microbatch.fit_micro_batch(cfg, V, mesh, between)
     assert (mb.batch_size, mb.micro_batches, mb.misfit) == (4, 4, None)
     assert set(mb.memory) == {"train_step", "eval_step"} and "fit 0.00 GiB" in mb.how
     # Below the smallest micro-batch's needs: the smallest, named as not fitting.
-    none = train.fit_micro_batch(cfg, V, mesh, memory.Budget(1000, "test"))
+    none = microbatch.fit_micro_batch(cfg, V, mesh, memory.Budget(1000, "test"))
     assert none.batch_size == 1 and none.misfit == "train_step" and "none fits" in none.how
-    message = train.misfit_message(cfg, none, 1)
+    message = microbatch.misfit_message(cfg, none, 1)
     assert message.startswith("the train step at micro-batch 1 x 16 needs 0.00 GiB per device")
     assert "more devices" in message and "train.sharding = 'fsdp' (parameters" not in message
 
@@ -247,10 +247,10 @@ def test_count_flops_multiplies_loops_out_and_matches_nanogpts_estimate() -> Non
     assert plan.count_flops(jax.jit(layers).trace(x, w).jaxpr.jaxpr) == 5 * 2 * 8 * 32 * 32
     grad = jax.jit(jax.grad(layers, argnums=1)).trace(x, w).jaxpr.jaxpr
     assert plan.count_flops(grad) == 3 * 5 * 2 * 8 * 32 * 32  # forward, and two backward dots
-    cfg = train.resolve_vocab(config.load(None, ["model.n_layer=4", "model.n_head=4",
+    cfg = resume.resolve_vocab(config.load(None, ["model.n_layer=4", "model.n_head=4",
                               "model.n_embd=256", "model.block_size=128", "train.batch_size=4"]),
                               512)  # fmt: skip
-    traced = train.trace_program(cfg, 512, 2, one_device(), "train_step")
+    traced = steps.trace_program(cfg, 512, 2, one_device(), "train_step")
     params = jax.eval_shape(lambda: model.init_params(cfg.model, 512, jax.random.key(0)))
     estimate = model.flops_per_token(cfg.model, model.count_params(params)) * 2 * 4 * 128
     assert plan.count_flops(traced.jaxpr.jaxpr) == pytest.approx(estimate, rel=0.02)

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from nanogptx import progress, train
+from nanogptx import logbook, progress
 
 
 def test_a_progress_channel_writes_labelled_lines_when_due_and_stops_when_it_fails(
@@ -41,7 +41,7 @@ def test_a_duration_is_whole_seconds_never_sixty(seconds: float, shown: str) -> 
 def test_trainings_eta_never_reads_sixty_seconds() -> None:
     """One step left at 59.7 s a step: 'ETA 1:00' (it printed 'ETA 0:60')."""
     r, w = os.pipe()
-    watch = train.Progress(10, 0, progress.Channel(w, "train t"))
+    watch = logbook.Progress(10, 0, progress.Channel(w, "train t"))
     watch.update(8, 1.5, 1000.0, 59.7)
     os.close(w)
     assert os.read(r, 200).decode().endswith("ETA 1:00\n")

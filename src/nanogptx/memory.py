@@ -1,15 +1,8 @@
-"""Memory per device: what a compiled program needs (XLA's memory_analysis of it, never
-arithmetic) and what a device gives (the budget: what JAX's allocator will hand out).
+"""Memory per device: what a compiled program needs (XLA's memory_analysis, never arithmetic)
+and what a device gives (the budget: what JAX's allocator hands out, allocator_share).
 
     need = memory.usage(jax.jit(f).lower(*args).compile())
     budget = memory.budget_of(jax.devices()[0])   # None bytes on a CPU: no limit known
-
-The budget on a GPU is what JAX will actually hand out: by default it preallocates 75% of the
-GPU's memory and never grows past it. XLA_CLIENT_MEM_FRACTION (or its older name
-XLA_PYTHON_CLIENT_MEM_FRACTION) sets that share; XLA_PYTHON_CLIENT_PREALLOCATE=false allocates
-on demand but keeps the same limit; XLA_PYTHON_CLIENT_ALLOCATOR=platform has no limit but the
-GPU's memory (and is slow). python -m nanogptx.plan prints both sides for every program a run
-executes.
 """
 
 from __future__ import annotations
@@ -102,14 +95,18 @@ def budget_of(device: Any, memory_size: int | None = None) -> Budget:
             stats = None
     if stats and stats.get("bytes_limit"):
         limit = int(stats["bytes_limit"])
-        return Budget(limit, f"JAX's allocator limit on this {device.device_kind} "
-                             f"({limit / GiB:.2f} GiB, memory_stats' bytes_limit)")  # fmt: skip
+        return Budget(
+            limit,
+            f"JAX's allocator limit on this {device.device_kind} "
+            f"({limit / GiB:.2f} GiB, memory_stats' bytes_limit)",
+        )
     if memory_size is None:
         return Budget(None, f"no memory limit known for {device.device_kind} ({device.platform})")
     share, rule = allocator_share()
     limit = int(memory_size * share)
-    return Budget(limit, f"{share:.0%} of the {device.device_kind}'s {memory_size / GiB:.2f} "
-                         f"GiB: {rule}")  # fmt: skip
+    return Budget(
+        limit, f"{share:.0%} of the {device.device_kind}'s {memory_size / GiB:.2f} GiB: {rule}"
+    )
 
 
 def largest_fitting(
@@ -145,8 +142,10 @@ def shortfall(need: Usage, budget: Budget) -> str:
         parts += f", outputs {gib(need.outputs - need.aliased)}"
     if need.resident:
         parts += f", the optimizer state beside it {gib(need.resident)}"
-    return (f"needs {gib(need.total)} GiB per device ({parts} GiB), more than the budget of "
-            f"{gib(budget.bytes)} GiB ({budget.rule})")  # fmt: skip
+    return (
+        f"needs {gib(need.total)} GiB per device ({parts} GiB), more than the budget of "
+        f"{gib(budget.bytes)} GiB ({budget.rule})"
+    )
 
 
 def gib(n: int | None) -> str:

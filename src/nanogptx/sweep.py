@@ -239,7 +239,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     p.add_argument("sweep", help="config/sweeps/NAME.toml")
     p.add_argument("--cost", action="store_true", help="FLOPs and device hours per point")
-    peak_help = "the device's peak FLOP/s (default: an H100's bfloat16 dense, train.PEAK_FLOPS)"
+    peak_help = "the device's peak FLOP/s (default: an H100's bfloat16 dense, logbook.PEAK_FLOPS)"
     p.add_argument(
         "--peak-flops", type=_number(float, "a number of FLOP/s > 0", 0, None), help=peak_help
     )
@@ -257,7 +257,7 @@ def main(argv: list[str] | None = None) -> None:
         points = cost(s, args.vocab)
     except config.ConfigError as e:
         raise SystemExit(f"error: {e}") from None
-    from nanogptx.train import PEAK_FLOPS
+    from nanogptx.logbook import PEAK_FLOPS
 
     peak = args.peak_flops or PEAK_FLOPS["H100"]
     rate = peak * args.mfu
