@@ -380,7 +380,7 @@ def train_batch(data: loader.Prepared, t: TrainConfig, lay: Layout, step: int) -
         return np.stack([x for x, _ in xy]), np.stack([y for _, y in xy])
 
     batch_sh = NamedSharding(lay.mesh, P(None, "data", None))
-    return loader.device_batch(batch_sh, (A, B, L), 1, load)
+    return loader.device_batch(batch_sh, (A, lay.B, lay.L), 1, load)
 
 
 def eval_batch(data: loader.Prepared, t: TrainConfig, lay: Layout, split: str, k: int) -> tuple:
