@@ -94,7 +94,7 @@ def whole_split_loss(params, model_cfg, data, split: str = "val", batch: int = 6
     L = model_cfg.block_size
     starts = np.arange((data.split(split).n_tokens - 1) // L) * L
     rt = runtime.choose(model_cfg, jax.default_backend())
-    loss = jax.jit(lambda p, x, y: model.loss_fn(p, x, y, model_cfg, rt=rt))
+    loss = jax.jit(lambda p, x, y: model.loss_fn(p, x, y, model_cfg, rt=rt)[0])
     total = 0.0
     for i in range(0, len(starts), batch):
         part = starts[i : i + batch]

@@ -47,6 +47,7 @@ ROOT = Path(__file__).resolve().parents[1]
 ASSETS = ROOT.parent / "shared" / "assets"
 FLOAT32_LIMIT = 1e-5
 LOSS_LIMIT, GRAD_LIMIT = 2.0**-7, 2.0**-5  # bfloat16: two steps of 2^-8, four in the gradients
+ROWS = ("workflow", "float32", "attention", "gpt2-124m")  # the table's, in order
 PEAK_SLACK = 1.05  # measured peak memory against the plan's figure
 TINY = ["train.max_iters=20", "train.eval_interval=1000", "train.eval_iters=1",
         "train.checkpoint_interval=0", "logging.log_interval=1", "logging.stats_interval=0",
@@ -129,7 +130,7 @@ def attention(cpu: bool) -> tuple[bool, str]:
     def loss_and_grads(attention: str, dtype: object) -> tuple[float, np.ndarray]:
         rt = dataclasses.replace(base, attention=attention)
         f = jax.jit(jax.value_and_grad(
-            lambda p: model.loss_fn(p, x, y, cfg, rt=rt, compute_dtype=dtype)))  # fmt: skip
+            lambda p: model.loss_fn(p, x, y, cfg, rt=rt, compute_dtype=dtype)[0]))  # fmt: skip
         with jax.default_matmul_precision("highest"):
             loss, g = f(params)
         flat = np.concatenate([np.asarray(v, np.float64).ravel() for v in jax.tree.leaves(g)])
@@ -208,7 +209,13 @@ def main() -> None:
     parser.add_argument("--cpu", action="store_true", help="the parts a CPU can run, smaller")
     parser.add_argument("--only", help="comma-separated rows to run (workflow,float32,...)")
     args = parser.parse_args()
-    if not args.cpu:
+    chosen = args.only.split(",") if args.only else list(ROWS)
+    if unknown := [name for name in chosen if name not in ROWS]:
+        parser.error(f"--only {args.only}: no row {', '.join(unknown)}; the rows: "
+                     f"{','.join(ROWS)}")  # fmt: skip
+    if args.cpu:  # and its subprocesses: JAX's CUDA plugin, where installed, looks for no GPU
+        os.environ.setdefault("JAX_PLATFORMS", "cpu")
+    else:
         import jax
 
         if jax.default_backend() != "gpu":
@@ -223,7 +230,7 @@ def main() -> None:
         "attention": lambda: attention(args.cpu),
         "gpt2-124m": lambda: gpt2(work, args.cpu),
     }
-    chosen = args.only.split(",") if args.only else list(rows)
+    assert list(rows) == list(ROWS)
     (work / "workflow").mkdir()
     results = []
     for name in chosen:

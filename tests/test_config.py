@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 import shlex
 import subprocess
 import sys
@@ -114,6 +115,27 @@ def test_bad_values_are_named_with_file_key_and_expectation(
         config.load(run)
     for part in expected:
         assert part in str(e.value)
+
+
+def test_auto_batch_size_is_spelled_0_or_auto_and_nothing_else(tmp_path: Path) -> None:
+    # "auto" is the word for 0: the same config, so the same dump and checkpoint identity.
+    auto = ["train.total_batch_tokens=4096", "model.block_size=64"]
+    zero = config.load(None, [*auto, "train.batch_size=0"])
+    run = tmp_path / "run.toml"
+    run.write_text('[train]\nbatch_size = "auto"\ntotal_batch_tokens = 4096\n'
+                   "[model]\nblock_size = 64\n")  # fmt: skip
+    words = [config.load(None, [*auto, "train.batch_size=auto"]), config.load(run),
+             config.load(None, [*auto, 'train.batch_size="auto"'])]  # fmt: skip
+    for cfg in words:
+        assert cfg == zero and config.checkpoint_id(cfg) == config.checkpoint_id(zero)
+    for bad, why in [("'0'", "expected an int, or 'auto' (0), got '0'"),
+                     ("Auto", "got 'Auto'"), ("1.5", "expected int, got float 1.5"),
+                     ("-1", "train.batch_size = -1: expected >= 0 (0: auto)")]:  # fmt: skip
+        with pytest.raises(config.ConfigError, match=re.escape(why)):
+            config.load(None, [*auto, f"train.batch_size={bad}"])
+    # Elsewhere "auto" is no number.
+    with pytest.raises(config.ConfigError, match="train.max_iters: expected int, got str"):
+        config.load(None, ["train.max_iters=auto"])
 
 
 # Strings a user gives (prompts, names, paths): outside the Basic Multilingual Plane, combining

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -119,10 +120,48 @@ def test_the_budget_is_what_jax_hands_out(monkeypatch: pytest.MonkeyPatch) -> No
     monkeypatch.setenv("XLA_PYTHON_CLIENT_MEM_FRACTION", ".9")
     budget = memory.budget_of(cpu, h100)
     assert budget.bytes == int(0.9 * h100) and "XLA_PYTHON_CLIENT_MEM_FRACTION=.9" in budget.rule
-    monkeypatch.setenv("XLA_CLIENT_MEM_FRACTION", ".5")  # the newer name comes first
+    monkeypatch.delenv("XLA_PYTHON_CLIENT_MEM_FRACTION")
+    monkeypatch.setenv("XLA_CLIENT_MEM_FRACTION", ".5")  # its newer name
     assert memory.budget_of(cpu, h100).bytes == int(0.5 * h100)
     monkeypatch.setenv("XLA_PYTHON_CLIENT_ALLOCATOR", "platform")
     assert memory.budget_of(cpu, h100).bytes == h100
+
+
+@pytest.mark.parametrize(
+    "env, message",
+    [
+        ({"XLA_PYTHON_CLIENT_MEM_FRACTION": "abc"}, "_MEM_FRACTION='abc': expected the"),
+        ({"XLA_PYTHON_CLIENT_MEM_FRACTION": "1.5"}, "'1.5': expected the share of the GPU's"),
+        ({"XLA_PYTHON_CLIENT_MEM_FRACTION": "0"}, "'0': expected the share"),
+        ({"XLA_PYTHON_CLIENT_MEM_FRACTION": "-1"}, "'-1': expected the share"),
+        ({"XLA_CLIENT_MEM_FRACTION": "nan"}, "XLA_CLIENT_MEM_FRACTION='nan': expected"),
+        ({"XLA_CLIENT_MEM_FRACTION": ".5", "XLA_PYTHON_CLIENT_MEM_FRACTION": ".9"},
+         "both set, which JAX refuses"),
+        ({"XLA_PYTHON_CLIENT_ALLOCATOR": "cuda"}, "XLA_PYTHON_CLIENT_ALLOCATOR='cuda': expected"),
+    ],
+)  # fmt: skip
+def test_allocator_settings_that_give_no_budget_are_refused_naming_them(
+    env: dict[str, str], message: str
+) -> None:
+    # What JAX itself refuses (both names of the share, an unknown allocator) and a share that
+    # is no budget (JAX would preallocate nothing, or more than the GPU has): never a plan
+    # against it, nor a traceback.
+    with pytest.raises(memory.EnvError, match=re.escape(message)):
+        memory.allocator_share(env)
+    assert memory.allocator_share({"XLA_PYTHON_CLIENT_MEM_FRACTION": "1"})[0] == 1.0
+
+
+def test_the_plan_names_a_bad_allocator_setting_before_it_makes_a_target(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # JAX's CUDA plugin fails to start on XLA_PYTHON_CLIENT_MEM_FRACTION=abc, and XLA then
+    # said "topology not implemented for cuda" (without the plugin: install it): the variable
+    # is named first, whichever is installed.
+    monkeypatch.setenv("XLA_PYTHON_CLIENT_MEM_FRACTION", "abc")
+    with pytest.raises(SystemExit) as e:
+        plan.main(["--config", str(ROOT / "config" / "tiny.toml"), "--target", "h100"])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and "error: XLA_PYTHON_CLIENT_MEM_FRACTION='abc': expected" in err
 
 
 def test_the_search_finds_the_largest_that_fits_in_a_few_compiles() -> None:
@@ -157,6 +196,26 @@ def test_auto_on_a_cpu_takes_the_largest_divisor_of_at_most_8192_tokens_per_devi
     with pytest.raises(config.ConfigError, match="train.total_batch_tokens = 0: expected a "
                        "multiple of model.block_size = 16 with train.batch_size = 0"):  # fmt: skip
         tiny("train.batch_size=0")
+
+
+def test_batches_past_int32_tokens_are_refused_and_auto_searches_any_step_quickly() -> None:
+    # A micro-batch of 2^31 tokens or more overflowed JAX's int32 positions deep in a compile
+    # (an OverflowError traceback from the plan); a step of 2^62 tokens set auto counting
+    # through every row of it. Both are refused at load, naming the key.
+    with pytest.raises(config.ConfigError, match=re.escape(
+            "train.batch_size = 134217728: expected at most 134217727 (a micro-batch holds at "
+            "most 2^31 - 1 tokens: batch_size * model.block_size = 2147483648)")):  # fmt: skip
+        tiny(f"train.batch_size={2**27}")
+    with pytest.raises(config.ConfigError, match=re.escape(
+            f"train.total_batch_tokens = {2**62}: expected at most 2^31 - 1")):  # fmt: skip
+        tiny("train.batch_size=0", f"train.total_batch_tokens={2**62}")
+    # The largest step allowed, a prime number of rows of one token: the divisors of its rows
+    # in about sqrt(rows) steps, not one per row.
+    cfg = tiny("model.block_size=1", "train.batch_size=0", f"train.total_batch_tokens={2**31 - 1}")
+    mb = microbatch.fit_micro_batch(cfg, 64, one_device(), memory.budget_of(jax.devices()[0]))
+    assert (mb.batch_size, mb.micro_batches) == (1, 2**31 - 1)
+    assert microbatch.divisors(360) == [d for d in range(1, 361) if 360 % d == 0]
+    assert microbatch.divisors(1) == [1] and microbatch.divisors(2**31 - 1) == [1, 2**31 - 1]
 
 
 def test_auto_with_a_budget_takes_the_largest_micro_batch_whose_compiled_programs_fit() -> None:
@@ -291,6 +350,30 @@ def test_a_gpu_target_without_the_cuda_extra_says_how_to_install_it(
     with pytest.raises(SystemExit):
         plan.main(["--target", "h99"])
     assert "--target 'h99': expected one of h100, h200, a100-80g, a6000" in capsys.readouterr().err
+
+
+def test_a_target_file_that_is_no_gpu_description_is_refused_naming_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Missing, a directory, not text, unreadable: exit 2 naming the file, never a traceback.
+    odd = tmp_path / "dir with spaces é"
+    odd.mkdir()
+    (odd / "g ü.txtpb").write_bytes(bytes(range(256)))
+    (odd / "locked.txtpb").write_text("gpu_device_info {}")
+    (odd / "locked.txtpb").chmod(0)
+    cases = {
+        str(odd / "missing.txtpb"): "(no such file)",
+        str(odd): "(a directory)",
+        str(odd / "g ü.txtpb"): "cannot read it as text ('utf-8' codec can't decode",
+    }
+    if os.geteuid() != 0:  # root reads any file
+        cases[str(odd / "locked.txtpb")] = "cannot read it as text ([Errno 13] Permission denied"
+    for target, why in cases.items():
+        with pytest.raises(SystemExit) as e:
+            plan.main(["--config", str(ROOT / "config" / "tiny.toml"), "--target", target])
+        err = capsys.readouterr().err
+        assert e.value.code == 2 and f"error: --target {target!r}: " in err and why in err, err
+        assert "Traceback" not in err
 
 
 def test_the_gpu_descriptions_ship_in_the_package_with_their_licence() -> None:

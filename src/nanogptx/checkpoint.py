@@ -22,6 +22,7 @@ import safetensors.numpy
 from safetensors import safe_open
 
 from nanogptx import config, model, provenance, tokenizer
+from nanogptx.errors import UserError
 
 FORMAT = "nanogptx-checkpoint/2"  # /2: meta.json records the sha256 of every file
 MODEL_FORMAT = "nanogptx-params/1"
@@ -30,7 +31,7 @@ MODEL_FILES = ("params.safetensors", "config.toml", "tokenizer.json")
 _STEP_DIR = re.compile(r"^step_(\d+)$")
 
 
-class CheckpointError(ValueError):
+class CheckpointError(UserError, ValueError):
     """A checkpoint or model directory that is missing, incomplete or does not fit the config."""
 
 

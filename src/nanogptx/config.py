@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from nanogptx import schema
+from nanogptx.errors import UserError
 
 # The schema's names that the stages use, as config.X.
 from nanogptx.schema import (  # noqa: F401
@@ -28,6 +29,7 @@ from nanogptx.schema import (  # noqa: F401
     EVAL_TASKS,
     GPT2_ARCHITECTURE,
     GPT2_CHECKPOINTS,
+    MAX_TOKENS,
     NOT_DATA_IDENTITY,
     RESUME_KEYS,
     RUNTIME_KEYS,
@@ -44,7 +46,7 @@ from nanogptx.schema import (  # noqa: F401
 )
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """A config value that is unknown, of the wrong type, or impossible."""
 
 
@@ -260,11 +262,24 @@ def from_dict(
                     f"{source}: unknown key {name}.{key}{_suggest(key, hints)}; "
                     f"known keys of [{name}]: {', '.join(hints)}"
                 )
+            if f"{name}.{key}" in AUTO and isinstance(value, str):
+                value = _auto(value, f"{name}.{key}", source)
             values[key] = _check_type(value, hints[key], f"{source}: {name}.{key}")
         sections[name] = cls(**values)
     cfg = _resolve_init(Config(**sections), tree.get("model", {}), source)
     validate(cfg, source, registry, tokenizer_known)
     return cfg
+
+
+# Keys whose 0 means "chosen for you", which a file or an override may also spell "auto".
+AUTO = {"train.batch_size": "auto"}
+
+
+def _auto(value: str, key: str, source: str) -> int:
+    """The word for 0 of an AUTO key: the same config, identity and checkpoints."""
+    if value != AUTO[key]:
+        raise ConfigError(f"{source}: {key}: expected an int, or {AUTO[key]!r} (0), got {value!r}")
+    return 0
 
 
 def _parse_override(item: str) -> tuple[str, str, Any]:

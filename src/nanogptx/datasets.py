@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from nanogptx.errors import UserError
+
 # A dataset file:
 #     about = "Tiny Shakespeare (char-rnn), 1.1 MB of plain text, one document"
 #     reader = "text"            # text | parquet | jsonl | jsonl.zst | bin | none (not read)
@@ -75,12 +77,12 @@ RESERVED = ("provenance.json",)
 _HEX = {"sha256": re.compile(r"[0-9a-f]{64}"), "git_sha1": re.compile(r"[0-9a-f]{40}")}
 
 
-class UnknownDataset(KeyError):
+class UnknownDataset(UserError, KeyError):
     def __str__(self) -> str:
         return str(self.args[0])
 
 
-class RegistryError(ValueError):
+class RegistryError(UserError, ValueError):
     """A dataset file that does not follow the schema: names the file, the key and what was
     expected."""
 

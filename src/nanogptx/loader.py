@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from nanogptx import progress, provenance, shards
+from nanogptx.errors import UserError
 from nanogptx.shards import FORMAT
 
 # Name and version of the batch function: bump the version when `batch` changes its output.
@@ -24,7 +25,7 @@ STREAMS = ("train", "eval")
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
-class DataError(ValueError):
+class DataError(UserError, ValueError):
     """Prepared data that is missing, malformed or inconsistent with the manifest."""
 
 

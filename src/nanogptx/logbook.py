@@ -1,4 +1,4 @@
-"""What a training reports: log lines, metrics.jsonl and wandb, the progress bar or lines, MFU
+"""What a training reports: log lines, metrics.jsonl and wandb, the progress meter's steps, MFU
 against the devices' peak, the loop's logbook (the steps whose stats are not fetched yet,
 the clock since the last report, the divergence watch) and a profiler trace."""
 
@@ -7,7 +7,6 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -36,40 +35,6 @@ def log(msg: str) -> None:
 
 def fmt_bytes(n: int) -> str:
     return f"{n / 2**20:.2f} MiB" if n < 2**30 else f"{n / 2**30:.2f} GiB"
-
-
-class Progress:
-    """Where training stands, for a person watching: on a terminal (stderr a TTY) a tqdm bar of
-    steps with loss and tokens/s; with a progress channel (--progress-fd: the workflow passes
-    the terminal of `snakemake` this way while the full log goes to a file) a line every 10 s:
-    step / max_iters, loss, tokens/s, ETA and the log's path. Otherwise nothing: the log has it.
-    """
-
-    def __init__(self, total: int, start: int, channel: progress.Channel | None) -> None:
-        self.total, self.bar, self.channel = total, None, None
-        if jax.process_index() != 0:
-            return
-        if channel is not None:
-            self.channel = channel
-        elif sys.stderr.isatty():
-            from tqdm import tqdm  # the bar: well-kept, and plain text where no terminal is
-
-            self.bar = tqdm(total=total, initial=start, desc="train", unit="step", leave=True)
-
-    def update(self, step: int, loss: float, tok_s: float, s_per_step: float) -> None:
-        done = step + 1
-        if self.bar is not None:
-            self.bar.update(done - self.bar.n)
-            self.bar.set_postfix_str(f"loss {loss:.4f}, {tok_s:,.0f} tok/s", refresh=False)
-        elif self.channel is not None and (self.channel.due() or done == self.total):
-            eta = progress.duration((self.total - done) * s_per_step)
-            self.channel.say(
-                f"step {done}/{self.total}, loss {loss:.4f}, {tok_s:,.0f} tok/s, ETA {eta}"
-            )
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
 
 
 # ---------------------------------------------------------------- MFU
@@ -225,7 +190,7 @@ class Logbook:
 
     cfg: Config
     metrics: Metrics
-    progress: Progress
+    progress: progress.Meter  # progress.steps: the bar, or the lines to the channel
     ckpt_dir: Path
     lay: Layout
     peak: float | None  # FLOP/s per device that MFU is against (raised by a faster step)
@@ -363,7 +328,8 @@ class Logbook:
             f"step {step}: loss {loss:.4f}, lr {optim.get_lr(step, t):.3e}, grad norm "
             f"{grad_norm:.3f}, {1e3 * dt:.1f} ms/iter, {tok_s:,.0f} tok/s{mfu_text}"
         )
-        self.progress.update(step, loss, tok_s, dt)
+        eta_s = (t.max_iters - step - 1) * dt  # from the step time: compiles are not steps
+        self.progress.update(step + 1, f"loss {loss:.4f}, {tok_s:,.0f} tok/s", eta_s=eta_s)
         self.seconds, self.steps = 0.0, 0
 
     @contextlib.contextmanager

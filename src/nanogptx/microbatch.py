@@ -4,6 +4,7 @@ compiled programs fit each device's memory (memory.budget_of), measured before a
 from __future__ import annotations
 
 import dataclasses
+import math
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -77,6 +78,12 @@ def measure_programs(
     return out
 
 
+def divisors(rows: int) -> list[int]:
+    """The divisors of rows, ascending (in about sqrt(rows) steps)."""
+    small = [d for d in range(1, math.isqrt(rows) + 1) if rows % d == 0]
+    return sorted({*small, *(rows // d for d in small)})
+
+
 def fit_micro_batch(cfg: Config, V: int, mesh: Mesh, budget: memory.Budget) -> MicroBatch:
     """The micro-batch of a training on mesh's devices: train.batch_size, or with 0 (auto) the
     largest that divides the rows of a step, is a multiple of the device count and whose
@@ -101,7 +108,7 @@ def fit_micro_batch(cfg: Config, V: int, mesh: Mesh, budget: memory.Budget) -> M
                 "devices (0: auto picks one that is)"
             )
         return measured(t.batch_size, "train.batch_size")
-    candidates = [b for b in range(n, rows + 1, n) if rows % b == 0]
+    candidates = [b for b in divisors(rows) if b % n == 0]
     if not candidates:
         raise TrainError(
             f"train.total_batch_tokens / model.block_size = {rows} rows per "

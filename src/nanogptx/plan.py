@@ -20,8 +20,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from nanogptx import config
+from nanogptx import config, memory
 from nanogptx.config import Config
+from nanogptx.errors import UserError
 
 # --target names: XLA's descriptions shipped in nanogptx/gpu_targets (Apache-2.0, The OpenXLA
 # Authors; see its README.md).
@@ -39,7 +40,7 @@ STAGES = ("train", "sample", "eval")
 CHAR_VOCAB = 256
 
 
-class PlanError(RuntimeError):
+class PlanError(UserError, RuntimeError):
     """A target or setting the plan cannot compile for."""
 
 
@@ -64,13 +65,17 @@ def target_text(target: str) -> str:
         text = (files / TARGETS[target]).read_text()
     else:
         path = Path(target)
+        expected = (f"expected one of {', '.join(TARGETS)} or a file of XLA's GPU description "
+                    "(GpuTargetConfigProto text)")  # fmt: skip
         if not path.is_file():
+            what = "a directory" if path.is_dir() else "no such file"
+            raise PlanError(f"--target {target!r}: {expected} ({what})")
+        try:
+            text = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeError) as e:  # unreadable, or not text (a binary file)
             raise PlanError(
-                f"--target {target!r}: expected one of {', '.join(TARGETS)} "
-                "or a file of XLA's GPU description (GpuTargetConfigProto "
-                "text)"
-            )
-        text = path.read_text()
+                f"--target {target!r}: cannot read it as text ({e}): {expected}"
+            ) from None
     return "\n".join(
         line for line in text.splitlines() if line.split(":")[0].strip() not in UNKNOWN_FIELDS
     )
@@ -219,7 +224,7 @@ def make_plan(
     import numpy as np
     from jax.sharding import AxisType, Mesh
 
-    from nanogptx import memory, model, resume
+    from nanogptx import model, resume
 
     cfg = resume.resolve_vocab(cfg, vocab)
     V, n = model.vocab_rows(cfg.model), len(devices)
@@ -292,7 +297,7 @@ def sample_program(
     import jax
     import numpy as np
 
-    from nanogptx import memory, model, runtime, sample
+    from nanogptx import model, runtime, sample
 
     m, rt = cfg.model, runtime.choose_for(cfg.model, device)
     per_token = model.flops_per_token(m, model.count_params(params_abs, non_embedding=True))
@@ -324,7 +329,7 @@ def eval_programs(
     import numpy as np
 
     from nanogptx import eval as eval_stage
-    from nanogptx import memory, runtime
+    from nanogptx import runtime
 
     m, out = cfg.model, []
     scorer = eval_stage.make_scorer(m, runtime.choose_for(m, device))
@@ -347,8 +352,6 @@ def eval_programs(
 
 def report(plan: Plan) -> str:
     """The plan as text: a header, then one line per program, its name and total GiB first."""
-    from nanogptx import memory
-
     lines = [
         f"plan of {plan.config or 'the run'} on {plan.devices} x {plan.device_kind} "
         f"({'compile-only target ' + plan.target if plan.target != 'local' else 'this machine'})",
@@ -439,6 +442,9 @@ def plan_run(
             )
         return make_plan(cfg, local[:n], None, vocab, source, config_name, "local", stages)
     text = target_text(target)
+    # JAX's CUDA plugin reads the allocator's settings as it starts: one it refuses leaves no
+    # GPU target at all ("topology not implemented"), so they are checked first.
+    memory.allocator_share()
     devices = gpu_devices(text, n_devices or 1, target)
     memory_size = target_memory(text, target)
     return make_plan(cfg, devices, memory_size, vocab, source, config_name, target, stages)
@@ -478,12 +484,10 @@ def main(argv: list[str] | None = None) -> None:
         plan = plan_run(
             cfg, args.target, args.devices, args.vocab, args.data, str(args.config or "defaults")
         )
-    except PlanError as e:
+    except (PlanError, memory.EnvError) as e:
         parser.exit(2, f"{parser.prog}: error: {e}\n")
     print(json.dumps(plan.as_dict(), indent=1) if args.json else report(plan))
     if plan.misfits:
-        from nanogptx import memory
-
         for p in plan.misfits:
             why = p.error or memory.shortfall(p.usage, p.budget)
             print(f"{parser.prog}: {p.name} does not fit: {why}", file=sys.stderr)

@@ -24,9 +24,10 @@ import numpy as np
 
 from nanogptx import config, datasets, progress, provenance, readers, shards, tokenizer
 from nanogptx.config import Config, DataConfig
+from nanogptx.errors import UserError
 from nanogptx.readers import Batch, ReadError
 from nanogptx.shards import FORMAT, token_dtype
-from nanogptx.tokenizer import Tokenizer, TokenizerError
+from nanogptx.tokenizer import Tokenizer
 
 SPLITS = ("train", "val")
 CHUNK_CHARS = 1 << 20  # characters of text per tokenization task
@@ -35,7 +36,7 @@ T = TypeVar("T")
 R = TypeVar("R")
 
 
-class PrepareError(ValueError):
+class PrepareError(UserError, ValueError):
     """Input or output that prepare refuses, with what was expected."""
 
 
@@ -477,27 +478,23 @@ def _write(
     channel: progress.Channel | None,
     started: float,
 ) -> None:
-    last, n_docs = time.perf_counter(), 0
-    bar = None
-    if sys.stderr.isatty():  # a person watching: a tqdm bar; logs get a line every 10 s
-        from tqdm import tqdm
-
-        bar = tqdm(desc="prepare", unit="tok", unit_scale=True, leave=False)
-    for e in encoded:
-        writers[e.split].add(e.tokens, e.lengths, e.documents)
-        n_docs += e.documents
-        if channel is not None and channel.due():
-            channel.say(rate_line(writers, n_docs, started))
-        if bar is not None:
-            bar.update(len(e.tokens))
-            bar.set_postfix_str(progress.plural(n_docs, "document"), refresh=False)
-        elif time.perf_counter() - last > 10:
-            last = time.perf_counter()
-            _say(rate_line(writers, n_docs, started))
-    if bar is not None:
-        bar.close()
-    if channel is not None:
-        channel.say(f"{rate_line(writers, n_docs, started)}; writing the manifest")
+    n_docs = 0
+    # A tqdm bar on a terminal, else a line in the log every 10 s; through the channel too.
+    with progress.Meter(
+        "prepare",
+        None,
+        channel,
+        10.0,
+        unit="tok",
+        scale=True,
+        log=_say,
+        text=lambda m: rate_line(writers, n_docs, started),
+    ) as meter:
+        for e in encoded:
+            writers[e.split].add(e.tokens, e.lengths, e.documents)
+            n_docs += e.documents
+            meter.add(len(e.tokens), progress.plural(n_docs, "document"))
+        meter.close(f"{rate_line(writers, n_docs, started)}; writing the manifest")
 
 
 def rate_line(writers: dict[str, shards.Writer], n_docs: int, started: float) -> str:
@@ -585,10 +582,7 @@ def main(argv: list[str] | None = None) -> None:
         parser.error(f"--threads must be >= 1, got {args.threads}")
     try:
         prepare(cfg, args.raw, args.out, args.threads, channel=progress.from_args(args))
-    except (
-        PrepareError, ReadError, TokenizerError, provenance.HashMismatch, provenance.OutputError,
-        provenance.FileError, OSError,
-    ) as e:  # fmt: skip
+    except (UserError, OSError) as e:
         parser.exit(1, f"{parser.prog}: error: {e}\n")
 
 

@@ -128,6 +128,10 @@ class TokenizerConfig(Section):
     # fmt: on
 
 
+# Tokens per micro-batch: a program indexes its positions in int32 (the loss's chunks); and per
+# step, the same bound (128x the largest published batches) keeps auto's search for a divisor
+# of the step's rows short.
+MAX_TOKENS = 2**31 - 1
 # cuDNN's flash attention (JAX 0.10): head widths that are a multiple of this, and at most this
 # on any GPU (256 from compute capability 9.0, 128 before: runtime.cudnn_refusal).
 CUDNN_HEAD_MULTIPLE, CUDNN_MAX_HEAD = 8, 256
@@ -240,13 +244,13 @@ class TrainConfig(Section):
     # fmt: off
     seed: int = _f(1337, "seed of parameters, batches and dropout", RESUME, check=SEED)
     batch_size: int = _f(
-        12, "sequences per micro-batch, over all devices; 0: auto, the largest whose programs "
-        "fit the devices' memory (python -m nanogptx.plan)", PROGRAM,
+        12, 'sequences per micro-batch, over all devices; 0 (or "auto"): the largest whose '
+        "programs fit the devices' memory (python -m nanogptx.plan)", PROGRAM,
         check=_at_least(0, "0: auto"),
     )
     total_batch_tokens: int = _f(
         0, "tokens per optimizer step, accumulated over micro-batches (0: one micro-batch)",
-        PROGRAM, check=_at_least(0),
+        PROGRAM, check=(lambda v: v <= MAX_TOKENS, f"at most 2^31 - 1 = {MAX_TOKENS}"),
     )
     max_iters: int = _f(600_000, "optimizer steps", OUTPUT,
                         check=_at_least(0, "0: no step, the initial model"))
@@ -325,7 +329,13 @@ class TrainConfig(Section):
                 "train.batch_size = 0 (auto divides the rows of a step into micro-batches)",
             ),
             (
-                tokens % micro == 0,
+                micro <= MAX_TOKENS,
+                "train.batch_size",
+                f"at most {MAX_TOKENS // block} (a micro-batch holds at most 2^31 - 1 tokens: "
+                f"batch_size * model.block_size = {micro})",
+            ),
+            (
+                tokens >= 0 and tokens % micro == 0,
                 "train.total_batch_tokens",
                 f"0 or a multiple of train.batch_size * model.block_size = {micro}",
             ),

@@ -22,6 +22,7 @@ from jax.sharding import PartitionSpec as P
 
 from nanogptx import config, loader, model, optim, runtime
 from nanogptx.config import Config, TrainConfig
+from nanogptx.errors import UserError
 
 State = dict[str, Any]
 # Rows of the step's first micro-batch whose forward gives the diagnostics' attention logits.
@@ -34,7 +35,7 @@ PROGRAMS = ("train_step", "diagnostics_step", "eval_step")
 JOIN_TIMEOUT_S, HEARTBEAT_TIMEOUT_S = 300, 30
 
 
-class TrainError(RuntimeError):
+class TrainError(UserError, RuntimeError):
     """An expected failure (inconsistent config and data, NaN loss, incompatible checkpoint)."""
 
 
@@ -163,7 +164,7 @@ def make_train_step(
         state: State, x_AxBxL: jax.Array, y_AxBxL: jax.Array, step: jax.Array, key: jax.Array
     ) -> tuple[State, dict[str, Any]]:
         params = state["params"]
-        grad_fn = jax.value_and_grad(model.loss_terms, has_aux=True)
+        grad_fn = jax.value_and_grad(model.loss_fn, has_aux=True)
 
         def micro(grads: Any, batch: tuple) -> tuple[Any, dict[str, jax.Array]]:
             x_BxL, y_BxL, m = batch
@@ -235,7 +236,7 @@ def make_eval_step(cfg: Config, rt: runtime.Runtime | None = None) -> Callable:
     rt = rt or make_runtime(cfg)
 
     def eval_step(params: Any, x_BxL: jax.Array, y_BxL: jax.Array) -> jax.Array:
-        parts = model.loss_terms(params, x_BxL, y_BxL, cfg.model, rt=rt, compute_dtype=dtype)[1]
+        parts = model.loss_fn(params, x_BxL, y_BxL, cfg.model, rt=rt, compute_dtype=dtype)[1]
         return parts["ce"]
 
     return eval_step

@@ -19,12 +19,13 @@ from typing import Any, Protocol
 import numpy as np
 
 from nanogptx import provenance
+from nanogptx.errors import UserError
 
 EOT_TEXT = "<|endoftext|>"
 MAX_CODEPOINT = 0x10FFFF
 
 
-class TokenizerError(ValueError):
+class TokenizerError(UserError, ValueError):
     """A tokenizer that cannot be built, or text or ids it cannot handle."""
 
 

@@ -33,8 +33,9 @@ from nanogptx import (
     steps,
 )
 from nanogptx.config import Config
+from nanogptx.errors import UserError
 from nanogptx.logbook import log
-from nanogptx.steps import State, TrainError
+from nanogptx.steps import State, TrainError  # noqa: F401 (train.TrainError, as callers name it)
 
 
 def train(
@@ -119,13 +120,14 @@ def _train(
         if metrics.wandb_run is not None:
             metrics.wandb_run.finish()
         return {"step": start.step, "train_loss": losses["train"], "val_loss": losses["val"]}
-    bar = logbook.Progress(t.max_iters, start.step, channel)
     saved = start.step if start.path is not None else None  # not saved again
     above = (start.meta or {}).get("loss_above_L0_since")
-    book = logbook.Logbook(cfg, metrics, bar, ckpt_dir, lay, peak, source, saved, above)
-    state, done = loop(run, book)
-    done, final = stop(run, book, state, done)
-    return finish(run, book, state, done, final)
+    show = jax.process_index() == 0
+    with progress.steps(t.max_iters, start.step, channel, show) as bar:  # loop closes it
+        book = logbook.Logbook(cfg, metrics, bar, ckpt_dir, lay, peak, source, saved, above)
+        state, done = loop(run, book)
+        done, final = stop(run, book, state, done)
+        return finish(run, book, state, done, final)
 
 
 # ---------------------------------------------------------------- plan and compile
@@ -331,10 +333,7 @@ def main(argv: list[str] | None = None) -> None:
     cfg = config.from_args(args, parser)
     try:
         train(cfg, args.data, args.out, args.checkpoints, args.init, progress.from_args(args))
-    except (
-        TrainError, loader.DataError, provenance.HashMismatch, provenance.OutputError,
-        provenance.FileError, checkpoint.CheckpointError, OSError,
-    ) as e:  # fmt: skip
+    except (UserError, OSError) as e:
         print(f"{parser.prog}: error: {e}", file=sys.stderr)
         steps.leave(1)
     except Exception:  # e.g. a collective whose peer process died
