@@ -26,7 +26,6 @@ from nanogptx.errors import UserError
 from nanogptx.schema import (  # noqa: F401
     CUDNN_HEAD_MULTIPLE,
     CUDNN_MAX_HEAD,
-    EVAL_TASKS,
     GPT2_ARCHITECTURE,
     GPT2_CHECKPOINTS,
     MAX_TOKENS,
@@ -208,12 +207,11 @@ def validate(cfg: Config, source: str, registry: bool = True, tokenizer_known: b
             if not ok:
                 value = getattr(getattr(cfg, key.split(".")[0]), key.split(".")[1])
                 raise ConfigError(f"{source}: {key} = {value!r}: expected {expected}")
-    if tokenizer_known and "hellaswag" in cfg.eval.tasks and cfg.tokenizer.name != "gpt2":
-        raise ConfigError(
-            f"{source}: eval.tasks has hellaswag, which is scored in GPT-2 tokens, but "
-            f'tokenizer.name = {cfg.tokenizer.name!r}: set tokenizer.name = "gpt2" or remove '
-            "hellaswag from eval.tasks"
-        )
+    from nanogptx import evaltasks  # light: the task registry is plain data
+
+    tokenizer = cfg.tokenizer.name if tokenizer_known else None
+    if problem := evaltasks.problem(cfg.eval.tasks, tokenizer, registry):
+        raise ConfigError(f"{source}: {problem}")
 
 
 def check_dataset(name: str, source: str) -> None:

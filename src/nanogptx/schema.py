@@ -74,7 +74,6 @@ class Section:
 
 
 CLEANING = ("normalize_newlines", "strip", "drop_short")
-EVAL_TASKS = ("val_loss", "hellaswag")
 
 
 @dataclass(frozen=True)
@@ -392,15 +391,14 @@ class SampleConfig(Section):
 class EvalConfig(Section):
     # fmt: off
     tasks: tuple[str, ...] = _f(
-        ("val_loss",), "val_loss (the whole val split: loss, bits per byte) and hellaswag (its "
-        "validation items, as llm.c; GPT-2 tokens)", OUTPUT, EVAL_TASKS,
-        (lambda v: 0 < len(v) == len(set(v)), f"at least one of {list(EVAL_TASKS)}, none twice"),
+        ("val_loss",), "eval tasks, each a file config/tasks/NAME.toml (val_loss, hellaswag, ...)",
+        OUTPUT,
     )
-    batch_size: int = _f(8, "windows (val_loss) or items (hellaswag) per batch", OUTPUT,
+    batch_size: int = _f(8, "windows (split_loss) or items (multiple_choice) per batch", OUTPUT,
                          check=POSITIVE)
-    max_windows: int = _f(0, "val_loss: score at most this many windows (0: all)", OUTPUT,
-                          check=_at_least(0, "0: all"))
-    max_items: int = _f(0, "hellaswag: score the first this many items (0: all)", OUTPUT,
+    max_windows: int = _f(0, "split_loss: score at most this many windows (0: the whole split)",
+                          OUTPUT, check=_at_least(0, "0: all"))
+    max_items: int = _f(0, "multiple_choice: score the first this many items (0: all)", OUTPUT,
                         check=_at_least(0, "0: all"))
     # fmt: on
 
