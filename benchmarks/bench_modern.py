@@ -38,22 +38,26 @@ def run(name: str, data: Path, work: Path, overrides: list[str]) -> dict:
 
 
 def svg(results: dict[str, dict]) -> str:
-    from nanogptx import report
+    from nanogptx import figures
 
     series = [
-        (f"{name} val", report.COLORS[i], "val", r["wall_curve"])
+        (f"{name} val", figures.color(i), "val", r["wall_curve"])
         for i, (name, r) in enumerate(results.items())
     ]
-    body = report._panel(series, "wall seconds of the train stage", 0, "val loss (estimate)")
-    legend = [
-        f'<text x="{report.W + 10}" y="{20 + 16 * i}" fill="{report.COLORS[i]}">{name}: '
-        f"{r['steps']} steps, {r['wall']:.0f} s, whole val {r['whole']:.4f}</text>"
+    keys = [
+        (f"{name}: {r['steps']} steps, {r['wall']:.0f} s, whole val {r['whole']:.4f}",
+         figures.color(i))
         for i, (name, r) in enumerate(results.items())
-    ]
-    return (
-        f'<svg xmlns="http://www.w3.org/2000/svg" width="{report.W + 330}" height="{report.H}" '
-        'font-family="sans-serif" font-size="11">' + "".join(body + legend) + "</svg>\n"
-    )
+    ]  # fmt: skip
+
+    def draw():  # one report panel and its key
+        fig = figures.figure(figures.W + 330, figures.H)
+        figures.panel(fig.subplots(), series, "wall seconds of the train stage",
+                      "val loss (estimate)")  # fmt: skip
+        figures.legend(fig, keys, loc="outside right upper")
+        return fig
+
+    return figures.svg("modern recipe against GPT-2's", draw)
 
 
 def main() -> None:

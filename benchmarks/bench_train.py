@@ -10,7 +10,7 @@ machines for the CPU recipe; target <= 1.89).
 
 Prints median ms/iter, tokens/s and MFU (against --peak FLOP/s, by default the ~200 GFLOP/s of a
 float32 2048x2048 matmul measured on these 2-core CPUs; --measure-peak measures it here; on a GPU
-in the table of train.PEAK_FLOPS, --peak 0 uses the table). With --full, also the evaluations
+in the table of logbook.PEAK_FLOPS, --peak 0 uses the table). With --full, also the evaluations
 and the loss over the whole validation split at the end (every non-overlapping window, as
 against the estimate of eval_iters batches); with --seeds, one full run per seed and the spread
 of both figures across seeds. The data is the recipe's dataset, downloaded from --mirror (by
@@ -58,10 +58,11 @@ def prepare_recipe(recipe: Path = RECIPE, mirror: Path = ASSETS) -> Path:
 def synthetic_prepared(out: Path, vocab_size: int, n_tokens: int = 1 << 22, seed: int = 0) -> Path:
     """A prepared directory of uniformly random token ids (train, and a tenth as many for val),
     with a manifest and its record (provenance.json) as the prepare stage writes them."""
-    from nanogptx import prepare, provenance
+    from nanogptx import provenance
+    from nanogptx.shards import FORMAT, token_dtype
 
     rng = np.random.default_rng(seed)
-    dtype = prepare.token_dtype(vocab_size)
+    dtype = token_dtype(vocab_size)
     out.mkdir(parents=True)
     shards, splits = [], {}
     for split, n in (("train", n_tokens), ("val", n_tokens // 10)):
@@ -71,7 +72,7 @@ def synthetic_prepared(out: Path, vocab_size: int, n_tokens: int = 1 << 22, seed
         shards.append({"file": name, "split": split, "tokens": n, "sha256": sha})
         splits[split] = {"tokens": n, "documents": 1, "shards": 1}
     manifest = {
-        "format": prepare.FORMAT, "dataset": "synthetic", "data_config": {},
+        "format": FORMAT, "dataset": "synthetic", "data_config": {},
         "tokenizer": {"name": "synthetic", "vocab_size": vocab_size}, "sources": [],
         "shard_format": "npy", "dtype": dtype.name, "splits": splits, "shards": shards,
     }  # fmt: skip
@@ -93,7 +94,7 @@ def whole_split_loss(params, model_cfg, data, split: str = "val", batch: int = 6
     L = model_cfg.block_size
     starts = np.arange((data.split(split).n_tokens - 1) // L) * L
     rt = runtime.choose(model_cfg, jax.default_backend())
-    loss = jax.jit(lambda p, x, y: model.loss_fn(p, x, y, model_cfg, rt=rt))
+    loss = jax.jit(lambda p, x, y: model.loss_fn(p, x, y, model_cfg, rt=rt)[0])
     total = 0.0
     for i in range(0, len(starts), batch):
         part = starts[i : i + batch]
@@ -193,7 +194,7 @@ def main() -> None:
 
     import jax
 
-    from nanogptx import config, runtime, train
+    from nanogptx import config, logbook, runtime
 
     runtime.keep_freed_memory()  # before JAX runs anything here (the peak's matmul), as train does
     recipe = args.recipe.stem
@@ -208,7 +209,7 @@ def main() -> None:
     else:
         data = prepare_recipe(args.recipe, args.mirror)
     if args.measure_peak:
-        peak, how = train.measure_flops(), "measured, float32"
+        peak, how = logbook.measure_flops(), "measured, float32"
     elif args.peak is not None:
         peak, how = args.peak, "given"
     else:

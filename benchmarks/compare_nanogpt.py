@@ -157,13 +157,13 @@ def train_nanogptx(params: dict, cfg, data, train_starts: list, evals: dict) -> 
     what train_nanogpt does."""
     import jax
 
-    from nanogptx import optim, runtime, train
+    from nanogptx import optim, runtime, steps
 
     runtime.keep_freed_memory()
     L = cfg.model.block_size
     optimizer = optim.make(cfg.train)
-    train_step = jax.jit(train.make_train_step(cfg, optimizer), donate_argnums=0)
-    eval_step = jax.jit(train.make_eval_step(cfg))
+    train_step = jax.jit(steps.make_train_step(cfg, optimizer), donate_argnums=0)
+    eval_step = jax.jit(steps.make_eval_step(cfg))
     state = {"params": jax.tree.map(jax.numpy.asarray, params)}
     state["opt"] = optimizer.init(state["params"])
     key = jax.random.key(0)  # unused: dropout is off in the recipe

@@ -20,7 +20,7 @@ Rows:
   2^-5 relative L2 (four steps' worth, 3%); and cuDNN must be no further from float32 than
   twice XLA's distance.
 - gpt2-124m: config/gpt2-124m-fineweb.toml as shipped, 50 steps on synthetic tokens at the
-  automatic micro-batch: tokens/s and MFU against the card's bfloat16 peak (train.PEAK_FLOPS),
+  automatic micro-batch: tokens/s and MFU against the card's bfloat16 peak (logbook.PEAK_FLOPS),
   and the peak memory the device measured (memory_stats' peak_bytes_in_use) against the plan's
   figure for the largest program (the micro-batch's record in provenance.json): at most 5%
   above it (the allocator's rounding, the next batch placed while a step runs), or the plan
@@ -47,6 +47,7 @@ ROOT = Path(__file__).resolve().parents[1]
 ASSETS = ROOT.parent / "shared" / "assets"
 FLOAT32_LIMIT = 1e-5
 LOSS_LIMIT, GRAD_LIMIT = 2.0**-7, 2.0**-5  # bfloat16: two steps of 2^-8, four in the gradients
+ROWS = ("workflow", "float32", "attention", "gpt2-124m")  # the table's, in order
 PEAK_SLACK = 1.05  # measured peak memory against the plan's figure
 TINY = ["train.max_iters=20", "train.eval_interval=1000", "train.eval_iters=1",
         "train.checkpoint_interval=0", "logging.log_interval=1", "logging.stats_interval=0",
@@ -109,6 +110,8 @@ def float32(work: Path, data: Path, cpu: bool) -> tuple[bool, str]:
 def attention(cpu: bool) -> tuple[bool, str]:
     """One loss and its gradients with cuDNN's and XLA's attention in bfloat16 (with --cpu,
     XLA's and einsum), and a float32 reference."""
+    import dataclasses
+
     import jax
     import jax.numpy as jnp
     import numpy as np
@@ -127,7 +130,7 @@ def attention(cpu: bool) -> tuple[bool, str]:
     def loss_and_grads(attention: str, dtype: object) -> tuple[float, np.ndarray]:
         rt = dataclasses.replace(base, attention=attention)
         f = jax.jit(jax.value_and_grad(
-            lambda p: model.loss_fn(p, x, y, cfg, rt=rt, compute_dtype=dtype)))  # fmt: skip
+            lambda p: model.loss_fn(p, x, y, cfg, rt=rt, compute_dtype=dtype)[0]))  # fmt: skip
         with jax.default_matmul_precision("highest"):
             loss, g = f(params)
         flat = np.concatenate([np.asarray(v, np.float64).ravel() for v in jax.tree.leaves(g)])
@@ -154,7 +157,7 @@ def gpt2(work: Path, cpu: bool) -> tuple[bool, str]:
     import jax
     from bench_train import synthetic_prepared
 
-    from nanogptx import config, memory, train
+    from nanogptx import config, logbook, memory, train
 
     data = synthetic_prepared(work / "synthetic-gpt2", 50257)
     steps = 3 if cpu else 50
@@ -181,7 +184,7 @@ def gpt2(work: Path, cpu: bool) -> tuple[bool, str]:
     within = peak is not None and planned is not None and peak <= PEAK_SLACK * planned
     ok = summary["step"] == steps and (cpu or within)
     mfu = f"MFU {100 * statistics.median(mfus):.1f}%" if mfus else "no MFU (peak unknown)"
-    peak_flops = train.peak_flops(cfg.train)[0]
+    peak_flops = logbook.peak_flops(cfg.train)[0]
     if peak_flops:
         mfu += f" of {peak_flops / 1e12:.0f} TFLOP/s"
     if peak is None or planned is None:
@@ -206,7 +209,13 @@ def main() -> None:
     parser.add_argument("--cpu", action="store_true", help="the parts a CPU can run, smaller")
     parser.add_argument("--only", help="comma-separated rows to run (workflow,float32,...)")
     args = parser.parse_args()
-    if not args.cpu:
+    chosen = args.only.split(",") if args.only else list(ROWS)
+    if unknown := [name for name in chosen if name not in ROWS]:
+        parser.error(f"--only {args.only}: no row {', '.join(unknown)}; the rows: "
+                     f"{','.join(ROWS)}")  # fmt: skip
+    if args.cpu:  # and its subprocesses: JAX's CUDA plugin, where installed, looks for no GPU
+        os.environ.setdefault("JAX_PLATFORMS", "cpu")
+    else:
         import jax
 
         if jax.default_backend() != "gpu":
@@ -221,7 +230,7 @@ def main() -> None:
         "attention": lambda: attention(args.cpu),
         "gpt2-124m": lambda: gpt2(work, args.cpu),
     }
-    chosen = args.only.split(",") if args.only else list(rows)
+    assert list(rows) == list(ROWS)
     (work / "workflow").mkdir()
     results = []
     for name in chosen:

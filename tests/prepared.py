@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from nanogptx import provenance
+from nanogptx.shards import FORMAT
 
 
 def synthetic_text(n_chars: int = 40_000, seed: int = 0) -> str:
@@ -57,7 +58,7 @@ def write_prepared(
             n_shards += 1
         splits[split] = {"tokens": len(tokens), "documents": 1, "shards": n_shards}
     manifest = {
-        "format": "nanogptx-shards/1",
+        "format": FORMAT,
         "dataset": "test",
         "data_config": {},
         "tokenizer": {

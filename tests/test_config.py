@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 import shlex
 import subprocess
 import sys
@@ -116,6 +117,27 @@ def test_bad_values_are_named_with_file_key_and_expectation(
         assert part in str(e.value)
 
 
+def test_auto_batch_size_is_spelled_0_or_auto_and_nothing_else(tmp_path: Path) -> None:
+    # "auto" is the word for 0: the same config, so the same dump and checkpoint identity.
+    auto = ["train.total_batch_tokens=4096", "model.block_size=64"]
+    zero = config.load(None, [*auto, "train.batch_size=0"])
+    run = tmp_path / "run.toml"
+    run.write_text('[train]\nbatch_size = "auto"\ntotal_batch_tokens = 4096\n'
+                   "[model]\nblock_size = 64\n")  # fmt: skip
+    words = [config.load(None, [*auto, "train.batch_size=auto"]), config.load(run),
+             config.load(None, [*auto, 'train.batch_size="auto"'])]  # fmt: skip
+    for cfg in words:
+        assert cfg == zero and config.checkpoint_id(cfg) == config.checkpoint_id(zero)
+    for bad, why in [("'0'", "expected an int, or 'auto' (0), got '0'"),
+                     ("Auto", "got 'Auto'"), ("1.5", "expected int, got float 1.5"),
+                     ("-1", "train.batch_size = -1: expected >= 0 (0: auto)")]:  # fmt: skip
+        with pytest.raises(config.ConfigError, match=re.escape(why)):
+            config.load(None, [*auto, f"train.batch_size={bad}"])
+    # Elsewhere "auto" is no number.
+    with pytest.raises(config.ConfigError, match="train.max_iters: expected int, got str"):
+        config.load(None, ["train.max_iters=auto"])
+
+
 # Strings a user gives (prompts, names, paths): outside the Basic Multilingual Plane, combining
 # characters, quotes, backslashes, control characters, newlines, spaces.
 NASTY = ["ROMEO 😀", "e\u0301 (e and a combining acute) and \u00e9", 'say "hi"', "C:\\dir\\n",
@@ -160,6 +182,18 @@ def test_non_finite_override_and_a_directory_for_a_file_are_refused(tmp_path: Pa
         config.load(None, ["train.learning_rate=inf"])
     with pytest.raises(config.ConfigError, match=f"config file {tmp_path} is a directory"):
         config.load(tmp_path)
+
+
+def test_an_integer_past_64_bits_is_refused_for_every_integer_key() -> None:
+    # numpy and JAX hold at most 64 bits: such a value crashed a stage with an OverflowError.
+    defaults, keys = config.Config(), 0
+    for section in dataclasses.fields(defaults):
+        for f in dataclasses.fields(getattr(defaults, section.name)):
+            if f.type in (int, "int"):
+                key, keys = f"{section.name}.{f.name}", keys + 1
+                with pytest.raises(config.ConfigError, match=rf"{key}.*does not fit in 64 bits"):
+                    config.load(None, [f"{key}={2**64}"])
+    assert keys > 20  # the walk reached the integer keys
 
 
 def test_run_names_follow_one_pattern() -> None:

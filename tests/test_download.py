@@ -373,9 +373,9 @@ def test_plain_http_proxy_from_the_environment_is_used(server, tmp_path, monkeyp
 
 def test_progress_shows_bytes_rate_and_eta_in_lines_for_logs(capsys):
     progress = download.Progress("toy", {"a.bin": 2_000_000, "b.bin": 1_000_000}, tty=False)
-    progress.every = 0.0
+    progress.log_every_s = 0.0
     progress.start("a.bin", 0, 2_000_000)
-    progress.add("a.bin", 1_500_000)
+    progress.received("a.bin", 1_500_000)
     progress.finish("b.bin", 1_000_000, "toy/b.bin: done")
     err = capsys.readouterr().err
     assert re.search(r"toy: 0/2 files, 1\.5 MB of 3\.0 MB, [\d.]+ MB/s, ETA (\d+:)?\d+:\d\d", err)
@@ -386,7 +386,7 @@ def test_progress_on_a_terminal_is_a_tqdm_bar_of_bytes(capsys):
     progress = download.Progress("toy", {"a.bin": 2_000_000, "b.bin": 1_000_000}, tty=True)
     progress.start("a.bin", 0, 2_000_000)
     time.sleep(0.15)  # tqdm redraws at most every 0.1 s
-    progress.add("a.bin", 1_500_000)
+    progress.received("a.bin", 1_500_000)
     progress.finish("b.bin", 1_000_000, "toy/b.bin: done")
     progress.close()
     err = capsys.readouterr().err

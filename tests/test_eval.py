@@ -195,7 +195,7 @@ def test_val_loss_covers_every_window_of_the_split_and_gives_bits_per_byte(
     tokens = val.read(0, 16 * n + 1)
     x = np.stack([tokens[i * 16 : i * 16 + 16] for i in range(n)])
     y = np.stack([tokens[i * 16 + 1 : i * 16 + 17] for i in range(n)])
-    want = float(model.loss_fn(params, jnp.asarray(x), jnp.asarray(y), m.model))
+    want = float(model.loss_fn(params, jnp.asarray(x), jnp.asarray(y), m.model)[0])
     assert r["loss"] == pytest.approx(want, rel=1e-5)
     assert r["bits_per_byte"] == pytest.approx(want / math.log(2), rel=1e-5)  # ASCII: 1 byte
     # How it ran on this CPU, recorded (and logged): the fast primitives, the layer unrolled.

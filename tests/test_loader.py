@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import jax
@@ -31,14 +32,15 @@ def test_batch_is_pure_in_seed_and_step_and_reads_the_right_windows(data_dir: Pa
     data = loader.open_prepared(data_dir)
     chars = data.manifest["tokenizer"]["chars"]
     train_ids = ids_of(TEXT[: int(len(TEXT) * 0.9)], chars)
-    x, y = loader.batch(data, "train", 7, 3, 16, 64)
-    x2, y2 = loader.batch(data, "train", 7, 3, 16, 64)
+    spec = loader.BatchSpec("train", seed=7, batch_size=16, block_size=64)
+    x, y = loader.batch(data, spec, 3)
+    x2, y2 = loader.batch(data, spec, 3)
     assert x.shape == y.shape == (16, 64) and x.dtype == np.int32
     assert np.array_equal(x, x2) and np.array_equal(y, y2)
-    assert not np.array_equal(x, loader.batch(data, "train", 7, 4, 16, 64)[0])
-    assert not np.array_equal(x, loader.batch(data, "train", 8, 3, 16, 64)[0])
-    assert not np.array_equal(x, loader.batch(data, "train", 7, 3, 16, 64, stream="eval")[0])
-    starts = loader.window_starts(len(train_ids), "train", 7, 3, 16, 64)
+    assert not np.array_equal(x, loader.batch(data, spec, 4)[0])
+    assert not np.array_equal(x, loader.batch(data, replace(spec, seed=8), 3)[0])
+    assert not np.array_equal(x, loader.batch(data, replace(spec, stream="eval"), 3)[0])
+    starts = loader.window_starts(len(train_ids), spec, 3)
     for row, s in enumerate(starts):
         assert np.array_equal(x[row], train_ids[s : s + 64])
         assert np.array_equal(y[row], train_ids[s + 1 : s + 65])
@@ -48,7 +50,7 @@ def test_random_windows_cover_the_split_uniformly_and_stay_inside(data_dir: Path
     data = loader.open_prepared(data_dir)
     n = data.split("val").n_tokens
     starts = np.concatenate(
-        [loader.window_starts(n, "val", 0, step, 64, 32) for step in range(200)]
+        [loader.window_starts(n, loader.BatchSpec("val", 0, 64, 32), step) for step in range(200)]
     )
     assert starts.min() >= 0 and starts.max() <= n - 32 - 1
     counts, _ = np.histogram(starts, bins=10, range=(0, n - 32))
@@ -65,17 +67,17 @@ def test_sequential_order_walks_the_split_and_wraps(data_dir: Path) -> None:
     n = data.split("val").n_tokens
     L, B = 100, 4
     n_windows = (n - 1) // L
-    seen = np.concatenate(
-        [loader.window_starts(n, "val", 0, s, B, L, "sequential") for s in range(n_windows)]
-    )
+    spec = loader.BatchSpec("val", 0, B, L, order="sequential")
+    seen = np.concatenate([loader.window_starts(n, spec, s) for s in range(n_windows)])
     assert list(seen[:n_windows]) == [w * L for w in range(n_windows)]
     assert list(seen[n_windows : 2 * n_windows]) == [w * L for w in range(n_windows)]
 
 
 def test_rows_read_only_part_of_the_same_batch(data_dir: Path) -> None:
     data = loader.open_prepared(data_dir)
-    x, y = loader.batch(data, "train", 1, 5, 8, 16)
-    x_part, y_part = loader.batch(data, "train", 1, 5, 8, 16, rows=slice(2, 6))
+    spec = loader.BatchSpec("train", seed=1, batch_size=8, block_size=16)
+    x, y = loader.batch(data, spec, 5)
+    x_part, y_part = loader.batch(data, spec, 5, rows=slice(2, 6))
     assert np.array_equal(x_part, x[2:6]) and np.array_equal(y_part, y[2:6])
 
 
@@ -83,10 +85,11 @@ def test_device_batch_places_this_process_rows_on_the_mesh(data_dir: Path) -> No
     data = loader.open_prepared(data_dir)
     mesh = jax.make_mesh((jax.device_count(),), ("data",))
     sharding = NamedSharding(mesh, P("data", None))
-    x, y = loader.batch(data, "train", 1, 5, 8, 16)
+    spec = loader.BatchSpec("train", seed=1, batch_size=8, block_size=16)
+    x, y = loader.batch(data, spec, 5)
     assert loader.local_rows(sharding, (8, 16), 0) == slice(0, 8)
     x_arr, y_arr = loader.device_batch(
-        sharding, (8, 16), 0, lambda rows: loader.batch(data, "train", 1, 5, 8, 16, rows=rows)
+        sharding, (8, 16), 0, lambda rows: loader.batch(data, spec, 5, rows=rows)
     )
     assert x_arr.sharding == sharding and np.array_equal(np.asarray(x_arr), x)
     assert np.array_equal(np.asarray(y_arr), y)
@@ -96,10 +99,9 @@ def test_parquet_shards_give_the_same_batches(tmp_path: Path, data_dir: Path) ->
     pq_dir = write_prepared(tmp_path / "pq", TEXT, shard_tokens=1000, shard_format="parquet")
     a, b = loader.open_prepared(data_dir), loader.open_prepared(pq_dir)
     assert a.split("train").n_tokens == b.split("train").n_tokens
+    spec = loader.BatchSpec("train", seed=3, batch_size=8, block_size=50)
     for step in range(3):
-        assert np.array_equal(
-            loader.batch(a, "train", 3, step, 8, 50)[0], loader.batch(b, "train", 3, step, 8, 50)[0]
-        )
+        assert np.array_equal(loader.batch(a, spec, step)[0], loader.batch(b, spec, step)[0])
 
 
 def test_a_shard_whose_hash_differs_is_refused(tmp_path: Path) -> None:
@@ -133,6 +135,9 @@ def test_missing_or_malformed_data_is_a_clear_error(tmp_path: Path) -> None:
         (d / "manifest.json").write_text(json.dumps(bad))
         with pytest.raises(loader.DataError, match=says):
             loader.open_prepared(d)
+    (d / "manifest.json").write_text(json.dumps({**manifest, "shard_format": "csv"}))
+    with pytest.raises(loader.DataError, match=r"shard_format is 'csv' \(str\), expected npy or"):
+        loader.open_prepared(d)
     (d / "manifest.json").write_bytes(original)
     (d / "val_000000.npy").unlink()
     with pytest.raises(loader.DataError, match="val_000000.npy.*missing"):
@@ -145,14 +150,14 @@ def test_token_ids_outside_the_vocabulary_are_refused(tmp_path: Path) -> None:
     manifest["tokenizer"]["vocab_size"] = 3
     (d / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(loader.DataError, match="outside"):  # unchecked: as if prepare wrote it
-        loader.batch(loader.open_prepared(d, verify=False), "train", 0, 0, 4, 8)
+        loader.batch(loader.open_prepared(d, verify=False), loader.BatchSpec("train", 0, 4, 8), 0)
 
 
 def test_split_shorter_than_a_window_is_refused(data_dir: Path) -> None:
     data = loader.open_prepared(data_dir)
     n = data.split("val").n_tokens
     with pytest.raises(loader.DataError, match="fewer than block_size"):
-        loader.batch(data, "val", 0, 0, 2, n)
+        loader.batch(data, loader.BatchSpec("val", 0, 2, n), 0)
 
 
 @pytest.mark.parametrize("change", ["splits swapped", "vocabulary changed"])

@@ -32,17 +32,32 @@ def ids(B: int = 3, L: int = 16, seed: int = 0) -> jax.Array:
     return jax.random.randint(jax.random.key(seed), (B, L), 0, V)
 
 
+def scalar_loss(
+    params: model.Params,
+    ids_BxL: jax.Array,
+    targets_BxL: jax.Array,
+    cfg: ModelConfig,
+    *,
+    rt: Runtime = model.DEFAULT,
+    dropout_key: jax.Array | None = None,
+    compute_dtype: object = jnp.float32,
+) -> jax.Array:
+    """model.loss_fn's loss alone."""
+    kw = {"rt": rt, "dropout_key": dropout_key, "compute_dtype": compute_dtype}
+    return model.loss_fn(params, ids_BxL, targets_BxL, cfg, **kw)[0]
+
+
 # Jitted once per config: tests stay fast (eager JAX compiles every operation on its own).
 forward = jax.jit(model.forward, static_argnames=("cfg", "rt", "compute_dtype"))
 loss_and_grad = jax.jit(
-    jax.value_and_grad(model.loss_fn), static_argnames=("cfg", "rt", "compute_dtype")
+    jax.value_and_grad(scalar_loss), static_argnames=("cfg", "rt", "compute_dtype")
 )
 REFERENCE = Runtime()  # plain jnp, JAX's own derivatives, einsum attention, rolled layer loop
 # What runtime.choose gives on CPU, but with the loss over chunks of 16 positions (three per
 # batch of these tests, whose logits the CPU's chunk would hold whole).
 FAST = Runtime(kernels.FAST, "einsum", TINY.n_layer, loss_chunk=16 * V)
 init = jax.jit(model.init_params, static_argnums=(0, 1))
-terms = jax.jit(model.loss_terms, static_argnames=("cfg", "rt", "stats"))
+terms = jax.jit(model.loss_fn, static_argnames=("cfg", "rt"))
 
 
 @pytest.fixture(scope="module")
@@ -389,7 +404,7 @@ def test_remat_recomputes_the_same_loss_and_gradients(remat: str) -> None:
     # the attention's, whose outputs have a batch dimension).
     def dots(remat: str) -> int:
         rt = dataclasses.replace(REFERENCE, remat=remat)
-        grad = jax.grad(lambda p: model.loss_fn(p, x, x, cfg, rt=rt))
+        grad = jax.grad(lambda p: scalar_loss(p, x, x, cfg, rt=rt))
         return str(jax.make_jaxpr(grad)(p)).count("dot_general")
 
     assert dots("none") < dots(remat) <= dots("block")
@@ -405,7 +420,7 @@ def test_forward_mode_and_second_order_autodiff_go_through_the_reference_set(nam
     tangent = jax.tree.map(lambda a: jax.random.normal(jax.random.key(5), a.shape), params)
 
     def loss(p: model.Params) -> jax.Array:
-        return model.loss_fn(p, x, y, cfg, rt=REFERENCE)
+        return scalar_loss(p, x, y, cfg, rt=REFERENCE)
 
     # jax.jvp (forward mode) equals the directional derivative from the gradient.
     _, directional = jax.jit(lambda p, t: jax.jvp(loss, (p,), (t,)))(params, tangent)
@@ -424,7 +439,7 @@ def test_forward_mode_and_second_order_autodiff_go_through_the_reference_set(nam
     np.testing.assert_allclose(hvp.reshape(n), hessian @ v_NxD.reshape(n), atol=1e-6, rtol=1e-4)
     assert np.allclose(hessian, hessian.T, atol=1e-6) and np.abs(hessian).max() > 0
     with pytest.raises(TypeError, match="custom_vjp"):  # why the reference set exists
-        jax.jvp(lambda p: model.loss_fn(p, x, y, cfg, rt=FAST), (params,), (tangent,))
+        jax.jvp(lambda p: scalar_loss(p, x, y, cfg, rt=FAST), (params,), (tangent,))
 
 
 def test_train_steps_reduce_loss(params: model.Params) -> None:
@@ -435,7 +450,7 @@ def test_train_steps_reduce_loss(params: model.Params) -> None:
 
     @jax.jit
     def step(p: model.Params, s: optax.OptState) -> tuple:
-        loss, g = jax.value_and_grad(model.loss_fn)(p, x, y, TINY)
+        loss, g = jax.value_and_grad(scalar_loss)(p, x, y, TINY)
         u, s = opt.update(g, s, p)
         return optax.apply_updates(p, u), s, loss
 
@@ -451,7 +466,7 @@ def test_z_loss_is_the_mean_squared_log_z_and_reported_apart(rt: Runtime) -> Non
     cfg = variant("modern")
     p = spread(init(cfg, V, jax.random.key(0)), scale=0.5)
     x, y = ids(seed=1), ids(seed=2)
-    loss, parts = terms(p, x, y, cfg, rt=rt, stats=True)
+    loss, parts = terms(p, x, y, cfg, rt=rt)
     logits = np.asarray(forward(p, x, cfg), np.float64)
     log_z = np.log(np.exp(logits - logits.max(-1, keepdims=True)).sum(-1)) + logits.max(-1)
     ce = (log_z - np.take_along_axis(logits, np.asarray(y)[..., None], -1)[..., 0]).mean()
@@ -459,7 +474,7 @@ def test_z_loss_is_the_mean_squared_log_z_and_reported_apart(rt: Runtime) -> Non
     np.testing.assert_allclose(parts["z_loss"], 1e-2 * np.mean(log_z**2), rtol=1e-5)
     np.testing.assert_allclose(parts["log_z"], log_z.mean(), rtol=1e-5)
     np.testing.assert_allclose(loss, parts["ce"] + parts["z_loss"], rtol=1e-6)
-    assert parts["attn_logit_max"].shape == (cfg.n_layer,)
+    assert model.trunk(p, x, cfg, rt=rt, stats=True)[1].shape == (cfg.n_layer,)
     # Without z-loss the loss is the cross-entropy alone, and no z_loss part exists.
     plain_loss, plain = terms(p, x, y, TINY)
     assert "z_loss" not in plain and float(plain_loss) == float(plain["ce"])
@@ -479,13 +494,13 @@ def test_z_loss_pulls_log_z_to_zero() -> None:
 
         @jax.jit
         def step(p: model.Params, s: optax.OptState, cfg: ModelConfig = cfg) -> tuple:
-            g = jax.grad(model.loss_fn)(p, x, y, cfg)
+            g = jax.grad(scalar_loss)(p, x, y, cfg)
             u, s = opt.update(g, s, p)
             return optax.apply_updates(p, u), s
 
         for _ in range(60):
             p, state = step(p, state)
-        out[coef] = terms(p, x, y, cfg, stats=True)[1]
+        out[coef] = terms(p, x, y, cfg)[1]
     assert abs(float(out[1.0]["log_z"])) < 0.5 < abs(float(out[0.0]["log_z"]))
     assert float(out[1.0]["ce"]) < 1.0  # it still learns the pattern
 

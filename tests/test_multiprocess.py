@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from nanogptx import checkpoint, train
+from nanogptx import checkpoint, steps
 from prepared import synthetic_text, write_prepared
 from test_slurm import PROFILES, cluster, run_bounded, slurm_jobs, submitted_jobs  # noqa: F401
 from test_workflow import edit, make_workdir, snakemake
@@ -40,7 +40,7 @@ TINY = [
 ]  # fmt: skip
 # After one process dies, the others must be gone within this many seconds (they fail at their
 # next collective; a process that stops answering fails them after the heartbeat timeout).
-FAIL_WITHIN_S = 2 * train.HEARTBEAT_TIMEOUT_S
+FAIL_WITHIN_S = 2 * steps.HEARTBEAT_TIMEOUT_S
 # 2 processes of 1 device against 1 device: each device sums half the batch, so float32 rounding
 # differs (over 30 steps of TINY, by < 1e-6); against 1 process of 2 devices: equal bits.
 RTOL = 1e-5

@@ -366,6 +366,16 @@ def truncate(path: Path) -> None:
     path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
 
 
+def cut_mid_value(path: Path) -> None:  # a file cut short inside a line
+    data = path.read_bytes()
+    path.write_bytes(data[: data.index(b"=", len(data) // 2) + 1])
+
+
+def drop_last_line(path: Path) -> None:  # a file cut short at a line's end: still TOML
+    lines = path.read_bytes().splitlines(keepends=True)
+    path.write_bytes(b"".join(lines[:-1]))
+
+
 def swap_splits(path: Path) -> None:
     path.write_text(path.read_text().replace('"train"', '"tmp"').replace('"val"', '"train"')
                     .replace('"tmp"', '"val"'))  # fmt: skip
@@ -376,7 +386,8 @@ DAMAGE = [  # stage, file, damage, what the error says after the path
     ("eval", "model/tokenizer.json", lambda p: p.write_text('{"name": "bpe"}'),
      "unknown tokenizer 'bpe'"),
     ("export", "model/provenance.json", truncate, "not valid JSON"),
-    ("sample", "model/config.toml", truncate, "not valid TOML"),
+    ("sample", "model/config.toml", cut_mid_value, "not valid TOML"),
+    ("sample", "model/config.toml", drop_last_line, "the model changed after training"),
     ("export", "model/params.safetensors", truncate, "cannot be read"),
     ("eval", "prepared/manifest.json", truncate, "not valid JSON"),
     ("train", "prepared/manifest.json", swap_splits, "sha256 is"),
@@ -498,3 +509,15 @@ def test_two_prepares_into_one_directory_never_both_write_even_if_it_is_deleted_
     assert f"is in use by another prepare (pid {first.pid} on " in second.stderr
     assert first.returncode == 1 and str(out) in first_err.splitlines()[-1], first_err
     assert not (out / "provenance.json").exists()  # no record of a complete output
+
+
+def test_status_into_a_reader_that_stops_early_ends_without_a_traceback() -> None:
+    # `python -m nanogptx.status | head -1` ended in a BrokenPipeError traceback.
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "nanogptx.status", "--runs", "tiny,shakespeare-char"],
+        cwd=Path(__file__).resolve().parents[1], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    proc.stdout.close()  # the reader is gone before status writes
+    err = proc.stderr.read().decode()
+    proc.wait(timeout=120)
+    assert "Traceback" not in err and "BrokenPipe" not in err, err

@@ -350,7 +350,7 @@ def test_report_holds_curves_samples_configs_and_provenance_chain(tiny: Path) ->
     # Train and val against steps and against tokens; the diagnostics (logging.stats_interval)
     # below them: attention logit, parameter, gradient and relative update RMS for each of the
     # 2 layers, and log Z.
-    assert svg.count("<polyline") == 4 + 4 * 2 + 1
+    assert svg.count('<g id="curve-') == 4 + 4 * 2 + 1
     assert "largest attention logit" in svg and "mean log Z" in svg and "gradient RMS" in svg
     chain = (tiny / "results/tiny/report/provenance.html").read_text()
     raw_sha = "86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed"

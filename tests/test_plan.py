@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -17,7 +18,7 @@ import numpy as np
 import pytest
 from jax.sharding import Mesh
 
-from nanogptx import config, memory, model, plan, runtime, train
+from nanogptx import config, memory, microbatch, model, plan, resume, runtime, steps, train
 from prepared import synthetic_text, write_prepared
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -119,10 +120,48 @@ def test_the_budget_is_what_jax_hands_out(monkeypatch: pytest.MonkeyPatch) -> No
     monkeypatch.setenv("XLA_PYTHON_CLIENT_MEM_FRACTION", ".9")
     budget = memory.budget_of(cpu, h100)
     assert budget.bytes == int(0.9 * h100) and "XLA_PYTHON_CLIENT_MEM_FRACTION=.9" in budget.rule
-    monkeypatch.setenv("XLA_CLIENT_MEM_FRACTION", ".5")  # the newer name comes first
+    monkeypatch.delenv("XLA_PYTHON_CLIENT_MEM_FRACTION")
+    monkeypatch.setenv("XLA_CLIENT_MEM_FRACTION", ".5")  # its newer name
     assert memory.budget_of(cpu, h100).bytes == int(0.5 * h100)
     monkeypatch.setenv("XLA_PYTHON_CLIENT_ALLOCATOR", "platform")
     assert memory.budget_of(cpu, h100).bytes == h100
+
+
+@pytest.mark.parametrize(
+    "env, message",
+    [
+        ({"XLA_PYTHON_CLIENT_MEM_FRACTION": "abc"}, "_MEM_FRACTION='abc': expected the"),
+        ({"XLA_PYTHON_CLIENT_MEM_FRACTION": "1.5"}, "'1.5': expected the share of the GPU's"),
+        ({"XLA_PYTHON_CLIENT_MEM_FRACTION": "0"}, "'0': expected the share"),
+        ({"XLA_PYTHON_CLIENT_MEM_FRACTION": "-1"}, "'-1': expected the share"),
+        ({"XLA_CLIENT_MEM_FRACTION": "nan"}, "XLA_CLIENT_MEM_FRACTION='nan': expected"),
+        ({"XLA_CLIENT_MEM_FRACTION": ".5", "XLA_PYTHON_CLIENT_MEM_FRACTION": ".9"},
+         "both set, which JAX refuses"),
+        ({"XLA_PYTHON_CLIENT_ALLOCATOR": "cuda"}, "XLA_PYTHON_CLIENT_ALLOCATOR='cuda': expected"),
+    ],
+)  # fmt: skip
+def test_allocator_settings_that_give_no_budget_are_refused_naming_them(
+    env: dict[str, str], message: str
+) -> None:
+    # What JAX itself refuses (both names of the share, an unknown allocator) and a share that
+    # is no budget (JAX would preallocate nothing, or more than the GPU has): never a plan
+    # against it, nor a traceback.
+    with pytest.raises(memory.EnvError, match=re.escape(message)):
+        memory.allocator_share(env)
+    assert memory.allocator_share({"XLA_PYTHON_CLIENT_MEM_FRACTION": "1"})[0] == 1.0
+
+
+def test_the_plan_names_a_bad_allocator_setting_before_it_makes_a_target(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # JAX's CUDA plugin fails to start on XLA_PYTHON_CLIENT_MEM_FRACTION=abc, and XLA then
+    # said "topology not implemented for cuda" (without the plugin: install it): the variable
+    # is named first, whichever is installed.
+    monkeypatch.setenv("XLA_PYTHON_CLIENT_MEM_FRACTION", "abc")
+    with pytest.raises(SystemExit) as e:
+        plan.main(["--config", str(ROOT / "config" / "tiny.toml"), "--target", "h100"])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and "error: XLA_PYTHON_CLIENT_MEM_FRACTION='abc': expected" in err
 
 
 def test_the_search_finds_the_largest_that_fits_in_a_few_compiles() -> None:
@@ -151,7 +190,7 @@ def test_auto_on_a_cpu_takes_the_largest_divisor_of_at_most_8192_tokens_per_devi
     for rows, L, want in ((256, 64, 128), (96, 128, 48), (4, 4096, 2), (6, 16384, 1)):
         cfg = tiny(f"model.block_size={L}", "train.batch_size=0",
                    f"train.total_batch_tokens={rows * L}")  # fmt: skip
-        mb = train.fit_micro_batch(cfg, 64, one_device(), cpu)
+        mb = microbatch.fit_micro_batch(cfg, 64, one_device(), cpu)
         assert (mb.batch_size, mb.micro_batches) == (want, rows // want), (rows, L)
         assert mb.memory == {} and "8192 tokens per device" in mb.how
     with pytest.raises(config.ConfigError, match="train.total_batch_tokens = 0: expected a "
@@ -159,24 +198,44 @@ def test_auto_on_a_cpu_takes_the_largest_divisor_of_at_most_8192_tokens_per_devi
         tiny("train.batch_size=0")
 
 
+def test_batches_past_int32_tokens_are_refused_and_auto_searches_any_step_quickly() -> None:
+    # A micro-batch of 2^31 tokens or more overflowed JAX's int32 positions deep in a compile
+    # (an OverflowError traceback from the plan); a step of 2^62 tokens set auto counting
+    # through every row of it. Both are refused at load, naming the key.
+    with pytest.raises(config.ConfigError, match=re.escape(
+            "train.batch_size = 134217728: expected at most 134217727 (a micro-batch holds at "
+            "most 2^31 - 1 tokens: batch_size * model.block_size = 2147483648)")):  # fmt: skip
+        tiny(f"train.batch_size={2**27}")
+    with pytest.raises(config.ConfigError, match=re.escape(
+            f"train.total_batch_tokens = {2**62}: expected at most 2^31 - 1")):  # fmt: skip
+        tiny("train.batch_size=0", f"train.total_batch_tokens={2**62}")
+    # The largest step allowed, a prime number of rows of one token: the divisors of its rows
+    # in about sqrt(rows) steps, not one per row.
+    cfg = tiny("model.block_size=1", "train.batch_size=0", f"train.total_batch_tokens={2**31 - 1}")
+    mb = microbatch.fit_micro_batch(cfg, 64, one_device(), memory.budget_of(jax.devices()[0]))
+    assert (mb.batch_size, mb.micro_batches) == (1, 2**31 - 1)
+    assert microbatch.divisors(360) == [d for d in range(1, 361) if 360 % d == 0]
+    assert microbatch.divisors(1) == [1] and microbatch.divisors(2**31 - 1) == [1, 2**31 - 1]
+
+
 def test_auto_with_a_budget_takes_the_largest_micro_batch_whose_compiled_programs_fit() -> None:
     cfg = tiny("train.batch_size=0", "train.total_batch_tokens=256")  # 16 rows per step
     mesh, V = one_device(), 64
     unlimited = memory.Budget(2**62, "test")
-    at = {b: train.measure_programs(cfg, V, mesh, b, unlimited) for b in (4, 8)}
+    at = {b: microbatch.measure_programs(cfg, V, mesh, b, unlimited) for b in (4, 8)}
     assert at[4]["train_step"].total < at[8]["train_step"].total
     # The figures are XLA's for the very program training runs.
-    compiled = train.compile_program(train.with_batch(cfg, 4), V, 4, mesh, "train_step")
+    compiled = steps.compile_program(steps.with_batch(cfg, 4), V, 4, mesh, "train_step")
     assert at[4]["train_step"] == memory.usage(compiled)
     assert at[4]["eval_step"].resident > 0  # the optimizer state stays while it evaluates
     between = memory.Budget(max(u.total for u in at[4].values()) + 1, "test")
-    mb = train.fit_micro_batch(cfg, V, mesh, between)
+    mb = microbatch.fit_micro_batch(cfg, V, mesh, between)
     assert (mb.batch_size, mb.micro_batches, mb.misfit) == (4, 4, None)
     assert set(mb.memory) == {"train_step", "eval_step"} and "fit 0.00 GiB" in mb.how
     # Below the smallest micro-batch's needs: the smallest, named as not fitting.
-    none = train.fit_micro_batch(cfg, V, mesh, memory.Budget(1000, "test"))
+    none = microbatch.fit_micro_batch(cfg, V, mesh, memory.Budget(1000, "test"))
     assert none.batch_size == 1 and none.misfit == "train_step" and "none fits" in none.how
-    message = train.misfit_message(cfg, none, 1)
+    message = microbatch.misfit_message(cfg, none, 1)
     assert message.startswith("the train step at micro-batch 1 x 16 needs 0.00 GiB per device")
     assert "more devices" in message and "train.sharding = 'fsdp' (parameters" not in message
 
@@ -247,10 +306,10 @@ def test_count_flops_multiplies_loops_out_and_matches_nanogpts_estimate() -> Non
     assert plan.count_flops(jax.jit(layers).trace(x, w).jaxpr.jaxpr) == 5 * 2 * 8 * 32 * 32
     grad = jax.jit(jax.grad(layers, argnums=1)).trace(x, w).jaxpr.jaxpr
     assert plan.count_flops(grad) == 3 * 5 * 2 * 8 * 32 * 32  # forward, and two backward dots
-    cfg = train.resolve_vocab(config.load(None, ["model.n_layer=4", "model.n_head=4",
+    cfg = resume.resolve_vocab(config.load(None, ["model.n_layer=4", "model.n_head=4",
                               "model.n_embd=256", "model.block_size=128", "train.batch_size=4"]),
                               512)  # fmt: skip
-    traced = train.trace_program(cfg, 512, 2, one_device(), "train_step")
+    traced = steps.trace_program(cfg, 512, 2, one_device(), "train_step")
     params = jax.eval_shape(lambda: model.init_params(cfg.model, 512, jax.random.key(0)))
     estimate = model.flops_per_token(cfg.model, model.count_params(params)) * 2 * 4 * 128
     assert plan.count_flops(traced.jaxpr.jaxpr) == pytest.approx(estimate, rel=0.02)
@@ -291,6 +350,30 @@ def test_a_gpu_target_without_the_cuda_extra_says_how_to_install_it(
     with pytest.raises(SystemExit):
         plan.main(["--target", "h99"])
     assert "--target 'h99': expected one of h100, h200, a100-80g, a6000" in capsys.readouterr().err
+
+
+def test_a_target_file_that_is_no_gpu_description_is_refused_naming_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Missing, a directory, not text, unreadable: exit 2 naming the file, never a traceback.
+    odd = tmp_path / "dir with spaces é"
+    odd.mkdir()
+    (odd / "g ü.txtpb").write_bytes(bytes(range(256)))
+    (odd / "locked.txtpb").write_text("gpu_device_info {}")
+    (odd / "locked.txtpb").chmod(0)
+    cases = {
+        str(odd / "missing.txtpb"): "(no such file)",
+        str(odd): "(a directory)",
+        str(odd / "g ü.txtpb"): "cannot read it as text ('utf-8' codec can't decode",
+    }
+    if os.geteuid() != 0:  # root reads any file
+        cases[str(odd / "locked.txtpb")] = "cannot read it as text ([Errno 13] Permission denied"
+    for target, why in cases.items():
+        with pytest.raises(SystemExit) as e:
+            plan.main(["--config", str(ROOT / "config" / "tiny.toml"), "--target", target])
+        err = capsys.readouterr().err
+        assert e.value.code == 2 and f"error: --target {target!r}: " in err and why in err, err
+        assert "Traceback" not in err
 
 
 def test_the_gpu_descriptions_ship_in_the_package_with_their_licence() -> None:

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from nanogptx import progress, train
+from nanogptx import progress
 
 
 def test_a_progress_channel_writes_labelled_lines_when_due_and_stops_when_it_fails(
@@ -36,15 +36,6 @@ def test_a_progress_channel_writes_labelled_lines_when_due_and_stops_when_it_fai
 )  # fmt: skip
 def test_a_duration_is_whole_seconds_never_sixty(seconds: float, shown: str) -> None:
     assert progress.duration(seconds) == shown
-
-
-def test_trainings_eta_never_reads_sixty_seconds() -> None:
-    """One step left at 59.7 s a step: 'ETA 1:00' (it printed 'ETA 0:60')."""
-    r, w = os.pipe()
-    watch = train.Progress(10, 0, progress.Channel(w, "train t"))
-    watch.update(8, 1.5, 1000.0, 59.7)
-    os.close(w)
-    assert os.read(r, 200).decode().endswith("ETA 1:00\n")
 
 
 def test_a_meter_and_a_busy_step_tell_the_channel_while_the_work_is_inside_one_call(
@@ -79,3 +70,48 @@ def test_a_meter_on_a_terminal_is_a_tqdm_bar(capsys: pytest.CaptureFixture[str])
     meter.close()
     captured = capsys.readouterr()
     assert "hellaswag items:" in captured.err and captured.out == ""
+
+
+def test_trainings_meter_says_steps_loss_and_its_eta_never_sixty_seconds() -> None:
+    """progress.steps, the meter training adopts: a line before the first step (a compile),
+    then the step, the trainer's note and its ETA (one step left at 59.7 s a step: 'ETA 1:00',
+    where train once printed 'ETA 0:60'); the steps a run resumed from are not in its rate."""
+    r, w = os.pipe()
+    watch = progress.steps(10, 4, progress.Channel(w, "train t", every_s=3600))
+    assert watch.rate() == 0.0
+    watch.update(9, "loss 1.5000, 1,000 tok/s", eta_s=59.7)
+    watch.close()
+    os.close(w)
+    assert os.read(r, 1000).decode().splitlines() == [
+        "train t: step 4/10, 0:00 in",
+        "train t: step 9/10, loss 1.5000, 1,000 tok/s, ETA 1:00",
+    ]
+    quiet = progress.steps(10, 0, progress.Channel(w, "train t"), show=False)  # process 1 of 2
+    assert quiet.channel is None and quiet.bar is None
+
+
+def test_a_meter_of_unknown_size_logs_its_stages_words_and_ends_with_its_last(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """As prepare uses it: tokens of a size nobody knows beforehand, its own line (text), the
+    documents as the note, lines in its log, and a last line through the channel."""
+    r, w = os.pipe()
+    logged: list[str] = []
+
+    def text(m: progress.Meter) -> str:
+        return progress.plural(m.done, "token") + (f", {m.note}" if m.note else "")
+
+    channel = progress.Channel(w, "prepare d", every_s=3600)
+    with progress.Meter("prepare", None, channel, 0.0, unit="tok", log=logged.append,
+                        text=text) as meter:  # fmt: skip
+        meter.add(1000, "1 document")
+        meter.add(500, "2 documents")
+        meter.say("a message")
+        meter.close("1,500 tokens; writing the manifest")  # leaving the block: nothing more
+    os.close(w)
+    assert logged == ["1,000 tokens, 1 document", "1,500 tokens, 2 documents", "a message"]
+    assert os.read(r, 1000).decode().splitlines() == [
+        "prepare d: 0 tokens",
+        "prepare d: 1,500 tokens; writing the manifest",
+    ]
+    assert capsys.readouterr() == ("", "")

@@ -42,10 +42,11 @@ def test_lr_sensitivity_matches_a_hand_computation() -> None:
     # Every run diverged: no L*, no sensitivity (not a perfect 0).
     assert r["variants"]["bad"]["L_star"] is None and r["variants"]["bad"]["sensitivity"] is None
     svg = report.sensitivity_svg(r, "lr")
-    assert svg.count("<polyline") == 3 and f"LR sensitivity {sensitivity:.4f} (L* 2.0000)" in svg
+    assert svg.count('<g id="curve-') == 3  # the figure's series: <g id="curve-N">, "band-N"
+    assert f"LR sensitivity {sensitivity:.4f} (L* 2.0000)" in svg
     assert "bad: every run diverged (no LR sensitivity)" in svg
     # The seeds of qk at 1e-2 span a band; no-qk has one seed per learning rate.
-    assert qk["seeds"] == [1, 2, 1, 1] and svg.count("<polygon") == 1
+    assert qk["seeds"] == [1, 2, 1, 1] and svg.count('<g id="band-') == 1
     assert qk["low"][1] == 1.8 and qk["high"][1] == 2.2
     # The diverged runs are drawn as crosses at L0, and say so.
     assert "d: diverged at step 30" in svg and "b: diverged at step 5" in svg
@@ -68,14 +69,14 @@ def test_the_sweep_table_and_its_diagnostics_plot() -> None:
     svg = report.sweep_stats_svg(points, "t")
     # The run that diverged is left out. Left panel: the 2 highest learning rates x 2 variants
     # but that run; right panel: the other 5 runs' log Z.
-    assert svg.count("<polyline") == 3 + 5 and "every run but the 1 that diverged" in svg
+    assert svg.count('<g id="curve-') == 3 + 5 and "every run but the 1 that diverged" in svg
     assert "learning rates 1, 0.1" in svg and "nan" not in svg
     rows = report.points_csv(points).splitlines()
     assert rows[0] == ",".join(report.TABLE_COLUMNS) and len(rows) == 7
     assert rows[3].startswith("r2,a,1.0,2.0,4.0,7,,")
     # Runs without diagnostics: the figure says what to set.
     empty = report.sweep_stats_svg([dict(p, records=[]) for p in points], "t")
-    assert "logging.stats_interval &gt; 0" in empty and "<polyline" not in empty
+    assert "logging.stats_interval &gt; 0" in empty and '<g id="curve-' not in empty
 
 
 def test_a_sweep_file_names_what_is_wrong(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

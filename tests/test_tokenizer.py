@@ -37,6 +37,15 @@ def test_char_vocabulary_is_sorted_characters_and_round_trips() -> None:
     assert ident["vocab_sha256"] == hashlib.sha256(tok.chars.encode()).hexdigest()
 
 
+def test_char_vocabulary_learned_batch_by_batch_is_that_of_the_whole_text() -> None:
+    vocab = tokenizer.LEARNERS["char"]()
+    for line in TEXT.splitlines(keepends=True):
+        vocab.add([line[:3], line[3:], ""])
+    assert vocab.tokenizer().identity() == char_tok().identity()
+    with pytest.raises(TokenizerError, match="non-empty"):
+        tokenizer.CharVocabulary().tokenizer()
+
+
 def test_char_unknown_characters_and_ids_are_refused() -> None:
     tok = char_tok("abc")
     with pytest.raises(TokenizerError, match=r"not in the char vocabulary: 'xz'"):

@@ -1,11 +1,8 @@
-"""Checkpoints of the train state, and the final model directory: safetensors + JSON, no pickle.
+"""Checkpoints of the train state and the final model directory: safetensors + JSON, no pickle;
+tensors named by key path ("opt.1.0.mu.blocks.attn_w"), so they restore onto any device count.
 
     save(ckpt_dir, step, tensors, meta, files, keep)   # atomic: ckpt_dir/step_00000100/
-    path, tensors, meta = restore(ckpt_dir)             # the newest, every sha256 checked
     save_model(out_dir, params, cfg, tokenizer, step); params, cfg, tokenizer = load_model(out_dir)
-
-Tensors are host numpy arrays named by their pytree key paths ("opt.1.0.mu.blocks.attn_w"), so a
-checkpoint restores onto any device count; `unflatten_like` rebuilds a tree and checks every leaf.
 """
 
 from __future__ import annotations
@@ -25,6 +22,7 @@ import safetensors.numpy
 from safetensors import safe_open
 
 from nanogptx import config, model, provenance, tokenizer
+from nanogptx.errors import UserError
 
 FORMAT = "nanogptx-checkpoint/2"  # /2: meta.json records the sha256 of every file
 MODEL_FORMAT = "nanogptx-params/1"
@@ -33,7 +31,7 @@ MODEL_FILES = ("params.safetensors", "config.toml", "tokenizer.json")
 _STEP_DIR = re.compile(r"^step_(\d+)$")
 
 
-class CheckpointError(ValueError):
+class CheckpointError(UserError, ValueError):
     """A checkpoint or model directory that is missing, incomplete or does not fit the config."""
 
 
@@ -326,18 +324,20 @@ def load_model(model_dir: str | Path) -> tuple[Any, config.Config, dict[str, Any
 
 
 def check_model_hash(model_dir: Path) -> str:
-    """sha256 of params.safetensors, checked against the train stage's provenance when present."""
-    path = Path(model_dir) / MODEL_FILES[0]
-    sha = provenance.sha256_file(path)
-    try:
-        recorded = provenance.recorded_sha256(model_dir, path.name)
-    except FileNotFoundError:
-        return sha  # a model saved by a user's own code: nothing recorded to check against
-    except provenance.FileError as e:
-        raise CheckpointError(str(e)) from None
-    if recorded is not None and recorded != sha:
-        raise provenance.HashMismatch(
-            f"{path}: sha256 is {sha}, but {Path(model_dir) / provenance.FILENAME} records "
-            f"{recorded}: the model changed after training"
-        )
-    return sha
+    """sha256 of params.safetensors; each model file (MODEL_FILES) is checked against the train
+    stage's provenance when present (a config.toml cut short may still parse)."""
+    shas = {name: provenance.sha256_file(Path(model_dir) / name) for name in MODEL_FILES}
+    for name, sha in shas.items():
+        try:
+            recorded = provenance.recorded_sha256(model_dir, name)
+        except FileNotFoundError:
+            break  # a model saved by a user's own code: nothing recorded to check against
+        except provenance.FileError as e:
+            raise CheckpointError(str(e)) from None
+        if recorded is not None and recorded != sha:
+            raise provenance.HashMismatch(
+                f"{Path(model_dir) / name}: sha256 is {sha}, but "
+                f"{Path(model_dir) / provenance.FILENAME} records {recorded}: the model changed "
+                "after training"
+            )
+    return shas[MODEL_FILES[0]]

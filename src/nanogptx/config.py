@@ -22,8 +22,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from nanogptx.errors import UserError
 
-class ConfigError(ValueError):
+
+class ConfigError(UserError, ValueError):
     """A config value that is unknown, of the wrong type, or impossible."""
 
 
@@ -156,7 +158,7 @@ class TrainConfig:
     seed: int = _f(1337, "seed of parameters, batches and dropout")
     batch_size: int = _f(
         12,
-        "sequences per micro-batch, over all devices; 0: auto, the largest that divides the "
+        'sequences per micro-batch, over all devices; 0 (or "auto"): the largest that divides the '
         "rows of a step (total_batch_tokens / block_size) and whose compiled programs fit the "
         "devices' memory (on a CPU: at most 8192 tokens per device), chosen before any data "
         "is read (python -m nanogptx.plan shows it)",
@@ -325,6 +327,12 @@ EVAL_TASKS = ("val_loss", "hellaswag")
 NOT_DATA_IDENTITY = ("data.allow_unverified",)
 # Model settings of how it runs, not what it computes: a checkpoint resumes under any of them.
 RUNTIME_KEYS = ("kernels", "attention", "remat")
+# Tokens per micro-batch: a program indexes its positions in int32 (the loss's chunks); and per
+# step, the same bound (128x the largest published batches) keeps auto's search for a divisor
+# of the step's rows short.
+MAX_TOKENS = 2**31 - 1
+# Keys whose 0 means "chosen for you", which a file or an override may also spell "auto".
+AUTO = {"train.batch_size": "auto"}
 # cuDNN's flash attention (JAX 0.10): head widths that are a multiple of this, and at most this
 # on any GPU (256 from compute capability 9.0, 128 before: runtime.cudnn_refusal).
 CUDNN_HEAD_MULTIPLE, CUDNN_MAX_HEAD = 8, 256
@@ -453,6 +461,8 @@ def _check_type(value: Any, tp: Any, where: str) -> Any:
         return float(value)
     if (tp is int and isinstance(value, bool)) or not isinstance(value, tp):
         raise ConfigError(f"{where}: expected {tp.__name__}, got {type(value).__name__} {value!r}")
+    if tp is int and not -(2**63) <= value < 2**63:  # numpy's and JAX's widest integer
+        raise ConfigError(f"{where}: {value} does not fit in 64 bits: expected a smaller integer")
     if tp is float and not math.isfinite(value):
         raise ConfigError(f"{where}: expected a finite number, got {value!r}")
     if tp is str and not is_text(value):
@@ -586,6 +596,11 @@ def _check_values(
             "divides the rows of a step into micro-batches)",
         )
     micro = max(t.batch_size, 1) * m.block_size
+    need(micro <= MAX_TOKENS, "train.batch_size", t.batch_size,
+         f"at most {MAX_TOKENS // m.block_size} (a micro-batch holds at most 2^31 - 1 tokens: "
+         f"batch_size * model.block_size = {micro})")  # fmt: skip
+    need(t.total_batch_tokens <= MAX_TOKENS, "train.total_batch_tokens", t.total_batch_tokens,
+         f"at most 2^31 - 1 = {MAX_TOKENS}")  # fmt: skip
     need(
         t.total_batch_tokens >= 0 and t.total_batch_tokens % micro == 0,
         "train.total_batch_tokens",
@@ -705,6 +720,11 @@ def from_dict(
                     f"{source}: unknown key {name}.{key}{_suggest(key, hints)}; "
                     f"known keys of [{name}]: {', '.join(hints)}"
                 )
+            if f"{name}.{key}" in AUTO and isinstance(value, str):
+                if value != AUTO[f"{name}.{key}"]:
+                    raise ConfigError(f"{source}: {name}.{key}: expected an int, or "
+                                      f"{AUTO[f'{name}.{key}']!r} (0), got {value!r}")  # fmt: skip
+                value = 0  # the word for 0: the same config, identity and checkpoints
             values[key] = _check_type(value, hints[key], f"{source}: {name}.{key}")
         sections[name] = cls(**values)
     cfg = _resolve_init(Config(**sections), tree.get("model", {}), source)

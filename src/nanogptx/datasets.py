@@ -1,34 +1,7 @@
-"""The dataset registry: data files, one per dataset, config/datasets/<name>.toml, each naming
-every file with its URL, sha256 and size, and the reader with its options. Being data, not code,
-editing one dataset's file reruns only the stages of runs that use it.
-
-    about = "Tiny Shakespeare (char-rnn), 1.1 MB of plain text, one document"
-    reader = "text"            # text | parquet | jsonl | jsonl.zst | bin | none (not read)
-    use = "train"              # train (data.dataset) | init (model.init_from) | eval
-    options = {column = "text"}          # parquet: column; jsonl, jsonl.zst: field
-    local_dir = "corpus"       # optional: every file of a directory on disk (see below)
-
-    [[files]]
-    name = "input.txt"
-    url = "https://..."        # https, or file:PATH for a file already on disk
-    sha256 = "86c4..."         # optional: else the server's announced one, or git_sha1
-    size = 1115394             # optional
-    git_sha1 = "0f5e..."       # optional: the file's git blob id in its repository's tree
-
-A file without sha256 is checked against the sha256 the server announces for Git LFS files, or
-its pinned git blob id, and its sha256 is recorded in config/download.lock.json. Files on disk
-(file: URLs, or local_dir) need no hash: theirs is recorded in the download's provenance. A
-relative path there is relative to the project, the directory two levels above the dataset file
-(the one holding config/datasets/), never to the working directory; a local_dir that is the
-project itself, or holds it, is refused. A file: URL is a path only (no host, query or fragment:
-a '#' or '?' of a name is %23, %3F). local_dir takes every file in it but hidden ones (.*); a
-link in it to nothing is refused. No data file may be named provenance.json (the download stage
-writes its record beside them), and none has a name over 200 bytes.
-
-The registry's directory: $NANOGPTX_DATASETS, else config/datasets under the working directory
-(Snakemake's: the clone), else the one beside this package's source (an editable install).
-Only the file of the dataset asked for is read: a broken file blocks only its own dataset.
-Standard library only: the Snakefile and config.py read it.
+"""The dataset registry: one TOML file per dataset, config/datasets/<name>.toml, naming each
+file (URL, sha256, size) and the reader with its options. Being data, not code, editing one
+dataset's file reruns only the stages of runs that use it. README "Adding a dataset" walks
+through one; the schema is below, checked in `parse`. Standard library only: Snakefile reads it.
 """
 
 from __future__ import annotations
@@ -41,6 +14,27 @@ import urllib.parse
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from nanogptx.errors import UserError
+
+# A dataset file:
+#     about = "Tiny Shakespeare (char-rnn), 1.1 MB of plain text, one document"
+#     reader = "text"            # text | parquet | jsonl | jsonl.zst | bin | none (not read)
+#     use = "train"              # train (data.dataset) | init (model.init_from) | eval
+#     options = {column = "text"}          # parquet: column; jsonl, jsonl.zst: field
+#     local_dir = "corpus"       # optional: every file of a directory on disk (_local_files)
+#
+#     [[files]]
+#     name = "input.txt"
+#     url = "https://..."        # https, or file:PATH for a file already on disk
+#     sha256 = "86c4..."         # optional: else the server's announced one, or git_sha1
+#     size = 1115394             # optional
+#     git_sha1 = "0f5e..."       # optional: the file's git blob id in its repository's tree
+# A file without sha256 is checked against the sha256 the server announces for Git LFS files, or
+# its pinned git blob id, and its sha256 is recorded in config/download.lock.json. Files on disk
+# (file: URLs, or local_dir) need no hash: theirs is recorded in the download's provenance. Their
+# relative paths are relative to the project (project_dir), never to the working directory. No
+# data file may be named provenance.json (the download stage writes its record beside them).
 
 
 @dataclass(frozen=True)
@@ -83,17 +77,19 @@ RESERVED = ("provenance.json",)
 _HEX = {"sha256": re.compile(r"[0-9a-f]{64}"), "git_sha1": re.compile(r"[0-9a-f]{40}")}
 
 
-class UnknownDataset(KeyError):
+class UnknownDataset(UserError, KeyError):
     def __str__(self) -> str:
         return str(self.args[0])
 
 
-class RegistryError(ValueError):
+class RegistryError(UserError, ValueError):
     """A dataset file that does not follow the schema: names the file, the key and what was
     expected."""
 
 
 def registry_dir() -> Path:
+    """$NANOGPTX_DATASETS, else config/datasets under the working directory (Snakemake's: the
+    clone), else the one beside this package's source (an editable install)."""
     if env := os.environ.get("NANOGPTX_DATASETS"):
         return Path(env)
     here = Path("config/datasets")
@@ -123,17 +119,16 @@ def parse(path: Path) -> Dataset:
     _need(reader in READERS, where, "reader", reader, f"one of {list(READERS)}")
     _need(use in USES, where, "use", use, f"one of {list(USES)}")
     readers = [r for r in READERS if r != "none"]
-    _need(use != "train" or reader != "none", where, "reader", reader,
-          f"one of {readers} for a dataset of text (use = 'train'); none is for use = "
-          "'init' or 'eval'")  # fmt: skip
+    text = f"one of {readers} for a dataset of text (use = 'train'); none is for use = "
+    _need(use != "train" or reader != "none", where, "reader", reader, text + "'init' or 'eval'")
     about = tree.get("about", "")
     _need(isinstance(about, str), where, "about", about, "a string")
     options = tree.get("options", {})
     _need(isinstance(options, dict), where, "options", options, "a table")
     for key, value in options.items():
         allowed = READER_OPTIONS.get(reader, ())
-        _need(key in allowed, where, f"options.{key}", value,
-              f"an option of reader {reader!r}: {list(allowed) or 'none'}")  # fmt: skip
+        expected = f"an option of reader {reader!r}: {list(allowed) or 'none'}"
+        _need(key in allowed, where, f"options.{key}", value, expected)
         _need(isinstance(value, str), where, f"options.{key}", value, "a string")
     project = project_dir(path)
     entries = tree.get("files", [])
@@ -144,15 +139,17 @@ def parse(path: Path) -> Dataset:
         local = _local_dir(tree["local_dir"], where, project)
         files += _local_files(local, tree["local_dir"], where)
         reserved = [f.name for f in files if f.name in RESERVED]
-        _need(not reserved, where, "local_dir", tree["local_dir"],
-              f"a directory without {reserved}: the download stage writes its record under "
-              "that name beside the data files; rename the file")  # fmt: skip
+        expected = (
+            f"a directory without {reserved}: the download stage writes its record under that "
+            "name beside the data files; rename the file"
+        )
+        _need(not reserved, where, "local_dir", tree["local_dir"], expected)
     _need(bool(files), where, "files", tree.get("files"), "at least one file (or local_dir)")
     names = [f.name for f in files]
     dup = sorted({n for n in names if names.count(n) > 1})
     _need(not dup, where, "files", dup, "each file name once")
-    return Dataset(name, tuple(files), reader, about, use, tuple(sorted(options.items())),
-                   None if local is None else str(local))  # fmt: skip
+    resolved = None if local is None else str(local)
+    return Dataset(name, tuple(files), reader, about, use, tuple(sorted(options.items())), resolved)
 
 
 def project_dir(dataset_file: Path) -> Path:
@@ -163,12 +160,12 @@ def project_dir(dataset_file: Path) -> Path:
 
 def _local_dir(value: Any, where: str, project: Path) -> Path:
     ok = isinstance(value, str) and value.strip() != "" and "\0" not in value
-    _need(ok, where, "local_dir", value, "a directory path (absolute, or relative to the "
-          f"project {project})")  # fmt: skip
+    expected = f"a directory path (absolute, or relative to the project {project})"
+    _need(ok, where, "local_dir", value, expected)
     local = (project / Path(value).expanduser()).resolve()
     _need(local.is_dir(), where, "local_dir", value, f"a directory that exists ({local} does not)")
-    _need(not project.is_relative_to(local), where, "local_dir", value,
-          f"a directory of data, not the project {project} or one holding it")  # fmt: skip
+    expected = f"a directory of data, not the project {project} or one holding it"
+    _need(not project.is_relative_to(local), where, "local_dir", value, expected)
     return local
 
 
@@ -180,11 +177,12 @@ def _local_files(local: Path, value: str, where: str) -> list[RemoteFile]:
         if p.name.startswith("."):
             continue
         if p.is_symlink() and not p.exists():
-            _need(False, where, "local_dir", value, f"a directory of files: {p.name} is a link "
-                  f"to {os.readlink(p)}, which does not exist")  # fmt: skip
+            to = os.readlink(p)
+            expected = f"a directory of files: {p.name} is a link to {to}, which does not exist"
+            _need(False, where, "local_dir", value, expected)
         if p.is_file():
-            _need(len(os.fsencode(p.name)) <= NAME_MAX, where, "local_dir", value,
-                  f"files of {_LONG}: {p.name}")  # fmt: skip
+            ok = len(os.fsencode(p.name)) <= NAME_MAX
+            _need(ok, where, "local_dir", value, f"files of {_LONG}: {p.name}")
             files.append(RemoteFile(p.name, f"file:{urllib.parse.quote(str(p))}"))
     return files
 
@@ -204,8 +202,8 @@ def _file(entry: Any, where: str, project: Path) -> RemoteFile:
         path = url[len("file:") :]
         path = path[2:] if path.startswith("//") else path
         local = project / Path(path)  # a relative path: from the project, whatever the cwd
-        _need(local.is_file(), where, "url", url,
-              f"file:PATH of a file that exists ({local} is not one)")  # fmt: skip
+        expected = f"file:PATH of a file that exists ({local} is not one)"
+        _need(local.is_file(), where, "url", url, expected)
         url, last = f"file:{urllib.parse.quote(str(local))}", local.name
     else:
         last = Path(urllib.parse.urlsplit(url).path).name
@@ -214,8 +212,8 @@ def _file(entry: Any, where: str, project: Path) -> RemoteFile:
     ok = isinstance(name, str) and bool(NAME.fullmatch(name))
     _need(ok, where, name_key, name, "a file name: letters, digits, '.', '_', '-'")
     _need(len(name) <= NAME_MAX, where, name_key, name, _LONG)
-    _need(name not in RESERVED, where, name_key, name,
-          f"a name other than {list(RESERVED)}: the download writes its record so")  # fmt: skip
+    expected = f"a name other than {list(RESERVED)}: the download writes its record so"
+    _need(name not in RESERVED, where, name_key, name, expected)
     for key in ("sha256", "git_sha1"):
         value = entry.get(key)
         ok = value is None or (isinstance(value, str) and bool(_HEX[key].fullmatch(value)))

@@ -33,6 +33,7 @@ import numpy as np
 
 from nanogptx import checkpoint, config, loader, model, progress, provenance, runtime, tokenizer
 from nanogptx.config import Config, EvalConfig, ModelConfig
+from nanogptx.errors import UserError
 
 HELLASWAG_FILE = "hellaswag_val.jsonl"
 HELLASWAG_ITEMS = 10_042
@@ -49,7 +50,7 @@ HELLASWAG_METHOD = (
 )
 
 
-class EvalError(RuntimeError):
+class EvalError(UserError, RuntimeError):
     """An expected failure: a missing input, a malformed HellaSwag line, a task the model's
     tokenizer cannot serve."""
 
@@ -383,10 +384,7 @@ def main(argv: list[str] | None = None) -> None:
     cfg = config.from_args(args, parser, registry=False)  # the data is --data, as prepared
     try:
         evaluate(cfg, args.model, args.data, args.out, args.hellaswag, progress.from_args(args))
-    except (
-        EvalError, checkpoint.CheckpointError, loader.DataError, tokenizer.TokenizerError,
-        provenance.HashMismatch, provenance.OutputError, provenance.FileError, OSError,
-    ) as err:  # fmt: skip
+    except (UserError, OSError) as err:
         print(f"{parser.prog}: error: {err}", file=sys.stderr)
         sys.exit(1)
 

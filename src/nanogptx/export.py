@@ -1,11 +1,8 @@
-"""Export a trained model for other tools: Hugging Face transformers' GPT-2 layout.
+"""Export a trained model in Hugging Face transformers' GPT-2 layout (config.json,
+model.safetensors) with provenance.json; a feature GPT-2 cannot express is refused, named,
+before anything is written.
 
     python -m nanogptx.export --model results/RUN/model --out DIR --format hf
-
-DIR then holds config.json and model.safetensors, which transformers.GPT2LMHeadModel
-.from_pretrained(DIR) loads, and provenance.json (the model's sha256). A model GPT-2 cannot
-express (rotary positions, RMSNorm, QK-norm, ReLU^2 or SwiGLU, grouped-query attention, logit
-soft-capping) is refused with the feature named, before anything is written.
 """
 
 from __future__ import annotations
@@ -15,6 +12,7 @@ import sys
 from pathlib import Path
 
 from nanogptx import checkpoint, config, hf, provenance
+from nanogptx.errors import UserError
 
 FORMATS = ("hf",)
 
@@ -50,8 +48,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     try:
         paths = export(args.model, args.out, args.format)
-    except (hf.HFError, checkpoint.CheckpointError, provenance.HashMismatch,
-            provenance.OutputError, provenance.FileError, OSError) as e:  # fmt: skip
+    except (UserError, OSError) as e:
         print(f"{parser.prog}: error: {e}", file=sys.stderr)
         sys.exit(1)
     print(f"wrote {', '.join(str(p) for p in paths)}")

@@ -1,13 +1,8 @@
 """GPT-2 weights in Hugging Face's layout, in and out: config.json + model.safetensors as
-transformers' GPT2LMHeadModel saves and loads them (OpenAI's checkpoints on the hub are such
-files).
-
-    params = hf.load_params("data/raw/hf-gpt2", cfg.model)   # model.init_from
-    hf.save(params, cfg.model, "export/DIR")                 # nanogptx.export
-
-HF's GPT-2 stores each Linear as Conv1D, its weight (in, out): our layout, so no transpose. Per
-layer tensors h.<i>.* are stacked on our leading layer axis. Only numpy and safetensors: no torch.
-"""
+transformers' GPT2LMHeadModel saves and loads them (model.init_from loads OpenAI's; the export
+stage writes ours). HF's Conv1D weights are (in, out), our layout: no transpose; per-layer
+tensors h.<i>.* are stacked on our leading layer axis. Only numpy and safetensors, no torch:
+`params = hf.load_params("data/raw/hf-gpt2", cfg.model)`, `hf.save(params, cfg.model, DIR)`."""
 
 from __future__ import annotations
 
@@ -22,6 +17,7 @@ from safetensors import safe_open
 
 from nanogptx import provenance
 from nanogptx.config import ModelConfig
+from nanogptx.errors import UserError
 from nanogptx.model import mlp_width, vocab_rows
 
 WEIGHTS = "model.safetensors"
@@ -40,7 +36,7 @@ TOP_NAMES = {"wte": "wte.weight", "wpe": "wpe.weight", "lnf_g": "ln_f.weight", "
 BUFFERS = (".attn.bias", ".attn.masked_bias")
 
 
-class HFError(ValueError):
+class HFError(UserError, ValueError):
     """A checkpoint that does not hold the GPT-2 it should, or a model GPT-2 cannot express."""
 
 
@@ -69,6 +65,31 @@ def load_params(path: str | Path, m: ModelConfig) -> dict[str, Any]:
     path = Path(path)
     file = path / WEIGHTS if path.is_dir() else path
     tensors = read_tensors(file)
+    check_tensors(tensors, m, file)
+    N, D, V = m.n_layer, m.n_embd, m.vocab_size
+
+    def f32(x: np.ndarray) -> np.ndarray:
+        return np.ascontiguousarray(x, dtype=np.float32)
+
+    rows = vocab_rows(m)
+    wte = np.zeros((rows, D), np.float32)
+    wte[:V] = tensors["wte.weight"]
+    params: dict[str, Any] = {"wte": wte, "wpe": f32(tensors["wpe.weight"][: m.block_size])}
+    params["blocks"] = {
+        ours: f32(np.stack([tensors[f"h.{i}.{hf}"] for i in range(N)]))
+        for ours, hf in LAYER_NAMES.items()
+    }
+    params["lnf_g"], params["lnf_b"] = f32(tensors["ln_f.weight"]), f32(tensors["ln_f.bias"])
+    if not m.tie_embeddings:
+        head = np.zeros((D, rows), np.float32)
+        head[:, :V] = tensors["lm_head.weight"].T
+        params["head_w"] = head
+    return params
+
+
+def check_tensors(tensors: dict[str, np.ndarray], m: ModelConfig, file: Path) -> None:
+    """Raise HFError naming each tensor of file that is missing, unexpected, or shaped unlike
+    GPT-2's of architecture m (wpe: at least m.block_size positions)."""
     N, D, V = m.n_layer, m.n_embd, m.vocab_size
     F = m.mlp_width or 4 * D
     wanted = {
@@ -105,24 +126,6 @@ def load_params(path: str | Path, m: ModelConfig) -> dict[str, Any]:
             f"{file}: tensor wpe.weight has shape {list(wpe.shape)}, expected at least "
             f"[{m.block_size}, {D}] (model.block_size, n_embd)"
         )
-
-    def f32(x: np.ndarray) -> np.ndarray:
-        return np.ascontiguousarray(x, dtype=np.float32)
-
-    rows = vocab_rows(m)
-    wte = np.zeros((rows, D), np.float32)
-    wte[:V] = tensors["wte.weight"]
-    params: dict[str, Any] = {"wte": wte, "wpe": f32(wpe[: m.block_size])}
-    params["blocks"] = {
-        ours: f32(np.stack([tensors[f"h.{i}.{hf}"] for i in range(N)]))
-        for ours, hf in LAYER_NAMES.items()
-    }
-    params["lnf_g"], params["lnf_b"] = f32(tensors["ln_f.weight"]), f32(tensors["ln_f.bias"])
-    if not m.tie_embeddings:
-        head = np.zeros((D, rows), np.float32)
-        head[:, :V] = tensors["lm_head.weight"].T
-        params["head_w"] = head
-    return params
 
 
 def unsupported(m: ModelConfig) -> list[str]:

@@ -1,32 +1,8 @@
 """The primitives the model is written with, in two sets: REFERENCE (plain jnp, JAX's own
-derivatives: forward mode, jax.hessian and forward-over-reverse all work) and FAST (the same
-values to float32 rounding, with hand-written gradients that XLA's CPU backend compiles without
-large transposes or recomputation). runtime.choose picks one; a new primitive goes into
-REFERENCE first and into FAST once someone has written and measured a faster one.
-
-Measured with `python benchmarks/bench_model.py` (nanoGPT's CPU recipe, one train step, XLA CPU):
-  - matmul: XLA's CPU dot library (YNNPACK) only reads [M,K]@[K,N] or [M,K]@[N,K]; for the
-    weight gradient x^T dy it inserts a transposing copy, fused into the elementwise producer
-    and recomputing it per element (4-6 ms per layer behind GELU). The hand-written weight
-    gradient, a 2-D dot_general contracting the token axis, goes to Eigen, which reads the
-    transposed operands in place: 24.5 -> 18.1 ms.
-  - gelu: jax.nn.gelu(approximate=False) differentiates through erfc, slow on XLA CPU; the erf
-    form with a one-pass gradient, and
-  - layernorm: the textbook gradient from the saved normalised input, together
-    18.1 -> 17.0 ms.
-  - rmsnorm: the same for RMSNorm (no mean). gelu_tanh, relu2 and silu are the reference ones:
-    no faster form has been measured yet.
-  - cross_entropy (the output layer and its loss): REFERENCE holds the whole T x V logits (and
-    autodiff their gradient); FAST never does. It runs over chunks of positions and, when
-    differentiated, computes the loss and both gradients in one pass in the forward (softmax
-    minus one-hot, then p @ w and an accumulated p^T x: three matmuls, no recompute), which the
-    backward only scales. At the shakespeare-gpt2 step's shapes (1,536 positions, 50,304 rows;
-    `bench_model.py --loss`) 1388 -> 660 ms, its system time 378 -> 9 ms (no fresh pages for
-    309 MB of logits and their gradient every step); GPT-2 124M at 64 x 1024 on one H100
-    compiles to half the memory (README, "Memory on a GPU"). This is a primitive rather than
-    model code because it has the two forms: the whole-logits one is the definition, with
-    every JAX transformation; the chunked one is what training runs.
-"""
+derivatives: forward mode, jax.hessian and forward-over-reverse work) and FAST (the same values
+to float32 rounding, hand-written gradients that XLA's CPU backend runs faster: measured in
+benchmarks/bench_model.py). runtime.choose picks one; a new primitive goes into REFERENCE
+first, into FAST once a faster form is written and measured."""
 
 from __future__ import annotations
 
@@ -144,7 +120,10 @@ REFERENCE = Kernels(
 
 @jax.custom_vjp
 def matmul(x_TxI: jax.Array, w_IxO: jax.Array) -> jax.Array:
-    """x @ w over the last axis of x; its weight gradient is one plain 2-D dot."""
+    """x @ w over the last axis of x; its weight gradient is one plain 2-D dot. (XLA's CPU dot
+    library, YNNPACK, reads only [M,K]@[K,N] or [M,K]@[N,K]: for x^T dy it inserts a transposed
+    copy, fused into the elementwise producer and recomputing it per element; the 2-D dot goes
+    to Eigen, which reads the transposed operands in place.)"""
     return x_TxI @ w_IxO
 
 
@@ -311,8 +290,12 @@ def _chunked(
 def cross_entropy(
     x_TxD: jax.Array, w_VxD: jax.Array, targets_T: jax.Array, head: Head
 ) -> tuple[jax.Array, ...]:
-    """The loss over chunks of positions; differentiated, in one pass (see the module's note).
-    Only the first output (the loss) has a gradient: the others get none."""
+    """The loss over chunks of positions, never the whole logits. Differentiated, the forward
+    computes the loss and both gradients in one pass (softmax minus one-hot, then p @ w and an
+    accumulated p^T x: three matmuls, no recompute), which the backward only scales. Only the
+    first output (the loss) has a gradient. A primitive rather than model code because it has
+    two forms: the whole logits (REFERENCE) are the definition, with every JAX transformation;
+    the chunks are what training runs."""
     return _chunked(x_TxD, w_VxD, targets_T, head, grads=False)
 
 
@@ -332,7 +315,12 @@ cross_entropy.defvjp(_cross_entropy_fwd, _cross_entropy_bwd)
 
 
 FAST = dataclasses.replace(
-    REFERENCE, name="fast", matmul=matmul, gelu=gelu, layernorm=layernorm, rmsnorm=rmsnorm,
+    REFERENCE,
+    name="fast",
+    matmul=matmul,
+    gelu=gelu,
+    layernorm=layernorm,
+    rmsnorm=rmsnorm,
     cross_entropy=cross_entropy,
-)  # fmt: skip
+)
 BY_NAME = {k.name: k for k in (REFERENCE, FAST)}

@@ -1,11 +1,8 @@
 """Prepared token shards -> batches that are a pure function of (seed, step), placed on devices.
 
     data = open_prepared("data/prepared/<data_id>")   # manifest (against provenance), shards
-    x_BxL, y_BxL = batch(data, "train", seed=1337, step=0, batch_size=12, block_size=64)
-
-Training micro-batch i of a run is batch(data, "train", seed, i, ...), so any step's batch can be
-recomputed from the schedule in provenance.json (`schedule`).
-"""
+    x_BxL, y_BxL = batch(data, BatchSpec("train", seed=1337, batch_size=12, block_size=64), 0)
+Any step's batch can be recomputed from the schedule that train records in provenance.json."""
 
 from __future__ import annotations
 
@@ -18,17 +15,17 @@ from typing import Any
 
 import numpy as np
 
-from nanogptx import progress, provenance
+from nanogptx import progress, provenance, shards
+from nanogptx.errors import UserError
+from nanogptx.shards import FORMAT
 
-FORMAT = "nanogptx-shards/1"
 # Name and version of the batch function: bump the version when `batch` changes its output.
 BATCH_FUNCTION = "nanogptx.loader.batch/1"
 STREAMS = ("train", "eval")
-_SHARD_FILE = re.compile(r"[A-Za-z0-9_-]+\.(npy|parquet)")  # a plain name: no path in it
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
-class DataError(ValueError):
+class DataError(UserError, ValueError):
     """Prepared data that is missing, malformed or inconsistent with the manifest."""
 
 
@@ -108,20 +105,20 @@ def _check_manifest(path: Path, manifest: dict[str, Any]) -> None:
     tok = manifest["tokenizer"]
     need(isinstance(tok, dict), "tokenizer", tok, "an object")
     vocab = tok.get("vocab_size")
-    need(isinstance(vocab, int) and not isinstance(vocab, bool) and vocab > 0,
-         "tokenizer.vocab_size", vocab, "an integer > 0")  # fmt: skip
+    is_count = isinstance(vocab, int) and not isinstance(vocab, bool)
+    need(is_count and vocab > 0, "tokenizer.vocab_size", vocab, "an integer > 0")
+    fmt = manifest["shard_format"]
+    need(fmt in shards.FORMATS, "shard_format", fmt, " or ".join(shards.FORMATS))
     need(isinstance(manifest["shards"], list), "shards", manifest["shards"], "a list")
     for i, entry in enumerate(manifest["shards"]):
         need(isinstance(entry, dict), f"shards[{i}]", entry, "an object")
-        name = entry.get("file")
-        need(isinstance(name, str) and _SHARD_FILE.fullmatch(name) is not None,
-             f"shards[{i}].file", name, "a shard file name such as train_000000.npy")  # fmt: skip
-        need(isinstance(entry.get("split"), str), f"shards[{i}].split", entry.get("split"),
-             "a split name")  # fmt: skip
+        name, split, sha = entry.get("file"), entry.get("split"), entry.get("sha256")
+        ok = isinstance(name, str) and shards.PLAIN_NAME.fullmatch(name) is not None
+        need(ok, f"shards[{i}].file", name, "a shard file name such as train_000000.npy")
+        need(isinstance(split, str), f"shards[{i}].split", split, "a split name")
         count(f"shards[{i}].tokens", entry.get("tokens"))
-        sha = entry.get("sha256")
-        need(isinstance(sha, str) and _SHA256.fullmatch(sha) is not None,
-             f"shards[{i}].sha256", sha, "64 hexadecimal digits")  # fmt: skip
+        ok = isinstance(sha, str) and _SHA256.fullmatch(sha) is not None
+        need(ok, f"shards[{i}].sha256", sha, "64 hexadecimal digits")
 
 
 def verify_manifest(data_dir: str | Path) -> str:
@@ -158,18 +155,6 @@ def verify_shards(data_dir: str | Path, manifest: dict[str, Any]) -> None:
         provenance.verify(path, entry["sha256"], "shard")
 
 
-def _load_shard(path: Path, shard_format: str) -> np.ndarray:
-    if shard_format == "npy":
-        return np.load(path, mmap_mode="r")
-    if shard_format == "parquet":
-        import pyarrow as pa
-        import pyarrow.parquet as pq
-
-        column = pq.read_table(path, columns=["tokens"], memory_map=True).column("tokens")
-        return pa.concat_arrays(column.chunks).flatten().to_numpy(zero_copy_only=False)
-    raise DataError(f"{path}: shard_format {shard_format!r} is not npy or parquet")
-
-
 def open_prepared(data_dir: str | Path, verify: bool = True) -> Prepared:
     """Read manifest.json, check it against prepare's record and every shard's hash against it
     (unless verify=False) and map the shards."""
@@ -181,71 +166,68 @@ def open_prepared(data_dir: str | Path, verify: bool = True) -> Prepared:
     splits: dict[str, list[np.ndarray]] = {name: [] for name in manifest["splits"]}
     for entry in manifest["shards"]:
         path = data_dir / entry["file"]
-        tokens = _load_shard(path, manifest["shard_format"])
+        tokens = shards.load(path, manifest["shard_format"])
         if tokens.ndim != 1 or len(tokens) != entry["tokens"]:
             raise DataError(
                 f"shard {path}: {tokens.shape} tokens, the manifest says {entry['tokens']}"
             )
         splits.setdefault(entry["split"], []).append(tokens)
     streams = {}
-    for name, shards in splits.items():
-        offsets = np.cumsum([0] + [len(s) for s in shards], dtype=np.int64)
-        streams[name] = TokenStream(name, tuple(shards), offsets)
+    for name, arrays in splits.items():
+        offsets = np.cumsum([0] + [len(a) for a in arrays], dtype=np.int64)
+        streams[name] = TokenStream(name, tuple(arrays), offsets)
     sha = provenance.sha256_file(data_dir / "manifest.json")
     return Prepared(data_dir, manifest, sha, streams)
 
 
-def _rng(seed: int, stream: str, split: str, step: int) -> np.random.Generator:
-    if seed < 0 or step < 0:
-        raise ValueError(f"seed and step must be >= 0, got seed {seed}, step {step}")
-    if stream not in STREAMS:
-        raise ValueError(f"stream {stream!r}: expected one of {STREAMS}")
-    return np.random.default_rng([seed, STREAMS.index(stream), zlib.crc32(split.encode()), step])
+@dataclass(frozen=True)
+class BatchSpec:
+    """The batches of one stream: batch `step` is a pure function of these and the step.
+
+    order random: windows uniform over the split, as nanoGPT's get_batch; sequential:
+    consecutive non-overlapping windows, wrapping around. stream: train or eval, independent
+    draws from the same seed."""
+
+    split: str
+    seed: int
+    batch_size: int
+    block_size: int
+    order: str = "random"
+    stream: str = "train"
 
 
-def window_starts(
-    n_tokens: int,
-    split: str,
-    seed: int,
-    step: int,
-    batch_size: int,
-    block_size: int,
-    order: str = "random",
-    stream: str = "train",
-) -> np.ndarray:
-    """First token of each of the batch_size windows of batch `step` (pure in its arguments).
+def _rng(spec: BatchSpec, step: int) -> np.random.Generator:
+    if spec.seed < 0 or step < 0:
+        raise ValueError(f"seed and step must be >= 0, got seed {spec.seed}, step {step}")
+    if spec.stream not in STREAMS:
+        raise ValueError(f"stream {spec.stream!r}: expected one of {STREAMS}")
+    stream_id, split_id = STREAMS.index(spec.stream), zlib.crc32(spec.split.encode())
+    return np.random.default_rng([spec.seed, stream_id, split_id, step])
 
-    random: uniform over [0, n_tokens - block_size), as nanoGPT's get_batch.
-    sequential: consecutive non-overlapping windows, wrapping around at the end of the split.
-    """
-    if n_tokens < block_size + 1:
+
+def window_starts(n_tokens: int, spec: BatchSpec, step: int) -> np.ndarray:
+    """First token of each of the batch_size windows of batch `step` (pure in its arguments):
+    random, uniform over [0, n_tokens - block_size); sequential, window after window."""
+    B, L = spec.batch_size, spec.block_size
+    if n_tokens < L + 1:
         raise DataError(
-            f"split {split!r} has {progress.plural(n_tokens, 'token')}, fewer than block_size + 1 "
-            f"= {block_size + 1}"
+            f"split {spec.split!r} has {progress.plural(n_tokens, 'token')}, fewer than "
+            f"block_size + 1 = {L + 1}"
         )
-    if order == "random":
-        return _rng(seed, stream, split, step).integers(0, n_tokens - block_size, batch_size)
-    if order == "sequential":
-        n_windows = (n_tokens - 1) // block_size
-        return (np.arange(batch_size, dtype=np.int64) + step * batch_size) % n_windows * block_size
-    raise ValueError(f"order {order!r}: expected random or sequential")
+    if spec.order == "random":
+        return _rng(spec, step).integers(0, n_tokens - L, B)
+    if spec.order == "sequential":
+        n_windows = (n_tokens - 1) // L
+        return (np.arange(B, dtype=np.int64) + step * B) % n_windows * L
+    raise ValueError(f"order {spec.order!r}: expected random or sequential")
 
 
 def batch(
-    data: Prepared,
-    split: str,
-    seed: int,
-    step: int,
-    batch_size: int,
-    block_size: int,
-    order: str = "random",
-    stream: str = "train",
-    rows: slice = slice(None),
+    data: Prepared, spec: BatchSpec, step: int, rows: slice = slice(None)
 ) -> tuple[np.ndarray, np.ndarray]:
     """Inputs and next-token targets (int32) of batch `step`; `rows` reads only some rows."""
-    n_tokens = data.split(split).n_tokens
-    starts = window_starts(n_tokens, split, seed, step, batch_size, block_size, order, stream)
-    return windows(data, split, starts[rows], block_size)
+    starts = window_starts(data.split(spec.split).n_tokens, spec, step)
+    return windows(data, spec.split, starts[rows], spec.block_size)
 
 
 def windows(
@@ -261,18 +243,19 @@ def windows(
     return xy_BxL1[:, :-1], xy_BxL1[:, 1:]
 
 
-def schedule(
-    data: Prepared, seed: int, order: str, batch_size: int, block_size: int, accumulation: int
-) -> dict[str, Any]:
-    """What provenance records so that any step's batch can be recomputed."""
+def schedule(data: Prepared, spec: BatchSpec, accumulation: int) -> dict[str, Any]:
+    """What provenance records so that any step's batch of the train stream `spec` can be
+    recomputed: micro-batch i of step s is batch(data, spec, s * accumulation + i)."""
     return {
         "function": BATCH_FUNCTION,
         "manifest_sha256": data.manifest_sha256,
-        "seed": seed,
-        "order": order,
-        "batch_size": batch_size,
-        "block_size": block_size,
+        "seed": spec.seed,
+        "order": spec.order,
+        "batch_size": spec.batch_size,
+        "block_size": spec.block_size,
         "micro_batches_per_step": accumulation,
+        # batch/1's formulas in its first, positional form (the spec's fields in that order), as
+        # runs before BatchSpec recorded them
         "train_batch": "micro-batch m of step s = batch(data, 'train', seed, s * "
         "micro_batches_per_step + m, batch_size, block_size, order)",
         "eval_batches": "batch(data, split, seed, k, batch_size, block_size, 'random', "

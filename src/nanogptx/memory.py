@@ -1,23 +1,19 @@
-"""Memory per device: what a compiled program needs (XLA's memory_analysis of it, never
-arithmetic) and what a device gives (the budget: what JAX's allocator will hand out).
+"""Memory per device: what a compiled program needs (XLA's memory_analysis, never arithmetic)
+and what a device gives (the budget: what JAX's allocator hands out, allocator_share).
 
     need = memory.usage(jax.jit(f).lower(*args).compile())
     budget = memory.budget_of(jax.devices()[0])   # None bytes on a CPU: no limit known
-
-The budget on a GPU is what JAX will actually hand out: by default it preallocates 75% of the
-GPU's memory and never grows past it. XLA_CLIENT_MEM_FRACTION (or its older name
-XLA_PYTHON_CLIENT_MEM_FRACTION) sets that share; XLA_PYTHON_CLIENT_PREALLOCATE=false allocates
-on demand but keeps the same limit; XLA_PYTHON_CLIENT_ALLOCATOR=platform has no limit but the
-GPU's memory (and is slow). python -m nanogptx.plan prints both sides for every program a run
-executes.
 """
 
 from __future__ import annotations
 
+import math
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
+
+from nanogptx.errors import UserError
 
 GiB = 2**30
 DEFAULT_FRACTION = 0.75  # JAX's share of a GPU's memory (its allocator's limit)
@@ -69,20 +65,41 @@ class Budget:
         return self.bytes is None or need.total <= self.bytes
 
 
-def allocator_share(env: dict[str, str] | None = None) -> tuple[float, str]:
+class EnvError(UserError, ValueError):
+    """An allocator setting in the environment that JAX would refuse, or that gives no budget."""
+
+
+# XLA_PYTHON_CLIENT_ALLOCATOR's values (jaxlib's xla_client refuses any other).
+ALLOCATORS = ("default", "platform", "bfc", "cuda_async", "vmm")
+
+
+def allocator_share(env: Mapping[str, str] | None = None) -> tuple[float, str]:
     """The share of a GPU's memory JAX's allocator hands out, and the rule in words, from the
-    environment variables JAX reads (jaxlib's xla_client.generate_pjrt_gpu_plugin_options)."""
+    environment variables JAX reads (jaxlib's xla_client.generate_pjrt_gpu_plugin_options); an
+    EnvError where JAX would refuse them (an unknown allocator, both names of the share) or the
+    share is not a number in (0, 1] (JAX would preallocate nothing, or more than the GPU has)."""
     env = os.environ if env is None else env
     allocator = env.get("XLA_PYTHON_CLIENT_ALLOCATOR", "default").lower()
+    if allocator not in ALLOCATORS:
+        raise EnvError(f"XLA_PYTHON_CLIENT_ALLOCATOR={env['XLA_PYTHON_CLIENT_ALLOCATOR']!r}: "
+                       f"expected one of {', '.join(ALLOCATORS)} (JAX refuses others)")  # fmt: skip
     if allocator == "platform":
         return 1.0, "XLA_PYTHON_CLIENT_ALLOCATOR=platform: no limit but the GPU's memory"
-    for name in ("XLA_CLIENT_MEM_FRACTION", "XLA_PYTHON_CLIENT_MEM_FRACTION"):
-        if env.get(name):
-            try:
-                share = float(env[name])
-            except ValueError:
-                raise ValueError(f"{name}={env[name]!r}: expected a number like .75") from None
-            return share, f"{name}={env[name]}"
+    names = [n for n in ("XLA_CLIENT_MEM_FRACTION", "XLA_PYTHON_CLIENT_MEM_FRACTION") if env.get(n)]
+    if len(names) == 2:
+        raise EnvError(
+            "XLA_CLIENT_MEM_FRACTION and XLA_PYTHON_CLIENT_MEM_FRACTION are both set, which JAX "
+            "refuses: unset the older XLA_PYTHON_CLIENT_MEM_FRACTION"
+        )
+    for name in names:
+        try:
+            share = float(env[name])
+        except ValueError:
+            share = math.nan
+        if not 0 < share <= 1:  # nan too
+            raise EnvError(f"{name}={env[name]!r}: expected the share of the GPU's memory JAX "
+                           "may use, a number in (0, 1] like .75")  # fmt: skip
+        return share, f"{name}={env[name]}"
     return DEFAULT_FRACTION, (
         f"JAX's default share, {DEFAULT_FRACTION:.0%} (XLA_CLIENT_MEM_FRACTION or "
         "XLA_PYTHON_CLIENT_MEM_FRACTION sets it; XLA_PYTHON_CLIENT_PREALLOCATE=false allocates "
@@ -102,14 +119,18 @@ def budget_of(device: Any, memory_size: int | None = None) -> Budget:
             stats = None
     if stats and stats.get("bytes_limit"):
         limit = int(stats["bytes_limit"])
-        return Budget(limit, f"JAX's allocator limit on this {device.device_kind} "
-                             f"({limit / GiB:.2f} GiB, memory_stats' bytes_limit)")  # fmt: skip
+        return Budget(
+            limit,
+            f"JAX's allocator limit on this {device.device_kind} "
+            f"({limit / GiB:.2f} GiB, memory_stats' bytes_limit)",
+        )
     if memory_size is None:
         return Budget(None, f"no memory limit known for {device.device_kind} ({device.platform})")
     share, rule = allocator_share()
     limit = int(memory_size * share)
-    return Budget(limit, f"{share:.0%} of the {device.device_kind}'s {memory_size / GiB:.2f} "
-                         f"GiB: {rule}")  # fmt: skip
+    return Budget(
+        limit, f"{share:.0%} of the {device.device_kind}'s {memory_size / GiB:.2f} GiB: {rule}"
+    )
 
 
 def largest_fitting(
@@ -145,8 +166,10 @@ def shortfall(need: Usage, budget: Budget) -> str:
         parts += f", outputs {gib(need.outputs - need.aliased)}"
     if need.resident:
         parts += f", the optimizer state beside it {gib(need.resident)}"
-    return (f"needs {gib(need.total)} GiB per device ({parts} GiB), more than the budget of "
-            f"{gib(budget.bytes)} GiB ({budget.rule})")  # fmt: skip
+    return (
+        f"needs {gib(need.total)} GiB per device ({parts} GiB), more than the budget of "
+        f"{gib(budget.bytes)} GiB ({budget.rule})"
+    )
 
 
 def gib(n: int | None) -> str:

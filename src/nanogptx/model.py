@@ -1,20 +1,8 @@
-"""GPT in pure JAX: the architecture, written once and read top-down. Parameters, their
-initialisation, embeddings, attention, the MLP, the block, the forward pass (for training, and
-with a KV cache for sampling, through the same block) and the loss.
-
-GPT-2 by default; each variant is a [model] key, off by default (config.ModelConfig): rotary
-positions, RMSNorm, norms without gains, QK-norm, tanh GELU, ReLU^2, SwiGLU, grouped-query
-attention, an untied head, logit soft-capping and z-loss.
-
-No I/O, no devices, no questions about the platform: the primitives (kernels.FAST or
-kernels.REFERENCE), the attention implementation and the layer unrolling come in a
-runtime.Runtime, chosen outside (runtime.choose). Dimension letters used in names:
-    B batch, L positions, M key positions, D width (n_embd), H heads, J key/value heads,
-    R query heads per key/value head (H / J), K head width, F MLP width, V vocabulary,
-    N layers, T new tokens (sampling), I and O a matmul's input and output widths,
-    G batch times key/value heads (B J), W window (cache), Q queries of a group (R L).
-The numerics of the GPT-2 default are nanoGPT's.
-"""
+"""GPT in pure JAX, written once and read top-down: parameters, layers, the block, and the
+model's entry points: `forward` (logits), `loss_fn` (training), `forward_cached` (sampling,
+the same blocks with a KV cache). GPT-2 with nanoGPT's numerics by default, each variant a
+[model] key (config.ModelConfig). No I/O, no devices: primitives, attention implementation
+and layer unrolling come in a runtime.Runtime, chosen outside (runtime.choose)."""
 
 from __future__ import annotations
 
@@ -28,10 +16,15 @@ from nanogptx import kernels
 from nanogptx.config import ModelConfig
 from nanogptx.runtime import Runtime
 
+# Dimension letters in names: B batch, L positions, M key positions, D width (n_embd), H heads,
+# J key/value heads, R query heads per key/value head (H / J), K head width, F MLP width,
+# V vocabulary, N layers, T new tokens (sampling), I and O a matmul's input and output widths,
+# G batch times key/value heads (B J), W window (cache), Q queries of a group (R L).
+
 Params = dict[str, Any]
 # Per layer, the keys and values of a window of W positions, batch and key/value heads merged in
 # front: (k_GxWxK, v_GxWxK). Position p lies in slot p % W: with rope the window slides over
-# the slots as a ring. sample.init_cache makes it; attention writes into it.
+# the slots as a ring. sample.init_cache makes it; attention_cached writes into it.
 Cache = tuple[jax.Array, jax.Array]
 DEFAULT = Runtime()
 # model.remat: what the backward of each block recomputes rather than keeps (jax.checkpoint's
@@ -187,6 +180,14 @@ def rope(x_BxLxHxK: jax.Array, positions_L: jax.Array, theta: float) -> jax.Arra
     return y.astype(x_BxLxHxK.dtype)
 
 
+def visible(offset_QxM: jax.Array, window: int | None = None) -> jax.Array:
+    """The attention mask's one test: an offset from 0 up to `window` (no limit without one).
+    Training passes how far back each key lies from its query (negative: after it); the cache,
+    the position each slot holds (negative: never written)."""
+    seen_QxM = offset_QxM >= 0
+    return seen_QxM & (offset_QxM < window) if window is not None else seen_QxM
+
+
 def attention(
     q_BxLxHxK: jax.Array,
     k_BxLxJxK: jax.Array,
@@ -195,71 +196,77 @@ def attention(
     *,
     rate: float = 0.0,
     key: jax.Array | None = None,
-    pos: jax.Array | int = 0,
-    cache: Cache | None = None,
     window: int | None = None,
     stats: bool = False,
-) -> tuple[jax.Array, Cache | None, jax.Array | None]:
-    """Causal self-attention of L new positions pos..pos+L-1, each query head h attending with
-    key/value head h // R. Without a cache they attend to each other (training), to at most
-    `window` positions back; with one, their keys and values are written into it and they
-    attend to every cached position up to their own (entries after a query, or from before
-    the window, are masked). Returns the output, the cache, and with `stats` the largest
-    attention logit (else None)."""
+) -> tuple[jax.Array, jax.Array | None]:
+    """Causal self-attention among L positions, query head h attending with key/value head
+    h // R to at most `window` positions back (default L). The runtime chooses the
+    implementation; dropout (where a key is given), a window shorter than L and `stats` need
+    the weights, which only the einsums hold. Returns the output and, with `stats`, the
+    largest attention logit (else None)."""
+    B, L, H, K = q_BxLxHxK.shape
+    J = k_BxLxJxK.shape[2]
+    scale = 1.0 / math.sqrt(K)
+    window = L if window is None else window
+    fused = rt.fused_attention(weights=stats or window < L or (key is not None and rate > 0.0))
+    if fused:
+        y = jax.nn.dot_product_attention(
+            q_BxLxHxK, k_BxLxJxK, v_BxLxJxK, is_causal=True, implementation=fused
+        )
+        return y, None
+    # The R query heads of a key/value head grouped (r); without GQA, the heads as they are
+    # (written so, XLA sums the gradients in the order they always had: the same results).
+    R = H // J
+    q_, kv, att_ = ("bljrk", "bmjk", "bjrlm") if R > 1 else ("blhk", "bmhk", "bhlm")
+    q = q_BxLxHxK.reshape(B, L, J, R, K) if R > 1 else q_BxLxHxK
+    att = jnp.einsum(f"{q_},{kv}->{att_}", q, k_BxLxJxK) * scale
+    att_BxHxLxM = att.reshape(B, H, L, L)
+    back_LxM = jnp.arange(L)[:, None] - jnp.arange(L)[None, :]  # how far back key m lies
+    visible_LxM = visible(back_LxM, window if window < L else None)
+    att_BxHxLxM = jnp.where(visible_LxM, att_BxHxLxM.astype(jnp.float32), -jnp.inf)
+    most = att_BxHxLxM.max() if stats else None
+    att_BxHxLxM = jax.nn.softmax(att_BxHxLxM, axis=-1).astype(q_BxLxHxK.dtype)
+    att = dropout(att_BxHxLxM, rate, key).reshape(att.shape)
+    return jnp.einsum(f"{att_},{kv}->{q_}", att, v_BxLxJxK).reshape(B, L, H, K), most
+
+
+def attention_cached(
+    q_BxLxHxK: jax.Array,
+    k_BxLxJxK: jax.Array,
+    v_BxLxJxK: jax.Array,
+    cache: Cache,
+    pos: jax.Array | int,
+) -> tuple[jax.Array, Cache]:
+    """Attention of L new positions pos..pos+L-1 against a KV cache (sampling): their keys and
+    values are written into it, and each query attends to every cached position up to its own
+    (slots not yet written, or from before the window, are masked). Returns the output and
+    the cache. A multi-token write (a prompt, a re-encoding) starts at pos < W and does not
+    wrap."""
     B, L, H, K = q_BxLxHxK.shape
     J = k_BxLxJxK.shape[2]
     R = H // J
     scale = 1.0 / math.sqrt(K)
-    if cache is not None:
-        # In the cache layout: batch and key/value heads merged in front, so that each decoding
-        # step updates the cache in place and the dots read it as it lies (XLA's CPU backend
-        # copies a stacked or position-major cache whole on every step). A multi-token write
-        # (a prompt, a re-encoding) starts at pos < W and does not wrap.
-        def heads_first(t_BxLxJxK: jax.Array) -> jax.Array:
-            return t_BxLxJxK.transpose(0, 2, 1, 3).reshape(B * J, L, K)
+    k_GxWxK, v_GxWxK = cache
+    W = k_GxWxK.shape[1]
 
-        k_GxWxK, v_GxWxK = cache
-        W = k_GxWxK.shape[1]
-        slot = pos % W
-        k_GxWxK = jax.lax.dynamic_update_slice(k_GxWxK, heads_first(k_BxLxJxK), (0, slot, 0))
-        v_GxWxK = jax.lax.dynamic_update_slice(v_GxWxK, heads_first(v_BxLxJxK), (0, slot, 0))
-        # The queries of a group: its R heads' L positions each.
-        q_GxQxK = q_BxLxHxK.reshape(B, L, J, R, K).transpose(0, 2, 3, 1, 4).reshape(B * J, R * L, K)
-        at_Q = pos + jnp.tile(jnp.arange(L), R)
-        # Slot w holds the newest position p <= the query's with p = w (mod W): visible once
-        # written (p >= 0).
-        w_W = jnp.arange(W)
-        visible_QxW = at_Q[:, None] - (at_Q[:, None] - w_W[None, :]) % W >= 0
-        att_GxQxW = jnp.einsum("gqk,gwk->gqw", q_GxQxK, k_GxWxK) * scale
-        att_GxQxW = jnp.where(visible_QxW, att_GxQxW, -jnp.inf)
-        most = att_GxQxW.max() if stats else None
-        att_GxQxW = jax.nn.softmax(att_GxQxW, axis=-1)
-        y_GxQxK = jnp.einsum("gqw,gwk->gqk", att_GxQxW, v_GxWxK)
-        y_BxLxHxK = y_GxQxK.reshape(B, J, R, L, K).transpose(0, 3, 1, 2, 4).reshape(B, L, H, K)
-        return y_BxLxHxK, (k_GxWxK, v_GxWxK), most
-    banded = window is not None and L > window
-    if rt.attention != "einsum" and not stats and not banded and (key is None or rate == 0.0):
-        y = jax.nn.dot_product_attention(
-            q_BxLxHxK, k_BxLxJxK, v_BxLxJxK, is_causal=True, implementation=rt.attention
-        )
-        return y, None, None
-    if R == 1:
-        att_BxHxLxM = jnp.einsum("blhk,bmhk->bhlm", q_BxLxHxK, k_BxLxJxK) * scale
-    else:
-        q_BxLxJxRxK = q_BxLxHxK.reshape(B, L, J, R, K)
-        att_BxJxRxLxM = jnp.einsum("bljrk,bmjk->bjrlm", q_BxLxJxRxK, k_BxLxJxK) * scale
-        att_BxHxLxM = att_BxJxRxLxM.reshape(B, H, L, L)
-    back_LxM = jnp.arange(L)[:, None] - jnp.arange(L)[None, :]  # how far back key m lies
-    visible_LxM = (back_LxM >= 0) & (back_LxM < window) if banded else back_LxM >= 0
-    att_BxHxLxM = jnp.where(visible_LxM, att_BxHxLxM.astype(jnp.float32), -jnp.inf)
-    most = att_BxHxLxM.max() if stats else None
-    att_BxHxLxM = jax.nn.softmax(att_BxHxLxM, axis=-1).astype(q_BxLxHxK.dtype)
-    att_BxHxLxM = dropout(att_BxHxLxM, rate, key)
-    if R == 1:
-        return jnp.einsum("bhlm,bmhk->blhk", att_BxHxLxM, v_BxLxJxK), None, most
-    att_BxJxRxLxM = att_BxHxLxM.reshape(B, J, R, L, L)
-    y_BxLxJxRxK = jnp.einsum("bjrlm,bmjk->bljrk", att_BxJxRxLxM, v_BxLxJxK)
-    return y_BxLxJxRxK.reshape(B, L, H, K), None, most
+    def heads_first(t_BxLxJxK: jax.Array) -> jax.Array:
+        return t_BxLxJxK.transpose(0, 2, 1, 3).reshape(B * J, L, K)
+
+    slot = pos % W
+    k_GxWxK = jax.lax.dynamic_update_slice(k_GxWxK, heads_first(k_BxLxJxK), (0, slot, 0))
+    v_GxWxK = jax.lax.dynamic_update_slice(v_GxWxK, heads_first(v_BxLxJxK), (0, slot, 0))
+    # The queries of a group: its R heads' L positions each.
+    q_GxQxK = q_BxLxHxK.reshape(B, L, J, R, K).transpose(0, 2, 3, 1, 4).reshape(B * J, R * L, K)
+    at_Q = pos + jnp.tile(jnp.arange(L), R)
+    # Slot w holds the newest position p <= the query's with p = w (mod W): seen once written.
+    w_W = jnp.arange(W)
+    visible_QxW = visible(at_Q[:, None] - (at_Q[:, None] - w_W[None, :]) % W)
+    att_GxQxW = jnp.einsum("gqk,gwk->gqw", q_GxQxK, k_GxWxK) * scale
+    att_GxQxW = jnp.where(visible_QxW, att_GxQxW, -jnp.inf)
+    att_GxQxW = jax.nn.softmax(att_GxQxW, axis=-1)
+    y_GxQxK = jnp.einsum("gqw,gwk->gqk", att_GxQxW, v_GxWxK)
+    y_BxLxHxK = y_GxQxK.reshape(B, J, R, L, K).transpose(0, 3, 1, 2, 4).reshape(B, L, H, K)
+    return y_BxLxHxK, (k_GxWxK, v_GxWxK)
 
 
 def mlp(x_BxLxD: jax.Array, p: Params, cfg: ModelConfig, dtype: Any, rt: Runtime) -> jax.Array:
@@ -270,6 +277,28 @@ def mlp(x_BxLxD: jax.Array, p: Params, cfg: ModelConfig, dtype: Any, rt: Runtime
     else:
         h_BxLxF = getattr(rt.kernels, cfg.activation)(h_BxLxF)
     return linear(h_BxLxF, p, "fc_proj", dtype, rt)
+
+
+def qkv_heads(
+    h_BxLxD: jax.Array, p: Params, cfg: ModelConfig, dtype: Any, rt: Runtime, pos: jax.Array | int
+) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """The queries, keys and values of positions pos..pos+L-1, in heads: q_BxLxHxK, k_BxLxJxK
+    and v_BxLxJxK, QK-normed and rotated where the model says so."""
+    B, L, D = h_BxLxD.shape
+    H, J = cfg.n_head, kv_heads(cfg)
+    K = D // H
+    qkv = linear(h_BxLxD, p, "attn", dtype, rt)
+    q_BxLxHxK = qkv[..., : H * K].reshape(B, L, H, K)
+    k_BxLxJxK = qkv[..., H * K : (H + J) * K].reshape(B, L, J, K)
+    v_BxLxJxK = qkv[..., (H + J) * K :].reshape(B, L, J, K)
+    if cfg.qk_norm:
+        q_BxLxHxK = norm(q_BxLxHxK, p, "q_norm", cfg, rt)
+        k_BxLxJxK = norm(k_BxLxJxK, p, "k_norm", cfg, rt)
+    if cfg.position == "rope":
+        positions_L = pos + jnp.arange(L)
+        q_BxLxHxK = rope(q_BxLxHxK, positions_L, cfg.rope_theta)
+        k_BxLxJxK = rope(k_BxLxJxK, positions_L, cfg.rope_theta)
+    return q_BxLxHxK, k_BxLxJxK, v_BxLxJxK
 
 
 def block(
@@ -283,29 +312,18 @@ def block(
     cache: Cache | None = None,
     stats: bool = False,
 ) -> tuple[jax.Array, Cache | None, jax.Array | None]:
-    """One pre-norm transformer block; p holds one layer's slice of params["blocks"]. Returns
-    the output, the cache, and with `stats` the largest attention logit."""
+    """One pre-norm transformer block; p holds one layer's slice of params["blocks"]. With a
+    cache (sampling), the positions from pos attend through it. Returns the output, the
+    cache, and with `stats` the largest attention logit."""
     B, L, D = x_BxLxD.shape
-    H, J = cfg.n_head, kv_heads(cfg)
-    K = D // H
     keys = [None] * 3 if key is None else list(jax.random.split(key, 3))
 
-    h_BxLxD = norm(x_BxLxD, p, "ln1", cfg, rt)
-    qkv = linear(h_BxLxD, p, "attn", dtype, rt)
-    q_BxLxHxK = qkv[..., : H * K].reshape(B, L, H, K)
-    k_BxLxJxK = qkv[..., H * K : (H + J) * K].reshape(B, L, J, K)
-    v_BxLxJxK = qkv[..., (H + J) * K :].reshape(B, L, J, K)
-    if cfg.qk_norm:
-        q_BxLxHxK = norm(q_BxLxHxK, p, "q_norm", cfg, rt)
-        k_BxLxJxK = norm(k_BxLxJxK, p, "k_norm", cfg, rt)
-    if cfg.position == "rope":
-        positions_L = pos + jnp.arange(L)
-        q_BxLxHxK = rope(q_BxLxHxK, positions_L, cfg.rope_theta)
-        k_BxLxJxK = rope(k_BxLxJxK, positions_L, cfg.rope_theta)
-    y_BxLxHxK, cache, most = attention(
-        q_BxLxHxK, k_BxLxJxK, v_BxLxJxK, rt, rate=cfg.dropout, key=keys[0], pos=pos,
-        cache=cache, window=cfg.block_size, stats=stats,
-    )  # fmt: skip
+    qkv = qkv_heads(norm(x_BxLxD, p, "ln1", cfg, rt), p, cfg, dtype, rt, pos)
+    if cache is None:
+        rate, window = cfg.dropout, cfg.block_size
+        y_BxLxHxK, most = attention(*qkv, rt, rate=rate, key=keys[0], window=window, stats=stats)
+    else:
+        (y_BxLxHxK, cache), most = attention_cached(*qkv, cache, pos), None
     y_BxLxD = linear(y_BxLxHxK.reshape(B, L, D), p, "attn_proj", dtype, rt)
     x_BxLxD = x_BxLxD + dropout(y_BxLxD, cfg.dropout, keys[1])
 
@@ -401,25 +419,6 @@ def trunk(
     return jax.lax.scan(step, x_BxLxD, (params["blocks"], layer_keys), unroll=rt.unroll)
 
 
-def forward_with_stats(
-    params: Params,
-    ids_BxL: jax.Array,
-    cfg: ModelConfig,
-    *,
-    rt: Runtime = DEFAULT,
-    dropout_key: jax.Array | None = None,
-    compute_dtype: Any = jnp.float32,
-    stats: bool = False,
-) -> tuple[jax.Array, jax.Array | None]:
-    """Logits (float32) for every position, and with `stats` the largest attention logit of
-    each layer (N, else None): the trunk, then the head."""
-    x_BxLxD, most_N = trunk(
-        params, ids_BxL, cfg, rt=rt, dropout_key=dropout_key, compute_dtype=compute_dtype,
-        stats=stats,
-    )  # fmt: skip
-    return head(params, x_BxLxD, cfg, rt), most_N
-
-
 def forward(
     params: Params,
     ids_BxL: jax.Array,
@@ -429,10 +428,12 @@ def forward(
     dropout_key: jax.Array | None = None,
     compute_dtype: Any = jnp.float32,
 ) -> jax.Array:
-    """Logits (float32) for every position; dropout only where a dropout_key is given."""
-    return forward_with_stats(
+    """Logits (float32) for every position: the trunk, then the head. Dropout only where a
+    dropout_key is given."""
+    x_BxLxD, _ = trunk(
         params, ids_BxL, cfg, rt=rt, dropout_key=dropout_key, compute_dtype=compute_dtype
-    )[0]
+    )
+    return head(params, x_BxLxD, cfg, rt)
 
 
 def forward_cached(
@@ -455,34 +456,6 @@ def forward_cached(
     return head(params, x_BxLxD[:, -1], cfg, rt), new_cache
 
 
-def loss_terms(
-    params: Params,
-    ids_BxL: jax.Array,
-    targets_BxL: jax.Array,
-    cfg: ModelConfig,
-    *,
-    rt: Runtime = DEFAULT,
-    dropout_key: jax.Array | None = None,
-    compute_dtype: Any = jnp.float32,
-    stats: bool = False,
-) -> tuple[jax.Array, dict[str, jax.Array]]:
-    """The training loss (cross-entropy plus model.z_loss * mean(log Z^2)) and its parts:
-    "ce" (mean next-token cross-entropy, float32), "log_z" (the mean log Z of the logits),
-    "z_loss" (the auxiliary term) when the model has one, and with `stats` "attn_logit_max"
-    (the largest attention logit of each layer, N)."""
-    x_BxLxD, most_N = trunk(
-        params, ids_BxL, cfg, rt=rt, dropout_key=dropout_key, compute_dtype=compute_dtype,
-        stats=stats,
-    )  # fmt: skip
-    loss, ce, z2, log_z = cross_entropy(params, x_BxLxD, targets_BxL, cfg, rt)
-    parts = {"ce": ce, "log_z": log_z}
-    if cfg.z_loss:
-        parts["z_loss"] = cfg.z_loss * z2
-    if stats:
-        parts["attn_logit_max"] = most_N
-    return loss, parts
-
-
 def loss_fn(
     params: Params,
     ids_BxL: jax.Array,
@@ -492,10 +465,16 @@ def loss_fn(
     rt: Runtime = DEFAULT,
     dropout_key: jax.Array | None = None,
     compute_dtype: Any = jnp.float32,
-) -> jax.Array:
-    """The training loss (loss_terms' first value): mean next-token cross-entropy in float32,
-    plus z-loss where the model has it."""
-    return loss_terms(
-        params, ids_BxL, targets_BxL, cfg, rt=rt, dropout_key=dropout_key,
-        compute_dtype=compute_dtype,
-    )[0]  # fmt: skip
+) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """The training loss (mean next-token cross-entropy in float32, plus model.z_loss *
+    mean(log Z^2)) and its parts, for jax.value_and_grad(loss_fn, has_aux=True): "ce" (the
+    cross-entropy), "log_z" (the mean log Z of the logits) and "z_loss" (the auxiliary term)
+    where the model has one."""
+    x_BxLxD, _ = trunk(
+        params, ids_BxL, cfg, rt=rt, dropout_key=dropout_key, compute_dtype=compute_dtype
+    )
+    loss, ce, z2, log_z = cross_entropy(params, x_BxLxD, targets_BxL, cfg, rt)
+    parts = {"ce": ce, "log_z": log_z}
+    if cfg.z_loss:
+        parts["z_loss"] = cfg.z_loss * z2
+    return loss, parts

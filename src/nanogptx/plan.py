@@ -1,14 +1,8 @@
-"""The memory plan of a run: every program it executes (the train, diagnostics and eval steps,
-the sampling loop, the eval stage's scorers) compiled for a GPU, or for this machine's devices,
-with its memory per device against what JAX will hand out there, before anything runs.
+"""The memory plan of a run: every program it executes compiled for a GPU target (JAX's CUDA
+build, no GPU) or this machine's devices, its memory per device against the budget; exits 1
+naming a program that does not fit and what to change. Nothing runs: memory, never speed.
 
     python -m nanogptx.plan --config config/gpt2-124m-fineweb.toml --target h100 --devices 8
-
-A GPU target (h100, h200, a100-80g, a6000, or a file of XLA's GPU description text) needs JAX's
-CUDA build (pip install -e ".[cuda]") but no GPU: XLA compiles for compile-only devices made
-from the description. Nothing runs and nothing is autotuned, so the plan says how much memory a
-program needs, never how fast it is. Exits 1 naming the program that does not fit and what to
-change; training makes the same check (and auto's choice of micro-batch) on its own devices.
 """
 
 from __future__ import annotations
@@ -26,8 +20,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from nanogptx import config
+from nanogptx import config, memory
 from nanogptx.config import Config
+from nanogptx.errors import UserError
 
 # --target names: XLA's descriptions shipped in nanogptx/gpu_targets (Apache-2.0, The OpenXLA
 # Authors; see its README.md).
@@ -45,7 +40,7 @@ STAGES = ("train", "sample", "eval")
 CHAR_VOCAB = 256
 
 
-class PlanError(RuntimeError):
+class PlanError(UserError, RuntimeError):
     """A target or setting the plan cannot compile for."""
 
 
@@ -70,11 +65,17 @@ def target_text(target: str) -> str:
         text = (files / TARGETS[target]).read_text()
     else:
         path = Path(target)
+        expected = (f"expected one of {', '.join(TARGETS)} or a file of XLA's GPU description "
+                    "(GpuTargetConfigProto text)")  # fmt: skip
         if not path.is_file():
-            raise PlanError(f"--target {target!r}: expected one of {', '.join(TARGETS)} "
-                            "or a file of XLA's GPU description (GpuTargetConfigProto "
-                            "text)")  # fmt: skip
-        text = path.read_text()
+            what = "a directory" if path.is_dir() else "no such file"
+            raise PlanError(f"--target {target!r}: {expected} ({what})")
+        try:
+            text = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeError) as e:  # unreadable, or not text (a binary file)
+            raise PlanError(
+                f"--target {target!r}: cannot read it as text ({e}): {expected}"
+            ) from None
     return "\n".join(
         line for line in text.splitlines() if line.split(":")[0].strip() not in UNKNOWN_FIELDS
     )
@@ -93,9 +94,11 @@ def gpu_devices(text: str, n: int, target: str) -> list[Any]:
     from jax.experimental import topologies
 
     if not cuda_available():
-        raise PlanError(f"--target {target}: compiling for a GPU needs JAX's CUDA build, "
-                        "the cuda extra: pip install -e '.[cuda]' (no GPU needed; about 4.8 GB "
-                        "of wheels)")  # fmt: skip
+        raise PlanError(
+            f"--target {target}: compiling for a GPU needs JAX's CUDA build, "
+            "the cuda extra: pip install -e '.[cuda]' (no GPU needed; about 4.8 GB "
+            "of wheels)"
+        )
     try:
         topo = topologies.get_topology_desc(
             platform="cuda", topology=f"1x1x{n}", target_config=text
@@ -179,7 +182,7 @@ class Plan:
     vocab: int
     vocab_source: str
     budget: Any
-    micro: Any  # train.MicroBatch, None where the training cannot be planned
+    micro: Any  # microbatch.MicroBatch, None where the training cannot be planned
     programs: list[Program] = field(default_factory=list)
     advice: list[str] = field(default_factory=list)
 
@@ -206,96 +209,142 @@ def shaped(tree: Any, sharding: Any) -> Any:
 
 
 def make_plan(
-    cfg: Config, devices: list[Any], memory_size: int | None, vocab: int, vocab_source: str,
-    config_name: str = "", target: str = "local", stages: tuple[str, ...] = STAGES,
-) -> Plan:  # fmt: skip
+    cfg: Config,
+    devices: list[Any],
+    memory_size: int | None,
+    vocab: int,
+    vocab_source: str,
+    config_name: str = "",
+    target: str = "local",
+    stages: tuple[str, ...] = STAGES,
+) -> Plan:
     """Compile every program of a run's stages for `devices` (the training's mesh; sampling and
     the eval stage run on the first, as their stages do) and measure each against the budget (a
     target's memory_size, else the device's own limit)."""
-    import jax
     import numpy as np
-    from jax.sharding import AxisType, Mesh, NamedSharding
-    from jax.sharding import PartitionSpec as P
+    from jax.sharding import AxisType, Mesh
 
-    from nanogptx import eval as eval_stage
-    from nanogptx import memory, model, runtime, sample, train
+    from nanogptx import model, resume
 
-    cfg = train.resolve_vocab(cfg, vocab)
-    m, n = cfg.model, len(devices)
-    V = model.vocab_rows(m)
-    mesh = Mesh(np.array(devices), ("data",), axis_types=(AxisType.Auto,))
+    cfg = resume.resolve_vocab(cfg, vocab)
+    V, n = model.vocab_rows(cfg.model), len(devices)
     budget = memory.budget_of(devices[0], memory_size)
     plan = Plan(config_name, target, devices[0].device_kind, n, vocab, vocab_source, budget, None)
-    params_abs = jax.eval_shape(lambda: model.init_params(m, V, jax.random.key(0)))
-    per_token = model.flops_per_token(m, model.count_params(params_abs, non_embedding=True))
-
-    # The training stage: its programs at the micro-batch it would run with.
-    try:
-        micro = train.fit_micro_batch(cfg, V, mesh, budget) if "train" in stages else None
-    except train.TrainError as e:
-        plan.programs += [Program(name, "train", n, None, budget, None, "", 0, str(e))
-                          for name in train.programs_of(cfg)]  # fmt: skip
-        plan.advice.append(str(e))
-        micro = None
-    if micro is not None:
-        plan.micro = micro
-        B, A, L = micro.batch_size, micro.micro_batches, m.block_size
-        usage = micro.memory or train.measure_programs(cfg, V, mesh, B, budget)
-        program = train.with_batch(cfg, B)
-        for name in train.programs_of(cfg):
-            traced = train.trace_program(program, V, A, mesh, name)
-            tokens = B * L if name == "eval_step" else A * B * L
-            flops = count_flops(traced.jaxpr.jaxpr)
-            plan.programs.append(
-                Program(name, "train", n, usage[name], budget, flops, "traced", tokens)
-            )
-        if micro.misfit:
-            plan.advice += train.advice(cfg, micro, n)
-
+    if "train" in stages:
+        mesh = Mesh(np.array(devices), ("data",), axis_types=(AxisType.Auto,))
+        plan_training(plan, cfg, V, mesh)
     # Sampling and the eval stage: float32 parameters on one device, their own processes.
-    if "sample" not in stages and "eval" not in stages:
-        return plan
-    one = NamedSharding(Mesh(np.array(devices[:1]), ("data",)), P())
-    rt = runtime.choose_for(m, devices[0])
-    params_one = shaped(params_abs, one)  # the model file's: float32
-    capability = runtime.capability_of(devices[0])
-    options = runtime.compiler_options(devices[0])
-    s, note = cfg.sample, ""
-    if runtime.compile_only(devices[0]) and s.num_samples == 1 and 0 < s.top_k < V:
-        # XLA's GPU top-k of a single row asks the GPU for its properties while compiling,
-        # which a compile-only target cannot answer: two rows, an upper bound, are measured.
-        s = dataclasses.replace(s, num_samples=2)
-        note = ("measured with 2 samples, not 1: XLA's top-k of one row needs the GPU itself to "
-                "compile (an upper bound)")  # fmt: skip
+    if "sample" in stages or "eval" in stages:
+        plan_one_device(plan, cfg, V, devices[0], stages)
+    return plan
+
+
+def plan_training(plan: Plan, cfg: Config, V: int, mesh: Any) -> None:
+    """The training stage's programs at the micro-batch it would run with."""
+    from nanogptx import microbatch, steps
+
+    budget, n = plan.budget, plan.devices
+    try:
+        micro = microbatch.fit_micro_batch(cfg, V, mesh, budget)
+    except steps.TrainError as e:
+        plan.programs += [
+            Program(name, "train", n, None, budget, None, "", 0, str(e))
+            for name in steps.programs_of(cfg)
+        ]
+        plan.advice.append(str(e))
+        return
+    plan.micro = micro
+    B, A, L = micro.batch_size, micro.micro_batches, cfg.model.block_size
+    usage = micro.memory or microbatch.measure_programs(cfg, V, mesh, B, budget)
+    program = steps.with_batch(cfg, B)
+    for name in steps.programs_of(cfg):
+        traced = steps.trace_program(program, V, A, mesh, name)
+        tokens = B * L if name == "eval_step" else A * B * L
+        flops = count_flops(traced.jaxpr.jaxpr)
+        plan.programs.append(
+            Program(name, "train", n, usage[name], budget, flops, "traced", tokens)
+        )
+    if micro.misfit:
+        plan.advice += microbatch.advice(cfg, micro, n)
+
+
+def plan_one_device(plan: Plan, cfg: Config, V: int, device: Any, stages: tuple[str, ...]) -> None:
+    """The sampling loop and the eval stage's scorers, on one device."""
+    import jax
+    import numpy as np
+    from jax.sharding import Mesh, NamedSharding
+    from jax.sharding import PartitionSpec as P
+
+    from nanogptx import model
+
+    one = NamedSharding(Mesh(np.array([device]), ("data",)), P())
+    params_abs = jax.eval_shape(lambda: model.init_params(cfg.model, V, jax.random.key(0)))
     if "sample" in stages:
-        prompt = jax.ShapeDtypeStruct((m.block_size,), np.int32)  # the longest the stage keeps
-        args, static = sample.generate_args(params_abs, prompt, m, s, rt)
-        with runtime.cudnn_capability(capability):
-            traced = sample._generate.trace(*shaped(args, one), **static)
-        B = cfg.sample.num_samples  # the stage's, whatever was measured
-        plan.programs.append(Program(
-            "sample_loop", "sample", 1, memory.usage(traced.lower().compile(options)), budget,
-            per_token / 3 * B * (m.block_size + s.max_new_tokens), "estimate", B * s.max_new_tokens,
-            note=note,
-        ))  # fmt: skip
-    scorer = eval_stage.make_scorer(m, rt)
-    for task in cfg.eval.tasks if "eval" in stages else ():
-        rows, width, E = eval_stage.scorer_shapes(task, m, cfg.eval)
-        ids = jax.ShapeDtypeStruct((rows, width), np.int32, sharding=one)
-        at = jax.ShapeDtypeStruct((rows, E), np.int32, sharding=one)
-        w = jax.ShapeDtypeStruct((rows, E), np.float32, sharding=one)
-        with runtime.cudnn_capability(capability):
-            traced = scorer.trace(params_one, ids, at, w)
-        plan.programs.append(Program(
-            f"eval_{task}", "eval", 1, memory.usage(traced.lower().compile(options)), budget,
-            count_flops(traced.jaxpr.jaxpr), "traced", rows * E,
-        ))  # fmt: skip
+        plan.programs.append(sample_program(cfg, V, device, one, params_abs, plan.budget))
+    if "eval" in stages:
+        plan.programs += eval_programs(cfg, device, one, params_abs, plan.budget)
     for p in plan.misfits:
         if p.stage == "sample":
             plan.advice.append("fewer sample.num_samples (generated together as one batch)")
         elif p.stage == "eval":
             plan.advice.append("a smaller eval.batch_size")
-    return plan
+
+
+def sample_program(
+    cfg: Config, V: int, device: Any, one: Any, params_abs: Any, budget: Any
+) -> Program:
+    """The sampling loop, measured (its FLOPs estimated: its inner loops have traced bounds)."""
+    import jax
+    import numpy as np
+
+    from nanogptx import model, runtime, sample
+
+    m, rt = cfg.model, runtime.choose_for(cfg.model, device)
+    per_token = model.flops_per_token(m, model.count_params(params_abs, non_embedding=True))
+    s, note = cfg.sample, ""
+    if runtime.compile_only(device) and s.num_samples == 1 and 0 < s.top_k < V:
+        # XLA's GPU top-k of a single row asks the GPU for its properties while compiling,
+        # which a compile-only target cannot answer: two rows, an upper bound, are measured.
+        s = dataclasses.replace(s, num_samples=2)
+        note = (
+            "measured with 2 samples, not 1: XLA's top-k of one row needs the GPU itself to "
+            "compile (an upper bound)"
+        )
+    prompt = jax.ShapeDtypeStruct((m.block_size,), np.int32)  # the longest the stage keeps
+    args, static = sample.generate_args(params_abs, prompt, m, s, rt)
+    with runtime.cudnn_capability(runtime.capability_of(device)):
+        traced = sample._generate.trace(*shaped(args, one), **static)
+    B = cfg.sample.num_samples  # the stage's, whatever was measured
+    usage = memory.usage(traced.lower().compile(runtime.compiler_options(device)))
+    flops = per_token / 3 * B * (m.block_size + s.max_new_tokens)
+    tokens = B * s.max_new_tokens
+    return Program("sample_loop", "sample", 1, usage, budget, flops, "estimate", tokens, note=note)
+
+
+def eval_programs(
+    cfg: Config, device: Any, one: Any, params_abs: Any, budget: Any
+) -> list[Program]:
+    """One scorer per eval.tasks entry, measured, with float32 parameters (the model file's)."""
+    import jax
+    import numpy as np
+
+    from nanogptx import eval as eval_stage
+    from nanogptx import runtime
+
+    m, out = cfg.model, []
+    scorer = eval_stage.make_scorer(m, runtime.choose_for(m, device))
+    params_one = shaped(params_abs, one)  # the model file's: float32
+    for task in cfg.eval.tasks:
+        rows, width, E = eval_stage.scorer_shapes(task, m, cfg.eval)
+        ids = jax.ShapeDtypeStruct((rows, width), np.int32, sharding=one)
+        at = jax.ShapeDtypeStruct((rows, E), np.int32, sharding=one)
+        w = jax.ShapeDtypeStruct((rows, E), np.float32, sharding=one)
+        with runtime.cudnn_capability(runtime.capability_of(device)):
+            traced = scorer.trace(params_one, ids, at, w)
+        usage = memory.usage(traced.lower().compile(runtime.compiler_options(device)))
+        flops = count_flops(traced.jaxpr.jaxpr)
+        out.append(Program(f"eval_{task}", "eval", 1, usage, budget, flops, "traced", rows * E))
+    return out
 
 
 # ---------------------------------------------------------------- the command
@@ -303,8 +352,6 @@ def make_plan(
 
 def report(plan: Plan) -> str:
     """The plan as text: a header, then one line per program, its name and total GiB first."""
-    from nanogptx import memory
-
     lines = [
         f"plan of {plan.config or 'the run'} on {plan.devices} x {plan.device_kind} "
         f"({'compile-only target ' + plan.target if plan.target != 'local' else 'this machine'})",
@@ -313,8 +360,10 @@ def report(plan: Plan) -> str:
     if plan.micro is not None:
         mb = plan.micro
         lines.append(f"micro-batch {mb.batch_size} rows, {mb.micro_batches} per step ({mb.how})")
-    lines.append(f"budget per device: {memory.gib(plan.budget.bytes)} GiB, what JAX hands out: "
-                 f"{plan.budget.rule}")  # fmt: skip
+    lines.append(
+        f"budget per device: {memory.gib(plan.budget.bytes)} GiB, what JAX hands out: "
+        f"{plan.budget.rule}"
+    )
     head = ("program", "GiB/device", "arguments", "temporaries", "budget", "FLOPs",
             "tokens/step", "outputs", "resident", "devices")  # fmt: skip
     rows = [head]
@@ -338,9 +387,11 @@ def report(plan: Plan) -> str:
         cells = [c.rjust(w) for c, w in zip(r, widths, strict=True)]
         cells[0] = r[0].ljust(widths[0])
         lines.append("  ".join(cells).rstrip())
-    lines.append("(GiB per device; resident: the optimizer state that stays allocated while "
-                 "training evaluates; ~: estimated FLOPs. Memory from XLA's compiled programs; "
-                 "nothing ran, so nothing here says how fast.)")  # fmt: skip
+    lines.append(
+        "(GiB per device; resident: the optimizer state that stays allocated while "
+        "training evaluates; ~: estimated FLOPs. Memory from XLA's compiled programs; "
+        "nothing ran, so nothing here says how fast.)"
+    )
     for p in plan.programs:
         if p.error:
             lines.append(f"{p.name}: cannot be built: {p.error}")
@@ -350,9 +401,14 @@ def report(plan: Plan) -> str:
 
 
 def plan_run(
-    cfg: Config, target: str | None, n_devices: int | None, vocab: int | None = None,
-    data: Path | None = None, config_name: str = "", stages: tuple[str, ...] = STAGES,
-) -> Plan:  # fmt: skip
+    cfg: Config,
+    target: str | None,
+    n_devices: int | None,
+    vocab: int | None = None,
+    data: Path | None = None,
+    config_name: str = "",
+    stages: tuple[str, ...] = STAGES,
+) -> Plan:
     """The plan of a run for a --target (None: this machine's devices)."""
     import jax
 
@@ -372,16 +428,23 @@ def plan_run(
         vocab, source = config.GPT2_ARCHITECTURE["vocab_size"], "GPT-2's tokenizer"
     else:
         vocab = CHAR_VOCAB
-        source = ("assumed: a char vocabulary is known after prepare; --data "
-                  "data/prepared/ID or --vocab N gives it")  # fmt: skip
+        source = (
+            "assumed: a char vocabulary is known after prepare; --data "
+            "data/prepared/ID or --vocab N gives it"
+        )
     if target is None:
         local = jax.devices()
         n = n_devices or len(local)
         if n > len(local):
-            raise PlanError(f"--devices {n}: this machine has {len(local)} "
-                            f"{local[0].platform} devices; name a --target for others")  # fmt: skip
+            raise PlanError(
+                f"--devices {n}: this machine has {len(local)} "
+                f"{local[0].platform} devices; name a --target for others"
+            )
         return make_plan(cfg, local[:n], None, vocab, source, config_name, "local", stages)
     text = target_text(target)
+    # JAX's CUDA plugin reads the allocator's settings as it starts: one it refuses leaves no
+    # GPU target at all ("topology not implemented"), so they are checked first.
+    memory.allocator_share()
     devices = gpu_devices(text, n_devices or 1, target)
     memory_size = target_memory(text, target)
     return make_plan(cfg, devices, memory_size, vocab, source, config_name, target, stages)
@@ -392,12 +455,19 @@ def main(argv: list[str] | None = None) -> None:
         prog="python -m nanogptx.plan", description=__doc__.split("\n\n")[0]
     )
     config.add_arguments(parser, list(config.SECTIONS))
-    parser.add_argument("--target", help=f"a GPU: {', '.join(TARGETS)}, or a file of XLA's GPU "
-                        "description; default: this machine's devices")  # fmt: skip
-    parser.add_argument("--devices", type=int, help="devices of the training (default: 1 for a "
-                        "--target, else this machine's)")  # fmt: skip
-    parser.add_argument("--vocab", type=int, help="vocabulary size where the config leaves it "
-                        "to a char tokenizer")  # fmt: skip
+    parser.add_argument(
+        "--target",
+        help=f"a GPU: {', '.join(TARGETS)}, or a file of XLA's GPU "
+        "description; default: this machine's devices",
+    )
+    parser.add_argument(
+        "--devices",
+        type=int,
+        help="devices of the training (default: 1 for a --target, else this machine's)",
+    )
+    parser.add_argument(
+        "--vocab", type=int, help="vocabulary size where the config leaves it to a char tokenizer"
+    )
     parser.add_argument("--data", type=Path, help="prepared data directory (its vocabulary)")
     parser.add_argument("--json", action="store_true", help="print the plan as JSON")
     args = parser.parse_intermixed_args(argv)
@@ -411,20 +481,20 @@ def main(argv: list[str] | None = None) -> None:
         # (it would print a traceback looking for a GPU) and still compiles for the target.
         jax.config.update("jax_platforms", "cpu")
     try:
-        plan = plan_run(cfg, args.target, args.devices, args.vocab, args.data,
-                        str(args.config or "defaults"))  # fmt: skip
-    except PlanError as e:
+        plan = plan_run(
+            cfg, args.target, args.devices, args.vocab, args.data, str(args.config or "defaults")
+        )
+    except (PlanError, memory.EnvError) as e:
         parser.exit(2, f"{parser.prog}: error: {e}\n")
     print(json.dumps(plan.as_dict(), indent=1) if args.json else report(plan))
     if plan.misfits:
-        from nanogptx import memory
-
         for p in plan.misfits:
             why = p.error or memory.shortfall(p.usage, p.budget)
             print(f"{parser.prog}: {p.name} does not fit: {why}", file=sys.stderr)
         if plan.advice:
-            print(f"{parser.prog}: change: " + "; ".join(dict.fromkeys(plan.advice)),
-                  file=sys.stderr)  # fmt: skip
+            print(
+                f"{parser.prog}: change: " + "; ".join(dict.fromkeys(plan.advice)), file=sys.stderr
+            )
         sys.exit(1)
 
 

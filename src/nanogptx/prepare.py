@@ -1,11 +1,7 @@
-"""prepare: verified raw files -> cleaned documents -> tokens on all threads -> shards + manifest.
+"""prepare: raw files -> cleaned documents -> tokenizer -> tokens on threads -> shards + manifest.
 
     python -m nanogptx.prepare --config config/shakespeare-char.toml \
         --raw data/raw/tinyshakespeare --out data/prepared/<data_id> --threads 4
-
-Writes <split>_<NNNNNN>.npy (or .parquet), manifest.json and provenance.json into --out; the same
-bytes whatever --threads. Tiny Shakespeare, default data settings: char: 65 symbols, 1,003,854
-train / 111,540 val tokens; gpt2: 301,966 / 36,059 tokens plus one end-of-text token each.
 """
 
 from __future__ import annotations
@@ -15,33 +11,32 @@ import bisect
 import functools
 import itertools
 import os
-import re
 import sys
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
 import numpy as np
 
-from nanogptx import config, datasets, progress, provenance, readers
+from nanogptx import config, datasets, progress, provenance, readers, shards, tokenizer
 from nanogptx.config import Config, DataConfig
+from nanogptx.errors import UserError
 from nanogptx.readers import Batch, ReadError
-from nanogptx.tokenizer import MAX_CODEPOINT, CharTokenizer, Tokenizer, TokenizerError, codepoints
-from nanogptx.tokenizer import gpt2 as gpt2_tokenizer
+from nanogptx.shards import FORMAT, token_dtype
+from nanogptx.tokenizer import Tokenizer
 
-FORMAT = "nanogptx-shards/1"
 SPLITS = ("train", "val")
 CHUNK_CHARS = 1 << 20  # characters of text per tokenization task
-_SHARD_NAME = re.compile(r"(train|val)_\d{6}\.(npy|parquet)")
 
 T = TypeVar("T")
 R = TypeVar("R")
 
 
-class PrepareError(ValueError):
+class PrepareError(UserError, ValueError):
     """Input or output that prepare refuses, with what was expected."""
 
 
@@ -170,7 +165,15 @@ def _check_empty(n: int, files: list[Path], dc: DataConfig) -> None:
 # int(n * (1 - val_fraction)), as nanoGPT cuts its text: what comes before is train, the rest val;
 # a document straddling the cut becomes two documents. first_docs: the first val_docs documents
 # are val (llm.c keeps FineWeb's first shard for val). files: files named *val* are val.
-Run = tuple[str, list[str], bool]  # split, texts, texts[0] goes on from the run before
+
+
+@dataclass(frozen=True)
+class Run:
+    """Consecutive texts of one split; texts[0] goes on from the run before when joins_prev."""
+
+    split: str
+    texts: list[str]
+    joins_prev: bool
 
 
 def split_runs(
@@ -178,33 +181,33 @@ def split_runs(
 ) -> Iterator[Run]:
     if dc.split == "files":
         for path, b in stream:
-            yield ("val" if "val" in path.name else "train"), b.texts, b.joins_prev
+            yield Run("val" if "val" in path.name else "train", b.texts, b.joins_prev)
     elif dc.split == "first_docs":
         left, last = dc.val_docs, None
         for _, b in stream:
             k = min(len(b.texts), left + (b.joins_prev and last == "val"))
             left -= k - (b.joins_prev and last == "val" and k > 0)
             if k:
-                yield "val", b.texts[:k], b.joins_prev
+                yield Run("val", b.texts[:k], b.joins_prev)
                 last = "val"
             if k < len(b.texts):
-                yield "train", b.texts[k:], b.joins_prev and k == 0 and last == "train"
+                yield Run("train", b.texts[k:], b.joins_prev and k == 0 and last == "train")
                 last = "train"
     else:
         cut, pos = int(total_chars * (1 - dc.val_fraction)), 0
         for _, b in stream:
             n = sum(map(len, b.texts))
             if pos + n <= cut:
-                yield "train", b.texts, b.joins_prev
+                yield Run("train", b.texts, b.joins_prev)
             elif pos >= cut:
-                yield "val", b.texts, b.joins_prev and pos > cut
+                yield Run("val", b.texts, b.joins_prev and pos > cut)
             else:
                 ends = list(itertools.accumulate(map(len, b.texts)))
                 i = bisect.bisect_left(ends, cut - pos)
                 k = cut - pos - (ends[i] - len(b.texts[i]))  # characters of texts[i] for train
                 head, tail = b.texts[i][:k], b.texts[i][k:]
-                yield "train", b.texts[:i] + [head], b.joins_prev
-                yield "val", ([tail] if tail else []) + b.texts[i + 1 :], False
+                yield Run("train", b.texts[:i] + [head], b.joins_prev)
+                yield Run("val", ([tail] if tail else []) + b.texts[i + 1 :], False)
             pos += n
 
 
@@ -212,11 +215,12 @@ def chunks(runs: Iterable[Run], chunk_chars: int) -> Iterator[Run]:
     """Runs regrouped into tasks of about chunk_chars characters, never mixing splits; pieces of
     one document that meet in a task are joined."""
     split, texts, joins, size = "", [], False, 0
-    for s, ts, j in runs:
+    for run in runs:
+        s, ts, j = run.split, run.texts, run.joins_prev
         if not ts:
             continue
         if texts and s != split:
-            yield split, texts, joins
+            yield Run(split, texts, joins)
             texts, size = [], 0
         if not texts:
             split, joins = s, j
@@ -228,17 +232,17 @@ def chunks(runs: Iterable[Run], chunk_chars: int) -> Iterator[Run]:
         start, base = 0, 0
         while start < len(ts):
             if size >= chunk_chars:
-                yield split, texts, joins
+                yield Run(split, texts, joins)
                 texts, size, joins = [], 0, False
             end = int(np.searchsorted(ends, base + chunk_chars - size)) + 1
             texts += ts[start:end]
             size += int(ends[min(end, len(ts)) - 1]) - base
             base, start = int(ends[min(end, len(ts)) - 1]), end
         if size >= chunk_chars:
-            yield split, texts, joins
+            yield Run(split, texts, joins)
             texts, size, joins = [], 0, False
     if texts:
-        yield split, texts, joins
+        yield Run(split, texts, joins)
 
 
 # --- Tokenizing on threads: tiktoken's Rust encoder releases the GIL while it works, and each
@@ -264,14 +268,21 @@ def _in_order(fn: Callable[[T], R], items: Iterable[T], threads: int) -> Iterato
                 f.cancel()
 
 
-Encoded = tuple[str, np.ndarray, np.ndarray, int]  # split, tokens, tokens per row, documents
+@dataclass(frozen=True)
+class Encoded:
+    """Tokens of consecutive rows of one split (a row: a document, or a piece of one)."""
+
+    split: str
+    tokens: np.ndarray
+    lengths: np.ndarray  # tokens of each row
+    documents: int  # documents that start here
 
 
 def _encoder(tok: Tokenizer, dtype: np.dtype) -> Callable[[Run], Encoded]:
     def encode(run: Run) -> Encoded:
-        split, texts, joins = run
-        tokens, lengths = tok.encode_documents(texts, joins)
-        return split, tokens.astype(dtype, copy=False), lengths, len(texts) - joins
+        tokens, lengths = tok.encode_documents(run.texts, run.joins_prev)
+        documents = len(run.texts) - run.joins_prev
+        return Encoded(run.split, tokens.astype(dtype, copy=False), lengths, documents)
 
     return encode
 
@@ -310,7 +321,7 @@ def bin_runs(files: list[Path], dc: DataConfig, eot: int, vocab: int) -> Iterato
                 if hi > lo:
                     inner = starts[(starts >= lo) & (starts < hi)] - lo
                     bounds = np.unique(np.concatenate([[0], inner, [hi - lo]]))
-                    yield split, tokens[lo:hi], np.diff(bounds), len(inner)
+                    yield Encoded(split, tokens[lo:hi], np.diff(bounds), len(inner))
             pos, docs = pos + len(tokens), docs + len(starts)
             if full:
                 return
@@ -323,144 +334,8 @@ def _positions(arrays: Iterable[np.ndarray]) -> Iterator[tuple[int, np.ndarray]]
         pos += len(a)
 
 
-# --- Shards, written to a temporary file beside the final name and renamed when complete.
-
-
-class Shards:
-    """The shards of one split: .npy of exactly shard_tokens tokens each (the last fewer), or
-    .parquet of whole rows, closed once they hold shard_tokens tokens."""
-
-    def __init__(self, out: Path, split: str, fmt: str, dtype: np.dtype, shard_tokens: int) -> None:
-        self.out, self.split, self.fmt, self.dtype = out, split, fmt, dtype
-        self.shard_tokens = shard_tokens
-        self.entries: list[dict[str, Any]] = []
-        self.tokens = self.documents = 0
-        self._tmp: Path | None = None
-        self._file: Any = None  # an open .npy file or a pyarrow ParquetWriter
-        self._n = 0  # tokens in the open shard
-
-    def add(self, tokens: np.ndarray, lengths: np.ndarray, documents: int) -> None:
-        """tokens of consecutive rows (documents or pieces of one) of lengths tokens each."""
-        self.tokens += len(tokens)
-        self.documents += documents
-        if self.fmt == "npy":
-            while len(tokens):
-                self._open()
-                take = min(self.shard_tokens - self._n, len(tokens))
-                self._file.write(tokens[:take].data)
-                self._n, tokens = self._n + take, tokens[take:]
-                if self._n == self.shard_tokens:
-                    self._close()
-            return
-        offsets = np.concatenate([[0], np.cumsum(lengths)])
-        row = 0
-        while row < len(lengths):
-            self._open()
-            end = int(np.searchsorted(offsets, offsets[row] + self.shard_tokens - self._n))
-            end = max(min(end, len(lengths)), row + 1)  # rows row..end-1 fill the shard
-            self._write_rows(
-                tokens[offsets[row] : offsets[end]], offsets[row : end + 1] - offsets[row]
-            )
-            self._n += int(offsets[end] - offsets[row])
-            row = end
-            if self._n >= self.shard_tokens:
-                self._close()
-
-    def _write_rows(self, values: np.ndarray, offsets: np.ndarray) -> None:
-        import pyarrow as pa
-
-        rows = pa.ListArray.from_arrays(pa.array(offsets.astype(np.int32)), pa.array(values))
-        self._file.write_table(pa.table({"tokens": rows}))
-
-    def _name(self) -> str:
-        return f"{self.split}_{len(self.entries):06d}.{self.fmt}"
-
-    def _open(self) -> None:
-        if self._file is not None:
-            return
-        fd, tmp = provenance.create_temp(self.out / self._name())
-        self._tmp, self._n = tmp, 0
-        if self.fmt == "npy":
-            self._file = os.fdopen(fd, "wb")
-            self._npy_header(0)
-        else:
-            import pyarrow as pa
-            import pyarrow.parquet as pq
-
-            os.close(fd)
-            schema = pa.schema([("tokens", pa.list_(pa.from_numpy_dtype(self.dtype)))])
-            self._file = pq.ParquetWriter(tmp, schema, compression="zstd")
-
-    def _npy_header(self, n: int) -> None:
-        # numpy pads the header so that the shape can grow in place: written first with 0, then
-        # rewritten with the final count, it keeps its length.
-        start = self._file.tell()
-        descr = np.lib.format.dtype_to_descr(self.dtype)
-        header = {"descr": descr, "fortran_order": False, "shape": (n,)}
-        np.lib.format.write_array_header_1_0(self._file, header)
-        if start == 0:
-            self._header_len = self._file.tell()
-        elif self._file.tell() != self._header_len:
-            raise AssertionError("npy header changed length")
-
-    def _close(self) -> None:
-        """Finish the open shard: header, rename into place, hash. Shards are not fsynced: the
-        rename is atomic against a killed process, and the manifest's hashes catch the rest."""
-        if self._file is None:
-            return
-        if self.fmt == "npy":
-            self._file.seek(0)
-            self._npy_header(self._n)
-        self._file.close()
-        self._file = None
-        final = self.out / self._name()
-        os.replace(self._tmp, final)
-        self._tmp = None
-        self.entries.append(
-            {
-                "file": final.name,
-                "split": self.split,
-                "tokens": self._n,
-                "sha256": provenance.sha256_file(final),
-            }
-        )
-
-    def finish(self) -> list[dict[str, Any]]:
-        self._close()
-        return self.entries
-
-    def abort(self) -> None:
-        """Remove the open temporary file and the shards written so far."""
-        if self._file is not None:
-            self._file.close()
-            self._file = None
-        if self._tmp is not None:
-            self._tmp.unlink(missing_ok=True)
-        for e in self.entries:
-            (self.out / e["file"]).unlink(missing_ok=True)
-
-
-def token_dtype(vocab_size: int) -> np.dtype:
-    """The shards' dtype: uint16 when every id fits, else uint32."""
-    return np.dtype(np.uint16 if vocab_size <= 1 << 16 else np.uint32)
-
-
-def _clear_out(out: Path) -> None:
-    """Remove what an earlier run of prepare finished in out (shards, manifest, provenance)."""
-    for p in out.iterdir():
-        if _SHARD_NAME.fullmatch(p.name) or p.name in ("manifest.json", provenance.FILENAME):
-            p.unlink()
-
-
-def _say(msg: str) -> None:
-    print(f"prepare: {msg}", file=sys.stderr, flush=True)
-
-
-def rate_line(shards: dict[str, Shards], n_docs: int, started: float) -> str:
-    done = sum(s.tokens for s in shards.values())
-    seconds = time.perf_counter() - started
-    return (f"{progress.plural(done, 'token')}, {progress.plural(n_docs, 'document')}, "
-            f"{done / seconds:,.0f} tokens/s")  # fmt: skip
+# --- The stage, in phases: check, verify the raw files, the tokenizer, write the shards, and the
+# manifest and provenance. out is cleared of an earlier run's outputs first.
 
 
 def prepare(
@@ -481,115 +356,41 @@ def prepare(
     with provenance.exclusive(out, "prepare", inputs=[("--raw", raw)], stage="prepare") as removed:
         if removed:
             _say(f"removed what an interrupted run left in {out}: {len(removed)} temporary files")
-        return _prepare(cfg, Path(raw), Path(out), threads, dataset, chunk_chars, piece_chars,
-                        channel)  # fmt: skip
+        raw, out = Path(raw), Path(out)
+        ds = dataset or datasets.get(cfg.data.dataset)
+        return _prepare(cfg, ds, raw, out, threads, chunk_chars, piece_chars, channel)
 
 
 def _prepare(
     cfg: Config,
+    ds: datasets.Dataset,
     raw: Path,
     out: Path,
     threads: int,
-    dataset: datasets.Dataset | None,
     chunk_chars: int,
     piece_chars: int,
     channel: progress.Channel | None,
 ) -> dict[str, Any]:
     dc = cfg.data
-    ds = dataset or datasets.get(dc.dataset)
     files = [raw / f.name for f in ds.files]
-    rec = provenance.Record.start("prepare", config.sections(cfg, ["data", "tokenizer"]))
-    if ds.reader == "bin" and cfg.tokenizer.name != "gpt2":
-        raise PrepareError(
-            f"dataset {ds.name} holds GPT-2 tokens (.bin shards): tokenizer.name must be gpt2, "
-            f"not {cfg.tokenizer.name!r}"
-        )
-    if dc.split == "files" and len({"val" in p.name for p in files}) < 2:
-        raise PrepareError(
-            f"data.split = files needs files named *val* and others: {[p.name for p in files]}"
-        )
+    rec = provenance.Record.start("prepare", config.sections(cfg, config.STAGE_SECTIONS["prepare"]))
+    _check_settings(cfg, ds, files)
     _clear_out(out)
     started = time.perf_counter()
     inputs = verify_raw(raw, files, threads)
-
-    def docs() -> Iterator[tuple[Path, Batch]]:
-        return documents(files, ds.reader, dc, piece_chars, ds.options)
-
-    tok: Tokenizer
-    if ds.reader == "bin":
-        tok = gpt2_tokenizer()
-    else:
-        total_chars = 0
-        seen = np.zeros(MAX_CODEPOINT + 1, bool) if cfg.tokenizer.name == "char" else None
-        if seen is not None or dc.split == "fraction":  # a first pass: vocabulary, length
-            for _, b in docs():
-                total_chars += sum(map(len, b.texts))
-                if seen is not None:
-                    seen[codepoints("".join(b.texts))] = True
-            _check_empty(total_chars, files, dc)
-        tok = CharTokenizer.from_seen(seen) if seen is not None else gpt2_tokenizer()
+    docs = functools.partial(documents, files, ds.reader, dc, piece_chars, ds.options)
+    tok, total_chars = tokenizer_step(cfg, ds.reader, docs, files)
     dtype = token_dtype(tok.vocab_size)
-    shards = {s: Shards(out, s, dc.shard_format, dtype, dc.shard_tokens) for s in SPLITS}
-    try:
-        if ds.reader == "bin":
-            encoded: Iterable[Encoded] = bin_runs(files, dc, tok.eot_token, tok.vocab_size)
-        else:
-            runs = split_runs(docs(), dc, total_chars)
-            encoded = _in_order(_encoder(tok, dtype), chunks(runs, chunk_chars), threads)
-        last, n_docs_seen = time.perf_counter(), 0
-        bar = None
-        if sys.stderr.isatty():  # a person watching: a tqdm bar; logs get a line every 10 s
-            from tqdm import tqdm
-
-            bar = tqdm(desc="prepare", unit="tok", unit_scale=True, leave=False)
-        for split, tokens, lengths, n_docs in encoded:
-            shards[split].add(tokens, lengths, n_docs)
-            n_docs_seen += n_docs
-            if channel is not None and channel.due():
-                channel.say(rate_line(shards, n_docs_seen, started))
-            if bar is not None:
-                bar.update(len(tokens))
-                bar.set_postfix_str(progress.plural(n_docs_seen, "document"), refresh=False)
-            elif time.perf_counter() - last > 10:
-                last = time.perf_counter()
-                _say(rate_line(shards, n_docs_seen, started))
-        if bar is not None:
-            bar.close()
-        if channel is not None:
-            channel.say(f"{rate_line(shards, n_docs_seen, started)}; writing the manifest")
-        entries = [e for s in SPLITS for e in shards[s].finish()]
-        _check_empty(sum(s.tokens for s in shards.values()), files, dc)
-        for s in SPLITS:
-            if shards[s].tokens == 0:
-                raise PrepareError(
-                    f"split {s!r} is empty (data.split = {dc.split}, val_fraction = "
-                    f"{dc.val_fraction}, val_docs = {dc.val_docs}): it needs at least one token"
-                )
-    except BaseException:
-        for s in shards.values():
-            s.abort()
-        raise
-    ident = tok.identity()
-    manifest = {
-        "format": FORMAT,
-        "dataset": ds.name,
-        "data_config": config.to_dict(dc),
-        "tokenizer": ident,
-        "sources": [
-            {"name": p.name, "sha256": e["sha256"]} for p, e in zip(files, inputs, strict=True)
-        ],
-        "shard_format": dc.shard_format,
-        "dtype": dtype.name,
-        "splits": {
-            s: {
-                "tokens": shards[s].tokens,
-                "documents": shards[s].documents,
-                "shards": len(shards[s].entries),
-            }
-            for s in SPLITS
-        },
-        "shards": entries,
-    }
+    encoded: Iterable[Encoded]
+    if ds.reader == "bin":
+        encoded = bin_runs(files, dc, tok.eot_token, tok.vocab_size)
+    else:
+        runs = split_runs(docs(), dc, total_chars)
+        encoded = _in_order(_encoder(tok, dtype), chunks(runs, chunk_chars), threads)
+    writers = {s: shards.Writer(out, s, dc.shard_format, dtype, dc.shard_tokens) for s in SPLITS}
+    entries = write_shards(encoded, writers, files, dc, channel, started)
+    sources = [{"name": p.name, "sha256": e["sha256"]} for p, e in zip(files, inputs, strict=True)]
+    manifest = _manifest(ds.name, dc, tok, dtype, sources, writers)
     provenance.write_json_atomic(out / "manifest.json", manifest)
     outputs = [provenance.file_entry(out / e["file"], e["sha256"]) for e in entries]
     rec.finish(
@@ -599,12 +400,145 @@ def _prepare(
         extra={
             "threads": threads,
             "splits": manifest["splits"],
-            "tokenizer": {k: v for k, v in ident.items() if k != "chars"},
+            "tokenizer": {k: v for k, v in manifest["tokenizer"].items() if k != "chars"},
         },
     )
+    _summary(manifest, tok, threads, out, time.perf_counter() - started)
+    return manifest
+
+
+def _check_settings(cfg: Config, ds: datasets.Dataset, files: list[Path]) -> None:
+    """Settings that cannot work with this dataset, refused before any file is read."""
+    if ds.reader == "bin" and cfg.tokenizer.name != "gpt2":
+        raise PrepareError(
+            f"dataset {ds.name} holds GPT-2 tokens (.bin shards): tokenizer.name must be gpt2, "
+            f"not {cfg.tokenizer.name!r}"
+        )
+    if cfg.data.split == "files" and len({"val" in p.name for p in files}) < 2:
+        raise PrepareError(
+            f"data.split = files needs files named *val* and others: {[p.name for p in files]}"
+        )
+
+
+def _clear_out(out: Path) -> None:
+    """Remove what an earlier run of prepare finished in out (shards, manifest, provenance)."""
+    for p in out.iterdir():
+        if shards.NAME.fullmatch(p.name) or p.name in ("manifest.json", provenance.FILENAME):
+            p.unlink()
+
+
+def tokenizer_step(
+    cfg: Config, reader: str, docs: Callable[[], Iterator[tuple[Path, Batch]]], files: list[Path]
+) -> tuple[Tokenizer, int]:
+    """The run's tokenizer: learned in one pass over the cleaned corpus (char: its characters;
+    see tokenizer.LEARNERS), or ready-made (gpt2); and the corpus' characters, counted in that
+    pass, or in a pass of their own for data.split = fraction (0 when no pass is made)."""
+    name, dc = cfg.tokenizer.name, cfg.data
+    learner = tokenizer.LEARNERS[name]() if name in tokenizer.LEARNERS else None
+    total_chars = 0
+    if reader != "bin" and (learner is not None or dc.split == "fraction"):
+        for _, b in docs():
+            total_chars += sum(map(len, b.texts))
+            if learner is not None:
+                learner.add(b.texts)
+        _check_empty(total_chars, files, dc)
+    return (learner.tokenizer() if learner else tokenizer.READY[name]()), total_chars
+
+
+def write_shards(
+    encoded: Iterable[Encoded],
+    writers: dict[str, shards.Writer],
+    files: list[Path],
+    dc: DataConfig,
+    channel: progress.Channel | None,
+    started: float,
+) -> list[dict[str, Any]]:
+    """Each encoded run into its split's shards; the shards' manifest entries. On an error or an
+    interrupt the shards written so far are removed."""
+    try:
+        _write(encoded, writers, channel, started)
+        entries = [e for s in SPLITS for e in writers[s].finish()]
+        _check_empty(sum(w.tokens for w in writers.values()), files, dc)
+        for s in SPLITS:
+            if writers[s].tokens == 0:
+                raise PrepareError(
+                    f"split {s!r} is empty (data.split = {dc.split}, val_fraction = "
+                    f"{dc.val_fraction}, val_docs = {dc.val_docs}): it needs at least one token"
+                )
+    except BaseException:
+        for w in writers.values():
+            w.abort()
+        raise
+    return entries
+
+
+def _write(
+    encoded: Iterable[Encoded],
+    writers: dict[str, shards.Writer],
+    channel: progress.Channel | None,
+    started: float,
+) -> None:
+    n_docs = 0
+    # A tqdm bar on a terminal, else a line in the log every 10 s; through the channel too.
+    with progress.Meter(
+        "prepare",
+        None,
+        channel,
+        10.0,
+        unit="tok",
+        scale=True,
+        log=_say,
+        text=lambda m: rate_line(writers, n_docs, started),
+    ) as meter:
+        for e in encoded:
+            writers[e.split].add(e.tokens, e.lengths, e.documents)
+            n_docs += e.documents
+            meter.add(len(e.tokens), progress.plural(n_docs, "document"))
+        meter.close(f"{rate_line(writers, n_docs, started)}; writing the manifest")
+
+
+def rate_line(writers: dict[str, shards.Writer], n_docs: int, started: float) -> str:
+    done = sum(w.tokens for w in writers.values())
     seconds = time.perf_counter() - started
-    for s in SPLITS:
-        info = manifest["splits"][s]
+    return (
+        f"{progress.plural(done, 'token')}, {progress.plural(n_docs, 'document')}, "
+        f"{done / seconds:,.0f} tokens/s"
+    )
+
+
+def _manifest(
+    dataset: str,
+    dc: DataConfig,
+    tok: Tokenizer,
+    dtype: np.dtype,
+    sources: list[dict[str, str]],
+    writers: dict[str, shards.Writer],
+) -> dict[str, Any]:
+    splits = {
+        s: {"tokens": w.tokens, "documents": w.documents, "shards": len(w.entries)}
+        for s, w in writers.items()
+    }
+    return {
+        "format": FORMAT,
+        "dataset": dataset,
+        "data_config": config.to_dict(dc),
+        "tokenizer": tok.identity(),
+        "sources": sources,
+        "shard_format": dc.shard_format,
+        "dtype": dtype.name,
+        "splits": splits,
+        "shards": [e for s in SPLITS for e in writers[s].entries],
+    }
+
+
+def _say(msg: str) -> None:
+    print(f"prepare: {msg}", file=sys.stderr, flush=True)
+
+
+def _summary(
+    manifest: dict[str, Any], tok: Tokenizer, threads: int, out: Path, seconds: float
+) -> None:
+    for s, info in manifest["splits"].items():
         _say(
             f"{s}: {progress.plural(info['tokens'], 'token')}, "
             f"{progress.plural(info['documents'], 'document')}, "
@@ -614,7 +548,6 @@ def _prepare(
         f"{tok.name} vocabulary of {tok.vocab_size:,}; {seconds:.1f} s, "
         f"{progress.plural(threads, 'thread')} -> {out}"
     )
-    return manifest
 
 
 def default_threads() -> int:
@@ -626,7 +559,7 @@ def main(argv: list[str] | None = None) -> None:
         prog="python -m nanogptx.prepare",
         description="Tokenize a downloaded dataset into shards, manifest.json and provenance.json.",
     )
-    config.add_arguments(parser, ["data", "tokenizer"])
+    config.add_arguments(parser, config.STAGE_SECTIONS["prepare"])
     parser.add_argument(
         "--raw",
         type=Path,
@@ -649,10 +582,7 @@ def main(argv: list[str] | None = None) -> None:
         parser.error(f"--threads must be >= 1, got {args.threads}")
     try:
         prepare(cfg, args.raw, args.out, args.threads, channel=progress.from_args(args))
-    except (
-        PrepareError, ReadError, TokenizerError, provenance.HashMismatch, provenance.OutputError,
-        provenance.FileError, OSError,
-    ) as e:  # fmt: skip
+    except (UserError, OSError) as e:
         parser.exit(1, f"{parser.prog}: error: {e}\n")
 
 

@@ -1,8 +1,8 @@
-"""Progress lines (and counts in words) for a person watching the workflow. A stage that
-Snakemake runs writes its full log to a file; with --progress-fd it also writes a line every few
-seconds, its label first, to that file descriptor (the rule passes fd 3: the job's stderr before
-the redirection to the log, that is the terminal of `snakemake`, or a SLURM job's output). Best
-effort: a channel that fails stops, and the stage goes on."""
+"""Progress for a person watching, one Meter for every stage: a tqdm bar on a terminal, lines
+in the log, and with --progress-fd labelled lines to Snakemake's terminal (a Channel: the rule
+passes fd 3, the job's stderr before its redirection to the log). Best effort: a channel that
+fails stops, and the stage goes on. Counts in words: plural, duration.
+"""
 
 from __future__ import annotations
 
@@ -79,48 +79,146 @@ class _Ticker:
 
 
 class Meter:
-    """Work of a known size (windows, items) for a person watching: on a terminal (stderr a
-    TTY, no channel) a tqdm bar; with a channel a line at the start and every channel interval,
-    compiles included; in the log (stdout) a line every log_every_s. A line: done/total, rate,
-    ETA."""
+    """Work of a known size (total) or of unknown size (None), one output per place: on a
+    terminal (stderr a TTY, no channel) a tqdm bar; through a channel a line at the start and
+    every channel interval (from a thread: a compile shows too) and one at close; in the log
+    (log, default stdout) a line every log_every_s (None: the stage logs its own). A line is
+    text(meter), by default done/total, rate and ETA. add() may be called from threads."""
 
-    def __init__(self, what: str, total: int, channel: Channel | None, log_every_s: float = 5.0,
-                 tty: bool | None = None) -> None:  # fmt: skip
-        self.what, self.total, self.done, self.log_every_s = what, total, 0, log_every_s
+    def __init__(
+        self,
+        what: str,
+        total: int | None,
+        channel: Channel | None,
+        log_every_s: float | None = 5.0,
+        tty: bool | None = None,
+        *,
+        unit: str = "it",
+        scale: bool = False,
+        initial: int = 0,
+        leave: bool = False,
+        log: Callable[[str], None] | None = None,
+        text: Callable[[Meter], str] | None = None,
+    ) -> None:
+        self.what, self.total, self.channel, self.log_every_s = what, total, channel, log_every_s
+        self.done = self.base = initial  # base: done without work here (resumed, present)
+        self.note, self.eta_s, self.lock, self.closed = "", None, threading.RLock(), False
+        self.log = log or (lambda line: print(line, flush=True))
+        self.text = text or Meter.counts
         self.t0 = self.logged = time.monotonic()
         self.bar = None
         if channel is None and (sys.stderr.isatty() if tty is None else tty):
             from tqdm import tqdm
 
-            self.bar = tqdm(total=total, desc=what, leave=False)
+            self.bar = tqdm(
+                total=total, initial=initial, desc=what, unit=unit, unit_scale=scale, leave=leave
+            )
         self.ticker = _Ticker(channel, self.line)
 
+    def elapsed(self) -> float:
+        return time.monotonic() - self.t0
+
     def rate(self) -> float:
-        return self.done / max(time.monotonic() - self.t0, 1e-9)
+        """Units per second of the work done here since the meter started."""
+        return (self.done - self.base) / max(self.elapsed(), 1e-9)
+
+    def eta(self) -> str:
+        """What is left at the rate so far (or the eta_s given with the last update)."""
+        if self.eta_s is not None:
+            return duration(self.eta_s)
+        rate = self.rate()
+        return duration((self.total - self.done) / rate) if self.total and rate > 0 else "?"
+
+    def counts(self) -> str:
+        of = "" if self.total is None else f"/{self.total:,}"
+        if self.done == self.base:
+            return f"{self.what}: {self.done:,}{of}, {duration(self.elapsed())} in"
+        eta = "" if self.total is None else f", ETA {self.eta()}"
+        return f"{self.what}: {self.done:,}{of} ({self.rate():,.1f}/s{eta})"
 
     def line(self) -> str:
-        rate = self.rate()
-        if not self.done:
-            return f"{self.what}: 0/{self.total:,}, {duration(time.monotonic() - self.t0)} in"
-        eta = duration((self.total - self.done) / rate)
-        return f"{self.what}: {self.done:,}/{self.total:,} ({rate:,.1f}/s, ETA {eta})"
+        with self.lock:
+            return self.text(self)
 
-    def update(self, done: int) -> None:
-        self.done = done
-        if self.bar is not None:
-            self.bar.update(done - self.bar.n)
+    def update(self, done: int, note: str | None = None, eta_s: float | None = None) -> None:
+        """done so far (note: what the bar and text show beside it, eta_s: the stage's own)."""
+        with self.lock:
+            self.done, self.eta_s = done, eta_s
+            self.note = self.note if note is None else note
+            if self.bar is not None:
+                self.bar.update(done - self.bar.n)
+                if note:
+                    self.bar.set_postfix_str(note, refresh=False)
+                return
+            now = time.monotonic()
+            due = self.log_every_s is not None and now - self.logged >= self.log_every_s
+            if due or (self.log_every_s is not None and done == self.total):
+                self.logged = now
+                self.log(self.line())
+
+    def add(self, n: int, note: str | None = None) -> None:
+        with self.lock:
+            self.update(self.done + n, note)
+
+    def skip(self, n: int) -> None:
+        """n more done without work here (resumed, already present): not in the rate."""
+        with self.lock:
+            self.base += n
+            self.done += n
+            if self.bar is not None:
+                self.bar.update(n)
+
+    def say(self, msg: str, channel: bool = False) -> None:
+        """A message of its own: above the bar (which stays at the bottom), else in the log;
+        with channel=True also through the channel."""
+        with self.lock:
+            if self.bar is not None:
+                self.bar.write(msg, file=sys.stderr)
+            else:
+                self.log(msg)
+            if channel and self.channel is not None:
+                self.channel.say(msg)
+
+    def close(self, final: str | None = None) -> None:
+        """Stop (once; leaving a with block closes too); the channel gets final, or the last
+        line."""
+        if self.closed:
             return
-        now = time.monotonic()
-        if now - self.logged >= self.log_every_s or done == self.total:
-            self.logged = now
-            print(self.line(), flush=True)
-
-    def close(self) -> None:
+        self.closed = True
         self.ticker.close()
-        if self.ticker.channel is not None:
-            self.ticker.channel.say(self.line())
+        if self.channel is not None:
+            self.channel.say(final or self.line())
         if self.bar is not None:
             self.bar.close()
+
+    def __enter__(self) -> Meter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def steps(total: int, start: int, channel: Channel | None, show: bool = True) -> Meter:
+    """Training's meter: step/total, the note (loss, tokens/s) and the ETA its updates give
+    (from the step time: compiles are not steps); nothing where show is False (a process of a
+    multi-process job but the first). update(step + 1, note, eta_s) after each step."""
+
+    def text(m: Meter) -> str:
+        if not m.note:
+            return f"step {m.done}/{m.total}, {duration(m.elapsed())} in"
+        return f"step {m.done}/{m.total}, {m.note}, ETA {m.eta()}"
+
+    return Meter(
+        "train",
+        total,
+        channel if show else None,
+        None,
+        None if show else False,
+        unit="step",
+        initial=start,
+        leave=True,
+        text=text,
+    )
 
 
 @contextlib.contextmanager
@@ -129,8 +227,9 @@ def busy(what: str, channel: Channel | None, log: Callable[[str], None]) -> Iter
     the log, and through the channel its start, then every channel interval how long it runs."""
     t0 = time.monotonic()
     log(f"{what} ...")
-    ticker = _Ticker(channel, lambda: f"{what}: {duration(time.monotonic() - t0)} so far",
-                     f"{what} ...")  # fmt: skip
+    ticker = _Ticker(
+        channel, lambda: f"{what}: {duration(time.monotonic() - t0)} so far", f"{what} ..."
+    )
     try:
         yield
     finally:

@@ -30,6 +30,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from nanogptx.errors import UserError
+
 FILENAME = "provenance.json"
 # Every file or directory that a nanogptx process writes besides its outputs has a name that
 # starts with this marker (.nanogptx-KIND....), which no user chooses: cleanup touches only those.
@@ -48,11 +50,11 @@ _OLD_TEMPORARY = re.compile(
 _HELD: dict[Path, int] = {}
 
 
-class HashMismatch(ValueError):
+class HashMismatch(UserError, ValueError):
     """A file whose sha256 is not the one recorded for it."""
 
 
-class OutputError(ValueError):
+class OutputError(UserError, ValueError):
     """An output directory that cannot be used: a file, not writable, or in use by another run."""
 
 
@@ -71,7 +73,7 @@ def verify(path: str | Path, expected: str, what: str = "file") -> None:
         raise HashMismatch(f"{what} {path}: sha256 is {actual}, expected {expected}")
 
 
-class FileError(ValueError):
+class FileError(UserError, ValueError):
     """A file a stage reads that is not what it should be: names the path and what is wrong."""
 
 

@@ -20,6 +20,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from nanogptx.errors import UserError
+
 if TYPE_CHECKING:
     import pyarrow as pa
 
@@ -33,7 +35,7 @@ BOM = "\ufeff"  # a byte-order mark at the start of a text or jsonl file is not 
 _SURROGATE = re.compile("[\ud800-\udfff]")  # JSON's "\\ud800" escapes: not characters
 
 
-class ReadError(ValueError):
+class ReadError(UserError, ValueError):
     """Input that cannot be read: the message names the file and the position."""
 
 

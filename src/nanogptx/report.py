@@ -1,12 +1,8 @@
-"""Figures and pages for `snakemake --report`: loss curves as SVG and each run's provenance chain.
+"""The report's figures (matplotlib, as SVG) and pages (HTML): loss curves, a sweep's LR
+sensitivity, eval tables, each run's provenance chain. One subcommand each:
 
     python -m nanogptx.report curves --out loss.svg NAME=results/NAME/model/metrics.jsonl ...
-    python -m nanogptx.report chain --out chain.html --run NAME --raw DIR --data DIR --model DIR
-        --samples DIR
-    python -m nanogptx.report evals --out eval.html NAME=results/NAME/eval/metrics.json ...
-    python -m nanogptx.report text --out samples.html --title TITLE results/NAME/samples/samples.txt
-
-Plain SVG and HTML written here: no plotting library needed for a few lines.
+    python -m nanogptx.report {chain,evals,text,sensitivity} --help
 """
 
 from __future__ import annotations
@@ -19,12 +15,13 @@ import json
 import math
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from nanogptx import provenance
+from nanogptx import figures, provenance
+from nanogptx.figures import H, Series, W
 
-COLORS = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf"]
-W, H, PAD = 460, 300, 48  # one panel, in pixels
+if TYPE_CHECKING:  # matplotlib is imported where a figure is drawn, not with the module
+    from matplotlib.figure import Figure
 
 
 def read_metrics(path: str | Path) -> list[dict[str, Any]]:
@@ -44,166 +41,57 @@ def read_metrics(path: str | Path) -> list[dict[str, Any]]:
     return records
 
 
-def _ticks(lo: float, hi: float, n: int = 5) -> list[float]:
-    """About n round tick values covering [lo, hi]."""
-    span = hi - lo or abs(hi) or 1.0
-    step = 10 ** math.floor(math.log10(span / n))
-    step *= next(m for m in (1, 2, 5, 10) if span / (step * m) <= n)
-    first = math.ceil(lo / step) * step
-    return [first + i * step for i in range(int((hi - first) / step + 1e-9) + 1)]
-
-
-def _finite(v: Any) -> bool:
-    return isinstance(v, (int, float)) and math.isfinite(v)
-
-
-def _fmt(v: float) -> str:
-    return f"{v / 1e6:g}M" if abs(v) >= 1e6 else f"{v / 1e3:g}k" if abs(v) >= 1e4 else f"{v:g}"
-
-
-def _svg(width: int, height: int, title: str, parts: list[str]) -> str:
-    """A figure: its parts in a viewBox of width x height. Its size in pixels is stated, for
-    an <img> that shrinks to fit its content (the Snakemake report's) has none otherwise and
-    shows it at 0 x 0; opened alone it still narrows to the window (max-width)."""
-    return (
-        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
-        f'viewBox="0 0 {width} {height}" style="max-width:100%;height:auto" '
-        f'font-family="sans-serif" font-size="11"><title>{html.escape(title)}</title>'
-        + "".join(parts)
-        + "</svg>\n"
-    )
-
-
-def _legend(labels: Sequence[str], x: int) -> list[str]:
-    """A color key at x: one line in the i-th color and its label per entry."""
-    return [
-        f'<line x1="{x}" x2="{x + 30}" y1="{14 + 16 * i}" y2="{14 + 16 * i}" '
-        f'stroke="{COLORS[i % len(COLORS)]}" stroke-width="2"/>'
-        f'<text x="{x + 36}" y="{18 + 16 * i}">{html.escape(label)}</text>'
-        for i, label in enumerate(labels)
-    ]
-
-
-def _panel(
-    series: list[tuple[str, str, str, list[tuple[float, float]]]],
-    x_label: str,
-    x0: int,
-    y_label: str = "loss",
-    y0: int = 0,
-) -> list[str]:
-    """One plot at offset (x0, y0); series are (label, color, style, points); style "train"
-    draws dashed, "val" solid, "layer<i>" solid with a dash pattern per layer, "marks" a cross
-    at each point, "band" a shaded polygon through the points. Points that are not finite are
-    left out."""
-    series = [(label, color, style, [(x, y) for x, y in pts if _finite(x) and _finite(y)])
-              for label, color, style, pts in series]  # fmt: skip
-    points = [p for *_, pts in series for p in pts]
-    if not points:
-        return []
-    xs, ys = [p[0] for p in points], [p[1] for p in points]
-    (xlo, xhi), (ylo, yhi) = (min(xs), max(xs)), (min(ys), max(ys))
-    if xhi == xlo:
-        xhi = xlo + 1.0
-    if yhi == ylo:
-        ylo, yhi = ylo - 0.5, yhi + 0.5
-
-    def sx(x: float) -> float:
-        return x0 + PAD + (x - xlo) / ((xhi - xlo) or 1.0) * (W - 1.5 * PAD)
-
-    def sy(y: float) -> float:
-        return y0 + H - PAD - (y - ylo) / (yhi - ylo) * (H - 1.6 * PAD)
-
-    out = [
-        f'<rect x="{x0 + PAD}" y="{y0 + 0.6 * PAD}" width="{W - 1.5 * PAD}" '
-        f'height="{H - 1.6 * PAD}" fill="none" stroke="#999"/>'
-    ]
-    for t in _ticks(xlo, xhi):
-        out.append(
-            f'<text x="{sx(t):.1f}" y="{y0 + H - PAD + 16}" text-anchor="middle">{_fmt(t)}</text>'
-        )
-    for t in _ticks(ylo, yhi):
-        out.append(
-            f'<line x1="{x0 + PAD}" x2="{x0 + W - PAD / 2}" y1="{sy(t):.1f}" '
-            f'y2="{sy(t):.1f}" stroke="#eee"/>'
-        )
-        out.append(f'<text x="{x0 + PAD - 4}" y="{sy(t) + 4:.1f}" text-anchor="end">{t:g}</text>')
-    out.append(
-        f'<text x="{x0 + W / 2 + PAD / 4}" y="{y0 + H - 8}" text-anchor="middle">{x_label}</text>'
-    )
-    ym = y0 + H / 2
-    out.append(
-        f'<text x="{x0 + 12}" y="{ym}" transform="rotate(-90 {x0 + 12} {ym})" '
-        f'text-anchor="middle">{html.escape(y_label)}</text>'
-    )
-    for label, color, style, pts in series:
-        if style == "marks":
-            out += [
-                f'<path d="M{sx(x) - 5:.1f},{sy(y) - 5:.1f}l10,10m0,-10l-10,10" stroke="{color}" '
-                f'stroke-width="2"><title>{html.escape(label)}</title></path>'
-                for x, y in pts
-            ]
-            continue
-        path = " ".join(f"{sx(x):.1f},{sy(y):.1f}" for x, y in pts)
-        if style == "band":
-            out.append(
-                f'<polygon points="{path}" fill="{color}" fill-opacity="0.15" '
-                f'stroke="none"><title>{html.escape(label)}</title></polygon>'
-            )
-            continue
-        dash = ' stroke-dasharray="4 3" stroke-opacity="0.6"' if style == "train" else ""
-        if style.startswith("layer") and int(style[5:]):
-            dash = f' stroke-dasharray="{2 * int(style[5:])} 2"'
-        out.append(
-            f'<polyline points="{path}" fill="none" stroke="{color}" stroke-width="1.6"'
-            f"{dash}><title>{html.escape(label)}</title></polyline>"
-        )
-    return out
-
-
 def curves_svg(runs: dict[str, list[dict[str, Any]]], title: str) -> str:
-    """Train (dashed) and validation (solid) loss against steps and against tokens."""
+    return figures.svg(title, lambda: curves_figure(runs))
+
+
+def curves_figure(runs: dict[str, list[dict[str, Any]]]) -> Figure:
+    """Train (dashed) and validation (solid) loss against steps and against tokens; below
+    them the diagnostics (stats_panels), in rows of three."""
     panels = []
-    for x_key, x_label in (("step", "step"), ("tokens", "tokens")):
+    for x_key in ("step", "tokens"):
         series = []
         for i, (name, records) in enumerate(runs.items()):
-            color = COLORS[i % len(COLORS)]
+            color = figures.color(i)
             train = [(r[x_key], r["loss"]) for r in records if r.get("kind") == "train"]
             val = [(r[x_key], r["val_loss"]) for r in records if r.get("kind") == "eval"]
             series += [(f"{name} train", color, "train", train)] if train else []
             series += [(f"{name} val", color, "val", val)] if val else []
-        panels.append((series, x_label))
-    if not any(s for s, _ in panels):
+        panels.append(series)
+    if not any(panels):
         raise ValueError(f"no loss records in the metrics of {', '.join(runs)}")
-    body = []
-    for i, (series, x_label) in enumerate(panels):
-        body += _panel(series, x_label, i * W)
     diagnostics = stats_panels(runs)
-    for i, (series, y_label) in enumerate(diagnostics):  # rows of three under the losses
-        body += _panel(series, "step", i % 3 * W, y_label, (1 + i // 3) * H)
-    legend = _legend(list(runs), 2 * W + 10)
-    n = len(runs)
-    legend.append(f'<text x="{2 * W + 10}" y="{30 + 16 * n}">solid: val, dashed: train</text>')
+    columns, rows = (3 if diagnostics else 2), 1 + -(-len(diagnostics) // 3)
+    key_width = 60 + 7 * max(26, *(len(name) for name in runs))
+    fig = figures.figure(2 * W + (max(W, key_width) if diagnostics else key_width), rows * H)
+    grid = fig.subplots(rows, columns, squeeze=False)
+    for ax, series, x_label in zip(grid[0], panels, ("step", "tokens"), strict=False):
+        figures.panel(ax, series, x_label)
+    for ax, (series, y_label) in zip(grid[1:].flat, diagnostics, strict=False):
+        figures.panel(ax, series, "step", y_label)
+    for ax in grid.flat[columns + len(diagnostics) :]:
+        ax.set_axis_off()
+    keys = [(name, figures.color(i)) for i, name in enumerate(runs)]
+    keys.append(("solid: val, dashed: train", None))
     if diagnostics:
-        legend.append(
-            f'<text x="{2 * W + 10}" y="{46 + 16 * n}">below: diagnostics per layer '
-            "(longer dashes: later layers)</text>"
-        )
-    columns = max(2, min(3, len(diagnostics)))
-    width = columns * W + 60 + 7 * max(26, *(len(name) for name in runs))
-    height = (1 + -(-len(diagnostics) // 3)) * H
-    return _svg(width, height, title, body + legend)
+        keys.append(("below: diagnostics per layer (longer dashes: later layers)", None))
+        grid[0][2].set_axis_off()
+        figures.legend(grid[0][2], keys, loc="upper left")
+    else:
+        figures.legend(fig, keys, loc="outside right upper")
+    return fig
 
 
 def stats_panels(
     runs: dict[str, list[dict[str, Any]]],
-) -> list[tuple[list[tuple[str, str, str, list[tuple[float, float]]]], str]]:
+) -> list[tuple[list[Series], str]]:
     """The diagnostics (records of kind "stats") against step: the largest attention logit
     per layer, the mean log Z of the output, and per layer, averaged over the layer's
     matrices, the RMS of the parameters, of their gradients, and the relative update size
     (update RMS over parameter RMS). Empty without such records."""
 
     def rms(r: dict[str, Any], kind: str, k: str, i: int) -> float:  # nan: not finite
-        return r[kind][k][i] if _finite(r[kind][k][i]) else math.nan
+        return r[kind][k][i] if figures.finite(r[kind][k][i]) else math.nan
 
     def ratio(r: dict[str, Any], k: str, i: int) -> float:
         u, p = rms(r, "update_rms", k, i), rms(r, "param_rms", k, i)
@@ -217,7 +105,7 @@ def stats_panels(
     logits, log_z = [], []
     per_layer: dict[str, list] = {label: [] for label in measures}
     for i, (name, records) in enumerate(runs.items()):
-        color = COLORS[i % len(COLORS)]
+        color = figures.color(i)
         stats = [r for r in records if r.get("kind") == "stats"]
         if not stats:
             continue
@@ -225,11 +113,18 @@ def stats_panels(
         names = [k for k in stats[0]["param_rms"] if k.startswith("blocks.") and k.endswith("_w")]
         for layer in range(len(stats[0]["attn_logit_max"])):
             label = f"{name} layer {layer}"
-            logits.append((label, color, f"layer{layer}",
-                           [(r["step"], r["attn_logit_max"][layer]) for r in stats]))  # fmt: skip
+            logits.append(
+                (
+                    label,
+                    color,
+                    f"layer{layer}",
+                    [(r["step"], r["attn_logit_max"][layer]) for r in stats],
+                )
+            )
             for measure, value in measures.items():
-                points = [(r["step"], sum(value(r, k, layer) for k in names) / len(names))
-                          for r in stats]  # fmt: skip
+                points = [
+                    (r["step"], sum(value(r, k, layer) for k in names) / len(names)) for r in stats
+                ]
                 per_layer[measure].append((label, color, f"layer{layer}", points))
     if not log_z:
         return []
@@ -302,7 +197,7 @@ def lr_sensitivity(points: list[dict[str, Any]]) -> dict[str, Any]:
     L0 = sum(p["initial"] for p in points) / len(points)
 
     def ok(p: dict[str, Any]) -> bool:
-        return p.get("diverged") is None and _finite(p["final"])
+        return p.get("diverged") is None and figures.finite(p["final"])
 
     variants: dict[str, dict[float, list[float]]] = {}
     for p in points:
@@ -314,44 +209,61 @@ def lr_sensitivity(points: list[dict[str, Any]]) -> dict[str, Any]:
         lrs = sorted(by_lr)
         losses = [sum(by_lr[lr]) / len(by_lr[lr]) for lr in lrs]
         best = min(losses) if v in trained else None
-        out[v] = {"lrs": lrs, "losses": losses, "seeds": [len(by_lr[lr]) for lr in lrs],
-                  "low": [min(by_lr[lr]) for lr in lrs], "high": [max(by_lr[lr]) for lr in lrs],
-                  "L_star": best,
-                  "sensitivity": None if best is None else sum(L - best for L in losses)
-                  / len(losses)}  # fmt: skip
+        out[v] = {
+            "lrs": lrs,
+            "losses": losses,
+            "seeds": [len(by_lr[lr]) for lr in lrs],
+            "low": [min(by_lr[lr]) for lr in lrs],
+            "high": [max(by_lr[lr]) for lr in lrs],
+            "L_star": best,
+            "sensitivity": None if best is None else sum(L - best for L in losses) / len(losses),
+        }
     finals = [p["final"] for p in points if ok(p)]
     return {"L0": L0, "best": min(finals) if finals else None, "variants": out, "points": points}
 
 
 def sensitivity_svg(result: dict[str, Any], title: str) -> str:
+    return figures.svg(title, lambda: sensitivity_figure(result))
+
+
+def sensitivity_figure(result: dict[str, Any]) -> Figure:
     """Final loss (capped at L0) against log10 of the learning rate, one curve per variant (the
     mean over seeds, in a shaded band from their lowest to their highest), its sensitivity in
     the legend."""
+
+    def at(lrs: list[float], losses: list[float]) -> list[tuple[float, float]]:
+        return [(math.log10(lr), L) for lr, L in zip(lrs, losses, strict=True)]
+
+    variants = result["variants"]
     bands = [
-        (f"{name}: seeds' range", COLORS[i % len(COLORS)], "band",
-         [(math.log10(lr), L) for lr, L in zip(v["lrs"], v["low"], strict=True)]
-         + [(math.log10(lr), L) for lr, L in reversed(list(zip(v["lrs"], v["high"],
-                                                              strict=True)))])
-        for i, (name, v) in enumerate(result["variants"].items()) if v["low"] != v["high"]
-    ]  # fmt: skip
+        (
+            f"{name}: seeds' range",
+            figures.color(i),
+            "band",
+            at(v["lrs"], v["low"]) + at(v["lrs"], v["high"])[::-1],
+        )
+        for i, (name, v) in enumerate(variants.items())
+        if v["low"] != v["high"]
+    ]
     series = [
-        (name, COLORS[i % len(COLORS)], "val",
-         [(math.log10(lr), L) for lr, L in zip(v["lrs"], v["losses"], strict=True)])
-        for i, (name, v) in enumerate(result["variants"].items())
-    ]  # fmt: skip
+        (name, figures.color(i), "val", at(v["lrs"], v["losses"]))
+        for i, (name, v) in enumerate(variants.items())
+    ]
     crosses = [
         (
             f"{p['run']}: diverged at step {p['diverged']}",
-            COLORS[i % len(COLORS)],
+            figures.color(i),
             "marks",
-            [(math.log10(p["lr"]), result["L0"])],
+            at([p["lr"]], [result["L0"]]),
         )
-        for i, name in enumerate(result["variants"])
+        for i, name in enumerate(variants)
         for p in result["points"]
         if p["variant"] == name and p.get("diverged") is not None
     ]
-    body = _panel(
-        bands + series + crosses, "log10 learning rate", 0, "final val loss (capped at L0)"
+    fig = figures.figure(2 * W + 200, H)
+    axes = fig.subplots()
+    figures.panel(
+        axes, bands + series + crosses, "log10 learning rate", "final val loss (capped at L0)"
     )
 
     def key(name: str, v: dict[str, Any]) -> str:
@@ -359,16 +271,14 @@ def sensitivity_svg(result: dict[str, Any], title: str) -> str:
             return f"{name}: every run diverged (no LR sensitivity)"
         return f"{name}: LR sensitivity {v['sensitivity']:.4f} (L* {v['L_star']:.4f})"
 
-    legend = _legend([key(name, v) for name, v in result["variants"].items()], W + 10)
-    n = len(result["variants"])
-    stated = (f"L0 = {result['L0']:.4f} (at initialisation); L*: the variant's lowest point; "
-              "sensitivity: the mean of its curve less L*")  # fmt: skip
-    legend.append(f'<text x="{W + 10}" y="{30 + 16 * n}">{stated}</text>')
-    if crosses:
-        legend.append(f'<text x="{W + 10}" y="{46 + 16 * n}">x: a diverged run (counted as '
-                      "L0)</text>")  # fmt: skip
-    width = 2 * W + 200
-    return _svg(width, H, title, body + legend)
+    keys = [(key(name, v), figures.color(i)) for i, (name, v) in enumerate(variants.items())]
+    notes = [
+        f"L0 = {result['L0']:.4f} (at initialisation); L*: the variant's lowest point; "
+        "sensitivity: the mean of its curve less L*"
+    ]
+    notes += ["x: a diverged run (counted as L0)"] if crosses else []
+    figures.legend(fig, keys + [(note, None) for note in notes], loc="outside right upper")
+    return fig
 
 
 def sweep_points(runs: dict[str, Path], lr_key: str, axes: list[str]) -> list[dict[str, Any]]:
@@ -386,8 +296,11 @@ def sweep_points(runs: dict[str, Path], lr_key: str, axes: list[str]) -> list[di
 
     points = []
     settings = {name: run_settings(root) for name, root in runs.items()}
-    varied = [k for k in axes if k not in (lr_key, "train.seed")
-              and len({s[k] for s in settings.values()}) > 1]  # fmt: skip
+    varied = [
+        k
+        for k in axes
+        if k not in (lr_key, "train.seed") and len({s[k] for s in settings.values()}) > 1
+    ]
     for name, root in runs.items():
         variant = ", ".join(f"{k}={settings[name][k]}" for k in varied) or "all"
         records = read_metrics(root / "model" / "metrics.jsonl")
@@ -395,15 +308,20 @@ def sweep_points(runs: dict[str, Path], lr_key: str, axes: list[str]) -> list[di
         final = provenance.read_json(root / "eval" / "metrics.json")["val_loss"]["loss"]
         diverged = provenance.read(root / "model").get("summary", {}).get("diverged")
         stats = [r for r in records if r.get("kind") == "stats"]
-        logits = [v for r in stats for v in r["attn_logit_max"] if _finite(v)]
-        points.append({
-            "run": name, "variant": variant, "lr": float(settings[name][lr_key]),
-            "final": final if _finite(final) else math.nan, "initial": first["val_loss"],
-            "diverged": None if diverged is None else diverged["step"],
-            "max_attn_logit": max(logits) if logits else None,
-            "final_log_z": stats[-1]["log_z"] if stats else None,
-            "records": records,
-        })  # fmt: skip
+        logits = [v for r in stats for v in r["attn_logit_max"] if figures.finite(v)]
+        points.append(
+            {
+                "run": name,
+                "variant": variant,
+                "lr": float(settings[name][lr_key]),
+                "final": final if figures.finite(final) else math.nan,
+                "initial": first["val_loss"],
+                "diverged": None if diverged is None else diverged["step"],
+                "max_attn_logit": max(logits) if logits else None,
+                "final_log_z": stats[-1]["log_z"] if stats else None,
+                "records": records,
+            }
+        )
     return points
 
 
@@ -422,6 +340,10 @@ def points_csv(points: list[dict[str, Any]]) -> str:
 
 
 def sweep_stats_svg(points: list[dict[str, Any]], title: str, high: int = 2) -> str:
+    return figures.svg(title, lambda: sweep_stats_figure(points, high))
+
+
+def sweep_stats_figure(points: list[dict[str, Any]], high: int = 2) -> Figure:
     """Wortsman et al.'s two diagnostics against step, one color per variant, of the runs that
     did not diverge (a diverged run's blown-up values would flatten the others; all of them
     where every run diverged): log10 of the largest attention logit (over layers) at the `high`
@@ -433,30 +355,38 @@ def sweep_stats_svg(points: list[dict[str, Any]], title: str, high: int = 2) -> 
     logits, log_z = [], []
     for p in kept:
         stats = [r for r in p["records"] if r.get("kind") == "stats"]
-        color = COLORS[variants.index(p["variant"]) % len(COLORS)]
+        color = figures.color(variants.index(p["variant"]))
         log_z.append((p["run"], color, "val", [(r["step"], r["log_z"]) for r in stats]))
         if p["lr"] in top:
-            largest = [max((v for v in r["attn_logit_max"] if _finite(v) and v > 0), default=None)
-                       for r in stats]  # fmt: skip
+            largest = [
+                max((v for v in r["attn_logit_max"] if figures.finite(v) and v > 0), default=None)
+                for r in stats
+            ]
             pts = [(r["step"], math.log10(v)) for r, v in zip(stats, largest, strict=True) if v]
             logits.append((p["run"], color, f"layer{top.index(p['lr'])}", pts))
     if not any(pts for *_, pts in log_z):  # the figure says why it is empty
-        why = ('<text x="10" y="24">No diagnostics in these runs\' metrics: set '
-               "logging.stats_interval &gt; 0 in the sweep's base run.</text>")  # fmt: skip
-        return _svg(2 * W, 40, title, [why])
-    body = _panel(logits, "step", 0, "log10 largest attention logit") + _panel(
-        log_z, "step", W, "mean log Z of the output"
-    )
-    legend = _legend(variants, 2 * W + 10)
+        fig = figures.figure(2 * W, 40)
+        fig.text(
+            0.01,
+            0.5,
+            "No diagnostics in these runs' metrics: set "
+            "logging.stats_interval > 0 in the sweep's base run.",
+            va="center",
+        )
+        return fig
+    fig = figures.figure(2 * W + 60 + 7 * max(40, *(len(v) for v in variants)), H)
+    left, right = fig.subplots(1, 2)
+    figures.panel(left, logits, "step", "log10 largest attention logit")
+    figures.panel(right, log_z, "step", "mean log Z of the output")
+    keys: list[tuple[str, str | None]] = [(v, figures.color(i)) for i, v in enumerate(variants)]
     lrs = ", ".join(f"{lr:g}" for lr in top)
-    n = len(variants)
-    legend.append(f'<text x="{2 * W + 10}" y="{30 + 16 * n}">left: learning rates {lrs} '
-                  "(solid: the largest)</text>")  # fmt: skip
+    keys.append((f"left: learning rates {lrs} (solid: the largest)", None))
     left_out = len(points) - len(kept)
-    rest = f" but the {left_out} that diverged" if left_out else ""
-    legend.append(f'<text x="{2 * W + 10}" y="{46 + 16 * n}">right: every run{rest}</text>')
-    width = 2 * W + 60 + 7 * max(40, *(len(v) for v in variants))
-    return _svg(width, H, title, body + legend)
+    keys.append(
+        (f"right: every run{f' but the {left_out} that diverged' if left_out else ''}", None)
+    )
+    figures.legend(fig, keys, loc="outside right upper")
+    return fig
 
 
 def text_html(text: str, title: str) -> str:
@@ -480,8 +410,12 @@ EVAL_COLUMNS = {
 def evals_html(runs: dict[str, dict[str, Any]], title: str) -> str:
     """The eval metrics of each run as one table, runs side by side (rows), with each task's
     method stated under it."""
-    cols = [(task, *c) for task, cs in EVAL_COLUMNS.items() for c in cs
-            if any(task in m for m in runs.values())]  # fmt: skip
+    cols = [
+        (task, *c)
+        for task, cs in EVAL_COLUMNS.items()
+        for c in cs
+        if any(task in m for m in runs.values())
+    ]
     head = "".join(f"<th>{html.escape(h)}</th>" for _, _, h, _ in cols)
     rows = []
     for name, metrics in runs.items():
@@ -502,7 +436,7 @@ def evals_html(runs: dict[str, dict[str, Any]], title: str) -> str:
     )
 
 
-def main(argv: Sequence[str] | None = None) -> None:
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m nanogptx.report",
         description=__doc__,
@@ -535,35 +469,48 @@ def main(argv: Sequence[str] | None = None) -> None:
     e.add_argument("--out", type=Path, required=True)
     e.add_argument("--title", default="evaluation")
     e.add_argument("metrics", nargs="+", metavar="NAME=METRICS_JSON")
+    return parser
+
+
+def _pairs(items: list[str]) -> dict[str, str]:
+    """NAME=PATH arguments as {name: path}."""
+    return {name: path for name, _, path in (item.partition("=") for item in items)}
+
+
+def sensitivity(args: argparse.Namespace) -> str:
+    """Write the sweep's table (and CSV, diagnostics figure); return its sensitivity figure."""
+    runs = {name: Path(path) for name, path in _pairs(args.runs).items()}
+    points = sweep_points(runs, args.lr_key, [a for a in args.axes.split(",") if a])
+    if args.stats:
+        svg = sweep_stats_svg(points, f"{args.title}: diagnostics")
+        provenance.write_bytes_atomic(args.stats, svg.encode())
+    for p in points:
+        del p["records"]
+    result = lr_sensitivity(points)
+    provenance.write_json_atomic(args.table, result)
+    if args.csv:
+        provenance.write_bytes_atomic(args.csv, points_csv(points).encode())
+    return sensitivity_svg(result, args.title)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = _parser()
     args = parser.parse_args(argv)
     try:
         if args.what == "sensitivity":
-            runs = {n: Path(p) for n, _, p in (item.partition("=") for item in args.runs)}
-            points = sweep_points(runs, args.lr_key, [a for a in args.axes.split(",") if a])
-            if args.stats:
-                svg = sweep_stats_svg(points, f"{args.title}: diagnostics")
-                provenance.write_bytes_atomic(args.stats, svg.encode())
-            for p in points:
-                del p["records"]
-            result = lr_sensitivity(points)
-            provenance.write_json_atomic(args.table, result)
-            if args.csv:
-                provenance.write_bytes_atomic(args.csv, points_csv(points).encode())
-            text = sensitivity_svg(result, args.title)
+            text = sensitivity(args)
         elif args.what == "text":
             text = text_html(args.file.read_text("utf-8", "backslashreplace"), args.title)
         elif args.what == "evals":
-            runs = {}
-            for item in args.metrics:
-                name, _, path = item.partition("=")
-                runs[name] = provenance.read_json(path, what="eval metrics")
+            runs = {
+                name: provenance.read_json(path, what="eval metrics")
+                for name, path in _pairs(args.metrics).items()
+            }
             text = evals_html(runs, args.title)
         elif args.what == "curves":
-            runs = {}
-            for item in args.metrics:
-                name, _, path = item.partition("=")
-                runs[name] = read_metrics(path)
-            text = curves_svg(runs, args.title)
+            text = curves_svg(
+                {n: read_metrics(p) for n, p in _pairs(args.metrics).items()}, args.title
+            )
         else:
             text = chain_html(args.run, args.raw, args.data, args.model, args.samples)
     except (OSError, ValueError, KeyError) as e:

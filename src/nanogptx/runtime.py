@@ -1,12 +1,8 @@
-"""Backend and host decisions, made here and nowhere else: which primitives the model runs with
-(kernels.FAST or kernels.REFERENCE), the attention implementation, how the layer loop is
-unrolled, and the host's memory tuning. They follow from the config (model.kernels,
-model.attention) and the platform; train and sample log the choice and record it in
-provenance.json. The same config on the same platform gives the same program.
-
-    rt = runtime.choose(cfg.model, jax.default_backend(), cfg.train.compute_dtype)
-    logits_BxLxV = model.forward(params, ids_BxL, cfg.model, rt=rt)
-"""
+"""Backend and host decisions, made here and nowhere else, from the config (model.kernels,
+model.attention, model.remat) and the platform: the primitives (kernels.FAST or REFERENCE), the
+attention implementation, the layer unrolling, the loss's chunk, the host's memory tuning.
+The same config on the same platform gives the same program; train and sample record it:
+`rt = runtime.choose(cfg.model, jax.default_backend(), cfg.train.compute_dtype)`."""
 
 from __future__ import annotations
 
@@ -20,6 +16,7 @@ from typing import Any
 
 from nanogptx import kernels
 from nanogptx.config import CUDNN_HEAD_MULTIPLE, CUDNN_MAX_HEAD, ModelConfig
+from nanogptx.errors import UserError
 
 ATTENTION = ("einsum", "xla", "cudnn")
 # Logits per chunk of the loss, by platform: on CPU 2^23 (128 positions of GPT-2's 50,304 rows,
@@ -30,7 +27,7 @@ SIXTEEN_BIT = ("bfloat16", "float16")
 Capability = tuple[int, int]  # a CUDA compute capability, (9, 0) for an H100
 
 
-class Unsupported(ValueError):
+class Unsupported(UserError, ValueError):
     """A runtime the config asks for that cannot run where it would (model.attention = "cudnn"
     off a GPU, or past one of cuDNN's limits)."""
 
@@ -53,15 +50,21 @@ class Runtime:
     # where it runs cuDNN's, or was not asked to choose): said, not part of how it runs.
     why: str = field(default="", compare=False)
 
+    def fused_attention(self, weights: bool) -> str | None:
+        """jax.nn.dot_product_attention's implementation for a causal attention, or None where
+        the einsums run: by choice, or where the model needs the weights themselves (dropout,
+        a window shorter than the sequence, their largest logit), which it never exposes."""
+        return None if self.attention == "einsum" or weights else self.attention
+
     def describe(self) -> dict[str, Any]:
-        out = {"kernels": self.kernels.name, "attention": self.attention, "unroll": self.unroll,
-               "loss_chunk": self.loss_chunk, "remat": self.remat}  # fmt: skip
+        names = ("attention", "unroll", "loss_chunk", "remat")
+        out = {"kernels": self.kernels.name} | {n: getattr(self, n) for n in names}
         return out | ({"attention_why": self.why} if self.why else {})
 
     def explain(self, cfg: ModelConfig, platform: str) -> str:
         """The log line of the choice: what runs, and what it was chosen from."""
-        return (f"runtime: {self.describe()} (model.kernels = {cfg.kernels}, model.attention = "
-                f"{cfg.attention}, on {platform})")  # fmt: skip
+        chosen_from = f"model.kernels = {cfg.kernels}, model.attention = {cfg.attention}"
+        return f"runtime: {self.describe()} ({chosen_from}, on {platform})"
 
 
 # ---------------------------------------------------------------- cuDNN's limits
@@ -178,8 +181,8 @@ def choose(
     elif attention == "cudnn" and platform != "gpu":
         raise Unsupported(f"model.attention = 'cudnn' needs a GPU; this platform is {platform}")
     elif attention == "cudnn" and refusal:
-        raise Unsupported(f"model.attention = 'cudnn': {refusal}; 'auto' runs XLA's attention "
-                          "where cuDNN's cannot")  # fmt: skip
+        why = f"{refusal}; 'auto' runs XLA's attention where cuDNN's cannot"
+        raise Unsupported(f"model.attention = 'cudnn': {why}")
     unroll = cfg.n_layer if platform == "cpu" else 1
     chunk = LOSS_CHUNK.get(platform, LOSS_CHUNK["gpu"])
     return Runtime(k, attention, unroll, chunk, cfg.remat, why=why)

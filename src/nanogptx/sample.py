@@ -1,20 +1,7 @@
-"""Sample text from a trained model: a KV cache and one compiled loop for the whole generation.
+"""Sample text from a trained model (model.forward_cached) in one compiled loop, into samples.txt
+(samples between lines of dashes, as nanoGPT prints them) and provenance.json.
 
-    python -m nanogptx.sample [--config F] [overrides] --model results/<run>/model \
-        --out results/<run>/samples
-
-Writes samples.txt (samples separated by a line of dashes, as nanoGPT prints them) and
-provenance.json (the model's sha256 and the settings). The model's own config.toml gives the
-model; the run's [sample] section gives the prompt, count, length, temperature, top-k/p, seed.
-Past block_size, with learned positions (GPT-2): they are absolute, so a token's keys and
-values change when the window slides and the cache cannot slide with it. nanoGPT re-runs the
-whole window for every token; here, when the window is full, the oldest sample.window_shift
-tokens (default a quarter of the block) are dropped and the rest re-encoded in one pass, then
-decoding resumes from the cache. window_shift = 1 gives nanoGPT's exact crop (and its cost).
-With rotary positions (model.position = "rope") attention sees only relative positions: the
-cache slides (a ring of block_size slots) and each token attends to the block_size latest.
-The model runs through model.forward_cached, the same blocks as training; this module holds the
-cache layout and the decoding loop.
+    python -m nanogptx.sample [--config F] [overrides] --model results/RUN/model --out DIR
 """
 
 from __future__ import annotations
@@ -34,11 +21,12 @@ import numpy as np
 
 from nanogptx import checkpoint, config, model, progress, provenance, runtime, tokenizer
 from nanogptx.config import Config, ModelConfig, SampleConfig
+from nanogptx.errors import UserError
 
 SEPARATOR = "---------------"
 
 
-class SampleError(ValueError):
+class SampleError(UserError, ValueError):
     """A prompt or setting that sampling cannot use."""
 
 
@@ -80,6 +68,16 @@ def filter_logits(logits_BxV: jax.Array, temperature: float, top_k: int, top_p: 
         cutoff_Bx1 = jnp.min(jnp.where(keep_BxV, sorted_BxV, jnp.inf), axis=-1, keepdims=True)
         logits_BxV = jnp.where(logits_BxV < cutoff_Bx1, -jnp.inf, logits_BxV)
     return logits_BxV
+
+
+# Past block_size, learned positions (GPT-2) are absolute: a token's keys and values change when
+# the window slides, so the cache cannot slide with it. nanoGPT re-runs the whole window for
+# every token; here, when the window is full, the oldest sample.window_shift tokens (default a
+# quarter of the block) are dropped and the rest re-encoded in one pass, then decoding resumes
+# from the cache (window_shift = 1: nanoGPT's exact crop, and its cost). Rotary positions
+# (model.position = "rope") are relative: the cache slides, a ring of block_size slots, and
+# each token attends to the block_size latest. The [sample] section gives prompt, count,
+# length, temperature, top-k/p and seed; the model's own config.toml gives the model.
 
 
 def resolve_shift(cfg: ModelConfig, s: SampleConfig) -> int:
@@ -125,29 +123,26 @@ def _generate(
     keep = W - shift + 1  # tokens re-encoded when the window is full
     # At least W long, so that re-encoding traces even when it can never happen.
     tokens_BxU = jnp.zeros((B, max(P + S, W)), jnp.int32).at[:, :P].set(prompt_P)
-    layers = split_layers(params, cfg)
-
-    def forward(ids_BxT: jax.Array, pos: jax.Array | int, cache: list) -> tuple:
-        return model.forward_cached(params, layers, ids_BxT, pos, cache, cfg, rt)
-
+    # (ids_BxT, pos, cache) -> (logits_BxV, cache); the layers sliced once, outside the loops.
+    forward = functools.partial(
+        model.forward_cached, params, split_layers(params, cfg), cfg=cfg, rt=rt
+    )
     logits_BxV, cache = forward(tokens_BxU[:, :P], 0, init_cache(cfg, B))
 
     def choose(i: jax.Array, state: tuple) -> tuple:
-        """Sample token i from the logits in state and write it into the token buffer."""
-        tokens_BxU, cache, n, logits_BxV = state
+        """Sample token i from the logits in state; write it into the token buffer."""
+        tokens_BxU, cache, _, logits_BxV = state
         logits_BxV = filter_logits(logits_BxV, temperature, top_k, top_p)
-        tok_B = jax.random.categorical(jax.random.fold_in(key, i), logits_BxV)
-        tok_B = tok_B.astype(jnp.int32)
-        tokens_BxU = jax.lax.dynamic_update_slice(tokens_BxU, tok_B[:, None], (0, P + i))
-        return tok_B, (tokens_BxU, cache, n, logits_BxV)
+        tok_B = jax.random.categorical(jax.random.fold_in(key, i), logits_BxV).astype(jnp.int32)
+        return tok_B, jax.lax.dynamic_update_slice(tokens_BxU, tok_B[:, None], (0, P + i)), cache
 
     def decode(i: jax.Array, state: tuple) -> tuple:
-        tok_B, (tokens_BxU, cache, n, _) = choose(i, state)
-        logits_BxV, cache = forward(tok_B[:, None], n, cache)
-        return tokens_BxU, cache, n + 1, logits_BxV
+        tok_B, tokens_BxU, cache = choose(i, state)
+        logits_BxV, cache = forward(tok_B[:, None], state[2], cache)
+        return tokens_BxU, cache, state[2] + 1, logits_BxV
 
     def reencode(i: jax.Array, state: tuple) -> tuple:
-        _, (tokens_BxU, cache, _, _) = choose(i, state)
+        _, tokens_BxU, cache = choose(i, state)
         ids_BxT = jax.lax.dynamic_slice_in_dim(tokens_BxU, P + i + 1 - keep, keep, axis=1)
         logits_BxV, cache = forward(ids_BxT, 0, cache)
         return tokens_BxU, cache, jnp.int32(keep), logits_BxV
@@ -158,15 +153,14 @@ def _generate(
         return jax.lax.fori_loop(first + 1, first + length, decode, state)
 
     state = (tokens_BxU, cache, jnp.int32(P), logits_BxV)
-    # Decodes until the window is full; with rope (relative positions) the cache slides, so
-    # that is every token and nothing is re-encoded.
+    # Decode until the window is full: with rope (its cache slides), every token.
     A = S - 1 if cfg.position == "rope" else min(S - 1, W - P)
     state = jax.lax.fori_loop(0, A, decode, state)
     full, tail = divmod(S - 1 - A, shift)
     state = jax.lax.fori_loop(0, full, lambda j, state: segment(A + j * shift, shift, state), state)
     if tail:
         state = segment(A + full * shift, tail, state)
-    tokens_BxU = choose(S - 1, state)[1][0]
+    tokens_BxU = choose(S - 1, state)[1]
     return tokens_BxU[:, P : P + S]
 
 
@@ -181,9 +175,8 @@ def generate_args(
     the one place they are made, for generate, compile_generate and nanogptx.plan (which passes
     shapes)."""
     args = (params, prompt_P, jax.random.key(s.seed), jnp.float32(s.temperature))
-    static = dict(cfg=cfg, rt=rt, S=s.max_new_tokens, B=s.num_samples, top_k=s.top_k,
-                  top_p=s.top_p, shift=resolve_shift(cfg, s))  # fmt: skip
-    return args, static
+    static = {"cfg": cfg, "rt": rt, "S": s.max_new_tokens, "B": s.num_samples}
+    return args, static | {"top_k": s.top_k, "top_p": s.top_p, "shift": resolve_shift(cfg, s)}
 
 
 def _arguments(
@@ -245,6 +238,16 @@ def read_prompt(start: str) -> str:
         raise SampleError(f"sample.start = {start!r}: cannot read the prompt file: {e}") from None
 
 
+def encode_prompt(tok: tokenizer.Tokenizer, start: str) -> list[int]:
+    """The token ids of sample.start (read_prompt); empty, with an end-of-text token (GPT-2),
+    that token: an empty prompt starts a new document."""
+    try:
+        prompt = tok.encode(read_prompt(start))
+    except tokenizer.TokenizerError as e:
+        raise SampleError(f"sample.start: {e}") from None
+    return [tok.eot_token] if not prompt and tok.eot_token is not None else prompt
+
+
 def log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)  # stdout is the samples'
 
@@ -262,6 +265,29 @@ def sample(
         return _sample(cfg, Path(model_dir), Path(out_dir), channel)
 
 
+def generate_said(
+    params: model.Params,
+    prompt: list[int],
+    cfg: ModelConfig,
+    s: SampleConfig,
+    rt: runtime.Runtime,
+    channel: progress.Channel | None,
+) -> tuple[np.ndarray, float]:
+    """generate, compiling then generating, each said on the channel and the log; and the
+    seconds it generated for."""
+    with progress.busy("compiling the generation loop", channel, log):
+        run = compile_generate(params, prompt, cfg, s, rt)
+    what = (
+        f"generating {progress.plural(s.num_samples, 'sample')} of "
+        f"{progress.plural(s.max_new_tokens, 'token')} after a prompt of "
+        f"{progress.plural(len(prompt), 'token')}"
+    )
+    t0 = time.perf_counter()
+    with progress.busy(what, channel, log):
+        new_BxS = run()
+    return new_BxS, time.perf_counter() - t0
+
+
 def _sample(
     cfg: Config, model_dir: Path, out_dir: Path, channel: progress.Channel | None
 ) -> list[str]:
@@ -274,13 +300,7 @@ def _sample(
     params, mcfg, tok_dict = checkpoint.load_model(model_dir)
     model_sha = checkpoint.check_model_hash(model_dir)
     tok = tokenizer.from_manifest(tok_dict)
-    text = read_prompt(s.start)
-    try:
-        prompt = tok.encode(text)
-    except tokenizer.TokenizerError as e:
-        raise SampleError(f"sample.start: {e}") from None
-    if not prompt and tok.eot_token is not None:
-        prompt = [tok.eot_token]  # GPT-2: an empty prompt starts a new document
+    prompt = encode_prompt(tok, s.start)
     params = jax.tree.map(jnp.asarray, params)
     if tok.vocab_size < mcfg.model.vocab_size:  # rows the tokenizer cannot decode: masked
         mcfg = dataclasses.replace(
@@ -288,15 +308,7 @@ def _sample(
         )
     rt = runtime.choose_for(mcfg.model, jax.local_devices()[0])
     log(f"sample: runtime {rt.describe()}")
-    with progress.busy("compiling the generation loop", channel, log):
-        run = compile_generate(params, prompt, mcfg.model, s, rt)
-    t0 = time.perf_counter()
-    what = (f"generating {progress.plural(s.num_samples, 'sample')} of "
-            f"{progress.plural(s.max_new_tokens, 'token')} after a prompt of "
-            f"{progress.plural(len(prompt), 'token')}")  # fmt: skip
-    with progress.busy(what, channel, log):
-        new_BxS = run()
-    seconds = time.perf_counter() - t0
+    new_BxS, seconds = generate_said(params, prompt, mcfg.model, s, rt, channel)
     samples = [tok.decode(list(prompt) + row.tolist()) for row in new_BxS]
 
     path = out_dir / "samples.txt"
@@ -342,10 +354,7 @@ def main(argv: list[str] | None = None) -> None:
     cfg = config.from_args(args, parser, registry=False)  # the data is not read here
     try:
         samples = sample(cfg, args.model, args.out, progress.from_args(args))
-    except (
-        SampleError, checkpoint.CheckpointError, tokenizer.TokenizerError,
-        provenance.HashMismatch, provenance.OutputError, provenance.FileError, OSError,
-    ) as e:  # fmt: skip
+    except (UserError, OSError) as e:
         print(f"{parser.prog}: error: {e}", file=sys.stderr)
         sys.exit(1)
     sys.stdout.reconfigure(errors="backslashreplace")

@@ -246,7 +246,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--cost", action="store_true", help="FLOPs and device hours per point")
     p.add_argument("--peak-flops", type=_number(float, "a number of FLOP/s > 0", 0, None),
                    help="the device's peak FLOP/s (default: an H100's bfloat16 dense, from "
-                   "train.PEAK_FLOPS)")  # fmt: skip
+                   "logbook.PEAK_FLOPS)")  # fmt: skip
     p.add_argument("--mfu", type=_number(float, "a share of the peak in (0, 1]", 0, 1), default=0.3,
                    help="the share of the peak assumed (0.3: 30%%)")  # fmt: skip
     p.add_argument("--vocab", type=_number(int, "an integer > 0", 0, None),
@@ -261,7 +261,7 @@ def main(argv: list[str] | None = None) -> None:
         points = cost(s, args.vocab)
     except config.ConfigError as e:
         raise SystemExit(f"error: {e}") from None
-    from nanogptx.train import PEAK_FLOPS
+    from nanogptx.logbook import PEAK_FLOPS
 
     peak = args.peak_flops or PEAK_FLOPS["H100"]
     rate = peak * args.mfu

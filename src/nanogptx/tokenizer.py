@@ -1,11 +1,8 @@
-"""Tokenizers: character level (vocabulary built from the data) and GPT-2 BPE through tiktoken.
+"""Tokenizers: character level (learned from the corpus) and GPT-2 BPE through tiktoken.
 
     tok = from_manifest(manifest["tokenizer"]); ids = tok.encode("O Romeo"); tok.decode(ids)
-
-GPT-2 loads tiktoken's files from $TIKTOKEN_CACHE_DIR when they are cached there (offline use),
-else from the network. prepare (python -m nanogptx.prepare) calls `encode_documents`.
-For offline machines: python -m nanogptx.tokenizer --seed-tiktoken-cache DIR_WITH_THE_FILES
-"""
+    python -m nanogptx.tokenizer --seed-tiktoken-cache DIR   # GPT-2's files, for offline use
+prepare learns one from the corpus (LEARNERS) or loads one (READY), and tokenizes with it."""
 
 from __future__ import annotations
 
@@ -15,19 +12,20 @@ import functools
 import hashlib
 import os
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
 from nanogptx import provenance
+from nanogptx.errors import UserError
 
 EOT_TEXT = "<|endoftext|>"
 MAX_CODEPOINT = 0x10FFFF
 
 
-class TokenizerError(ValueError):
+class TokenizerError(UserError, ValueError):
     """A tokenizer that cannot be built, or text or ids it cannot handle."""
 
 
@@ -101,8 +99,22 @@ class CharTokenizer:
         }
 
 
+class CharVocabulary:
+    """Learns the char tokenizer from the texts it is shown: every character they hold."""
+
+    def __init__(self) -> None:
+        self._seen = np.zeros(MAX_CODEPOINT + 1, bool)
+
+    def add(self, texts: list[str]) -> None:
+        self._seen[codepoints("".join(texts))] = True
+
+    def tokenizer(self) -> CharTokenizer:
+        return CharTokenizer.from_seen(self._seen)
+
+
 @functools.cache
 def _gpt2_encoding() -> Any:
+    """tiktoken's files from $TIKTOKEN_CACHE_DIR when cached there (offline use), else fetched."""
     import tiktoken
 
     try:
@@ -180,12 +192,9 @@ class GPT2Tokenizer:
 
     def token_bytes(self) -> np.ndarray:
         """Bytes of text each token id stands for (the end-of-text token: 0), for bits per byte."""
-        eot = self.eot_token
-        return np.array(
-            [0 if i == eot else len(self._enc.decode_single_token_bytes(i))
-             for i in range(self.vocab_size)],
-            np.int64,
-        )  # fmt: skip
+        decode, eot = self._enc.decode_single_token_bytes, self.eot_token
+        sizes = [0 if i == eot else len(decode(i)) for i in range(self.vocab_size)]
+        return np.array(sizes, np.int64)
 
     def encode(self, text: str) -> list[int]:
         """Ordinary tokens: "<|endoftext|>" in the text is plain text, not the special token."""
@@ -247,6 +256,21 @@ def gpt2() -> GPT2Tokenizer:
     return GPT2Tokenizer()
 
 
+class Learner(Protocol):
+    """A tokenizer learned from the corpus: prepare shows it every cleaned batch of texts, in one
+    pass before it tokenizes, then asks for the tokenizer."""
+
+    def add(self, texts: list[str]) -> None: ...
+
+    def tokenizer(self) -> Tokenizer: ...
+
+
+# Each tokenizer.name: learned from the corpus (a trained BPE would be one more learner, with
+# its own entry in from_manifest), or ready-made.
+LEARNERS: dict[str, Callable[[], Learner]] = {"char": CharVocabulary}
+READY: dict[str, Callable[[], Tokenizer]] = {"gpt2": gpt2}
+
+
 def from_manifest(tok: dict[str, Any]) -> Tokenizer:
     """The tokenizer a manifest names (its "tokenizer" entry), checked against its identity."""
     name = tok.get("name")
@@ -305,8 +329,7 @@ def seed_tiktoken_cache(src: Path, cache: Path) -> list[Path]:
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         prog="python -m nanogptx.tokenizer",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Copy tiktoken's GPT-2 files into its cache, so that GPT-2 loads offline.",
     )
     parser.add_argument(
         "--seed-tiktoken-cache",

@@ -1,0 +1,9 @@
+"""The one base of the errors a user can cause and fix from the message alone (a config, an input
+file, a model, a prompt, a setting): each stage's main catches UserError (and OSError) and
+prints the message, exit code 1, instead of a traceback."""
+
+from __future__ import annotations
+
+
+class UserError(Exception):
+    """An error whose message names the file, key or value at fault and what was expected."""

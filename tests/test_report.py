@@ -1,0 +1,22 @@
+"""The report's figures (matplotlib): the same bytes on every run, a size in pixels."""
+
+from __future__ import annotations
+
+import re
+import xml.dom.minidom
+
+from nanogptx import report
+
+
+def test_a_figure_is_the_same_bytes_every_time_and_states_its_size_in_pixels() -> None:
+    # Without a fixed svg.hashsalt its clip-path ids are random, without Date None it carries
+    # the time: a rerun of the report would write other bytes.
+    runs = {"a $x$ <b>": [{"kind": "train", "step": s, "tokens": 64 * s, "loss": 4.0 - s / 10}
+                          for s in range(20)]}  # fmt: skip
+    svg = report.curves_svg(runs, "loss")
+    assert report.curves_svg(runs, "loss") == svg
+    xml.dom.minidom.parseString(svg)  # well-formed, the label escaped
+    assert "<title>a $x$ &lt;b&gt; train</title>" in svg  # text, not math
+    w, h = re.search(r'<svg [^>]*width="(\d+)" height="(\d+)" viewBox="0 0 \1 \2" '
+                     r'style="max-width:100%;height:auto"', svg).groups()  # fmt: skip
+    assert int(w) >= 900 and int(h) == report.H
