@@ -26,60 +26,36 @@ onstart:
     refuse_if_in_use()
 
 
-# Each target asks for the outputs of every stage before its own too. Snakemake builds a missing
-# file only when something asks for it: a job cut short (a kill, Ctrl-C, a crash) has had its
-# outputs deleted, and the samples and evaluation of the model it was replacing then looked up
-# to date, so that the same command planned nothing (README: After a kill).
-DOWNLOADED = [
-    *(raw_provenance(run) for run in RUNS),
-    *(f for run in RUNS for f in init_weights(run)),
-    *(eval_inputs(run).get("hellaswag", []) for run in RUNS),
-]
-PREPARED = [*DOWNLOADED, *(prepared_dir(run) for run in RUNS)]
-TRAINED = [*PREPARED, *expand(rules.train_run.output.params, run=RUNS)]
+# The stages as targets: for each, the stage it follows, its outputs of a run, and whether the
+# default job builds it. `snakemake STAGE` asks for its outputs of every run and for those of
+# every stage before it: Snakemake builds a missing file only when something asks for it, and a
+# job cut short (a kill, Ctrl-C, a crash) has had its outputs deleted, so the samples and the
+# evaluation of the model it was replacing looked up to date (README: After a kill).
+STAGES = {
+    "download": (None, downloads, True),
+    "prepare": ("download", lambda run: [prepared_dir(run)], True),
+    "train": ("prepare", of_run(rules.train_run.output.params), True),
+    "sample": ("train", of_run(rules.sample_run.output.samples), True),
+    "eval": ("train", of_run(rules.eval_run.output.metrics), True),
+    "export": ("train", of_run(rules.export_run.output.weights), False),
+}
 
 
 rule all:
     default_target: True
     input:
-        TRAINED,
-        samples=expand(rules.sample_run.output.samples, run=RUNS),
-        evals=expand(rules.eval_run.output.metrics, run=RUNS),
+        target(*(stage for stage, (_, _, default) in STAGES.items() if default)),
         reports=expand(rules.report_run.output, run=RUNS),
         sweep=rules.report_sweep.output if len(RUNS) > 1 else [],
 
 
-rule download:
-    input:
-        DOWNLOADED,
+for stage in STAGES:
 
-
-rule prepare:
-    input:
-        PREPARED,
-
-
-rule train:
-    input:
-        TRAINED,
-
-
-rule sample:
-    input:
-        TRAINED,
-        samples=expand(rules.sample_run.output.samples, run=RUNS),
-
-
-rule eval:
-    input:
-        TRAINED,
-        metrics=expand(rules.eval_run.output.metrics, run=RUNS),
-
-
-rule export:
-    input:
-        TRAINED,
-        hf=expand(rules.export_run.output.weights, run=RUNS),
+    rule:
+        name:
+            stage
+        input:
+            target(stage),
 
 
 rule sweep:

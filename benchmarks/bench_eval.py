@@ -4,7 +4,7 @@
 
 Items in HellaSwag's format with its lengths (a context of about 40 GPT-2 tokens, endings of
 about 20), random weights (speed does not depend on them): tiny is 2 layers, 4 heads, 64 wide,
-vocabulary 50257, block 1024; gpt2 is GPT-2 124M. Prints items/s of eval.hellaswag after a
+vocabulary 50257, block 1024; gpt2 is GPT-2 124M. Prints items/s of eval.MultipleChoice after a
 warm-up run that compiles each length bucket, best of --repeats, and what the 10,042 items of
 the validation split would take at that rate. The GPT-2 tokenizer's files come from
 ../shared/assets/tiktoken when $TIKTOKEN_CACHE_DIR is unset and they are there.
@@ -24,7 +24,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from nanogptx import eval, model, runtime, tokenizer
+from nanogptx import eval, evaltasks, model, runtime, tokenizer
 from nanogptx.config import EvalConfig, ModelConfig
 
 ASSETS = Path(__file__).resolve().parents[2] / "shared" / "assets" / "tiktoken"
@@ -64,17 +64,18 @@ def main() -> None:
     rt = runtime.choose(m, jax.default_backend())
     scorer = eval.make_scorer(m, rt)
     tok = tokenizer.gpt2()
+    task = evaltasks.get("hellaswag")
     with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / eval.HELLASWAG_FILE
+        path = Path(tmp) / task.options["file"]
         path.write_text("".join(json.dumps(it) + "\n" for it in items(args.items)))
         e = dataclasses.replace(EvalConfig(), batch_size=args.batch)
+        s = eval.Setting(e, m, tok, tok.identity(), Path(tmp), None, {"hellaswag": Path(tmp)})
         params = jax.tree.map(jnp.asarray, params)
-        task = eval.HellaSwag(path, e, tok, m.block_size)
-        eval.hellaswag(params, m, e, task, scorer)  # warm-up: compiles every bucket
+        eval.MultipleChoice(task, s).score(params, scorer, None)  # warm-up: compiles each bucket
         best = 0.0
         for _ in range(args.repeats):
             t0 = time.perf_counter()  # reading and tokenizing the items, then scoring them
-            eval.hellaswag(params, m, e, eval.HellaSwag(path, e, tok, m.block_size), scorer)
+            eval.MultipleChoice(task, s).score(params, scorer, None)
             best = max(best, args.items / (time.perf_counter() - t0))
     print(
         f"{args.model} on {jax.devices()[0].device_kind}: {best:,.1f} HellaSwag items/s (batch "

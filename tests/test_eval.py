@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from pathlib import Path
 
 import jax
@@ -13,9 +14,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from nanogptx import checkpoint, config, eval, loader, model, tokenizer
+from nanogptx import checkpoint, config, eval, evaltasks, loader, model, tokenizer
 from prepared import synthetic_text, write_prepared
 
+HELLASWAG = evaltasks.get("hellaswag")
+HELLASWAG_FILE = HELLASWAG.options["file"]
 ENDINGS = [
     "went to the market and bought bread.", "sat down.", "flew over the moon at night, singing.",
     "opened the door", "closed it again and left the room quietly.", "ran.",
@@ -73,9 +76,9 @@ def hf_scores(hf_dir: Path, items: list[dict]) -> tuple[float, float]:
     right = right_norm = 0
     for item in items:
         sums, means = [], []
-        for ending in item["endings"]:
+        for ending in item["choices"]:
             end = enc.encode_ordinary(" " + ending)
-            ids = torch.tensor([(enc.encode_ordinary(item["ctx"]) + end)[-(L + 1) :]])
+            ids = torch.tensor([(enc.encode_ordinary(item["context"]) + end)[-(L + 1) :]])
             with torch.no_grad():
                 logp = torch.log_softmax(m(ids[:, :-1]).logits[0].double(), -1)
             n = ids.shape[1]
@@ -89,15 +92,17 @@ def hf_scores(hf_dir: Path, items: list[dict]) -> tuple[float, float]:
 
 def test_hellaswag_scores_equal_an_independent_hf_scorer(gpt2_model: Path, tmp_path: Path) -> None:
     (tmp_path / "hs").mkdir()  # apart from --out: a stage never writes where it reads
-    path = hellaswag_file(tmp_path / "hs" / eval.HELLASWAG_FILE, 30)
+    path = hellaswag_file(tmp_path / "hs" / HELLASWAG_FILE, 30)
     with open(path, "a") as f:  # contexts longer than the model's 64 positions: cropped
         for i in range(3):
             ctx = " ".join(CONTEXTS[i:] * 3)
             f.write(json.dumps({"ctx": ctx, "endings": ENDINGS[i : i + 4], "label": i}) + "\n")
     cfg = config.load(None, ['eval.tasks=["hellaswag"]', "eval.batch_size=4"])
-    out = eval.evaluate(cfg, gpt2_model / "model", None, tmp_path / "out", path.parent)
+    out = eval.evaluate(
+        cfg, gpt2_model / "model", None, tmp_path / "out", {"hellaswag": path.parent}
+    )
     r = out["hellaswag"]
-    items = eval.read_hellaswag(path)
+    items = eval.read_items(path, HELLASWAG)
     acc, acc_norm = hf_scores(gpt2_model / "hf", items)
     assert (r["acc"], r["acc_norm"], r["items"], r["cropped_items"]) == (acc, acc_norm, 33, 3)
     assert r["acc"] != r["acc_norm"] or acc == acc_norm  # the two rules are both computed
@@ -108,12 +113,10 @@ def test_hellaswag_scores_equal_an_independent_hf_scorer(gpt2_model: Path, tmp_p
     assert [Path(e["path"]).name for e in prov["inputs"]] == ["params.safetensors", path.name]
     # eval.max_items: the first items only.
     cfg = config.load(None, ['eval.tasks=["hellaswag"]', "eval.max_items=7"])
-    assert (
-        eval.evaluate(cfg, gpt2_model / "model", None, tmp_path / "o2", path.parent)["hellaswag"][
-            "items"
-        ]
-        == 7
+    out = eval.evaluate(
+        cfg, gpt2_model / "model", None, tmp_path / "o2", {"hellaswag": path.parent}
     )
+    assert out["hellaswag"]["items"] == 7
 
 
 @pytest.fixture(scope="module")
@@ -134,7 +137,7 @@ def test_an_ending_longer_than_the_window_is_refused_naming_file_and_line(
     than 16 tokens cannot follow a context token in the window (it crashed with a numpy
     broadcast error)."""
     (tmp_path / "hs").mkdir()  # apart from --out: a stage never writes where it reads
-    path = tmp_path / "hs" / eval.HELLASWAG_FILE
+    path = tmp_path / "hs" / HELLASWAG_FILE
     long_ctx = {"ctx": " ".join(CONTEXTS), "endings": ENDINGS[:4], "label": 0}
     too_long = {"ctx": "A man", "endings": ["a", " ".join(ENDINGS), "b", "c"], "label": 1}
     path.write_text(json.dumps(long_ctx) + "\n" + json.dumps(too_long) + "\n")
@@ -142,10 +145,12 @@ def test_an_ending_longer_than_the_window_is_refused_naming_file_and_line(
     with pytest.raises(
         eval.EvalError, match=rf"{path.name}:2: ending 1 is \d+ tokens.*block_size = 16"
     ):
-        eval.evaluate(cfg, gpt2_tiny, None, tmp_path / "out", path.parent)
+        eval.evaluate(cfg, gpt2_tiny, None, tmp_path / "out", {"hellaswag": path.parent})
     assert not (tmp_path / "out" / "metrics.json").exists()
     path.write_text(json.dumps(long_ctx) + "\n")  # the long context alone: cropped, scored
-    r = eval.evaluate(cfg, gpt2_tiny, None, tmp_path / "out", path.parent)["hellaswag"]
+    r = eval.evaluate(cfg, gpt2_tiny, None, tmp_path / "out", {"hellaswag": path.parent})[
+        "hellaswag"
+    ]
     assert (r["items"], r["cropped_items"]) == (1, 1)
 
 
@@ -161,7 +166,7 @@ def test_a_model_without_gpt2_tokens_is_refused_hellaswag_before_any_work(
     with pytest.raises(config.ConfigError, match="tokenizer.name = 'char'"):
         config.load(None, ['eval.tasks=["hellaswag"]', "tokenizer.name=char"])
     (tmp_path / "hs").mkdir()  # apart from --out
-    hellaswag_file(tmp_path / "hs" / eval.HELLASWAG_FILE, 3)
+    hellaswag_file(tmp_path / "hs" / HELLASWAG_FILE, 3)
     data_dir = write_prepared(tmp_path / "data", synthetic_text(3000), 2000)
     data = loader.open_prepared(data_dir)
     m = config.load(None, ["model.n_layer=1", "model.n_head=1", "model.n_embd=8",
@@ -171,7 +176,9 @@ def test_a_model_without_gpt2_tokens_is_refused_hellaswag_before_any_work(
     cfg = config.load(None, ['eval.tasks=["val_loss", "hellaswag"]'])  # the model decides
     capsys.readouterr()
     with pytest.raises(eval.EvalError, match=r"hellaswag.*GPT-2 tokens.*'char' tokenizer"):
-        eval.evaluate(cfg, tmp_path / "model", data_dir, tmp_path / "out", tmp_path / "hs")
+        eval.evaluate(
+            cfg, tmp_path / "model", data_dir, tmp_path / "out", {"hellaswag": tmp_path / "hs"}
+        )
     assert "val_loss" not in capsys.readouterr().out  # nothing was scored
     assert not (tmp_path / "out").exists()
 
@@ -224,15 +231,15 @@ def test_a_bad_hellaswag_line_names_file_line_and_key_and_writes_nothing(
     tmp_path: Path, gpt2_tiny: Path, line: str, error: str
 ) -> None:
     (tmp_path / "hs").mkdir()  # apart from --out: a stage never writes where it reads
-    path = tmp_path / "hs" / eval.HELLASWAG_FILE
+    path = tmp_path / "hs" / HELLASWAG_FILE
     good = {"ctx": "A man", "endings": ["a", "b", "c", "d"], "label": 1}
     path.write_text(json.dumps(good) + "\n" + line + "\n")
     with pytest.raises(eval.EvalError, match=f"{path.name}{error}"):
-        eval.read_hellaswag(path)
+        eval.read_items(path, HELLASWAG)
     # Through the stage: the error comes before any work, and nothing is written.
     cfg = config.load(None, ['eval.tasks=["hellaswag"]'])
     with pytest.raises(eval.EvalError, match=f"{path.name}{error}"):
-        eval.evaluate(cfg, gpt2_tiny, None, tmp_path / "out", path.parent)
+        eval.evaluate(cfg, gpt2_tiny, None, tmp_path / "out", {"hellaswag": path.parent})
     assert not (tmp_path / "out").exists()
 
 
@@ -252,10 +259,101 @@ def test_a_hellaswag_line_that_is_not_text_names_file_and_line(
     tmp_path: Path, line: bytes, error: str
 ) -> None:
     # Bytes that are not UTF-8 ended the stage in a UnicodeDecodeError traceback.
-    path = tmp_path / eval.HELLASWAG_FILE
+    path = tmp_path / HELLASWAG_FILE
     good = {"ctx": "A man \u00e9 \U0001f600", "endings": ["a", "b", "c", "d"], "label": 1}
     path.write_bytes(json.dumps(good).encode() + b"\n" + line + b"\n")
     with pytest.raises(eval.EvalError, match=f"{path.name}{error}"):
-        eval.read_hellaswag(path)
+        eval.read_items(path, HELLASWAG)
     path.write_bytes(json.dumps(good).encode() + b"\n")
-    assert eval.read_hellaswag(path)[0]["ctx"] == "A man \u00e9 \U0001f600"
+    assert eval.read_items(path, HELLASWAG)[0]["context"] == "A man \u00e9 \U0001f600"
+
+
+def toy_task(registry: Path, **keys: object) -> Path:
+    """A multiple-choice task file of two choices, its items' keys named otherwise than
+    HellaSwag's: config/tasks/toy.toml in registry."""
+    entry = {
+        "about": '"a toy"', "kind": '"multiple_choice"', "label": '"toy"',
+        "dataset": '"toy-data"', "file": '"toy.jsonl"', "items": "3", "choices": "2",
+        "fields": '{context = "q", choices = "options", label = "answer"}',
+        "metrics": '["acc", "acc_norm"]', **keys,
+    }  # fmt: skip
+    registry.mkdir(parents=True, exist_ok=True)
+    path = registry / "toy.toml"
+    path.write_text("".join(f"{k} = {v}\n" for k, v in entry.items()))
+    return path
+
+
+def test_a_new_multiple_choice_task_is_a_file_and_scores_as_a_direct_computation(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A task of an existing kind is data: its file names the dataset, the items' keys, the
+    number of choices and the delimiter; its scores equal the log-probabilities of each choice
+    computed directly with model.forward, on a character model."""
+    shipped = evaltasks.entry_file("val_loss").read_bytes()
+    monkeypatch.setenv("NANOGPTX_TASKS", str(tmp_path / "tasks"))
+    monkeypatch.setattr(evaltasks, "REGISTRY", {})
+    toy_task(tmp_path / "tasks", delimiter='"."')
+    (tmp_path / "tasks/val_loss.toml").write_bytes(shipped)
+    data_dir = write_prepared(tmp_path / "data", synthetic_text(3000), 2000)
+    data = loader.open_prepared(data_dir)
+    m = config.load(None, ["model.n_layer=1", "model.n_head=1", "model.n_embd=8",
+                           "model.block_size=16"])  # fmt: skip
+    params = model.init_params(m.model, data.vocab_size, jax.random.key(5))
+    checkpoint.save_model(tmp_path / "model", params, m, data.manifest["tokenizer"], 0)
+    items = [("the king", ["shall be", "and thee"], 1), ("my lord", ["not", "queen to"], 0),
+             ("thee and the queen and the king and my lord", ["be", "to be"], 1)]  # fmt: skip
+    (tmp_path / "raw").mkdir()
+    (tmp_path / "raw/toy.jsonl").write_text("".join(
+        json.dumps({"q": q, "options": o, "answer": a}) + "\n" for q, o, a in items))  # fmt: skip
+    cfg = config.load(None, ['eval.tasks=["toy", "val_loss"]', "eval.batch_size=2"])
+    out = eval.evaluate(cfg, tmp_path / "model", data_dir, tmp_path / "out",
+                        {"toy-data": tmp_path / "raw"})  # fmt: skip
+    tok = tokenizer.from_manifest(data.manifest["tokenizer"])
+    right = right_norm = 0
+    for q, options, answer in items:
+        sums, means = [], []
+        for option in options:
+            end = tok.encode("." + option)
+            ids = (tok.encode(q) + end)[-17:]  # the last block_size + 1: context cut from the left
+            logp = jax.nn.log_softmax(model.forward(params, jnp.asarray([ids[:-1]]), m.model)[0])
+            picked = [float(logp[i - 1, ids[i]]) for i in range(len(ids) - len(end), len(ids))]
+            sums.append(sum(picked))
+            means.append(sum(picked) / len(picked))
+        right += int(np.argmax(sums) == answer)
+        right_norm += int(np.argmax(means) == answer)
+    r = out["toy"]
+    assert (r["acc"], r["acc_norm"]) == pytest.approx((right / 3, right_norm / 3))
+    assert (r["items"], r["all_items"], r["cropped_items"]) == (3, True, 1)
+    assert "'.' + ending" in r["method"] and list(out) == ["model_sha256", "toy", "val_loss"]
+    prov = json.loads((tmp_path / "out/provenance.json").read_text())
+    assert [Path(e["path"]).name for e in prov["inputs"]] == [
+        "params.safetensors", "toy.jsonl", "manifest.json",
+    ]  # fmt: skip
+    # The items' own keys name what is wrong.
+    (tmp_path / "raw/toy.jsonl").write_text('{"q": "the king", "options": ["a"], "answer": 0}\n')
+    with pytest.raises(eval.EvalError, match=r"toy.jsonl:1: options: expected a list of 2 strings"):
+        eval.evaluate(cfg, tmp_path / "model", data_dir, tmp_path / "o2",
+                      {"toy-data": tmp_path / "raw"})  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "keys, error",
+    [
+        ({"kind": '"multiple_choise"'}, r"kind = 'multiple_choise': expected one of"),
+        ({"choises": "2"}, r"key = 'choises': expected one of .* \(did you mean 'choices'\?\)"),
+        ({"metrics": '["acc", "loss"]'}, r"metrics = \['acc', 'loss'\]: expected a list of some"),
+        ({"choices": "1"}, r"choices = 1: expected >= 2"),
+        ({"fields": '{context = "q"}'}, r"fields = \{'context': 'q'\}: expected a table of"),
+        ({"dataset": '""'}, r"dataset = '': expected a name"),
+    ],
+)
+def test_a_malformed_task_file_is_refused_naming_file_and_key(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, keys: dict, error: str
+) -> None:
+    monkeypatch.setenv("NANOGPTX_TASKS", str(tmp_path / "tasks"))
+    monkeypatch.setattr(evaltasks, "REGISTRY", {})
+    path = toy_task(tmp_path / "tasks", **keys)
+    with pytest.raises(config.ConfigError, match=rf"eval.tasks: {re.escape(str(path))}: {error}"):
+        config.load(None, ['eval.tasks=["toy"]'])
+    with pytest.raises(config.ConfigError, match=r"eval.tasks = 'toi': expected one of \['toy'\]"):
+        config.load(None, ['eval.tasks=["toi"]'])

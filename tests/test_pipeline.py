@@ -461,6 +461,33 @@ def test_a_malformed_dataset_file_is_refused_naming_file_and_key(tiny: Path) -> 
         (tiny / "config/uses-it.toml").unlink()
 
 
+def test_an_eval_task_is_a_data_file_an_edit_reruns_the_evaluations_that_use_it(
+    tiny: Path,
+) -> None:
+    """config/tasks/NAME.toml: editing val_loss's file reruns tiny's evaluation (and its
+    report), editing hellaswag's, which tiny does not evaluate, reruns nothing; a malformed
+    task file is refused naming file and key, for the runs that use it only."""
+    for task, expected in (("hellaswag", set()), ("val_loss", {"eval_run", "report_run", "all"})):
+        entry = tiny / f"config/tasks/{task}.toml"
+        original = entry.read_text()
+        try:
+            edit(entry, 'about = "', 'about = "edited: ')
+            assert set(planned_jobs(tiny, "--config", "runs=tiny")) == expected
+        finally:
+            entry.write_text(original)
+    broken = tiny / "config/tasks/broken.toml"
+    broken.write_text('kind = "multiple_choice"\nlabels = "x"\n')
+    (tiny / "config/uses-it.toml").write_text('[eval]\ntasks = ["broken"]\n')
+    try:
+        assert planned_jobs(tiny, "--config", "runs=tiny") == {}
+        r = snakemake(tiny, "-n", "--config", "runs=[tiny,uses-it]", check=False)
+        assert r.returncode != 0
+        assert "config/tasks/broken.toml: key = 'labels': expected one of" in r.stdout + r.stderr
+    finally:
+        broken.unlink()
+        (tiny / "config/uses-it.toml").unlink()
+
+
 @pytest.mark.slow  # about 35-45 s; tests/test_sweep.py runs by default
 def test_a_sweep_runs_to_its_report_with_a_diverged_point_and_an_added_point_runs_alone(
     tiny: Path,

@@ -273,15 +273,11 @@ class SampleConfig:
 @dataclass(frozen=True)
 class EvalConfig:
     tasks: tuple[str, ...] = _f(
-        ("val_loss",),
-        "what the eval stage measures: val_loss (mean loss over the whole val split in "
-        "windows of block_size targets, and bits per byte) and hellaswag (its 10,042 "
-        "validation items scored completion-style, as llm.c; needs GPT-2 tokens and downloads "
-        "dataset hellaswag)",
+        ("val_loss",), "eval tasks, each a file config/tasks/NAME.toml (val_loss, hellaswag, ...)"
     )
-    batch_size: int = _f(8, "windows (val_loss) or items (hellaswag, 4 rows each) per batch")
-    max_windows: int = _f(0, "val_loss: score at most this many windows (0: the whole split)")
-    max_items: int = _f(0, "hellaswag: score the first this many items (0: all); quick looks")
+    batch_size: int = _f(8, "windows (split_loss) or items (multiple_choice) per batch")
+    max_windows: int = _f(0, "split_loss: score at most this many windows (0: the whole split)")
+    max_items: int = _f(0, "multiple_choice: score the first this many items (0: all)")
 
 
 @dataclass(frozen=True)
@@ -322,7 +318,6 @@ STAGE_SECTIONS: dict[str, tuple[str, ...]] = {
     "sample": ("sample",),
     "eval": ("eval",),
 }
-EVAL_TASKS = ("val_loss", "hellaswag")
 # Data settings that do not change the prepared bytes, so not the prepared data's identity.
 NOT_DATA_IDENTITY = ("data.allow_unverified",)
 # Model settings of how it runs, not what it computes: a checkpoint resumes under any of them.
@@ -656,16 +651,11 @@ def _check_values(
     for key, seed in (("train.seed", t.seed), ("sample.seed", s.seed)):
         need(0 <= seed < 2**32, key, seed, f"0 to {2**32 - 1} (a JAX key holds 32 bits)")
     e = cfg.eval
-    for task in e.tasks:
-        need(task in EVAL_TASKS, "eval.tasks", task, f"one of {list(EVAL_TASKS)}")
-    need(len(set(e.tasks)) == len(e.tasks), "eval.tasks", list(e.tasks), "no task twice")
-    need(len(e.tasks) > 0, "eval.tasks", list(e.tasks), f"at least one of {list(EVAL_TASKS)}")
-    if tokenizer_known and "hellaswag" in e.tasks and cfg.tokenizer.name != "gpt2":
-        raise ConfigError(
-            f"{source}: eval.tasks has hellaswag, which is scored in GPT-2 tokens, but "
-            f'tokenizer.name = {cfg.tokenizer.name!r}: set tokenizer.name = "gpt2" or remove '
-            "hellaswag from eval.tasks"
-        )
+    from nanogptx import evaltasks  # light: the task registry is plain data
+
+    tokenizer = cfg.tokenizer.name if tokenizer_known else None
+    if problem := evaltasks.problem(e.tasks, tokenizer, registry):
+        raise ConfigError(f"{source}: {problem}")
     need(e.batch_size > 0, "eval.batch_size", e.batch_size, "> 0")
     need(e.max_windows >= 0, "eval.max_windows", e.max_windows, ">= 0 (0: all)")
     need(e.max_items >= 0, "eval.max_items", e.max_items, ">= 0 (0: all)")

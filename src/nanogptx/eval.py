@@ -1,20 +1,8 @@
-"""Evaluate a trained model: loss and bits per byte on the whole validation split, HellaSwag.
+"""Evaluate a trained model on its eval.tasks (nanogptx.evaltasks), one scorer per kind of task.
 
     python -m nanogptx.eval --config config/RUN.toml --model results/RUN/model \
-        --data data/prepared/<data_id> [--hellaswag data/raw/hellaswag] --out results/RUN/eval
-
-Writes <out>/metrics.json (each task's figures and how they were measured) and provenance.json.
-Tasks ([eval] tasks):
-- val_loss: the whole val split tiled into windows of model.block_size targets (not a sample of
-  random batches), mean next-token cross-entropy over all of them, and bits per byte (summed
-  nats / ln 2 / the UTF-8 bytes the targets stand for).
-- hellaswag: each item's context followed by each of its 4 endings (" " + ending), scored
-  completion-style as llm.c and build-nanogpt do: the sum and the mean of the endings' token
-  log-probabilities after the context; acc picks the largest sum, acc_norm the largest mean.
-  A context and ending longer than block_size + 1 tokens loses context from the left (as
-  lm-evaluation-harness and nanochat); an ending longer than block_size, an empty context and
-  a model whose tokenizer is not GPT-2's are refused before any work.
-Batched and compiled: one program per padded length bucket, every item of it through one jit.
+        [--data data/prepared/ID] [--dataset hellaswag=data/raw/hellaswag] --out results/RUN/eval
+Writes <out>/metrics.json (each task's figures and method) and provenance.json.
 """
 
 from __future__ import annotations
@@ -24,6 +12,7 @@ import json
 import math
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -31,28 +20,27 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from nanogptx import checkpoint, config, loader, model, progress, provenance, runtime, tokenizer
+from nanogptx import (
+    checkpoint,
+    config,
+    evaltasks,
+    loader,
+    model,
+    progress,
+    provenance,
+    runtime,
+    tokenizer,
+)
 from nanogptx.config import Config, EvalConfig, ModelConfig
 from nanogptx.errors import UserError
+from nanogptx.evaltasks import Task
 
-HELLASWAG_FILE = "hellaswag_val.jsonl"
-HELLASWAG_ITEMS = 10_042
-BUCKET = 32  # HellaSwag rows are padded up to a multiple of this (one compiled shape each)
-VAL_LOSS_METHOD = (
-    "mean next-token cross-entropy over the whole val split tiled into windows of block_size "
-    "targets (window w predicts tokens w*L+1 .. w*L+L, each from the tokens before it in the "
-    "window); bits per byte = summed nats / ln 2 / UTF-8 bytes of the targets"
-)
-HELLASWAG_METHOD = (
-    "completion-style (llm.c, build-nanogpt): context tokens, then ' ' + ending; per ending the "
-    "sum and the mean of its tokens' log-probabilities; acc: argmax of the sum, acc_norm: "
-    "argmax of the mean (the length-normalised score)"
-)
+BUCKET = 32  # multiple-choice rows are padded up to a multiple of this (one compiled shape each)
 
 
 class EvalError(UserError, RuntimeError):
-    """An expected failure: a missing input, a malformed HellaSwag line, a task the model's
-    tokenizer cannot serve."""
+    """An expected failure: a missing input, a malformed item, a task the model's tokenizer
+    cannot serve."""
 
 
 def log(msg: str) -> None:
@@ -77,114 +65,175 @@ def make_scorer(m: ModelConfig, rt: runtime.Runtime) -> Any:
 
 def scorer_shapes(task: str, m: ModelConfig, e: EvalConfig) -> tuple[int, int, int]:
     """The largest (rows, ids per row, scored positions per row) a task calls the scorer with,
-    for nanogptx.plan: val_loss, eval.batch_size windows of block_size + 1 tokens with every
-    position scored; hellaswag, 4 rows per item, its longest bucket (block_size + 1, scoring
-    block_size)."""
-    rows = {"val_loss": e.batch_size, "hellaswag": 4 * e.batch_size}[task]
-    return rows, m.block_size + 1, m.block_size
+    for nanogptx.plan: eval.batch_size items of its kind's rows each (a window of split_loss, a
+    row per choice), in its longest bucket (block_size + 1 ids, block_size scored)."""
+    t = evaltasks.get(task)
+    return e.batch_size * SCORERS[t.kind].rows(t), m.block_size + 1, m.block_size
 
 
-# ---------------------------------------------------------------- val loss
+@dataclass(frozen=True)
+class Setting:
+    """What a task is loaded against: the run's [eval] section, the model and the stage's
+    inputs (--data: the prepared data; --dataset NAME=DIR: registry datasets)."""
+
+    e: EvalConfig
+    m: ModelConfig
+    tok: Any
+    tok_dict: dict[str, Any]
+    model_dir: Path
+    data_dir: Path | None
+    datasets: dict[str, Path]
 
 
-def val_loss(
-    params: Any,
-    m: ModelConfig,
-    e: EvalConfig,
-    data: loader.Prepared,
-    tok: Any,
-    scorer: Any,
-    channel: progress.Channel | None = None,
-) -> dict[str, Any]:
-    """Loss and bits per byte over the whole val split, tiled into windows of block_size targets."""
-    stream = data.split("val")
-    L = m.block_size
-    n = (stream.n_tokens - 1) // L
-    if n == 0:
-        raise EvalError(f"{data.dir}: the val split has "
-                        f"{progress.plural(stream.n_tokens, 'token')}, fewer than "
-                        f"model.block_size + 1 = {L + 1}")  # fmt: skip
-    if e.max_windows:
-        n = min(n, e.max_windows)
-    nbytes = tok.token_bytes()
-    B = e.batch_size
-    total_nll, total_tokens, total_bytes = 0.0, 0, 0
-    at_BxL = np.broadcast_to(np.arange(L, dtype=np.int32), (B, L))  # every position is scored
-    meter = progress.Meter("val_loss windows", n, channel)
-    for lo in range(0, n, B):
-        k = min(B, n - lo)
-        ids = np.zeros((B, L + 1), np.int32)
-        weights = np.zeros((B, L), np.float32)
-        for j in range(k):  # window w: tokens w L .. w L + L, its targets the last L
-            ids[j] = stream.read((lo + j) * L, L + 1)
-            weights[j] = 1.0
-        nll, count = scorer(params, jnp.asarray(ids), jnp.asarray(at_BxL), jnp.asarray(weights))
-        total_nll += float(np.asarray(nll, np.float64).sum())
-        total_tokens += int(np.asarray(count).sum())
-        total_bytes += int(nbytes[ids[:k, 1:]].sum())
-        meter.update(lo + k)
-    meter.close()
-    loss = total_nll / total_tokens
-    return {
-        "loss": loss,
-        "bits_per_byte": total_nll / math.log(2) / total_bytes if total_bytes else None,
-        "windows": n,
-        "tokens": total_tokens,
-        "bytes": total_bytes,
-        "whole_split": n == (stream.n_tokens - 1) // L,
-        "method": VAL_LOSS_METHOD,
-    }
+# ---------------------------------------------------------------- split_loss
 
 
-# ---------------------------------------------------------------- HellaSwag
+class SplitLoss:
+    """Loss and bits per byte over a whole split of the run's prepared data, tiled into windows
+    of block_size targets (window w predicts tokens w L + 1 .. w L + L from those before it)."""
+
+    @staticmethod
+    def rows(task: Task) -> int:
+        return 1
+
+    def __init__(self, task: Task, s: Setting) -> None:
+        self.task, self.s = task, s
+        self.data = loader.open_prepared(s.data_dir)
+        if self.data.manifest["tokenizer"].get("vocab_sha256") != s.tok_dict.get("vocab_sha256"):
+            raise EvalError(
+                f"{self.data.dir}: tokenized with another vocabulary than the "
+                f"model's ({s.model_dir / 'tokenizer.json'})"
+            )
+        self.inputs = [
+            provenance.file_entry(self.data.dir / "manifest.json", self.data.manifest_sha256)
+        ]
+
+    def method(self) -> str:
+        split = self.task.options["split"]
+        return (
+            f"mean next-token cross-entropy over the whole {split} split tiled into windows "
+            "of block_size targets (window w predicts tokens w*L+1 .. w*L+L, each from the "
+            "tokens before it in the window); bits per byte = summed nats / ln 2 / UTF-8 "
+            "bytes of the targets"
+        )
+
+    def windows(self, stream: loader.TokenStream) -> int:
+        L, e = self.s.m.block_size, self.s.e
+        n = (stream.n_tokens - 1) // L
+        if n == 0:
+            raise EvalError(
+                f"{self.data.dir}: the {self.task.options['split']} split has "
+                f"{progress.plural(stream.n_tokens, 'token')}, fewer than "
+                f"model.block_size + 1 = {L + 1}"
+            )
+        return min(n, e.max_windows) if e.max_windows else n
+
+    def score(self, params: Any, scorer: Any, channel: progress.Channel | None) -> dict[str, Any]:
+        stream = self.data.split(self.task.options["split"])
+        L, B, n = self.s.m.block_size, self.s.e.batch_size, self.windows(stream)
+        nbytes = self.s.tok.token_bytes()
+        total_nll, total_tokens, total_bytes = 0.0, 0, 0
+        at_BxL = np.broadcast_to(np.arange(L, dtype=np.int32), (B, L))  # every position scored
+        meter = progress.Meter(f"{self.task.name} windows", n, channel)
+        for lo in range(0, n, B):
+            k = min(B, n - lo)
+            ids = np.zeros((B, L + 1), np.int32)
+            weights = np.zeros((B, L), np.float32)
+            for j in range(k):  # window w: tokens w L .. w L + L, its targets the last L
+                ids[j] = stream.read((lo + j) * L, L + 1)
+                weights[j] = 1.0
+            nll, count = scorer(params, jnp.asarray(ids), jnp.asarray(at_BxL), jnp.asarray(weights))
+            total_nll += float(np.asarray(nll, np.float64).sum())
+            total_tokens += int(np.asarray(count).sum())
+            total_bytes += int(nbytes[ids[:k, 1:]].sum())
+            meter.update(lo + k)
+        meter.close()
+        return {
+            "loss": total_nll / total_tokens,
+            "bits_per_byte": total_nll / math.log(2) / total_bytes if total_bytes else None,
+            "windows": n,
+            "tokens": total_tokens,
+            "bytes": total_bytes,
+            "whole_split": n == (stream.n_tokens - 1) // L,
+            "method": self.method(),
+        }
+
+    def summary(self, r: dict[str, Any]) -> str:
+        return (
+            f"{self.task.name}: {r['loss']:.4f} over {progress.plural(r['windows'], 'window')} "
+            f"({progress.plural(r['tokens'], 'token')}), "
+            f"{r['bits_per_byte']:.4f} bits per byte"
+        )
 
 
-def read_hellaswag(path: Path, max_items: int = 0) -> list[dict[str, Any]]:
-    """The items of a HellaSwag jsonl file: {"ctx", "endings" (4 strings), "label" (0-3),
-    "where" (file:line)}; a line that is not JSON, lacks a key or has an empty context is an
-    EvalError naming file, line and key."""
+# ---------------------------------------------------------------- multiple_choice
+
+
+def _line(raw: bytes, where: str) -> dict[str, Any] | None:
+    """One line of a jsonl file of items as a JSON object (None: a blank line)."""
+    try:
+        line = raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise EvalError(f"{where}: not UTF-8 text (byte {err.start} of the line)") from None
+    if not line.strip():
+        return None
+    try:
+        item = json.loads(line)
+    except json.JSONDecodeError as err:
+        raise EvalError(f"{where}: not a JSON object: {err}") from None
+    if not isinstance(item, dict):
+        raise EvalError(f"{where}: expected a JSON object, got {type(item).__name__}")
+    return item
+
+
+def check_item(item: dict[str, Any], task: Task, where: str) -> dict[str, Any]:
+    """A multiple-choice item as {"context", "choices", "label", "where"}, read through the
+    task's fields; a key missing or of the wrong type, or an empty context, is an EvalError
+    naming file, line and key."""
+    f, n = task.options["fields"], task.options["choices"]
+    for key in f.values():
+        if key not in item:
+            keys = list(f.values())
+            raise EvalError(
+                f"{where}: key {key!r} is missing (a {task.label} item has "
+                f"{', '.join(keys[:-1])} and {keys[-1]})"
+            )
+    ctx, ends, label = item[f["context"]], item[f["choices"]], item[f["label"]]
+    if not (isinstance(ends, list) and len(ends) == n and all(isinstance(s, str) for s in ends)):
+        raise EvalError(f"{where}: {f['choices']}: expected a list of {n} strings, got {ends!r}")
+    if not isinstance(ctx, str):
+        raise EvalError(f"{where}: {f['context']}: expected a string, got {ctx!r}")
+    if not ctx.strip():  # the first choice token would be predicted from nothing
+        raise EvalError(
+            f"{where}: {f['context']} is empty: an ending is scored after its "
+            "context, so an item needs one"
+        )
+    if isinstance(label, bool) or not isinstance(label, int) or not 0 <= label < n:
+        labels = f"{', '.join(map(str, range(n - 1)))} or {n - 1}"
+        raise EvalError(f"{where}: {f['label']}: expected {labels}, got {label!r}")
+    texts = {f["context"]: ctx, **{f"{f['choices']}[{i}]": e for i, e in enumerate(ends)}}
+    for key, text in texts.items():  # valid JSON ("\\ud800"), but no character
+        if not config.is_text(text):
+            raise EvalError(
+                f"{where}: {key} holds a lone surrogate ({text!r}), which "
+                "is no character: expected Unicode text"
+            )
+    return {"context": ctx, "choices": ends, "label": label, "where": where}
+
+
+def read_items(path: Path, task: Task, max_items: int = 0) -> list[dict[str, Any]]:
+    """The items of a task's jsonl file (the first max_items; 0: all), each checked."""
     items = []
     try:
         f = open(path, "rb")  # noqa: SIM115 (closed below)
     except FileNotFoundError:
-        raise EvalError(f"{path} does not exist: download dataset hellaswag first") from None
+        raise EvalError(
+            f"{path} does not exist: download dataset {task.options['dataset']} first"
+        ) from None
     with f:
         for lineno, raw in enumerate(f, 1):
-            where = f"{path}:{lineno}"
-            try:
-                line = raw.decode("utf-8")
-            except UnicodeDecodeError as err:
-                raise EvalError(f"{where}: not UTF-8 text (byte {err.start} of the line)") from None
-            if not line.strip():
-                continue
-            try:
-                item = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise EvalError(f"{where}: not a JSON object: {err}") from None
-            if not isinstance(item, dict):
-                raise EvalError(f"{where}: expected a JSON object, got {type(item).__name__}")
-            for key in ("ctx", "endings", "label"):
-                if key not in item:
-                    raise EvalError(f"{where}: key {key!r} is missing (a HellaSwag item has "
-                                    "ctx, endings and label)")  # fmt: skip
-            ends, label = item["endings"], item["label"]
-            if not (
-                isinstance(ends, list) and len(ends) == 4 and all(isinstance(s, str) for s in ends)
-            ):
-                raise EvalError(f"{where}: endings: expected a list of 4 strings, got {ends!r}")
-            if not isinstance(item["ctx"], str):
-                raise EvalError(f"{where}: ctx: expected a string, got {item['ctx']!r}")
-            if not item["ctx"].strip():  # the first ending token would be predicted from nothing
-                raise EvalError(f"{where}: ctx is empty: an ending is scored after its context, "
-                                "so an item needs one")  # fmt: skip
-            if isinstance(label, bool) or not isinstance(label, int) or not 0 <= label < 4:
-                raise EvalError(f"{where}: label: expected 0, 1, 2 or 3, got {label!r}")
-            texts = {"ctx": item["ctx"], **{f"endings[{i}]": e for i, e in enumerate(ends)}}
-            for key, text in texts.items():  # valid JSON ("\\ud800"), but no character
-                if not config.is_text(text):
-                    raise EvalError(f"{where}: {key} holds a lone surrogate ({text!r}), which "
-                                    "is no character: expected Unicode text")  # fmt: skip
-            items.append({"ctx": item["ctx"], "endings": ends, "label": label, "where": where})
+            if (item := _line(raw, f"{path}:{lineno}")) is not None:
+                items.append(check_item(item, task, f"{path}:{lineno}"))
             if max_items and len(items) == max_items:
                 break
     if not items:
@@ -192,19 +241,23 @@ def read_hellaswag(path: Path, max_items: int = 0) -> list[dict[str, Any]]:
     return items
 
 
-def render(item: dict[str, Any], tok: Any, L: int) -> tuple[list[list[int]], list[int], bool]:
-    """The 4 rows (context + ending tokens) of an item, where each ending starts, and whether
-    the context was cropped: a row longer than L + 1 drops context tokens from the left, as
-    lm-evaluation-harness and nanochat do. An ending of more than L tokens cannot follow even
+def render(
+    item: dict[str, Any], tok: Any, L: int, delimiter: str = " "
+) -> tuple[list[list[int]], list[int], bool]:
+    """The rows (context + delimiter + choice tokens) of an item, where each choice starts, and
+    whether the context was cropped: a row longer than L + 1 drops context tokens from the left,
+    as lm-evaluation-harness and nanochat do. A choice of more than L tokens cannot follow even
     one context token in the model's window: an EvalError naming the item's file and line."""
-    ctx = tok.encode(item["ctx"])
+    ctx = tok.encode(item["context"])
     rows, starts, longest = [], [], 0
-    for i, ending in enumerate(item["endings"]):
-        end = tok.encode(" " + ending)
+    for i, ending in enumerate(item["choices"]):
+        end = tok.encode(delimiter + ending)
         if len(end) > L:
-            raise EvalError(f"{item['where']}: ending {i} is {len(end)} tokens, more than the "
-                            f"model's window holds after a context token (model.block_size = "
-                            f"{L}): this item cannot be scored by this model")  # fmt: skip
+            raise EvalError(
+                f"{item['where']}: ending {i} is {len(end)} tokens, more than the "
+                f"model's window holds after a context token (model.block_size = "
+                f"{L}): this item cannot be scored by this model"
+            )
         row = (ctx + end)[-(L + 1) :]
         rows.append(row)
         starts.append(len(row) - len(end))
@@ -222,79 +275,139 @@ def buckets(lengths: list[tuple[int, int]], L: int) -> dict[tuple[int, int], lis
     return dict(sorted(out.items()))
 
 
-class HellaSwag:
-    """HellaSwag's items read, checked and tokenized for a model (before any scoring, so that a
-    bad item stops the stage before it has done any work)."""
+class MultipleChoice:
+    """One context, several choices (HellaSwag's endings), scored completion-style as llm.c and
+    build-nanogpt: the sum and the mean of each choice's token log-probabilities after the
+    context; acc picks the largest sum, acc_norm the largest mean. Its items are read, checked
+    and tokenized when it is loaded, so a bad one stops the stage before any work."""
 
-    def __init__(self, path: Path, e: EvalConfig, tok: Any, L: int) -> None:
-        self.path = path
-        self.items = read_hellaswag(path, e.max_items)
+    @staticmethod
+    def rows(task: Task) -> int:
+        return task.options["choices"]
+
+    def __init__(self, task: Task, s: Setting) -> None:
+        self.task, self.s = task, s
+        o = task.options
+        self.path = s.datasets[o["dataset"]] / o["file"]
+        self.items = read_items(self.path, task, s.e.max_items)
         try:
-            self.rendered = [render(item, tok, L) for item in self.items]
+            self.rendered = [render(it, s.tok, s.m.block_size, o["delimiter"]) for it in self.items]
         except tokenizer.TokenizerError as err:
-            raise EvalError(f"hellaswag: the model's tokenizer ({tok.name}) cannot encode an "
-                            f"item: {err}; HellaSwag needs GPT-2 tokens") from None  # fmt: skip
+            needs = f"; {task.label} needs {task.tokens()}" if o["tokenizer"] else ""
+            raise EvalError(
+                f"{task.name}: the model's tokenizer ({s.tok.name}) cannot encode an item: "
+                f"{err}{needs}"
+            ) from None
         self.cropped = sum(cropped for *_, cropped in self.rendered)
 
+    @property
+    def inputs(self) -> list[dict[str, Any]]:
+        return [provenance.file_entry(self.path)]
 
-def hellaswag(
-    params: Any,
-    m: ModelConfig,
-    e: EvalConfig,
-    task: HellaSwag,
-    scorer: Any,
-    channel: progress.Channel | None = None,
-) -> dict[str, Any]:
-    items, rendered = task.items, task.rendered
-    lengths = [
-        (max(len(r) for r in rows), max(len(r) - s for r, s in zip(rows, starts, strict=True)))
-        for rows, starts, _ in rendered
-    ]
-    groups = buckets(lengths, m.block_size)
-    sums = np.zeros((len(items), 4))
-    means = np.zeros((len(items), 4))
-    meter = progress.Meter("hellaswag items", len(items), channel)
-    done = 0
-    for (width, E), members in groups.items():
-        B = e.batch_size
-        for lo in range(0, len(members), B):
-            chunk = members[lo : lo + B]
-            ids = np.zeros((4 * B, width), np.int32)
-            at = np.zeros((4 * B, E), np.int32)  # the positions whose next token is the ending's
-            weights = np.zeros((4 * B, E), np.float32)
-            for j, i in enumerate(chunk):
-                rows, starts, _ = rendered[i]
-                for r, (row, start) in enumerate(zip(rows, starts, strict=True)):
-                    ids[4 * j + r, : len(row)] = row
-                    n = len(row) - start
-                    at[4 * j + r, :n] = np.arange(start - 1, len(row) - 1)
-                    weights[4 * j + r, :n] = 1.0
-            nll, count = jax.device_get(
-                scorer(params, jnp.asarray(ids), jnp.asarray(at), jnp.asarray(weights))
-            )
-            k = len(chunk)
-            nll, count = nll[: 4 * k].reshape(k, 4), count[: 4 * k].reshape(k, 4)
-            sums[chunk] = -nll
-            means[chunk] = -nll / count
-            done += k
-            meter.update(done)
-    meter.close()
-    labels = np.array([item["label"] for item in items])
-    rate = meter.rate()
-    log(f"hellaswag: {progress.plural(len(items), 'item')} at {rate:,.1f} items/s")
-    return {
-        "acc": float((sums.argmax(1) == labels).mean()),
-        "acc_norm": float((means.argmax(1) == labels).mean()),
-        "items": len(items),
-        "all_items": len(items) == HELLASWAG_ITEMS,
-        "items_per_second": rate,
-        "cropped_items": task.cropped,
-        "buckets": {f"{w}x{e}": len(v) for (w, e), v in groups.items()},
-        "method": HELLASWAG_METHOD,
-    }
+    def method(self) -> str:
+        return (
+            "completion-style (llm.c, build-nanogpt): context tokens, then "
+            f"{self.task.options['delimiter']!r} + ending; per ending the sum and the mean "
+            "of its tokens' log-probabilities; acc: argmax of the sum, acc_norm: argmax of "
+            "the mean (the length-normalised score)"
+        )
+
+    def batch(self, chunk: list[int], width: int, E: int) -> tuple[np.ndarray, ...]:
+        """The scorer's arguments for items chunk: C rows each, padded to width ids and E scored
+        positions (the positions whose next token is the choice's), batch_size items in all."""
+        C, B = self.rows(self.task), self.s.e.batch_size
+        ids = np.zeros((C * B, width), np.int32)
+        at = np.zeros((C * B, E), np.int32)
+        weights = np.zeros((C * B, E), np.float32)
+        for j, i in enumerate(chunk):
+            rows, starts, _ = self.rendered[i]
+            for r, (row, start) in enumerate(zip(rows, starts, strict=True)):
+                ids[C * j + r, : len(row)] = row
+                n = len(row) - start
+                at[C * j + r, :n] = np.arange(start - 1, len(row) - 1)
+                weights[C * j + r, :n] = 1.0
+        return ids, at, weights
+
+    def score(self, params: Any, scorer: Any, channel: progress.Channel | None) -> dict[str, Any]:
+        items, C, B, name = self.items, self.rows(self.task), self.s.e.batch_size, self.task.name
+        lengths = [
+            (max(len(r) for r in rows), max(len(r) - s for r, s in zip(rows, starts, strict=True)))
+            for rows, starts, _ in self.rendered
+        ]
+        groups = buckets(lengths, self.s.m.block_size)
+        sums, means = np.zeros((len(items), C)), np.zeros((len(items), C))
+        meter = progress.Meter(f"{name} items", len(items), channel)
+        done = 0
+        for (width, E), members in groups.items():
+            for lo in range(0, len(members), B):
+                chunk = members[lo : lo + B]
+                args = (jnp.asarray(a) for a in self.batch(chunk, width, E))
+                nll, count = jax.device_get(scorer(params, *args))
+                k = len(chunk)
+                nll, count = nll[: C * k].reshape(k, C), count[: C * k].reshape(k, C)
+                sums[chunk], means[chunk] = -nll, -nll / count
+                done += k
+                meter.update(done)
+        meter.close()
+        labels = np.array([item["label"] for item in items])
+        rate = meter.rate()
+        log(f"{name}: {progress.plural(len(items), 'item')} at {rate:,.1f} items/s")
+        return {
+            "acc": float((sums.argmax(1) == labels).mean()),
+            "acc_norm": float((means.argmax(1) == labels).mean()),
+            "items": len(items),
+            "all_items": len(items) == self.task.options["items"],
+            "items_per_second": rate,
+            "cropped_items": self.cropped,
+            "buckets": {f"{w}x{e}": len(v) for (w, e), v in groups.items()},
+            "method": self.method(),
+        }
+
+    def summary(self, r: dict[str, Any]) -> str:
+        return (
+            f"{self.task.name}: acc {r['acc']:.4f}, acc_norm {r['acc_norm']:.4f} over "
+            f"{progress.plural(r['items'], 'item')} ({r['cropped_items']:,} with "
+            f"their context cropped from the left to fit model.block_size = "
+            f"{self.s.m.block_size})"
+        )
+
+
+# One scorer per kind of task (nanogptx.evaltasks.KINDS).
+SCORERS: dict[str, type] = {"split_loss": SplitLoss, "multiple_choice": MultipleChoice}
 
 
 # ---------------------------------------------------------------- the stage
+
+
+def check_tasks(
+    names: tuple[str, ...], data_dir: Path | None, datasets: dict[str, Path]
+) -> list[Task]:
+    """The registry's tasks of eval.tasks, each with the input its kind reads passed."""
+    tasks = []
+    for name in names:
+        try:
+            task = evaltasks.get(name)
+        except evaltasks.TaskError as err:
+            raise EvalError(f"eval.tasks: {err}") from None
+        if task.input == "prepared" and data_dir is None:
+            raise EvalError(f"eval.tasks has {name}: pass --data")
+        if task.input == "dataset" and task.options["dataset"] not in datasets:
+            raise EvalError(f"eval.tasks has {name}: pass --dataset {task.options['dataset']}=DIR")
+        tasks.append(task)
+    return tasks
+
+
+def check_tokens(tasks: list[Task], tok_dict: dict[str, Any], model_dir: Path) -> None:
+    """Each task scored in the tokens of one tokenizer only needs a model of that tokenizer."""
+    for task in tasks:
+        needs, has = task.options.get("tokenizer", ""), tok_dict.get("name")
+        if needs and has != needs:
+            raise EvalError(
+                f"eval.tasks has {task.name}, which is scored in {task.tokens()}, "
+                f"but the model in {model_dir} uses the {has!r} tokenizer "
+                f"({model_dir / 'tokenizer.json'}): remove {task.name} from "
+                f'eval.tasks or train with tokenizer.name = "{needs}"'
+            )
 
 
 def evaluate(
@@ -302,62 +415,42 @@ def evaluate(
     model_dir: str | Path,
     data_dir: str | Path | None,
     out_dir: str | Path,
-    hellaswag_dir: str | Path | None = None,
+    datasets: dict[str, str | Path] | None = None,
     channel: progress.Channel | None = None,
 ) -> dict[str, Any]:
     """Run cfg.eval.tasks on the model in model_dir; write metrics.json and provenance.json.
-    channel: progress lines for a person watching (the workflow's terminal)."""
+    datasets: {registry dataset: its directory}; channel: progress lines for a person watching."""
     model_dir, out_dir = Path(model_dir), Path(out_dir)
-    e = cfg.eval
+    data_dir = None if data_dir is None else Path(data_dir)
+    datasets = {name: Path(d) for name, d in (datasets or {}).items()}
     record = provenance.Record.start("eval", config.sections(cfg, config.STAGE_SECTIONS["eval"]))
-    need = {"val_loss": data_dir, "hellaswag": hellaswag_dir}
-    flags = {"val_loss": "--data", "hellaswag": "--hellaswag"}
-    for task in e.tasks:
-        if need[task] is None:
-            raise EvalError(f"eval.tasks has {task}: pass {flags[task]}")
+    tasks = check_tasks(cfg.eval.tasks, data_dir, datasets)
     params, mcfg, tok_dict = checkpoint.load_model(model_dir)
-    if "hellaswag" in e.tasks and tok_dict.get("name") != "gpt2":
-        raise EvalError(f"eval.tasks has hellaswag, which is scored in GPT-2 tokens, but the "
-                        f"model in {model_dir} uses the {tok_dict.get('name')!r} tokenizer "
-                        f"({model_dir / 'tokenizer.json'}): remove hellaswag from eval.tasks "
-                        "or train with tokenizer.name = \"gpt2\"")  # fmt: skip
+    check_tokens(tasks, tok_dict, model_dir)
     model_sha = checkpoint.check_model_hash(model_dir)
     m = mcfg.model
-    tok = tokenizer.from_manifest(tok_dict)
-    swag = None  # its items read and checked now: a bad one stops the stage before any work
-    if "hellaswag" in e.tasks:
-        swag = HellaSwag(Path(hellaswag_dir) / HELLASWAG_FILE, e, tok, m.block_size)
+    s = Setting(
+        cfg.eval, m, tokenizer.from_manifest(tok_dict), tok_dict, model_dir, data_dir, datasets
+    )
+    jobs = [SCORERS[t.kind](t, s) for t in tasks]  # inputs checked: a bad one stops us now
     rt = runtime.choose_for(m, jax.local_devices()[0])
     log(rt.explain(m, jax.default_backend()))
     params = jax.tree.map(jnp.asarray, params)
     scorer = make_scorer(m, rt)
     inputs = [provenance.file_entry(model_dir / checkpoint.MODEL_FILES[0], model_sha)]
+    reads = [
+        ("--model", model_dir),
+        ("--data", data_dir),
+        *((f"--dataset {name}", d) for name, d in datasets.items()),
+    ]
     results: dict[str, Any] = {}
-    reads = [("--model", model_dir), ("--data", data_dir), ("--hellaswag", hellaswag_dir)]
     with provenance.exclusive(out_dir, "evaluation", inputs=reads, stage="eval"):
-        for task in e.tasks:
+        for job in jobs:
             t0 = time.perf_counter()
-            if task == "val_loss":
-                data = loader.open_prepared(data_dir)
-                if data.manifest["tokenizer"].get("vocab_sha256") != tok_dict.get("vocab_sha256"):
-                    raise EvalError(f"{data.dir}: tokenized with another vocabulary than the "
-                                    f"model's ({model_dir / 'tokenizer.json'})")  # fmt: skip
-                results[task] = val_loss(params, m, e, data, tok, scorer, channel)
-                inputs += [provenance.file_entry(data.dir / "manifest.json",
-                                                 data.manifest_sha256)]  # fmt: skip
-                r = results[task]
-                log(f"val_loss: {r['loss']:.4f} over {progress.plural(r['windows'], 'window')} "
-                    f"({progress.plural(r['tokens'], 'token')}), "
-                    f"{r['bits_per_byte']:.4f} bits per byte")  # fmt: skip
-            else:
-                results[task] = hellaswag(params, m, e, swag, scorer, channel)
-                inputs.append(provenance.file_entry(swag.path))
-                r = results[task]
-                log(f"hellaswag: acc {r['acc']:.4f}, acc_norm {r['acc_norm']:.4f} over "
-                    f"{progress.plural(r['items'], 'item')} ({r['cropped_items']:,} with "
-                    f"their context cropped from the left to fit model.block_size = "
-                    f"{m.block_size})")  # fmt: skip
-            results[task]["seconds"] = round(time.perf_counter() - t0, 3)
+            results[job.task.name] = r = job.score(params, scorer, channel)
+            inputs += job.inputs
+            log(job.summary(r))
+            r["seconds"] = round(time.perf_counter() - t0, 3)
         metrics = {"model_sha256": model_sha, **results}
         path = out_dir / "metrics.json"
         provenance.write_json_atomic(path, metrics)
@@ -370,20 +463,38 @@ def evaluate(
     return metrics
 
 
+def dataset_dirs(pairs: list[str], parser: argparse.ArgumentParser) -> dict[str, Path]:
+    """--dataset NAME=DIR arguments as {NAME: DIR}."""
+    out = {}
+    for pair in pairs:
+        name, eq, d = pair.partition("=")
+        if not (eq and evaltasks.NAME.fullmatch(name) and d) or name in out:
+            parser.error(f"--dataset {pair}: expected NAME=DIR, each dataset once")
+        out[name] = Path(d)
+    return out
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         prog="python -m nanogptx.eval", description=__doc__.split("\n\n")[0]
     )
     config.add_arguments(parser, config.STAGE_SECTIONS["eval"])
     parser.add_argument("--model", type=Path, required=True, help="trained model directory")
-    parser.add_argument("--data", type=Path, help="prepared data directory (val_loss)")
-    parser.add_argument("--hellaswag", type=Path, help="directory of hellaswag_val.jsonl")
+    parser.add_argument("--data", type=Path, help="prepared data directory (split_loss tasks)")
+    parser.add_argument(
+        "--dataset",
+        action="append",
+        default=[],
+        metavar="NAME=DIR",
+        help="a registry dataset's directory (the tasks that read it)",
+    )
     parser.add_argument("--out", type=Path, required=True, help="directory for metrics.json")
     progress.add_arguments(parser, "eval")
     args = parser.parse_intermixed_args(argv)
+    datasets = dataset_dirs(args.dataset, parser)
     cfg = config.from_args(args, parser, registry=False)  # the data is --data, as prepared
     try:
-        evaluate(cfg, args.model, args.data, args.out, args.hellaswag, progress.from_args(args))
+        evaluate(cfg, args.model, args.data, args.out, datasets, progress.from_args(args))
     except (UserError, OSError) as err:
         print(f"{parser.prog}: error: {err}", file=sys.stderr)
         sys.exit(1)

@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from nanogptx import figures, provenance
+from nanogptx import evaltasks, figures, provenance
 from nanogptx.figures import H, Series, W
 
 if TYPE_CHECKING:  # matplotlib is imported where a figure is drawn, not with the module
@@ -398,24 +398,11 @@ def text_html(text: str, title: str) -> str:
     )
 
 
-# The eval stage's figures shown, per task: (key, heading, format).
-EVAL_COLUMNS = {
-    "val_loss": [("loss", "val loss", ".4f"), ("bits_per_byte", "bits/byte", ".4f"),
-                 ("windows", "windows", ",d"), ("tokens", "tokens", ",d")],
-    "hellaswag": [("acc", "HellaSwag acc", ".4f"), ("acc_norm", "acc_norm", ".4f"),
-                  ("items", "items", ",d")],
-}  # fmt: skip
-
-
 def evals_html(runs: dict[str, dict[str, Any]], title: str) -> str:
     """The eval metrics of each run as one table, runs side by side (rows), with each task's
-    method stated under it."""
-    cols = [
-        (task, *c)
-        for task, cs in EVAL_COLUMNS.items()
-        for c in cs
-        if any(task in m for m in runs.values())
-    ]
+    method stated under it; each task's columns are its metrics in the registry."""
+    tasks = [t for t in evaltasks.names() if any(t in m for m in runs.values())]
+    cols = [(t, c.key, c.heading, c.format) for t in tasks for c in evaltasks.get(t).columns()]
     head = "".join(f"<th>{html.escape(h)}</th>" for _, _, h, _ in cols)
     rows = []
     for name, metrics in runs.items():

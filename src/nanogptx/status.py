@@ -1,12 +1,7 @@
-"""Where every configured run stands: which stages are done, how far its training has come
-(from metrics.jsonl, also while it runs) and the checkpoint a rerun would resume from.
+"""Where every configured run stands: the stages done, how far its training has come (from
+metrics.jsonl, also while it runs) and the checkpoint a rerun resumes from. Reads files only.
 
-    python -m nanogptx.status                           # config/config.yaml's runs
-    python -m nanogptx.status --config runs=[a,b]       # the runs as snakemake takes them
-    python -m nanogptx.status --config sweep=NAME       # a sweep's points
-    python -m nanogptx.status --runs a,b                # the same as --config runs=a,b
-
-Reads files only: it starts nothing and changes nothing, and needs no Snakemake.
+    python -m nanogptx.status [--config runs=[a,b] | --config sweep=NAME | --runs a,b]
 """
 
 from __future__ import annotations
@@ -21,7 +16,7 @@ from typing import Any
 
 import yaml  # Snakemake's own dependency: config/config.yaml is YAML
 
-from nanogptx import checkpoint, config, progress, provenance
+from nanogptx import checkpoint, config, evaltasks, progress, provenance
 from nanogptx import sweep as nsweep
 
 
@@ -50,6 +45,37 @@ def _figure(value: Any) -> str:
     return f"{value:.4f}" if ok else "not finite"
 
 
+def _items(r: dict[str, Any]) -> str:
+    return progress.plural(r["items"] if isinstance(r.get("items"), int) else 0, "item")
+
+
+# How a task's figures are summed up, per kind of task (nanogptx.evaltasks.KINDS).
+SUMMARIES = {
+    "split_loss": lambda task, r: (
+        f"{task.label} loss {_figure(r.get('loss'))} "
+        f"({_figure(r.get('bits_per_byte'))} bits/byte, whole split)"
+    ),
+    "multiple_choice": lambda task, r: (
+        f"{task.label} acc_norm {_figure(r.get('acc_norm'))} over {_items(r)}"
+    ),
+}
+
+
+def eval_summary(metrics: Any) -> str:
+    """The eval stage's metrics.json in one line: each task's figures, in the registry's order
+    (a task the registry has no file for is named)."""
+    metrics = metrics if isinstance(metrics, dict) else {}
+    parts = []
+    for name in evaltasks.in_order([n for n, r in metrics.items() if isinstance(r, dict)]):
+        try:
+            task = evaltasks.get(name)
+        except evaltasks.TaskError:
+            parts.append(f"{name} (no task file in {evaltasks.registry_dir()})")
+            continue
+        parts.append(SUMMARIES[task.kind](task, metrics[name]))
+    return "; ".join(parts)
+
+
 def run_status(run: str, data: Path, results: Path, base: str = "", overrides=()) -> list[str]:
     """Lines describing one run (a sweep's point: its base run's file and its overrides)."""
     try:
@@ -73,34 +99,30 @@ def run_status(run: str, data: Path, results: Path, base: str = "", overrides=()
     if (train := newest.get("train")) is not None:
         step = train.get("step", -1) + 1
         finished = stages["train"].exists() and step >= t.max_iters
-        text = (f"  training {'finished' if finished else 'in progress or stopped'}: step {step} "
-                f"of {t.max_iters}, loss {_figure(train.get('loss'))}")  # fmt: skip
+        text = (
+            f"  training {'finished' if finished else 'in progress or stopped'}: step {step} "
+            f"of {t.max_iters}, loss {_figure(train.get('loss'))}"
+        )
         if isinstance(ms := train.get("ms_per_iter"), (int, float)) and ms:
             text += f", {ms:.1f} ms/iter"
         if (evaluation := newest.get("eval")) is not None:
-            text += (f"; val loss {_figure(evaluation.get('val_loss'))} at step "
-                     f"{evaluation.get('step')}")  # fmt: skip
+            text += (
+                f"; val loss {_figure(evaluation.get('val_loss'))} at step {evaluation.get('step')}"
+            )
         lines.append(text)
     if stages["eval"].exists():
         try:
-            ev = provenance.read_json(stages["eval"], what="eval metrics")
-            ev = ev if isinstance(ev, dict) else {}
+            metrics = provenance.read_json(stages["eval"], what="eval metrics")
         except provenance.FileError as e:
             return [*lines, f"  eval: {e}"]
-        v, h = ev.get("val_loss"), ev.get("hellaswag")
-        parts = [f"val loss {_figure(v.get('loss'))} ({_figure(v.get('bits_per_byte'))} "
-                 "bits/byte, whole split)"] if isinstance(v, dict) else []  # fmt: skip
-        if isinstance(h, dict):
-            items = h.get("items") if isinstance(h.get("items"), int) else 0
-            parts.append(
-                f"HellaSwag acc_norm {_figure(h.get('acc_norm'))} over "
-                f"{progress.plural(items, 'item')}"
-            )
-        lines.append(f"  eval: {'; '.join(parts)}")
+        lines.append(f"  eval: {eval_summary(metrics)}")
     ckpt_dir = results / run / "checkpoints" / config.checkpoint_id(cfg)
     usable = [p for s, p in checkpoint.list_checkpoints(ckpt_dir) if s <= t.max_iters]
-    lines.append(f"  resumes from {usable[-1]}" if usable else
-                 f"  no checkpoint in {ckpt_dir}: training would start at step 0")  # fmt: skip
+    lines.append(
+        f"  resumes from {usable[-1]}"
+        if usable
+        else f"  no checkpoint in {ckpt_dir}: training would start at step 0"
+    )
     return lines
 
 
@@ -116,8 +138,9 @@ def workflow_config(pairs: list[str]) -> dict[str, Any]:
     for pair in pairs:
         key, eq, value = pair.partition("=")
         if not eq or key not in WORKFLOW_KEYS:
-            raise ValueError(f"--config {pair}: expected KEY=VALUE with KEY one of "
-                             f"{', '.join(WORKFLOW_KEYS)}")  # fmt: skip
+            raise ValueError(
+                f"--config {pair}: expected KEY=VALUE with KEY one of {', '.join(WORKFLOW_KEYS)}"
+            )
         config.update_workflow(workflow, key, config.workflow_value(value))
     config.check_workflow(workflow)
     return workflow
@@ -134,13 +157,19 @@ def selected_runs(workflow: dict[str, Any]) -> dict[str, tuple[str, list[str]]]:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
-        prog="python -m nanogptx.status", description=__doc__.split("\n\n")[0],
+        prog="python -m nanogptx.status",
+        description=__doc__.split("\n\n")[0],
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog=__doc__.split("\n\n")[1],
-    )  # fmt: skip
-    parser.add_argument("--config", nargs="+", default=[], metavar="KEY=VALUE",
-                        help="the runs as snakemake takes them: runs=[a,b] or runs=a,b, or "
-                        "sweep=NAME (default: config/config.yaml's)")  # fmt: skip
+    )
+    parser.add_argument(
+        "--config",
+        nargs="+",
+        default=[],
+        metavar="KEY=VALUE",
+        help="the runs as snakemake takes them: runs=[a,b] or runs=a,b, or "
+        "sweep=NAME (default: config/config.yaml's)",
+    )
     parser.add_argument("--runs", help="comma-separated run names (as --config runs=a,b)")
     args = parser.parse_args(argv)
     pairs = args.config + ([f"runs={args.runs}", "sweep=''"] if args.runs else [])

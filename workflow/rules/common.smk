@@ -1,6 +1,7 @@
-# Helpers of the workflow: the runs, their resolved configs, and the paths they map to.
-# Only modules of nanogptx that use the standard library alone are imported (config, datasets,
-# provenance, sweep): parsing stays fast.
+# Helpers of the workflow: the runs, their resolved configs and the paths they map to, the
+# params every stage rule declares (stage_params), the eval tasks' inputs and the targets of
+# STAGES (in the Snakefile). The nanogptx modules imported here (config, datasets, evaltasks,
+# provenance, sweep) use the standard library only, so parsing never imports JAX.
 
 import ast
 import dataclasses
@@ -17,7 +18,7 @@ from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
 
 from nanogptx import config as nconfig
-from nanogptx import datasets, provenance
+from nanogptx import datasets, evaltasks, provenance
 from nanogptx import sweep as nsweep
 
 try:  # one line for what is wrong (not Snakemake's dump of the whole schema)
@@ -185,25 +186,59 @@ def init_arg(wildcards, input):
     return f"--init {shlex.quote(str(Path(input.init[0]).parent))}"
 
 
+def eval_tasks(run):
+    """The registry entries of a run's eval.tasks (config/tasks/NAME.toml)."""
+    try:
+        return [evaltasks.get(name) for name in CFG[run].eval.tasks]
+    except evaltasks.TaskError as e:
+        raise WorkflowError(f"run {run!r}: eval.tasks: {e}")
+
+
+def eval_datasets(run):
+    """The registry datasets that a run's eval tasks read, each once."""
+    tasks = eval_tasks(run)
+    return list(
+        dict.fromkeys(t.options["dataset"] for t in tasks if t.input == "dataset")
+    )
+
+
 def eval_inputs(run):
-    """What the eval tasks of a run read beyond the model: the prepared data (val_loss), the
-    HellaSwag download (hellaswag)."""
-    tasks = CFG[run].eval.tasks
+    """What the eval tasks of a run read beyond the model: the prepared data (the tasks whose
+    kind reads it), the downloads of the registry datasets they read."""
     out = {}
-    if "val_loss" in tasks:
+    if any(t.input == "prepared" for t in eval_tasks(run)):
         out["data"] = prepared_dir(run)
-    if "hellaswag" in tasks:
-        out["hellaswag"] = f"{DATA}/raw/hellaswag/provenance.json"
+    if names := eval_datasets(run):
+        out["datasets"] = [f"{DATA}/raw/{name}/provenance.json" for name in names]
     return out
 
 
+def downloads(run):
+    """What the download target fetches for a run: its dataset, its pretrained weights (a named
+    checkpoint's download, or a directory's files) and the datasets its eval tasks read.
+    """
+    return [
+        raw_provenance(run),
+        *init_weights(run),
+        *eval_inputs(run).get("datasets", []),
+    ]
+
+
 def eval_args(wildcards, input):
-    args = []
-    if "data" in input.keys():
-        args += ["--data", input.data]
-    if "hellaswag" in input.keys():
-        args += ["--hellaswag", str(Path(input.hellaswag).parent)]
+    """--data DIR and --dataset NAME=DIR of the eval stage, from its inputs."""
+    args = ["--data", input.data] if "data" in input.keys() else []
+    for name in eval_datasets(wildcards.run):
+        args += ["--dataset", f"{name}={DATA}/raw/{name}"]
     return shlex.join(args)
+
+
+def task_entries(wildcards):
+    """A param of eval: the sha256 of the registry files of the tasks of the run. Editing the file
+    of a task reruns the evaluations of the runs that use it, and no others."""
+    h = hashlib.sha256()
+    for name in CFG[wildcards.run].eval.tasks:
+        h.update(f"{name}\0".encode() + evaltasks.entry_file(name).read_bytes())
+    return h.hexdigest()
 
 
 SRC = Path(workflow.basedir) / "src" / "nanogptx"
@@ -274,6 +309,21 @@ def setting_params(stage, run_of=lambda w: w.run):
         key.replace(".", "__"): lambda w, key=key: _settings(run_of(w))[key]
         for key in keys
     }
+
+
+def stage_params(stage, run_of=lambda w: w.run, run_file=True):
+    """The params that decide when a stage reruns, declared the same way for every stage: one
+    per config key it reads (setting_params; none for a stage that reads no section), with
+    run_file the run's config file and sweep overrides it is called with, and the sha256 of the
+    code it runs (code_hash). Its rule adds only paths and derived params."""
+    params = {}
+    if stage in nconfig.STAGE_SECTIONS:
+        params.update(setting_params(stage, run_of))
+    if run_file:
+        params.update(
+            config=lambda w: run_config(w.run), overrides=lambda w: run_overrides(w.run)
+        )
+    return {**params, "code": code_hash(stage)}
 
 
 def prepare_args(wildcards, input):
@@ -353,17 +403,38 @@ def sweep_name(runs):
     return f"{len(runs)}-runs-{digest(joined)}"
 
 
+def of_run(pattern):
+    """A stage's outputs of a run: a rule's output pattern with the run filled in."""
+    return lambda run: expand(pattern, run=run)
+
+
+def target(*stages):
+    """What `snakemake STAGE` asks for: the stage's outputs of every run (STAGES, in the
+    Snakefile), and what the target of the stage before it asks for; of several stages, all of
+    it, each file once."""
+    files = []
+    for stage in stages:
+        before, outputs, _ = STAGES[stage]
+        files += [
+            *(target(before) if before else []),
+            *(f for r in RUNS for f in outputs(r)),
+        ]
+    return list(dict.fromkeys(files))
+
+
 def run_dirs(run):
-    """Every directory the stages of a run write into, each held by its stage while it writes."""
-    cfg = CFG[run]
-    used = [cfg.data.dataset, nconfig.init_dataset(cfg.model.init_from)]
-    used += ["hellaswag"] if "hellaswag" in cfg.eval.tasks else []
-    ckpt = f"{RESULTS}/{run}/checkpoints/{nconfig.checkpoint_id(cfg)}"
+    """Every directory the stages of a run write into, each held by its stage while it writes:
+    the directory of each output of a stage (STAGES in the Snakefile; prepare's output is its
+    directory) and the run's checkpoints; not a model.init_from directory, which is not ours.
+    """
+    init = CFG[run].model.init_from
+    theirs = [] if nconfig.init_dataset(init) else init_weights(run)
     outs = [
-        f"{RESULTS}/{run}/{stage}"
-        for stage in ("model", "samples", "eval", "export/hf")
+        f for _, outputs, _ in STAGES.values() for f in outputs(run) if f not in theirs
     ]
-    return [*outs, ckpt, prepared_dir(run), *(f"{DATA}/raw/{d}" for d in used if d)]
+    dirs = [f if f == prepared_dir(run) else str(Path(f).parent) for f in outs]
+    ckpt = f"{RESULTS}/{run}/checkpoints/{nconfig.checkpoint_id(CFG[run])}"
+    return [*dirs, ckpt]
 
 
 def refuse_if_in_use():

@@ -13,6 +13,7 @@ rule download_dataset:
         "../envs/nanogptx.yaml"
     threads: 4
     params:
+        **stage_params("download", run_file=False),
         out=lambda w: f"{DATA}/raw/{w.dataset}",
         allow=allow_unverified_arg,
         lock=LOCK,
@@ -20,7 +21,6 @@ rule download_dataset:
         # The files on disk by content: a param, not an input, so that a new modification time
         # of the same bytes reruns nothing (an input would rerun download and all after it).
         local=local_files,
-        code=code_hash("download"),
         # Progress lines to snakemake's terminal (fd 3), as train's; the full log to the file
         # (its path is in snakemake's job description; not here: a param compared for reruns).
         label=lambda w: f"download {w.dataset}",
@@ -45,10 +45,9 @@ rule prepare_dataset:
         "../envs/nanogptx.yaml"
     threads: 4
     params:
-        **setting_params("prepare", lambda w: DATA_RUN[w.data_id]),
+        **stage_params("prepare", lambda w: DATA_RUN[w.data_id], run_file=False),
         settings=prepare_args,
         raw=lambda w, input: Path(input.raw).parent,
-        code=code_hash("prepare"),
         label=lambda w: f"prepare {w.data_id}",
     shell:
         "python -m nanogptx.prepare {params.settings} --raw {params.raw:q}"

@@ -21,10 +21,7 @@ rule train_run:
     resources:
         gpu=0,
     params:
-        **setting_params("train"),
-        config=lambda w: run_config(w.run),
-        overrides=lambda w: run_overrides(w.run),
-        code=code_hash("train"),
+        **stage_params("train"),
         out=lambda w: f"{RESULTS}/{w.run}/model",
         # Checkpoints are not outputs, so a failed or killed job leaves them for the rerun to
         # resume from; named by what a resume must share, so an extended run resumes there.
@@ -59,10 +56,7 @@ rule sample_run:
     resources:
         gpu=0,
     params:
-        **setting_params("sample"),
-        config=lambda w: run_config(w.run),
-        overrides=lambda w: run_overrides(w.run),
-        code=code_hash("sample"),
+        **stage_params("sample"),
         model=lambda w, input: Path(input.params).parent,
         out=lambda w: f"{RESULTS}/{w.run}/samples",
         progress=stage_progress("sample"),
@@ -91,13 +85,11 @@ rule eval_run:
     resources:
         gpu=0,
     params:
-        **setting_params("eval"),
-        config=lambda w: run_config(w.run),
-        overrides=lambda w: run_overrides(w.run),
-        code=code_hash("eval"),
+        **stage_params("eval"),
         model=lambda w, input: Path(input.params).parent,
         out=lambda w: f"{RESULTS}/{w.run}/eval",
         inputs=eval_args,
+        tasks=task_entries,
         progress=stage_progress("eval"),
     shell:
         "python -m nanogptx.eval --config {params.config:q} {params.overrides} --model {params.model:q}"
@@ -119,7 +111,7 @@ rule export_run:
     conda:
         "../envs/nanogptx.yaml"
     params:
-        code=code_hash("export"),
+        **stage_params("export", run_file=False),
         model=lambda w, input: Path(input.params).parent,
         out=lambda w, output: Path(output.config).parent,
     shell:

@@ -54,13 +54,13 @@ rule report_run:
     conda:
         "../envs/nanogptx.yaml"
     params:
+        **stage_params("report", run_file=False),
         raw=lambda w, input: Path(input.raw).parent,
         model=lambda w, input: Path(input.model).parent,
         samples=lambda w, input: Path(input.samples).parent,
         pair=lambda w, input: f"{w.run}={input.metrics}",
         samples_title=lambda w: f"samples of {w.run}",
         config_title=lambda w: f"resolved config of {w.run}",
-        code=code_hash("report"),
     shell:
         "(python -m nanogptx.report curves --out {output.curves:q} --title {wildcards.run:q}"
         " {params.pair:q}"
@@ -97,11 +97,11 @@ rule report_sweep:
     conda:
         "../envs/nanogptx.yaml"
     params:
+        **stage_params("report", run_file=False),
         pairs=shlex.join(f"{run}={RESULTS}/{run}/model/metrics.jsonl" for run in RUNS),
         eval_pairs=shlex.join(
             f"{run}={RESULTS}/{run}/eval/metrics.json" for run in RUNS
         ),
-        code=code_hash("report"),
     shell:
         "(python -m nanogptx.report curves --out {output.curves:q} --title 'all runs'"
         " {params.pairs}"
@@ -135,9 +135,9 @@ rule report_lr_sensitivity:
     conda:
         "../envs/nanogptx.yaml"
     params:
+        **stage_params("report", run_file=False),
         runs=shlex.join(f"{run}={RESULTS}/{run}" for run in RUNS),
         axes=",".join(SWEEP_AXES),
-        code=code_hash("report"),
     shell:
         "python -m nanogptx.report sensitivity --out {output.curve:q} --table {output.table:q}"
         " --csv {output.csv:q} --stats {output.stats:q} --axes {params.axes:q} {params.runs} > {log:q} 2>&1"

@@ -1,0 +1,235 @@
+"""The eval task registry: one data file per task, config/tasks/<name>.toml, naming its kind (how
+it is scored), its input (the run's prepared data, or a file of a registry dataset) and the
+metrics its table shows; `eval.tasks` names tasks. README "Changing the pipeline" has the keys.
+Standard library only: config.py and the Snakefile read it.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import re
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from nanogptx.errors import UserError
+
+
+@dataclass(frozen=True)
+class Metric:
+    key: str  # in metrics.json
+    heading: str  # in the report's table
+    format: str  # format() spec
+
+
+@dataclass(frozen=True)
+class Kind:
+    """How tasks of a kind are scored (nanogptx.eval has one scorer per kind): what they read,
+    what they measure, and the keys of their files beyond the common ones (key: default)."""
+
+    input: str  # "prepared": the run's prepared data; "dataset": a file of a registry dataset
+    metrics: tuple[Metric, ...]
+    keys: dict[str, Any]
+
+
+# The kinds, in the order the report and status show their tasks.
+KINDS: dict[str, Kind] = {
+    "split_loss": Kind(  # mean next-token loss over a whole split, and bits per byte
+        "prepared",
+        (Metric("loss", "loss", ".4f"), Metric("bits_per_byte", "bits/byte", ".4f"),
+         Metric("windows", "windows", ",d"), Metric("tokens", "tokens", ",d")),
+        {"split": "val"},
+    ),
+    "multiple_choice": Kind(  # one context, several continuations: the likeliest one wins
+        "dataset",
+        (Metric("acc", "acc", ".4f"), Metric("acc_norm", "acc_norm", ".4f"),
+         Metric("items", "items", ",d")),
+        {"dataset": "", "file": "", "items": 0, "tokenizer": "", "choices": 0,
+         "delimiter": " ", "fields": {"context": "ctx", "choices": "endings", "label": "label"}},
+    ),
+}  # fmt: skip
+COMMON = {"about": "", "kind": "", "label": "", "metrics": []}
+NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+# How a message names a tokenizer's tokens.
+TOKENS = {"gpt2": "GPT-2", "char": "character"}
+
+
+class TaskError(UserError, ValueError):
+    """An unknown task, or a task file that does not follow the schema (names file and key)."""
+
+
+@dataclass(frozen=True)
+class Task:
+    name: str
+    kind: str
+    label: str  # how the report and status name it: "val", "HellaSwag"
+    about: str
+    metrics: tuple[str, ...]  # the report's columns, keys of the kind's metrics
+    options: dict[str, Any]  # the kind's keys, with their defaults filled in
+
+    @property
+    def input(self) -> str:
+        return KINDS[self.kind].input
+
+    def columns(self) -> list[Metric]:
+        """The report's columns: its metrics, the first heading led by the task's label."""
+        known = {m.key: m for m in KINDS[self.kind].metrics}
+        cols = [known[key] for key in self.metrics]
+        return [
+            Metric(c.key, f"{self.label} {c.heading}" if i == 0 else c.heading, c.format)
+            for i, c in enumerate(cols)
+        ]
+
+    def tokens(self) -> str:
+        """The tokens it is scored in, as a message names them."""
+        name = self.options["tokenizer"]
+        return f"{TOKENS.get(name, repr(name))} tokens"
+
+
+def registry_dir() -> Path:
+    """$NANOGPTX_TASKS, else config/tasks under the working directory, else the one beside this
+    package's source (an editable install)."""
+    if env := os.environ.get("NANOGPTX_TASKS"):
+        return Path(env)
+    here = Path("config/tasks")
+    return here if here.is_dir() else Path(__file__).resolve().parents[2] / "config" / "tasks"
+
+
+def entry_file(name: str) -> Path:
+    return registry_dir() / f"{name}.toml"
+
+
+def _need(ok: bool, where: str, key: str, value: Any, expected: str) -> None:
+    if not ok:
+        raise TaskError(f"{where}: {key} = {value!r}: expected {expected}")
+
+
+def _check_option(where: str, key: str, value: Any, default: Any) -> None:
+    if isinstance(default, dict):
+        _need(
+            isinstance(value, dict) and set(value) == set(default),
+            where,
+            key,
+            value,
+            f"a table of {sorted(default)}",
+        )
+        for k, v in value.items():
+            _need(isinstance(v, str) and v != "", where, f"{key}.{k}", v, "a key of the items")
+    elif isinstance(default, int):
+        _need(
+            isinstance(value, int) and not isinstance(value, bool) and value >= 0,
+            where,
+            key,
+            value,
+            "a whole number >= 0",
+        )
+    else:
+        _need(isinstance(value, str), where, key, value, "a string")
+
+
+def parse(path: Path) -> Task:
+    """The task of one registry file, checked against its kind's keys."""
+    where = str(path)
+    try:
+        tree = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as e:
+        raise TaskError(f"{where}: cannot read it as TOML: {e}") from None
+    kind = tree.get("kind")
+    _need(kind in KINDS, where, "kind", kind, f"one of {list(KINDS)}")
+    keys = {**COMMON, **KINDS[kind].keys}
+    for key, value in tree.items():
+        close = difflib.get_close_matches(key, keys, n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        _need(key in keys, where, "key", key, f"one of {sorted(keys)} for kind {kind}{hint}")
+        if key in KINDS[kind].keys:
+            _check_option(where, key, value, keys[key])
+    for key in ("about", "label"):
+        _need(
+            isinstance(tree.get(key), str) and tree[key] != "",
+            where,
+            key,
+            tree.get(key),
+            "a string, not empty",
+        )
+    known = [m.key for m in KINDS[kind].metrics]
+    metrics = tree.get("metrics")
+    _need(
+        isinstance(metrics, list) and metrics and all(m in known for m in metrics),
+        where,
+        "metrics",
+        metrics,
+        f"a list of some of {known}",
+    )
+    if KINDS[kind].input == "dataset":
+        for key in ("dataset", "file"):
+            _need(bool(tree.get(key)), where, key, tree.get(key), "a name, not empty")
+    if kind == "multiple_choice":
+        _need(tree.get("choices", 0) >= 2, where, "choices", tree.get("choices"), ">= 2")
+        items = tree.get("items", 0)
+        _need(items >= 1, where, "items", items, "the number of items in its file (>= 1)")
+    options = {key: tree.get(key, default) for key, default in KINDS[kind].keys.items()}
+    return Task(path.stem, kind, tree["label"], tree["about"], tuple(metrics), options)
+
+
+# Each task's entry, parsed from its file on the first get() of it.
+REGISTRY: dict[str, Task] = {}
+
+
+def get(name: str) -> Task:
+    """The entry for name, from its file alone; an unknown name raises TaskError with the list
+    of known ones, a malformed file TaskError naming it (other files are not read)."""
+    if name not in REGISTRY:
+        path = entry_file(name)
+        if not (NAME.fullmatch(name) and path.is_file()):
+            close = difflib.get_close_matches(name, names(), n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise TaskError(
+                f"unknown eval task {name!r}{hint}; known tasks: "
+                f"{', '.join(names())} (files in {registry_dir()})"
+            )
+        REGISTRY[name] = parse(path)
+    return REGISTRY[name]
+
+
+def _order(name: str) -> tuple[int, str]:
+    try:
+        return list(KINDS).index(get(name).kind), name
+    except TaskError:
+        return len(KINDS), name  # a broken file: last
+
+
+def names() -> list[str]:
+    """Every task of the registry, in the order tables show them: by kind, then by name."""
+    return sorted((p.stem for p in registry_dir().glob("*.toml")), key=_order)
+
+
+def in_order(tasks: list[str]) -> list[str]:
+    """tasks in the order tables show them (as names()), any the registry lacks last."""
+    rank = {name: i for i, name in enumerate(names())}
+    return sorted(tasks, key=lambda name: (rank.get(name, len(rank)), name))
+
+
+def problem(tasks: tuple[str, ...], tokenizer: str | None, registry: bool = True) -> str:
+    """What is wrong with an eval.tasks (empty: nothing), for config's checks: with registry,
+    each task against its file, and against tokenizer (None: not known)."""
+    if not tasks:
+        return f"eval.tasks = []: expected at least one of {names()}"
+    if len(set(tasks)) != len(tasks):
+        return f"eval.tasks = {list(tasks)}: expected no task twice"
+    for name in tasks if registry else ():
+        if not NAME.fullmatch(name) or not entry_file(name).is_file():
+            return f"eval.tasks = {name!r}: expected one of {names()}"
+        try:
+            task = get(name)
+        except TaskError as e:
+            return f"eval.tasks: {e}"
+        needs = task.options.get("tokenizer", "")
+        if tokenizer is not None and needs not in ("", tokenizer):
+            return (
+                f"eval.tasks has {name}, which is scored in {task.tokens()}, but "
+                f'tokenizer.name = {tokenizer!r}: set tokenizer.name = "{needs}" or '
+                f"remove {name} from eval.tasks"
+            )
+    return ""
