@@ -104,9 +104,11 @@ def nanogpt(
 def ours(
     recipe: str, data: Path, steps: int, src: Path | None = None
 ) -> tuple[float, float, float, str]:
-    """Our train stage through bench_train.py; with src, nanogptx from that source tree."""
-    cmd = [sys.executable, str(ROOT / "benchmarks" / "bench_train.py"), "--steps", str(steps),
-           "--recipe", str(ROOT / "config" / RECIPES[recipe][0]), "--data", str(data),
+    """Our train stage through bench_train.py; with src, nanogptx from that source tree, run by
+    that tree's own bench_train.py and recipe (today's may import modules it lacks)."""
+    tree = ROOT if src is None else Path(src).resolve().parent
+    cmd = [sys.executable, str(tree / "benchmarks" / "bench_train.py"), "--steps", str(steps),
+           "--recipe", str(tree / "config" / RECIPES[recipe][0]), "--data", str(data),
            "--measure-peak", "logging.stats_interval=100"]  # fmt: skip
     env = None if src is None else {**os.environ, "PYTHONPATH": str(src)}
     out, user, system = timed(cmd, env=env)
