@@ -10,7 +10,7 @@ system CPU time of each run.
 Two recipes, the same shapes and data on both sides:
   - char: nanoGPT's README CPU command (`train.py config/train_shakespeare_char.py
     --device=cpu --compile=False --eval_iters=20 --log_interval=1 --block_size=64
-    --batch_size=12 --n_layer=4 --n_head=4 --n_embd=128 --max_iters=N --lr_decay_iters=N
+    --batch_size=12 --n_layer=4 --n_head=4 --n_embd=128 --max_iters=N --lr_decay_iters=N+1
     --dropout=0.0`) on Tiny Shakespeare characters; ours: config/shakespeare-char.toml.
   - gpt2: the same command with `--dataset=shakespeare --block_size=128`: Tiny Shakespeare in
     GPT-2 tokens (nanoGPT's data/shakespeare), its vocabulary padded to 50,304 rows (nanoGPT
@@ -86,11 +86,13 @@ def timed(cmd: list[str], **kwargs: object) -> tuple[str, float, float]:
 def nanogpt(
     checkout: Path, recipe: str, steps: int, compile: bool, out: Path
 ) -> tuple[float, float, float]:
+    # lr_decay_iters past the last step: nanoGPT's get_lr divides by zero at step
+    # warmup_iters (100) when lr_decay_iters is 100 too (the gpt2 recipe's 100 steps).
     cmd = [
         sys.executable, "train.py", "config/train_shakespeare_char.py", "--device=cpu",
         f"--compile={compile}", "--eval_iters=20", "--log_interval=1", "--batch_size=12",
         "--n_layer=4", "--n_head=4", "--n_embd=128", f"--max_iters={steps}",
-        f"--lr_decay_iters={steps}", "--dropout=0.0", f"--eval_interval={steps + 1}",
+        f"--lr_decay_iters={steps + 1}", "--dropout=0.0", f"--eval_interval={steps + 1}",
         f"--out_dir={out}", *RECIPES[recipe][2],
     ]  # fmt: skip
     out, user, system = timed(cmd, cwd=checkout)
@@ -102,9 +104,11 @@ def nanogpt(
 def ours(
     recipe: str, data: Path, steps: int, src: Path | None = None
 ) -> tuple[float, float, float, str]:
-    """Our train stage through bench_train.py; with src, nanogptx from that source tree."""
-    cmd = [sys.executable, str(ROOT / "benchmarks" / "bench_train.py"), "--steps", str(steps),
-           "--recipe", str(ROOT / "config" / RECIPES[recipe][0]), "--data", str(data),
+    """Our train stage through bench_train.py; with src, nanogptx from that source tree, run by
+    that tree's own bench_train.py and recipe (today's may import modules it lacks)."""
+    tree = ROOT if src is None else Path(src).resolve().parent
+    cmd = [sys.executable, str(tree / "benchmarks" / "bench_train.py"), "--steps", str(steps),
+           "--recipe", str(tree / "config" / RECIPES[recipe][0]), "--data", str(data),
            "--measure-peak", "logging.stats_interval=100"]  # fmt: skip
     env = None if src is None else {**os.environ, "PYTHONPATH": str(src)}
     out, user, system = timed(cmd, env=env)

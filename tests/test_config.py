@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from nanogptx import config
+from nanogptx import config, schema
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -302,3 +302,121 @@ def test_stage_rejects_bad_override_before_work(tmp_path: Path) -> None:
     assert r.returncode != 0
     assert "data.shard_tokns" in r.stderr and "shard_tokens" in r.stderr
     assert not (tmp_path / "out").exists()
+
+
+# ---- Identity, pinned as it was before the roles derived it (issue 25): every checkpoint
+# directory, prepared-data directory and Snakemake param of a run stays what it was.
+PINNED_RESUME = {"seed", "batch_size", "total_batch_tokens", "learning_rate", "min_lr",
+                 "warmup_iters", "decay_lr", "weight_decay", "beta1", "beta2", "grad_clip",
+                 "batch_order", "compute_dtype", "optimizer", "muon_learning_rate",
+                 "muon_momentum", "weight_decay_mode"}  # fmt: skip
+PINNED_SCHEDULE = {"lr_schedule", "lr_decay_iters", "cooldown_frac"}
+PINNED_RUNTIME = {"kernels", "attention", "remat"}
+PINNED_PROGRAM = (PINNED_RESUME - {"seed", "batch_order"}) | PINNED_SCHEDULE | {"sharding"}
+PINNED_NOT_DATA = {"data.allow_unverified"}
+# (data_id, checkpoint_id) of the shipped runs: their prepared data and checkpoints are found.
+SHIPPED_IDS = {
+    "finetune-shakespeare": ("tinyshakespeare-gpt2-40482be80f", "7b350d3133"),
+    "gpt2-124m-fineweb": ("fineweb-sample-10bt-gpt2-630f147f51", "7286c74944"),
+    "gpt2-sample": ("tinyshakespeare-gpt2-40482be80f", "b7ad1b505a"),
+    "lr-sweep-char": ("tinyshakespeare-char-03b676b2a1", "c2cb4c33c6"),
+    "lr-sweep-fineweb": ("fineweb-sample-10bt-gpt2-630f147f51", "790a717572"),
+    "shakespeare-char-gpu": ("tinyshakespeare-char-03b676b2a1", "c2ed69f308"),
+    "shakespeare-char-modern": ("tinyshakespeare-char-03b676b2a1", "b652b99496"),
+    "shakespeare-char": ("tinyshakespeare-char-03b676b2a1", "643355f3b8"),
+    "shakespeare-gpt2": ("tinyshakespeare-gpt2-40482be80f", "3be732d85e"),
+    "tiny": ("tinyshakespeare-char-03b676b2a1", "55505b665a"),
+}
+
+
+def _edits() -> list[list[str]]:
+    """One loadable edit of every key of every section (the first candidate value that loads)."""
+    out = []
+    for name, cls in config.SECTIONS.items():
+        for f in dataclasses.fields(cls):
+            d = f.default
+            if isinstance(d, tuple):
+                tries = [["strip"], ["hellaswag", "val_loss"]]
+            elif f.metadata.get("choices"):
+                tries = [c for c in f.metadata["choices"] if c != d]
+            elif isinstance(d, bool):
+                tries = [not d]
+            elif isinstance(d, (int, float)):
+                tries = [d + 1, d * 2, 0.5, 1, 64]
+            else:
+                tries = ["fineweb-sample-10bt", "gpt2", "x"]
+            base = ["tokenizer.name='gpt2'"] if f.name == "init_from" else []
+            for v in tries:
+                try:
+                    edit = [*base, f"{name}.{f.name}={config._toml_value(v)}"]
+                    config.load(None, edit)
+                except config.ConfigError:
+                    continue
+                out.append(edit)
+                break
+            else:
+                raise AssertionError(f"no loadable edit of {name}.{f.name}")
+    return out
+
+
+def _pinned_ids(cfg: config.Config) -> tuple[str, str]:
+    data = [s for s in config.settings(cfg, ("data", "tokenizer"))
+            if s.split("=", 1)[0] not in PINNED_NOT_DATA]  # fmt: skip
+    data_id = f"{cfg.data.dataset}-{cfg.tokenizer.name}-{config._sha256(data)[:10]}"
+    model = [s for s in config.settings(cfg, ("model",))
+             if s.split("=", 1)[0][6:] not in PINNED_RUNTIME]  # fmt: skip
+    train = config.settings(cfg, ("train",), {f"train.{k}" for k in PINNED_RESUME})
+    return data_id, config._sha256([*model, *train, f"data_id={data_id}"])[:10]
+
+
+def test_identity_of_every_edit_is_what_it_was_before_the_roles() -> None:
+    from nanogptx import optim
+
+    assert set(config.RESUME_KEYS) == PINNED_RESUME
+    assert set(optim.SCHEDULE_KEYS) == PINNED_SCHEDULE
+    assert set(config.RUNTIME_KEYS) == PINNED_RUNTIME
+    assert set(config.NOT_DATA_IDENTITY) == PINNED_NOT_DATA
+    for run, ids in SHIPPED_IDS.items():
+        cfg = config.load(ROOT / "config" / f"{run}.toml")
+        assert (config.data_id(cfg), config.checkpoint_id(cfg)) == ids == _pinned_ids(cfg), run
+    for edit in [[], *_edits()]:
+        cfg = config.load(None, edit)
+        assert (config.data_id(cfg), config.checkpoint_id(cfg)) == _pinned_ids(cfg), edit
+        # The compiled programs' cache key: the model and the program's train keys, as before.
+        program = config.TrainConfig(**{k: getattr(cfg.train, k) for k in PINNED_PROGRAM})
+        assert config.program_config(cfg) == config.Config(model=cfg.model, train=program), edit
+
+
+def test_every_setting_declares_its_role_and_short_help() -> None:
+    for name, cls in config.SECTIONS.items():
+        for f in dataclasses.fields(cls):
+            assert schema.role(f) in schema.ROLES, f"{name}.{f.name}: no role (schema.py)"
+            assert len(f.metadata["help"]) <= 160, f"{name}.{f.name}: help over two lines"
+
+
+def test_a_setting_left_unmarked_starts_afresh_and_recompiles(monkeypatch) -> None:
+    # Forgetting the role of a new setting must never resume a checkpoint made with another
+    # value of it, nor compile a step that sees its default: here train.max_iters and
+    # data.allow_unverified, as if declared without one.
+    for name, key in (("train", "max_iters"), ("data", "allow_unverified")):
+        f = config.SECTIONS[name].__dataclass_fields__[key]
+        monkeypatch.setattr(f, "metadata", {**f.metadata, "role": schema.UNMARKED})
+    base, edited = config.load(None), config.load(None, ["train.max_iters=5"])
+    assert config.checkpoint_id(edited) != config.checkpoint_id(base)
+    assert config.program_config(edited).train.max_iters == 5
+    unverified = config.load(None, ["data.allow_unverified=true"])
+    assert config.data_id(unverified) != config.data_id(base)
+    monkeypatch.undo()  # marked again: max_iters resumes and leaves the steps alone
+    assert config.checkpoint_id(edited) == config.checkpoint_id(base)
+    assert config.program_config(edited) == config.program_config(base)
+    assert config.data_id(unverified) == config.data_id(base)
+
+
+def test_the_docs_rerun_table_holds_the_rows_the_roles_make() -> None:
+    page = (ROOT / "docs" / "workflow.md").read_text("utf-8")
+    assert schema.rerun_table() in page, "docs/workflow.md: paste `python -m nanogptx.schema`"
+    # The rows say what the identities do: an edit of a resume key starts afresh, of a
+    # schedule key resumes.
+    rows = {row.split(" (")[0][2:]: row for row in schema.rerun_rows()}
+    assert "afresh" in rows["`train.seed`, `train.batch_order`"]
+    assert "resumed" in rows["`train.lr_decay_iters`, `train.lr_schedule`, `train.cooldown_frac`"]

@@ -1,18 +1,8 @@
-"""Optimizers and learning-rate schedules: the optax transformation the train stage steps with.
+"""Optimizers and learning-rate schedules: the optax transformation the train stage steps with,
+each optimizer and schedule described at the function that builds it:
 
     tx = optim.make(cfg.train)           # clipping, then train.optimizer with its schedule
     lr = optim.get_lr(step, cfg.train)   # the schedule as a Python float (logs)
-
-train.optimizer: adamw (nanoGPT's, eps 1e-8 as torch), muon (optax.contrib's Newton-Schulz
-orthogonalised momentum for the hidden per-layer matrices, AdamW for embeddings, gains and
-biases), lion, adafactor (factored second moments, update clipping, steps relative to each
-matrix's RMS, per layer, so its learning_rate is a relative one, about 10x Adam's).
-train.weight_decay_mode: decoupled (AdamW's: lr_t * weight_decay * p) or independent of the peak
-learning rate (Wortsman et al. 2023: (lr_t / learning_rate) * weight_decay * p). Decay applies
-to the matrices only (model.decay_mask). train.lr_schedule: cosine (nanoGPT's), wsd
-(warmup-stable-decay: linear cooldown over the last train.cooldown_frac of lr_decay_iters),
-linear, constant; each after train.warmup_iters of linear warmup, and (but constant) min_lr
-past lr_decay_iters. train.decay_lr = false is nanoGPT's: the peak from step 0, no warmup.
 """
 
 from __future__ import annotations
@@ -27,16 +17,18 @@ import numpy as np
 import optax
 from optax.contrib import MuonDimensionNumbers, scale_by_muon
 
-from nanogptx import model
+from nanogptx import model, schema
 from nanogptx.config import TrainConfig
 
-# The train settings that name the learning rate at each step: a resumed run may change them
-# (it is then told how the learning rate goes on), unlike the others of config.RESUME_KEYS.
-SCHEDULE_KEYS = ("lr_schedule", "lr_decay_iters", "cooldown_frac")
+# The train settings that only shape the schedule (role schedule): a resumed run may change them,
+# and is told how the learning rate goes on.
+SCHEDULE_KEYS = schema.keys_with("train", lambda r: r is schema.SCHEDULE)
 
 
 def _lr(it: Any, t: TrainConfig, xp: Any) -> Any:
-    """The learning rate at step `it`, written once for numpy (float64) and jnp (traced)."""
+    """The learning rate at step `it`, written once for numpy (float64) and jnp (traced): linear
+    warmup, then train.lr_schedule (wsd: a linear cooldown over the last cooldown_frac of
+    lr_decay_iters), and min_lr past lr_decay_iters (but constant)."""
     lr, lo, warmup, end = t.learning_rate, t.min_lr, t.warmup_iters, t.lr_decay_iters
     if not t.decay_lr:  # nanoGPT's decay_lr = False: the peak from step 0, no warmup
         return xp.full((), lr, it.dtype)
@@ -72,7 +64,9 @@ def _is_hidden_matrix(path: tuple, x: Any) -> bool:
 def _decayed(
     direction: optax.GradientTransformation, t: TrainConfig, peak: float
 ) -> optax.GradientTransformation:
-    """direction, weight decay and the scheduled learning rate (its peak scaled to `peak`)."""
+    """direction, weight decay (of the matrices: model.decay_mask) and the scheduled learning
+    rate (its peak scaled to `peak`). Decay decoupled is AdamW's, lr_t * weight_decay * p;
+    independent is of the peak (Wortsman et al. 2023): (lr_t / learning_rate) * wd * p."""
     lr = schedule(t)
     if peak != t.learning_rate:
         lr = lambda count, lr=lr: lr(count) * (peak / t.learning_rate)  # noqa: E731
@@ -111,6 +105,8 @@ def _adam(t: TrainConfig) -> optax.GradientTransformation:
 
 
 def _direction(t: TrainConfig) -> optax.GradientTransformation:
+    """adamw (eps 1e-8 as torch), lion, or adafactor (factored second moments, update clipping,
+    steps relative to each matrix's RMS per layer: its learning_rate about 10x Adam's)."""
     if t.optimizer == "adamw":
         return _adam(t)
     if t.optimizer == "lion":
@@ -118,8 +114,8 @@ def _direction(t: TrainConfig) -> optax.GradientTransformation:
     if t.optimizer == "adafactor":
         # optax.adafactor's chain, with our decay and schedule after it, and its block RMS taken
         # per layer of the stacked blocks (optax's takes it over the whole array: N layers).
-        return optax.chain(optax.scale_by_factored_rms(), _clip_by_layer_rms(1.0),
-                           _scale_by_param_layer_rms(1e-3))  # fmt: skip
+        rms = optax.scale_by_factored_rms()
+        return optax.chain(rms, _clip_by_layer_rms(1.0), _scale_by_param_layer_rms(1e-3))
     raise ValueError(f"train.optimizer = {t.optimizer!r}")
 
 

@@ -1,10 +1,8 @@
-"""provenance.json: which inputs (by sha256), which config and which code made a stage's outputs.
-
-    rec = Record.start("prepare", config_sections)
-    ... work ...
-    rec.finish(out_dir, inputs=[...], outputs=[...], extra={...})   # writes out_dir/provenance.json
-
+"""provenance.json: which inputs (by sha256), which config and which code made a stage's outputs;
 `verify(path, sha256)` refuses an input whose bytes differ from what produced it.
+
+    rec = Record.start("prepare", config_sections)   # ... work ..., then:
+    rec.finish(out_dir, inputs=[...], outputs=[...], extra={...})   # writes out_dir/provenance.json
 """
 
 from __future__ import annotations
@@ -158,8 +156,7 @@ def check_apart(
             how = "is"
         elif mine.is_relative_to(theirs) or theirs_id in above_mine:
             how = "lies inside"
-        elif theirs.is_relative_to(mine) or (mine_id is not None and
-                                            mine_id in _identities(theirs.parents)):  # fmt: skip
+        elif theirs.is_relative_to(mine) or mine_id in _identities(theirs.parents):
             how = "contains"
         else:
             continue
@@ -349,8 +346,10 @@ def remove_temporaries(root: Path, say: Callable[[str], None] = _say) -> list[Pa
     for p in sorted(root.iterdir()):
         if not (m := _LEFTOVER.fullmatch(p.name)):
             if not p.name.startswith(MARKER) and _OLD_TEMPORARY.fullmatch(p.name):
-                say(f"left alone in {root}: {p.name}, named as an older nanogptx named its "
-                    "temporaries: delete it if it is not yours")  # fmt: skip
+                say(
+                    f"left alone in {root}: {p.name}, named as an older nanogptx named its "
+                    "temporaries: delete it if it is not yours"
+                )
             continue
         st = os.lstat(p)
         if m[1] == "tmp" and stat.S_ISREG(st.st_mode):

@@ -346,7 +346,7 @@ def main(argv: list[str] | None = None) -> None:
         prog="python -m nanogptx.sample", description=__doc__.split("\n\n")[0]
     )
     # The run's whole config file is accepted; only its [sample] section is used here.
-    config.add_arguments(parser, ["sample"])
+    config.add_arguments(parser, config.STAGE_SECTIONS["sample"])
     parser.add_argument("--model", type=Path, required=True, help="trained model directory")
     parser.add_argument("--out", type=Path, required=True, help="directory for samples.txt")
     progress.add_arguments(parser, "sample")

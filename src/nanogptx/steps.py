@@ -286,27 +286,12 @@ def trace_program(cfg: Config, V: int, A: int, mesh: Mesh, name: str) -> jax.sta
         return jitted.trace(*args)
 
 
-# Train settings that the compiled train and eval steps depend on (with the model).
-PROGRAM_KEYS = (
-    *(k for k in config.RESUME_KEYS if k not in ("seed", "batch_order")),
-    *optim.SCHEDULE_KEYS,
-    "sharding",
-)
-
-
-def program_config(cfg: Config) -> Config:
-    """The settings the compiled programs depend on (the model and PROGRAM_KEYS): the cache key
-    of compile_program."""
-    keys = {k: getattr(cfg.train, k) for k in PROGRAM_KEYS}
-    return Config(model=cfg.model, train=TrainConfig(**keys))
-
-
 def compile_program(cfg: Config, V: int, A: int, mesh: Mesh, name: str) -> Any:
     """trace_program, lowered and compiled (for a GPU target's devices too: the platform comes
     from the shardings); compiled once per process for settings that give the same program
     (the plan's choice of a micro-batch and the training that follows share them, and tests
     call train() many times)."""
-    return _compile_program(program_config(cfg), V, A, mesh, name)
+    return _compile_program(config.program_config(cfg), V, A, mesh, name)
 
 
 @functools.lru_cache(maxsize=16)

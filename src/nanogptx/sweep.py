@@ -1,25 +1,14 @@
-"""Sweeps: a base run and axes of settings, expanded into one ordinary run per point.
+"""Sweeps: a base run and axes of settings, one ordinary run per point (docs/sweeps.md).
+Standard library only (the Snakefile imports it).
 
-    # config/sweeps/lr.toml
-    base = "tiny"                                  # config/tiny.toml
-    [axes]
-    "train.learning_rate" = [1e-3, 3e-3, 1e-2]
-    "model.qk_norm" = [false, true]
-    "model.n_embd,model.n_layer" = [[64, 2], [128, 4]]  # keys varied together
-
-    snakemake --cores all sweep --config sweep=lr
-
-Each point is a run named <sweep>.<key>-<value>... (for example
-lr.learning_rate-0.003.qk_norm-true.n_embd-64.n_layer-2) whose config is the base file with the
-point's settings as overrides: it has its own checkpoints, model, samples and eval, shares the
-prepared data with the other points (equal data settings), and an added point leaves the
-finished ones as they are. A point that diverges stops early and is recorded as diverged
-(train.on_divergence = "stop"), so the sweep completes. Standard library only (the Snakefile).
+    snakemake --cores all sweep --config sweep=lr   # config/sweeps/lr.toml: base = "tiny", [axes]
+    python -m nanogptx.sweep lr --cost              # its points, and their device hours
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import itertools
 import math
@@ -78,6 +67,26 @@ def _short(name: str) -> str:
 def load(name: str, directory: Path = SWEEPS) -> Sweep:
     """config/sweeps/<name>.toml, checked: a base run that exists, axes of section.key = [values]
     whose keys the config knows (every point is checked when it is loaded as a run)."""
+    path, tree = _read(name, directory)
+    base = tree.get("base")
+    run = isinstance(base, str) and config.RUN_NAME.fullmatch(base)
+    if not run or not (Path("config") / f"{base}.toml").is_file():
+        raise config.ConfigError(f"{path}: base = {base!r}: expected a run of config/ (NAME.toml)")
+    axes = tree.get("axes")
+    if not isinstance(axes, dict) or not axes:
+        raise config.ConfigError(f"{path}: [axes] must hold at least one section.key = [values]")
+    sweep = Sweep(name, base, tuple(_axis(f"{path}: axes.", k, v) for k, v in axes.items()))
+    varied = keys(sweep)
+    twice = sorted({k for k in varied if varied.count(k) > 1})
+    if twice:
+        raise config.ConfigError(
+            f"{path}: {', '.join(twice)}: in more than one axis (a point would set it twice)"
+        )
+    return sweep
+
+
+def _read(name: str, directory: Path) -> tuple[Path, dict[str, Any]]:
+    """The sweep's file and its TOML tree (base and axes only)."""
     if not config.RUN_NAME.fullmatch(name):  # the start of every point's name, and a path
         raise config.ConfigError(
             f"sweep name {name!r}: expected letters, digits, '.', '_' and '-' only, starting with "
@@ -94,49 +103,35 @@ def load(name: str, directory: Path = SWEEPS) -> Sweep:
     extra = set(tree) - {"base", "axes"}
     if extra:
         raise config.ConfigError(f"{path}: unknown keys {sorted(extra)}; expected base and [axes]")
-    base = tree.get("base")
-    run = isinstance(base, str) and config.RUN_NAME.fullmatch(base)
-    if not run or not (Path("config") / f"{base}.toml").is_file():
-        raise config.ConfigError(f"{path}: base = {base!r}: expected a run of config/ (NAME.toml)")
-    axes = tree.get("axes")
-    if not isinstance(axes, dict) or not axes:
-        raise config.ConfigError(f"{path}: [axes] must hold at least one section.key = [values]")
-    out = []
-    for key, values in axes.items():
-        group = key.split(",")
-        for k in group:
-            section, _, field = k.partition(".")
-            cls = config.SECTIONS.get(section)
-            if cls is None or field not in cls.__dataclass_fields__:
-                what = "" if len(group) == 1 else f" {k!r} is"
-                raise config.ConfigError(f"{path}: axes.{key!r}:{what} not a config key "
-                                         "(section.key)")  # fmt: skip
-        if not isinstance(values, list) or not values:
-            raise config.ConfigError(f"{path}: axes.{key}: expected a list of distinct values")
-        if len(group) > 1:
-            bad = [v for v in values if not isinstance(v, list) or len(v) != len(group)]
-            if bad:
-                raise config.ConfigError(f"{path}: axes.{key!r}: {bad[0]!r}: expected a list of "
-                                         f"{len(group)} values, one per key")  # fmt: skip
-        # Each value as the config takes it (1 for a float key is 1.0), so that two values that
-        # make one point are seen here.
-        typed = [_typed(group, v if len(group) > 1 else [v], f"{path}: axes.{key}")
-                 for v in values]  # fmt: skip
-        for i, v in enumerate(typed):
-            if v in typed[:i]:
-                first = values[typed.index(v)]
-                raise config.ConfigError(
-                    f"{path}: axes.{key!r}: {first!r} and {values[i]!r} are the same value of "
-                    f"{key} (one point): expected a list of distinct values"
-                )
-        out.append((key, tuple(v if len(group) > 1 else v[0] for v in typed)))
-    sweep = Sweep(name, base, tuple(out))
-    varied = keys(sweep)
-    twice = sorted({k for k in varied if varied.count(k) > 1})
-    if twice:
-        raise config.ConfigError(f"{path}: {', '.join(twice)}: in more than one axis (a point "
-                                 "would set it twice)")  # fmt: skip
-    return sweep
+    return path, tree
+
+
+def _axis(where: str, key: str, values: Any) -> tuple[str, tuple[Any, ...]]:
+    """One axis, checked: config keys, a list of distinct values (of each key, for a group),
+    each as the config types it (1 for a float key is 1.0, so two values of one point are seen)."""
+    group = key.split(",")
+    for k in group:
+        section, _, field = k.partition(".")
+        cls = config.SECTIONS.get(section)
+        if cls is None or field not in cls.__dataclass_fields__:
+            what = "" if len(group) == 1 else f" {k!r} is"
+            raise config.ConfigError(f"{where}{key!r}:{what} not a config key (section.key)")
+    if not isinstance(values, list) or not values:
+        raise config.ConfigError(f"{where}{key}: expected a list of distinct values")
+    bad = [v for v in values if not isinstance(v, list) or len(v) != len(group)]
+    if len(group) > 1 and bad:
+        raise config.ConfigError(
+            f"{where}{key!r}: {bad[0]!r}: expected a list of {len(group)} values, one per key"
+        )
+    typed = [_typed(group, v if len(group) > 1 else [v], f"{where}{key}") for v in values]
+    for i, v in enumerate(typed):
+        if v in typed[:i]:
+            first = values[typed.index(v)]
+            raise config.ConfigError(
+                f"{where}{key!r}: {first!r} and {values[i]!r} are the same value of {key} (one "
+                "point): expected a list of distinct values"
+            )
+    return key, tuple(v if len(group) > 1 else v[0] for v in typed)
 
 
 def _typed(group: list[str], values: list[Any], where: str) -> tuple[Any, ...]:
@@ -175,8 +170,8 @@ def expand(sweep: Sweep) -> dict[str, list[str]]:
         name = config.check_run_name(_short(".".join([sweep.name, *parts])))
         # Names that differ only in case are one directory on a case-insensitive file system.
         if (other := named.setdefault(name.casefold(), pairs)) is not pairs:
-            differ = [f"{k} = {a!r} and {b!r}" for (k, a), (_, b) in zip(other, pairs,
-                      strict=True) if a != b]  # fmt: skip
+            both = zip(other, pairs, strict=True)
+            differ = [f"{k} = {a!r} and {b!r}" for (k, a), (_, b) in both if a != b]
             raise config.ConfigError(
                 f"sweep {sweep.name!r}: two points would be one run {name!r} ({', '.join(differ)}"
                 "; names that differ only in case are one directory where the file system "
@@ -204,8 +199,8 @@ def cost(sweep: Sweep, vocab: int | None = None) -> dict[str, dict[str, float]]:
         if V is None:
             raise config.ConfigError(f"{name}: tokenizer {cfg.tokenizer.name!r}: pass --vocab")
         m, t = dataclasses.replace(cfg.model, vocab_size=V), cfg.train
-        params = jax.eval_shape(lambda m=m: model.init_params(m, model.vocab_rows(m),
-                                                              jax.random.key(0)))  # fmt: skip
+        init = functools.partial(model.init_params, m, model.vocab_rows(m))
+        params = jax.eval_shape(init, jax.random.key(0))
         n = model.count_params(params, non_embedding=True)
         per_token = model.flops_per_token(m, n)
         tokens = t.max_iters * config.step_rows(cfg) * m.block_size
@@ -227,8 +222,8 @@ def _number(tp: type, expected: str, above: float, most: float | None) -> Any:
             value = tp(text)
         except ValueError:
             value = None
-        if value is None or not math.isfinite(value) or value <= above or (
-                most is not None and value > most):  # fmt: skip
+        within = value is not None and math.isfinite(value) and value > above
+        if not within or (most is not None and value > most):
             raise argparse.ArgumentTypeError(f"{text!r}: expected {expected}")
         return value
 
@@ -244,13 +239,14 @@ def main(argv: list[str] | None = None) -> None:
     )
     p.add_argument("sweep", help="config/sweeps/NAME.toml")
     p.add_argument("--cost", action="store_true", help="FLOPs and device hours per point")
-    p.add_argument("--peak-flops", type=_number(float, "a number of FLOP/s > 0", 0, None),
-                   help="the device's peak FLOP/s (default: an H100's bfloat16 dense, from "
-                   "logbook.PEAK_FLOPS)")  # fmt: skip
-    p.add_argument("--mfu", type=_number(float, "a share of the peak in (0, 1]", 0, 1), default=0.3,
-                   help="the share of the peak assumed (0.3: 30%%)")  # fmt: skip
-    p.add_argument("--vocab", type=_number(int, "an integer > 0", 0, None),
-                   help="vocabulary size (default: GPT-2's with gpt2)")  # fmt: skip
+    peak_help = "the device's peak FLOP/s (default: an H100's bfloat16 dense, logbook.PEAK_FLOPS)"
+    p.add_argument(
+        "--peak-flops", type=_number(float, "a number of FLOP/s > 0", 0, None), help=peak_help
+    )
+    mfu = _number(float, "a share of the peak in (0, 1]", 0, 1)
+    p.add_argument("--mfu", type=mfu, default=0.3, help="the share of the peak assumed (0.3: 30%%)")
+    vocab_help = "vocabulary size (default: GPT-2's with gpt2)"
+    p.add_argument("--vocab", type=_number(int, "an integer > 0", 0, None), help=vocab_help)
     args = p.parse_args(argv)
     try:
         s = load(args.sweep)
@@ -266,15 +262,21 @@ def main(argv: list[str] | None = None) -> None:
     peak = args.peak_flops or PEAK_FLOPS["H100"]
     rate = peak * args.mfu
     if not 0 < rate < math.inf:  # each in range, their product not (1e-320 x 0.1 is 0.0)
-        p.error(f"--peak-flops {peak:g} x --mfu {args.mfu:g} = {rate:g} FLOP/s: expected a "
-                "rate above 0 that a float holds")  # fmt: skip
+        p.error(
+            f"--peak-flops {peak:g} x --mfu {args.mfu:g} = {rate:g} FLOP/s: expected a rate "
+            "above 0 that a float holds"
+        )
     total = sum(p["flops"] for p in points.values())
     for name, p in points.items():
-        print(f"{name}: {p['params'] / 1e6:.2f}M parameters, {p['tokens'] / 1e9:.3g}B tokens, "
-              f"{p['flops']:.3g} FLOPs, {p['flops'] / rate / 3600:.2f} device hours")  # fmt: skip
-    print(f"{len(points)} points, {total:.3g} FLOPs: {total / rate / 3600:.1f} device hours at "
-          f"{args.mfu:.0%} of {peak / 1e12:g} TFLOP/s (a point that diverges stops "
-          "early and costs less)")  # fmt: skip
+        print(
+            f"{name}: {p['params'] / 1e6:.2f}M parameters, {p['tokens'] / 1e9:.3g}B tokens, "
+            f"{p['flops']:.3g} FLOPs, {p['flops'] / rate / 3600:.2f} device hours"
+        )
+    print(
+        f"{len(points)} points, {total:.3g} FLOPs: {total / rate / 3600:.1f} device hours at "
+        f"{args.mfu:.0%} of {peak / 1e12:g} TFLOP/s (a point that diverges stops early and "
+        "costs less)"
+    )
 
 
 if __name__ == "__main__":
