@@ -437,8 +437,16 @@ def interrupted_local(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, data: byt
     files = (datasets.RemoteFile("a.bin", f"file:{source}"),
              datasets.RemoteFile("gone.bin", f"file:{tmp_path / 'gone.bin'}"))  # fmt: skip
     monkeypatch.setitem(datasets.REGISTRY, "toy", datasets.Dataset("toy", files, "text", "t"))
+    received = download.Progress.received
+
+    def slowly(self: download.Progress, name: str, n: int) -> None:
+        time.sleep(0.2)  # the copy outlasts the other file's failure, however loaded the machine
+        received(self, name, n)
+
+    monkeypatch.setattr(download.Progress, "received", slowly)
     with pytest.raises(download.DownloadError, match="gone.bin does not exist"):
         run(None, tmp_path)  # type: ignore[arg-type]
+    monkeypatch.setattr(download.Progress, "received", received)
     part = download.part_path(tmp_path / "raw", "a.bin")
     assert 0 < part.stat().st_size < len(data)
     (tmp_path / "gone.bin").write_bytes(b"here now\n")
