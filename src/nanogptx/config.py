@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import difflib
 import hashlib
 import json
 import math
@@ -20,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from nanogptx import schema
-from nanogptx.errors import UserError
+from nanogptx.errors import UserError, suggest
 
 # The schema's names that the stages use, as config.X.
 from nanogptx.schema import (  # noqa: F401
@@ -115,7 +114,7 @@ def pretrained_architecture(init_from: str, source: str) -> dict[str, Any]:
     if not Path(init_from).is_dir():
         raise ConfigError(
             f"{source}: model.init_from = {init_from!r}: expected scratch, one of "
-            f"{list(GPT2_CHECKPOINTS)}{_suggest(init_from, GPT2_CHECKPOINTS)}, or a directory "
+            f"{list(GPT2_CHECKPOINTS)}{suggest(init_from, GPT2_CHECKPOINTS)}, or a directory "
             "in Hugging Face's GPT-2 layout (config.json + model.safetensors)"
         )
     return hf_architecture(Path(init_from) / "config.json")
@@ -176,17 +175,12 @@ def is_text(s: str) -> bool:
     return True
 
 
-def _suggest(name: str, known: typing.Iterable[str]) -> str:
-    close = difflib.get_close_matches(name, list(known), n=1)
-    return f" (did you mean {close[0]!r}?)" if close else ""
-
-
 def _check_field(f: dataclasses.Field, value: Any, key: str, source: str) -> None:
     """A field's own check: its choices (a list's, each item's), then its check."""
     choices, check = f.metadata.get("choices"), f.metadata.get("check")
     for item in value if isinstance(value, tuple) and choices else [value] if choices else []:
         if item not in choices:
-            expected = f"one of {list(choices)}{_suggest(str(item), map(str, choices))}"
+            expected = f"one of {list(choices)}{suggest(str(item), map(str, choices))}"
             raise ConfigError(f"{source}: {key} = {item!r}: expected {expected}")
     if check and not check[0](value):
         shown = list(value) if isinstance(value, tuple) else value
@@ -247,7 +241,7 @@ def from_dict(
             raise ConfigError(f"{source}: key {name!r} is outside any [section]{hint}")
         if name not in SECTIONS:
             raise ConfigError(
-                f"{source}: unknown section [{name}]{_suggest(name, SECTIONS)}; "
+                f"{source}: unknown section [{name}]{suggest(name, SECTIONS)}; "
                 f"known sections: {', '.join(SECTIONS)}"
             )
         if not isinstance(values, dict):
@@ -257,7 +251,7 @@ def from_dict(
         for key, value in values.items():
             if key not in hints:
                 raise ConfigError(
-                    f"{source}: unknown key {name}.{key}{_suggest(key, hints)}; "
+                    f"{source}: unknown key {name}.{key}{suggest(key, hints)}; "
                     f"known keys of [{name}]: {', '.join(hints)}"
                 )
             if f"{name}.{key}" in AUTO and isinstance(value, str):
@@ -480,7 +474,7 @@ def check_workflow(tree: dict[str, Any], schema: Path = WORKFLOW_SCHEMA) -> None
             node = node["properties"][k]
         known = list(node["properties"])
         unknown = sorted(set(error.instance) - set(known))[0]
-        hint = _suggest(unknown, known)
+        hint = suggest(unknown, known)
         # A run's own setting (n_layer=3) is not a workflow key: say where it goes.
         setting = "; a run's settings go in its file config/RUN.toml" if not (where or hint) else ""
         raise ConfigError(

@@ -6,7 +6,6 @@ The schema is below, checked in `parse`. Standard library only: Snakefile reads 
 
 from __future__ import annotations
 
-import difflib
 import os
 import re
 import tomllib
@@ -15,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from nanogptx.errors import UserError
+from nanogptx.errors import UserError, suggest
 
 # A dataset file:
 #     about = "Tiny Shakespeare (char-rnn), 1.1 MB of plain text, one document"
@@ -110,9 +109,7 @@ def parse(path: Path) -> Dataset:
         raise RegistryError(f"{where}: cannot read it as TOML: {e}") from None
     known = {"about", "reader", "use", "options", "files", "local_dir"}
     for key in tree:
-        close = difflib.get_close_matches(key, known, n=1)
-        hint = f" (did you mean {close[0]!r}?)" if close else ""
-        _need(key in known, where, "key", key, f"one of {sorted(known)}{hint}")
+        _need(key in known, where, "key", key, f"one of {sorted(known)}{suggest(key, known)}")
     name = path.stem
     _need(bool(NAME.fullmatch(name)), where, "file name", name, "letters, digits, '.', '_', '-'")
     reader, use = tree.get("reader"), tree.get("use", "train")
@@ -241,11 +238,9 @@ def get(name: str) -> Dataset:
         if not (NAME.fullmatch(name) and path.is_file()):
             directory = registry_dir()
             known = sorted({*REGISTRY, *(p.stem for p in directory.glob("*.toml"))})
-            close = difflib.get_close_matches(name, known, n=1)
-            hint = f" (did you mean {close[0]!r}?)" if close else ""
             raise UnknownDataset(
-                f"unknown dataset {name!r}{hint}; known datasets: {', '.join(known)} "
-                f"(files in {directory})"
+                f"unknown dataset {name!r}{suggest(name, known)}; known datasets: "
+                f"{', '.join(known)} (files in {directory})"
             )
         REGISTRY[name] = parse(path)
     return REGISTRY[name]

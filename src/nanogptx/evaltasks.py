@@ -6,7 +6,6 @@ Standard library only: config.py and the Snakefile read it.
 
 from __future__ import annotations
 
-import difflib
 import os
 import re
 import tomllib
@@ -14,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from nanogptx.errors import UserError
+from nanogptx.errors import UserError, suggest
 
 
 @dataclass(frozen=True)
@@ -140,8 +139,7 @@ def parse(path: Path) -> Task:
     _need(kind in KINDS, where, "kind", kind, f"one of {list(KINDS)}")
     keys = {**COMMON, **KINDS[kind].keys}
     for key, value in tree.items():
-        close = difflib.get_close_matches(key, keys, n=1)
-        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        hint = suggest(key, keys)
         _need(key in keys, where, "key", key, f"one of {sorted(keys)} for kind {kind}{hint}")
         if key in KINDS[kind].keys:
             _check_option(where, key, value, keys[key])
@@ -183,10 +181,8 @@ def get(name: str) -> Task:
     if name not in REGISTRY:
         path = entry_file(name)
         if not (NAME.fullmatch(name) and path.is_file()):
-            close = difflib.get_close_matches(name, names(), n=1)
-            hint = f" (did you mean {close[0]!r}?)" if close else ""
             raise TaskError(
-                f"unknown eval task {name!r}{hint}; known tasks: "
+                f"unknown eval task {name!r}{suggest(name, names())}; known tasks: "
                 f"{', '.join(names())} (files in {registry_dir()})"
             )
         REGISTRY[name] = parse(path)
