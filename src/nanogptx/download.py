@@ -253,16 +253,20 @@ def _mismatch(job: _Job, want: Expect, actual: str, nbytes: int) -> HashMismatch
     expected = [f"{want.size} bytes"] if want.size is not None else []
     expected += [f"sha256 {want.sha256}"] if want.sha256 else []
     expected += [f"git blob id {want.git_sha1}"] if want.git_sha1 else []
-    changed = (
-        f" (if the file changed upstream on purpose, delete its entry from {job.lock_path} to "
-        "pin the new one)"
-        if want.check == "lock"
-        else ""
-    )
     return HashMismatch(
         f"{job.dataset}/{job.file.name}: downloaded {nbytes} bytes with sha256 {actual}, "
         f"expected {' with '.join(expected)} ({want.check}) from {job.source}; nothing was "
-        f"kept{changed}"
+        f"kept{_relock(job, want)}"
+    )
+
+
+def _relock(job: _Job, want: Expect) -> str:
+    """How to accept a new version of a file that the lock file pins."""
+    if want.check != "lock":
+        return ""
+    return (
+        f" (if the file changed upstream on purpose, delete its entry from {job.lock_path} to "
+        "pin the new one)"
     )
 
 
@@ -391,12 +395,13 @@ def _settled(job: _Job, want: Expect, dest: Path, part: Path, stream: Stream) ->
         where = "the registry" if want.check == "pinned" else str(job.lock_path)
         raise HashMismatch(
             f"{what}: {stream.url} announces sha256 {stream.announced}, but {where} "
-            f"expects {want.sha256}; the file changed upstream"
+            f"expects {want.sha256}; the file changed upstream{_relock(job, want)}"
         )
     if want.size is not None and stream.total is not None and stream.total != want.size:
         _discard(part)
         raise HashMismatch(
-            f"{what}: {stream.url} has {_bytes(stream.total)}, expected {want.size} ({want.check})"
+            f"{what}: {stream.url} has {_bytes(stream.total)}, expected {want.size} "
+            f"({want.check}){_relock(job, want)}"
         )
     return False
 
