@@ -61,7 +61,7 @@ class Fetched:
     path: Path
     bytes: int
     sha256: str
-    check: str  # pinned | lock | announced | git-blob | local | unverified
+    check: str  # pinned | lock | announced | git-blob | local | first-download | unverified
     source: str
     downloaded: bool  # False when a present file already had the right hash
 
@@ -369,8 +369,9 @@ def _open_for(job: _Job, want: Expect, part: Path, offset: int, progress: Progre
 
 def _settled(job: _Job, want: Expect, dest: Path, part: Path, stream: Stream) -> bool:
     """Settle what the file must hash to, now its source is open (a server may announce it):
-    True where dest already is that file; refused where nobody vouches for the file, or its
-    source announces another hash or size."""
+    True where dest already is that file; refused where nobody vouches for the file (but a
+    registry pin = "first-download", whose sha256 the lock records when done), or its source
+    announces another hash or size."""
     what = f"{job.dataset}/{job.file.name}"
     if want.check == "git-blob":  # checked over the whole file, before it is kept
         if dest.exists() and matches(dest, want):
