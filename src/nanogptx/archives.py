@@ -26,8 +26,8 @@ from nanogptx.transport import CHUNK, DownloadError
 # about 3-10x with deflate; deflate's own limit is about 1032x.
 MAX_BYTES = 64 << 30  # all members together, unpacked
 MAX_MEMBERS = 200_000
-MAX_RATIO = 200  # unpacked / packed bytes of one member ...
-RATIO_FROM = 1 << 20  # ... of more than this many bytes (tiny files compress as they like)
+MAX_RATIO = 200  # unpacked / packed bytes of one member, or of all (members sharing bytes) ...
+RATIO_FROM = 1 << 20  # ... over this many bytes (tiny files compress as they like)
 _COMPRESSION = {
     zipfile.ZIP_STORED,
     zipfile.ZIP_DEFLATED,
@@ -151,6 +151,10 @@ def check(archive: Path, taken: dict[str, str] | None = None) -> list[Member]:
         members.append(Member(info, path, is_dir))
     if total > MAX_BYTES:
         raise _refuse(archive, None, f"{total:,} bytes unpacked, more than {MAX_BYTES:,}")
+    size = archive.stat().st_size
+    if total > RATIO_FROM and total > MAX_RATIO * size:
+        why = f"{total:,} bytes unpacked from {size:,} (more than {MAX_RATIO}x: a zip bomb?)"
+        raise _refuse(archive, None, why)
     return members
 
 

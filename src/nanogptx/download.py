@@ -544,7 +544,9 @@ def _unpack(
         {
             "archive": got.name,
             "sha256": got.sha256,
-            "files": archives.extract(got.path, out, seen, lambda msg: _say(channel, msg)),
+            "files": archives.extract(
+                got.path, out, seen, lambda m: _say(channel, f"{ds.name}/{m}")
+            ),
         }
         for got, seen in plan
     ]
