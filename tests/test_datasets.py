@@ -174,6 +174,11 @@ def test_pin_on_first_download_and_extract_are_file_keys_checked_by_name(project
     for keys, match in bad.items():
         with pytest.raises(datasets.RegistryError, match=match):
             datasets.parse(write(project, "b", f"{head}{keys}\n"))
+    # prepare reads the downloaded files themselves: a zip would be read as text.
+    text = 'reader = "text"\n[[files]]\nurl = "https://x.org/b.zip"\nextract = "zip"\n'
+    with pytest.raises(datasets.RegistryError, match=r"files\[0\]: extract = 'zip': expected no "
+                       "extract in a dataset of text"):  # fmt: skip
+        datasets.parse(write(project, "b", text))
 
 
 def test_the_eval_bundle_entry_is_pinned_on_first_download_and_unpacked() -> None:

@@ -151,6 +151,12 @@ def parse(path: Path) -> Dataset:
         )
         _need(not reserved, where, "local_dir", tree["local_dir"], expected)
     _need(bool(files), where, "files", tree.get("files"), "at least one file (or local_dir)")
+    expected = (
+        "no extract in a dataset of text (use = 'train'): prepare reads the downloaded files "
+        "as they are, not an archive's members"
+    )
+    for i, f in enumerate(files if use == "train" else []):
+        _need(not f.extract, where, f"files[{i}]: extract", f.extract, expected)
     names = [f.name for f in files]
     dup = sorted({n for n in names if names.count(n) > 1})
     _need(not dup, where, "files", dup, "each file name once")
