@@ -3,9 +3,10 @@
 eval_data/**/*.jsonl in each kind's item format (some not ASCII), eval_bundle/eval_meta_data.csv
 with the random baselines in percent. The same bytes every time (fixed zip timestamps).
 
-    from corebundle import TASKS, build, mirror
+    from corebundle import TASKS, build, downloaded, mirror
     zip_path = build(tmp_path / "eval_bundle.zip")
     mirror_dir = mirror(tmp_path / "mirror")  # mirror_dir/eval-bundle/eval_bundle.zip
+    raw = downloaded(tmp_path)  # the real download stage: raw/eval_bundle/core.yaml, ...
 """
 
 from __future__ import annotations
@@ -17,6 +18,9 @@ import random
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
+
+from nanogptx import download
+from nanogptx.config import DataConfig
 
 
 @dataclass(frozen=True)
@@ -159,3 +163,12 @@ def mirror(directory: Path, baselines: dict[str, float] | None = None) -> Path:
     """directory as a mirror holding the bundle: DIR/eval-bundle/eval_bundle.zip."""
     build(directory / DATASET / ARCHIVE, baselines)
     return directory
+
+
+def downloaded(tmp: Path, baselines: dict[str, float] | None = None) -> Path:
+    """The bundle through the real download stage (registry entry eval-bundle, a mirror
+    directory, a lock file of its own) into tmp/data/raw/eval-bundle, which is returned."""
+    out = tmp / "data" / "raw" / DATASET
+    source = mirror(tmp / "mirror", baselines)
+    download.download(DataConfig(), out, str(source), tmp / "lock.json", dataset=DATASET)
+    return out

@@ -86,6 +86,15 @@ def test_the_bundle_from_a_mirror_is_pinned_on_first_download_then_checked(tmp_p
     assert json.loads(lock.read_text())["eval-bundle"]["eval_bundle.zip"]["sha256"] == sha(zipped)
 
 
+def test_corebundle_downloaded_gives_the_unpacked_bundle(tmp_path):
+    raw = corebundle.downloaded(tmp_path, baselines={"copa": 40.0})
+    assert unpacked(raw) == corebundle.members({"copa": 40.0})
+    assert (
+        "copa,commonsense_reasoning,multiple_choice,0,40.0"
+        in unpacked(raw)["eval_bundle/eval_meta_data.csv"].decode().splitlines()
+    )
+
+
 def test_the_bundle_over_http_is_pinned_then_a_changed_one_refused(tmp_path):
     lock, out = tmp_path / "lock.json", tmp_path / "raw"
     first = corebundle.zip_bytes(corebundle.members())
