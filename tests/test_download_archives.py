@@ -162,6 +162,11 @@ UNSAFE = {
     "another file": (plain("notes.txt"), "the dataset's file 'notes.txt'"),
     "the record": (plain("provenance.json"), "the download's record"),
     "nanogptx's own": (plain(".nanogptx-lock"), "nanogptx's own"),
+    "long name": (plain(f"eval_bundle/{'é' * 128}.txt"), "longer than 255 bytes"),
+    "long path": (  # each part fits, the whole path does not (PATH_MAX: 4096 bytes)
+        plain("eval_bundle/" + "d" * 250 + "/d" * 2000 + "/a.txt"),
+        "cannot be written in",
+    ),
     "zip bomb of small members": (
         zipped([(member(f"eval_bundle/{i}.bin"), bytes(512 << 10)) for i in range(8)]),
         "4,194,304 bytes unpacked from",

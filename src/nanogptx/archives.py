@@ -38,6 +38,7 @@ _COMPRESSION = {
 # members in the making, and a previous unpack's entries on their way out.
 _LEFTOVER = re.compile(r"\.nanogptx-(unpack|unpacked)\.\d+\.[0-9a-f]{8}\..+")
 _DRIVE = re.compile(r"[A-Za-z]:")
+NAME_MAX = 255  # bytes of one file name (ext4, xfs, APFS, NTFS)
 
 
 class ArchiveError(DownloadError):
@@ -97,6 +98,8 @@ def _path(archive: Path, info: zipfile.ZipInfo) -> PurePosixPath:
         raise _refuse(archive, info, "'..' in its path (it would land outside the directory)")
     if any(p in ("", ".") for p in parts):
         raise _refuse(archive, info, "an empty or '.' part in its path")
+    if any(len(os.fsencode(p)) > NAME_MAX for p in parts):
+        raise _refuse(archive, info, f"a part of its path longer than {NAME_MAX} bytes")
     if any(p.startswith(provenance.MARKER) for p in parts):
         raise _refuse(archive, info, f"a name starting {provenance.MARKER} (nanogptx's own)")
     return PurePosixPath(*parts)
@@ -190,7 +193,7 @@ def extract(
     tmp.mkdir()
     try:
         with zipfile.ZipFile(archive) as zf:
-            files = [_write(archive, zf, m, tmp) for m in members if not m.is_dir]
+            files = [_write(archive, zf, m, tmp, out) for m in members if not m.is_dir]
         for m in (m for m in members if m.is_dir):  # an empty directory is a member too
             tmp.joinpath(*m.path.parts).mkdir(parents=True, exist_ok=True)
         _into_place(tmp, out)
@@ -201,11 +204,11 @@ def extract(
     return files
 
 
-def _write(archive: Path, zf: zipfile.ZipFile, m: Member, tmp: Path) -> dict[str, Any]:
+def _write(archive: Path, zf: zipfile.ZipFile, m: Member, tmp: Path, out: Path) -> dict[str, Any]:
     target = tmp.joinpath(*m.path.parts)
-    target.parent.mkdir(parents=True, exist_ok=True)
     h, n = hashlib.sha256(), 0
     try:
+        target.parent.mkdir(parents=True, exist_ok=True)
         with zf.open(m.info) as src, open(target, "xb") as dst:  # x: never through a link
             while chunk := src.read(CHUNK):
                 n += len(chunk)
@@ -217,6 +220,8 @@ def _write(archive: Path, zf: zipfile.ZipFile, m: Member, tmp: Path) -> dict[str
             os.fsync(dst.fileno())
     except (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError) as e:
         raise _refuse(archive, m.info, f"cannot be read ({e})") from None
+    except OSError as e:  # the disk's: full, read-only, ...
+        raise _refuse(archive, m.info, f"cannot be written in {out}: {e.strerror}") from None
     return {"path": str(m.path), "bytes": n, "sha256": h.hexdigest()}
 
 
