@@ -53,6 +53,7 @@ COMMON = {"about": "", "kind": "", "label": "", "metrics": []}
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 # How a message names a tokenizer's tokens.
 TOKENS = {"gpt2": "GPT-2", "char": "character"}
+SPLITS = ("train", "val")  # a split_loss task's split: those prepare writes
 
 
 class TaskError(UserError, ValueError):
@@ -128,6 +129,15 @@ def _check_option(where: str, key: str, value: Any, default: Any) -> None:
         _need(isinstance(value, str), where, key, value, "a string")
 
 
+def _check_values(where: str, tree: dict[str, Any]) -> None:
+    """Values beyond a key's type: a split the prepared data has, a tokenizer there is."""
+    if "split" in tree:
+        _need(tree["split"] in SPLITS, where, "split", tree["split"], f"one of {list(SPLITS)}")
+    if "tokenizer" in tree:
+        known = ["", *TOKENS]
+        _need(tree["tokenizer"] in known, where, "tokenizer", tree["tokenizer"], f"one of {known}")
+
+
 def parse(path: Path) -> Task:
     """The task of one registry file, checked against its kind's keys."""
     where = str(path)
@@ -136,13 +146,14 @@ def parse(path: Path) -> Task:
     except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as e:
         raise TaskError(f"{where}: cannot read it as TOML: {e}") from None
     kind = tree.get("kind")
-    _need(kind in KINDS, where, "kind", kind, f"one of {list(KINDS)}")
+    _need(isinstance(kind, str) and kind in KINDS, where, "kind", kind, f"one of {list(KINDS)}")
     keys = {**COMMON, **KINDS[kind].keys}
     for key, value in tree.items():
         hint = suggest(key, keys)
         _need(key in keys, where, "key", key, f"one of {sorted(keys)} for kind {kind}{hint}")
         if key in KINDS[kind].keys:
             _check_option(where, key, value, keys[key])
+    _check_values(where, tree)
     for key in ("about", "label"):
         _need(
             isinstance(tree.get(key), str) and tree[key] != "",
@@ -154,15 +165,19 @@ def parse(path: Path) -> Task:
     known = [m.key for m in KINDS[kind].metrics]
     metrics = tree.get("metrics")
     _need(
-        isinstance(metrics, list) and metrics and all(m in known for m in metrics),
+        isinstance(metrics, list)
+        and metrics
+        and all(m in known for m in metrics)
+        and len(set(metrics)) == len(metrics),
         where,
         "metrics",
         metrics,
-        f"a list of some of {known}",
+        f"a list of some of {known}, each once",
     )
     if KINDS[kind].input == "dataset":
         for key in ("dataset", "file"):
-            _need(bool(tree.get(key)), where, key, tree.get(key), "a name, not empty")
+            ok = isinstance(tree.get(key), str) and NAME.fullmatch(tree[key])
+            _need(bool(ok), where, key, tree.get(key), "a name: letters, digits, '.', '_', '-'")
     if kind == "multiple_choice":
         _need(tree.get("choices", 0) >= 2, where, "choices", tree.get("choices"), ">= 2")
         items = tree.get("items", 0)
@@ -228,4 +243,21 @@ def problem(tasks: tuple[str, ...], tokenizer: str | None, registry: bool = True
                 f'tokenizer.name = {tokenizer!r}: set tokenizer.name = "{needs}" or '
                 f"remove {name} from eval.tasks"
             )
+    for name in tasks if registry else ():
+        if (task := get(name)).input == "dataset" and (why := _missing_input(task)):
+            return f"eval.tasks has {name}: {entry_file(name)}: {why}"
+    return ""
+
+
+def _missing_input(task: Task) -> str:
+    """What its file names that the dataset registry lacks (empty: nothing)."""
+    from nanogptx import datasets  # light: the registry is plain data
+
+    name, file = task.options["dataset"], task.options["file"]
+    try:
+        files = [f.name for f in datasets.get(name).files]
+    except (datasets.UnknownDataset, datasets.RegistryError) as e:
+        return f"dataset = {name!r}: {e}"
+    if file not in files:
+        return f"file = {file!r}: expected a file of dataset {name}: {files}"
     return ""
