@@ -472,8 +472,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--json", action="store_true", help="print the plan as JSON")
     args = parser.parse_intermixed_args(argv)
     cfg = config.from_args(args, parser)
-    if args.devices is not None and args.devices < 1:
-        parser.exit(2, f"{parser.prog}: error: --devices {args.devices}: expected >= 1\n")
+    for flag, value in (("--devices", args.devices), ("--vocab", args.vocab)):
+        if value is not None and value < 1:
+            parser.exit(2, f"{parser.prog}: error: {flag} {value}: expected >= 1\n")
     if args.target is not None and "JAX_PLATFORMS" not in os.environ:
         import jax
 
@@ -484,7 +485,7 @@ def main(argv: list[str] | None = None) -> None:
         plan = plan_run(
             cfg, args.target, args.devices, args.vocab, args.data, str(args.config or "defaults")
         )
-    except (PlanError, memory.EnvError) as e:
+    except UserError as e:  # PlanError, memory.EnvError, a runtime the devices cannot run
         parser.exit(2, f"{parser.prog}: error: {e}\n")
     print(json.dumps(plan.as_dict(), indent=1) if args.json else report(plan))
     if plan.misfits:
