@@ -436,3 +436,23 @@ def test_the_docs_rerun_table_holds_the_rows_the_roles_make() -> None:
     rows = {row.split(" (")[0][2:]: row for row in schema.rerun_rows()}
     assert "afresh" in rows["`train.seed`, `train.batch_order`"]
     assert "resumed" in rows["`train.lr_decay_iters`, `train.lr_schedule`, `train.cooldown_frac`"]
+
+
+COMMANDS = ["download", "prepare", "train", "sample", "eval", "export", "report", "status",
+            "sweep", "plan", "tokenizer"]  # fmt: skip
+
+
+@pytest.mark.parametrize("module", COMMANDS)
+def test_every_command_says_what_it_does_in_one_or_two_lines(
+    module: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`python -m nanogptx.<module> --help`: the paragraph under the usage, at 100 columns
+    (export's and plan's took three)."""
+    import importlib
+
+    monkeypatch.setenv("COLUMNS", "100")
+    with pytest.raises(SystemExit) as e:
+        importlib.import_module(f"nanogptx.{module}").main(["--help"])
+    assert e.value.code == 0
+    about = capsys.readouterr().out.split("\n\n")[1]
+    assert 0 < len(about.splitlines()) <= 2, about

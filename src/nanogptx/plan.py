@@ -1,6 +1,5 @@
-"""The memory plan of a run: every program it executes compiled for a GPU target (JAX's CUDA
-build, no GPU) or this machine's devices, its memory per device against the budget; exits 1
-naming a program that does not fit and what to change. Nothing runs: memory, never speed.
+"""The memory plan of a run (nothing runs): each program compiled for a GPU target (no GPU
+needed) or this machine's devices, its memory against the budget; exits 1 naming a misfit.
 
     python -m nanogptx.plan --config config/gpt2-124m-fineweb.toml --target h100 --devices 8
 """
