@@ -20,3 +20,14 @@ def test_a_figure_is_the_same_bytes_every_time_and_states_its_size_in_pixels() -
     w, h = re.search(r'<svg [^>]*width="(\d+)" height="(\d+)" viewBox="0 0 \1 \2" '
                      r'style="max-width:100%;height:auto"', svg).groups()  # fmt: skip
     assert int(w) >= 900 and int(h) == report.H
+
+
+def test_a_run_whose_losses_are_all_nan_says_so_instead_of_a_blank_figure() -> None:
+    """A run that diverged at once logs NaN losses: its panels were drawn blank, no message."""
+    nan = float("nan")
+    runs = {"diverged": [{"kind": "train", "step": s, "tokens": 64 * s, "loss": nan}
+                         for s in range(3)] + [{"kind": "eval", "step": 2, "tokens": 128,
+                                                "val_loss": float("inf")}]}  # fmt: skip
+    svg = report.curves_svg(runs, "loss")
+    assert svg.count(">loss against step: no finite values (NaN or inf)<") == 1
+    assert svg.count(">loss against tokens: no finite values (NaN or inf)<") == 1

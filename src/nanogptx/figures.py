@@ -81,7 +81,8 @@ def _dashes(style: str) -> dict[str, Any]:
 def panel(ax: Axes, series: list[Series], x_label: str, y_label: str = "loss") -> None:
     """series on ax; style "train" is dashed, "val" solid, "layer<i>" solid with a dash
     pattern per layer, "marks" a cross at each point, "band" a shaded polygon through the
-    points. Points that are not finite are left out; an axes with none is not shown."""
+    points. Points that are not finite are left out; an axes with none is not shown, but for
+    series whose every point is not finite (a run that diverged at once) a note says so."""
     drawn = False
     for label, rgb, style, points in series:
         pts = [(x, y) for x, y in points if finite(x) and finite(y)]
@@ -98,6 +99,9 @@ def panel(ax: Axes, series: list[Series], x_label: str, y_label: str = "loss") -
             ax.plot(xs, ys, color=rgb, linewidth=1.6, gid="curve", label=label, **_dashes(style))
     if not drawn:
         ax.set_axis_off()
+        if series:  # else a blank panel, as if nothing were wrong
+            note = f"{y_label} against {x_label}: no finite values (NaN or inf)"
+            ax.text(0.5, 0.5, note, ha="center", va="center", transform=ax.transAxes)
         return
     from matplotlib.ticker import FuncFormatter
 
