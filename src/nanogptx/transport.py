@@ -127,9 +127,12 @@ def _connect(parts: urllib.parse.SplitResult, policy: Policy) -> http.client.HTT
 
 
 def _network_error(e: BaseException, url: str) -> Exception:
-    """A certificate problem is final; every other socket or protocol error is transient."""
+    """A certificate problem or a malformed URL is final; every other socket or protocol error
+    is transient."""
     if isinstance(e, ssl.SSLCertVerificationError):
         return DownloadError(f"{url}: TLS certificate not trusted: {e.verify_message}")
+    if isinstance(e, http.client.InvalidURL):  # a space in a mirror's path: no retry mends it
+        return DownloadError(f"{url}: not a URL ({e}); write a space as %20")
     netloc = urllib.parse.urlsplit(url).netloc
     if isinstance(e, ConnectionRefusedError):
         return Transient(f"connection refused by {netloc}")
