@@ -106,6 +106,44 @@ def _need(ok: bool, where: str, key: str, value: Any, expected: str) -> None:
         raise TaskError(f"{where}: {key} = {value!r}: expected {expected}")
 
 
+def _check_values(where: str, tree: dict[str, Any]) -> None:
+    """Values beyond a key's type: a split the prepared data has, a tokenizer there is, and a
+    dataset and file that are names (a path would leave the dataset's directory)."""
+    if "split" in tree:
+        _need(tree["split"] in SPLITS, where, "split", tree["split"], f"one of {list(SPLITS)}")
+    if "tokenizer" in tree:
+        known = ["", *TOKENS]
+        _need(tree["tokenizer"] in known, where, "tokenizer", tree["tokenizer"], f"one of {known}")
+    for key in ("dataset", "file"):
+        if key in tree:
+            ok = bool(NAME.fullmatch(tree[key]))
+            _need(ok, where, key, tree[key], "a name: letters, digits, '.', '_', '-'")
+
+
+def _missing_inputs(tasks: tuple[str, ...]) -> str:
+    """What the files of tasks name that the dataset registry lacks (empty: nothing)."""
+    from nanogptx import datasets  # light: the registry is plain data
+
+    for name in tasks:
+        try:
+            task = get(name)
+        except TaskError:
+            continue  # problem() names it
+        if task.input != "dataset":
+            continue
+        where, dataset, file = entry_file(name), task.options["dataset"], task.options["file"]
+        try:
+            files = [f.name for f in datasets.get(dataset).files]
+        except (datasets.UnknownDataset, datasets.RegistryError) as e:
+            return f"eval.tasks has {name}: {where}: dataset = {dataset!r}: {e}"
+        if file not in files:
+            return (
+                f"eval.tasks has {name}: {where}: file = {file!r}: expected a file of dataset "
+                f"{dataset}: {files}"
+            )
+    return ""
+
+
 def _check_option(where: str, key: str, value: Any, default: Any) -> None:
     if isinstance(default, dict):
         _need(
@@ -127,15 +165,6 @@ def _check_option(where: str, key: str, value: Any, default: Any) -> None:
         )
     else:
         _need(isinstance(value, str), where, key, value, "a string")
-
-
-def _check_values(where: str, tree: dict[str, Any]) -> None:
-    """Values beyond a key's type: a split the prepared data has, a tokenizer there is."""
-    if "split" in tree:
-        _need(tree["split"] in SPLITS, where, "split", tree["split"], f"one of {list(SPLITS)}")
-    if "tokenizer" in tree:
-        known = ["", *TOKENS]
-        _need(tree["tokenizer"] in known, where, "tokenizer", tree["tokenizer"], f"one of {known}")
 
 
 def parse(path: Path) -> Task:
@@ -176,8 +205,7 @@ def parse(path: Path) -> Task:
     )
     if KINDS[kind].input == "dataset":
         for key in ("dataset", "file"):
-            ok = isinstance(tree.get(key), str) and NAME.fullmatch(tree[key])
-            _need(bool(ok), where, key, tree.get(key), "a name: letters, digits, '.', '_', '-'")
+            _need(bool(tree.get(key)), where, key, tree.get(key), "a name, not empty")
     if kind == "multiple_choice":
         _need(tree.get("choices", 0) >= 2, where, "choices", tree.get("choices"), ">= 2")
         items = tree.get("items", 0)
@@ -229,6 +257,8 @@ def problem(tasks: tuple[str, ...], tokenizer: str | None, registry: bool = True
         return f"eval.tasks = []: expected at least one of {names()}"
     if len(set(tasks)) != len(tasks):
         return f"eval.tasks = {list(tasks)}: expected no task twice"
+    if registry and (missing := _missing_inputs(tasks)):
+        return missing
     for name in tasks if registry else ():
         if not NAME.fullmatch(name) or not entry_file(name).is_file():
             return f"eval.tasks = {name!r}: expected one of {names()}"
@@ -243,21 +273,4 @@ def problem(tasks: tuple[str, ...], tokenizer: str | None, registry: bool = True
                 f'tokenizer.name = {tokenizer!r}: set tokenizer.name = "{needs}" or '
                 f"remove {name} from eval.tasks"
             )
-    for name in tasks if registry else ():
-        if (task := get(name)).input == "dataset" and (why := _missing_input(task)):
-            return f"eval.tasks has {name}: {entry_file(name)}: {why}"
-    return ""
-
-
-def _missing_input(task: Task) -> str:
-    """What its file names that the dataset registry lacks (empty: nothing)."""
-    from nanogptx import datasets  # light: the registry is plain data
-
-    name, file = task.options["dataset"], task.options["file"]
-    try:
-        files = [f.name for f in datasets.get(name).files]
-    except (datasets.UnknownDataset, datasets.RegistryError) as e:
-        return f"dataset = {name!r}: {e}"
-    if file not in files:
-        return f"file = {file!r}: expected a file of dataset {name}: {files}"
     return ""
