@@ -364,6 +364,7 @@ def test_a_new_multiple_choice_task_is_a_file_and_scores_as_a_direct_computation
         ({"metrics": '["acc", "acc"]'}, r"metrics = \['acc', 'acc'\]: expected .*, each once"),
         ({"tokenizer": '"gpt3"'}, r"tokenizer = 'gpt3': expected one of \['', 'gpt2', 'char'\]"),
         ({"file": '"/etc/passwd"'}, r"file = '/etc/passwd': expected a name"),
+        ({"file": '"data/../../x.jsonl"'}, r"file = 'data/../../x.jsonl': expected a name"),
         ({"dataset": '"../toy-data"'}, r"dataset = '../toy-data': expected a name"),
     ],
 )
@@ -389,8 +390,8 @@ def test_a_malformed_task_file_is_refused_naming_file_and_key(
 def test_a_task_naming_what_is_not_there_is_refused_when_the_config_loads(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, keys: dict, error: str
 ) -> None:
-    """A dataset the registry lacks, a file the dataset lacks, a split prepare never writes:
-    refused with the run's config, not by its eval job after the training."""
+    """A dataset the registry lacks, a split prepare never writes: refused with the run's
+    config, not by its eval job after the training."""
     monkeypatch.setenv("NANOGPTX_TASKS", str(tmp_path / "tasks"))
     monkeypatch.setattr(evaltasks, "REGISTRY", {})
     toy_dataset(tmp_path / "datasets", monkeypatch)
@@ -401,10 +402,8 @@ def test_a_task_naming_what_is_not_there_is_refused_when_the_config_loads(
                         + "".join(f"{k} = {v}\n" for k, v in keys.items()))  # fmt: skip
     with pytest.raises(config.ConfigError, match=rf"{re.escape(str(path))}: {error}"):
         config.load(None, ['eval.tasks=["toy"]'])
-    if not keys:  # the dataset there, without the file
+    if not keys:  # the dataset there; a file of its directory (an archive's, extracted)
         toy_dataset(tmp_path / "datasets", monkeypatch)
-        toy_task(tmp_path / "tasks", file='"toy.json"')
+        toy_task(tmp_path / "tasks", file='"bundle/data/toy.jsonl"')
         monkeypatch.setattr(evaltasks, "REGISTRY", {})
-        match = r"file = 'toy.json': expected a file of dataset toy-data: \['toy.jsonl'\]"
-        with pytest.raises(config.ConfigError, match=match):
-            config.load(None, ['eval.tasks=["toy"]'])
+        assert config.load(None, ['eval.tasks=["toy"]']).eval.tasks == ("toy",)
