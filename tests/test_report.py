@@ -31,3 +31,17 @@ def test_a_run_whose_losses_are_all_nan_says_so_instead_of_a_blank_figure() -> N
     svg = report.curves_svg(runs, "loss")
     assert svg.count(">loss against step: no finite values (NaN or inf)<") == 1
     assert svg.count(">loss against tokens: no finite values (NaN or inf)<") == 1
+
+
+def test_a_series_of_one_point_is_drawn_as_a_dot() -> None:
+    """A line through one point draws nothing: a run with one evaluation, a sweep's variant at
+    one learning rate showed axes and a key but no mark."""
+    runs = {"a": [{"kind": "train", "step": 1, "tokens": 10, "loss": 3.0},
+                  {"kind": "eval", "step": 1, "tokens": 10, "val_loss": 2.9}]}  # fmt: skip
+    svg = report.curves_svg(runs, "loss")
+    for i in range(4):  # train and val, against steps and against tokens
+        group = svg.split(f'<g id="curve-{i}">')[1].split("</g>")[0]
+        assert "<use xlink:href=" in group, group
+    two = {"a": [*runs["a"], {"kind": "train", "step": 2, "tokens": 20, "loss": 2.0}]}
+    group = report.curves_svg(two, "loss").split('<g id="curve-0">')[1].split("</g>")[0]
+    assert "<use" not in group  # a line of two points: no dots
