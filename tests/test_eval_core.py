@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from nanogptx import checkpoint, config, eval, evaltasks, icl, model, tokenizer
+from nanogptx import checkpoint, config, eval, evaltasks, icl, model, report, status, tokenizer
 
 L = 48  # the tiny model's block_size: few-shot prompts outgrow it
 CSV = "Eval Task,Task Category,Task Type,#shots,Random baseline,Centered Metric?\n"
@@ -322,6 +322,18 @@ def test_core_is_the_mean_centered_accuracy_and_a_cut_one_is_never_called_core(
         np.mean([cut[t]["centered"] for t in "abc"])
     )
     assert [cut[t]["items"] for t in "abc"] == [4, 4, 4] and not cut["a"]["all_items"]
+    # The report: a CORE table, the runs side by side, the val loss beside; status: one line.
+    out["val_loss"], cut["val_loss"] = {"loss": 3.25}, {"loss": 3.5}
+    page = report.evals_html({"full": out, "quick": cut}, "evals")
+    assert "<th>full acc</th><th>centered</th><th>quick acc</th><th>centered</th>" in page
+    assert f"<td>{out['b']['acc']:.4f}</td><td>{out['b']['centered']:.4f}</td>" in page
+    assert f"<b>{out['core']['core']:.4f}</b>" in page
+    assert f"<b>{cut['core']['core_partial']:.4f} (cut: not CORE)</b>" in page
+    assert "<td>3.2500</td>" in page and "a (1-shot, b = 25%)" in page
+    line = status.eval_summary(out)
+    assert f"CORE {out['core']['core']:.4f} over 3 tasks" in line
+    assert f"b acc {out['b']['acc']:.4f} (centered" in line
+    assert "cut CORE" in status.eval_summary(cut)
     # The arithmetic alone.
     assert icl.centered(0.62, 62.0) == 0.0 and icl.centered(1.0, 25.0) == 1.0
     assert icl.centered(0.25, 50.0) == pytest.approx(-0.5)

@@ -411,7 +411,7 @@ def evaluate(
             t0 = time.perf_counter()
             use = greedy if getattr(job, "greedy", False) else scorer
             results[job.task.name] = r = job.score(params, use, channel)
-            inputs += job.inputs
+            inputs += [e for e in job.inputs if e["path"] not in {i["path"] for i in inputs}]
             log(job.summary(r))
             r["seconds"] = round(time.perf_counter() - t0, 3)
         for group in (n for n in cfg.eval.tasks if evaltasks.get(n).kind == "group"):

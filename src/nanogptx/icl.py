@@ -334,9 +334,16 @@ class InContext:
         }
 
     def summary(self, r: dict[str, Any]) -> str:
+        notes = [f"{r['shots']}-shot"]
+        if r["cropped_items"]:
+            notes.append(f"{r['cropped_items']:,} cut from the left to fit model.block_size")
+        if r["unscored_items"]:
+            notes.append(
+                f"{r['unscored_items']:,} counted wrong unscored (a span longer than "
+                f"model.block_size = {self.s.m.block_size}, or a continuation that changes "
+                "the tokens of its prompt)"
+            )
         return (
             f"{self.task.name}: acc {r['acc']:.4f}, centered {r['centered']:.4f} over "
-            f"{progress.plural(r['items'], 'item')}, {r['shots']}-shot ({r['cropped_items']:,} "
-            f"cut from the left, {r['unscored_items']:,} counted wrong unscored: a span "
-            f"longer than model.block_size = {self.s.m.block_size} or not after its prompt)"
+            f"{progress.plural(r['items'], 'item')} ({', '.join(notes)})"
         )
