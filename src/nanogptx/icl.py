@@ -276,7 +276,8 @@ class InContext:
             return None, False
         cropped = max(len(r) for r, _ in rows) > L + 1
         rows, fits = cut(rows, L)
-        return (rows if fits else None), cropped
+        # int32 arrays: 22 tasks' few-shot rows as Python ints would take gigabytes
+        return ([(np.asarray(r, np.int32), at) for r, at in rows] if fits else None), cropped
 
     @property
     def inputs(self) -> list[dict[str, Any]]:

@@ -6,7 +6,7 @@ rows by padded length bucket through a scorer (nanogptx.eval.make_scorer).
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -93,7 +93,7 @@ def pack(members: list[int], sizes: list[int], capacity: int) -> list[list[int]]
 
 # An item's rows: each row's token ids and where its scored span starts (the span runs to the
 # row's end: the choice, the continuation).
-Rows = list[tuple[list[int], int]]
+Rows = list[tuple[Sequence[int], int]]
 
 
 def batch_rows(items: list[Rows], capacity: int, width: int, E: int) -> tuple[np.ndarray, ...]:
