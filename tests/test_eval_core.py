@@ -427,3 +427,24 @@ def test_rows_are_split_over_all_local_devices(
     four = json.loads((tmp_path / "four" / "metrics.json").read_text())
     for t in ("a", "c"):
         assert (four[t]["acc"], four[t]["items"]) == (one[t]["acc"], one[t]["items"])
+
+
+def test_the_miniature_bundle_goes_through_download_eval_and_report(
+    tiny: tuple[Path, dict], tmp_path: Path
+) -> None:
+    """The bundle in the real format (tests/corebundle.py: core.yaml's 22 tasks, their item
+    formats, the CSV of baselines) through the download stage (a mirror), then every shipped
+    CORE task (the registry's files, their baselines checked against the CSV) and the report."""
+    corebundle = pytest.importorskip("corebundle", reason="the miniature bundle of issue 26")
+    raw = corebundle.downloaded(tmp_path)
+    cfg = config.load(None, ['eval.tasks=["core"]', "eval.batch_size=4"])
+    out = eval.evaluate(cfg, tiny[0], None, tmp_path / "out", {"eval-bundle": raw})
+    names = evaltasks.get("core").options["tasks"]
+    assert [t.label for t in corebundle.TASKS] == [evaltasks.get(t).label for t in names]
+    assert all(out[t]["items"] == corebundle.ITEMS and out[t]["all_items"] for t in names)
+    centered = [out[t]["centered"] for t in names]
+    assert out["core"]["core"] == pytest.approx(sum(centered) / 22) and not out["core"]["cut"]
+    page = report.evals_html({"tiny": out}, "tiny")
+    assert f"<b>{out['core']['core']:.4f}</b>" in page and "arc_easy (10-shot, b = 25%)" in page
+    prov = json.loads((tmp_path / "out" / "provenance.json").read_text())
+    assert sum(Path(e["path"]).name == "eval_meta_data.csv" for e in prov["inputs"]) == 1
