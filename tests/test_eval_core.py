@@ -448,3 +448,12 @@ def test_the_miniature_bundle_goes_through_download_eval_and_report(
     assert f"<b>{out['core']['core']:.4f}</b>" in page and "arc_easy (10-shot, b = 25%)" in page
     prov = json.loads((tmp_path / "out" / "provenance.json").read_text())
     assert sum(Path(e["path"]).name == "eval_meta_data.csv" for e in prov["inputs"]) == 1
+
+
+def test_few_shot_draws_are_nanochats_without_a_list_per_item() -> None:
+    """random.Random(1234 + i).sample of the other indices, drawn from a view of them (a list
+    per item is 10^8 entries for HellaSwag's 10,042): the same draws, both of sample's paths."""
+    for n, k in [(2, 1), (4, 3), (12, 10), (60, 10), (5000, 10)]:
+        for i in (0, 1, n // 2, n - 1):
+            want = random.Random(1234 + i).sample([j for j in range(n) if j != i], k)
+            assert icl.shots_of(i, n, k) == want

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import csv
 import random
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -83,11 +84,29 @@ def order(items: list[dict[str, Any]], max_items: int) -> list[dict[str, Any]]:
     return items[:max_items] if max_items else items
 
 
+class Others(Sequence):
+    """The indices 0 .. n - 1 but i, in order, without a list of them (n lists of n - 1 would be
+    10^8 entries for HellaSwag): what random.sample draws from, index for index."""
+
+    def __init__(self, n: int, i: int) -> None:
+        self.n, self.i = n, i
+
+    def __len__(self) -> int:
+        return self.n - 1
+
+    def __getitem__(self, k: Any) -> Any:
+        if isinstance(k, slice):
+            return [self[j] for j in range(*k.indices(len(self)))]
+        if not -len(self) <= k < len(self):
+            raise IndexError(k)
+        k %= len(self)
+        return k if k < self.i else k + 1
+
+
 def shots_of(i: int, n: int, shots: int) -> list[int]:
-    """The few-shot examples of item i of n: shots others, drawn with Random(FEWSHOT_SEED + i)."""
-    if not shots:
-        return []
-    return random.Random(FEWSHOT_SEED + i).sample([j for j in range(n) if j != i], shots)
+    """The few-shot examples of item i of n: shots others, drawn with Random(FEWSHOT_SEED + i)
+    from the list of the other indices (nanochat's draw)."""
+    return random.Random(FEWSHOT_SEED + i).sample(Others(n, i), shots) if shots else []
 
 
 # ---------------------------------------------------------------- prompts and spans
