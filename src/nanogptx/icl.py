@@ -163,7 +163,10 @@ def spans_of(kind: str, rows: list[list[int]], where: str) -> Rows | None:
             what = f"choice {i}" if kind == "multiple_choice" else "the continuation"
             raise EvalError(f"{where}: {what} adds no token to score (an empty continuation)")
         if start < 1:
-            raise EvalError(f"{where}: no token before the scored span: set bos = true")
+            raise EvalError(
+                f"{where}: no token before the scored span of row {i} (options that are "
+                "equal, or without bos = true nothing to predict its first token from)"
+            )
     return out
 
 
