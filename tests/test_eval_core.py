@@ -283,6 +283,8 @@ def test_a_span_longer_than_the_window_is_counted_wrong_unscored(
          r":2: gold: expected 0 to 1, got 2"),
         ("schema", {"context_options": ["A", "B"], "continuation": "", "gold": 0},
          r":2: continuation is empty"),
+        ("schema", {"context_options": ["A b", "A b"], "continuation": "c", "gold": 0},
+         r":2: no token before the scored span of row 0 \(options that are equal"),
     ],
 )  # fmt: skip
 def test_a_bad_item_is_refused_naming_file_and_line_before_any_work(
