@@ -2,7 +2,8 @@
 
     python -m nanogptx.eval --config config/RUN.toml --model results/RUN/model \
         [--data data/prepared/ID] [--dataset hellaswag=data/raw/hellaswag] --out results/RUN/eval
-Writes <out>/metrics.json (each task's figures and method) and provenance.json.
+Writes <out>/metrics.json (each task's figures and method, a group's CORE) and provenance.json.
+CORE's in-context kinds are nanogptx.icl's; the batching of rows, nanogptx.spans's.
 """
 
 from __future__ import annotations

@@ -1,6 +1,7 @@
 """The eval task registry: one data file per task, config/tasks/<name>.toml, naming its kind (how
 it is scored), its input (the run's prepared data, or a file of a registry dataset) and the
-metrics its table shows; `eval.tasks` names tasks. docs/pipeline.md has the keys.
+metrics its table shows; a group (CORE) names tasks run together and their aggregate;
+`eval.tasks` names tasks and groups. docs/pipeline.md has the keys.
 Standard library only: config.py and the Snakefile read it.
 """
 
@@ -296,7 +297,11 @@ def expand(tasks: tuple[str, ...] | list[str]) -> list[str]:
             out[name] = None
             continue
         for member in task.options["tasks"]:
-            if not get(member).centered():
+            try:
+                scored = get(member)
+            except TaskError as e:
+                raise TaskError(f"{entry_file(name)}: tasks has {member!r}: {e}") from None
+            if not scored.centered():
                 raise TaskError(
                     f"{entry_file(name)}: tasks has {member!r}: expected tasks with a centered "
                     "accuracy (schema, language_modeling, multiple_choice of style core)"
