@@ -97,7 +97,10 @@ def test_dump_round_trips(tmp_path: Path) -> None:
             "[model]\nblock_size = 64\n[sample]\nwindow_shift = 65\n",
             ["sample.window_shift = 65", "to model.block_size = 64"],
         ),
-        ("[eval]\ntasks = []\n", ["eval.tasks = []", "at least one of ['val_loss', 'hellaswag']"]),
+        (
+            "[eval]\ntasks = []\n",
+            ["eval.tasks = []", "at least one of ['val_loss', 'hellaswag', 'core', 'core-"],
+        ),
         ("[sample]\nstart = 'FILE:'\n", ["sample.start = 'FILE:'", "FILE:path with a path"]),
         (
             "[tokenizer]\nname = 'gpt2'\n[model]\nvocab_size = 50000\n",

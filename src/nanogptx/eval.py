@@ -2,13 +2,13 @@
 
     python -m nanogptx.eval --config config/RUN.toml --model results/RUN/model \
         [--data data/prepared/ID] [--dataset hellaswag=data/raw/hellaswag] --out results/RUN/eval
-Writes <out>/metrics.json (each task's figures and method) and provenance.json.
+Writes <out>/metrics.json (each task's figures and method, a group's CORE) and provenance.json.
+CORE's in-context kinds are nanogptx.icl's; the batching of rows, nanogptx.spans's.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import sys
 import time
@@ -19,56 +19,78 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from nanogptx import (
     checkpoint,
     config,
     evaltasks,
+    icl,
     loader,
     model,
     progress,
     provenance,
     runtime,
+    spans,
     tokenizer,
 )
 from nanogptx.config import Config, EvalConfig, ModelConfig
 from nanogptx.errors import UserError
 from nanogptx.evaltasks import Task
-
-BUCKET = 32  # multiple-choice rows are padded up to a multiple of this (one compiled shape each)
-
-
-class EvalError(UserError, RuntimeError):
-    """An expected failure: a missing input, a malformed item, a task the model's tokenizer
-    cannot serve."""
+from nanogptx.spans import EvalError, log
 
 
-def log(msg: str) -> None:
-    print(msg, flush=True)
-
-
-def make_scorer(m: ModelConfig, rt: runtime.Runtime) -> Any:
+def make_scorer(m: ModelConfig, rt: runtime.Runtime, greedy: bool = False) -> Any:
     """jit of (params, ids_BxL, at_BxE, weights_BxE) -> per row (sum of weight * nll, sum of
     weights): the nll of token at + 1 after tokens ..at, for the E positions `at` of each row
     (weight 0: not scored). The head (a V-wide matmul and softmax) runs at those positions only
-    (for HellaSwag the endings, a fraction of each row), over chunks of them."""
+    (for HellaSwag the endings, a fraction of each row), over chunks of them. With greedy, a
+    third output: the weighted count of positions whose likeliest next token is the target."""
 
     def score(params: Any, ids_BxL: jax.Array, at_BxE: jax.Array, w_BxE: jax.Array) -> tuple:
         x_BxLxD, _ = model.trunk(params, ids_BxL[:, :-1], m, rt=rt)  # the last: a target only
         x_BxExD = jnp.take_along_axis(x_BxLxD, at_BxE[..., None], axis=1)
         target_BxE = jnp.take_along_axis(ids_BxL, at_BxE + 1, axis=1)
         nll_BxE = model.token_nll(params, x_BxExD, target_BxE, m, rt)
-        return (nll_BxE * w_BxE).sum(axis=1), w_BxE.sum(axis=1)
+        out = (nll_BxE * w_BxE).sum(axis=1), w_BxE.sum(axis=1)
+        if not greedy:
+            return out
+        best_BxE = model.head(params, x_BxExD, m, rt).argmax(axis=-1)  # ties: the first
+        return *out, ((best_BxE == target_BxE) * w_BxE).sum(axis=1)
 
     return jax.jit(score)
 
 
+def on_devices(scorer: Any, devices: list[Any]) -> tuple[Any, Any]:
+    """scorer with its rows split over devices (one mesh axis "data", as training's; the
+    parameters replicated), and the placement of the parameters. Rows are padded to a multiple
+    of the devices with zeros (weight 0) and the outputs cut back."""
+    mesh = Mesh(np.array(devices), ("data",))
+    rows, n = NamedSharding(mesh, P("data")), len(devices)
+
+    def call(params: Any, *arrays: np.ndarray) -> tuple:
+        B = arrays[0].shape[0]
+        pad = -B % n
+        placed = [jax.device_put(np.pad(a, [(0, pad)] + [(0, 0)] * (a.ndim - 1)), rows)
+                  for a in arrays]  # fmt: skip
+        return tuple(out[:B] for out in jax.device_get(scorer(params, *placed)))
+
+    return call, NamedSharding(mesh, P())
+
+
+def rows_per_item(task: Task) -> int:
+    """The rows an item of task scores: one per choice or context, else one."""
+    return task.options.get("choices", 0) or 1
+
+
 def scorer_shapes(task: str, m: ModelConfig, e: EvalConfig) -> tuple[int, int, int]:
-    """The largest (rows, ids per row, scored positions per row) a task calls the scorer with,
-    for nanogptx.plan: eval.batch_size items of its kind's rows each (a window of split_loss, a
-    row per choice), in its longest bucket (block_size + 1 ids, block_size scored)."""
-    t = evaltasks.get(task)
-    return e.batch_size * SCORERS[t.kind].rows(t), m.block_size + 1, m.block_size
+    """The largest (rows, ids per row, scored positions per row) a task (a group: any of its
+    members) calls the scorer with, for nanogptx.plan: eval.batch_size items of its kind's rows
+    each (a window of split_loss, a row per choice), in its longest bucket (block_size + 1 ids,
+    block_size scored)."""
+    rows = max(rows_per_item(evaltasks.get(t)) for t in evaltasks.expand([task]))
+    return e.batch_size * rows, m.block_size + 1, m.block_size
 
 
 @dataclass(frozen=True)
@@ -91,10 +113,6 @@ class Setting:
 class SplitLoss:
     """Loss and bits per byte over a whole split of the run's prepared data, tiled into windows
     of block_size targets (window w predicts tokens w L + 1 .. w L + L from those before it)."""
-
-    @staticmethod
-    def rows(task: Task) -> int:
-        return 1
 
     def __init__(self, task: Task, s: Setting) -> None:
         self.task, self.s = task, s
@@ -142,7 +160,7 @@ class SplitLoss:
             for j in range(k):  # window w: tokens w L .. w L + L, its targets the last L
                 ids[j] = stream.read((lo + j) * L, L + 1)
                 weights[j] = 1.0
-            nll, count = scorer(params, jnp.asarray(ids), jnp.asarray(at_BxL), jnp.asarray(weights))
+            nll, count = scorer(params, ids, np.asarray(at_BxL), weights)
             total_nll += float(np.asarray(nll, np.float64).sum())
             total_tokens += int(np.asarray(count).sum())
             total_bytes += int(nbytes[ids[:k, 1:]].sum())
@@ -167,23 +185,6 @@ class SplitLoss:
 
 
 # ---------------------------------------------------------------- multiple_choice
-
-
-def _line(raw: bytes, where: str) -> dict[str, Any] | None:
-    """One line of a jsonl file of items as a JSON object (None: a blank line)."""
-    try:
-        line = raw.decode("utf-8")
-    except UnicodeDecodeError as err:
-        raise EvalError(f"{where}: not UTF-8 text (byte {err.start} of the line)") from None
-    if not line.strip():
-        return None
-    try:
-        item = json.loads(line)
-    except json.JSONDecodeError as err:
-        raise EvalError(f"{where}: not a JSON object: {err}") from None
-    if not isinstance(item, dict):
-        raise EvalError(f"{where}: expected a JSON object, got {type(item).__name__}")
-    return item
 
 
 def check_item(item: dict[str, Any], task: Task, where: str) -> dict[str, Any]:
@@ -223,22 +224,9 @@ def check_item(item: dict[str, Any], task: Task, where: str) -> dict[str, Any]:
 
 def read_items(path: Path, task: Task, max_items: int = 0) -> list[dict[str, Any]]:
     """The items of a task's jsonl file (the first max_items; 0: all), each checked."""
-    items = []
-    try:
-        f = open(path, "rb")  # noqa: SIM115 (closed below)
-    except FileNotFoundError:
-        raise EvalError(
-            f"{path} does not exist: download dataset {task.options['dataset']} first"
-        ) from None
-    with f:
-        for lineno, raw in enumerate(f, 1):
-            if (item := _line(raw, f"{path}:{lineno}")) is not None:
-                items.append(check_item(item, task, f"{path}:{lineno}"))
-            if max_items and len(items) == max_items:
-                break
-    if not items:
-        raise EvalError(f"{path}: no items")
-    return items
+    return spans.read_items(
+        path, task, lambda item, where: check_item(item, task, where), max_items
+    )
 
 
 def render(
@@ -263,16 +251,6 @@ def render(
         starts.append(len(row) - len(end))
         longest = max(longest, len(end))
     return rows, starts, len(ctx) + longest > L + 1
-
-
-def buckets(lengths: list[tuple[int, int]], L: int) -> dict[tuple[int, int], list[int]]:
-    """Item indices grouped by (row length, ending length), each rounded up to BUCKET (the row
-    at most L + 1): one compiled shape per group."""
-    out: dict[tuple[int, int], list[int]] = {}
-    for i, (n, e) in enumerate(lengths):
-        width = min(-(-n // BUCKET) * BUCKET, L + 1)
-        out.setdefault((width, min(-(-e // BUCKET) * BUCKET, width - 1)), []).append(i)
-    return dict(sorted(out.items()))
 
 
 class MultipleChoice:
@@ -312,43 +290,13 @@ class MultipleChoice:
             "the mean (the length-normalised score)"
         )
 
-    def batch(self, chunk: list[int], width: int, E: int) -> tuple[np.ndarray, ...]:
-        """The scorer's arguments for items chunk: C rows each, padded to width ids and E scored
-        positions (the positions whose next token is the choice's), batch_size items in all."""
-        C, B = self.rows(self.task), self.s.e.batch_size
-        ids = np.zeros((C * B, width), np.int32)
-        at = np.zeros((C * B, E), np.int32)
-        weights = np.zeros((C * B, E), np.float32)
-        for j, i in enumerate(chunk):
-            rows, starts, _ = self.rendered[i]
-            for r, (row, start) in enumerate(zip(rows, starts, strict=True)):
-                ids[C * j + r, : len(row)] = row
-                n = len(row) - start
-                at[C * j + r, :n] = np.arange(start - 1, len(row) - 1)
-                weights[C * j + r, :n] = 1.0
-        return ids, at, weights
-
     def score(self, params: Any, scorer: Any, channel: progress.Channel | None) -> dict[str, Any]:
         items, C, B, name = self.items, self.rows(self.task), self.s.e.batch_size, self.task.name
-        lengths = [
-            (max(len(r) for r in rows), max(len(r) - s for r, s in zip(rows, starts, strict=True)))
-            for rows, starts, _ in self.rendered
-        ]
-        groups = buckets(lengths, self.s.m.block_size)
-        sums, means = np.zeros((len(items), C)), np.zeros((len(items), C))
+        rows = [list(zip(rows, starts, strict=True)) for rows, starts, _ in self.rendered]
         meter = progress.Meter(f"{name} items", len(items), channel)
-        done = 0
-        for (width, E), members in groups.items():
-            for lo in range(0, len(members), B):
-                chunk = members[lo : lo + B]
-                args = (jnp.asarray(a) for a in self.batch(chunk, width, E))
-                nll, count = jax.device_get(scorer(params, *args))
-                k = len(chunk)
-                nll, count = nll[: C * k].reshape(k, C), count[: C * k].reshape(k, C)
-                sums[chunk], means[chunk] = -nll, -nll / count
-                done += k
-                meter.update(done)
-        meter.close()
+        out, groups = spans.score_rows(rows, C * B, self.s.m.block_size, params, scorer, meter)
+        nll, count = np.stack([o[:, 0] for o in out]), np.stack([o[:, 1] for o in out])
+        sums, means = -nll, -nll / count
         labels = np.array([item["label"] for item in items])
         rate = meter.rate()
         log(f"{name}: {progress.plural(len(items), 'item')} at {rate:,.1f} items/s")
@@ -359,7 +307,7 @@ class MultipleChoice:
             "all_items": len(items) == self.task.options["items"],
             "items_per_second": rate,
             "cropped_items": self.cropped,
-            "buckets": {f"{w}x{e}": len(v) for (w, e), v in groups.items()},
+            "buckets": groups,
             "method": self.method(),
         }
 
@@ -372,8 +320,18 @@ class MultipleChoice:
         )
 
 
-# One scorer per kind of task (nanogptx.evaltasks.KINDS).
-SCORERS: dict[str, type] = {"split_loss": SplitLoss, "multiple_choice": MultipleChoice}
+def multiple_choice(task: Task, s: Setting) -> Any:
+    """A multiple-choice task's scorer: llm.c's rule, or CORE's (task key style)."""
+    return MultipleChoice(task, s) if task.options["style"] == "llm.c" else icl.InContext(task, s)
+
+
+# One scorer per kind of task (nanogptx.evaltasks.KINDS; a group is its members).
+SCORERS: dict[str, Any] = {
+    "split_loss": SplitLoss,
+    "multiple_choice": multiple_choice,
+    "schema": icl.InContext,
+    "language_modeling": icl.InContext,
+}
 
 
 # ---------------------------------------------------------------- the stage
@@ -382,13 +340,15 @@ SCORERS: dict[str, type] = {"split_loss": SplitLoss, "multiple_choice": Multiple
 def check_tasks(
     names: tuple[str, ...], data_dir: Path | None, datasets: dict[str, Path]
 ) -> list[Task]:
-    """The registry's tasks of eval.tasks, each with the input its kind reads passed."""
+    """The registry's tasks that eval.tasks runs (a group's members), each with the input its
+    kind reads passed."""
     tasks = []
-    for name in names:
-        try:
-            task = evaltasks.get(name)
-        except evaltasks.TaskError as err:
-            raise EvalError(f"eval.tasks: {err}") from None
+    try:
+        scored = [evaltasks.get(name) for name in evaltasks.expand(names)]
+    except evaltasks.TaskError as err:
+        raise EvalError(f"eval.tasks: {err}") from None
+    for task in scored:
+        name = task.name
         if task.input == "prepared" and data_dir is None:
             raise EvalError(f"eval.tasks has {name}: pass --data")
         if task.input == "dataset" and task.options["dataset"] not in datasets:
@@ -435,8 +395,11 @@ def evaluate(
     jobs = [SCORERS[t.kind](t, s) for t in tasks]  # inputs checked: a bad one stops us now
     rt = runtime.choose_for(m, jax.local_devices()[0])
     log(rt.explain(m, jax.default_backend()))
-    params = jax.tree.map(jnp.asarray, params)
-    scorer = make_scorer(m, rt)
+    devices = jax.local_devices()
+    scorer, replicated = on_devices(make_scorer(m, rt), devices)
+    greedy, _ = on_devices(make_scorer(m, rt, greedy=True), devices)  # compiled only if used
+    params = jax.device_put(jax.tree.map(np.asarray, params), replicated)
+    log(f"eval: rows split over {progress.plural(len(devices), 'local device')}")
     inputs = [provenance.file_entry(model_dir / checkpoint.MODEL_FILES[0], model_sha)]
     reads = [
         ("--model", model_dir),
@@ -447,10 +410,14 @@ def evaluate(
     with provenance.exclusive(out_dir, "evaluation", inputs=reads, stage="eval"):
         for job in jobs:
             t0 = time.perf_counter()
-            results[job.task.name] = r = job.score(params, scorer, channel)
-            inputs += job.inputs
+            use = greedy if getattr(job, "greedy", False) else scorer
+            results[job.task.name] = r = job.score(params, use, channel)
+            inputs += [e for e in job.inputs if e["path"] not in {i["path"] for i in inputs}]
             log(job.summary(r))
             r["seconds"] = round(time.perf_counter() - t0, 3)
+        for group in (n for n in cfg.eval.tasks if evaltasks.get(n).kind == "group"):
+            results[group] = r = icl.aggregate(evaltasks.get(group), results)
+            log(icl.aggregate_summary(group, r))
         metrics = {"model_sha256": model_sha, **results}
         path = out_dir / "metrics.json"
         provenance.write_json_atomic(path, metrics)

@@ -1,6 +1,7 @@
 """The eval task registry: one data file per task, config/tasks/<name>.toml, naming its kind (how
 it is scored), its input (the run's prepared data, or a file of a registry dataset) and the
-metrics its table shows; `eval.tasks` names tasks. docs/pipeline.md has the keys.
+metrics its table shows; a group (CORE) names tasks run together and their aggregate;
+`eval.tasks` names tasks and groups. docs/pipeline.md has the keys.
 Standard library only: config.py and the Snakefile read it.
 """
 
@@ -33,6 +34,21 @@ class Kind:
     keys: dict[str, Any]
 
 
+# The in-context keys (CORE's: DCLM, nanochat's core_eval) of the kinds that read a registry file
+# of items: few-shot examples, the text between context and continuation, BOS before every row,
+# and the random baseline (percent, as eval_meta_data.csv has it) checked against `baselines`.
+IN_CONTEXT = {"shots": 0, "delimiter": " ", "bos": False, "baseline": 0.0, "baselines": ""}
+CORE_METRICS = (
+    Metric("acc", "acc", ".4f"),
+    Metric("centered", "centered", ".4f"),
+    Metric("items", "items", ",d"),
+    Metric("shots", "shots", "d"),
+)
+# How a multiple-choice task scores its choices: "llm.c" (context and each " " + choice tokenized
+# apart, the sum and the mean of the choice's log-probabilities) or "core" (each whole prompt
+# tokenized, the tokens after the choices' common prefix, the lowest mean loss wins).
+STYLES = ("llm.c", "core")
+
 # The kinds, in the order the report and status show their tasks.
 KINDS: dict[str, Kind] = {
     "split_loss": Kind(  # mean next-token loss over a whole split, and bits per byte
@@ -43,10 +59,28 @@ KINDS: dict[str, Kind] = {
     ),
     "multiple_choice": Kind(  # one context, several continuations: the likeliest one wins
         "dataset",
-        (Metric("acc", "acc", ".4f"), Metric("acc_norm", "acc_norm", ".4f"),
-         Metric("items", "items", ",d")),
-        {"dataset": "", "file": "", "items": 0, "tokenizer": "", "choices": 0,
-         "delimiter": " ", "fields": {"context": "ctx", "choices": "endings", "label": "label"}},
+        (Metric("acc", "acc", ".4f"), Metric("acc_norm", "acc_norm", ".4f"), *CORE_METRICS[1:]),
+        {"dataset": "", "file": "", "items": 0, "tokenizer": "", "choices": 0, "style": "llm.c",
+         **IN_CONTEXT, "fields": {"context": "ctx", "choices": "endings", "label": "label"}},
+    ),
+    "schema": Kind(  # several contexts, one continuation: the context it is likeliest after wins
+        "dataset",
+        CORE_METRICS,
+        {"dataset": "", "file": "", "items": 0, "tokenizer": "", "choices": 0, **IN_CONTEXT,
+         "fields": {"contexts": "context_options", "continuation": "continuation",
+                    "label": "gold"}},
+    ),
+    "language_modeling": Kind(  # right only if greedy decoding gives every continuation token
+        "dataset",
+        CORE_METRICS,
+        {"dataset": "", "file": "", "items": 0, "tokenizer": "", **IN_CONTEXT,
+         "fields": {"context": "context", "continuation": "continuation"}},
+    ),
+    "group": Kind(  # tasks named together, and their aggregate (CORE: the mean centered acc)
+        "group",
+        (Metric("core", "CORE", ".4f"), Metric("core_partial", "cut CORE", ".4f"),
+         Metric("tasks", "tasks", "d")),
+        {"tasks": []},
     ),
 }  # fmt: skip
 COMMON = {"about": "", "kind": "", "label": "", "metrics": []}
@@ -81,6 +115,12 @@ class Task:
             Metric(c.key, f"{self.label} {c.heading}" if i == 0 else c.heading, c.format)
             for i, c in enumerate(cols)
         ]
+
+    def centered(self) -> bool:
+        """Whether it scores a centered accuracy (what a group averages)."""
+        return self.kind in ("schema", "language_modeling") or (
+            self.kind == "multiple_choice" and self.options["style"] == "core"
+        )
 
     def tokens(self) -> str:
         """The tokens it is scored in, as a message names them."""
@@ -151,6 +191,19 @@ def _check_option(where: str, key: str, value: Any, default: Any) -> None:
         )
         for k, v in value.items():
             _need(isinstance(v, str) and v != "", where, f"{key}.{k}", v, "a key of the items")
+    elif isinstance(default, list):  # a group's tasks
+        _need(
+            isinstance(value, list) and value != [] and len(set(map(str, value))) == len(value)
+            and all(isinstance(v, str) and NAME.fullmatch(v) for v in value),
+            where, key, value, "a list of task names, each once",
+        )  # fmt: skip
+    elif isinstance(default, bool):
+        _need(isinstance(value, bool), where, key, value, "true or false")
+    elif isinstance(default, float):  # a random baseline, in percent
+        _need(
+            isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value < 100,
+            where, key, value, "a percentage >= 0 and < 100",
+        )  # fmt: skip
     elif isinstance(default, int):
         _need(
             isinstance(value, int) and not isinstance(value, bool) and value >= 0,
@@ -161,6 +214,21 @@ def _check_option(where: str, key: str, value: Any, default: Any) -> None:
         )
     else:
         _need(isinstance(value, str), where, key, value, "a string")
+
+
+def _check_kind(where: str, kind: str, tree: dict[str, Any]) -> None:
+    """What a kind asks of its keys beyond their types."""
+    style = tree.get("style", "llm.c")
+    if kind == "multiple_choice":
+        _need(style in STYLES, where, "style", style, f"one of {list(STYLES)}")
+    if kind in ("multiple_choice", "schema"):
+        _need(tree.get("choices", 0) >= 2, where, "choices", tree.get("choices"), ">= 2")
+    if kind == "multiple_choice" and style == "llm.c":
+        items = tree.get("items", 0)
+        _need(items >= 1, where, "items", items, "the number of items in its file (>= 1)")
+        for key in ("shots", "bos", "baselines"):  # llm.c's rule has none of them
+            value = tree.get(key, IN_CONTEXT[key])
+            _need(not value, where, key, value, 'nothing with style = "llm.c" (use "core")')
 
 
 def parse(path: Path) -> Task:
@@ -202,10 +270,7 @@ def parse(path: Path) -> Task:
     if KINDS[kind].input == "dataset":
         for key in ("dataset", "file"):
             _need(bool(tree.get(key)), where, key, tree.get(key), "a name, not empty")
-    if kind == "multiple_choice":
-        _need(tree.get("choices", 0) >= 2, where, "choices", tree.get("choices"), ">= 2")
-        items = tree.get("items", 0)
-        _need(items >= 1, where, "items", items, "the number of items in its file (>= 1)")
+    _check_kind(where, kind, tree)
     options = {key: tree.get(key, default) for key, default in KINDS[kind].keys.items()}
     return Task(path.stem, kind, tree["label"], tree["about"], tuple(metrics), options)
 
@@ -228,15 +293,30 @@ def get(name: str) -> Task:
     return REGISTRY[name]
 
 
-def _order(name: str) -> tuple[int, str]:
+def _order(name: str) -> tuple[int, int, str]:
+    """Tasks first, then groups, then the groups' members (CORE's 22 after the rest)."""
     try:
-        return list(KINDS).index(get(name).kind), name
+        kind = get(name).kind
     except TaskError:
-        return len(KINDS), name  # a broken file: last
+        return 3, 0, name  # a broken file: last
+    member = any(name in get(g).options["tasks"] for g in _groups())
+    return (2 if member else int(kind == "group")), list(KINDS).index(kind), name
+
+
+def _groups() -> list[str]:
+    out = []
+    for path in sorted(registry_dir().glob("*.toml")):
+        try:
+            if get(path.stem).kind == "group":
+                out.append(path.stem)
+        except TaskError:
+            continue
+    return out
 
 
 def names() -> list[str]:
-    """Every task of the registry, in the order tables show them: by kind, then by name."""
+    """Every task of the registry, in the order tables show them: tasks by kind, then by name;
+    then groups; then the groups' members."""
     return sorted((p.stem for p in registry_dir().glob("*.toml")), key=_order)
 
 
@@ -244,6 +324,29 @@ def in_order(tasks: list[str]) -> list[str]:
     """tasks in the order tables show them (as names()), any the registry lacks last."""
     rank = {name: i for i, name in enumerate(names())}
     return sorted(tasks, key=lambda name: (rank.get(name, len(rank)), name))
+
+
+def expand(tasks: tuple[str, ...] | list[str]) -> list[str]:
+    """The tasks that eval.tasks runs: a group's members in its place, each task once (a member
+    without a centered accuracy, a group among them, is a TaskError naming the group's file)."""
+    out: dict[str, None] = {}
+    for name in tasks:
+        task = get(name)
+        if task.kind != "group":
+            out[name] = None
+            continue
+        for member in task.options["tasks"]:
+            try:
+                scored = get(member)
+            except TaskError as e:
+                raise TaskError(f"{entry_file(name)}: tasks has {member!r}: {e}") from None
+            if not scored.centered():
+                raise TaskError(
+                    f"{entry_file(name)}: tasks has {member!r}: expected tasks with a centered "
+                    "accuracy (schema, language_modeling, multiple_choice of style core)"
+                )
+            out[member] = None
+    return list(out)
 
 
 def problem(tasks: tuple[str, ...], tokenizer: str | None, registry: bool = True) -> str:
@@ -258,15 +361,23 @@ def problem(tasks: tuple[str, ...], tokenizer: str | None, registry: bool = True
     for name in tasks if registry else ():
         if not NAME.fullmatch(name) or not entry_file(name).is_file():
             return f"eval.tasks = {name!r}: expected one of {names()}"
-        try:
-            task = get(name)
-        except TaskError as e:
-            return f"eval.tasks: {e}"
+    try:
+        scored = [get(name) for name in expand(tasks)] if registry else []
+    except TaskError as e:
+        return f"eval.tasks: {e}"
+    for task in scored:
+        name = task.name
         needs = task.options.get("tokenizer", "")
         if tokenizer is not None and needs not in ("", tokenizer):
             return (
                 f"eval.tasks has {name}, which is scored in {task.tokens()}, but "
                 f'tokenizer.name = {tokenizer!r}: set tokenizer.name = "{needs}" or '
                 f"remove {name} from eval.tasks"
+            )
+        if tokenizer == "char" and task.options.get("bos"):
+            return (
+                f"eval.tasks has {name}, which puts a BOS token before every row (bos = true "
+                f"in {entry_file(name)}), but the character tokenizer has none: remove "
+                f'{name} from eval.tasks or set tokenizer.name = "gpt2"'
             )
     return ""

@@ -400,8 +400,12 @@ def text_html(text: str, title: str) -> str:
 
 def evals_html(runs: dict[str, dict[str, Any]], title: str) -> str:
     """The eval metrics of each run as one table, runs side by side (rows), with each task's
-    method stated under it; each task's columns are its metrics in the registry."""
-    tasks = [t for t in evaltasks.names() if any(t in m for m in runs.values())]
+    method stated under it; each task's columns are its metrics in the registry. A group's
+    tasks (CORE's 22) have a table of their own (core_table)."""
+    grouped = {t for g in _groups(runs) for t in [g, *evaltasks.get(g).options["tasks"]]}
+    tasks = [
+        t for t in evaltasks.names() if t not in grouped and any(t in m for m in runs.values())
+    ]
     cols = [(t, c.key, c.heading, c.format) for t in tasks for c in evaltasks.get(t).columns()]
     head = "".join(f"<th>{html.escape(h)}</th>" for _, _, h, _ in cols)
     rows = []
@@ -411,15 +415,62 @@ def evals_html(runs: dict[str, dict[str, Any]], title: str) -> str:
             value = metrics.get(task, {}).get(key)
             cells.append(f"<td>{'' if value is None else format(value, fmt)}</td>")
         rows.append(f"<tr><td>{html.escape(name)}</td>{''.join(cells)}</tr>")
-    methods = {t: m[t]["method"] for m in runs.values() for t in m if isinstance(m[t], dict)}
+    methods = {
+        t: m[t]["method"]
+        for m in runs.values()
+        for t in m
+        if isinstance(m[t], dict) and "method" in m[t] and t not in grouped - set(_groups(runs))
+    }
     notes = "".join(
         f"<p><b>{html.escape(t)}</b>: {html.escape(str(v))}</p>" for t, v in methods.items()
     )
+    table = f"<table><tr><th>run</th>{head}</tr>{''.join(rows)}</table>" if tasks else ""
+    cores = "".join(core_table(g, runs) for g in _groups(runs))
     return (
         "<!doctype html><html><head><meta charset='utf-8'><style>body{font-family:sans-serif}"
         "td,th{padding:0 .6em;text-align:right}</style></head><body>"
-        f"<h1>{html.escape(title)}</h1><table><tr><th>run</th>{head}</tr>{''.join(rows)}"
-        f"</table>{notes}</body></html>\n"
+        f"<h1>{html.escape(title)}</h1>{table}{cores}{notes}</body></html>\n"
+    )
+
+
+def _groups(runs: dict[str, dict[str, Any]]) -> list[str]:
+    """The registry's groups (CORE) whose figure some run has."""
+    names = [t for t in evaltasks.names() if any(t in m for m in runs.values())]
+    return [t for t in names if evaltasks.get(t).kind == "group"]
+
+
+def core_table(group: str, runs: dict[str, dict[str, Any]]) -> str:
+    """A group's tasks as rows (label, shots, random baseline), each run's accuracy and
+    centered accuracy as columns side by side; below them the group's figure (CORE, or a cut
+    CORE named so) and each run's val loss."""
+
+    def cells(m: dict[str, Any], keys: tuple[str, ...]) -> str:
+        return "".join(
+            f"<td>{'' if not isinstance(m.get(k), (int, float)) else format(m[k], '.4f')}</td>"
+            for k in keys
+        )
+
+    g = evaltasks.get(group)
+    head = "".join(f"<th>{html.escape(r)} acc</th><th>centered</th>" for r in runs)
+    rows = []
+    for t in g.options["tasks"]:
+        task = evaltasks.get(t)
+        o = task.options
+        label = f"{task.label} ({o['shots']}-shot, b = {o['baseline']:g}%)"
+        row = "".join(cells(m.get(t, {}), ("acc", "centered")) for m in runs.values())
+        rows.append(f"<tr><td>{html.escape(label)}</td>{row}</tr>")
+    total = []
+    for m in runs.values():
+        r = m.get(group, {})
+        cut = "core_partial" in r
+        value = r.get("core_partial" if cut else "core")
+        text = "" if value is None else f"{value:.4f}" + (" (cut: not CORE)" if cut else "")
+        total.append(f"<td></td><td><b>{text}</b></td>")
+    loss = "".join(f"<td></td>{cells(m.get('val_loss', {}), ('loss',))}" for m in runs.values())
+    return (
+        f"<h2>{html.escape(g.label)}: {html.escape(g.about)}</h2><table><tr><th>task</th>"
+        f"{head}</tr>{''.join(rows)}<tr><td><b>{html.escape(g.label)}</b></td>{''.join(total)}"
+        f"</tr><tr><td>val loss</td>{loss}</tr></table>"
     )
 
 

@@ -394,12 +394,13 @@ class EvalConfig(Section):
         ("val_loss",), "eval tasks, each a file config/tasks/NAME.toml (val_loss, hellaswag, ...)",
         OUTPUT,
     )
-    batch_size: int = _f(8, "windows (split_loss) or items (multiple_choice) per batch", OUTPUT,
+    batch_size: int = _f(8, "windows (split_loss) or items (the other kinds) per batch", OUTPUT,
                          check=POSITIVE)
     max_windows: int = _f(0, "split_loss: score at most this many windows (0: the whole split)",
                           OUTPUT, check=_at_least(0, "0: all"))
-    max_items: int = _f(0, "multiple_choice: score the first this many items (0: all)", OUTPUT,
-                        check=_at_least(0, "0: all"))
+    max_items: int = _f(0, "score this many items of each task (llm.c's multiple_choice: the "
+                        "first; CORE's: a fixed shuffle's first, and a cut CORE) (0: all)",
+                        OUTPUT, check=_at_least(0, "0: all"))
     # fmt: on
 
 

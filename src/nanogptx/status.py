@@ -57,8 +57,26 @@ SUMMARIES = {
     ),
     "multiple_choice": lambda task, r: (
         f"{task.label} acc_norm {_figure(r.get('acc_norm'))} over {_items(r)}"
+        if task.options["style"] == "llm.c"
+        else _in_context(task, r)
+    ),
+    "schema": lambda task, r: _in_context(task, r),
+    "language_modeling": lambda task, r: _in_context(task, r),
+    "group": lambda task, r: (
+        f"{task.label} {_figure(r.get('core'))} over {r.get('tasks')} tasks"
+        if "core" in r
+        else f"cut {task.label} {_figure(r.get('core_partial'))} (eval.max_items: not "
+        f"{task.label}) over {r.get('tasks')} tasks"
     ),
 }
+
+
+def _in_context(task: evaltasks.Task, r: dict[str, Any]) -> str:
+    """An in-context task: accuracy and centered accuracy (a CORE task's, briefly)."""
+    return (
+        f"{task.label} acc {_figure(r.get('acc'))} (centered {_figure(r.get('centered'))}, "
+        f"{r.get('shots')}-shot, {_items(r)})"
+    )
 
 
 def eval_summary(metrics: Any) -> str:

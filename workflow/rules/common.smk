@@ -187,9 +187,9 @@ def init_arg(wildcards, input):
 
 
 def eval_tasks(run):
-    """The registry entries of a run's eval.tasks (config/tasks/NAME.toml)."""
+    """The registry entries of the tasks a run's eval.tasks runs (a group's members)."""
     try:
-        return [evaltasks.get(name) for name in CFG[run].eval.tasks]
+        return [evaltasks.get(name) for name in evaltasks.expand(CFG[run].eval.tasks)]
     except evaltasks.TaskError as e:
         raise WorkflowError(f"run {run!r}: eval.tasks: {e}")
 
@@ -236,7 +236,8 @@ def task_entries(wildcards):
     """A param of eval: the sha256 of the registry files of the tasks of the run. Editing the file
     of a task reruns the evaluations of the runs that use it, and no others."""
     h = hashlib.sha256()
-    for name in CFG[wildcards.run].eval.tasks:
+    tasks = CFG[wildcards.run].eval.tasks  # a group, and its members
+    for name in dict.fromkeys([*tasks, *evaltasks.expand(tasks)]):
         h.update(f"{name}\0".encode() + evaltasks.entry_file(name).read_bytes())
     return h.hexdigest()
 
