@@ -19,6 +19,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from nanogptx import checkpoint, config, eval, evaltasks, model, sample, tokenizer
+
 # The harness's datasets never look for the hub: the tasks' data are local files.
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -28,9 +30,7 @@ lm_eval = pytest.importorskip(
 )
 from lm_eval.tasks import TaskManager  # noqa: E402
 
-from nanogptx import (  # noqa: E402
-    checkpoint, config, eval, evaltasks, harness, model, sample, tokenizer,
-)  # fmt: skip
+from nanogptx import harness  # noqa: E402
 
 L = 32  # the tiny model's block_size: several items below are longer
 CONTEXTS = [
@@ -74,41 +74,24 @@ def write_task(tasks: Path, name: str, data: Path, **keys: object) -> None:
     (tasks / f"{name}.yaml").write_text(json.dumps(entry))  # JSON is YAML
 
 
-def choice_items() -> list[dict]:
+def choice_task(tasks: Path, data: Path) -> list[dict]:
+    """nx_choice: HellaSwag's items (the eval stage's file name, in data), two of them longer
+    than the model's window; its items."""
     rng = np.random.default_rng(0)
     items = []
     for i in range(9):
         ends = [ENDINGS[j] for j in rng.choice(len(ENDINGS), 4, replace=False)]
         ctx = LONG[7 * i :] if i >= 7 else CONTEXTS[i % len(CONTEXTS)]
         items.append({"ctx": ctx, "endings": ends, "label": int(rng.integers(4))})
+    path = write_jsonl(data / evaltasks.get("hellaswag").options["file"], items)
+    write_task(tasks, "nx_choice", path, output_type="multiple_choice",
+               doc_to_text="{{ctx}}", doc_to_choice="{{endings}}", doc_to_target="{{label}}",
+               metric_list=[{"metric": "acc"}, {"metric": "acc_norm"}])  # fmt: skip
     return items
 
 
-def logprobs(params: dict, m: object, rows: list[list[int]], spans: list[int]) -> np.ndarray:
-    """The summed log-probability of the last spans[i] tokens of each row, each row cut to its
-    last block_size + 1 tokens, one row at a time through model.forward, in float64."""
-    out = []
-    for row, n in zip(rows, spans, strict=True):
-        row = row[-(L + 1) :]
-        logits = np.asarray(model.forward(params, jnp.asarray([row[:-1]]), m)[0], np.float64)
-        top = logits.max(-1, keepdims=True)
-        logp = logits - top - np.log(np.exp(logits - top).sum(-1, keepdims=True))
-        out.append(sum(logp[j - 1, row[j]] for j in range(len(row) - n, len(row))))
-    return np.array(out)
-
-
-def test_multiple_choice_and_rolling_equal_the_eval_stage_and_direct_computations(
-    tiny: tuple, tmp_path: Path
-) -> None:
-    model_dir, params, m = tiny
-    tok = tokenizer.gpt2()
-    items = choice_items()
-    hs = write_jsonl(tmp_path / "hs" / evaltasks.get("hellaswag").options["file"], items)
-    assert sum(len(tok.encode(it["ctx"])) > L for it in items) == 2  # cut from the left
-    write_task(tmp_path / "tasks", "nx_choice", hs, output_type="multiple_choice",
-               doc_to_text="{{ctx}}", doc_to_choice="{{endings}}", doc_to_target="{{label}}",
-               metric_list=[{"metric": "acc"}, {"metric": "acc_norm"}])  # fmt: skip
-    # Rolling: shorter than the window, exactly three windows, and three and a bit.
+def rolling_task(tasks: Path, tok: tokenizer.GPT2Tokenizer) -> list[str]:
+    """nx_rolling: texts shorter than the window, exactly three windows, and three and a bit."""
     words = " ".join(CONTEXTS + ENDINGS).split()
     texts = [" ".join(words[:5])]
     for n in (3 * L, 3 * L + 11):
@@ -118,16 +101,57 @@ def test_multiple_choice_and_rolling_equal_the_eval_stage_and_direct_computation
             k += 1
         texts.append(tok.decode(ids[:n]))
     assert [len(tok.encode(t)) for t in texts][1:] == [3 * L, 3 * L + 11]
-    rolled = write_jsonl(tmp_path / "rolling.jsonl", [{"text": t} for t in texts])
-    write_task(tmp_path / "tasks", "nx_rolling", rolled, output_type="loglikelihood_rolling",
+    path = write_jsonl(tasks.parent / "rolling.jsonl", [{"text": t} for t in texts])
+    write_task(tasks, "nx_rolling", path, output_type="loglikelihood_rolling",
                doc_to_text="", doc_to_target="{{text}}",
                metric_list=[{"metric": "word_perplexity"}])  # fmt: skip
+    return texts
 
-    lm = harness.NanoGPTX(model=str(model_dir), batch_size=3)
-    out = lm_eval.simple_evaluate(
-        model=lm, tasks=["nx_choice", "nx_rolling"], log_samples=True, bootstrap_iters=0,
-        task_manager=TaskManager(include_path=str(tmp_path / "tasks")),
+
+def generate_task(tasks: Path, prompts: list[str], answers: list[str], stop: str, S: int) -> None:
+    """nx_generate: greedy, up to S tokens, until the stop string."""
+    rows = [{"prompt": p, "answer": a} for p, a in zip(prompts, answers, strict=True)]
+    path = write_jsonl(tasks.parent / "generate.jsonl", rows)
+    write_task(tasks, "nx_generate", path, output_type="generate_until",
+               doc_to_text="{{prompt}}", doc_to_target="{{answer}}",
+               generation_kwargs={"until": [stop], "max_gen_toks": S, "do_sample": False},
+               metric_list=[{"metric": "exact_match"}])  # fmt: skip
+
+
+def run(lm: harness.NanoGPTX, tasks: Path, names: list[str]) -> dict:
+    return lm_eval.simple_evaluate(
+        model=lm, tasks=names, log_samples=True, bootstrap_iters=0,
+        task_manager=TaskManager(include_path=str(tasks)),
     )  # fmt: skip
+
+
+def logprobs(params: dict, m: object, rows: list[list[int]], spans: list[int]) -> np.ndarray:
+    """The summed log-probability of the last spans[i] tokens of each row, each row cut to its
+    last block_size + 1 tokens: model.forward's logits (rows right-padded: causal), then numpy
+    in float64."""
+    rows = [row[-(L + 1) :] for row in rows]
+    ids = np.zeros((len(rows), L), np.int32)
+    for i, row in enumerate(rows):
+        ids[i, : len(row) - 1] = row[:-1]
+    logits = np.asarray(model.forward(params, jnp.asarray(ids), m), np.float64)
+    top = logits.max(-1, keepdims=True)
+    logp = logits - top - np.log(np.exp(logits - top).sum(-1, keepdims=True))
+    return np.array([
+        sum(logp[i, j - 1, row[j]] for j in range(len(row) - n, len(row)))
+        for i, (row, n) in enumerate(zip(rows, spans, strict=True))
+    ])  # fmt: skip
+
+
+def test_multiple_choice_and_rolling_equal_the_eval_stage_and_direct_computations(
+    tiny: tuple, tmp_path: Path
+) -> None:
+    model_dir, params, m = tiny
+    tok = tokenizer.gpt2()
+    items = choice_task(tmp_path / "tasks", tmp_path / "hs")
+    assert sum(len(tok.encode(it["ctx"])) > L for it in items) == 2  # cut from the left
+    texts = rolling_task(tmp_path / "tasks", tok)
+    out = run(harness.NanoGPTX(model=str(model_dir), batch_size=3), tmp_path / "tasks",
+              ["nx_choice", "nx_rolling"])  # fmt: skip
 
     # Multiple choice: each choice's log-likelihood as model.forward gives it.
     samples = sorted(out["samples"]["nx_choice"], key=lambda s: s["doc_id"])
@@ -145,7 +169,7 @@ def test_multiple_choice_and_rolling_equal_the_eval_stage_and_direct_computation
     # The eval stage scores the same file as the HellaSwag kind: acc the same rule, its acc_norm
     # the mean per token.
     cfg = config.load(None, ['eval.tasks=["hellaswag"]', "eval.batch_size=2"])
-    stage = eval.evaluate(cfg, model_dir, None, tmp_path / "eval", {"hellaswag": hs.parent})
+    stage = eval.evaluate(cfg, model_dir, None, tmp_path / "eval", {"hellaswag": tmp_path / "hs"})
     tokens = np.array(spans).reshape(len(items), 4)
     assert stage["hellaswag"]["acc"] == pytest.approx(r["acc,none"])
     assert stage["hellaswag"]["acc_norm"] == pytest.approx(
@@ -186,18 +210,54 @@ def test_greedy_generation_equals_sample_py_and_stops_at_the_stop_string(
     stop = tok.decode(reference[0][2:3])  # the first prompt's third token: stops it there
     assert stop.strip() and all(len(set(r)) > 1 for r in reference)
     expected = [tok.decode(r).split(stop)[0] for r in reference]
-    data = write_jsonl(tmp_path / "gen.jsonl", [{"prompt": p, "answer": e}
-                                                for p, e in zip(prompts, expected, strict=True)])  # fmt: skip
-    write_task(tmp_path / "tasks", "nx_generate", data, output_type="generate_until",
-               doc_to_text="{{prompt}}", doc_to_target="{{answer}}",
-               generation_kwargs={"until": [stop], "max_gen_toks": S, "do_sample": False},
-               metric_list=[{"metric": "exact_match"}])  # fmt: skip
-    lm = harness.NanoGPTX(model=str(model_dir), batch_size=3)
-    out = lm_eval.simple_evaluate(
-        model=lm, tasks=["nx_generate"], log_samples=True, bootstrap_iters=0,
-        task_manager=TaskManager(include_path=str(tmp_path / "tasks")),
-    )  # fmt: skip
+    generate_task(tmp_path / "tasks", prompts, expected, stop, S)
+    out = run(harness.NanoGPTX(model=str(model_dir), batch_size=3), tmp_path / "tasks",
+              ["nx_generate"])  # fmt: skip
     got = {s["doc_id"]: s["resps"][0][0] for s in out["samples"]["nx_generate"]}
     assert [got[i] for i in range(len(prompts))] == expected
     assert len(tok.encode(expected[0])) == 2  # stopped before the stop string
     assert out["results"]["nx_generate"]["exact_match,none"] == 1.0
+
+
+@pytest.mark.slow
+def test_the_command_line_on_eight_devices_equals_one_device(tiny: tuple, tmp_path: Path) -> None:
+    """python -m nanogptx.harness (lm_eval's command line with the model registered) on eight
+    CPU devices, each call's rows split over them, against this process's one device."""
+    model_dir, _, _ = tiny
+    tasks = tmp_path / "tasks"
+    choice_task(tasks, tmp_path / "hs")
+    rolling_task(tasks, tokenizer.gpt2())
+    generate_task(tasks, [*CONTEXTS, LONG], [""] * 7, ".", 6)
+    names = ["nx_choice", "nx_rolling", "nx_generate"]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    env["XLA_FLAGS"] = env.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "nanogptx.harness", "--model", "nanogptx",
+         "--model_args", f"model={model_dir}", "--tasks", ",".join(names),
+         "--include_path", str(tasks), "--batch_size", "5", "--log_samples",
+         "--output_path", str(tmp_path / "out")],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    one = run(harness.NanoGPTX(model=str(model_dir), batch_size=3), tasks, names)
+    output = proc.communicate(timeout=600)[0].decode()
+    assert proc.returncode == 0, output
+    assert "nx_choice" in output and "acc_norm" in output  # lm_eval's results table
+    for name in names:
+        [path] = (tmp_path / "out").rglob(f"samples_{name}_*.jsonl")
+        eight = {s["doc_id"]: s["resps"] for s in map(json.loads, path.read_text().splitlines())}
+        ref = {s["doc_id"]: s["resps"] for s in one["samples"][name]}
+        assert eight.keys() == ref.keys()
+        for doc, resps in ref.items():
+            if name == "nx_generate":
+                assert eight[doc] == resps
+            else:
+                # Log-likelihoods: (value, is_greedy) each, written as strings; rolling: a value.
+                def value(r: list) -> float:
+                    return float(r[0][0] if isinstance(r[0], list | tuple) else r[0])
+
+                np.testing.assert_allclose(
+                    [value(r) for r in eight[doc]], [value(r) for r in resps], rtol=1e-5
+                )
+    config = json.loads(next((tmp_path / "out").rglob("results_*.json")).read_text())["config"]
+    assert config["model_sha256"] == checkpoint.check_model_hash(model_dir)
+    assert config["devices"].count("CPU") == 8 or config["devices"].count("cpu") == 8

@@ -186,7 +186,9 @@ class NanoGPTX(TemplateLM):
     def device(self) -> str:
         return ", ".join(str(d) for d in self.mesh.devices.flat)
 
-    def tok_encode(self, string: str, add_special_tokens: bool | None = None, **_: Any) -> list[int]:
+    def tok_encode(
+        self, string: str, add_special_tokens: bool | None = None, **_: Any
+    ) -> list[int]:
         return self.tok.encode(string)
 
     def tok_decode(self, tokens: list[int], **_: Any) -> str:
