@@ -261,3 +261,35 @@ def test_the_command_line_on_eight_devices_equals_one_device(tiny: tuple, tmp_pa
     config = json.loads(next((tmp_path / "out").rglob("results_*.json")).read_text())["config"]
     assert config["model_sha256"] == checkpoint.check_model_hash(model_dir)
     assert config["devices"].count("CPU") == 8 or config["devices"].count("cpu") == 8
+
+
+def test_what_the_model_cannot_serve_is_refused_by_name(tiny: tuple, tmp_path: Path) -> None:
+    from lm_eval.api.instance import Instance
+
+    model_dir, params, m = tiny
+    with pytest.raises(harness.HarnessError, match=r"unknown pretrained: .* takes model=DIR"):
+        harness.NanoGPTX(model=str(model_dir), pretrained="gpt2")
+    with pytest.raises(harness.HarnessError, match=r"batch_size = 'auto': give a number"):
+        harness.NanoGPTX(model=str(model_dir), batch_size="auto")
+    lm = harness.NanoGPTX(model=str(model_dir))
+
+    def ask(kind: str, *args: object) -> Instance:
+        return Instance(request_type=kind, doc={}, arguments=args, idx=0)
+
+    with pytest.raises(harness.HarnessError, match="decodes greedily only"):
+        lm.generate_until([ask("generate_until", "The", {"do_sample": True, "temperature": 1})])
+    with pytest.raises(harness.HarnessError, match=f"max_gen_toks = {L} leaves no room"):
+        lm.generate_until([ask("generate_until", "The", {"max_gen_toks": L, "until": ["."]})])
+    with pytest.raises(harness.HarnessError, match=f"continuation of {L + 1} tokens"):
+        lm.loglikelihood([ask("loglikelihood", "The", " a" * (L + 1))])
+    # A character model has no end-of-text token to predict a text's first character after.
+    chars = tokenizer.CharTokenizer(" abcdefghijklmnopqrstuvwxyz")
+    c = config.load(None, ["model.n_layer=1", "model.n_head=1", "model.n_embd=8",
+                           f"model.block_size={L}", f"model.vocab_size={chars.vocab_size}"],
+                    )  # fmt: skip
+    char_params = model.init_params(c.model, chars.vocab_size, jax.random.key(0))
+    checkpoint.save_model(tmp_path / "char", char_params, c, chars.identity(), 0)
+    lm = harness.NanoGPTX(model=str(tmp_path / "char"))
+    assert lm.loglikelihood([ask("loglikelihood", "the king", " and")])[0][0] < 0
+    with pytest.raises(harness.HarnessError, match="char tokenizer has no end-of-text token"):
+        lm.loglikelihood_rolling([ask("loglikelihood_rolling", "the king")])
