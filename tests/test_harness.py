@@ -121,7 +121,7 @@ def generate_task(tasks: Path, prompts: list[str], answers: list[str], stop: str
 def run(lm: harness.NanoGPTX, tasks: Path, names: list[str]) -> dict:
     return lm_eval.simple_evaluate(
         model=lm, tasks=names, log_samples=True, bootstrap_iters=0,
-        task_manager=TaskManager(include_path=str(tasks)),
+        task_manager=TaskManager(include_path=str(tasks), include_defaults=False),
     )  # fmt: skip
 
 
@@ -133,13 +133,15 @@ def logprobs(params: dict, m: object, rows: list[list[int]], spans: list[int]) -
     ids = np.zeros((len(rows), L), np.int32)
     for i, row in enumerate(rows):
         ids[i, : len(row) - 1] = row[:-1]
-    logits = np.asarray(model.forward(params, jnp.asarray(ids), m), np.float64)
-    top = logits.max(-1, keepdims=True)
-    logp = logits - top - np.log(np.exp(logits - top).sum(-1, keepdims=True))
-    return np.array([
-        sum(logp[i, j - 1, row[j]] for j in range(len(row) - n, len(row)))
-        for i, (row, n) in enumerate(zip(rows, spans, strict=True))
-    ])  # fmt: skip
+    logits = np.asarray(model.forward(params, jnp.asarray(ids), m))
+    out = []
+    for i, (row, n) in enumerate(zip(rows, spans, strict=True)):
+        at = np.arange(len(row) - n - 1, len(row) - 1)  # the positions predicting the span
+        z = logits[i, at].astype(np.float64)
+        top = z.max(-1, keepdims=True)
+        logz = top[:, 0] + np.log(np.exp(z - top).sum(-1))
+        out.append((z[np.arange(n), np.asarray(row)[at + 1]] - logz).sum())
+    return np.array(out)
 
 
 def test_multiple_choice_and_rolling_equal_the_eval_stage_and_direct_computations(
