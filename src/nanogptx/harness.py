@@ -147,8 +147,8 @@ class NanoGPTX(TemplateLM):
         self.tok = tokenizer.from_manifest(tok_dict)
         self.m = cfg.model
         # Generation never picks a token the tokenizer cannot decode (as sample.py).
-        self.gen_m = dataclasses.replace(self.m, vocab_size=min(self.m.vocab_size,
-                                                                 self.tok.vocab_size))  # fmt: skip
+        vocab = min(self.m.vocab_size, self.tok.vocab_size)
+        self.gen_m = dataclasses.replace(self.m, vocab_size=vocab)
         devices = jax.local_devices()
         self.mesh = Mesh(np.array(devices), ("data",))
         self.rows = -(-max(rows, 1) // len(devices)) * len(devices)
