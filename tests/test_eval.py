@@ -402,6 +402,15 @@ def test_a_task_naming_what_is_not_there_is_refused_when_the_config_loads(
                         + "".join(f"{k} = {v}\n" for k, v in keys.items()))  # fmt: skip
     with pytest.raises(config.ConfigError, match=rf"{re.escape(str(path))}: {error}"):
         config.load(None, ['eval.tasks=["toy"]'])
+    if not keys:  # the same through a group (eval.tasks = ["core"] names only the group)
+        toy_task(tmp_path / "tasks", style='"core"', baseline="50.0", shots="0",
+                 metrics='["acc", "centered"]')  # fmt: skip
+        (tmp_path / "tasks/grp.toml").write_text(
+            'about = "g"\nkind = "group"\nlabel = "G"\ntasks = ["toy"]\nmetrics = ["core"]\n'
+        )
+        monkeypatch.setattr(evaltasks, "REGISTRY", {})
+        with pytest.raises(config.ConfigError, match=rf"{re.escape(str(path))}: {error}"):
+            config.load(None, ['eval.tasks=["grp"]'])
     if not keys:  # the dataset there; a file of its directory (an archive's, extracted)
         toy_dataset(tmp_path / "datasets", monkeypatch)
         toy_task(tmp_path / "tasks", file='"bundle/data/toy.jsonl"')

@@ -166,6 +166,10 @@ def _missing_inputs(tasks: tuple[str, ...]) -> str:
     """The first dataset that the files of tasks name and the registry lacks (empty: none)."""
     from nanogptx import datasets  # light: the registry is plain data
 
+    try:
+        tasks = tuple(expand(tasks))  # a group's members too
+    except TaskError:
+        pass  # problem() names it
     for name in tasks:
         try:
             task = get(name)
