@@ -7,6 +7,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+from nanogptx import config
+
 ROOT = Path(__file__).resolve().parents[1]
 PAGES = sorted((ROOT / "docs").glob("*.md"))
 
@@ -42,15 +44,53 @@ def test_the_readme_links_every_page_of_docs() -> None:
     assert [p.name for p in PAGES if f"](docs/{p.name})" not in readme] == []
 
 
+# Where the code, the run files and the workflow point a reader: messages and comments.
+POINTING = [
+    *(ROOT / "src" / "nanogptx").glob("*.py"),
+    *(ROOT / "config").glob("*.toml"),  # the runs (the registries' files: their bytes are params)
+    *(ROOT / "workflow").rglob("*.smk"),
+    ROOT / "Snakefile",
+    *(ROOT / "benchmarks").glob("*.*"),
+    *(ROOT / "profiles").rglob("*.yaml"),
+    ROOT / ".ci" / "run",
+]
+
+
 def test_every_docs_section_the_package_names_exists() -> None:
-    # Messages say where to read on: "(docs/datasets.md: Offline use)".
-    named = set()
-    for module in (ROOT / "src" / "nanogptx").glob("*.py"):
-        named |= set(re.findall(r"docs/(\w+\.md): ([A-Z][\w ]+)", module.read_text("utf-8")))
+    # Messages and comments say where to read on: "(docs/datasets.md: Offline use)", and
+    # "(README: Tests)"; a section that moved from the README to docs/ leaves such a pointer
+    # behind.
+    named, readme = set(), set()
+    for path in POINTING:
+        text = path.read_text("utf-8")
+        named |= set(re.findall(r"docs/(\w+\.md): ([A-Z][\w ]+)", text))
+        readme |= {(path.name, s) for s in re.findall(r'\bREADME(?::|,? ")([^")]+)', text)}
     assert ("datasets.md", "Offline use") in named
+    assert ("run", " Tests") in readme
     missing = [
         f"docs/{page}: {section}"
         for page, section in sorted(named)
         if not (ROOT / "docs" / page).is_file() or section not in _headings(ROOT / "docs" / page)
     ]
+    missing += [
+        f"{name}: README {section.strip()}"
+        for name, section in sorted(readme)
+        if section.strip() not in _headings(ROOT / "README.md")
+    ]
     assert missing == []
+
+
+def _commands(page: Path) -> list[str]:
+    """The `python -m nanogptx.STAGE ...` commands of a page, continued lines joined."""
+    text = page.read_text("utf-8").replace("\\\n", " ")
+    return re.findall(r"python -m nanogptx\.\w+[^`\n|]*", text)
+
+
+def test_every_stage_command_of_the_docs_takes_the_run_file() -> None:
+    # A stage that reads a run's settings, run without the run's file, runs the defaults:
+    # GPT-2 124M for 600,000 steps (the README's table of stages did, once).
+    readers = [f"python -m nanogptx.{stage} " for stage in config.STAGE_SECTIONS]
+    commands = [c for page in [ROOT / "README.md", *PAGES] for c in _commands(page)]
+    runs = [c for c in commands if c.startswith(tuple(readers)) and "--out" in c]
+    assert len(runs) >= 5, runs
+    assert [c for c in runs if "--config" not in c] == []
