@@ -511,10 +511,20 @@ def test_two_prepares_into_one_directory_never_both_write_even_if_it_is_deleted_
     assert not (out / "provenance.json").exists()  # no record of a complete output
 
 
-def test_status_into_a_reader_that_stops_early_ends_without_a_traceback() -> None:
-    # `python -m nanogptx.status | head -1` ended in a BrokenPipeError traceback.
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["nanogptx.status", "--runs", "tiny,shakespeare-char"],
+        ["nanogptx.sweep", "lr-tiny"],
+        ["nanogptx.sweep", "lr-sensitivity-gpu", "--cost"],
+        ["nanogptx.schema"],
+    ],
+)
+def test_a_listing_into_a_reader_that_stops_early_ends_without_a_traceback(command) -> None:
+    # `python -m nanogptx.status | head -1` ended in a BrokenPipeError traceback, and so did
+    # `python -m nanogptx.sweep lr-tiny | head -3`.
     proc = subprocess.Popen(
-        [sys.executable, "-m", "nanogptx.status", "--runs", "tiny,shakespeare-char"],
+        [sys.executable, "-m", *command],
         cwd=Path(__file__).resolve().parents[1], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
     )  # fmt: skip
     proc.stdout.close()  # the reader is gone before status writes

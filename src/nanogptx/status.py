@@ -9,14 +9,12 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
-import sys
 from pathlib import Path
 from typing import Any
 
 import yaml  # Snakemake's own dependency: config/config.yaml is YAML
 
-from nanogptx import checkpoint, config, evaltasks, progress, provenance
+from nanogptx import checkpoint, config, errors, evaltasks, progress, provenance
 from nanogptx import sweep as nsweep
 
 
@@ -181,13 +179,10 @@ def main(argv: list[str] | None = None) -> None:
     except (ValueError, config.ConfigError) as e:
         parser.exit(2, f"{parser.prog}: error: {e}\n")
     paths = {"data": "data", "results": "results", **(workflow.get("paths") or {})}
-    try:
+    with errors.reader_may_stop():
         for run, (base, overrides) in runs.items():
             lines = run_status(run, Path(paths["data"]), Path(paths["results"]), base, overrides)
             print("\n".join(lines), flush=True)
-    except BrokenPipeError:  # a reader that stopped early (`| head`): Python's documented exit
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        sys.exit(1)
 
 
 if __name__ == "__main__":
