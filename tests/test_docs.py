@@ -4,10 +4,16 @@ section it names."""
 
 from __future__ import annotations
 
+import json
+import os
 import re
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 from nanogptx import config
+from test_workflow import edit, make_workdir, planned_jobs
 
 ROOT = Path(__file__).resolve().parents[1]
 PAGES = sorted((ROOT / "docs").glob("*.md"))
@@ -94,3 +100,52 @@ def test_every_stage_command_of_the_docs_takes_the_run_file() -> None:
     runs = [c for c in commands if c.startswith(tuple(readers)) and "--out" in c]
     assert len(runs) >= 5, runs
     assert [c for c in runs if "--config" not in c] == []
+
+
+def _worked_example(start: str, end: str) -> dict[str, str]:
+    """{path: text} of the files a worked example of docs/pipeline.md writes: its indented
+    blocks between two phrases, each file after a `# PATH` line."""
+    page = (ROOT / "docs" / "pipeline.md").read_text("utf-8")
+    part = page[page.index(start) : page.index(end)]
+    code = "\n".join(line[4:] for line in part.split("\n") if line.startswith("    ") or not line)
+    pieces = re.split(
+        r"^# ((?:src|workflow|config|Snakefile)\S*?),?(?: in \w+)?$", code, flags=re.M
+    )
+    files = zip(pieces[1::2], pieces[2::2], strict=True)
+    return {path: text.strip("\n") + "\n" for path, text in files}
+
+
+def test_the_pipeline_pages_worked_examples_plan_and_run_as_it_says(tmp_path: Path) -> None:
+    # docs/pipeline.md: a toy stage and a toy multiple-choice task, each "added in one place".
+    work = make_workdir(tmp_path)
+    shutil.copytree(ROOT / "src", work / "src", ignore=shutil.ignore_patterns("*.egg-info"))
+    stage = _worked_example("A toy stage", "`snakemake --cores all charcount")
+    task = _worked_example("A toy multiple-choice", "`snakemake --cores all --config runs=tiny`")
+    assert sorted(stage) == ["Snakefile", "src/nanogptx/charcount.py", "workflow/rules/model.smk"]
+    (work / "src/nanogptx/charcount.py").write_text(stage["src/nanogptx/charcount.py"])
+    with open(work / "workflow/rules/model.smk", "a") as f:
+        f.write("\n\n" + stage["workflow/rules/model.smk"])
+    entry = '    "export": ("train", of_run(rules.export_run.output.weights), False),\n'
+    edit(work / "Snakefile", entry, entry + stage["Snakefile"])
+    for path, text in task.items():
+        if path == "config/tiny.toml":
+            with open(work / path, "a") as f:
+                f.write("\n" + text)  # "and in config/tiny.toml"
+        else:
+            (work / path).write_text(text)
+    assert sorted(task) == [
+        "config/datasets/toy-choice.jsonl",
+        "config/datasets/toy-choice.toml",
+        "config/tasks/toy-choice.toml",
+        "config/tiny.toml",
+    ]
+    # One dry run for both: the new target, and the task's download and evaluation.
+    jobs = planned_jobs(work, "charcount", "all", "--config", "runs=tiny")
+    assert {"charcount_run", "eval_run"} <= set(jobs) and jobs["download_dataset"] == 2, jobs
+    # The stage runs as its docstring says.
+    (work / "samples").mkdir()
+    (work / "samples" / "samples.txt").write_text("aab\n", "utf-8")
+    env = {**os.environ, "PYTHONPATH": str(work / "src")}
+    cmd = [sys.executable, "-m", "nanogptx.charcount", "--samples", "samples", "--out", "counts"]
+    subprocess.run(cmd, cwd=work, env=env, check=True, timeout=120)
+    assert json.loads((work / "counts" / "counts.json").read_text()) == {"a": 2, "b": 1, "\n": 1}
