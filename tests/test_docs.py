@@ -142,6 +142,11 @@ def test_the_pipeline_pages_worked_examples_plan_and_run_as_it_says(tmp_path: Pa
     # One dry run for both: the new target, and the task's download and evaluation.
     jobs = planned_jobs(work, "charcount", "all", "--config", "runs=tiny")
     assert {"charcount_run", "eval_run"} <= set(jobs) and jobs["download_dataset"] == 2, jobs
+    # status reads the stages from the workflow's files: the new one is listed in its place.
+    cmd = [sys.executable, "-m", "nanogptx.status", "--runs", "tiny"]
+    out = subprocess.run(cmd, cwd=work, capture_output=True, text=True, check=True).stdout
+    assert out.startswith("tiny: download -, prepare -, train -, sample -, eval -, export -, "
+                          "charcount -, report -"), out  # fmt: skip
     # The stage runs as its docstring says.
     (work / "samples").mkdir()
     (work / "samples" / "samples.txt").write_text("aab\n", "utf-8")
