@@ -12,7 +12,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from nanogptx import config
+from nanogptx import config, stagecode
 from test_workflow import edit, make_workdir, planned_jobs
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -154,3 +154,15 @@ def test_the_pipeline_pages_worked_examples_plan_and_run_as_it_says(tmp_path: Pa
     cmd = [sys.executable, "-m", "nanogptx.charcount", "--samples", "samples", "--out", "counts"]
     subprocess.run(cmd, cwd=work, env=env, check=True, timeout=120)
     assert json.loads((work / "counts" / "counts.json").read_text()) == {"a": 2, "b": 1, "\n": 1}
+
+
+def test_the_rerun_tables_rows_for_code_are_made_from_the_stages_imports() -> None:
+    # They were written by hand, and said a module reruns what its stage runs: a new module,
+    # or a stage that starts importing one, left them wrong.
+    page = (ROOT / "docs" / "workflow.md").read_text("utf-8")
+    assert stagecode.code_table() in page, "docs/workflow.md: paste `python -m nanogptx.stagecode`"
+    cells = [[c.strip() for c in row.strip("|").split("|")] for row in stagecode.code_rows()]
+    marks = {row[0]: row[1:] for row in cells}  # download, prepare, train, sample, eval
+    assert marks["`sample.py`"] == ["", "", "", "yes", ""]  # eval does not follow sample
+    train = next(row for cell, row in marks.items() if "`train.py`" in cell)
+    assert train == ["", "", "yes", "yes", "yes"]  # and through its outputs, sample and eval
