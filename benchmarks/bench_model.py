@@ -130,13 +130,15 @@ def with_kernels(name: str, **primitives: Callable) -> kernels.Kernels:
 N = CFG.n_layer
 ERF = with_kernels("erf gelu", gelu=erf_gelu)
 MATMUL = with_kernels("erf gelu, matmul vjp", gelu=erf_gelu, matmul=kernels.matmul)
+CHUNKED = dataclasses.replace(kernels.FAST, cross_entropy=kernels.cross_entropy)
 STEPS = [
     ("straightforward: jax.nn.gelu, scan, dot_product_attention", Runtime(attention="xla")),
     ("+ erf GELU (the first nanogptx model.py)", Runtime(ERF, "xla", 1)),
     ("+ layers unrolled", Runtime(ERF, "xla", N)),
     ("+ einsum attention", Runtime(ERF, "einsum", N)),
     ("+ matmul with a 2-D weight-gradient dot", Runtime(MATMUL, "einsum", N)),
-    ("+ GELU, LayerNorm gradients by hand (kernels.FAST)", Runtime(kernels.FAST, "einsum", N)),
+    ("+ GELU, LayerNorm gradients by hand, chunked loss", Runtime(CHUNKED, "einsum", N)),
+    ("+ the whole logits where they are few (kernels.FAST)", Runtime(kernels.FAST, "einsum", N)),
 ]
 STRAIGHTFORWARD, FIRST = STEPS[0][1], STEPS[1][1]
 CPU = runtime.choose(CFG, "cpu")  # what train uses here
@@ -203,23 +205,29 @@ def _time(fn: Callable[[], Any]) -> float:
     return time.perf_counter() - t0
 
 
-def bench_loss(rounds: int, iters: int) -> None:
-    """The output layer and loss at shakespeare-gpt2's shapes: whole logits against chunks."""
+def loss_cases(T: int, V: int, vocab: int) -> dict[str, tuple[kernels.Kernels, kernels.Head]]:
+    """The whole logits, and the chunked primitive over chunks of 2^21..2^25 logits (GPT-2's
+    vocabulary) or one chunk (the characters'), with kernels.FAST's own choice among them."""
+    cases = {"whole logits (kernels.REFERENCE)": (kernels.REFERENCE, kernels.Head(vocab=vocab))}
+    for log2 in range(21, 26) if T * V > kernels.WHOLE_LOGITS else (23,):
+        C = kernels.chunks(T, V, 1 << log2)[0]
+        head = kernels.Head(vocab=vocab, chunk=1 << log2)
+        cases[f"chunks of 2^{log2} logits ({C} positions)"] = (CHUNKED, head)
+    cases["kernels.FAST (2^23 logits a chunk)"] = (kernels.FAST, kernels.Head(vocab=vocab))
+    return cases
+
+
+def bench_loss(rounds: int, iters: int, T: int, D: int, V: int, vocab: int) -> None:
+    """The output layer and loss at one step's shapes: whole logits against chunks."""
     import resource
 
     runtime.keep_freed_memory()
-    T, D, V, vocab = 12 * 128, 128, 50304, 50257
     ks = jax.random.split(jax.random.key(0), 3)
     x_TxD = jax.random.normal(ks[0], (T, D))
     w_VxD = 0.02 * jax.random.normal(ks[1], (V, D))
     targets_T = jax.random.randint(ks[2], (T,), 0, vocab)
-    cases = {"whole logits (kernels.REFERENCE)": (kernels.REFERENCE, kernels.Head(vocab=vocab))}
-    for log2 in range(21, 26):
-        C = kernels.chunks(T, V, 1 << log2)[0]
-        head = kernels.Head(vocab=vocab, chunk=1 << log2)
-        cases[f"chunks of 2^{log2} logits ({C} positions, kernels.FAST)"] = (kernels.FAST, head)
     fns = {}
-    for name, (k, head) in cases.items():
+    for name, (k, head) in loss_cases(T, V, vocab).items():
         loss = functools.partial(k.cross_entropy, targets_T=targets_T, head=head)
         fns[name] = jax.jit(jax.value_and_grad(lambda x, w, f=loss: f(x, w)[0], argnums=(0, 1)))
     want = fns[next(iter(fns))](x_TxD, w_VxD)
@@ -257,7 +265,9 @@ def main() -> None:
     parser.add_argument("--loss", action="store_true", help="the output layer and loss alone")
     args = parser.parse_args()
     if args.loss:
-        bench_loss(args.rounds, max(1, args.iters // 5))
+        # shakespeare-gpt2's step (1,536 positions, 50,304 rows), then shakespeare-char's.
+        bench_loss(args.rounds, max(1, args.iters // 5), 12 * 128, 128, 50304, 50257)
+        bench_loss(args.rounds, args.iters * 10, BATCH * CFG.block_size, 128, VOCAB, VOCAB)
         return
 
     params = model.init_params(CFG, VOCAB, jax.random.key(0))
@@ -265,7 +275,7 @@ def main() -> None:
     flops_step = model.flops_per_token(CFG, n_params) * BATCH * CFG.block_size
     flops = {"forward": flops_step / 3, "fwd+bwd": flops_step, "step": flops_step}
 
-    steps = [STEPS[0], STEPS[-1]] if args.quick else STEPS
+    steps = [STEPS[0], *STEPS[-2:]] if args.quick else STEPS
     assert CPU == STEPS[-1][1], "the last step is what runtime.choose gives on CPU"
     cases: list[tuple[str, bool, Callable]] = [
         ("straightforward, glibc malloc", False, loss_with(STRAIGHTFORWARD)),

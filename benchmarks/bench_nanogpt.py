@@ -111,7 +111,8 @@ def ours(
            "--recipe", str(tree / "config" / RECIPES[recipe][0]), "--data", str(data),
            "--measure-peak", "logging.stats_interval=100"]  # fmt: skip
     env = None if src is None else {**os.environ, "PYTHONPATH": str(src)}
-    out, user, system = timed(cmd, env=env)
+    # In its own tree, whose registries (config/datasets, config/tasks) its code can read.
+    out, user, system = timed(cmd, env=env, cwd=tree)
     ms, mfu = re.search(r"median ([\d.]+) ms/iter, [\d,]+ tokens/s, (MFU [\d.]+%)", out).groups()
     peak = re.search(r"peak for MFU: (\d+) GFLOP/s", out).group(1)
     return float(ms), user, system, f"{mfu} of a measured {peak} GFLOP/s"

@@ -3,6 +3,7 @@ and the final model directory (save_model / load_model)."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -162,4 +163,18 @@ def test_load_model_refuses_missing_or_mismatched_models(tmp_path: Path) -> None
         checkpoint.load_model(tmp_path / "m")
     (tmp_path / "m" / "tokenizer.json").unlink()
     with pytest.raises(checkpoint.CheckpointError, match="tokenizer.json is missing"):
+        checkpoint.load_model(tmp_path / "m")
+
+
+@pytest.mark.parametrize("chars", [[97, 98], 5, {"a": 1}, None])
+def test_a_tokenizer_json_whose_vocabulary_is_not_text_is_refused_naming_it(
+    tmp_path: Path, chars: object
+) -> None:
+    """sample, eval and export load it first: a list or a number there was an AttributeError
+    traceback ('list' object has no attribute 'encode') where the stages print one line."""
+    params = jax.device_get(tiny_state()["params"])
+    tok = tokenizer.CharTokenizer("abcdefghijk").identity()
+    checkpoint.save_model(tmp_path / "m", params, CFG, tok, step=1)
+    (tmp_path / "m" / "tokenizer.json").write_text(json.dumps({**tok, "chars": chars}))
+    with pytest.raises(checkpoint.CheckpointError, match=r"tokenizer .*tokenizer.json: "):
         checkpoint.load_model(tmp_path / "m")

@@ -398,16 +398,32 @@ def test_a_setting_left_unmarked_starts_afresh_and_recompiles(monkeypatch) -> No
     # Forgetting the role of a new setting must never resume a checkpoint made with another
     # value of it, nor compile a step that sees its default: here train.max_iters and
     # data.allow_unverified, as if declared without one.
-    for name, key in (("train", "max_iters"), ("data", "allow_unverified")):
+    from nanogptx import resume
+
+    keys = (("train", "max_iters"), ("data", "allow_unverified"), ("logging", "log_interval"))
+    for name, key in keys:
         f = config.SECTIONS[name].__dataclass_fields__[key]
         monkeypatch.setattr(f, "metadata", {**f.metadata, "role": schema.UNMARKED})
     base, edited = config.load(None), config.load(None, ["train.max_iters=5"])
     assert config.checkpoint_id(edited) != config.checkpoint_id(base)
+    # The stage's own check, for --checkpoints reused by hand: refused as checkpoint_id differs
+    # (it read the train keys' roles once, at import, and no [logging] key at all).
+    meta = {"config": config.sections(base, config.STAGE_SECTIONS["train"]),
+            "manifest_sha256": "m", "vocab_size": 65}  # fmt: skip
+    logged = config.load(None, ["logging.log_interval=3"])
+    assert config.checkpoint_id(logged) != config.checkpoint_id(base)
+    assert resume.resume_mismatch(meta, edited, "m", 65) == ["train.max_iters"]
+    assert resume.resume_mismatch(meta, logged, "m", 65) == ["logging.log_interval"]
     assert config.program_config(edited).train.max_iters == 5
     unverified = config.load(None, ["data.allow_unverified=true"])
     assert config.data_id(unverified) != config.data_id(base)
     monkeypatch.undo()  # marked again: max_iters resumes and leaves the steps alone
     assert config.checkpoint_id(edited) == config.checkpoint_id(base)
+    assert resume.resume_mismatch(meta, edited, "m", 65) == []
+    assert resume.resume_mismatch(meta, logged, "m", 65) == []
+    changed = config.load(None, ["model.n_layer=3", "train.seed=2", "model.remat='block'"])
+    assert resume.resume_mismatch(meta, changed, "n", 64) == [
+        "model.n_layer", "train.seed", "data (manifest sha256)", "vocab_size"]  # fmt: skip
     assert config.program_config(edited) == config.program_config(base)
     assert config.data_id(unverified) == config.data_id(base)
 
@@ -420,3 +436,23 @@ def test_the_docs_rerun_table_holds_the_rows_the_roles_make() -> None:
     rows = {row.split(" (")[0][2:]: row for row in schema.rerun_rows()}
     assert "afresh" in rows["`train.seed`, `train.batch_order`"]
     assert "resumed" in rows["`train.lr_decay_iters`, `train.lr_schedule`, `train.cooldown_frac`"]
+
+
+COMMANDS = ["download", "prepare", "train", "sample", "eval", "export", "report", "status",
+            "sweep", "plan", "tokenizer"]  # fmt: skip
+
+
+@pytest.mark.parametrize("module", COMMANDS)
+def test_every_command_says_what_it_does_in_one_or_two_lines(
+    module: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`python -m nanogptx.<module> --help`: the paragraph under the usage, at 100 columns
+    (export's and plan's took three)."""
+    import importlib
+
+    monkeypatch.setenv("COLUMNS", "100")
+    with pytest.raises(SystemExit) as e:
+        importlib.import_module(f"nanogptx.{module}").main(["--help"])
+    assert e.value.code == 0
+    about = capsys.readouterr().out.split("\n\n")[1]
+    assert 0 < len(about.splitlines()) <= 2, about

@@ -159,3 +159,33 @@ def test_a_local_dir_with_a_broken_link_or_a_long_name_is_refused_naming_it(proj
                        r"part; set name to choose one\) = 'a{201}': .*at most "
                        r"200 bytes"):  # fmt: skip
         datasets.parse(path)
+
+
+def test_pin_on_first_download_and_extract_are_file_keys_checked_by_name(project: Path) -> None:
+    head = 'reader = "none"\nuse = "eval"\n[[files]]\nurl = "https://x.org/b.zip"\n'
+    ds = datasets.parse(write(project, "b", f'{head}pin = "first-download"\nextract = "zip"\n'))
+    assert ds.files[0].pin == "first-download" and ds.files[0].extract == "zip"
+    bad = {
+        'pin = "always"': r"files\[0\]: pin = 'always': expected one of \['first-download'\]",
+        f'pin = "first-download"\nsha256 = "{"0" * 64}"': "pin = 'first-download': expected no "
+        "pin beside sha256",
+        'extract = "tar"': r"files\[0\]: extract = 'tar': expected one of \['zip'\]",
+    }
+    for keys, match in bad.items():
+        with pytest.raises(datasets.RegistryError, match=match):
+            datasets.parse(write(project, "b", f"{head}{keys}\n"))
+    # prepare reads the downloaded files themselves: a zip would be read as text.
+    text = 'reader = "text"\n[[files]]\nurl = "https://x.org/b.zip"\nextract = "zip"\n'
+    with pytest.raises(datasets.RegistryError, match=r"files\[0\]: extract = 'zip': expected no "
+                       "extract in a dataset of text"):  # fmt: skip
+        datasets.parse(write(project, "b", text))
+
+
+def test_the_eval_bundle_entry_is_pinned_on_first_download_and_unpacked() -> None:
+    # No hash of eval_bundle.zip is published: without pin = "first-download" it is refused.
+    root = Path(__file__).resolve().parents[1]
+    ds = datasets.parse(root / "config" / "datasets" / "eval-bundle.toml")
+    [f] = ds.files
+    assert ds.use == "eval" and f.name == "eval_bundle.zip" and not (f.sha256 or f.git_sha1)
+    assert f.pin == "first-download" and f.extract == "zip"
+    assert f.url == "https://karpathy-public.s3.us-west-2.amazonaws.com/eval_bundle.zip"

@@ -568,3 +568,22 @@ def test_an_out_that_overlaps_what_the_download_reads_is_refused_before_writing(
     with pytest.raises(download.DownloadError, match="a stage never writes where it reads"):
         download.download(DataConfig(dataset="toy"), out, mirror=mirror, lock=tmp_path / "l.json")
     assert sorted(tmp_path.rglob("*")) == before
+
+
+def test_a_mirror_url_with_a_space_or_not_ascii_is_refused_at_once_naming_it(
+    server: FileServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """http.client refuses the request line: a space was retried as a network error (6 attempts
+    with backoff) and ended "giving up after ... InvalidURL"."""
+    data = blob(1000)
+    register(monkeypatch, {"a.bin": data})
+    server.add("/my%20mirror/toy/a.bin", data)
+    policy = download.Policy(retries=5, backoff=0.01, backoff_max=0.05)
+    with pytest.raises(download.DownloadError) as e:
+        run(f"{server.url}/my mirror", tmp_path, policy=policy)
+    assert f"{server.url}/my mirror/toy/a.bin: not a URL (URL can't contain control" in str(e.value)
+    assert "giving up" not in str(e.value) and "write a space as %20" in str(e.value)
+    with pytest.raises(download.DownloadError, match=r"mirrør/toy/a.bin: not a URL \('ascii'"):
+        run(f"{server.url}/mirrør", tmp_path, policy=policy)  # was a UnicodeEncodeError traceback
+    run(f"{server.url}/my%20mirror", tmp_path)
+    assert (tmp_path / "raw/a.bin").read_bytes() == data

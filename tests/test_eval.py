@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from nanogptx import checkpoint, config, eval, evaltasks, loader, model, tokenizer
+from nanogptx import checkpoint, config, datasets, eval, evaltasks, loader, model, tokenizer
 from prepared import synthetic_text, write_prepared
 
 HELLASWAG = evaltasks.get("hellaswag")
@@ -268,6 +268,20 @@ def test_a_hellaswag_line_that_is_not_text_names_file_and_line(
     assert eval.read_items(path, HELLASWAG)[0]["context"] == "A man \u00e9 \U0001f600"
 
 
+def toy_dataset(registry: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The registry dataset toy-data that toy_task reads: config/datasets/toy-data.toml, beside
+    the defaults' tinyshakespeare."""
+    shipped = datasets.entry_file("tinyshakespeare").read_bytes()
+    monkeypatch.setenv("NANOGPTX_DATASETS", str(registry))
+    monkeypatch.setattr(datasets, "REGISTRY", {})
+    registry.mkdir(parents=True, exist_ok=True)
+    (registry / "tinyshakespeare.toml").write_bytes(shipped)
+    (registry / "toy-data.toml").write_text(
+        'about = "toy items"\nreader = "none"\nuse = "eval"\n'
+        '[[files]]\nname = "toy.jsonl"\nurl = "https://example.org/toy.jsonl"\n'
+    )
+
+
 def toy_task(registry: Path, **keys: object) -> Path:
     """A multiple-choice task file of two choices, its items' keys named otherwise than
     HellaSwag's: config/tasks/toy.toml in registry."""
@@ -293,6 +307,7 @@ def test_a_new_multiple_choice_task_is_a_file_and_scores_as_a_direct_computation
     monkeypatch.setenv("NANOGPTX_TASKS", str(tmp_path / "tasks"))
     monkeypatch.setattr(evaltasks, "REGISTRY", {})
     toy_task(tmp_path / "tasks", delimiter='"."')
+    toy_dataset(tmp_path / "datasets", monkeypatch)
     (tmp_path / "tasks/val_loss.toml").write_bytes(shipped)
     data_dir = write_prepared(tmp_path / "data", synthetic_text(3000), 2000)
     data = loader.open_prepared(data_dir)
@@ -345,6 +360,12 @@ def test_a_new_multiple_choice_task_is_a_file_and_scores_as_a_direct_computation
         ({"choices": "1"}, r"choices = 1: expected >= 2"),
         ({"fields": '{context = "q"}'}, r"fields = \{'context': 'q'\}: expected a table of"),
         ({"dataset": '""'}, r"dataset = '': expected a name"),
+        ({"kind": '["multiple_choice"]'}, r"kind = \['multiple_choice'\]: expected one of"),
+        ({"metrics": '["acc", "acc"]'}, r"metrics = \['acc', 'acc'\]: expected .*, each once"),
+        ({"tokenizer": '"gpt3"'}, r"tokenizer = 'gpt3': expected one of \['', 'gpt2', 'char'\]"),
+        ({"file": '"/etc/passwd"'}, r"file = '/etc/passwd': expected a name"),
+        ({"file": '"data/../../x.jsonl"'}, r"file = 'data/../../x.jsonl': expected a name"),
+        ({"dataset": '"../toy-data"'}, r"dataset = '../toy-data': expected a name"),
     ],
 )
 def test_a_malformed_task_file_is_refused_naming_file_and_key(
@@ -357,3 +378,32 @@ def test_a_malformed_task_file_is_refused_naming_file_and_key(
         config.load(None, ['eval.tasks=["toy"]'])
     with pytest.raises(config.ConfigError, match=r"eval.tasks = 'toi': expected one of \['toy'\]"):
         config.load(None, ['eval.tasks=["toi"]'])
+
+
+@pytest.mark.parametrize(
+    "keys, error",
+    [
+        ({}, r"dataset = 'toy-data': unknown dataset 'toy-data'"),
+        ({"split": '"tset"'}, r"split = 'tset': expected one of \['train', 'val'\]"),
+    ],
+)
+def test_a_task_naming_what_is_not_there_is_refused_when_the_config_loads(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, keys: dict, error: str
+) -> None:
+    """A dataset the registry lacks, a split prepare never writes: refused with the run's
+    config, not by its eval job after the training."""
+    monkeypatch.setenv("NANOGPTX_TASKS", str(tmp_path / "tasks"))
+    monkeypatch.setattr(evaltasks, "REGISTRY", {})
+    toy_dataset(tmp_path / "datasets", monkeypatch)
+    (tmp_path / "datasets/toy-data.toml").unlink()
+    path = toy_task(tmp_path / "tasks")
+    if keys:  # a split_loss task
+        path.write_text('about = "a"\nkind = "split_loss"\nlabel = "b"\nmetrics = ["loss"]\n'
+                        + "".join(f"{k} = {v}\n" for k, v in keys.items()))  # fmt: skip
+    with pytest.raises(config.ConfigError, match=rf"{re.escape(str(path))}: {error}"):
+        config.load(None, ['eval.tasks=["toy"]'])
+    if not keys:  # the dataset there; a file of its directory (an archive's, extracted)
+        toy_dataset(tmp_path / "datasets", monkeypatch)
+        toy_task(tmp_path / "tasks", file='"bundle/data/toy.jsonl"')
+        monkeypatch.setattr(evaltasks, "REGISTRY", {})
+        assert config.load(None, ['eval.tasks=["toy"]']).eval.tasks == ("toy",)

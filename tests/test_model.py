@@ -328,15 +328,28 @@ def test_chunked_cross_entropy_equals_the_whole_logits_in_value_and_gradient(
     for positions in (64, 16, 32, 1):
         h = dataclasses.replace(head, chunk=positions * V)
         assert kernels.chunks(48, V, h.chunk)[0] == min(positions, 48)
-        got, (dx, dw) = loss_and_grads(x, w, kernels.FAST.cross_entropy, h)
+        got, (dx, dw) = loss_and_grads(x, w, kernels.cross_entropy, h)
         for a, b in zip(got, want, strict=True):
             np.testing.assert_allclose(a, b, rtol=2e-6, err_msg=f"{positions} positions a chunk")
         np.testing.assert_allclose(dx, dx_want, atol=1e-7, rtol=1e-5)
         np.testing.assert_allclose(dw, dw_want, atol=1e-7, rtol=1e-5)
         assert np.abs(np.asarray(dw)[40:]).max() == 0 if head.vocab else True  # padding rows
     # The same values in a forward that is not differentiated (evaluation).
-    plain = jax.jit(lambda x, w: kernels.FAST.cross_entropy(x, w, targets, head))(x, w)
+    plain = jax.jit(lambda x, w: kernels.cross_entropy(x, w, targets, head))(x, w)
     np.testing.assert_allclose(plain, want, rtol=2e-6)
+    # FAST holds logits this few whole, and takes the chunks above kernels.WHOLE_LOGITS.
+    for most in (48 * V, 48 * V - 1):
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(kernels, "WHOLE_LOGITS", most)
+            h = dataclasses.replace(head, chunk=64 * V)  # one chunk: whole, or not, by most
+            got, (dx, dw) = loss_and_grads.__wrapped__(x, w, kernels.FAST.cross_entropy, h)
+            jaxpr = jax.make_jaxpr(lambda x, w, h=h: kernels.FAST.cross_entropy(x, w, targets, h))
+            whole = "scan" not in str(jaxpr(x, w))  # the chunks are a lax.scan
+        assert whole == (most == 48 * V)
+        for a, b in zip(got, want, strict=True):
+            np.testing.assert_allclose(a, b, rtol=2e-6)
+        np.testing.assert_allclose(dx, dx_want, atol=1e-7, rtol=1e-5)
+        np.testing.assert_allclose(dw, dw_want, atol=1e-7, rtol=1e-5)
 
 
 def test_attention_implementations_agree_in_value_and_gradient() -> None:

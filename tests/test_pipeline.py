@@ -134,6 +134,7 @@ EVERY_STAGE = {
         ("report.py", {"report_run", "all"}),
         ("config.py", EVERY_STAGE),  # every stage parses its config with it
         ("datasets.py", EVERY_STAGE),  # config.py checks data.dataset against the registry
+        ("evaltasks.py", EVERY_STAGE),  # and eval.tasks against the task registry
     ],
 )
 def test_code_edit_reruns_the_stages_that_run_it(tiny: Path, module: str, expected: set) -> None:

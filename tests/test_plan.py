@@ -387,3 +387,23 @@ def test_the_gpu_descriptions_ship_in_the_package_with_their_licence() -> None:
 
     data = tomllib.loads((ROOT / "pyproject.toml").read_text())
     assert "gpu_targets/*.txtpb" in data["tool"]["setuptools"]["package-data"]["nanogptx"]
+
+
+@pytest.mark.parametrize(
+    "args, error",
+    [
+        (["--vocab", "0"], "--vocab 0: expected >= 1"),
+        (["--vocab", "-5"], "--vocab -5: expected >= 1"),
+        (["model.attention=cudnn", "train.compute_dtype=bfloat16", "--vocab", "65"],
+         "model.attention = 'cudnn' needs a GPU; this platform is cpu"),
+    ],
+)  # fmt: skip
+def test_a_setting_the_plan_cannot_use_is_one_line_not_a_traceback(
+    capsys: pytest.CaptureFixture[str], args: list[str], error: str
+) -> None:
+    """A vocabulary below 1 reached JAX (a TypeError from a gather), and a runtime the devices
+    cannot run (a UserError other than PlanError) ended in a traceback."""
+    with pytest.raises(SystemExit) as e:
+        plan.main(["--config", str(ROOT / "config" / "tiny.toml"), *args])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and f"python -m nanogptx.plan: error: {error}" in err, err

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import time
@@ -32,7 +33,8 @@ def test_a_progress_channel_writes_labelled_lines_when_due_and_stops_when_it_fai
 @pytest.mark.parametrize(
     ("seconds", "shown"),
     [(0, "0:00"), (59.4, "0:59"), (59.6, "1:00"), (119.7, "2:00"), (3599.5, "1:00:00"),
-     (3725, "1:02:05"), (86_400, "1 day 0:00:00"), (56_360_761, "652 days 7:46:01")],
+     (3725, "1:02:05"), (86_400, "1 day 0:00:00"), (56_360_761, "652 days 7:46:01"),
+     (math.inf, "?"), (math.nan, "?")],
 )  # fmt: skip
 def test_a_duration_is_whole_seconds_never_sixty(seconds: float, shown: str) -> None:
     assert progress.duration(seconds) == shown
@@ -115,3 +117,13 @@ def test_a_meter_of_unknown_size_logs_its_stages_words_and_ends_with_its_last(
         "prepare d: 1,500 tokens; writing the manifest",
     ]
     assert capsys.readouterr() == ("", "")
+
+
+def test_a_plan_at_a_peak_too_small_for_a_float_warns_instead_of_crashing() -> None:
+    """train.peak_flops = 1e-320 is > 0, so allowed; the time at that peak overflows to inf, and
+    the long-plan warning (printed before anything compiles) raised OverflowError."""
+    from nanogptx import config, logbook
+
+    cfg = config.load(None, ["train.max_iters=2", "train.peak_flops=1e-320"])
+    warning = logbook.long_plan(cfg, 2, 4e7, cfg.train.peak_flops, 1, "train.peak_flops")
+    assert "FLOPs: at least ? on 1 device" in warning

@@ -255,3 +255,14 @@ def test_cost_flags_in_range_whose_product_is_not_are_refused(
         sweep.main(["lr-tiny", "--cost", "--peak-flops=1e-320", "--mfu=1e-10", "--vocab=65"])
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert e.value.code == 2 and "FLOP/s: expected a rate above 0 that a float holds" in err, err
+
+
+def test_the_help_asks_for_a_sweep_by_name(capsys: pytest.CaptureFixture[str]) -> None:
+    """The argument is NAME (a path is refused); its help said "config/sweeps/NAME.toml"."""
+    with pytest.raises(SystemExit):
+        sweep.main(["--help"])
+    out = capsys.readouterr().out
+    assert out.split("\n\n")[0].endswith(" NAME")  # the usage line
+    assert re.search(r"\n  NAME +a sweep's name: config/sweeps/NAME.toml\n", out)
+    with pytest.raises(SystemExit, match="sweep name 'config/sweeps/lr-tiny.toml': expected"):
+        sweep.main(["config/sweeps/lr-tiny.toml"])

@@ -29,8 +29,13 @@ from nanogptx.errors import UserError, suggest
 #     sha256 = "86c4..."         # optional: else the server's announced one, or git_sha1
 #     size = 1115394             # optional
 #     git_sha1 = "0f5e..."       # optional: the file's git blob id in its repository's tree
+#     pin = "first-download"     # optional, where nobody publishes a hash: see below
+#     extract = "zip"            # optional: unpack it beside itself (nanogptx.archives)
 # A file without sha256 is checked against the sha256 the server announces for Git LFS files, or
-# its pinned git blob id, and its sha256 is recorded in config/download.lock.json. Files on disk
+# its pinned git blob id, and its sha256 is recorded in config/download.lock.json. A file that
+# nobody publishes a hash for is refused, unless its entry says pin = "first-download": then the
+# first download's sha256 goes into the lock file (trust on first use, said loudly in the log),
+# and every later download and mirror copy must match it. Files on disk
 # (file: URLs, or local_dir) need no hash: theirs is recorded in the download's provenance. Their
 # relative paths are relative to the project (project_dir), never to the working directory. No
 # data file may be named provenance.json (the download stage writes its record beside them).
@@ -45,6 +50,8 @@ class RemoteFile:
     # A git blob id: sha1 over b"blob <size>\0" + the bytes, a content hash that a repository's
     # tree publishes where no sha256 is published.
     git_sha1: str | None = None
+    pin: str | None = None  # "first-download": the lock file records the first one's sha256
+    extract: str | None = None  # "zip": unpacked into the download's directory (archives.py)
 
     @property
     def local(self) -> bool:
@@ -64,6 +71,8 @@ class Dataset:
 
 READERS = ("text", "parquet", "jsonl", "jsonl.zst", "bin", "none")
 USES = ("train", "init", "eval")
+PINS = ("first-download",)
+EXTRACT = ("zip",)
 READER_OPTIONS = {"parquet": ("column",), "jsonl": ("field",), "jsonl.zst": ("field",)}
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 # A data file's name, in bytes: its temporaries (.nanogptx-part.NAME, .nanogptx-tmp.PID.HEX.
@@ -142,6 +151,12 @@ def parse(path: Path) -> Dataset:
         )
         _need(not reserved, where, "local_dir", tree["local_dir"], expected)
     _need(bool(files), where, "files", tree.get("files"), "at least one file (or local_dir)")
+    expected = (
+        "no extract in a dataset of text (use = 'train'): prepare reads the downloaded files "
+        "as they are, not an archive's members"
+    )
+    for i, f in enumerate(files if use == "train" else []):
+        _need(not f.extract, where, f"files[{i}]: extract", f.extract, expected)
     names = [f.name for f in files]
     dup = sorted({n for n in names if names.count(n) > 1})
     _need(not dup, where, "files", dup, "each file name once")
@@ -186,7 +201,7 @@ def _local_files(local: Path, value: str, where: str) -> list[RemoteFile]:
 
 def _file(entry: Any, where: str, project: Path) -> RemoteFile:
     _need(isinstance(entry, dict), where, "entry", entry, "a table with name and url")
-    known = {"name", "url", "sha256", "size", "git_sha1"}
+    known = {"name", "url", "sha256", "size", "git_sha1", "pin", "extract"}
     for key in entry:
         _need(key in known, where, "key", key, f"one of {sorted(known)}")
     url = entry.get("url")
@@ -218,7 +233,14 @@ def _file(entry: Any, where: str, project: Path) -> RemoteFile:
     size = entry.get("size")
     ok = size is None or (isinstance(size, int) and not isinstance(size, bool) and size >= 0)
     _need(ok, where, "size", size, "a number of bytes")
-    return RemoteFile(name, url, entry.get("sha256"), size, entry.get("git_sha1"))
+    pin, extract = entry.get("pin"), entry.get("extract")
+    _need(pin is None or pin in PINS, where, "pin", pin, f"one of {list(PINS)}")
+    for key in ("sha256", "git_sha1"):
+        expected = f"no pin beside {key}, which pins the file already"
+        _need(pin is None or key not in entry, where, "pin", pin, expected)
+    expected = f"one of {list(EXTRACT)}"
+    _need(extract is None or extract in EXTRACT, where, "extract", extract, expected)
+    return RemoteFile(name, url, entry.get("sha256"), size, entry.get("git_sha1"), pin, extract)
 
 
 def entry_file(name: str) -> Path:

@@ -1,5 +1,6 @@
 """Download every file of a registry dataset, hash-verified, resumable, in parallel, into
-<out>/<name>, with <out>/provenance.json saying which check applied (pins.py):
+<out>/<name>, unpack its archives there (archives.py), with <out>/provenance.json saying which
+check applied (pins.py):
 
     python -m nanogptx.download --config config/shakespeare-char.toml --out data/raw/NAME \
         [--mirror DIR_OR_URL] [--lock config/download.lock.json] [--threads N]
@@ -19,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from nanogptx import config, datasets, progress, provenance
+from nanogptx import archives, config, datasets, progress, provenance
 from nanogptx.errors import UserError
 from nanogptx.pins import (
     Expect,
@@ -60,7 +61,7 @@ class Fetched:
     path: Path
     bytes: int
     sha256: str
-    check: str  # pinned | lock | announced | git-blob | local | unverified
+    check: str  # pinned | lock | announced | git-blob | local | first-download | unverified
     source: str
     downloaded: bool  # False when a present file already had the right hash
 
@@ -168,8 +169,15 @@ def _fetch(job: _Job, progress: Progress, cancel: threading.Event) -> Fetched:
 
     def done(sha: str, downloaded: bool) -> Fetched:
         nbytes = dest.stat().st_size
-        if want.check in ("announced", "git-blob"):
+        if want.check in ("announced", "git-blob", "first-download"):
             record_lock(job.lock_path, job.dataset, f.name, sha, nbytes)
+        if want.check == "first-download":
+            progress.say(
+                f"{what}: PINNED ON FIRST DOWNLOAD (trust on first use: nobody publishes its "
+                f"hash): recorded sha256 {sha} ({_bytes(nbytes)}, from {job.source}) in "
+                f"{job.lock_path}; commit it: every later download and mirror copy must match",
+                channel=True,
+            )
         how = f"done, {_mb(nbytes)}" if downloaded else "present, not downloaded again"
         progress.finish(f.name, nbytes, f"{what}: {how}, sha256 {sha} ({want.check})")
         return Fetched(f.name, dest, nbytes, sha, want.check, job.source, downloaded)
@@ -247,7 +255,18 @@ def _mismatch(job: _Job, want: Expect, actual: str, nbytes: int) -> HashMismatch
     expected += [f"git blob id {want.git_sha1}"] if want.git_sha1 else []
     return HashMismatch(
         f"{job.dataset}/{job.file.name}: downloaded {nbytes} bytes with sha256 {actual}, "
-        f"expected {' with '.join(expected)} ({want.check}) from {job.source}; nothing was kept"
+        f"expected {' with '.join(expected)} ({want.check}) from {job.source}; nothing was "
+        f"kept{_relock(job, want)}"
+    )
+
+
+def _relock(job: _Job, want: Expect) -> str:
+    """How to accept a new version of a file that the lock file pins."""
+    if want.check != "lock":
+        return ""
+    return (
+        f" (if the file changed upstream on purpose, delete its entry from {job.lock_path} to "
+        "pin the new one)"
     )
 
 
@@ -350,13 +369,14 @@ def _open_for(job: _Job, want: Expect, part: Path, offset: int, progress: Progre
 
 def _settled(job: _Job, want: Expect, dest: Path, part: Path, stream: Stream) -> bool:
     """Settle what the file must hash to, now its source is open (a server may announce it):
-    True where dest already is that file; refused where nobody vouches for the file, or its
-    source announces another hash or size."""
+    True where dest already is that file; refused where nobody vouches for the file (but a
+    registry pin = "first-download", whose sha256 the lock records when done), or its source
+    announces another hash or size."""
     what = f"{job.dataset}/{job.file.name}"
     if want.check == "git-blob":  # checked over the whole file, before it is kept
         if dest.exists() and matches(dest, want):
             return True
-    elif want.check == "local":
+    elif want.check == "local" or (want.check == "first-download" and not stream.announced):
         pass
     elif not want.sha256:
         if stream.announced:
@@ -376,12 +396,13 @@ def _settled(job: _Job, want: Expect, dest: Path, part: Path, stream: Stream) ->
         where = "the registry" if want.check == "pinned" else str(job.lock_path)
         raise HashMismatch(
             f"{what}: {stream.url} announces sha256 {stream.announced}, but {where} "
-            f"expects {want.sha256}; the file changed upstream"
+            f"expects {want.sha256}; the file changed upstream{_relock(job, want)}"
         )
     if want.size is not None and stream.total is not None and stream.total != want.size:
         _discard(part)
         raise HashMismatch(
-            f"{what}: {stream.url} has {_bytes(stream.total)}, expected {want.size} ({want.check})"
+            f"{what}: {stream.url} has {_bytes(stream.total)}, expected {want.size} "
+            f"({want.check}){_relock(job, want)}"
         )
     return False
 
@@ -470,6 +491,8 @@ def _download(
     policy: Policy,
     channel: progress.Channel | None,
 ) -> list[Fetched]:
+    for p in archives.remove_leftovers(out):
+        _say(channel, f"{ds.name}: removed {p.name}, what an interrupted unpack left")
     locked = read_lock(lock).get(ds.name, {})
     jobs = [
         _Job(
@@ -489,6 +512,7 @@ def _download(
     with Progress(ds.name, sizes, channel=channel) as watch:
         results = _run_all(jobs, watch, threads)
     fetched = [results[f.name] for f in ds.files]
+    unpacked = _unpack(ds, fetched, out, channel)
     outputs = [
         {**provenance.file_entry(r.path, r.sha256), "check": r.check, "source": r.source}
         for r in fetched
@@ -497,9 +521,41 @@ def _download(
         out,
         inputs=[],
         outputs=outputs,
-        extra={"dataset": ds.name, "mirror": mirror, "lock": str(lock)},
+        extra={"dataset": ds.name, "mirror": mirror, "lock": str(lock), "extracted": unpacked},
     )
     return fetched
+
+
+def _unpack(
+    ds: datasets.Dataset, fetched: list[Fetched], out: Path, channel: progress.Channel | None
+) -> list[dict[str, Any]]:
+    """Unpack the dataset's archives (extract = "zip") beside them, all checked before any is
+    unpacked: [{"archive", "sha256", "files": [{"path", "bytes", "sha256"}]}]."""
+    taken = {f.name: "the dataset's file" for f in ds.files}
+    plan = []
+    for f, got in zip(ds.files, fetched, strict=True):
+        if f.extract:
+            seen = {**taken, f.name: "the archive itself"}
+            members = archives.check(got.path, seen)
+            plan.append((got, seen))
+            whose = f"a member of {f.name}"
+            taken.update({m.path.parts[0]: whose for m in members})
+    return [
+        {
+            "archive": got.name,
+            "sha256": got.sha256,
+            "files": archives.extract(
+                got.path, out, seen, lambda m: _say(channel, f"{ds.name}/{m}")
+            ),
+        }
+        for got, seen in plan
+    ]
+
+
+def _say(channel: progress.Channel | None, msg: str) -> None:
+    _stderr(msg)
+    if channel is not None:
+        channel.say(msg)
 
 
 def _run_all(jobs: list[_Job], watch: Progress, threads: int) -> dict[str, Fetched]:

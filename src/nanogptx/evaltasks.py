@@ -53,6 +53,7 @@ COMMON = {"about": "", "kind": "", "label": "", "metrics": []}
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 # How a message names a tokenizer's tokens.
 TOKENS = {"gpt2": "GPT-2", "char": "character"}
+SPLITS = ("train", "val")  # a split_loss task's split: those prepare writes
 
 
 class TaskError(UserError, ValueError):
@@ -105,6 +106,40 @@ def _need(ok: bool, where: str, key: str, value: Any, expected: str) -> None:
         raise TaskError(f"{where}: {key} = {value!r}: expected {expected}")
 
 
+def _check_values(where: str, tree: dict[str, Any]) -> None:
+    """Values beyond a key's type: a split the prepared data has, a tokenizer there is, a
+    dataset's name, and a file inside its directory (names joined by /: an absolute path or ..
+    would leave it)."""
+    if "split" in tree:
+        _need(tree["split"] in SPLITS, where, "split", tree["split"], f"one of {list(SPLITS)}")
+    if "tokenizer" in tree:
+        known = ["", *TOKENS]
+        _need(tree["tokenizer"] in known, where, "tokenizer", tree["tokenizer"], f"one of {known}")
+    for key in ("dataset", "file"):
+        if key in tree:
+            parts = tree[key].split("/") if key == "file" else [tree[key]]
+            ok = all(NAME.fullmatch(part) for part in parts)
+            _need(ok, where, key, tree[key], "a name: letters, digits, '.', '_', '-'")
+
+
+def _missing_inputs(tasks: tuple[str, ...]) -> str:
+    """The first dataset that the files of tasks name and the registry lacks (empty: none)."""
+    from nanogptx import datasets  # light: the registry is plain data
+
+    for name in tasks:
+        try:
+            task = get(name)
+        except TaskError:
+            continue  # problem() names it
+        if task.input != "dataset":
+            continue
+        try:
+            datasets.get(dataset := task.options["dataset"])
+        except (datasets.UnknownDataset, datasets.RegistryError) as e:
+            return f"eval.tasks has {name}: {entry_file(name)}: dataset = {dataset!r}: {e}"
+    return ""
+
+
 def _check_option(where: str, key: str, value: Any, default: Any) -> None:
     if isinstance(default, dict):
         _need(
@@ -136,13 +171,14 @@ def parse(path: Path) -> Task:
     except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as e:
         raise TaskError(f"{where}: cannot read it as TOML: {e}") from None
     kind = tree.get("kind")
-    _need(kind in KINDS, where, "kind", kind, f"one of {list(KINDS)}")
+    _need(isinstance(kind, str) and kind in KINDS, where, "kind", kind, f"one of {list(KINDS)}")
     keys = {**COMMON, **KINDS[kind].keys}
     for key, value in tree.items():
         hint = suggest(key, keys)
         _need(key in keys, where, "key", key, f"one of {sorted(keys)} for kind {kind}{hint}")
         if key in KINDS[kind].keys:
             _check_option(where, key, value, keys[key])
+    _check_values(where, tree)
     for key in ("about", "label"):
         _need(
             isinstance(tree.get(key), str) and tree[key] != "",
@@ -154,11 +190,14 @@ def parse(path: Path) -> Task:
     known = [m.key for m in KINDS[kind].metrics]
     metrics = tree.get("metrics")
     _need(
-        isinstance(metrics, list) and metrics and all(m in known for m in metrics),
+        isinstance(metrics, list)
+        and metrics
+        and all(m in known for m in metrics)
+        and len(set(metrics)) == len(metrics),
         where,
         "metrics",
         metrics,
-        f"a list of some of {known}",
+        f"a list of some of {known}, each once",
     )
     if KINDS[kind].input == "dataset":
         for key in ("dataset", "file"):
@@ -214,6 +253,8 @@ def problem(tasks: tuple[str, ...], tokenizer: str | None, registry: bool = True
         return f"eval.tasks = []: expected at least one of {names()}"
     if len(set(tasks)) != len(tasks):
         return f"eval.tasks = {list(tasks)}: expected no task twice"
+    if registry and (missing := _missing_inputs(tasks)):
+        return missing
     for name in tasks if registry else ():
         if not NAME.fullmatch(name) or not entry_file(name).is_file():
             return f"eval.tasks = {name!r}: expected one of {names()}"

@@ -1,6 +1,5 @@
-"""Export a trained model in Hugging Face transformers' GPT-2 layout (config.json,
-model.safetensors) with provenance.json; a feature GPT-2 cannot express is refused, named,
-before anything is written.
+"""Export a trained model as Hugging Face transformers' GPT-2 (config.json, model.safetensors,
+provenance.json); a feature GPT-2 cannot express is refused before anything is written.
 
     python -m nanogptx.export --model results/RUN/model --out DIR --format hf
 """

@@ -79,9 +79,11 @@ def _dashes(style: str) -> dict[str, Any]:
 
 
 def panel(ax: Axes, series: list[Series], x_label: str, y_label: str = "loss") -> None:
-    """series on ax; style "train" is dashed, "val" solid, "layer<i>" solid with a dash
-    pattern per layer, "marks" a cross at each point, "band" a shaded polygon through the
-    points. Points that are not finite are left out; an axes with none is not shown."""
+    """series on ax; style "train" is dashed, "val" solid (a line of one point: a dot),
+    "layer<i>" solid with a dash pattern per layer, "marks" a cross at each point, "band" a
+    shaded polygon through the points. Points that are not finite are left out; an axes with
+    none is not shown, but for series whose every point is not finite (a run that diverged at
+    once) a note says so."""
     drawn = False
     for label, rgb, style, points in series:
         pts = [(x, y) for x, y in points if finite(x) and finite(y)]
@@ -95,9 +97,14 @@ def panel(ax: Axes, series: list[Series], x_label: str, y_label: str = "loss") -
                 xs, ys, "x", color=rgb, markersize=10, markeredgewidth=2, gid="marks", label=label
             )
         else:
-            ax.plot(xs, ys, color=rgb, linewidth=1.6, gid="curve", label=label, **_dashes(style))
+            dot = {"marker": "o", "markersize": 4} if len(pts) == 1 else {}  # a line of one point
+            ax.plot(xs, ys, color=rgb, linewidth=1.6, gid="curve", label=label, **_dashes(style),
+                    **dot)  # fmt: skip
     if not drawn:
         ax.set_axis_off()
+        if series:  # else a blank panel, as if nothing were wrong
+            note = f"{y_label} against {x_label}: no finite values (NaN or inf)"
+            ax.text(0.5, 0.5, note, ha="center", va="center", transform=ax.transAxes)
         return
     from matplotlib.ticker import FuncFormatter
 

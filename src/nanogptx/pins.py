@@ -29,13 +29,16 @@ class HashMismatch(DownloadError, provenance.HashMismatch):
 @dataclass
 class Expect:
     sha256: str | None
-    check: str  # pinned | lock | announced | git-blob | local | unverified ("": the server's)
+    # pinned | lock | announced | git-blob | local | first-download | unverified ("": the
+    # server's announced one, else refused)
+    check: str
     size: int | None
     git_sha1: str | None = None
 
 
 def expect(f: datasets.RemoteFile, locked: dict[str, Any] | None) -> Expect:
-    """The hash policy: pinned in the registry, else recorded in the lock, else the server's."""
+    """The hash policy: pinned in the registry, else recorded in the lock, else the server's
+    (where the registry says pin = "first-download": the first download's, recorded)."""
     if f.sha256:
         return Expect(f.sha256.lower(), "pinned", f.size)
     if locked:
@@ -44,6 +47,8 @@ def expect(f: datasets.RemoteFile, locked: dict[str, Any] | None) -> Expect:
         return Expect(None, "git-blob", f.size, f.git_sha1.lower())
     if f.local:  # the user's own file: its sha256 is recorded in the provenance
         return Expect(None, "local", f.size)
+    if f.pin == "first-download":  # a server's announced hash still wins (_settled)
+        return Expect(None, "first-download", f.size)
     return Expect(None, "", f.size)
 
 

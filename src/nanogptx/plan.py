@@ -1,6 +1,5 @@
-"""The memory plan of a run: every program it executes compiled for a GPU target (JAX's CUDA
-build, no GPU) or this machine's devices, its memory per device against the budget; exits 1
-naming a program that does not fit and what to change. Nothing runs: memory, never speed.
+"""The memory plan of a run (nothing runs): each program compiled for a GPU target (no GPU
+needed) or this machine's devices, its memory against the budget; exits 1 naming a misfit.
 
     python -m nanogptx.plan --config config/gpt2-124m-fineweb.toml --target h100 --devices 8
 """
@@ -472,8 +471,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--json", action="store_true", help="print the plan as JSON")
     args = parser.parse_intermixed_args(argv)
     cfg = config.from_args(args, parser)
-    if args.devices is not None and args.devices < 1:
-        parser.exit(2, f"{parser.prog}: error: --devices {args.devices}: expected >= 1\n")
+    for flag, value in (("--devices", args.devices), ("--vocab", args.vocab)):
+        if value is not None and value < 1:
+            parser.exit(2, f"{parser.prog}: error: {flag} {value}: expected >= 1\n")
     if args.target is not None and "JAX_PLATFORMS" not in os.environ:
         import jax
 
@@ -484,7 +484,7 @@ def main(argv: list[str] | None = None) -> None:
         plan = plan_run(
             cfg, args.target, args.devices, args.vocab, args.data, str(args.config or "defaults")
         )
-    except (PlanError, memory.EnvError) as e:
+    except UserError as e:  # PlanError, memory.EnvError, a runtime the devices cannot run
         parser.exit(2, f"{parser.prog}: error: {e}\n")
     with errors.reader_may_stop():
         print(json.dumps(plan.as_dict(), indent=1) if args.json else report(plan))

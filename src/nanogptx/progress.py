@@ -49,7 +49,9 @@ def plural(n: int, word: str) -> str:
 
 def duration(seconds: float) -> str:
     """M:SS, H:MM:SS from an hour on, "N days H:MM:SS" from a day on; whole seconds (rounded
-    first, so never 0:60)."""
+    first, so never 0:60); "?" for a time that is not finite (a rate of 0, a peak of 1e-300)."""
+    if not math.isfinite(seconds):
+        return "?"
     s = max(0, round(seconds))
     d, h, m, s = s // 86400, s // 3600 % 24, s // 60 % 60, s % 60
     days = f"{plural(d, 'day')} " if d else ""

@@ -14,7 +14,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from nanogptx import checkpoint, config, hf, loader, model, optim, provenance
+from nanogptx import checkpoint, config, hf, loader, model, optim, provenance, schema
 from nanogptx.config import Config, TrainConfig
 from nanogptx.logbook import log
 from nanogptx.steps import Layout, State, TrainError, place
@@ -85,14 +85,13 @@ def init_weights(cfg: Config, path: Path) -> model.Params:
 
 def resume_mismatch(meta: dict[str, Any], cfg: Config, manifest_sha: str, V: int) -> list[str]:
     """The settings in which a checkpoint differs from this run where a resume must not."""
-    saved = meta["config"]
-    now = config.sections(cfg, ("model", "train"))
-    keys = [
-        f"model.{k}"
-        for k, v in now["model"].items()
-        if saved["model"].get(k) != v and k not in config.RUNTIME_KEYS
+    saved, now = meta["config"], config.sections(cfg, config.STAGE_SECTIONS["train"])
+    keys = [  # checkpoint_id's settings, the roles read now: an unmarked one is refused too
+        f"{name}.{k}"
+        for name in now
+        for k in schema.keys_with(name, lambda r: r.resume)
+        if saved.get(name, {}).get(k) != now[name][k]
     ]
-    keys += [f"train.{k}" for k in config.RESUME_KEYS if saved["train"].get(k) != now["train"][k]]
     if meta["manifest_sha256"] != manifest_sha:
         keys.append("data (manifest sha256)")
     if meta["vocab_size"] != V:

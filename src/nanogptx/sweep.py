@@ -237,7 +237,7 @@ def main(argv: list[str] | None = None) -> None:
         prog="python -m nanogptx.sweep",
         description="A sweep's points, and the device hours it would take.",
     )
-    p.add_argument("sweep", help="config/sweeps/NAME.toml")
+    p.add_argument("sweep", metavar="NAME", help="a sweep's name: config/sweeps/NAME.toml")
     p.add_argument("--cost", action="store_true", help="FLOPs and device hours per point")
     peak_help = "the device's peak FLOP/s (default: an H100's bfloat16 dense, logbook.PEAK_FLOPS)"
     p.add_argument(

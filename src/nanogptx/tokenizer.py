@@ -275,7 +275,9 @@ def from_manifest(tok: dict[str, Any]) -> Tokenizer:
     """The tokenizer a manifest names (its "tokenizer" entry), checked against its identity."""
     name = tok.get("name")
     if name == "char":
-        t: Tokenizer = CharTokenizer(tok.get("chars") or "")
+        if not isinstance(chars := tok.get("chars", ""), str):
+            raise TokenizerError(f"chars = {chars!r}: expected the vocabulary as text")
+        t: Tokenizer = CharTokenizer(chars)
     elif name == "gpt2":
         t = gpt2()
     else:

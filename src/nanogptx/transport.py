@@ -127,9 +127,12 @@ def _connect(parts: urllib.parse.SplitResult, policy: Policy) -> http.client.HTT
 
 
 def _network_error(e: BaseException, url: str) -> Exception:
-    """A certificate problem is final; every other socket or protocol error is transient."""
+    """A certificate problem or a malformed URL is final; every other socket or protocol error
+    is transient."""
     if isinstance(e, ssl.SSLCertVerificationError):
         return DownloadError(f"{url}: TLS certificate not trusted: {e.verify_message}")
+    if isinstance(e, (http.client.InvalidURL, UnicodeEncodeError)):  # no retry mends it
+        return DownloadError(f"{url}: not a URL ({e}); write a space as %20, ø as %C3%B8")
     netloc = urllib.parse.urlsplit(url).netloc
     if isinstance(e, ConnectionRefusedError):
         return Transient(f"connection refused by {netloc}")
@@ -176,7 +179,7 @@ def _open_http(
                 target = url  # a plain-http proxy takes the absolute URL
             conn.request("GET", target, headers=headers)
             resp = conn.getresponse()
-        except (OSError, http.client.HTTPException) as e:
+        except (OSError, http.client.HTTPException, UnicodeEncodeError) as e:
             if conn is not None:
                 conn.close()
             raise _network_error(e, url) from None
