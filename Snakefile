@@ -1,4 +1,4 @@
-# nanogptx: download -> prepare -> train -> sample, for every run in config/config.yaml.
+# nanogptx: download -> prepare -> train -> sample, eval (export on demand), for each configured run.
 #   snakemake --cores all                  the configured runs, end to end
 #   snakemake --cores all prepare          up to a stage: download, prepare, train, sample or eval
 #   snakemake --cores all export           the configured runs as Hugging Face GPT-2 directories

@@ -4,8 +4,16 @@ section it names."""
 
 from __future__ import annotations
 
+import json
+import os
 import re
+import shutil
+import subprocess
+import sys
 from pathlib import Path
+
+from nanogptx import config, stagecode
+from test_workflow import edit, make_workdir, planned_jobs
 
 ROOT = Path(__file__).resolve().parents[1]
 PAGES = sorted((ROOT / "docs").glob("*.md"))
@@ -42,15 +50,119 @@ def test_the_readme_links_every_page_of_docs() -> None:
     assert [p.name for p in PAGES if f"](docs/{p.name})" not in readme] == []
 
 
+# Where the code, the run files and the workflow point a reader: messages and comments.
+POINTING = [
+    *(ROOT / "src" / "nanogptx").glob("*.py"),
+    *(ROOT / "config").glob("*.toml"),  # the runs (the registries' files: their bytes are params)
+    *(ROOT / "workflow").rglob("*.smk"),
+    ROOT / "Snakefile",
+    *(ROOT / "benchmarks").glob("*.*"),
+    *(ROOT / "profiles").rglob("*.yaml"),
+    ROOT / ".ci" / "run",
+]
+
+
 def test_every_docs_section_the_package_names_exists() -> None:
-    # Messages say where to read on: "(docs/datasets.md: Offline use)".
-    named = set()
-    for module in (ROOT / "src" / "nanogptx").glob("*.py"):
-        named |= set(re.findall(r"docs/(\w+\.md): ([A-Z][\w ]+)", module.read_text("utf-8")))
+    # Messages and comments say where to read on: "(docs/datasets.md: Offline use)", and
+    # "(README: Tests)"; a section that moved from the README to docs/ leaves such a pointer
+    # behind.
+    named, readme = set(), set()
+    for path in POINTING:
+        text = path.read_text("utf-8")
+        named |= set(re.findall(r"docs/(\w+\.md): ([A-Z][\w ]+)", text))
+        readme |= {(path.name, s) for s in re.findall(r'\bREADME(?::|,? ")([^")]+)', text)}
     assert ("datasets.md", "Offline use") in named
+    assert ("run", " Tests") in readme
     missing = [
         f"docs/{page}: {section}"
         for page, section in sorted(named)
         if not (ROOT / "docs" / page).is_file() or section not in _headings(ROOT / "docs" / page)
     ]
+    missing += [
+        f"{name}: README {section.strip()}"
+        for name, section in sorted(readme)
+        if section.strip() not in _headings(ROOT / "README.md")
+    ]
     assert missing == []
+
+
+def _commands(page: Path) -> list[str]:
+    """The `python -m nanogptx.STAGE ...` commands of a page, continued lines joined."""
+    text = page.read_text("utf-8").replace("\\\n", " ")
+    return re.findall(r"python -m nanogptx\.\w+[^`\n|]*", text)
+
+
+def test_every_stage_command_of_the_docs_takes_the_run_file() -> None:
+    # A stage that reads a run's settings, run without the run's file, runs the defaults:
+    # GPT-2 124M for 600,000 steps (the README's table of stages did, once).
+    readers = [f"python -m nanogptx.{stage} " for stage in config.STAGE_SECTIONS]
+    commands = [c for page in [ROOT / "README.md", *PAGES] for c in _commands(page)]
+    runs = [c for c in commands if c.startswith(tuple(readers)) and "--out" in c]
+    assert len(runs) >= 5, runs
+    assert [c for c in runs if "--config" not in c] == []
+
+
+def _worked_example(start: str, end: str) -> dict[str, str]:
+    """{path: text} of the files a worked example of docs/pipeline.md writes: its indented
+    blocks between two phrases, each file after a `# PATH` line."""
+    page = (ROOT / "docs" / "pipeline.md").read_text("utf-8")
+    part = page[page.index(start) : page.index(end)]
+    code = "\n".join(line[4:] for line in part.split("\n") if line.startswith("    ") or not line)
+    pieces = re.split(
+        r"^# ((?:src|workflow|config|Snakefile)\S*?),?(?: in \w+)?$", code, flags=re.M
+    )
+    files = zip(pieces[1::2], pieces[2::2], strict=True)
+    return {path: text.strip("\n") + "\n" for path, text in files}
+
+
+def test_the_pipeline_pages_worked_examples_plan_and_run_as_it_says(tmp_path: Path) -> None:
+    # docs/pipeline.md: a toy stage and a toy multiple-choice task, each "added in one place".
+    work = make_workdir(tmp_path)
+    shutil.copytree(ROOT / "src", work / "src", ignore=shutil.ignore_patterns("*.egg-info"))
+    stage = _worked_example("A toy stage", "`snakemake --cores all charcount")
+    task = _worked_example("A toy multiple-choice", "`snakemake --cores all --config runs=tiny`")
+    assert sorted(stage) == ["Snakefile", "src/nanogptx/charcount.py", "workflow/rules/model.smk"]
+    (work / "src/nanogptx/charcount.py").write_text(stage["src/nanogptx/charcount.py"])
+    with open(work / "workflow/rules/model.smk", "a") as f:
+        f.write("\n\n" + stage["workflow/rules/model.smk"])
+    entry = '    "export": ("train", of_run(rules.export_run.output.weights), False),\n'
+    edit(work / "Snakefile", entry, entry + stage["Snakefile"])
+    for path, text in task.items():
+        if path == "config/tiny.toml":
+            with open(work / path, "a") as f:
+                f.write("\n" + text)  # "and in config/tiny.toml"
+        else:
+            (work / path).write_text(text)
+    assert sorted(task) == [
+        "config/datasets/toy-choice.jsonl",
+        "config/datasets/toy-choice.toml",
+        "config/tasks/toy-choice.toml",
+        "config/tiny.toml",
+    ]
+    # One dry run for both: the new target, and the task's download and evaluation.
+    jobs = planned_jobs(work, "charcount", "all", "--config", "runs=tiny")
+    assert {"charcount_run", "eval_run"} <= set(jobs) and jobs["download_dataset"] == 2, jobs
+    # status reads the stages from the workflow's files: the new one is listed in its place.
+    cmd = [sys.executable, "-m", "nanogptx.status", "--runs", "tiny"]
+    out = subprocess.run(cmd, cwd=work, capture_output=True, text=True, check=True).stdout
+    assert out.startswith("tiny: download -, prepare -, train -, sample -, eval -, export -, "
+                          "charcount -, report -"), out  # fmt: skip
+    # The stage runs as its docstring says.
+    (work / "samples").mkdir()
+    (work / "samples" / "samples.txt").write_text("aab\n", "utf-8")
+    env = {**os.environ, "PYTHONPATH": str(work / "src")}
+    cmd = [sys.executable, "-m", "nanogptx.charcount", "--samples", "samples", "--out", "counts"]
+    subprocess.run(cmd, cwd=work, env=env, check=True, timeout=120)
+    assert json.loads((work / "counts" / "counts.json").read_text()) == {"a": 2, "b": 1, "\n": 1}
+
+
+def test_the_rerun_tables_rows_for_code_are_made_from_the_stages_imports() -> None:
+    # They were written by hand, and said a module reruns what its stage runs: a new module,
+    # or a stage that starts importing one, left them wrong.
+    page = (ROOT / "docs" / "workflow.md").read_text("utf-8")
+    assert stagecode.code_table() in page, "docs/workflow.md: paste `python -m nanogptx.stagecode`"
+    cells = [[c.strip() for c in row.strip("|").split("|")] for row in stagecode.code_rows()]
+    marks = {row[0]: row[1:] for row in cells}  # download, prepare, train, sample, eval
+    assert marks["`sample.py`"] == ["", "", "", "yes", ""]  # eval does not follow sample
+    train = next(row for cell, row in marks.items() if "`train.py`" in cell)
+    assert train == ["", "", "yes", "yes", "yes"]  # and through its outputs, sample and eval

@@ -414,6 +414,12 @@ def test_a_damaged_file_a_stage_reads_is_named_with_what_is_wrong(
     assert str(path) in err.splitlines()[-1] and says in err.splitlines()[-1], err
 
 
+def _workflow_files(root: Path) -> None:
+    checkout = Path(__file__).resolve().parents[1]
+    shutil.copy(checkout / "Snakefile", root / "Snakefile")
+    shutil.copytree(checkout / "workflow" / "rules", root / "workflow" / "rules")
+
+
 def test_status_names_a_damaged_eval_record(
     finished: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -421,6 +427,7 @@ def test_status_names_a_damaged_eval_record(
     (tmp_path / "config/run.toml").write_text("")
     (tmp_path / "results/run/eval").mkdir(parents=True)
     (tmp_path / "results/run/eval/metrics.json").write_text('{"val_loss": ')
+    _workflow_files(tmp_path)  # status reads its stages from them
     monkeypatch.chdir(tmp_path)
     lines = status.run_status("run", Path("data"), Path("results"))
     assert lines[-1] == "  eval: eval metrics results/run/eval/metrics.json: not valid JSON: " \
@@ -445,6 +452,7 @@ def test_status_shows_a_diverged_run_and_skips_lines_that_are_no_record(
         '{"val_loss": {"loss": null, "bits_per_byte": null}, "hellaswag": {"acc_norm": null, '
         '"items": 1}}'
     )
+    _workflow_files(tmp_path)  # status reads its stages from them
     monkeypatch.chdir(tmp_path)
     lines = status.run_status("run", Path("data"), Path("results"))
     assert lines[1] == "  training in progress or stopped: step 5 of 10, loss not finite; " \
@@ -475,6 +483,7 @@ def test_a_model_loads_without_its_dataset_file_and_despite_a_broken_one(
     export.main(["--model", str(model), "--out", str(tmp_path / "hf")])
     for out in ("samples", "eval", "hf"):
         assert provenance.read(tmp_path / out)["inputs"][0]["path"].startswith(str(model))
+    _workflow_files(tmp_path)  # status reads its stages from them
     monkeypatch.chdir(tmp_path)
     (tmp_path / "config/run.toml").write_text(run.read_text())
     lines = status.run_status("run", tmp_path / "data", tmp_path / "results")
@@ -511,10 +520,20 @@ def test_two_prepares_into_one_directory_never_both_write_even_if_it_is_deleted_
     assert not (out / "provenance.json").exists()  # no record of a complete output
 
 
-def test_status_into_a_reader_that_stops_early_ends_without_a_traceback() -> None:
-    # `python -m nanogptx.status | head -1` ended in a BrokenPipeError traceback.
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["nanogptx.status", "--runs", "tiny,shakespeare-char"],
+        ["nanogptx.sweep", "lr-tiny"],
+        ["nanogptx.sweep", "lr-sensitivity-gpu", "--cost"],
+        ["nanogptx.schema"],
+    ],
+)
+def test_a_listing_into_a_reader_that_stops_early_ends_without_a_traceback(command) -> None:
+    # `python -m nanogptx.status | head -1` ended in a BrokenPipeError traceback, and so did
+    # `python -m nanogptx.sweep lr-tiny | head -3`.
     proc = subprocess.Popen(
-        [sys.executable, "-m", "nanogptx.status", "--runs", "tiny,shakespeare-char"],
+        [sys.executable, "-m", *command],
         cwd=Path(__file__).resolve().parents[1], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
     )  # fmt: skip
     proc.stdout.close()  # the reader is gone before status writes

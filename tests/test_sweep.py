@@ -163,6 +163,8 @@ def test_a_sweeps_cost_counts_every_points_tokens_and_the_shipped_gpu_sweep_says
         "10.7 GPU\n# hours on H100s at 30% MFU"
         in Path("config/sweeps/lr-sensitivity-gpu.toml").read_text()
     )
+    page = " ".join(Path("docs/sweeps.md").read_text().split())  # its lines joined
+    assert "--cost`: 1.14e19 FLOPs, 10.7 H100 hours at 30% MFU" in page  # was 10.6
 
 
 def _sweep(tmp_path: Path, axes: str) -> dict[str, list[str]]:

@@ -4,8 +4,11 @@ prints the message, exit code 1, instead of a traceback."""
 
 from __future__ import annotations
 
+import contextlib
 import difflib
-from collections.abc import Iterable
+import os
+import sys
+from collections.abc import Iterable, Iterator
 
 
 class UserError(Exception):
@@ -16,3 +19,15 @@ def suggest(name: str, known: Iterable[str]) -> str:
     """' (did you mean 'x'?)' for the known name closest to a wrong one, else ''."""
     close = difflib.get_close_matches(name, list(known), n=1)
     return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+@contextlib.contextmanager
+def reader_may_stop() -> Iterator[None]:
+    """Printing into a reader that stops early (`| head`) ends quietly with exit code 1, as
+    Python's documentation of SIGPIPE says, instead of a BrokenPipeError traceback."""
+    try:
+        yield
+        sys.stdout.flush()  # here, not at exit, where the error would escape
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(1)

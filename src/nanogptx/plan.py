@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from nanogptx import config, memory
+from nanogptx import config, errors, memory
 from nanogptx.config import Config
 from nanogptx.errors import UserError
 
@@ -486,7 +486,8 @@ def main(argv: list[str] | None = None) -> None:
         )
     except UserError as e:  # PlanError, memory.EnvError, a runtime the devices cannot run
         parser.exit(2, f"{parser.prog}: error: {e}\n")
-    print(json.dumps(plan.as_dict(), indent=1) if args.json else report(plan))
+    with errors.reader_may_stop():
+        print(json.dumps(plan.as_dict(), indent=1) if args.json else report(plan))
     if plan.misfits:
         for p in plan.misfits:
             why = p.error or memory.shortfall(p.usage, p.budget)

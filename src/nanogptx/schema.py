@@ -525,4 +525,7 @@ def rerun_table() -> str:
 
 
 if __name__ == "__main__":
-    print(rerun_table())
+    from nanogptx import errors
+
+    with errors.reader_may_stop():
+        print(rerun_table())

@@ -9,14 +9,13 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
-import sys
+import re
 from pathlib import Path
 from typing import Any
 
 import yaml  # Snakemake's own dependency: config/config.yaml is YAML
 
-from nanogptx import checkpoint, config, evaltasks, progress, provenance
+from nanogptx import checkpoint, config, errors, evaltasks, progress, provenance
 from nanogptx import sweep as nsweep
 
 
@@ -94,8 +93,33 @@ def eval_summary(metrics: Any) -> str:
     return "; ".join(parts)
 
 
-def run_status(run: str, data: Path, results: Path, base: str = "", overrides=()) -> list[str]:
-    """Lines describing one run (a sweep's point: its base run's file and its overrides)."""
+def workflow_stages() -> dict[str, str | None]:
+    """The stages of the workflow in its order (the Snakefile's STAGES), each with where its
+    output of a run lies under results/RUN/ (None where no rule's output of a run says so: the
+    data stages); read from the files, so a stage added there is listed without Snakemake."""
+    outputs, rule = {}, None
+    for smk in sorted(Path("workflow/rules").glob("*.smk")):
+        for line in smk.read_text("utf-8").splitlines():
+            if m := re.match(r"rule (\w+):", line):
+                rule = m[1]
+            elif m := re.match(r'\s+(\w+)=f"\{RESULTS\}/\{\{run\}\}/(.+)",$', line):
+                outputs[rule, m[1]] = m[2]
+    block = re.search(r"^STAGES = \{\n(.*?)^\}", Path("Snakefile").read_text("utf-8"), re.M | re.S)
+    if block is None:
+        raise ValueError("Snakefile: no `STAGES = {` block, the workflow's list of stages")
+    stages = {}
+    for line in block[1].splitlines():
+        if name := re.match(r'\s+"(\w+)":', line):
+            output = re.search(r"of_run\(rules\.(\w+)\.output\.(\w+)\)", line)
+            stages[name[1]] = outputs.get((output[1], output[2])) if output else None
+    return stages
+
+
+def run_status(
+    run: str, data: Path, results: Path, base: str = "", overrides=(), stages=None
+) -> list[str]:
+    """Lines describing one run (a sweep's point: its base run's file and its overrides), at
+    the workflow's stages (default: workflow_stages())."""
     try:
         path = Path("config") / f"{config.check_run_name(base or run)}.toml"
         # The registry is not read: a broken dataset file must not hide where the runs stand.
@@ -103,20 +127,23 @@ def run_status(run: str, data: Path, results: Path, base: str = "", overrides=()
     except config.ConfigError as e:
         return [f"{run}: config error: {e}"]
     model, t = results / run / "model", cfg.train
-    stages = {
+    # A stage is done when its output directory holds its provenance.json, written last.
+    done_at = {
         "download": data / "raw" / cfg.data.dataset / "provenance.json",
         "prepare": data / "prepared" / config.data_id(cfg) / "provenance.json",
-        "train": model / "provenance.json",
-        "sample": results / run / "samples" / "provenance.json",
-        "eval": results / run / "eval" / "metrics.json",
-        "report": results / run / "report" / "loss.svg",
     }
-    done = [f"{stage} {'done' if path.exists() else '-'}" for stage, path in stages.items()]
+    for stage, output in (workflow_stages() if stages is None else stages).items():
+        if output is not None:
+            done_at[stage] = results / run / Path(output).parent / "provenance.json"
+        done_at.setdefault(stage, None)  # shown as "?": its output is not found in the rules
+    done_at["report"] = results / run / "report" / "loss.svg"
+    mark = lambda path: "?" if path is None else "done" if path.exists() else "-"  # noqa: E731
+    done = [f"{stage} {mark(path)}" for stage, path in done_at.items()]
     lines = [f"{run}: {', '.join(done)}"]
     newest = last_records(model / "metrics.jsonl")
     if (train := newest.get("train")) is not None:
         step = train.get("step", -1) + 1
-        finished = stages["train"].exists() and step >= t.max_iters
+        finished = (model / "provenance.json").exists() and step >= t.max_iters
         text = (
             f"  training {'finished' if finished else 'in progress or stopped'}: step {step} "
             f"of {t.max_iters}, loss {_figure(train.get('loss'))}"
@@ -128,9 +155,9 @@ def run_status(run: str, data: Path, results: Path, base: str = "", overrides=()
                 f"; val loss {_figure(evaluation.get('val_loss'))} at step {evaluation.get('step')}"
             )
         lines.append(text)
-    if stages["eval"].exists():
+    if (eval_metrics := results / run / "eval" / "metrics.json").exists():
         try:
-            metrics = provenance.read_json(stages["eval"], what="eval metrics")
+            metrics = provenance.read_json(eval_metrics, what="eval metrics")
         except provenance.FileError as e:
             return [*lines, f"  eval: {e}"]
         lines.append(f"  eval: {eval_summary(metrics)}")
@@ -194,18 +221,17 @@ def main(argv: list[str] | None = None) -> None:
     try:
         workflow = workflow_config(pairs)
         runs = selected_runs(workflow)
+        stages = workflow_stages()
     except OSError as e:
         parser.exit(1, f"{parser.prog}: error: run it in the checkout ({e})\n")
     except (ValueError, config.ConfigError) as e:
         parser.exit(2, f"{parser.prog}: error: {e}\n")
     paths = {"data": "data", "results": "results", **(workflow.get("paths") or {})}
-    try:
+    with errors.reader_may_stop():
         for run, (base, overrides) in runs.items():
-            lines = run_status(run, Path(paths["data"]), Path(paths["results"]), base, overrides)
+            data, results = Path(paths["data"]), Path(paths["results"])
+            lines = run_status(run, data, results, base, overrides, stages)
             print("\n".join(lines), flush=True)
-    except BrokenPipeError:  # a reader that stopped early (`| head`): Python's documented exit
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        sys.exit(1)
 
 
 if __name__ == "__main__":

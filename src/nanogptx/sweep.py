@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from nanogptx import config
+from nanogptx import config, errors
 
 SWEEPS = Path("config/sweeps")
 
@@ -251,8 +251,9 @@ def main(argv: list[str] | None = None) -> None:
     try:
         s = load(args.sweep)
         if not args.cost:
-            for name, overrides in expand(s).items():
-                print(name, *overrides)
+            with errors.reader_may_stop():
+                for name, overrides in expand(s).items():
+                    print(name, *overrides)
             return
         points = cost(s, args.vocab)
     except config.ConfigError as e:
@@ -267,16 +268,17 @@ def main(argv: list[str] | None = None) -> None:
             "above 0 that a float holds"
         )
     total = sum(p["flops"] for p in points.values())
-    for name, p in points.items():
+    with errors.reader_may_stop():
+        for name, p in points.items():
+            print(
+                f"{name}: {p['params'] / 1e6:.2f}M parameters, {p['tokens'] / 1e9:.3g}B tokens, "
+                f"{p['flops']:.3g} FLOPs, {p['flops'] / rate / 3600:.2f} device hours"
+            )
         print(
-            f"{name}: {p['params'] / 1e6:.2f}M parameters, {p['tokens'] / 1e9:.3g}B tokens, "
-            f"{p['flops']:.3g} FLOPs, {p['flops'] / rate / 3600:.2f} device hours"
+            f"{len(points)} points, {total:.3g} FLOPs: {total / rate / 3600:.1f} device hours "
+            f"at {args.mfu:.0%} of {peak / 1e12:g} TFLOP/s (a point that diverges stops early "
+            "and costs less)"
         )
-    print(
-        f"{len(points)} points, {total:.3g} FLOPs: {total / rate / 3600:.1f} device hours at "
-        f"{args.mfu:.0%} of {peak / 1e12:g} TFLOP/s (a point that diverges stops early and "
-        "costs less)"
-    )
 
 
 if __name__ == "__main__":

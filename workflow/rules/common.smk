@@ -1,9 +1,8 @@
 # Helpers of the workflow: the runs, their resolved configs and the paths they map to, the
 # params every stage rule declares (stage_params), the eval tasks' inputs and the targets of
 # STAGES (in the Snakefile). The nanogptx modules imported here (config, datasets, evaltasks,
-# provenance, sweep) use the standard library only, so parsing never imports JAX.
+# provenance, stagecode, sweep) use the standard library only, so parsing never imports JAX.
 
-import ast
 import dataclasses
 import functools
 import hashlib
@@ -18,7 +17,7 @@ from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
 
 from nanogptx import config as nconfig
-from nanogptx import datasets, evaltasks, provenance
+from nanogptx import datasets, evaltasks, provenance, stagecode
 from nanogptx import sweep as nsweep
 
 try:  # one line for what is wrong (not Snakemake's dump of the whole schema)
@@ -252,39 +251,11 @@ os.environ.update(
 )
 
 
-def _imports(name):
-    """The nanogptx modules that src/nanogptx/<name>.py imports, anywhere in its source."""
-    for node in ast.walk(ast.parse((SRC / f"{name}.py").read_text())):
-        if isinstance(node, ast.ImportFrom) and node.module == "nanogptx":
-            yield from (a.name for a in node.names)
-        elif isinstance(node, ast.ImportFrom):
-            yield from [node.module.split(".")[1]] if _ours(node.module) else []
-        elif isinstance(node, ast.Import):
-            yield from (a.name.split(".")[1] for a in node.names if _ours(a.name))
-
-
-def _ours(module):
-    return (module or "").startswith("nanogptx.")
-
-
-def stage_modules(module):
-    """The files of nanogptx that `python -m nanogptx.<module>` runs: the module and every
-    nanogptx module it imports, at any depth (read from the sources, so never out of date).
-    """
-    found, todo = set(), [module]
-    while todo:
-        name = todo.pop()
-        if name not in found and (SRC / f"{name}.py").is_file():
-            found.add(name)
-            todo += _imports(name)
-    return sorted(f"{name}.py" for name in found)
-
-
 def code_hash(module):
     """sha256 of the source of the modules a stage runs (params: editing one reruns the stage,
     and through its outputs the stages after it)."""
     h = hashlib.sha256()
-    for name in stage_modules(module):
+    for name in stagecode.stage_modules(module, SRC):
         h.update(name.encode() + b"\0" + (SRC / name).read_bytes())
     return h.hexdigest()
 
