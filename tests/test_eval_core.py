@@ -80,7 +80,7 @@ def registry(root: Path, tasks: dict[str, dict], group: list[str] | None = None)
     for name, keys in tasks.items():
         kind = keys["kind"]
         entry = {"about": '"a test task"', "label": f'"{keys.get("label", name)}"',
-                 "dataset": '"bundle"', "file": f'"eval_bundle/eval_data/{name}.jsonl"',
+                 "dataset": '"eval-bundle"', "file": f'"eval_bundle/eval_data/{name}.jsonl"',
                  "fields": FIELDS[kind], "metrics": '["acc", "centered", "items", "shots"]',
                  "baselines": '"eval_bundle/eval_meta_data.csv"', "bos": "true",
                  **({"style": '"core"'} if kind == "multiple_choice" else {}),
@@ -192,7 +192,7 @@ def greedy_item(params: dict, m) -> dict:
 
 def run(tasks: list[str], model_dir: Path, root: Path, out: Path, *over: str) -> dict:
     cfg = config.load(None, [f"eval.tasks={json.dumps(tasks)}", "eval.batch_size=2", *over])
-    return eval.evaluate(cfg, model_dir, None, out, {"bundle": root})
+    return eval.evaluate(cfg, model_dir, None, out, {"eval-bundle": root})
 
 
 # ---------------------------------------------------------------- the tests
@@ -420,7 +420,7 @@ def test_rows_are_split_over_all_local_devices(
     env = dict(os.environ, NANOGPTX_TASKS=str(use_registry))
     env["XLA_FLAGS"] = env.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=4"
     cmd = [sys.executable, "-m", "nanogptx.eval", "--model", str(tiny[0]), "--out",
-           str(tmp_path / "four"), "--dataset", f"bundle={root}", 'eval.tasks=["a", "c"]',
+           str(tmp_path / "four"), "--dataset", f"eval-bundle={root}", 'eval.tasks=["a", "c"]',
            "eval.batch_size=2"]  # fmt: skip
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
