@@ -359,6 +359,36 @@ def test_the_baseline_is_checked_against_the_bundles_csv(
 
 
 @pytest.mark.parametrize(
+    "table, error",
+    [
+        # float("nan") is a number that no comparison finds different: CORE would be nan.
+        ("lm,cat,type,0,nan,yes\n", r"no random baseline for 'lm' .* got 'nan'"),
+        ("lm,cat,type,0,inf,yes\n", r"no random baseline for 'lm' .* got 'inf'"),
+        # Two rows of the task: which one holds is an accident of order.
+        ("lm,cat,type,0,25.0,yes\nlm,cat,type,0,9.1,yes\n", r"'lm' has 2 rows \(25.0, 9.1\)"),
+    ],
+)
+def test_a_baseline_csv_without_one_number_per_task_is_refused(
+    use_registry: Path, tmp_path: Path, table: str, error: str
+) -> None:
+    registry(use_registry, {"lm": {"kind": "language_modeling", "baseline": "25.0"}})
+    root = bundle(tmp_path / "b", {"lm": LM}, {})
+    (root / "eval_bundle" / "eval_meta_data.csv").write_text(CSV + table)
+    with pytest.raises(eval.EvalError, match=error):
+        icl.baseline(evaltasks.get("lm"), root)
+
+
+def test_a_baseline_csv_saved_with_a_byte_order_mark_or_crlf_reads_as_without(
+    use_registry: Path, tmp_path: Path
+) -> None:
+    registry(use_registry, {"lm": {"kind": "language_modeling", "baseline": "25.0"}})
+    root = bundle(tmp_path / "b", {"lm": LM}, {"lm": 25.0})
+    path = root / "eval_bundle" / "eval_meta_data.csv"
+    path.write_bytes(b"\xef\xbb\xbf" + path.read_bytes().replace(b"\n", b"\r\n"))
+    assert icl.baseline(evaltasks.get("lm"), root) == 25.0
+
+
+@pytest.mark.parametrize(
     "keys, error",
     [
         ({"shots": "-1"}, r"shots = -1: expected a whole number >= 0"),

@@ -10,6 +10,7 @@ group's CORE are computed here too. docs/evaluation.md has the rules and the dec
 from __future__ import annotations
 
 import csv
+import math
 import random
 from collections.abc import Sequence
 from pathlib import Path
@@ -191,17 +192,28 @@ def baseline(task: Task, root: Path) -> float:
     if not o["baselines"]:
         return float(o["baseline"])
     path = root / o["baselines"]
-    try:
-        with open(path, encoding="utf-8", newline="") as f:
-            table = {row.get("Eval Task"): row.get("Random baseline") for row in csv.DictReader(f)}
+    try:  # utf-8-sig: a file saved by a spreadsheet starts with a byte order mark
+        with open(path, encoding="utf-8-sig", newline="") as f:
+            values = [
+                row.get("Random baseline")
+                for row in csv.DictReader(f)
+                if row.get("Eval Task") == task.label
+            ]
     except FileNotFoundError:
         raise EvalError(f"{path} does not exist: download dataset {o['dataset']} first") from None
     except (UnicodeDecodeError, csv.Error) as e:
         raise EvalError(f"{path}: not a CSV file of baselines: {e}") from None
-    value = table.get(task.label)
+    if len(values) > 1:  # which one would hold is an accident of their order
+        raise EvalError(
+            f"{path}: {task.label!r} has {len(values)} rows ({', '.join(map(str, values))}): "
+            "expected one"
+        )
+    value = values[0] if values else None
     try:
         percent = float(value)  # type: ignore[arg-type]
     except (TypeError, ValueError):
+        percent = math.nan
+    if not math.isfinite(percent):  # nan passes every comparison with the task's value
         raise EvalError(
             f"{path}: no random baseline for {task.label!r} (expected a row with "
             f"'Eval Task' = {task.label!r} and a number in 'Random baseline', got {value!r})"
