@@ -295,3 +295,44 @@ def test_what_the_model_cannot_serve_is_refused_by_name(tiny: tuple, tmp_path: P
     assert lm.loglikelihood([ask("loglikelihood", "the king", " and")])[0][0] < 0
     with pytest.raises(harness.HarnessError, match="char tokenizer has no end-of-text token"):
         lm.loglikelihood_rolling([ask("loglikelihood_rolling", "the king")])
+
+
+def test_an_empty_context_is_scored_after_the_end_of_text_token(tiny: tuple) -> None:
+    """A context of white space only: the harness moves its spaces into the continuation and
+    passes no context token; the first continuation token is predicted after end-of-text, as
+    for an empty context, never from a position before the row."""
+    from lm_eval.api.instance import Instance
+
+    model_dir, params, m = tiny
+    lm = harness.NanoGPTX(model=str(model_dir))
+    cont = lm.tok_encode("   the king rode on")
+    (got, _), (empty, _) = lm.loglikelihood(
+        [Instance(request_type="loglikelihood", doc={}, arguments=a, idx=0)
+         for a in [("   ", "the king rode on"), ("", "   the king rode on")]]
+    )  # fmt: skip
+    want = logprobs(params, m, [[lm.eot_token_id, *cont]], [len(cont)])[0]
+    assert got == pytest.approx(want, abs=1e-3) and empty == pytest.approx(got, abs=1e-4)
+
+
+@pytest.mark.parametrize(
+    "args, error",
+    [
+        ({"batch_size": 0}, r"batch_size = 0: give a number of rows per call"),
+        ({"batch_size": -4}, r"batch_size = -4: give a number of rows per call"),
+        ({"max_gen_toks": "many"}, r"max_gen_toks = 'many': give a whole number >= 0"),
+        ({"max_gen_toks": -1}, r"max_gen_toks = -1: give a whole number >= 0"),
+    ],
+)
+def test_bad_model_args_are_refused_by_name(tiny: tuple, args: dict, error: str) -> None:
+    with pytest.raises(harness.HarnessError, match=error):
+        harness.NanoGPTX(model=str(tiny[0]), **args)
+
+
+def test_a_negative_max_gen_toks_of_a_request_is_refused(tiny: tuple) -> None:
+    from lm_eval.api.instance import Instance
+
+    lm = harness.NanoGPTX(model=str(tiny[0]))
+    ask = Instance(request_type="generate_until", doc={}, idx=0,
+                   arguments=("The", {"max_gen_toks": -2, "until": ["."]}))  # fmt: skip
+    with pytest.raises(harness.HarnessError, match=r"max_gen_toks = -2: give a whole number"):
+        lm.generate_until([ask])

@@ -54,6 +54,27 @@ def bucket(n: int, most: int) -> int:
     return min(-(-n // BUCKET) * BUCKET, most)
 
 
+def whole(value: Any, default: int) -> int | None:
+    """A model_args number (the command line gives strings) as an int; None: not one."""
+    if value is None or value == "":
+        return default
+    if isinstance(value, bool) or isinstance(value, float) and not value.is_integer():
+        return None
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def gen_toks(value: Any) -> int:
+    """max_gen_toks, of model_args or of a request: a whole number >= 0 (a negative one gave
+    every generation empty, silently)."""
+    n = whole(value, 256)
+    if n is None or n < 0:
+        raise HarnessError(f"max_gen_toks = {value!r}: give a whole number >= 0 (e.g. 256)")
+    return n
+
+
 # ---------------------------------------------------------------- the compiled programs
 
 
@@ -134,13 +155,13 @@ class NanoGPTX(TemplateLM):
             )
         if model is None:
             raise HarnessError("model_args: give model=DIR, a trained model directory")
-        try:
-            rows = int(batch_size or 32)
-        except ValueError:
+        rows = whole(batch_size, 32)
+        if rows is None or rows < 1:
             raise HarnessError(
                 f"batch_size = {batch_size!r}: give a number of rows per call (e.g. 64); "
                 "automatic batch sizes are not supported"
-            ) from None
+            )
+        self._max_gen_toks = gen_toks(max_gen_toks)
         self.model_dir = Path(model)
         params, cfg, tok_dict = checkpoint.load_model(self.model_dir)
         self.model_sha256 = checkpoint.check_model_hash(self.model_dir)
@@ -151,8 +172,7 @@ class NanoGPTX(TemplateLM):
         self.gen_m = dataclasses.replace(self.m, vocab_size=vocab)
         devices = jax.local_devices()
         self.mesh = Mesh(np.array(devices), ("data",))
-        self.rows = -(-max(rows, 1) // len(devices)) * len(devices)
-        self._max_gen_toks = int(max_gen_toks)
+        self.rows = -(-rows // len(devices)) * len(devices)
         self.rt = runtime.choose_for(self.m, devices[0])
         self.params = jax.device_put(params, NamedSharding(self.mesh, P()))
         self._score = make_scorer(self.m, self.rt)
@@ -248,6 +268,9 @@ class NanoGPTX(TemplateLM):
                     f"a continuation of {len(cont)} tokens cannot follow even one context token "
                     f"in the model's window (model.block_size = {L}): {key!r}"
                 )
+            # No context token (a context of spaces, moved into the continuation): the
+            # first token is predicted after end-of-text, as for an empty context.
+            ctx = ctx or [self.eot_token_id]
             rows.append((ctx + cont)[-(L + 1) :])  # the context cut from the left
             spans.append(len(cont))
         out = self.score_rows(rows, spans, disable_tqdm)
@@ -319,7 +342,7 @@ class NanoGPTX(TemplateLM):
                 )
             eos = None if self.tok.eot_token is None else self.tok_decode([self.tok.eot_token])
             until = handle_stop_sequences(kwargs.get("until"), eos=eos)
-            S = kwargs["max_gen_toks"]
+            S = gen_toks(kwargs["max_gen_toks"])
             if S >= L:
                 raise HarnessError(
                     f"max_gen_toks = {S} leaves no room for a prompt in the model's window "
