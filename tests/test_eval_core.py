@@ -398,6 +398,9 @@ def test_a_baseline_csv_saved_with_a_byte_order_mark_or_crlf_reads_as_without(
         ({"style": '"llm.c"', "items": "3"}, r"shots = 3: expected nothing with style = "),
         ({"delimiter": "1"}, r"delimiter = 1: expected a string"),
         ({"shot": "1"}, r"key = 'shot': expected one of .*did you mean 'shots'"),
+        # The baselines' CSV is a file of the dataset, as the items' file: never outside it.
+        ({"baselines": '"/etc/passwd"'}, r"baselines = '/etc/passwd': expected a name"),
+        ({"baselines": '"../other/meta.csv"'}, r"baselines = '../other/meta.csv': expected"),
     ],
 )
 def test_a_bad_in_context_task_file_names_file_and_key(

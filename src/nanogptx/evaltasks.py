@@ -149,15 +149,15 @@ def _need(ok: bool, where: str, key: str, value: Any, expected: str) -> None:
 def _check_values(where: str, tree: dict[str, Any]) -> None:
     """Values beyond a key's type: a split the prepared data has, a tokenizer there is, a
     dataset's name, and a file inside its directory (names joined by /: an absolute path or ..
-    would leave it)."""
+    would leave it), the items' and the baselines' (empty: none)."""
     if "split" in tree:
         _need(tree["split"] in SPLITS, where, "split", tree["split"], f"one of {list(SPLITS)}")
     if "tokenizer" in tree:
         known = ["", *TOKENS]
         _need(tree["tokenizer"] in known, where, "tokenizer", tree["tokenizer"], f"one of {known}")
-    for key in ("dataset", "file"):
-        if key in tree:
-            parts = tree[key].split("/") if key == "file" else [tree[key]]
+    for key in ("dataset", "file", "baselines"):
+        if key in tree and not (key == "baselines" and tree[key] == ""):
+            parts = tree[key].split("/") if key != "dataset" else [tree[key]]
             ok = all(NAME.fullmatch(part) for part in parts)
             _need(ok, where, key, tree[key], "a name: letters, digits, '.', '_', '-'")
 
