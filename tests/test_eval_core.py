@@ -18,7 +18,18 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from nanogptx import checkpoint, config, eval, evaltasks, icl, model, report, status, tokenizer
+from nanogptx import (
+    checkpoint,
+    config,
+    eval,
+    evaltasks,
+    icl,
+    model,
+    report,
+    spans,
+    status,
+    tokenizer,
+)
 
 L = 48  # the tiny model's block_size: few-shot prompts outgrow it
 CSV = "Eval Task,Task Category,Task Type,#shots,Random baseline,Centered Metric?\n"
@@ -299,6 +310,26 @@ def test_a_bad_item_is_refused_naming_file_and_line_before_any_work(
     with pytest.raises(eval.EvalError, match=rf"t\.jsonl{error}"):
         run(["t"], tiny[0], root, tmp_path / "out")
     assert not (tmp_path / "out").exists()
+
+
+def test_an_items_file_with_a_byte_order_mark_and_crlf_lines_reads_as_without(
+    use_registry: Path, tmp_path: Path
+) -> None:
+    registry(use_registry, {"t": {"kind": "schema", "choices": "3"}})
+    task = evaltasks.get("t")
+    plain = bundle(tmp_path / "plain", {"t": SCHEMA}, {})
+    path = bundle(tmp_path / "bom", {"t": SCHEMA}, {}) / "eval_bundle/eval_data/t.jsonl"
+    path.write_bytes(b"\xef\xbb\xbf" + path.read_bytes().replace(b"\n", b"\r\n"))
+
+    def texts(p: Path) -> list:
+        items = spans.read_items(p, task, lambda it, where: icl.check_item(it, task, where))
+        return [{k: v for k, v in it.items() if k != "where"} for it in items]
+
+    assert texts(path) == texts(plain / "eval_bundle/eval_data/t.jsonl")
+    # A byte order mark anywhere else is a character of the line: refused naming it.
+    path.write_bytes(path.read_bytes().replace(b"\r\n", b"\r\n\xef\xbb\xbf", 1))
+    with pytest.raises(eval.EvalError, match=r"t\.jsonl:2: not a JSON object"):
+        texts(path)
 
 
 def test_core_is_the_mean_centered_accuracy_and_a_cut_one_is_never_called_core(

@@ -59,6 +59,8 @@ def read_items(
         ) from None
     with f:
         for lineno, raw in enumerate(f, 1):
+            if lineno == 1:  # a byte order mark (a Windows editor's save) is no text
+                raw = raw.removeprefix(b"\xef\xbb\xbf")
             if (item := read_line(raw, f"{path}:{lineno}")) is not None:
                 items.append(check(item, f"{path}:{lineno}"))
             if max_items and len(items) == max_items:
