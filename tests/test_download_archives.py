@@ -312,3 +312,25 @@ def test_two_downloads_of_the_bundle_at_once_leave_it_whole(tmp_path):
     assert listing(out) == ["eval_bundle", "eval_bundle.zip", "provenance.json"]
     assert unpacked(out) == corebundle.members()
     assert list(json.loads(lock.read_text())["eval-bundle"]) == ["eval_bundle.zip"]
+
+
+def test_an_archive_replaced_after_its_hash_was_checked_is_not_unpacked(tmp_path, monkeypatch):
+    """The archive is unpacked from the bytes whose sha256 the download checked (and the lock
+    and provenance record): one replaced on disk after that check (another process, a user's
+    copy) is refused, nothing unpacked, not unpacked under the first one's hash."""
+    mirror, lock = corebundle.mirror(tmp_path / "mirror"), tmp_path / "lock.json"
+    out = tmp_path / ODD
+    other = corebundle.zip_bytes(corebundle.members({"copa": 12.5}))
+    real_check = archives.check
+
+    def check_then_replace(archive: Path, *args: object) -> list:
+        members = real_check(archive, *args)
+        swap = archive.with_name("swap")
+        swap.write_bytes(other)
+        os.replace(swap, archive)  # after download verified it, before it is unpacked
+        return members
+
+    monkeypatch.setattr(archives, "check", check_then_replace)
+    with pytest.raises(archives.ArchiveError, match=r"eval_bundle\.zip: its sha256 is .* was "):
+        fetch(mirror, out, lock)
+    assert "eval_bundle" not in listing(out) and "provenance.json" not in listing(out)

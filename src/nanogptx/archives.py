@@ -17,7 +17,7 @@ import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import Any
+from typing import Any, BinaryIO
 
 from nanogptx import provenance
 from nanogptx.transport import CHUNK, DownloadError
@@ -105,13 +105,16 @@ def _path(archive: Path, info: zipfile.ZipInfo) -> PurePosixPath:
     return PurePosixPath(*parts)
 
 
-def check(archive: Path, taken: dict[str, str] | None = None) -> list[Member]:
-    """The members of a zip archive, each checked (_path, _kind), none colliding with another
-    (the same name twice, two names alike by case or Unicode normalisation, a file where
-    another member has a directory) or with a name in taken ({top-level name: whose}: the
-    dataset's files beside the archive); ArchiveError names the first refused."""
+def check(
+    archive: Path, taken: dict[str, str] | None = None, opened: BinaryIO | None = None
+) -> list[Member]:
+    """The members of a zip archive (read from opened, its open file, where given), each
+    checked (_path, _kind), none colliding with another (the same name twice, two names alike
+    by case or Unicode normalisation, a file where another member has a directory) or with a
+    name in taken ({top-level name: whose}: the dataset's files beside the archive);
+    ArchiveError names the first refused."""
     try:
-        with zipfile.ZipFile(archive) as zf:
+        with zipfile.ZipFile(opened or archive) as zf:
             infos = zf.infolist()
     except (zipfile.BadZipFile, OSError) as e:
         raise _refuse(archive, None, f"not a zip archive ({e})") from None
@@ -154,7 +157,7 @@ def check(archive: Path, taken: dict[str, str] | None = None) -> list[Member]:
         members.append(Member(info, path, is_dir))
     if total > MAX_BYTES:
         raise _refuse(archive, None, f"{total:,} bytes unpacked, more than {MAX_BYTES:,}")
-    size = archive.stat().st_size
+    size = os.fstat(opened.fileno()).st_size if opened else archive.stat().st_size
     if total > RATIO_FROM and total > MAX_RATIO * size:
         why = f"{total:,} bytes unpacked from {size:,} (more than {MAX_RATIO}x: a zip bomb?)"
         raise _refuse(archive, None, why)
@@ -180,11 +183,27 @@ def extract(
     out: Path,
     taken: dict[str, str] | None = None,
     say: Callable[[str], None] = print,
+    sha256: str | None = None,
 ) -> list[dict[str, Any]]:
     """Unpack archive's members into out at their own paths (checked first); an entry of out
-    that the archive also holds is replaced whole. Returns each file's path (relative to out),
-    bytes and sha256."""
-    members = check(archive, taken)
+    that the archive also holds is replaced whole. With sha256 (the download's), the archive is
+    opened once and its bytes must hash to it: a file replaced since it was verified is refused.
+    Returns each file's path (relative to out), bytes and sha256."""
+    with open(archive, "rb") as f:  # one open file: a rename over the path does not reach it
+        if sha256 is not None and (got := hashlib.file_digest(f, "sha256").hexdigest()) != sha256:
+            why = f"its sha256 is {got}, not {sha256} as downloaded: it was replaced since"
+            raise _refuse(archive, None, why)
+        return _extract(archive, f, out, taken, say)
+
+
+def _extract(
+    archive: Path,
+    f: BinaryIO,
+    out: Path,
+    taken: dict[str, str] | None,
+    say: Callable[[str], None],
+) -> list[dict[str, Any]]:
+    members = check(archive, taken, f)
     need = sum(m.info.file_size for m in members)
     free = shutil.disk_usage(out).free
     if need > free:
@@ -192,7 +211,7 @@ def extract(
     tmp = out / provenance.temp_name("unpack", archive.name)
     tmp.mkdir()
     try:
-        with zipfile.ZipFile(archive) as zf:
+        with zipfile.ZipFile(f) as zf:
             files = [_write(archive, zf, m, tmp, out) for m in members if not m.is_dir]
         for m in (m for m in members if m.is_dir):  # an empty directory is a member too
             tmp.joinpath(*m.path.parts).mkdir(parents=True, exist_ok=True)

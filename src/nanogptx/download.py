@@ -545,7 +545,7 @@ def _unpack(
             "archive": got.name,
             "sha256": got.sha256,
             "files": archives.extract(
-                got.path, out, seen, lambda m: _say(channel, f"{ds.name}/{m}")
+                got.path, out, seen, lambda m: _say(channel, f"{ds.name}/{m}"), got.sha256
             ),
         }
         for got, seen in plan
