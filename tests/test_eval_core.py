@@ -332,6 +332,20 @@ def test_an_items_file_with_a_byte_order_mark_and_crlf_lines_reads_as_without(
         texts(path)
 
 
+def test_too_few_items_for_the_shots_names_the_file_or_eval_max_items(
+    tiny: tuple[Path, dict], use_registry: Path, tmp_path: Path
+) -> None:
+    registry(use_registry, {"t": {"kind": "language_modeling", "shots": "6"}})
+    root = bundle(tmp_path / "b", {"t": LM}, {"t": 0.0})  # 6 items: one short of 6-shot
+    path = re.escape(str(root / "eval_bundle" / "eval_data" / "t.jsonl"))
+    with pytest.raises(eval.EvalError, match=rf"need at least 7 items, {path} has 6$"):
+        run(["t"], tiny[0], root, tmp_path / "out")
+    bundle(tmp_path / "b", {"t": LM * 2}, {"t": 0.0})
+    with pytest.raises(eval.EvalError, match=r"need at least 7 items, 5 are scored \(eval.max_"):
+        run(["t"], tiny[0], root, tmp_path / "out", "eval.max_items=5")
+    assert not (tmp_path / "out").exists()
+
+
 def test_core_is_the_mean_centered_accuracy_and_a_cut_one_is_never_called_core(
     tiny: tuple[Path, dict], use_registry: Path, tmp_path: Path
 ) -> None:

@@ -278,9 +278,12 @@ class InContext:
         every = spans.read_items(self.path, task, lambda it, where: check_item(it, task, where))
         self.total, self.items = len(every), order(every, s.e.max_items)
         if o["shots"] >= len(self.items):
+            short = f"{self.path} has {self.total}" if o["shots"] >= self.total else (
+                f"{len(self.items)} are scored (eval.max_items = {s.e.max_items})"
+            )  # fmt: skip
             raise EvalError(
                 f"{task.name}: {o['shots']} few-shot examples per item need at least "
-                f"{o['shots'] + 1} items, {len(self.items)} are scored (eval.max_items)"
+                f"{o['shots'] + 1} items, {short}"
             )
         self.bos = [] if not o["bos"] else [s.tok.eot_token]
         if o["bos"] and s.tok.eot_token is None:
