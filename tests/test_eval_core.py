@@ -431,6 +431,8 @@ def test_a_baseline_csv_saved_with_a_byte_order_mark_or_crlf_reads_as_without(
     path = root / "eval_bundle" / "eval_meta_data.csv"
     path.write_bytes(b"\xef\xbb\xbf" + path.read_bytes().replace(b"\n", b"\r\n"))
     assert icl.baseline(evaltasks.get("lm"), root) == 25.0
+    path.write_text(CSV + "lm,cat,type,0,25.0,yes\nlm,other,type,0,25,yes\n")  # alike: one
+    assert icl.baseline(evaltasks.get("lm"), root) == 25.0
 
 
 @pytest.mark.parametrize(

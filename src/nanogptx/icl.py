@@ -185,6 +185,13 @@ def cut(rows: Rows, L: int) -> tuple[Rows, bool]:
 # ---------------------------------------------------------------- baselines and CORE
 
 
+def _number(value: str | None) -> float | str | None:
+    try:
+        return float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return value
+
+
 def baseline(task: Task, root: Path) -> float:
     """The task's random baseline in percent: its file's, checked against the dataset's
     eval_meta_data.csv (task key baselines, its row "Eval Task" = the task's label)."""
@@ -203,21 +210,19 @@ def baseline(task: Task, root: Path) -> float:
         raise EvalError(f"{path} does not exist: download dataset {o['dataset']} first") from None
     except (UnicodeDecodeError, csv.Error) as e:
         raise EvalError(f"{path}: not a CSV file of baselines: {e}") from None
-    if len(values) > 1:  # which one would hold is an accident of their order
+    if len({_number(v) for v in values}) > 1:  # which would hold: an accident of order
         raise EvalError(
             f"{path}: {task.label!r} has {len(values)} rows ({', '.join(map(str, values))}): "
-            "expected one"
+            "expected one, or rows that agree"
         )
     value = values[0] if values else None
-    try:
-        percent = float(value)  # type: ignore[arg-type]
-    except (TypeError, ValueError):
-        percent = math.nan
-    if not math.isfinite(percent):  # nan passes every comparison with the task's value
+    percent = _number(value)
+    # not finite: nan would pass every comparison below (CORE nan)
+    if not (isinstance(percent, float) and math.isfinite(percent)):
         raise EvalError(
             f"{path}: no random baseline for {task.label!r} (expected a row with "
             f"'Eval Task' = {task.label!r} and a number in 'Random baseline', got {value!r})"
-        ) from None
+        )
     if abs(percent - o["baseline"]) > 1e-9:
         raise EvalError(
             f"{task.name}: baseline = {o['baseline']} in {evaltasks.entry_file(task.name)}, but "
