@@ -287,6 +287,8 @@ def test_a_span_longer_than_the_window_is_counted_wrong_unscored(
          r":2: continuation is empty"),
         ("language_modeling", {"context": "Hello"}, r":2: key 'continuation' is missing"),
         ("multiple_choice", {"query": "Q", "choices": ["same", "same"], "gold": 0},
+         r":2: choices\[0\] and choices\[1\] are the same text \('same'\)"),
+        ("multiple_choice", {"query": "Q", "choices": ["a dog", "a dog food"], "gold": 0},
          r":2: choice 0 adds no token to score"),
         ("multiple_choice", {"query": "Q", "choices": ["a"] * 5, "gold": 0},
          r":2: choices: expected a list of 2 to 4 strings \(choices = 4"),
@@ -295,7 +297,7 @@ def test_a_span_longer_than_the_window_is_counted_wrong_unscored(
         ("schema", {"context_options": ["A", "B"], "continuation": "", "gold": 0},
          r":2: continuation is empty"),
         ("schema", {"context_options": ["A b", "A b"], "continuation": "c", "gold": 0},
-         r":2: no token before the scored span of row 0 \(options that are equal"),
+         r":2: context_options\[0\] and context_options\[1\] are the same text \('A b'\)"),
     ],
 )  # fmt: skip
 def test_a_bad_item_is_refused_naming_file_and_line_before_any_work(

@@ -63,6 +63,13 @@ def check_item(item: dict[str, Any], task: Task, where: str) -> dict[str, Any]:
                 f"{evaltasks.entry_file(task.name)}), got {options!r}"
             )
         out[many] = [_text(o, where, f"{f[many]}[{i}]") for i, o in enumerate(options)]
+        first = {}
+        for i, o in enumerate(out[many]):  # equal options: nothing tells them apart
+            if (j := first.setdefault(o, i)) != i:
+                raise EvalError(
+                    f"{where}: {f[many]}[{j}] and {f[many]}[{i}] are the same text ({o!r}): "
+                    "expected options that differ"
+                )
         label = item[f["label"]]
         if isinstance(label, bool) or not isinstance(label, int) or not 0 <= label < len(options):
             raise EvalError(
