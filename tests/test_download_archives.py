@@ -334,3 +334,21 @@ def test_an_archive_replaced_after_its_hash_was_checked_is_not_unpacked(tmp_path
     with pytest.raises(archives.ArchiveError, match=r"eval_bundle\.zip: its sha256 is .* was "):
         fetch(mirror, out, lock)
     assert "eval_bundle" not in listing(out) and "provenance.json" not in listing(out)
+
+
+def test_a_first_download_that_is_no_archive_is_not_pinned(tmp_path):
+    """Trust on first use pins what was downloaded: a page that is no zip (a proxy's, a cut
+    transfer) is refused before the lock records it and is not kept, so the next download,
+    once the server serves the archive, pins and unpacks it (it was pinned, and every later
+    download then failed against the lock until both were deleted by hand)."""
+    lock, out = tmp_path / "lock.json", tmp_path / ODD
+    good = corebundle.zip_bytes(corebundle.members())
+    with FileServer() as server:
+        served = server.add("/eval-bundle/eval_bundle.zip", good[: len(good) // 2])
+        with pytest.raises(archives.ArchiveError, match=r"\.zip: not a zip .* not pinned in"):
+            fetch(server.url, out, lock)
+        assert not lock.exists() and listing(out) == []
+        served.data = good
+        [got] = fetch(server.url, out, lock)
+    assert got.check == "first-download" and unpacked(out) == corebundle.members()
+    assert json.loads(lock.read_text())["eval-bundle"]["eval_bundle.zip"]["sha256"] == sha(good)
