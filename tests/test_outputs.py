@@ -540,3 +540,24 @@ def test_a_listing_into_a_reader_that_stops_early_ends_without_a_traceback(comma
     err = proc.stderr.read().decode()
     proc.wait(timeout=120)
     assert "Traceback" not in err and "BrokenPipe" not in err, err
+
+
+@pytest.mark.parametrize(
+    ("metrics", "says"),
+    [("[]", "expected a JSON object, not list"),
+     ('{"model_sha256": "ab"}', "no task's figures in it"),
+     ('{"val_loss": 2.5, "hellaswag": {"acc_norm": 0.3}}',
+      "val_loss: expected an object of its figures")],
+)  # fmt: skip
+def test_status_says_a_malformed_eval_record_is_so_and_names_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, metrics: str, says: str
+) -> None:
+    """Valid JSON that is no eval record printed an empty `eval:` line."""
+    (tmp_path / "config").mkdir()
+    (tmp_path / "config/run.toml").write_text("")
+    (tmp_path / "results/run/eval").mkdir(parents=True)
+    (tmp_path / "results/run/eval/metrics.json").write_text(metrics)
+    _workflow_files(tmp_path)  # status reads its stages from them
+    monkeypatch.chdir(tmp_path)
+    lines = status.run_status("run", Path("data"), Path("results"))
+    assert lines[-1] == f"  eval: eval metrics results/run/eval/metrics.json is malformed: {says}"
