@@ -382,6 +382,19 @@ def test_progress_shows_bytes_rate_and_eta_in_lines_for_logs(capsys):
     assert err.count("\n") == 2
 
 
+def test_the_last_progress_line_counts_every_file_done(server, tmp_path, monkeypatch, capsys):
+    """It said "0/1 file, 1.1 MB of 1.1 MB": logged when the bytes were in, before the file
+    was verified and counted."""
+    files = {"a.bin": blob(1_100_000), "b.bin": blob(10, seed=1)}
+    register(monkeypatch, files)
+    for name, data in files.items():
+        server.add(f"/toy/{name}", data)
+    run(server, tmp_path)
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("toy: ")]
+    assert lines[-1].startswith("toy: 2/2 files, 1.1 MB of 1.1 MB"), lines
+    assert all("0/2 files, 1.1 MB of 1.1 MB" not in line for line in lines), lines
+
+
 def test_progress_on_a_terminal_is_a_tqdm_bar_of_bytes(capsys):
     progress = download.Progress("toy", {"a.bin": 2_000_000, "b.bin": 1_000_000}, tty=True)
     progress.start("a.bin", 0, 2_000_000)

@@ -106,6 +106,12 @@ class Progress(progress.Meter):
             self.got[name] = self.totals[name] = nbytes
             self.finished += 1
             self.say(msg, channel=True)
+            if self.ended():  # the last line, its count of files done complete
+                self.update(self.done)
+
+    def ended(self) -> bool:
+        """Every file done: verified, not only its bytes in."""
+        return self.finished == len(self.got)
 
     def files(self) -> str:
         """Files done, bytes (of the total), rate, ETA; each file under way: its bytes."""

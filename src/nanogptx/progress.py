@@ -154,9 +154,13 @@ class Meter:
                 return
             now = time.monotonic()
             due = self.log_every_s is not None and now - self.logged >= self.log_every_s
-            if due or (self.log_every_s is not None and done == self.total):
+            if due or (self.log_every_s is not None and self.ended()):
                 self.logged = now
                 self.log(self.line())
+
+    def ended(self) -> bool:
+        """Whether the work is done, when the log gets its last line (a subclass may say so)."""
+        return self.done == self.total
 
     def add(self, n: int, note: str | None = None) -> None:
         with self.lock:
