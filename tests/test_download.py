@@ -600,3 +600,16 @@ def test_a_mirror_url_with_a_space_or_not_ascii_is_refused_at_once_naming_it(
         run(f"{server.url}/mirrør", tmp_path, policy=policy)  # was a UnicodeEncodeError traceback
     run(f"{server.url}/my%20mirror", tmp_path)
     assert (tmp_path / "raw/a.bin").read_bytes() == data
+
+
+def test_download_help_lists_only_the_config_keys_it_reads(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """It listed all 11 [data] keys (it reads two), and --dataset's help read as if text,
+    weights and eval were its allowed values."""
+    with pytest.raises(SystemExit):
+        download.main(["--help"])
+    out = capsys.readouterr().out
+    assert re.findall(r"^  (\w+\.\w+) \(", out, re.M) == list(download.READS)
+    dataset_help = out.split("--dataset DATASET")[1].split("--out")[0]
+    assert not re.search(r": \w+(, \w+)+\s*$", dataset_help), dataset_help

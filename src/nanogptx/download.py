@@ -44,6 +44,7 @@ from nanogptx.transport import (
 
 __all__ = ["DownloadError", "Fetched", "HashMismatch", "Policy", "Progress", "download", "main"]
 DEFAULT_LOCK = Path("config/download.lock.json")
+READS = ("data.dataset", "data.allow_unverified")  # the config keys download reads
 DEFAULT_POLICY = Policy()
 OFFLINE_HINT = (
     "; offline? fetch from a mirror directory or URL instead: --config mirror=DIR_OR_URL "
@@ -606,9 +607,11 @@ def main(argv: list[str] | None = None) -> None:
         prog="python -m nanogptx.download",
         description="Download every file of data.dataset, hash-verified, into --out.",
     )
-    config.add_arguments(parser, ["data"])
+    config.add_arguments(parser, ["data"], READS)
     parser.add_argument(
-        "--dataset", help="registry dataset to fetch (default data.dataset): text, weights, eval"
+        "--dataset",
+        help="fetch this dataset of the registry (config/datasets/NAME.toml) instead of "
+        "data.dataset, such as a model's weights or an eval task's data",
     )
     parser.add_argument("--out", type=Path, required=True, help="data/raw/<dataset>")
     parser.add_argument(
