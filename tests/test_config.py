@@ -443,7 +443,7 @@ def test_the_docs_rerun_table_holds_the_rows_the_roles_make() -> None:
 
 
 COMMANDS = ["download", "prepare", "train", "sample", "eval", "export", "report", "status",
-            "sweep", "plan", "tokenizer"]  # fmt: skip
+            "sweep", "plan", "tokenizer", "schema"]  # fmt: skip
 
 
 @pytest.mark.parametrize("module", COMMANDS)
