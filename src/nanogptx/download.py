@@ -44,7 +44,6 @@ from nanogptx.transport import (
 
 __all__ = ["DownloadError", "Fetched", "HashMismatch", "Policy", "Progress", "download", "main"]
 DEFAULT_LOCK = Path("config/download.lock.json")
-READS = ("data.dataset", "data.allow_unverified")  # the config keys download reads
 DEFAULT_POLICY = Policy()
 OFFLINE_HINT = (
     "; offline? fetch from a mirror directory or URL instead: --config mirror=DIR_OR_URL "
@@ -85,7 +84,8 @@ class Progress(progress.Meter):
     ) -> None:
         self.totals, self.got, self.finished = dict(sizes), dict.fromkeys(sizes, 0), 0
         total = sum(t or 0 for t in sizes.values()) if None not in sizes.values() else None
-        shown = {"unit": "B", "scale": True, "log": _stderr, "text": Progress.files}
+        shown = {"unit": "B", "scale": True, "log": _stderr, "text": Progress.files,
+                 "ended": lambda m: m.finished == len(m.got)}  # fmt: skip
         super().__init__(dataset, total, channel, 15.0, tty, **shown)
 
     def start(self, name: str, done: int, total: int | None) -> None:
@@ -107,12 +107,8 @@ class Progress(progress.Meter):
             self.got[name] = self.totals[name] = nbytes
             self.finished += 1
             self.say(msg, channel=True)
-            if self.ended():  # the last line, its count of files done complete
+            if self.ended(self):  # the last line: every file verified, not only its bytes in
                 self.update(self.done)
-
-    def ended(self) -> bool:
-        """Every file done: verified, not only its bytes in."""
-        return self.finished == len(self.got)
 
     def files(self) -> str:
         """Files done, bytes (of the total), rate, ETA; each file under way: its bytes."""
@@ -561,11 +557,9 @@ def main(argv: list[str] | None = None) -> None:
         prog="python -m nanogptx.download",
         description="Download every file of data.dataset, hash-verified, into --out.",
     )
-    config.add_arguments(parser, ["data"], READS)
+    config.add_arguments(parser, ["data"], ("data.dataset", "data.allow_unverified"))  # it reads
     parser.add_argument(
-        "--dataset",
-        help="fetch this dataset of the registry (config/datasets/NAME.toml) instead of "
-        "data.dataset, such as a model's weights or an eval task's data",
+        "--dataset", help="fetch this dataset of the registry instead of the run's data.dataset"
     )
     parser.add_argument("--out", type=Path, required=True, help="data/raw/<dataset>")
     parser.add_argument(

@@ -121,12 +121,14 @@ class Meter:
         leave: bool = False,
         log: Callable[[str], None] | None = None,
         text: Callable[[Meter], str] | None = None,
+        ended: Callable[[Meter], bool] | None = None,
     ) -> None:
         self.what, self.total, self.channel, self.log_every_s = what, total, channel, log_every_s
         self.done = self.base = initial  # base: done without work here (resumed, present)
         self.note, self.eta_s, self.lock, self.closed = "", None, threading.RLock(), False
         self.log = log or (lambda line: print(line, flush=True))
         self.text = text or Meter.counts
+        self.ended = ended or (lambda m: m.done == m.total)  # the log's last line is due
         self.t0 = self.logged = time.monotonic()
         self.bar = None
         if channel is None and (sys.stderr.isatty() if tty is None else tty):
@@ -174,13 +176,9 @@ class Meter:
                 return
             now = time.monotonic()
             due = self.log_every_s is not None and now - self.logged >= self.log_every_s
-            if due or (self.log_every_s is not None and self.ended()):
+            if due or (self.log_every_s is not None and self.ended(self)):
                 self.logged = now
                 self.log(self.line())
-
-    def ended(self) -> bool:
-        """Whether the work is done, when the log gets its last line (a subclass may say so)."""
-        return self.done == self.total
 
     def add(self, n: int, note: str | None = None) -> None:
         with self.lock:

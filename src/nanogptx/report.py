@@ -30,11 +30,9 @@ class ReportError(UserError, ValueError):
 
 
 # The keys the report reads in each kind of metrics.jsonl record (logbook.py, train.py write them).
-RECORD_KEYS = {
-    "train": ("step", "tokens", "loss"),
-    "eval": ("step", "tokens", "val_loss"),
-    "stats": ("step", "log_z", "attn_logit_max", "param_rms", "grad_rms", "update_rms"),
-}
+RECORD_KEYS = {"train": ("step", "tokens", "loss"), "eval": ("step", "tokens", "val_loss"),
+               "stats": ("step", "log_z", "attn_logit_max", "param_rms", "grad_rms",
+                         "update_rms")}  # fmt: skip
 
 
 def read_metrics(path: str | Path) -> list[dict[str, Any]]:
@@ -52,9 +50,7 @@ def read_metrics(path: str | Path) -> list[dict[str, Any]]:
             raise ReportError(f"{path}:{i}: expected a JSON object")
         for key in RECORD_KEYS.get(record.get("kind"), ()):
             if key not in record:
-                raise ReportError(
-                    f"{path}:{i}: a record of kind {record['kind']!r} without {key!r}"
-                )
+                raise ReportError(f"{path}:{i}: no {key!r} in this {record['kind']} record")
         records.append(record)
     return records
 
@@ -314,13 +310,11 @@ def sweep_points(runs: dict[str, Path], lr_key: str, axes: list[str]) -> list[di
 
     points = []
     settings = {name: run_settings(root) for name, root in runs.items()}
-    for name, root in runs.items():
-        for k in (lr_key, *axes):
-            if k not in settings[name]:
-                raise ReportError(
-                    f"{k}: not a setting of run {name} ({root / 'model' / 'config.toml'}); "
-                    "expected section.key"
-                )
+    missing = [(name, k) for name in runs for k in (lr_key, *axes) if k not in settings[name]]
+    if missing:
+        name, k = missing[0]
+        where = runs[name] / "model" / "config.toml"
+        raise ReportError(f"{k}: not a setting of run {name} ({where}); expected section.key")
     varied = [
         k
         for k in axes
@@ -352,25 +346,18 @@ def sweep_points(runs: dict[str, Path], lr_key: str, axes: list[str]) -> list[di
 
 def _first_eval(records: list[dict[str, Any]], path: Path) -> dict[str, Any]:
     """The run's first evaluation (its val loss at initialisation is the run's share of L0)."""
-    first = next((r for r in records if r.get("kind") == "eval"), None)
-    if first is None:
-        raise ReportError(
-            f"{path}: no eval record, whose val loss at the first evaluation the LR sensitivity "
-            "needs (L0); was the run stopped before it evaluated?"
-        )
+    if (first := next((r for r in records if r.get("kind") == "eval"), None)) is None:
+        raise ReportError(f"{path}: no eval record (the LR sensitivity needs the first one's)")
     return first
 
 
 def _final_loss(path: Path) -> Any:
     """The eval stage's whole-split val loss of a run (its metrics.json's val_loss.loss)."""
     metrics = provenance.read_json(path, ReportError, "eval metrics")
-    loss = metrics.get("val_loss") if isinstance(metrics, dict) else None
-    if not isinstance(loss, dict) or "loss" not in loss:
-        raise ReportError(
-            f"eval metrics {path}: no val_loss.loss (the sweep's runs need eval.tasks to hold "
-            "val_loss)"
-        )
-    return loss["loss"]
+    try:
+        return metrics["val_loss"]["loss"]
+    except (KeyError, TypeError):  # not an object, or eval.tasks without val_loss
+        raise ReportError(f"eval metrics {path}: no val_loss.loss") from None
 
 
 TABLE_COLUMNS = ("run", "variant", "lr", "final", "initial", "diverged", "max_attn_logit",
@@ -531,28 +518,14 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="what", required=True)
     c = sub.add_parser("curves", help="loss curves of one or more runs as SVG")
     c.add_argument("--out", type=Path, required=True, help="the SVG file to write")
-    c.add_argument("--title", default="loss", help="the figure's title (default: loss)")
-    c.add_argument(
-        "metrics",
-        nargs="+",
-        metavar="NAME=METRICS_JSONL",
-        help="a run's name in the legend and its model/metrics.jsonl",
-    )
+    c.add_argument("--title", default="loss", help="the figure's title")
+    c.add_argument("metrics", nargs="+", metavar="NAME=METRICS_JSONL",
+                   help="a run's name in the legend and its model/metrics.jsonl")  # fmt: skip
     h = sub.add_parser("chain", help="the provenance chain of a run as HTML")
     h.add_argument("--out", type=Path, required=True, help="the HTML file to write")
     h.add_argument("--run", required=True, help="the run's name, for the page's heading")
-    for name, stage in (
-        ("raw", "download"),
-        ("data", "prepare"),
-        ("model", "train"),
-        ("samples", "sample"),
-    ):
-        h.add_argument(
-            f"--{name}",
-            type=Path,
-            required=True,
-            help=f"the {stage} stage's output directory (its provenance.json)",
-        )
+    for name in ("raw", "data", "model", "samples"):  # the download's, ..., the sample's
+        h.add_argument(f"--{name}", type=Path, required=True, help=f"the {name} directory")
     t = sub.add_parser("text", help="a text file (samples, config) as an HTML page")
     t.add_argument("--out", type=Path, required=True, help="the HTML file to write")
     t.add_argument("--title", default="", help="the page's heading")
@@ -562,44 +535,22 @@ def _parser() -> argparse.ArgumentParser:
     v.add_argument("--table", type=Path, required=True, help="JSON: every point, L0, L*")
     v.add_argument("--csv", type=Path, help="CSV: every point")
     v.add_argument("--stats", type=Path, help="SVG: attention logits and log Z against step")
-    v.add_argument(
-        "--lr-key",
-        default="train.learning_rate",
-        help="the setting that is the learning rate (default: train.learning_rate)",
-    )
+    v.add_argument("--lr-key", default="train.learning_rate", help="the learning rate's key")
     v.add_argument("--axes", default="", help="the sweep's axes, comma-separated")
     v.add_argument("--title", default="LR sensitivity", help="the figure's title")
-    v.add_argument(
-        "runs",
-        nargs="+",
-        metavar="NAME=RESULTS_DIR",
-        help="a point's run name and its results/RUN directory",
-    )
+    v.add_argument("runs", nargs="+", metavar="NAME=RESULTS_DIR",
+                   help="a point's run name and its results/RUN directory")  # fmt: skip
     e = sub.add_parser("evals", help="the eval metrics of one or more runs as an HTML table")
     e.add_argument("--out", type=Path, required=True, help="the HTML file to write")
     e.add_argument("--title", default="evaluation", help="the page's heading")
-    e.add_argument(
-        "metrics",
-        nargs="+",
-        metavar="NAME=METRICS_JSON",
-        help="a run's name in the table and its eval/metrics.json",
-    )
-    return parser  # fmt: skip
+    e.add_argument("metrics", nargs="+", metavar="NAME=METRICS_JSON",
+                   help="a run's name in the table and its eval/metrics.json")  # fmt: skip
+    return parser
 
 
 def _pairs(items: list[str]) -> dict[str, str]:
     """NAME=PATH arguments as {name: path}."""
     return {name: path for name, _, path in (item.partition("=") for item in items)}
-
-
-def _eval_metrics(path: str) -> dict[str, Any]:
-    metrics = provenance.read_json(path, ReportError, "eval metrics")
-    if not isinstance(metrics, dict):
-        raise ReportError(f"eval metrics {path}: expected a JSON object, one key per task")
-    for task in set(metrics) & set(evaltasks.names()):
-        if not isinstance(metrics[task], dict):
-            raise ReportError(f"eval metrics {path}: {task}: expected an object of its figures")
-    return metrics
 
 
 def sensitivity(args: argparse.Namespace) -> str:
@@ -627,7 +578,10 @@ def main(argv: Sequence[str] | None = None) -> None:
         elif args.what == "text":
             text = text_html(args.file.read_text("utf-8", "backslashreplace"), args.title)
         elif args.what == "evals":
-            runs = {name: _eval_metrics(path) for name, path in _pairs(args.metrics).items()}
+            runs = {
+                name: provenance.read_json(path, what="eval metrics")
+                for name, path in _pairs(args.metrics).items()
+            }
             text = evals_html(runs, args.title)
         elif args.what == "curves":
             text = curves_svg(
