@@ -561,3 +561,23 @@ def test_status_says_a_malformed_eval_record_is_so_and_names_it(
     monkeypatch.chdir(tmp_path)
     lines = status.run_status("run", Path("data"), Path("results"))
     assert lines[-1] == f"  eval: eval metrics results/run/eval/metrics.json is malformed: {says}"
+
+
+def test_status_refuses_a_bad_config_pair_in_one_line_and_shows_a_bugs_traceback(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Its main caught every ValueError: a bug in status printed as a one-line error."""
+    checkout = Path(__file__).resolve().parents[1]
+    monkeypatch.chdir(checkout)  # status reads config/config.yaml and the workflow's rules
+    with pytest.raises(SystemExit) as exit:
+        status.main(["--config", "speed=3"])
+    assert exit.value.code == 2
+    assert capsys.readouterr().err.endswith("error: --config speed=3: expected KEY=VALUE with "
+                                            "KEY one of runs, sweep, mirror, paths\n")  # fmt: skip
+
+    def bug(workflow: dict) -> dict:
+        raise ValueError("a bug in status")
+
+    monkeypatch.setattr(status, "selected_runs", bug)
+    with pytest.raises(ValueError, match="a bug in status"):
+        status.main(["--runs", "tiny"])

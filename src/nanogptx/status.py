@@ -118,7 +118,7 @@ def workflow_stages() -> dict[str, str | None]:
                 outputs[rule, m[1]] = m[2]
     block = re.search(r"^STAGES = \{\n(.*?)^\}", Path("Snakefile").read_text("utf-8"), re.M | re.S)
     if block is None:
-        raise ValueError("Snakefile: no `STAGES = {` block, the workflow's list of stages")
+        raise config.ConfigError("Snakefile: no `STAGES = {` block, the workflow's list of stages")
     stages = {}
     for line in block[1].splitlines():
         if name := re.match(r'\s+"(\w+)":', line):
@@ -197,7 +197,7 @@ def workflow_config(pairs: list[str]) -> dict[str, Any]:
     for pair in pairs:
         key, eq, value = pair.partition("=")
         if not eq or key not in WORKFLOW_KEYS:
-            raise ValueError(
+            raise config.ConfigError(
                 f"--config {pair}: expected KEY=VALUE with KEY one of {', '.join(WORKFLOW_KEYS)}"
             )
         config.update_workflow(workflow, key, config.workflow_value(value))
@@ -238,7 +238,7 @@ def main(argv: list[str] | None = None) -> None:
         stages = workflow_stages()
     except OSError as e:
         parser.exit(1, f"{parser.prog}: error: run it in the checkout ({e})\n")
-    except (ValueError, config.ConfigError) as e:
+    except errors.UserError as e:  # a bug in the code shows its traceback
         parser.exit(2, f"{parser.prog}: error: {e}\n")
     paths = {"data": "data", "results": "results", **(workflow.get("paths") or {})}
     with errors.reader_may_stop():
