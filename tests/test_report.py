@@ -63,9 +63,7 @@ def test_a_malformed_metrics_record_names_its_file_line_and_key_and_a_bug_shows_
     with pytest.raises(SystemExit) as exit:
         report.main(argv)
     assert exit.value.code == 1 and not (tmp_path / "loss.svg").exists()
-    assert (
-        f"error: {metrics}:2: no 'step' in this eval record\n" in capsys.readouterr().err
-    )
+    assert f"error: {metrics}:2: no 'step' in this eval record\n" in capsys.readouterr().err
     with pytest.raises(SystemExit):  # a missing file: named, no traceback
         report.main([*argv[:3], f"a={tmp_path / 'gone.jsonl'}"])
     assert "gone.jsonl" in capsys.readouterr().err
