@@ -164,6 +164,22 @@ def check(
     return members
 
 
+def check_before_pin(archive: Path, pin: str, extract: str | None, lock: Path, source: str) -> None:
+    """An archive (extract) whose first download is about to be pinned in lock (pin, the
+    download's check, "first-download") checked first: never pin what is no archive. One
+    refused (a proxy's page, a cut transfer) is removed, so the next download fetches it."""
+    if not (extract and pin == "first-download"):
+        return
+    try:
+        check(archive)
+    except ArchiveError as e:
+        archive.unlink()
+        raise ArchiveError(
+            f"{e}; not pinned in {lock} and not kept: download again once {source} serves the "
+            "archive"
+        ) from None
+
+
 def remove_leftovers(out: Path) -> list[Path]:
     """Remove what an interrupted unpack left in out (temporary directories: no live process
     writes them, the download holds out's lock) and return it."""

@@ -172,15 +172,7 @@ def _fetch(job: _Job, progress: Progress, cancel: threading.Event) -> Fetched:
 
     def done(sha: str, downloaded: bool) -> Fetched:
         nbytes = dest.stat().st_size
-        if want.check == "first-download" and f.extract:  # never pin what is no archive
-            try:
-                archives.check(dest)
-            except archives.ArchiveError as e:
-                dest.unlink()
-                raise archives.ArchiveError(
-                    f"{e}; not pinned in {job.lock_path} and not kept: download again once "
-                    f"{job.source} serves the archive"
-                ) from None
+        archives.check_before_pin(dest, want.check, f.extract, job.lock_path, job.source)
         if want.check in ("announced", "git-blob", "first-download"):
             record_lock(job.lock_path, job.dataset, f.name, sha, nbytes)
         if want.check == "first-download":
