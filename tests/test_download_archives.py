@@ -352,3 +352,26 @@ def test_a_first_download_that_is_no_archive_is_not_pinned(tmp_path):
         [got] = fetch(server.url, out, lock)
     assert got.check == "first-download" and unpacked(out) == corebundle.members()
     assert json.loads(lock.read_text())["eval-bundle"]["eval_bundle.zip"]["sha256"] == sha(good)
+
+
+def test_pins_of_two_datasets_recorded_at_once_keep_both(tmp_path):
+    """Two downloads pinning files of different datasets in one lock file at the same time
+    (first-download, announced hashes): each read-update-write holds the lock, none is lost."""
+    lock = tmp_path / "dir with spaces" / "lock.json"
+    code = textwrap.dedent("""
+        import sys
+        from pathlib import Path
+        from nanogptx import pins
+        for i in range(40):
+            pins.record_lock(Path(sys.argv[1]), sys.argv[2], f"f{i}.zip", "ab" * 32, i)
+    """)
+    env = {**os.environ, "PYTHONPATH": str(SRC)}
+    procs = [
+        subprocess.Popen([sys.executable, "-c", code, str(lock), name], env=env)
+        for name in ("eval-bundle", "other", "third")
+    ]
+    assert [p.wait() for p in procs] == [0, 0, 0]
+    got = json.loads(lock.read_text())
+    assert {name: len(files) for name, files in got.items()} == {
+        "eval-bundle": 40, "other": 40, "third": 40
+    }  # fmt: skip
