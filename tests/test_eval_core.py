@@ -541,3 +541,22 @@ def test_few_shot_draws_are_nanochats_without_a_list_per_item() -> None:
         for i in (0, 1, n // 2, n - 1):
             want = random.Random(1234 + i).sample([j for j in range(n) if j != i], k)
             assert icl.shots_of(i, n, k) == want
+
+
+@pytest.mark.parametrize("n, kept, start", [(8, 8, 5), (9, 9, 5), (10, 9, 4), (11, 9, 3)])
+def test_a_row_is_cut_from_the_left_to_block_size_plus_one_tokens(
+    n: int, kept: int, start: int
+) -> None:
+    """block_size 8: the window holds 9 tokens (8 inputs, the last a target only); a row of 8 or
+    9 is whole, one of 10 or 11 loses 1 or 2 from the left and its span start moves with them;
+    a span that loses the token before it is counted wrong (fits false)."""
+    row = list(range(100, 100 + n))
+    [(got, at)], fits = icl.cut([(row, 5)], 8)
+    assert (list(got), at, fits) == (row[n - kept :], start, True)
+    assert got[at:] == row[5:]  # the span itself is whole
+    if n > 8:  # a span of block_size tokens keeps the one before it; one longer, none
+        [(_, at)], fits = icl.cut([(row, n - 8)], 8)
+        assert (at, fits) == (1, True)
+    if n > 9:
+        [(_, at)], fits = icl.cut([(row, n - 9)], 8)
+        assert (at, fits) == (0, False)
