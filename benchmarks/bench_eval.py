@@ -204,7 +204,7 @@ def speed(name: str, n: int, batch: int, repeats: int, tok: Any) -> list[str]:
                     best = (total, t.seconds, r["buckets"])
             total, inside, groups = best  # type: ignore[misc]
             lines.append(
-                f"{name:4} {kind:22} {task_name:20} {n / total:9.1f} items/s  model "
+                f"{name:4} {kind:22} {task_name:20} {n / total:9.3g} items/s  model "
                 f"{100 * inside / total:5.1f}%  host {1000 * (total - inside) / n:6.2f} ms/item"
                 f"  buckets {groups}"
             )
