@@ -382,6 +382,19 @@ def test_progress_shows_bytes_rate_and_eta_in_lines_for_logs(capsys):
     assert err.count("\n") == 2
 
 
+def test_the_last_progress_line_counts_every_file_done(server, tmp_path, monkeypatch, capsys):
+    """It said "0/1 file, 1.1 MB of 1.1 MB": logged when the bytes were in, before the file
+    was verified and counted."""
+    files = {"a.bin": blob(1_100_000), "b.bin": blob(10, seed=1)}
+    register(monkeypatch, files)
+    for name, data in files.items():
+        server.add(f"/toy/{name}", data)
+    run(server, tmp_path)
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("toy: ")]
+    assert lines[-1].startswith("toy: 2/2 files, 1.1 MB of 1.1 MB"), lines
+    assert all("0/2 files, 1.1 MB of 1.1 MB" not in line for line in lines), lines
+
+
 def test_progress_on_a_terminal_is_a_tqdm_bar_of_bytes(capsys):
     progress = download.Progress("toy", {"a.bin": 2_000_000, "b.bin": 1_000_000}, tty=True)
     progress.start("a.bin", 0, 2_000_000)
@@ -587,3 +600,16 @@ def test_a_mirror_url_with_a_space_or_not_ascii_is_refused_at_once_naming_it(
         run(f"{server.url}/mirrør", tmp_path, policy=policy)  # was a UnicodeEncodeError traceback
     run(f"{server.url}/my%20mirror", tmp_path)
     assert (tmp_path / "raw/a.bin").read_bytes() == data
+
+
+def test_download_help_lists_only_the_config_keys_it_reads(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """It listed all 11 [data] keys (it reads two), and --dataset's help read as if text,
+    weights and eval were its allowed values."""
+    with pytest.raises(SystemExit):
+        download.main(["--help"])
+    out = capsys.readouterr().out
+    assert re.findall(r"^  (\w+\.\w+) \(", out, re.M) == ["data.dataset", "data.allow_unverified"]
+    dataset_help = out.split("--dataset DATASET")[1].split("--out")[0]
+    assert not re.search(r": \w+(, \w+)+\s*$", dataset_help), dataset_help

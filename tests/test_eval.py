@@ -380,6 +380,22 @@ def test_a_malformed_task_file_is_refused_naming_file_and_key(
         config.load(None, ['eval.tasks=["toi"]'])
 
 
+def test_the_task_registry_lists_task_names_only_and_follows_nanogptx_tasks(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`my task.toml` was listed and offered in messages, and get() kept the tasks of the
+    first $NANOGPTX_TASKS for the whole process."""
+    monkeypatch.setattr(evaltasks, "REGISTRY", {})
+    for label in ("first", "second"):
+        monkeypatch.setenv("NANOGPTX_TASKS", str(tmp_path / label))
+        toy_task(tmp_path / label, label=f'"{label}"')
+        (tmp_path / label / "my task.toml").write_text((tmp_path / label / "toy.toml").read_text())
+        assert evaltasks.names() == ["toy"]
+        assert evaltasks.get("toy").label == label
+    with pytest.raises(evaltasks.TaskError, match=r"known tasks: toy \("):
+        evaltasks.get("my task")
+
+
 @pytest.mark.parametrize(
     "keys, error",
     [

@@ -540,3 +540,44 @@ def test_a_listing_into_a_reader_that_stops_early_ends_without_a_traceback(comma
     err = proc.stderr.read().decode()
     proc.wait(timeout=120)
     assert "Traceback" not in err and "BrokenPipe" not in err, err
+
+
+@pytest.mark.parametrize(
+    ("metrics", "says"),
+    [("[]", "expected a JSON object, not list"),
+     ('{"model_sha256": "ab"}', "no task's figures in it"),
+     ('{"val_loss": 2.5, "hellaswag": {"acc_norm": 0.3}}',
+      "val_loss: expected an object of its figures")],
+)  # fmt: skip
+def test_status_says_a_malformed_eval_record_is_so_and_names_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, metrics: str, says: str
+) -> None:
+    """Valid JSON that is no eval record printed an empty `eval:` line."""
+    (tmp_path / "config").mkdir()
+    (tmp_path / "config/run.toml").write_text("")
+    (tmp_path / "results/run/eval").mkdir(parents=True)
+    (tmp_path / "results/run/eval/metrics.json").write_text(metrics)
+    _workflow_files(tmp_path)  # status reads its stages from them
+    monkeypatch.chdir(tmp_path)
+    lines = status.run_status("run", Path("data"), Path("results"))
+    assert lines[-1] == f"  eval: eval metrics results/run/eval/metrics.json is malformed: {says}"
+
+
+def test_status_refuses_a_bad_config_pair_in_one_line_and_shows_a_bugs_traceback(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Its main caught every ValueError: a bug in status printed as a one-line error."""
+    checkout = Path(__file__).resolve().parents[1]
+    monkeypatch.chdir(checkout)  # status reads config/config.yaml and the workflow's rules
+    with pytest.raises(SystemExit) as exit:
+        status.main(["--config", "speed=3"])
+    assert exit.value.code == 2
+    assert capsys.readouterr().err.endswith("error: --config speed=3: expected KEY=VALUE with "
+                                            "KEY one of runs, sweep, mirror, paths\n")  # fmt: skip
+
+    def bug(workflow: dict) -> dict:
+        raise ValueError("a bug in status")
+
+    monkeypatch.setattr(status, "selected_runs", bug)
+    with pytest.raises(ValueError, match="a bug in status"):
+        status.main(["--runs", "tiny"])

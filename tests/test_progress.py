@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import os
 import re
+import threading
 import time
 
 import pytest
@@ -27,7 +28,7 @@ def test_a_progress_channel_writes_labelled_lines_when_due_and_stops_when_it_fai
     channel.say("step 3/10")  # nothing more, no error
     assert f"progress lines to fd {w} stopped" in capsys.readouterr().err
     os.close(w)
-    assert progress.Channel(9999, "x").stream is None  # not open here: no channel, no error
+    assert not progress.Channel(9999, "x").open  # not open here: no channel, no error
 
 
 @pytest.mark.parametrize(
@@ -127,3 +128,30 @@ def test_a_plan_at_a_peak_too_small_for_a_float_warns_instead_of_crashing() -> N
     cfg = config.load(None, ["train.max_iters=2", "train.peak_flops=1e-320"])
     warning = logbook.long_plan(cfg, 2, 4e7, cfg.train.peak_flops, 1, "train.peak_flops")
     assert "FLOPs: at least ? on 1 device" in warning
+
+
+def test_a_meter_closes_at_once_when_nobody_reads_its_channel(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A channel whose reader stopped reading (a full pipe, a terminal paused with Ctrl-S)
+    blocked the stage's writes, and Meter.close waited on them: its lines are dropped."""
+    r, w = os.pipe()
+    meter = progress.Meter("work", 10**6, progress.Channel(w, "t", every_s=0), None, tty=False)
+
+    def work() -> None:
+        for _ in range(5_000):  # more than a pipe holds (64 KiB on Linux)
+            meter.add(1)
+            meter.channel.say(f"{meter.line()} {'x' * 100}")
+        meter.close()
+
+    done = threading.Thread(target=work, daemon=True)
+    try:
+        done.start()
+        done.join(timeout=20)
+        assert not done.is_alive(), "the meter waited on a pipe nobody reads"
+    finally:
+        os.close(r)  # a write still waiting (before the fix) fails now, and the thread ends
+        done.join(timeout=60)
+        os.close(w)
+    assert meter.closed and meter.channel.dropped > 0
+    assert capsys.readouterr().err.count(f"progress lines to fd {w}: dropped") == 1

@@ -530,9 +530,12 @@ def dump(cfg: Config) -> str:
     return "\n".join(lines)
 
 
-def describe(names: typing.Iterable[str] = SECTIONS) -> str:
-    """Every key of the named sections with its type, default, meaning and, where the values are
-    fixed, its choices (for --help); a note when the stage reads only some sections."""
+def describe(
+    names: typing.Iterable[str] = SECTIONS, only: typing.Collection[str] | None = None
+) -> str:
+    """Every key of the named sections (or only those named "section.key") with its type,
+    default, meaning and, where the values are fixed, its choices (for --help); a note when the
+    stage reads only some sections or keys."""
     names = list(names)
     head = (
         "config keys (set in the TOML file or as section.key=value; [role]: what editing changes)"
@@ -542,6 +545,8 @@ def describe(names: typing.Iterable[str] = SECTIONS) -> str:
         cls = SECTIONS[name]
         hints = typing.get_type_hints(cls)
         for f in dataclasses.fields(cls):
+            if only is not None and f"{name}.{f.name}" not in only:
+                continue
             tp = hints[f.name]
             tname = "list[str]" if typing.get_origin(tp) is tuple else tp.__name__
             default, role = _toml_value(f.default), schema.role(f).name
@@ -549,16 +554,22 @@ def describe(names: typing.Iterable[str] = SECTIONS) -> str:
             lines.append(f"      {f.metadata['help']}")
             if f.metadata.get("choices"):
                 lines.append(f"      choices: {', '.join(map(str, f.metadata['choices']))}")
-    if set(names) != set(SECTIONS):
+    if only is not None:
+        lines.append("(a run's file may hold other keys too: this stage reads only these)")
+    elif set(names) != set(SECTIONS):
         others = ", ".join(f"[{n}]" for n in SECTIONS if n not in names)
         lines.append(f"(a run's file may hold {others} too: this stage does not read them)")
     return "\n".join(lines)
 
 
-def add_arguments(parser: argparse.ArgumentParser, names: typing.Iterable[str]) -> None:
+def add_arguments(
+    parser: argparse.ArgumentParser,
+    names: typing.Iterable[str],
+    only: typing.Collection[str] | None = None,
+) -> None:
     """--config FILE and section.key=value overrides; the key list goes into --help."""
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
-    parser.epilog = describe(names)
+    parser.epilog = describe(names, only)
     parser.add_argument("--config", type=Path, help="TOML file of a run (config/NAME.toml)")
     parser.add_argument(
         "overrides",

@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import hashlib
-import json
 import os
 import sys
 import threading
@@ -20,8 +19,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from nanogptx import archives, config, datasets, progress, provenance
+from nanogptx import archives, config, datasets, parts, progress, provenance
 from nanogptx.errors import UserError
+from nanogptx.parts import part_path
 from nanogptx.pins import (
     Expect,
     HashMismatch,
@@ -84,7 +84,8 @@ class Progress(progress.Meter):
     ) -> None:
         self.totals, self.got, self.finished = dict(sizes), dict.fromkeys(sizes, 0), 0
         total = sum(t or 0 for t in sizes.values()) if None not in sizes.values() else None
-        shown = {"unit": "B", "scale": True, "log": _stderr, "text": Progress.files}
+        shown = {"unit": "B", "scale": True, "log": _stderr, "text": Progress.files,
+                 "ended": lambda m: m.finished == len(m.got)}  # fmt: skip
         super().__init__(dataset, total, channel, 15.0, tty, **shown)
 
     def start(self, name: str, done: int, total: int | None) -> None:
@@ -106,6 +107,8 @@ class Progress(progress.Meter):
             self.got[name] = self.totals[name] = nbytes
             self.finished += 1
             self.say(msg, channel=True)
+            if self.ended(self):  # the last line: every file verified, not only its bytes in
+                self.update(self.done)
 
     def files(self) -> str:
         """Files done, bytes (of the total), rate, ETA; each file under way: its bytes."""
@@ -199,7 +202,7 @@ def _fetch(job: _Job, progress: Progress, cancel: threading.Event) -> Fetched:
             # a server sends again from zero (ignoring Range) are not new.
             failures = 0 if _size(part) > had else failures + 1
             if e.discard_part:
-                _discard(part)
+                parts.discard(part)
             if cancel.wait(_backoff(job, e, failures, progress)):
                 raise _Cancelled from None
             continue
@@ -208,9 +211,9 @@ def _fetch(job: _Job, progress: Progress, cancel: threading.Event) -> Fetched:
         actual, nbytes, resumed = result
         if _verified(job, want, part, actual, nbytes, resumed):
             os.replace(part, dest)
-            origin_path(part).unlink(missing_ok=True)
+            parts.origin_path(part).unlink(missing_ok=True)
             return done(actual, True)
-        _discard(part)  # resuming from bytes that do not verify is pointless
+        parts.discard(part)  # resuming from bytes that do not verify is pointless
         if not resumed or restarted:
             raise _mismatch(job, want, actual, nbytes)
         restarted = True
@@ -270,52 +273,6 @@ def _relock(job: _Job, want: Expect) -> str:
     )
 
 
-def part_path(out: Path, name: str) -> Path:
-    """The file in the making: .nanogptx-part.NAME (provenance.MARKER; resumed, not removed)."""
-    return out / f"{provenance.MARKER}part.{name}"
-
-
-def origin_path(part: Path) -> Path:
-    """Beside a part: which source, of which size and version, its bytes came from (JSON)."""
-    return part.with_name(part.name.replace("-part.", "-source.", 1))
-
-
-def _discard(part: Path) -> None:
-    part.unlink(missing_ok=True)
-    origin_path(part).unlink(missing_ok=True)
-
-
-def _origin(job: _Job, stream: Stream) -> dict[str, Any]:
-    return {
-        "source": job.source,
-        "bytes": stream.total,
-        "mtime_ns": stream.mtime_ns,
-        "etag": stream.etag,
-        "last_modified": stream.last_modified,
-    }
-
-
-def _read_origin(part: Path) -> dict[str, Any] | None:
-    try:
-        origin = json.loads(origin_path(part).read_text())
-    except (OSError, ValueError):
-        return None  # missing or damaged: where the part's bytes came from is unknown
-    return origin if isinstance(origin, dict) else None
-
-
-def _same_origin(origin: dict[str, Any] | None, now: dict[str, Any]) -> bool | None:
-    """True: a part's source is provably the file now opened (same size, and the same
-    modification time, ETag or Last-Modified); False: provably another; None: unknown."""
-    if origin is None or origin.get("source") != now["source"]:
-        return None
-    if None not in (origin.get("bytes"), now["bytes"]) and origin["bytes"] != now["bytes"]:
-        return False
-    for key in ("mtime_ns", "etag", "last_modified"):
-        if None not in (origin.get(key), now[key]):
-            return bool(origin[key] == now[key])
-    return None
-
-
 def _size(path: Path) -> int:
     return path.stat().st_size if path.exists() else 0
 
@@ -326,7 +283,7 @@ def _attempt(
     """One request, appended to part: (sha256, bytes, resumed), or None if dest is the file."""
     h, offset = _rehash(part) if part.exists() else (hashlib.sha256(), 0)
     if want.size is not None and offset > want.size:
-        _discard(part)
+        parts.discard(part)
         h, offset = hashlib.sha256(), 0
     if want.sha256 and offset > 0 and offset == want.size:
         return h.hexdigest(), offset, True  # a complete .part from an earlier run: verify it
@@ -337,7 +294,7 @@ def _attempt(
         if stream.offset != offset:  # Range ignored, If-Range: changed, another source
             h, offset = hashlib.sha256(), 0
         if offset == 0:  # a new part: where its bytes come from, before the first of them
-            provenance.write_json_atomic(origin_path(part), _origin(job, stream))
+            provenance.write_json_atomic(parts.origin_path(part), parts.origin(job.source, stream))
         resumed = offset > 0
         offset = _stream_to(stream, part, h, offset, job.file.name, progress, cancel)
     finally:
@@ -350,12 +307,12 @@ def _attempt(
 def _open_for(job: _Job, want: Expect, part: Path, offset: int, progress: Progress) -> Stream:
     """The source opened from offset, if the part's bytes provably came from it (or the whole
     file's hash will catch a mixture at the end); else, the part discarded, from zero."""
-    origin = _read_origin(part) if offset else None
+    origin = parts.read_origin(part) if offset else None
     if_range = origin and (origin.get("etag") or origin.get("last_modified"))
     stream = open_source(job.source, offset, job.policy, job.mirrored, if_range or None)
     if not offset or stream.offset != offset:
         return stream
-    same = _same_origin(origin, _origin(job, stream))
+    same = parts.same_origin(origin, parts.origin(job.source, stream))
     if same is True or (same is None and (want.sha256 or want.git_sha1 or stream.announced)):
         return stream
     stream.close()
@@ -363,7 +320,7 @@ def _open_for(job: _Job, want: Expect, part: Path, offset: int, progress: Progre
     progress.say(
         f"{job.dataset}/{job.file.name}: {stream.url} {why} the partial file; downloading from zero"
     )
-    _discard(part)
+    parts.discard(part)
     return open_source(job.source, 0, job.policy, job.mirrored)
 
 
@@ -392,14 +349,14 @@ def _settled(job: _Job, want: Expect, dest: Path, part: Path, stream: Stream) ->
         if want.sha256 and dest.exists() and matches(dest, want):
             return True
     elif stream.announced and stream.announced != want.sha256:
-        _discard(part)
+        parts.discard(part)
         where = "the registry" if want.check == "pinned" else str(job.lock_path)
         raise HashMismatch(
             f"{what}: {stream.url} announces sha256 {stream.announced}, but {where} "
             f"expects {want.sha256}; the file changed upstream{_relock(job, want)}"
         )
     if want.size is not None and stream.total is not None and stream.total != want.size:
-        _discard(part)
+        parts.discard(part)
         raise HashMismatch(
             f"{what}: {stream.url} has {_bytes(stream.total)}, expected {want.size} "
             f"({want.check}){_relock(job, want)}"
@@ -600,9 +557,9 @@ def main(argv: list[str] | None = None) -> None:
         prog="python -m nanogptx.download",
         description="Download every file of data.dataset, hash-verified, into --out.",
     )
-    config.add_arguments(parser, ["data"])
+    config.add_arguments(parser, ["data"], ("data.dataset", "data.allow_unverified"))  # it reads
     parser.add_argument(
-        "--dataset", help="registry dataset to fetch (default data.dataset): text, weights, eval"
+        "--dataset", help="fetch this dataset of the registry instead of the run's data.dataset"
     )
     parser.add_argument("--out", type=Path, required=True, help="data/raw/<dataset>")
     parser.add_argument(

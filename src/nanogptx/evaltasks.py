@@ -279,22 +279,24 @@ def parse(path: Path) -> Task:
     return Task(path.stem, kind, tree["label"], tree["about"], tuple(metrics), options)
 
 
-# Each task's entry, parsed from its file on the first get() of it.
-REGISTRY: dict[str, Task] = {}
+# Each task's entry, parsed from its file on the first get() of it, by directory and name
+# (another $NANOGPTX_TASKS in the same process reads its own files).
+REGISTRY: dict[tuple[Path, str], Task] = {}
 
 
 def get(name: str) -> Task:
     """The entry for name, from its file alone; an unknown name raises TaskError with the list
     of known ones, a malformed file TaskError naming it (other files are not read)."""
-    if name not in REGISTRY:
+    key = (registry_dir().resolve(), name)
+    if key not in REGISTRY:
         path = entry_file(name)
         if not (NAME.fullmatch(name) and path.is_file()):
             raise TaskError(
                 f"unknown eval task {name!r}{suggest(name, names())}; known tasks: "
                 f"{', '.join(names())} (files in {registry_dir()})"
             )
-        REGISTRY[name] = parse(path)
-    return REGISTRY[name]
+        REGISTRY[key] = parse(path)
+    return REGISTRY[key]
 
 
 def _order(name: str) -> tuple[int, int, str]:
@@ -307,12 +309,18 @@ def _order(name: str) -> tuple[int, int, str]:
     return (2 if member else int(kind == "group")), list(KINDS).index(kind), name
 
 
+def _files() -> list[str]:
+    """The names of the registry's task files (`my task.toml` is no task's name: not one)."""
+    paths = registry_dir().glob("*.toml")
+    return sorted(p.stem for p in paths if NAME.fullmatch(p.stem) and p.is_file())
+
+
 def _groups() -> list[str]:
     out = []
-    for path in sorted(registry_dir().glob("*.toml")):
+    for name in _files():
         try:
-            if get(path.stem).kind == "group":
-                out.append(path.stem)
+            if get(name).kind == "group":
+                out.append(name)
         except TaskError:
             continue
     return out
@@ -321,7 +329,7 @@ def _groups() -> list[str]:
 def names() -> list[str]:
     """Every task of the registry, in the order tables show them: tasks by kind, then by name;
     then groups; then the groups' members."""
-    return sorted((p.stem for p in registry_dir().glob("*.toml")), key=_order)
+    return sorted(_files(), key=_order)
 
 
 def in_order(tasks: list[str]) -> list[str]:

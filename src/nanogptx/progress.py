@@ -10,36 +10,56 @@ import argparse
 import contextlib
 import math
 import os
+import select
 import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
 
+# poll's events on which a write does not wait: room, or an error the write then raises.
+WRITE_NOW = select.POLLOUT | select.POLLERR | select.POLLHUP | select.POLLNVAL
+
 
 class Channel:
-    """A line every `every_s` seconds (when due) to fd, each prefixed with label."""
+    """A line every `every_s` seconds (when due) to fd, each prefixed with label. A write never
+    waits: a line the fd cannot take now (its reader stopped reading) is dropped."""
 
     def __init__(self, fd: int | None, label: str, every_s: float = 10.0) -> None:
         self.fd, self.label, self.every_s, self.last = fd, label, every_s, -math.inf
-        self.stream = None
+        self.open, self.dropped = False, 0
         if fd is not None:
             try:
-                self.stream = os.fdopen(fd, "w", buffering=1, closefd=False)
+                os.fstat(fd)
+                self.open = True
             except OSError:  # not open in this process: the log has it all
                 pass
 
     def due(self) -> bool:
-        return self.stream is not None and time.monotonic() - self.last >= self.every_s
+        return self.open and time.monotonic() - self.last >= self.every_s
 
     def say(self, text: str) -> None:
-        if self.stream is None:
+        if not self.open:
             return
         self.last = time.monotonic()
+        # At most PIPE_BUF bytes, written only when poll says the fd takes them: one write
+        # that cannot block (setting O_NONBLOCK would change the fd for snakemake too).
+        line = f"{self.label}: {text}"[: select.PIPE_BUF // 4 - 1] + "\n"
+        poll = select.poll()
+        poll.register(self.fd, select.POLLOUT)
         try:
-            self.stream.write(f"{self.label}: {text}\n")
+            if not any(events & WRITE_NOW for _, events in poll.poll(0)):
+                self.dropped += 1
+                if self.dropped == 1:
+                    _note(f"progress lines to fd {self.fd}: dropped while nobody reads them")
+                return
+            os.write(self.fd, line.encode("utf-8", "replace"))
         except OSError as e:  # a channel for a person, not the stage's work
-            self.stream = None
-            print(f"progress lines to fd {self.fd} stopped: {e}", file=sys.stderr, flush=True)
+            self.open = False
+            _note(f"progress lines to fd {self.fd} stopped: {e}")
+
+
+def _note(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
 
 
 def plural(n: int, word: str) -> str:
@@ -65,7 +85,7 @@ class _Ticker:
     def __init__(self, channel: Channel | None, line: Callable[[], str], first: str = "") -> None:
         self.channel, self.line, self.first = channel, line, first
         self.stop, self.thread = threading.Event(), None
-        if channel is not None and channel.stream is not None:
+        if channel is not None and channel.open:
             self.thread = threading.Thread(target=self._run, daemon=True)
             self.thread.start()
 
@@ -101,12 +121,14 @@ class Meter:
         leave: bool = False,
         log: Callable[[str], None] | None = None,
         text: Callable[[Meter], str] | None = None,
+        ended: Callable[[Meter], bool] | None = None,
     ) -> None:
         self.what, self.total, self.channel, self.log_every_s = what, total, channel, log_every_s
         self.done = self.base = initial  # base: done without work here (resumed, present)
         self.note, self.eta_s, self.lock, self.closed = "", None, threading.RLock(), False
         self.log = log or (lambda line: print(line, flush=True))
         self.text = text or Meter.counts
+        self.ended = ended or (lambda m: m.done == m.total)  # the log's last line is due
         self.t0 = self.logged = time.monotonic()
         self.bar = None
         if channel is None and (sys.stderr.isatty() if tty is None else tty):
@@ -154,7 +176,7 @@ class Meter:
                 return
             now = time.monotonic()
             due = self.log_every_s is not None and now - self.logged >= self.log_every_s
-            if due or (self.log_every_s is not None and done == self.total):
+            if due or (self.log_every_s is not None and self.ended(self)):
                 self.logged = now
                 self.log(self.line())
 

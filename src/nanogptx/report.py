@@ -18,15 +18,26 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from nanogptx import evaltasks, figures, provenance
+from nanogptx.errors import UserError
 from nanogptx.figures import H, Series, W
 
 if TYPE_CHECKING:  # matplotlib is imported where a figure is drawn, not with the module
     from matplotlib.figure import Figure
 
 
+class ReportError(UserError, ValueError):
+    """An input of the report that is not what it expects, naming the file (line, key)."""
+
+
+# The keys the report reads in each kind of metrics.jsonl record (logbook.py, train.py write them).
+RECORD_KEYS = {"train": ("step", "tokens", "loss"), "eval": ("step", "tokens", "val_loss"),
+               "stats": ("step", "log_z", "attn_logit_max", "param_rms", "grad_rms",
+                         "update_rms")}  # fmt: skip
+
+
 def read_metrics(path: str | Path) -> list[dict[str, Any]]:
-    """The records of a metrics.jsonl; a line that is not a JSON object raises ValueError
-    naming the file and line."""
+    """The records of a metrics.jsonl; a line that is not a JSON object, or a record without
+    a key the report reads (RECORD_KEYS), raises ReportError naming the file and line."""
     records = []
     for i, line in enumerate(Path(path).read_text().splitlines(), 1):
         if not line.strip():
@@ -34,9 +45,12 @@ def read_metrics(path: str | Path) -> list[dict[str, Any]]:
         try:
             record = json.loads(line)
         except ValueError as e:
-            raise ValueError(f"{path}:{i}: not a JSON record: {e}") from None
+            raise ReportError(f"{path}:{i}: not a JSON record: {e}") from None
         if not isinstance(record, dict):
-            raise ValueError(f"{path}:{i}: expected a JSON object")
+            raise ReportError(f"{path}:{i}: expected a JSON object")
+        for key in RECORD_KEYS.get(record.get("kind"), ()):
+            if key not in record:
+                raise ReportError(f"{path}:{i}: no {key!r} in this {record['kind']} record")
         records.append(record)
     return records
 
@@ -59,7 +73,7 @@ def curves_figure(runs: dict[str, list[dict[str, Any]]]) -> Figure:
             series += [(f"{name} val", color, "val", val)] if val else []
         panels.append(series)
     if not any(panels):
-        raise ValueError(f"no loss records in the metrics of {', '.join(runs)}")
+        raise ReportError(f"no loss records in the metrics of {', '.join(runs)}")
     diagnostics = stats_panels(runs)
     columns, rows = (3 if diagnostics else 2), 1 + -(-len(diagnostics) // 3)
     key_width = 60 + 7 * max(26, *(len(name) for name in runs))
@@ -296,6 +310,11 @@ def sweep_points(runs: dict[str, Path], lr_key: str, axes: list[str]) -> list[di
 
     points = []
     settings = {name: run_settings(root) for name, root in runs.items()}
+    missing = [(name, k) for name in runs for k in (lr_key, *axes) if k not in settings[name]]
+    if missing:
+        name, k = missing[0]
+        where = runs[name] / "model" / "config.toml"
+        raise ReportError(f"{k}: not a setting of run {name} ({where}); expected section.key")
     varied = [
         k
         for k in axes
@@ -304,8 +323,8 @@ def sweep_points(runs: dict[str, Path], lr_key: str, axes: list[str]) -> list[di
     for name, root in runs.items():
         variant = ", ".join(f"{k}={settings[name][k]}" for k in varied) or "all"
         records = read_metrics(root / "model" / "metrics.jsonl")
-        first = next(r for r in records if r.get("kind") == "eval")
-        final = provenance.read_json(root / "eval" / "metrics.json")["val_loss"]["loss"]
+        first = _first_eval(records, root / "model" / "metrics.jsonl")
+        final = _final_loss(root / "eval" / "metrics.json")
         diverged = provenance.read(root / "model").get("summary", {}).get("diverged")
         stats = [r for r in records if r.get("kind") == "stats"]
         logits = [v for r in stats for v in r["attn_logit_max"] if figures.finite(v)]
@@ -323,6 +342,22 @@ def sweep_points(runs: dict[str, Path], lr_key: str, axes: list[str]) -> list[di
             }
         )
     return points
+
+
+def _first_eval(records: list[dict[str, Any]], path: Path) -> dict[str, Any]:
+    """The run's first evaluation (its val loss at initialisation is the run's share of L0)."""
+    if (first := next((r for r in records if r.get("kind") == "eval"), None)) is None:
+        raise ReportError(f"{path}: no eval record (the LR sensitivity needs the first one's)")
+    return first
+
+
+def _final_loss(path: Path) -> Any:
+    """The eval stage's whole-split val loss of a run (its metrics.json's val_loss.loss)."""
+    metrics = provenance.read_json(path, ReportError, "eval metrics")
+    try:
+        return metrics["val_loss"]["loss"]
+    except (KeyError, TypeError):  # not an object, or eval.tasks without val_loss
+        raise ReportError(f"eval metrics {path}: no val_loss.loss") from None
 
 
 TABLE_COLUMNS = ("run", "variant", "lr", "final", "initial", "diverged", "max_attn_logit",
@@ -482,31 +517,34 @@ def _parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="what", required=True)
     c = sub.add_parser("curves", help="loss curves of one or more runs as SVG")
-    c.add_argument("--out", type=Path, required=True)
-    c.add_argument("--title", default="loss")
-    c.add_argument("metrics", nargs="+", metavar="NAME=METRICS_JSONL")
+    c.add_argument("--out", type=Path, required=True, help="the SVG file to write")
+    c.add_argument("--title", default="loss", help="the figure's title")
+    c.add_argument("metrics", nargs="+", metavar="NAME=METRICS_JSONL",
+                   help="a run's name in the legend and its model/metrics.jsonl")  # fmt: skip
     h = sub.add_parser("chain", help="the provenance chain of a run as HTML")
-    h.add_argument("--out", type=Path, required=True)
-    h.add_argument("--run", required=True)
-    for name in ("raw", "data", "model", "samples"):
-        h.add_argument(f"--{name}", type=Path, required=True)
+    h.add_argument("--out", type=Path, required=True, help="the HTML file to write")
+    h.add_argument("--run", required=True, help="the run's name, for the page's heading")
+    for name in ("raw", "data", "model", "samples"):  # the download's, ..., the sample's
+        h.add_argument(f"--{name}", type=Path, required=True, help=f"the {name} directory")
     t = sub.add_parser("text", help="a text file (samples, config) as an HTML page")
-    t.add_argument("--out", type=Path, required=True)
-    t.add_argument("--title", default="")
-    t.add_argument("file", type=Path)
+    t.add_argument("--out", type=Path, required=True, help="the HTML file to write")
+    t.add_argument("--title", default="", help="the page's heading")
+    t.add_argument("file", type=Path, help="the text file to show")
     v = sub.add_parser("sensitivity", help="a sweep's final loss against learning rate")
     v.add_argument("--out", type=Path, required=True, help="the SVG")
     v.add_argument("--table", type=Path, required=True, help="JSON: every point, L0, L*")
     v.add_argument("--csv", type=Path, help="CSV: every point")
     v.add_argument("--stats", type=Path, help="SVG: attention logits and log Z against step")
-    v.add_argument("--lr-key", default="train.learning_rate")
+    v.add_argument("--lr-key", default="train.learning_rate", help="the learning rate's key")
     v.add_argument("--axes", default="", help="the sweep's axes, comma-separated")
-    v.add_argument("--title", default="LR sensitivity")
-    v.add_argument("runs", nargs="+", metavar="NAME=RESULTS_DIR")
+    v.add_argument("--title", default="LR sensitivity", help="the figure's title")
+    v.add_argument("runs", nargs="+", metavar="NAME=RESULTS_DIR",
+                   help="a point's run name and its results/RUN directory")  # fmt: skip
     e = sub.add_parser("evals", help="the eval metrics of one or more runs as an HTML table")
-    e.add_argument("--out", type=Path, required=True)
-    e.add_argument("--title", default="evaluation")
-    e.add_argument("metrics", nargs="+", metavar="NAME=METRICS_JSON")
+    e.add_argument("--out", type=Path, required=True, help="the HTML file to write")
+    e.add_argument("--title", default="evaluation", help="the page's heading")
+    e.add_argument("metrics", nargs="+", metavar="NAME=METRICS_JSON",
+                   help="a run's name in the table and its eval/metrics.json")  # fmt: skip
     return parser
 
 
@@ -551,7 +589,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             )
         else:
             text = chain_html(args.run, args.raw, args.data, args.model, args.samples)
-    except (OSError, ValueError, KeyError) as e:
+    except (UserError, OSError) as e:  # a bug in the code shows its traceback
         parser.exit(1, f"{parser.prog}: error: {e}\n")
     provenance.write_bytes_atomic(args.out, text.encode())
 

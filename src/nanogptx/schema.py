@@ -6,6 +6,7 @@ Add a setting here, beside its peers; its role (what an edit changes) places it 
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import typing
 from collections.abc import Callable
@@ -524,8 +525,17 @@ def rerun_table() -> str:
     return "\n".join([head, "|---" * (len(STAGES) + 1) + "|", *rerun_rows()])
 
 
-if __name__ == "__main__":
+def main(argv: list[str] | None = None) -> None:
     from nanogptx import errors
 
+    argparse.ArgumentParser(
+        prog="python -m nanogptx.schema",
+        description="Print docs/workflow.md's rerun table (its rows for settings, made from "
+        "each setting's role) as Markdown, to paste there; a test checks the page has it.",
+    ).parse_args(argv)
     with errors.reader_may_stop():
         print(rerun_table())
+
+
+if __name__ == "__main__":
+    main()

@@ -93,6 +93,18 @@ def eval_summary(metrics: Any) -> str:
     return "; ".join(parts)
 
 
+def malformed(metrics: Any) -> str | None:
+    """What is wrong with an eval stage's metrics.json as status reads it (None: nothing): an
+    object of each task's figures (an object), beside the model's model_sha256."""
+    if not isinstance(metrics, dict):
+        return f"expected a JSON object, not {type(metrics).__name__}"
+    tasks = {k: v for k, v in metrics.items() if k != "model_sha256"}
+    if not tasks:
+        return "no task's figures in it"
+    wrong = [k for k, v in tasks.items() if not isinstance(v, dict)]
+    return f"{', '.join(wrong)}: expected an object of its figures" if wrong else None
+
+
 def workflow_stages() -> dict[str, str | None]:
     """The stages of the workflow in its order (the Snakefile's STAGES), each with where its
     output of a run lies under results/RUN/ (None where no rule's output of a run says so: the
@@ -106,7 +118,7 @@ def workflow_stages() -> dict[str, str | None]:
                 outputs[rule, m[1]] = m[2]
     block = re.search(r"^STAGES = \{\n(.*?)^\}", Path("Snakefile").read_text("utf-8"), re.M | re.S)
     if block is None:
-        raise ValueError("Snakefile: no `STAGES = {` block, the workflow's list of stages")
+        raise config.ConfigError("Snakefile: no `STAGES = {` block, the workflow's list of stages")
     stages = {}
     for line in block[1].splitlines():
         if name := re.match(r'\s+"(\w+)":', line):
@@ -160,6 +172,8 @@ def run_status(
             metrics = provenance.read_json(eval_metrics, what="eval metrics")
         except provenance.FileError as e:
             return [*lines, f"  eval: {e}"]
+        if (wrong := malformed(metrics)) is not None:
+            return [*lines, f"  eval: eval metrics {eval_metrics} is malformed: {wrong}"]
         lines.append(f"  eval: {eval_summary(metrics)}")
     ckpt_dir = results / run / "checkpoints" / config.checkpoint_id(cfg)
     usable = [p for s, p in checkpoint.list_checkpoints(ckpt_dir) if s <= t.max_iters]
@@ -183,7 +197,7 @@ def workflow_config(pairs: list[str]) -> dict[str, Any]:
     for pair in pairs:
         key, eq, value = pair.partition("=")
         if not eq or key not in WORKFLOW_KEYS:
-            raise ValueError(
+            raise config.ConfigError(
                 f"--config {pair}: expected KEY=VALUE with KEY one of {', '.join(WORKFLOW_KEYS)}"
             )
         config.update_workflow(workflow, key, config.workflow_value(value))
@@ -224,7 +238,7 @@ def main(argv: list[str] | None = None) -> None:
         stages = workflow_stages()
     except OSError as e:
         parser.exit(1, f"{parser.prog}: error: run it in the checkout ({e})\n")
-    except (ValueError, config.ConfigError) as e:
+    except errors.UserError as e:  # a bug in the code shows its traceback
         parser.exit(2, f"{parser.prog}: error: {e}\n")
     paths = {"data": "data", "results": "results", **(workflow.get("paths") or {})}
     with errors.reader_may_stop():
