@@ -68,8 +68,9 @@ KINDS = (
     ("core-winogrande", "schema"),
     ("core-lambada_openai", "language_modeling"),
 )
-# Items per CORE task: the counts of the bundle's files (DCLM's eval data) as recalled, not read
-# from the bundle (which cannot be fetched here): 91,037 in all, against the ~92,000 quoted.
+# Items per CORE task: the #datapoints column of DCLM's eval/eval_meta_data_v1.csv (the bundle
+# itself cannot be fetched here), but ARC-Challenge's 1,172 (the CSV repeats ARC-Easy's 2,376):
+# 91,037 in all, against the ~92,000 quoted.
 ITEMS = {
     "hellaswag_zeroshot": 10042, "jeopardy": 2117, "bigbench_qa_wikidata": 20321,
     "arc_easy": 2376, "arc_challenge": 1172, "copa": 100, "commonsense_qa": 1221,
