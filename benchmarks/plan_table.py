@@ -5,8 +5,8 @@ micro-batch it runs with and the GiB per device of each program against the budg
     python benchmarks/plan_table.py [RUN ...]     # default: every config/*.toml
 
 Prints a Markdown table (python -m nanogptx.plan --config config/RUN.toml --target h100
---devices 8 gives one row's details). Sampling and the eval stage run on one GPU whatever the
-training's count, so the eight-H100 rows leave them out.
+--devices 8 gives one row's details). Sampling runs on one GPU whatever the training's count,
+and the eval stage's figures are given for one, so the eight-H100 rows leave them out.
 """
 
 from __future__ import annotations

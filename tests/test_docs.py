@@ -12,7 +12,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-from nanogptx import config, stagecode
+import jax
+import pytest
+
+from nanogptx import checkpoint, config, evaltasks, model, stagecode, tokenizer
 from test_workflow import edit, make_workdir, planned_jobs
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -166,3 +169,118 @@ def test_the_rerun_tables_rows_for_code_are_made_from_the_stages_imports() -> No
     assert marks["`sample.py`"] == ["", "", "", "yes", ""]  # eval does not follow sample
     train = next(row for cell, row in marks.items() if "`train.py`" in cell)
     assert train == ["", "", "yes", "yes", "yes"]  # and through its outputs, sample and eval
+
+
+def _indented_block(page: Path, containing: str) -> str:
+    """The indented code block of page that holds containing, dedented, continued lines joined."""
+    blocks = re.findall(r"(?:^ {4}.*\n)+", page.read_text("utf-8"), re.M)
+    [block] = [b for b in blocks if containing in b]
+    return "\n".join(line[4:] for line in block.strip("\n").split("\n")).replace("\\\n", " ")
+
+
+def _bash(work: Path, command: str, check: bool = True) -> subprocess.CompletedProcess:
+    """command as a user types it in work, the package of this checkout installed."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "HF_DATASETS_OFFLINE": "1"}
+    env["HF_HUB_OFFLINE"] = "1"  # the harness's tasks never look for the hub
+    r = subprocess.run(["bash", "-c", command], cwd=work, env=env, capture_output=True,
+                       text=True, timeout=300)  # fmt: skip
+    assert r.returncode == 0 or not check, f"{command}\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}"
+    return r
+
+
+@pytest.fixture(scope="module")
+def core_walk(tmp_path_factory: pytest.TempPathFactory, gpt2_offline: None) -> Path:
+    """A clone as docs/evaluation.md's "A first CORE, offline" leaves it, by its own commands:
+    config/tiny-gpt2.toml (tiny in GPT-2 tokens with the page's [eval] section), a mirror
+    holding the synthetic bundle, the bundle downloaded from it; a random model of that run
+    in results/tiny-gpt2/model instead of the training (minutes)."""
+    page = ROOT / "docs" / "evaluation.md"
+    tmp = tmp_path_factory.mktemp("core-walk")
+    (tmp / "shared").symlink_to(ROOT.parent / "shared")  # ../shared beside the clone
+    (tmp / "clone").mkdir()
+    work = make_workdir(tmp / "clone")
+    for name in ("src", "tests"):
+        (work / name).symlink_to(ROOT / name)
+    run = (ROOT / "config" / "tiny.toml").read_text("utf-8")
+    assert '[tokenizer]\nname = "char"' in run
+    run = run.replace('[tokenizer]\nname = "char"', '[tokenizer]\nname = "gpt2"')  # "set name"
+    section = _indented_block(page, "max_items = 20")  # "and add"
+    (work / "config" / "tiny-gpt2.toml").write_text(run + "\n" + section + "\n", "utf-8")
+    cfg = config.load(work / "config" / "tiny-gpt2.toml", ["model.vocab_size=50257"])
+    params = model.init_params(cfg.model, 50257, jax.random.key(0))
+    checkpoint.save_model(work / "results/tiny-gpt2/model", params, cfg,
+                          tokenizer.gpt2().identity(), 0)  # fmt: skip
+    # The mirror: the page's commands but the copy of the real bundle, the synthetic one instead
+    # ("in place of the copy above"); tiktoken's files are seeded by conftest.
+    offline = _indented_block(page, "mkdir -p mirror/").split("\n")
+    synthetic = _indented_block(page, "corebundle.mirror(")
+    for command in offline:
+        if command.startswith(("mkdir", "cp ../shared")):
+            _bash(work, command)
+        elif command.startswith("cp "):
+            _bash(work, synthetic)
+    _bash(work, _download_command(page))
+    return work
+
+
+def _download_command(page: Path) -> str:
+    [command] = re.findall(r"`(python -m nanogptx\.download --dataset eval-bundle [^`]*)`",
+                           page.read_text("utf-8"))  # fmt: skip
+    return command
+
+
+def test_the_core_how_to_runs_offline_on_the_synthetic_bundle(core_walk: Path) -> None:
+    # docs/evaluation.md's commands, keys and quoted messages, as a newcomer met them: its eval
+    # command lacked --data for the val_loss its own [eval] example names, and its metrics.json
+    # keys were not the file's.
+    page = ROOT / "docs" / "evaluation.md"
+    text = " ".join(page.read_text("utf-8").split())
+    download = _download_command(page)
+    block = _indented_block(page, "python -m nanogptx.eval").replace("RUN", "tiny-gpt2")
+    [command] = [line for line in block.split("\n") if line.startswith("python -m nanogptx.eval")]
+    out = _bash(core_walk, command)
+    assert re.search(r"core: CORE -?\d\.\d+ over 22 tasks", out.stdout + out.stderr)
+    metrics = json.loads(next((core_walk / "results/tiny-gpt2").glob("*/metrics.json")).read_text())
+    listed = text[text.index("holds an entry per task") : text.index('and an entry `"core"`')]
+    task_keys = set(re.findall(r"`(\w+)`", listed))
+    assert {k: set(v) for k, v in metrics.items() if k.startswith("core-")} == {
+        f"core-{t.label}": task_keys for t in map(evaltasks.get, evaltasks.expand(("core",)))
+    }
+    group = re.search(r'an entry `"core"` for the group: `(\{[^`]*\})`', text)[1]
+    assert set(re.findall(r'"(\w+)":', group)) == set(metrics["core"])
+    assert metrics["core"]["cut"] is False and metrics["core"]["tasks"] == 22
+    # The refusals the page quotes: a cut below the shots, a character run.
+    short = _bash(core_walk, command.replace("max_items=100", "max_items=4"), check=False)
+    quoted = re.search(r"\(`(core-jeopardy: 10 few-shot [^`]*)`\)", text)[1]
+    assert short.returncode != 0 and quoted in " ".join(short.stderr.split())
+    # Another bundle after the synthetic one's pin (a baseline changed: other bytes), into a
+    # new directory: the lock refuses it as the page says.
+    corebundle = pytest.importorskip("corebundle", reason="the synthetic bundle of issue 26")
+    corebundle.mirror(core_walk / "other", {"piqa": 50.5})
+    fresh = download.replace("data/raw/eval-bundle", "fresh").replace("r mirror", "r other")
+    assert "--out fresh" in fresh and "--mirror other" in fresh  # a new directory, the lock kept
+    other = _bash(core_walk, fresh, check=False)
+    quoted = re.search(r"the stage stops: `(eval-bundle/eval_bundle\.zip: [^`]*)`", text)[1]
+    assert other.returncode != 0
+    assert re.search(re.escape(quoted).replace(r"\.\.\.", ".*"), " ".join(other.stderr.split()))
+    char = (ROOT / "config" / "tiny.toml").read_text() + '\n[eval]\ntasks = ["core"]\n'
+    (core_walk / "config" / "tiny-char.toml").write_text(char)
+    with pytest.raises(config.ConfigError) as e:
+        config.load(core_walk / "config" / "tiny-char.toml")
+    for part in re.search(r"\(`(eval\.tasks has core-[^`]*)`\)", text)[1].split("..."):
+        assert part.strip(", ") in str(e.value)
+
+
+def test_the_harness_pages_local_task_runs_offline(core_walk: Path) -> None:
+    # docs/harness.md's task from a local jsonl file, on the bundle the CORE how-to unpacked,
+    # through its command: the hub is out of reach here, as for a user without internet.
+    pytest.importorskip("lm_eval", reason="the harness extra: pip install -e '.[harness]'")
+    page = ROOT / "docs" / "harness.md"
+    task = _indented_block(page, "task: my_piqa")
+    assert task.startswith("# tasks/my_piqa.yaml\n")
+    (core_walk / "tasks").mkdir(exist_ok=True)
+    (core_walk / "tasks" / "my_piqa.yaml").write_text(task, "utf-8")
+    command = _indented_block(page, "--tasks my_piqa").replace("RUN", "tiny-gpt2")
+    out = _bash(core_walk, command).stdout
+    assert re.search(r"\|my_piqa\s*\|.*\|\s*0\|acc\s*\|", out), out
+    assert re.search(r"\|\s*\|.*\|\s*0\|acc_norm\|", out), out

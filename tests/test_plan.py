@@ -19,6 +19,7 @@ import pytest
 from jax.sharding import Mesh
 
 from nanogptx import config, memory, microbatch, model, plan, resume, runtime, steps, train
+from nanogptx import eval as eval_stage
 from prepared import synthetic_text, write_prepared
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -335,6 +336,65 @@ def test_plan_prints_every_program_of_the_run_and_json(
     train_step = got["programs"][0]
     assert train_step["tokens"] == 16 * 64 and train_step["flops"] > 0
     assert train_step["memory_bytes"]["total"] > train_step["memory_bytes"]["arguments"] > 0
+
+
+# Tasks of each scorer: HellaSwag (llm.c's 4 rows an item), LAMBADA (language_modeling: the
+# greedy scorer, a row an item) and WinoGrande (schema: 2 rows an item).
+EVAL_TASKS = ["tokenizer.name=gpt2", 'eval.tasks=["hellaswag", "core-lambada_openai", '
+              '"core-winogrande"]', "eval.batch_size=3"]  # fmt: skip
+
+
+def test_the_plan_compiles_the_eval_stages_scorers_the_greedy_one_for_language_modeling() -> None:
+    cfg = tiny(*EVAL_TASKS)
+    V = 50257
+    p = plan.make_plan(cfg, jax.devices()[:1], None, V, "GPT-2's", stages=("eval",))
+    got = {q.name: q for q in p.programs}
+    assert list(got) == ["eval_hellaswag", "eval_core-lambada_openai_greedy",
+                         "eval_core-winogrande"]  # fmt: skip
+    L = cfg.model.block_size  # the longest bucket: block_size + 1 ids, block_size scored
+    assert [q.tokens for q in p.programs] == [3 * 4 * L, 3 * L, 3 * 2 * L]
+    # The greedy scorer's figures are XLA's for the very program the stage runs on these rows
+    # (its third output, the greedy hits, tells it from the loss scorer).
+    rt = runtime.choose_for(cfg.model, jax.devices()[0])
+    params = model.init_params(cfg.model, V, jax.random.key(0))
+    rows = (
+        np.zeros((3, L + 1), np.int32),
+        np.zeros((3, L), np.int32),
+        np.zeros((3, L), np.float32),
+    )
+    need = {g: memory.usage(eval_stage.make_scorer(cfg.model, rt, greedy=g).lower(params, *rows)
+                            .compile()) for g in (False, True)}  # fmt: skip
+    greedy = got["eval_core-lambada_openai_greedy"]
+    assert greedy.usage == need[True] != need[False]
+    assert greedy.flops > 0 and greedy.devices == 1 and not greedy.note
+
+
+def test_the_eval_stages_rows_are_split_over_the_devices() -> None:
+    # Four CPU devices in a process of their own: per device a quarter of the rows (padded to a
+    # multiple of four), the parameters on each.
+    script = (
+        "import json, sys; from nanogptx import config, plan; "
+        "cfg = config.load(None, json.loads(sys.argv[1])); "
+        "print(json.dumps({n: plan.plan_run(cfg, None, n, stages=('eval',)).as_dict() "
+        "for n in (1, 4)}))"
+    )
+    env = {**os.environ, "JAX_PLATFORMS": "cpu",
+           "XLA_FLAGS": "--xla_backend_optimization_level=0 "
+                        "--xla_force_host_platform_device_count=4"}  # fmt: skip
+    out = subprocess.run(
+        [sys.executable, "-c", script, json.dumps([*TINY, *EVAL_TASKS])],
+        env=env, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stdout + out.stderr
+    by = {n: {q["name"]: q for q in p["programs"]} for n, p in json.loads(out.stdout).items()}
+    for name, one in by["1"].items():
+        four = by["4"][name]
+        assert (one["devices"], four["devices"]) == (1, 4) and one["tokens"] == four["tokens"]
+        assert four["memory_bytes"]["arguments"] < one["memory_bytes"]["arguments"], name
+    assert (
+        by["4"]["eval_core-winogrande"]["note"] == "6 rows padded to 8, a multiple of the 4 devices"
+    )
+    assert by["4"]["eval_hellaswag"]["note"] == ""  # 12 rows: 3 a device
 
 
 @pytest.mark.skipif(plan.cuda_available(), reason="JAX's CUDA build is installed here")

@@ -84,13 +84,20 @@ def rows_per_item(task: Task) -> int:
     return task.options.get("choices", 0) or 1
 
 
-def scorer_shapes(task: str, m: ModelConfig, e: EvalConfig) -> tuple[int, int, int]:
-    """The largest (rows, ids per row, scored positions per row) a task (a group: any of its
-    members) calls the scorer with, for nanogptx.plan: eval.batch_size items of its kind's rows
-    each (a window of split_loss, a row per choice), in its longest bucket (block_size + 1 ids,
-    block_size scored)."""
-    rows = max(rows_per_item(evaltasks.get(t)) for t in evaltasks.expand([task]))
-    return e.batch_size * rows, m.block_size + 1, m.block_size
+def scorer_shapes(task: str, m: ModelConfig, e: EvalConfig) -> dict[str, tuple[int, int, int]]:
+    """The largest (rows, ids per row, scored positions per row) each scorer is called with for
+    a task (a group: any of its members), for nanogptx.plan: under "loss" the scorer of every
+    kind but language_modeling, under "greedy" language_modeling's (make_scorer's greedy), each
+    only where the task's kinds use it. Rows: eval.batch_size items of their kind's rows each (a
+    window of split_loss, a row per choice or context); the longest bucket any item can meet
+    (block_size + 1 ids, block_size scored)."""
+    members = [evaltasks.get(t) for t in evaltasks.expand([task])]
+    out = {}
+    for scorer, greedy in (("loss", False), ("greedy", True)):
+        rows = [rows_per_item(t) for t in members if (t.kind == "language_modeling") == greedy]
+        if rows:
+            out[scorer] = (e.batch_size * max(rows), m.block_size + 1, m.block_size)
+    return out
 
 
 @dataclass(frozen=True)

@@ -217,9 +217,9 @@ def make_plan(
     target: str = "local",
     stages: tuple[str, ...] = STAGES,
 ) -> Plan:
-    """Compile every program of a run's stages for `devices` (the training's mesh; sampling and
-    the eval stage run on the first, as their stages do) and measure each against the budget (a
-    target's memory_size, else the device's own limit)."""
+    """Compile every program of a run's stages for `devices` (the training's mesh and the eval
+    stage's, which splits its rows over them; sampling runs on the first, as its stage does) and
+    measure each against the budget (a target's memory_size, else the device's own limit)."""
     import numpy as np
     from jax.sharding import AxisType, Mesh
 
@@ -232,9 +232,11 @@ def make_plan(
     if "train" in stages:
         mesh = Mesh(np.array(devices), ("data",), axis_types=(AxisType.Auto,))
         plan_training(plan, cfg, V, mesh)
-    # Sampling and the eval stage: float32 parameters on one device, their own processes.
-    if "sample" in stages or "eval" in stages:
-        plan_one_device(plan, cfg, V, devices[0], stages)
+    # Sampling and the eval stage: float32 parameters (the model file's), their own processes.
+    if "sample" in stages:
+        plan_sampling(plan, cfg, V, devices[0])
+    if "eval" in stages:
+        plan_eval(plan, cfg, V, devices)
     return plan
 
 
@@ -267,26 +269,34 @@ def plan_training(plan: Plan, cfg: Config, V: int, mesh: Any) -> None:
         plan.advice += microbatch.advice(cfg, micro, n)
 
 
-def plan_one_device(plan: Plan, cfg: Config, V: int, device: Any, stages: tuple[str, ...]) -> None:
-    """The sampling loop and the eval stage's scorers, on one device."""
+def params_shape(cfg: Config, V: int) -> Any:
+    """The model's parameters as abstract values: float32, as the model file holds them."""
     import jax
+
+    from nanogptx import model
+
+    return jax.eval_shape(lambda: model.init_params(cfg.model, V, jax.random.key(0)))
+
+
+def plan_sampling(plan: Plan, cfg: Config, V: int, device: Any) -> None:
+    """The sampling loop, on one device (the sample stage's)."""
     import numpy as np
     from jax.sharding import Mesh, NamedSharding
     from jax.sharding import PartitionSpec as P
 
-    from nanogptx import model
-
     one = NamedSharding(Mesh(np.array([device]), ("data",)), P())
-    params_abs = jax.eval_shape(lambda: model.init_params(cfg.model, V, jax.random.key(0)))
-    if "sample" in stages:
-        plan.programs.append(sample_program(cfg, V, device, one, params_abs, plan.budget))
-    if "eval" in stages:
-        plan.programs += eval_programs(cfg, device, one, params_abs, plan.budget)
-    for p in plan.misfits:
-        if p.stage == "sample":
-            plan.advice.append("fewer sample.num_samples (generated together as one batch)")
-        elif p.stage == "eval":
-            plan.advice.append("a smaller eval.batch_size")
+    program = sample_program(cfg, V, device, one, params_shape(cfg, V), plan.budget)
+    plan.programs.append(program)
+    if not program.fits:
+        plan.advice.append("fewer sample.num_samples (generated together as one batch)")
+
+
+def plan_eval(plan: Plan, cfg: Config, V: int, devices: list[Any]) -> None:
+    """The eval stage's scorers, on the devices it splits its rows over."""
+    programs = eval_programs(cfg, devices, params_shape(cfg, V), plan.budget)
+    plan.programs += programs
+    if any(not p.fits for p in programs):
+        plan.advice.append("a smaller eval.batch_size")
 
 
 def sample_program(
@@ -320,29 +330,48 @@ def sample_program(
     return Program("sample_loop", "sample", 1, usage, budget, flops, "estimate", tokens, note=note)
 
 
-def eval_programs(
-    cfg: Config, device: Any, one: Any, params_abs: Any, budget: Any
-) -> list[Program]:
-    """One scorer per eval.tasks entry, measured, with float32 parameters (the model file's)."""
+def eval_programs(cfg: Config, devices: list[Any], params_abs: Any, budget: Any) -> list[Program]:
+    """The eval stage's scorers as it runs them (nanogptx.eval.on_devices): the float32
+    parameters replicated, the rows padded to a multiple of the devices and split over them (so
+    the memory is per device). Per eval.tasks entry (a group: all its members) the loss scorer
+    and, for language_modeling tasks, the greedy one (named ..._greedy), each at the largest
+    bucket the entry's tasks can meet (nanogptx.eval.scorer_shapes)."""
     import jax
     import numpy as np
+    from jax.sharding import Mesh, NamedSharding
+    from jax.sharding import PartitionSpec as P
 
     from nanogptx import eval as eval_stage
     from nanogptx import runtime
 
-    m, out = cfg.model, []
-    scorer = eval_stage.make_scorer(m, runtime.choose_for(m, device))
-    params_one = shaped(params_abs, one)  # the model file's: float32
+    m, n, out = cfg.model, len(devices), []
+    mesh = Mesh(np.array(devices), ("data",))
+    split, replicated = NamedSharding(mesh, P("data")), NamedSharding(mesh, P())
+    params = shaped(params_abs, replicated)
+    rt = runtime.choose_for(m, devices[0])
+    scorers = {name: eval_stage.make_scorer(m, rt, greedy=name == "greedy")
+               for name in ("loss", "greedy")}  # fmt: skip
     for task in cfg.eval.tasks:
-        rows, width, E = eval_stage.scorer_shapes(task, m, cfg.eval)
-        ids = jax.ShapeDtypeStruct((rows, width), np.int32, sharding=one)
-        at = jax.ShapeDtypeStruct((rows, E), np.int32, sharding=one)
-        w = jax.ShapeDtypeStruct((rows, E), np.float32, sharding=one)
-        with runtime.cudnn_capability(runtime.capability_of(device)):
-            traced = scorer.trace(params_one, ids, at, w)
-        usage = memory.usage(traced.lower().compile(runtime.compiler_options(device)))
-        flops = count_flops(traced.jaxpr.jaxpr)
-        out.append(Program(f"eval_{task}", "eval", 1, usage, budget, flops, "traced", rows * E))
+        for name, (rows, width, E) in eval_stage.scorer_shapes(task, m, cfg.eval).items():
+            padded = -(-rows // n) * n  # as on_devices pads them
+            ids = jax.ShapeDtypeStruct((padded, width), np.int32, sharding=split)
+            at = jax.ShapeDtypeStruct((padded, E), np.int32, sharding=split)
+            w = jax.ShapeDtypeStruct((padded, E), np.float32, sharding=split)
+            with runtime.cudnn_capability(runtime.capability_of(devices[0])):
+                traced = scorers[name].trace(params, ids, at, w)
+            compiled = traced.lower().compile(runtime.compiler_options(devices[0]))
+            note = (
+                f"{rows} rows padded to {padded}, a multiple of the {n} devices"
+                if padded != rows
+                else ""
+            )
+            out.append(
+                Program(
+                    f"eval_{task}" + ("_greedy" if name == "greedy" else ""), "eval", n,
+                    memory.usage(compiled), budget, count_flops(traced.jaxpr.jaxpr), "traced",
+                    rows * E, note=note,
+                )
+            )  # fmt: skip
     return out
 
 
