@@ -291,7 +291,7 @@ class InContext:
         self.total, self.items = len(every), order(every, s.e.max_items)
         if o["shots"] >= len(self.items):
             short = f"{self.path} has {self.total}" if o["shots"] >= self.total else (
-                f"{len(self.items)} are scored (eval.max_items = {s.e.max_items})"
+                f"{len(self.items)} are scored (eval.max_items)"
             )  # fmt: skip
             raise EvalError(
                 f"{task.name}: {o['shots']} few-shot examples per item need at least "
