@@ -280,6 +280,20 @@ def test_a_span_longer_than_the_window_is_counted_wrong_unscored(
     assert r["acc"] <= 3 / 4
 
 
+def test_a_choice_whose_tokens_every_other_shares_is_counted_wrong_unscored(
+    tiny: tuple[Path, dict], use_registry: Path, tmp_path: Path
+) -> None:
+    """"a dog" against "a dog food": the choices' common prefix is all of the first, which
+    leaves it no token to score. The item is counted wrong and said so (nanochat averages an
+    empty span to nan), and the task goes on: one such item must not stop CORE."""
+    shared = {"query": "Which?", "choices": ["a dog", "a dog food"], "gold": 0}
+    registry(use_registry, {"mc": {"kind": "multiple_choice", "baseline": "0.0", "choices": "4"}})
+    root = bundle(tmp_path / "b", {"mc": [*MC[:3], shared]}, {"mc": 0})
+    r = run(["mc"], tiny[0], root, tmp_path / "out")["mc"]
+    assert (r["items"], r["unscored_items"]) == (4, 1)
+    assert r["acc"] <= 3 / 4
+
+
 @pytest.mark.parametrize(
     "kind, line, error",
     [
@@ -288,8 +302,8 @@ def test_a_span_longer_than_the_window_is_counted_wrong_unscored(
         ("language_modeling", {"context": "Hello"}, r":2: key 'continuation' is missing"),
         ("multiple_choice", {"query": "Q", "choices": ["same", "same"], "gold": 0},
          r":2: choices\[0\] and choices\[1\] are the same text \('same'\)"),
-        ("multiple_choice", {"query": "Q", "choices": ["a dog", "a dog food"], "gold": 0},
-         r":2: choice 0 adds no token to score"),
+        ("multiple_choice", {"query": "Q", "choices": ["a dog", ""], "gold": 0},
+         r":2: choices\[1\] is empty: it is scored"),
         ("multiple_choice", {"query": "Q", "choices": ["a"] * 5, "gold": 0},
          r":2: choices: expected a list of 2 to 4 strings \(choices = 4"),
         ("multiple_choice", {"query": "Q", "choices": ["a", "b"], "gold": 2},

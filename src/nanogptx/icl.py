@@ -63,6 +63,8 @@ def check_item(item: dict[str, Any], task: Task, where: str) -> dict[str, Any]:
                 f"{evaltasks.entry_file(task.name)}), got {options!r}"
             )
         out[many] = [_text(o, where, f"{f[many]}[{i}]") for i, o in enumerate(options)]
+        if task.kind == "multiple_choice" and "" in out[many]:
+            raise EvalError(f"{where}: {f[many]}[{out[many].index('')}] is empty: it is scored")
         first = {}
         for i, o in enumerate(out[many]):  # equal options: nothing tells them apart
             if (j := first.setdefault(o, i)) != i:
@@ -154,8 +156,10 @@ def common(rows: list[list[int]], reverse: bool = False) -> int:
 def spans_of(kind: str, rows: list[list[int]], where: str) -> Rows | None:
     """Each row with where its scored span starts: after the choices' common prefix
     (multiple_choice), the contexts' common suffix (schema), what the continuation adds
-    (language_modeling: the second row; None where the first is not its prefix). A span that
-    is empty, or without a token before it, is an EvalError naming the item."""
+    (language_modeling: the second row). None where a span is empty (a choice whose tokens all
+    others share, a continuation that adds none) or the first row is not the second's prefix:
+    counted wrong unscored, where nanochat scores a nan or stops. A span without a token before
+    it is an EvalError naming the item."""
     if kind == "multiple_choice":
         out = [(r, common(rows)) for r in rows]
     elif kind == "schema":
@@ -168,8 +172,7 @@ def spans_of(kind: str, rows: list[list[int]], where: str) -> Rows | None:
         out = [(with_, len(without))]
     for i, (row, start) in enumerate(out):
         if start >= len(row):
-            what = f"choice {i}" if kind == "multiple_choice" else "the continuation"
-            raise EvalError(f"{where}: {what} adds no token to score (an empty continuation)")
+            return None
         if start < 1:
             raise EvalError(
                 f"{where}: no token before the scored span of row {i} (options that are "
