@@ -357,7 +357,10 @@ def test_too_few_items_for_the_shots_names_the_file_or_eval_max_items(
     with pytest.raises(eval.EvalError, match=rf"need at least 7 items, {path} has 6$"):
         run(["t"], tiny[0], root, tmp_path / "out")
     bundle(tmp_path / "b", {"t": LM * 2}, {"t": 0.0})
-    with pytest.raises(eval.EvalError, match=r"need at least 7 items, 5 are scored \(eval.max_"):
+    # eval.max_items: refused with the run's config, before any job (after training, else)
+    with pytest.raises(config.ConfigError, match=r"eval.max_items = 5: t draws 6 few-shot "
+                       r"examples per item from the other items kept: expected 0 \(all\) or at "
+                       r"least 7"):  # fmt: skip
         run(["t"], tiny[0], root, tmp_path / "out", "eval.max_items=5")
     assert not (tmp_path / "out").exists()
 

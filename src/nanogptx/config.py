@@ -204,7 +204,7 @@ def validate(cfg: Config, source: str, registry: bool = True, tokenizer_known: b
     from nanogptx import evaltasks  # light: the task registry is plain data
 
     tokenizer = cfg.tokenizer.name if tokenizer_known else None
-    if problem := evaltasks.problem(cfg.eval.tasks, tokenizer, registry):
+    if problem := evaltasks.problem(cfg.eval.tasks, tokenizer, registry, cfg.eval.max_items):
         raise ConfigError(f"{source}: {problem}")
 
 

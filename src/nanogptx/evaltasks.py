@@ -361,7 +361,9 @@ def expand(tasks: tuple[str, ...] | list[str]) -> list[str]:
     return list(out)
 
 
-def problem(tasks: tuple[str, ...], tokenizer: str | None, registry: bool = True) -> str:
+def problem(
+    tasks: tuple[str, ...], tokenizer: str | None, registry: bool = True, max_items: int = 0
+) -> str:
     """What is wrong with an eval.tasks (empty: nothing), for config's checks: with registry,
     each task against its file, and against tokenizer (None: not known)."""
     if not tasks:
@@ -379,6 +381,11 @@ def problem(tasks: tuple[str, ...], tokenizer: str | None, registry: bool = True
         return f"eval.tasks: {e}"
     for task in scored:
         name = task.name
+        if 0 < max_items <= (shots := task.options.get("shots", 0)):
+            return (
+                f"eval.max_items = {max_items}: {name} draws {shots} few-shot examples per item "
+                f"from the other items kept: expected 0 (all) or at least {shots + 1}"
+            )
         needs = task.options.get("tokenizer", "")
         if tokenizer is not None and needs not in ("", tokenizer):
             return (
