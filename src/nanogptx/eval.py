@@ -199,13 +199,7 @@ def check_item(item: dict[str, Any], task: Task, where: str) -> dict[str, Any]:
     task's fields; a key missing or of the wrong type, or an empty context, is an EvalError
     naming file, line and key."""
     f, n = task.options["fields"], task.options["choices"]
-    for key in f.values():
-        if key not in item:
-            keys = list(f.values())
-            raise EvalError(
-                f"{where}: key {key!r} is missing (a {task.label} item has "
-                f"{', '.join(keys[:-1])} and {keys[-1]})"
-            )
+    spans.need_keys(item, f, task.label, where)
     ctx, ends, label = item[f["context"]], item[f["choices"]], item[f["label"]]
     if not (isinstance(ends, list) and len(ends) == n and all(isinstance(s, str) for s in ends)):
         raise EvalError(f"{where}: {f['choices']}: expected a list of {n} strings, got {ends!r}")

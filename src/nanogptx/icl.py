@@ -47,13 +47,7 @@ def check_item(item: dict[str, Any], task: Task, where: str) -> dict[str, Any]:
     "label" (not language_modeling), "where"}, read through the task's fields; a key missing or
     of the wrong type, or an empty continuation, is an EvalError naming file, line and key."""
     f = task.options["fields"]
-    for key in f.values():
-        if key not in item:
-            keys = list(f.values())
-            raise EvalError(
-                f"{where}: key {key!r} is missing (a {task.label} item has "
-                f"{', '.join(keys[:-1])} and {keys[-1]})"
-            )
+    spans.need_keys(item, f, task.label, where)
     out: dict[str, Any] = {"where": where}
     if many := OPTIONS.get(task.kind):
         n, options = task.options["choices"], item[f[many]]

@@ -45,6 +45,17 @@ def read_line(raw: bytes, where: str) -> dict[str, Any] | None:
     return item
 
 
+def need_keys(item: dict[str, Any], fields: dict[str, str], label: str, where: str) -> None:
+    """Every key the task's fields name is in the item, else an EvalError naming them all."""
+    for key in fields.values():
+        if key not in item:
+            keys = list(fields.values())
+            raise EvalError(
+                f"{where}: key {key!r} is missing (a {label} item has "
+                f"{', '.join(keys[:-1])} and {keys[-1]})"
+            )
+
+
 def read_items(
     path: Path, task: Any, check: Callable[[dict, str], dict], max_items: int = 0
 ) -> list[dict[str, Any]]:
