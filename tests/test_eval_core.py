@@ -283,7 +283,7 @@ def test_a_span_longer_than_the_window_is_counted_wrong_unscored(
 def test_a_choice_whose_tokens_every_other_shares_is_counted_wrong_unscored(
     tiny: tuple[Path, dict], use_registry: Path, tmp_path: Path
 ) -> None:
-    """"a dog" against "a dog food": the choices' common prefix is all of the first, which
+    """The choices "a dog" and "a dog food": their common prefix is all of the first, which
     leaves it no token to score. The item is counted wrong and said so (nanochat averages an
     empty span to nan), and the task goes on: one such item must not stop CORE."""
     shared = {"query": "Which?", "choices": ["a dog", "a dog food"], "gold": 0}
