@@ -196,7 +196,9 @@ def main() -> None:
 
     from nanogptx import config, logbook, runtime
 
-    runtime.keep_freed_memory()  # before JAX runs anything here (the peak's matmul), as train does
+    # Before JAX runs anything here (the peak's matmul), as train does.
+    one_arena = config.load(args.recipe, args.overrides).tokenizer.name != "char"
+    runtime.keep_freed_memory(one_arena=one_arena)
     recipe = args.recipe.stem
     work = Path(tempfile.mkdtemp(prefix="nanogptx-bench-"))
     if args.data:
