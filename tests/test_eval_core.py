@@ -30,6 +30,7 @@ from nanogptx import (
     status,
     tokenizer,
 )
+from tinymodels import random_gpt2_model
 
 L = 48  # the tiny model's block_size: few-shot prompts outgrow it
 CSV = "Eval Task,Task Category,Task Type,#shots,Random baseline,Centered Metric?\n"
@@ -76,13 +77,8 @@ LM = [
 def tiny(tmp_path_factory: pytest.TempPathFactory, gpt2_offline: None) -> tuple[Path, dict]:
     """A tiny random model in GPT-2 tokens (block_size 48), its weights scaled up so that its
     choices differ clearly."""
-    root = tmp_path_factory.mktemp("core-model")
-    cfg = config.load(None, ["model.n_layer=1", "model.n_head=2", "model.n_embd=16",
-                             f"model.block_size={L}", "model.vocab_size=50257"])  # fmt: skip
-    params = model.init_params(cfg.model, 50257, jax.random.key(7))
-    params = jax.tree.map(lambda x: x * 8.0 if x.ndim >= 2 else x, params)
-    checkpoint.save_model(root / "model", params, cfg, tokenizer.gpt2().identity(), 0)
-    return root / "model", params
+    model_dir, params, _ = random_gpt2_model(tmp_path_factory.mktemp("core-model"), 1, L, 7)
+    return model_dir, params
 
 
 def registry(root: Path, tasks: dict[str, dict], group: list[str] | None = None) -> Path:

@@ -31,6 +31,7 @@ lm_eval = pytest.importorskip(
 from lm_eval.tasks import TaskManager  # noqa: E402
 
 from nanogptx import harness  # noqa: E402
+from tinymodels import random_gpt2_model  # noqa: E402
 
 L = 32  # the tiny model's block_size: several items below are longer
 CONTEXTS = [
@@ -49,13 +50,7 @@ LONG = " ".join(CONTEXTS)  # about 50 tokens: cut from the left
 def tiny(tmp_path_factory: pytest.TempPathFactory, gpt2_offline: None) -> tuple:
     """A random model in GPT-2 tokens (block_size 32) written as the train stage writes one, its
     weights scaled up so that its choices are far from ties; (model dir, params, config)."""
-    root = tmp_path_factory.mktemp("harness")
-    cfg = config.load(None, ["model.n_layer=2", "model.n_head=2", "model.n_embd=16",
-                             f"model.block_size={L}", "model.vocab_size=50257"])  # fmt: skip
-    params = model.init_params(cfg.model, 50257, jax.random.key(3))
-    params = jax.tree.map(lambda w: w * 8 if w.ndim >= 2 else w, params)
-    checkpoint.save_model(root / "model", params, cfg, tokenizer.gpt2().identity(), 0)
-    return root / "model", params, cfg.model
+    return random_gpt2_model(tmp_path_factory.mktemp("harness"), 2, L, 3)
 
 
 def write_jsonl(path: Path, rows: list[dict]) -> Path:
