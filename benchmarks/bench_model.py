@@ -149,9 +149,10 @@ def loss_with(rt: Runtime) -> Callable:
 
 
 def set_malloc(keep: bool) -> None:
-    """keep: runtime.keep_freed_memory(); else glibc's initial thresholds (128 KiB)."""
+    """keep: runtime.keep_freed_memory(), as train does it for the recipe's characters; else
+    glibc's initial thresholds (128 KiB)."""
     if keep:
-        runtime.keep_freed_memory()
+        runtime.keep_freed_memory("char")
     else:
         libc = ctypes.CDLL("libc.so.6")
         libc.mallopt(-3, 128 * 1024)
@@ -221,7 +222,7 @@ def bench_loss(rounds: int, iters: int, T: int, D: int, V: int, vocab: int) -> N
     """The output layer and loss at one step's shapes: whole logits against chunks."""
     import resource
 
-    runtime.keep_freed_memory()
+    runtime.keep_freed_memory("gpt2")  # its first shapes are shakespeare-gpt2's
     ks = jax.random.split(jax.random.key(0), 3)
     x_TxD = jax.random.normal(ks[0], (T, D))
     w_VxD = 0.02 * jax.random.normal(ks[1], (V, D))

@@ -197,8 +197,7 @@ def main() -> None:
     from nanogptx import config, logbook, runtime
 
     # Before JAX runs anything here (the peak's matmul), as train does.
-    one_arena = config.load(args.recipe, args.overrides).tokenizer.name != "char"
-    runtime.keep_freed_memory(one_arena=one_arena)
+    runtime.keep_freed_memory(config.load(args.recipe, args.overrides).tokenizer.name)
     recipe = args.recipe.stem
     work = Path(tempfile.mkdtemp(prefix="nanogptx-bench-"))
     if args.data:

@@ -159,7 +159,7 @@ def train_nanogptx(params: dict, cfg, data, train_starts: list, evals: dict) -> 
 
     from nanogptx import optim, runtime, steps
 
-    runtime.keep_freed_memory()
+    runtime.keep_freed_memory(cfg.tokenizer.name)
     L = cfg.model.block_size
     optimizer = optim.make(cfg.train)
     train_step = jax.jit(steps.make_train_step(cfg, optimizer), donate_argnums=0)

@@ -220,14 +220,14 @@ def compile_only(device: Any) -> bool:
     return device not in jax.devices()
 
 
-def keep_freed_memory(one_arena: bool = True) -> None:
+def keep_freed_memory(tokenizer: str) -> None:
     """Make glibc keep freed memory in the process. XLA's CPU runtime allocates every step's
     buffers anew (a step's temporaries as one block: 182 MB for shakespeare-gpt2), and glibc's
     defaults hand large freed blocks back to the kernel, so each step page-faults them in
     again: 30-45% of a small model's CPU train step. Call once per process before JAX runs
     anything (a thread keeps the arena of its first allocation); a no-op outside Linux/glibc.
-    one_arena: for a large vocabulary's blocks (shakespeare-gpt2's step 356 -> 328 ms); a small
-    one's many small blocks contend on its lock (shakespeare-char 18.3 -> 20.8 ms with it)."""
+    One malloc arena for a BPE vocabulary's large blocks (shakespeare-gpt2's step 356 -> 328 ms);
+    the characters' many small blocks would contend on its lock (shakespeare-char 18.3 -> 20.8)."""
     if not sys.platform.startswith("linux"):
         return
     try:
@@ -236,7 +236,7 @@ def keep_freed_memory(one_arena: bool = True) -> None:
         return
     # One arena: XLA's worker threads allocate from the main heap, which grows to any size (a
     # thread's own arena holds at most 64 MiB, so a larger block is mapped and unmapped anew).
-    if one_arena:
+    if tokenizer != "char":
         libc.mallopt(-8, 1)  # M_ARENA_MAX
     libc.mallopt(-3, 1 << 30)  # M_MMAP_THRESHOLD: blocks up to 1 GiB come from the heap
     libc.mallopt(-1, 1 << 30)  # M_TRIM_THRESHOLD: keep up to 1 GiB free at the heap top

@@ -291,7 +291,7 @@ def generate_said(
 def _sample(
     cfg: Config, model_dir: Path, out_dir: Path, channel: progress.Channel | None
 ) -> list[str]:
-    runtime.keep_freed_memory(one_arena=cfg.tokenizer.name != "char")
+    runtime.keep_freed_memory(cfg.tokenizer.name)
     # The model is described by its own config.toml (recorded below as model_config).
     record = provenance.Record.start(
         "sample", config.sections(cfg, config.STAGE_SECTIONS["sample"])

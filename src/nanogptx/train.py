@@ -49,8 +49,7 @@ def train(
     """Train (or resume) and write the final model into out_dir; returns a summary. Process 0
     holds both directories (a second training on them is refused at start) and first removes
     what an interrupted run left there."""
-    # XLA's CPU buffers stay in the heap between steps (one arena but for characters)
-    runtime.keep_freed_memory(one_arena=cfg.tokenizer.name != "char")
+    runtime.keep_freed_memory(cfg.tokenizer.name)  # XLA's CPU buffers stay in the heap
     steps.initialize_distributed()
     steps.make_runtime(cfg)  # an impossible one is refused here, before any file is read
     out_dir, ckpt_dir = Path(out_dir), Path(ckpt_dir)
