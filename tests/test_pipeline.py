@@ -449,16 +449,25 @@ def test_a_dataset_is_a_data_file_adding_one_reruns_nothing_else_and_local_files
 
 def test_a_malformed_dataset_file_is_refused_naming_file_and_key(tiny: Path) -> None:
     # Refused for the runs that use it; the others go on (it blocked every run).
-    entry = tiny / "config/datasets/broken.toml"
-    entry.write_text('reader = "txt"\n[[files]]\nurl = "https://example.org/a.txt"\n')
-    (tiny / "config/uses-it.toml").write_text('[data]\ndataset = "broken"\n')
+    refused_for_its_runs_only(
+        tiny, "config/datasets/broken.toml",
+        'reader = "txt"\n[[files]]\nurl = "https://example.org/a.txt"\n',
+        '[data]\ndataset = "broken"\n', "reader = 'txt': expected one of",
+    )  # fmt: skip
+
+
+def refused_for_its_runs_only(tiny: Path, entry: str, text: str, run: str, error: str) -> None:
+    """A registry file `entry` holding text: tiny, which does not use it, plans nothing; a run
+    file holding run (which names it) is refused by Snakemake naming the file and the error."""
+    (tiny / entry).write_text(text)
+    (tiny / "config/uses-it.toml").write_text(run)
     try:
         assert planned_jobs(tiny, "--config", "runs=tiny") == {}
         r = snakemake(tiny, "-n", "--config", "runs=[tiny,uses-it]", check=False)
         assert r.returncode != 0
-        assert "config/datasets/broken.toml: reader = 'txt': expected one of" in r.stdout + r.stderr
+        assert f"{entry}: {error}" in r.stdout + r.stderr
     finally:
-        entry.unlink()
+        (tiny / entry).unlink()
         (tiny / "config/uses-it.toml").unlink()
 
 
@@ -476,17 +485,10 @@ def test_an_eval_task_is_a_data_file_an_edit_reruns_the_evaluations_that_use_it(
             assert set(planned_jobs(tiny, "--config", "runs=tiny")) == expected
         finally:
             entry.write_text(original)
-    broken = tiny / "config/tasks/broken.toml"
-    broken.write_text('kind = "multiple_choice"\nlabels = "x"\n')
-    (tiny / "config/uses-it.toml").write_text('[eval]\ntasks = ["broken"]\n')
-    try:
-        assert planned_jobs(tiny, "--config", "runs=tiny") == {}
-        r = snakemake(tiny, "-n", "--config", "runs=[tiny,uses-it]", check=False)
-        assert r.returncode != 0
-        assert "config/tasks/broken.toml: key = 'labels': expected one of" in r.stdout + r.stderr
-    finally:
-        broken.unlink()
-        (tiny / "config/uses-it.toml").unlink()
+    refused_for_its_runs_only(
+        tiny, "config/tasks/broken.toml", 'kind = "multiple_choice"\nlabels = "x"\n',
+        '[eval]\ntasks = ["broken"]\n', "key = 'labels': expected one of",
+    )  # fmt: skip
 
 
 @pytest.mark.slow  # about 35-45 s; tests/test_sweep.py runs by default
